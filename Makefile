@@ -1,0 +1,28 @@
+# The two entry points a newcomer needs: `make serve` and `make test` (README.md).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install serve test lint
+
+# torch first, pinned: an unpinned torch (or one pulled in by another package) is a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/leap-ray serve $(CONFIG)
+
+lint: $(STAMP)
+	$(BIN)/ruff check leap_ray tests benchmarks
+	$(BIN)/ruff format --check leap_ray tests benchmarks
+
+test: $(STAMP)
+	$(BIN)/ruff check leap_ray tests benchmarks
+	$(BIN)/python -m pytest $(PYTEST_ARGS)

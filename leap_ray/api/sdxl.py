@@ -1,0 +1,342 @@
+"""The SDXL request: every parameter of diffusers' `StableDiffusionXLPipeline.__call__` that the
+service promises, with the bounds clients see in `/openapi.json`, plus seed, output format and
+scheduler. A request converts itself into pipeline arguments (`to_pipeline_kwargs`)."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import torch
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, model_validator
+from pydantic.json_schema import SkipJsonSchema
+
+from leap_ray.api.tensors import TensorInput
+from leap_ray.config import LIMITS
+from leap_ray.errors import InvalidRequest
+
+_LIMITS = LIMITS.sdxl
+MAX_SEED = 2**53 - 1  # the largest integer every JSON client keeps exactly
+MAX_CONDITIONING_SIZE = 8192
+
+# The tensors diffusers' SDXL pipeline can hand to `callback_on_step_end` (`_callback_tensor_inputs`).
+CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "add_text_embeds", "add_time_ids")
+SCHEDULERS = ("ddim", "euler", "euler_ancestral", "dpmpp_2m")
+
+
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty or only white space")
+    return text
+
+
+PromptText = Annotated[
+    str, Field(min_length=1, max_length=_LIMITS.max_prompt_chars), AfterValidator(_not_blank)
+]
+Prompts = PromptText | Annotated[list[PromptText], Field(min_length=1, max_length=_LIMITS.max_prompts)]
+Size = Annotated[int, Field(ge=_LIMITS.min_size, le=_LIMITS.max_size, multiple_of=8)]
+Coordinate = Annotated[int, Field(ge=0, le=MAX_CONDITIONING_SIZE)]
+Extent = Annotated[int, Field(ge=1, le=MAX_CONDITIONING_SIZE)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def _callable_or_none(value: object) -> Callable[..., Any] | None:
+    if value is None or callable(value):
+        return value
+    raise ValueError(
+        "callback_on_step_end is a Python callable and is accepted only through a deployment handle; "
+        "over HTTP it cannot be sent"
+    )
+
+
+@dataclass(frozen=True)
+class SDXLModelSpec:
+    """What a loaded model accepts, for checks that depend on it (tensor shapes)."""
+
+    latent_channels: int
+    vae_scale_factor: int
+    text_embed_width: int
+    pooled_embed_width: int
+    text_tokens: int
+
+
+class SDXLRequest(BaseModel):
+    """One SDXL generation. Image j of a request (counting num_images_per_prompt images for each
+    prompt in order) is drawn with `torch.Generator().manual_seed(seed + j)`, whatever else shares
+    its batch, so a solo diffusers call with `generator=[Generator().manual_seed(seed + j) ...]`
+    reproduces it."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    prompt: Prompts | None = Field(None, description="The prompt or prompts to guide the image generation.")
+    prompt_2: Prompts | None = Field(
+        None, description="Prompts for the second tokenizer and text encoder; `prompt` is used when absent."
+    )
+    height: Size = Field(1024, description="Height in pixels of the generated image, a multiple of 8.")
+    width: Size = Field(1024, description="Width in pixels of the generated image, a multiple of 8.")
+    num_inference_steps: int = Field(50, ge=1, le=_LIMITS.max_steps, description="Number of denoising steps.")
+    denoising_end: FiniteFloat | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Fraction of the denoising process to complete before stopping early, in (0, 1].",
+    )
+    guidance_scale: FiniteFloat = Field(
+        5.0,
+        ge=0.0,
+        le=_LIMITS.max_guidance_scale,
+        description="Classifier-free guidance scale; guidance is off at 1 or below. "
+        "High values can hurt quality.",
+    )
+    negative_prompt: Prompts | None = Field(
+        None,
+        description="Prompts not to guide the generation. When absent, the negative conditioning is zeros "
+        "(SDXL's force_zeros_for_empty_prompt), so negative_prompt_2 alone has no effect.",
+    )
+    negative_prompt_2: Prompts | None = Field(
+        None, description="Negative prompts for the second text encoder; acts only with negative_prompt."
+    )
+    num_images_per_prompt: int = Field(
+        1, ge=1, le=_LIMITS.max_images_per_prompt, description="Number of images to generate per prompt."
+    )
+    eta: FiniteFloat = Field(
+        0.0, ge=0.0, le=1.0, description="DDIM's eta; acts only with the ddim scheduler."
+    )
+    latents: TensorInput | None = Field(
+        None,
+        description="Pre-generated noisy latents of shape (images, 4, height/8, width/8); they replace "
+        "the seeded noise. Custom latents can give unpredictable results.",
+    )
+    prompt_embeds: TensorInput | None = Field(
+        None, description="Pre-generated text embeddings (prompts, tokens, width), instead of prompt."
+    )
+    negative_prompt_embeds: TensorInput | None = Field(
+        None, description="Pre-generated negative text embeddings, same shape as prompt_embeds."
+    )
+    pooled_prompt_embeds: TensorInput | None = Field(
+        None,
+        description="Pre-generated pooled text embeddings (prompts, width); required with prompt_embeds.",
+    )
+    negative_pooled_prompt_embeds: TensorInput | None = Field(
+        None, description="Pre-generated negative pooled embeddings; required with negative_prompt_embeds."
+    )
+    guidance_rescale: FiniteFloat = Field(
+        0.0, ge=0.0, le=1.0, description="Guidance rescale factor (acts with guidance on), in [0, 1]."
+    )
+    original_size: tuple[Extent, Extent] | None = Field(
+        None,
+        description="SDXL micro-conditioning (height, width) of the source; defaults to (height, width).",
+    )
+    crops_coords_top_left: tuple[Coordinate, Coordinate] = Field(
+        (0, 0), description="SDXL micro-conditioning: top-left crop coordinates (y, x)."
+    )
+    target_size: tuple[Extent, Extent] | None = Field(
+        None, description="SDXL micro-conditioning: target (height, width); defaults to (height, width)."
+    )
+    negative_original_size: tuple[Extent, Extent] | None = Field(
+        None,
+        description="Negative micro-conditioning on resolution. "
+        "Acts only when negative_target_size is given too.",
+    )
+    negative_crops_coords_top_left: tuple[Coordinate, Coordinate] = Field(
+        (0, 0),
+        description="Negative micro-conditioning on crop coordinates. Acts only when negative_original_size "
+        "and negative_target_size are both given.",
+    )
+    negative_target_size: tuple[Extent, Extent] | None = Field(
+        None,
+        description="Negative micro-conditioning on target resolution. Acts only when negative_original_size "
+        "is given too.",
+    )
+    callback_on_step_end: SkipJsonSchema[
+        Annotated[Callable[..., dict[str, torch.Tensor]] | None, PlainValidator(_callable_or_none)]
+    ] = Field(
+        None,
+        description="callback(pipeline, step, timestep, tensors) -> tensors, run after each denoising step "
+        "with only this request's tensors; setting `pipeline._interrupt = True` stops this request. "
+        "Deployment handles only.",
+    )
+    callback_on_step_end_tensor_inputs: list[Literal[CALLBACK_TENSOR_INPUTS]] = Field(  # type: ignore[valid-type]
+        ["latents"],
+        max_length=len(CALLBACK_TENSOR_INPUTS),
+        description="Tensors passed to callback_on_step_end.",
+    )
+    seed: int | None = Field(
+        None, ge=0, le=MAX_SEED, description="Seed of image 0; image j uses seed + j. Random when absent."
+    )
+    output_format: Literal["png", "jpeg", "webp"] = Field("png", description="Encoding of the images.")
+    scheduler: Literal[SCHEDULERS] | None = Field(  # type: ignore[valid-type]
+        None,
+        description="Sampler: the model's own (Euler for SDXL base) when absent, or ddim, euler, "
+        "euler_ancestral, dpmpp_2m. eta acts only under ddim.",
+    )
+
+    @property
+    def prompt_count(self) -> int:
+        if self.prompt_embeds is not None:
+            return int(self.prompt_embeds.shape[0])
+        return len(self.prompt) if isinstance(self.prompt, list) else 1
+
+    @property
+    def image_count(self) -> int:
+        return self.prompt_count * self.num_images_per_prompt
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "SDXLRequest":
+        self._check_prompt_sources()
+        self._check_list_lengths()
+        self._check_embedding_shapes()
+        pixels = self.height * self.width * self.image_count
+        if pixels > _LIMITS.max_pixels:
+            raise InvalidRequest(
+                f"height × width × images = {pixels} pixels exceeds the budget of {_LIMITS.max_pixels}",
+                param="num_images_per_prompt" if self.image_count > 1 else "height",
+            )
+        if self.latents is not None and (self.latents.ndim != 4 or self.latents.shape[0] != self.image_count):
+            raise InvalidRequest(
+                f"latents must have shape ({self.image_count}, channels, height/8, width/8), "
+                f"got {tuple(self.latents.shape)}",
+                param="latents",
+            )
+        return self
+
+    def _check_prompt_sources(self) -> None:
+        if self.prompt is None and self.prompt_embeds is None:
+            raise InvalidRequest(
+                "prompt is required (or prompt_embeds with pooled_prompt_embeds)", param="prompt"
+            )
+        pairs = [
+            ("prompt_embeds", "prompt"),
+            ("prompt_embeds", "prompt_2"),
+            ("negative_prompt_embeds", "negative_prompt"),
+            ("negative_prompt_embeds", "negative_prompt_2"),
+        ]
+        for embeds, text in pairs:
+            if getattr(self, embeds) is not None and getattr(self, text) is not None:
+                raise InvalidRequest(f"give {text} or {embeds}, not both", param=embeds)
+        for embeds, pooled in [
+            ("prompt_embeds", "pooled_prompt_embeds"),
+            ("negative_prompt_embeds", "negative_pooled_prompt_embeds"),
+        ]:
+            if getattr(self, embeds) is not None and getattr(self, pooled) is None:
+                raise InvalidRequest(f"{pooled} is required with {embeds}", param=pooled)
+
+    def _check_list_lengths(self) -> None:
+        count = self.prompt_count
+        for name in ("prompt_2", "negative_prompt", "negative_prompt_2"):
+            value = getattr(self, name)
+            if isinstance(value, list) and len(value) != count:
+                raise InvalidRequest(
+                    f"{name} has {len(value)} entries but there are {count} prompts", param=name
+                )
+
+    def _check_embedding_shapes(self) -> None:
+        count = self.prompt_count
+        for name, ndim in [
+            ("prompt_embeds", 3),
+            ("negative_prompt_embeds", 3),
+            ("pooled_prompt_embeds", 2),
+            ("negative_pooled_prompt_embeds", 2),
+        ]:
+            tensor = getattr(self, name)
+            if tensor is not None and (tensor.ndim != ndim or tensor.shape[0] != count or 0 in tensor.shape):
+                raise InvalidRequest(
+                    f"{name} must have {ndim} non-empty dimensions, the first of size {count} "
+                    "(one per prompt); "
+                    f"got {tuple(tensor.shape)}",
+                    param=name,
+                )
+        embeds, negative = self.prompt_embeds, self.negative_prompt_embeds
+        if embeds is not None and negative is not None and embeds.shape != negative.shape:
+            raise InvalidRequest(
+                f"negative_prompt_embeds must have the shape of prompt_embeds {tuple(embeds.shape)}, "
+                f"got {tuple(negative.shape)}",
+                param="negative_prompt_embeds",
+            )
+
+    def check_against(self, spec: SDXLModelSpec) -> None:
+        """Raises InvalidRequest, naming the field, for tensors the loaded model would reject."""
+        if self.latents is not None:
+            expected = (
+                self.image_count,
+                spec.latent_channels,
+                self.height // spec.vae_scale_factor,
+                self.width // spec.vae_scale_factor,
+            )
+            if tuple(self.latents.shape) != expected:
+                raise InvalidRequest(
+                    f"latents must have shape {expected} for this model and size, "
+                    f"got {tuple(self.latents.shape)}",
+                    param="latents",
+                )
+        widths = {
+            "prompt_embeds": spec.text_embed_width,
+            "negative_prompt_embeds": spec.text_embed_width,
+            "pooled_prompt_embeds": spec.pooled_embed_width,
+            "negative_pooled_prompt_embeds": spec.pooled_embed_width,
+        }
+        for name, width in widths.items():
+            tensor = getattr(self, name)
+            if tensor is not None and tensor.shape[-1] != width:
+                raise InvalidRequest(
+                    f"{name} must be {width} wide for this model, got {tensor.shape[-1]}", param=name
+                )
+        # Text is always encoded to the tokenizers' length; the other side of guidance must match it.
+        if self.prompt_embeds is None and self.negative_prompt_embeds is not None:
+            if self.negative_prompt_embeds.shape[1] != spec.text_tokens:
+                raise InvalidRequest(
+                    f"negative_prompt_embeds must have {spec.text_tokens} tokens to pair with a text prompt",
+                    param="negative_prompt_embeds",
+                )
+        if self.prompt_embeds is not None and self.prompt_embeds.shape[1] > spec.text_tokens:
+            if self.negative_prompt is not None:
+                raise InvalidRequest(
+                    f"prompt_embeds longer than {spec.text_tokens} tokens need negative_prompt_embeds, "
+                    "not a negative_prompt text",
+                    param="negative_prompt",
+                )
+
+    def to_pipeline_kwargs(self) -> dict[str, Any]:
+        """Arguments for `StableDiffusionXLPipeline.__call__` (all but generator and the callback).
+        A single negative or secondary prompt is repeated for every prompt of a list, which diffusers
+        itself would refuse for prompt_2."""
+        kwargs: dict[str, Any] = {
+            name: getattr(self, name)
+            for name in (
+                "prompt",
+                "prompt_2",
+                "height",
+                "width",
+                "num_inference_steps",
+                "denoising_end",
+                "guidance_scale",
+                "negative_prompt",
+                "negative_prompt_2",
+                "num_images_per_prompt",
+                "eta",
+                "latents",
+                "prompt_embeds",
+                "negative_prompt_embeds",
+                "pooled_prompt_embeds",
+                "negative_pooled_prompt_embeds",
+                "guidance_rescale",
+                "original_size",
+                "crops_coords_top_left",
+                "target_size",
+                "negative_original_size",
+                "negative_crops_coords_top_left",
+                "negative_target_size",
+            )
+        }
+        if isinstance(self.prompt, list):
+            for name in ("prompt_2", "negative_prompt", "negative_prompt_2"):
+                if isinstance(kwargs[name], str):
+                    kwargs[name] = [kwargs[name]] * len(self.prompt)
+        return kwargs
+
+    def guidance_is_on(self) -> bool:
+        return self.guidance_scale > 1.0
+
+
+def seeds_for(request: SDXLRequest, seed: int) -> list[int]:
+    """The seed of each image of a request: image j gets seed + j."""
+    return [seed + index for index in range(request.image_count)]

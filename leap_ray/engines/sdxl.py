@@ -1,0 +1,365 @@
+"""The SDXL engine: plain Python, no Ray. It runs a batch of validated requests from different users
+and gives each image exactly what a solo diffusers call with that request would give.
+
+How a batch is run:
+- Requests that must agree on call-level parameters (size, steps, scheduler, micro-conditioning, ...)
+  are grouped; each group is one pipeline call.
+- Prompts are encoded per request, exactly as a solo call encodes them, and the embeddings are
+  concatenated, so requests with and without negative prompts or embeddings can share a call.
+- Every image gets its own CPU `torch.Generator` (seed + j); its initial noise is drawn from it as the
+  pipeline would, and the scheduler's per-image noise comes from it too.
+- guidance_scale is passed as a per-image tensor; the pipeline subclass below turns guidance on when
+  any image needs it, so requests with different scales still share a call.
+- callback_on_step_end is fanned out: each request's callback sees only its rows of the tensors and
+  may stop only its own request (its latents are then frozen as a solo interrupted call leaves them).
+"""
+
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionXLPipeline,
+)
+from diffusers.utils.torch_utils import randn_tensor
+
+from leap_ray.api.sdxl import MAX_SEED, SDXLModelSpec, SDXLRequest
+from leap_ray.engines.device import limit_threads, pick_device, pick_dtype
+from leap_ray.errors import LeapRayError
+
+SCHEDULER_CLASSES = {
+    "ddim": DDIMScheduler,
+    "euler": EulerDiscreteScheduler,
+    "euler_ancestral": EulerAncestralDiscreteScheduler,
+    "dpmpp_2m": DPMSolverMultistepScheduler,
+}
+
+
+class PerImageGuidancePipeline(StableDiffusionXLPipeline):
+    """SDXL whose guidance_scale may be a (images, 1, 1, 1) tensor: guidance is on when any image
+    needs it. The stock property compares a scalar, which a tensor cannot answer."""
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        scale = torch.as_tensor(self._guidance_scale)
+        return bool((scale > 1).any()) and self.unet.config.time_cond_proj_dim is None
+
+
+@dataclass
+class SDXLResult:
+    """One request's images as float arrays (height, width, 3) in [0, 1], with their seeds."""
+
+    images: list[np.ndarray]
+    seeds: list[int]
+    timings: dict[str, float]
+    batch_size: int
+    stopped_at_step: int | None = None
+
+
+@dataclass
+class _Member:
+    """A request inside a pipeline call: its rows, its generators and its step-end state."""
+
+    request: SDXLRequest
+    seeds: list[int]
+    start: int
+    should_stop: Callable[[], bool] | None
+    encode_s: float = 0.0
+    embeds: tuple[torch.Tensor | None, ...] = ()
+    stopped_at_step: int | None = None
+    frozen_latents: torch.Tensor | None = None
+    generators: list[torch.Generator] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.seeds)
+
+
+class _RequestPipelineView:
+    """What a request's callback sees as `pipeline`: the real pipeline, but with this request's
+    guidance scale, and an `_interrupt` flag that stops this request only."""
+
+    def __init__(self, pipeline: StableDiffusionXLPipeline, guidance_scale: float) -> None:
+        self._pipeline = pipeline
+        self._guidance_scale = guidance_scale
+        self._interrupt = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipeline, name)
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+
+class _StepFanOut:
+    """The one callback_on_step_end of a batched call: runs each request's own callback on its
+    rows, keeps stopped requests' latents frozen, and interrupts the call when all have stopped."""
+
+    def __init__(self, members: list[_Member], images: int) -> None:
+        self.members = members
+        self.images = images
+
+    def rows(self, tensor: torch.Tensor, member: _Member) -> torch.Tensor:
+        start, end = member.start, member.start + member.count
+        if tensor.shape[0] == 2 * self.images:  # guidance doubles rows: [unconditional; conditional]
+            return torch.cat([tensor[start:end], tensor[self.images + start : self.images + end]])
+        return tensor[start:end]
+
+    def write(self, tensor: torch.Tensor, member: _Member, value: torch.Tensor) -> None:
+        start, end = member.start, member.start + member.count
+        value = value.to(tensor.device, tensor.dtype)
+        if tensor.shape[0] == 2 * self.images:
+            tensor[start:end] = value[: member.count]
+            tensor[self.images + start : self.images + end] = value[member.count :]
+        else:
+            tensor[start:end] = value
+
+    def __call__(
+        self, pipeline: StableDiffusionXLPipeline, step: int, timestep: torch.Tensor, tensors: dict[str, Any]
+    ) -> dict[str, Any]:
+        for member in self.members:
+            if member.stopped_at_step is not None:
+                self.write(tensors["latents"], member, member.frozen_latents)
+                continue
+            request = member.request
+            if request.callback_on_step_end is not None:
+                view = _RequestPipelineView(pipeline, request.guidance_scale)
+                own = {
+                    name: self.rows(tensors[name], member)
+                    for name in request.callback_on_step_end_tensor_inputs
+                }
+                returned = request.callback_on_step_end(view, step, timestep, own) or {}
+                for name, value in returned.items():
+                    if name in tensors and isinstance(value, torch.Tensor):
+                        self.write(tensors[name], member, value)
+                stop = view.interrupt
+            else:
+                stop = False
+            if stop or (member.should_stop is not None and member.should_stop()):
+                member.stopped_at_step = step
+                member.frozen_latents = self.rows(tensors["latents"], member).clone()
+        if all(member.stopped_at_step is not None for member in self.members):
+            pipeline._interrupt = True
+        return tensors
+
+
+class SDXLEngine:
+    """Loads an SDXL pipeline (model id or local folder) and generates batches of requests."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        threads: int | None = None,
+    ) -> None:
+        limit_threads(threads)
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(self.device, dtype)
+        self.model = model
+        self._default = PerImageGuidancePipeline.from_pretrained(model, dtype=self.dtype).to(self.device)
+        self._default.set_progress_bar_config(disable=True)
+        self._pipelines: dict[str | None, PerImageGuidancePipeline] = {None: self._default}
+
+    def spec(self) -> SDXLModelSpec:
+        pipeline = self._default
+        return SDXLModelSpec(
+            latent_channels=pipeline.unet.config.in_channels,
+            vae_scale_factor=pipeline.vae_scale_factor,
+            text_embed_width=pipeline.unet.config.cross_attention_dim,
+            pooled_embed_width=pipeline.text_encoder_2.config.projection_dim,
+            text_tokens=pipeline.tokenizer_2.model_max_length,
+        )
+
+    def _pipeline_for(self, scheduler: str | None) -> PerImageGuidancePipeline:
+        """A pipeline sharing the loaded modules with its own scheduler instance (schedulers hold state)."""
+        if scheduler not in self._pipelines:
+            scheduler_obj = SCHEDULER_CLASSES[scheduler].from_config(self._default.scheduler.config)
+            pipeline = PerImageGuidancePipeline.from_pipe(self._default, scheduler=scheduler_obj)
+            pipeline.set_progress_bar_config(disable=True)
+            self._pipelines[scheduler] = pipeline
+        return self._pipelines[scheduler]
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        requests: Sequence[SDXLRequest],
+        should_stop: Sequence[Callable[[], bool] | None] | None = None,
+    ) -> list[SDXLResult | LeapRayError]:
+        """Runs the batch; each entry is the request's result, or the error that request alone met.
+        `should_stop[i]`, checked after every denoising step, lets request i leave its call early."""
+        spec = self.spec()
+        results: list[SDXLResult | LeapRayError | None] = [None] * len(requests)
+        groups: dict[tuple, list[tuple[int, _Member]]] = defaultdict(list)
+        for index, request in enumerate(requests):
+            try:
+                request.check_against(spec)
+            except LeapRayError as error:
+                results[index] = error
+                continue
+            seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED - 64)
+            member = _Member(
+                request=request,
+                seeds=[seed + j for j in range(request.image_count)],
+                start=0,
+                should_stop=should_stop[index] if should_stop else None,
+            )
+            self._encode(member)
+            groups[self._group_key(index, member)].append((index, member))
+        for group in groups.values():
+            for index, result in zip(
+                (i for i, _ in group), self._run_group([m for _, m in group]), strict=True
+            ):
+                results[index] = result
+        return results  # type: ignore[return-value]
+
+    def _encode(self, member: _Member) -> None:
+        """Encodes one request's prompts exactly as a solo pipeline call would."""
+        started = time.perf_counter()
+        request = member.request
+        kwargs = request.to_pipeline_kwargs()
+        member.embeds = self._default.encode_prompt(
+            prompt=kwargs["prompt"],
+            prompt_2=kwargs["prompt_2"],
+            device=self.device,
+            num_images_per_prompt=request.num_images_per_prompt,
+            do_classifier_free_guidance=request.guidance_is_on(),
+            negative_prompt=kwargs["negative_prompt"],
+            negative_prompt_2=kwargs["negative_prompt_2"],
+            prompt_embeds=_on(request.prompt_embeds, self.device, self.dtype),
+            negative_prompt_embeds=_on(request.negative_prompt_embeds, self.device, self.dtype),
+            pooled_prompt_embeds=_on(request.pooled_prompt_embeds, self.device, self.dtype),
+            negative_pooled_prompt_embeds=_on(request.negative_pooled_prompt_embeds, self.device, self.dtype),
+        )
+        member.encode_s = time.perf_counter() - started
+
+    @staticmethod
+    def _group_key(index: int, member: _Member) -> tuple:
+        """Requests with equal keys can share one pipeline call."""
+        request = member.request
+        size = (request.height, request.width)
+        # With negative micro-conditioning, diffusers lays out time ids as [negative, positive] pairs
+        # per image, so an image's ids depend on its position in the call: such requests run alone.
+        negative_conditioning = (
+            request.negative_original_size is not None and request.negative_target_size is not None
+        )
+        return (
+            size,
+            request.num_inference_steps,
+            request.scheduler,
+            request.eta,
+            request.denoising_end,
+            request.guidance_is_on(),
+            request.guidance_rescale,
+            request.original_size or size,
+            request.crops_coords_top_left,
+            request.target_size or size,
+            member.embeds[0].shape[1],  # token count of the text embeddings
+            index if negative_conditioning else None,
+        )
+
+    def _initial_latents(self, member: _Member, pipeline: PerImageGuidancePipeline) -> torch.Tensor:
+        request = member.request
+        if request.latents is not None:
+            return request.latents.to(self.device, self.dtype)
+        shape = (
+            1,
+            pipeline.unet.config.in_channels,
+            request.height // pipeline.vae_scale_factor,
+            request.width // pipeline.vae_scale_factor,
+        )
+        # One draw per image from its own generator, as the pipeline's prepare_latents does.
+        return torch.cat(
+            [
+                randn_tensor(shape, generator=g, device=self.device, dtype=self.dtype)
+                for g in member.generators
+            ]
+        )
+
+    def _run_group(self, members: list[_Member]) -> list[SDXLResult]:
+        started = time.perf_counter()
+        first = members[0].request
+        pipeline = self._pipeline_for(first.scheduler)
+        images = 0
+        for member in members:
+            member.start = images
+            member.generators = [torch.Generator().manual_seed(seed) for seed in member.seeds]
+            images += member.count
+        guidance_on = first.guidance_is_on()
+        guidance: float | torch.Tensor = first.guidance_scale
+        if guidance_on:
+            per_image = [member.request.guidance_scale for member in members for _ in range(member.count)]
+            guidance = torch.tensor(per_image, device=self.device, dtype=self.dtype).view(-1, 1, 1, 1)
+        prompt_embeds, negative_embeds, pooled, negative_pooled = (
+            torch.cat([member.embeds[i] for member in members]) if guidance_on or i in (0, 2) else None
+            for i in range(4)
+        )
+        needs_fan_out = any(m.request.callback_on_step_end is not None or m.should_stop for m in members)
+        tensor_inputs = sorted(
+            {"latents"}.union(*(m.request.callback_on_step_end_tensor_inputs for m in members))
+        )
+        kwargs = first.to_pipeline_kwargs()
+        output = pipeline(
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_embeds,
+            pooled_prompt_embeds=pooled,
+            negative_pooled_prompt_embeds=negative_pooled,
+            latents=torch.cat([self._initial_latents(member, pipeline) for member in members]),
+            generator=[g for member in members for g in member.generators],
+            guidance_scale=guidance,
+            num_images_per_prompt=1,
+            output_type="np",
+            callback_on_step_end=_StepFanOut(members, images) if needs_fan_out else None,
+            callback_on_step_end_tensor_inputs=tensor_inputs,
+            **{
+                name: kwargs[name]
+                for name in (
+                    "height",
+                    "width",
+                    "num_inference_steps",
+                    "denoising_end",
+                    "eta",
+                    "guidance_rescale",
+                    "original_size",
+                    "crops_coords_top_left",
+                    "target_size",
+                    "negative_original_size",
+                    "negative_crops_coords_top_left",
+                    "negative_target_size",
+                )
+            },
+        )
+        call_s = time.perf_counter() - started
+        return [
+            SDXLResult(
+                images=list(output.images[member.start : member.start + member.count]),
+                seeds=member.seeds,
+                timings={"encode_s": member.encode_s, "generate_s": call_s},
+                batch_size=images,
+                stopped_at_step=member.stopped_at_step,
+            )
+            for member in members
+        ]
+
+
+def _on(tensor: torch.Tensor | None, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if tensor is None else tensor.to(device, dtype)

@@ -1,0 +1,50 @@
+"""Typed errors. Each carries the HTTP status and error type it maps to; the mapping to a response
+body happens in one place (`leap_ray.serve.errors`)."""
+
+
+class LeapRayError(Exception):
+    status_code = 500
+    error_type = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class InvalidRequest(LeapRayError, ValueError):
+    """Bad input. A ValueError so that pydantic validators may raise it and keep `param`."""
+
+    status_code = 422
+    error_type = "invalid_request_error"
+
+
+class Overloaded(LeapRayError):
+    status_code = 503
+    error_type = "overloaded_error"
+
+
+class ModelUnavailable(LeapRayError):
+    status_code = 503
+    error_type = "model_unavailable_error"
+
+
+def invalid_request_from(errors: list[dict]) -> InvalidRequest:
+    """The first of pydantic's validation errors (`ValidationError.errors()`, or FastAPI's, whose
+    locations start with "body") as an InvalidRequest naming the top-level field."""
+    first = errors[0]
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, InvalidRequest):
+        return cause
+    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    # Union members add their type names to the location; they say nothing a client can act on.
+    path = [part for part in location if "[" not in part]
+    message = first.get("msg", "invalid value").removeprefix("Value error, ")
+    if first.get("type") == "extra_forbidden":
+        message = "unknown field"
+    return InvalidRequest(
+        f"{'.'.join(path)}: {message}" if path else message,
+        param=path[0] if path and not path[0].isdigit() else None,
+        code=first.get("type"),
+    )

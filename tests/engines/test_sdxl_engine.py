@@ -1,0 +1,273 @@
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+
+from leap_ray.api.sdxl import SDXLRequest
+from leap_ray.engines.sdxl import SCHEDULER_CLASSES, SDXLEngine, SDXLResult
+from leap_ray.errors import InvalidRequest
+
+TOLERANCE = 1e-3  # on 0-1 pixel values, CPU float32
+SMALL = {"height": 64, "width": 64, "num_inference_steps": 3}
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_models) -> SDXLEngine:
+    return SDXLEngine(str(tiny_models["sdxl"]))
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_models) -> StableDiffusionXLPipeline:
+    pipeline = StableDiffusionXLPipeline.from_pretrained(tiny_models["sdxl"])
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def solo(reference: StableDiffusionXLPipeline, request: SDXLRequest, seeds: list[int]) -> np.ndarray:
+    """What a direct diffusers call with the request's parameters gives."""
+    if request.scheduler is not None:
+        reference = StableDiffusionXLPipeline.from_pipe(
+            reference, scheduler=SCHEDULER_CLASSES[request.scheduler].from_config(reference.scheduler.config)
+        )
+        reference.set_progress_bar_config(disable=True)
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    return reference(**request.to_pipeline_kwargs(), generator=generators, output_type="np").images
+
+
+def run_one(engine: SDXLEngine, **fields) -> SDXLResult:
+    (result,) = engine.generate([SDXLRequest(**{**SMALL, "seed": 11, **fields})])
+    assert isinstance(result, SDXLResult)
+    return result
+
+
+def image(engine: SDXLEngine, **fields) -> np.ndarray:
+    return np.stack(run_one(engine, **fields).images)
+
+
+def test_a_mixed_batch_matches_solo_diffusers_calls_image_by_image(engine, reference):
+    requests = [
+        SDXLRequest(prompt="a red fox", seed=1, **SMALL),
+        SDXLRequest(
+            prompt=["a dog", "the moon"],
+            negative_prompt="blurry",
+            num_images_per_prompt=2,
+            seed=7,
+            guidance_scale=7.5,
+            **SMALL,
+        ),
+        SDXLRequest(prompt="the sea", prompt_2="an oil painting", seed=3, guidance_scale=2.0, **SMALL),
+        SDXLRequest(prompt="a tree", height=64, width=96, num_inference_steps=3, seed=4),
+        SDXLRequest(prompt="no guidance", guidance_scale=1.0, seed=5, **SMALL),
+        SDXLRequest(prompt="ancestral", scheduler="euler_ancestral", seed=6, **SMALL),
+    ]
+    results = engine.generate(requests)
+    assert [len(result.images) for result in results] == [1, 4, 1, 1, 1, 1]
+    assert results[0].batch_size == results[1].batch_size == results[2].batch_size == 6  # shared one call
+    for request, result in zip(requests, results, strict=True):
+        assert result.seeds == [request.seed + j for j in range(request.image_count)]
+        expected = solo(reference, request, result.seeds)
+        assert np.abs(np.stack(result.images) - expected).max() < TOLERANCE
+
+
+def test_seeds_are_random_when_absent_and_always_returned(engine):
+    first, second = engine.generate([SDXLRequest(prompt="a", **SMALL), SDXLRequest(prompt="a", **SMALL)])
+    assert first.seeds != second.seeds
+    assert not np.allclose(first.images[0], second.images[0])
+    again = image(engine, prompt="a", seed=first.seeds[0])
+    assert np.abs(again[0] - first.images[0]).max() < TOLERANCE
+
+
+def test_a_request_with_a_bad_shape_fails_alone(engine):
+    good = SDXLRequest(prompt="a", seed=1, **SMALL)
+    bad = SDXLRequest(prompt="a", latents=torch.zeros(1, 4, 4, 4), **SMALL)
+    ok, error = engine.generate([good, bad])
+    assert isinstance(ok, SDXLResult)
+    assert isinstance(error, InvalidRequest) and error.param == "latents"
+
+
+def differs(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape != b.shape or np.abs(a - b).max() > TOLERANCE
+
+
+BASE = {"prompt": "a lighthouse"}
+CHANGES = [
+    ("prompt", {"prompt": "a submarine"}),
+    ("prompt_2", {"prompt_2": "an oil painting"}),
+    ("height", {"height": 72}),
+    ("width", {"width": 80}),
+    ("num_inference_steps", {"num_inference_steps": 4}),
+    ("denoising_end", {"num_inference_steps": 4, "denoising_end": 0.5}),
+    ("guidance_scale", {"guidance_scale": 9.0}),
+    ("negative_prompt", {"negative_prompt": "fog"}),
+    ("negative_prompt_2", {"negative_prompt": "fog", "negative_prompt_2": "rain"}),
+    ("guidance_rescale", {"guidance_rescale": 0.7}),
+    ("original_size", {"original_size": (256, 256)}),
+    ("crops_coords_top_left", {"crops_coords_top_left": (256, 128)}),
+    ("target_size", {"target_size": (512, 512)}),
+    ("negative_original_size", {"negative_original_size": (256, 256), "negative_target_size": (64, 64)}),
+    ("negative_target_size", {"negative_original_size": (64, 64), "negative_target_size": (256, 256)}),
+    (
+        "negative_crops_coords_top_left",
+        {
+            "negative_original_size": (64, 64),
+            "negative_target_size": (64, 64),
+            "negative_crops_coords_top_left": (256, 256),
+        },
+    ),
+    ("eta", {"scheduler": "ddim", "eta": 1.0}),
+    ("scheduler", {"scheduler": "dpmpp_2m"}),
+    ("seed", {"seed": 12}),
+]
+
+
+@pytest.mark.parametrize("change", [c[1] for c in CHANGES], ids=[c[0] for c in CHANGES])
+def test_each_parameter_changes_the_output(engine, change):
+    before = {**BASE, **({"scheduler": "ddim"} if "eta" in change else {})}
+    negative_with = {
+        k: v for k, v in change.items() if k in ("negative_original_size", "negative_target_size")
+    }
+    if len(negative_with) == 2 and "negative_crops_coords_top_left" in change:
+        before.update(negative_with)  # the crop is the only difference
+    if "negative_prompt_2" in change:
+        before["negative_prompt"] = change["negative_prompt"]
+    assert differs(image(engine, **before), image(engine, **{**BASE, **change}))
+
+
+NO_EFFECT = [
+    ("negative_prompt_2-alone-is-zeroed", {"negative_prompt_2": "rain"}),
+    ("negative_crops-alone", {"negative_crops_coords_top_left": (256, 256)}),
+    ("negative_original_size-without-target", {"negative_original_size": (256, 256)}),
+    ("eta-under-euler", {"eta": 1.0}),
+    ("denoising_end-1", {"denoising_end": 1.0}),
+]
+
+
+@pytest.mark.parametrize("change", [c[1] for c in NO_EFFECT], ids=[c[0] for c in NO_EFFECT])
+def test_documented_no_effect_cases(engine, change):
+    assert not differs(image(engine, **BASE), image(engine, **{**BASE, **change}))
+
+
+def test_num_images_per_prompt_gives_that_many_images_seeded_in_order(engine):
+    result = run_one(engine, **BASE, num_images_per_prompt=3)
+    assert result.seeds == [11, 12, 13]
+    assert len(result.images) == 3
+    assert not differs(result.images[1][None], image(engine, **BASE, seed=12))
+
+
+def test_latents_replace_the_seeded_noise(engine, reference):
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(11))
+    assert not differs(image(engine, **BASE, latents=noise), image(engine, **BASE))
+    assert differs(image(engine, **BASE, latents=noise * 0.5), image(engine, **BASE))
+
+
+def test_prompt_embeddings_give_what_their_prompts_give(engine, reference):
+    embeds, negative, pooled, negative_pooled = reference.encode_prompt(
+        prompt="a lighthouse", negative_prompt="fog", do_classifier_free_guidance=True, device="cpu"
+    )
+    from_text = image(engine, prompt="a lighthouse", negative_prompt="fog")
+    from_embeds = image(
+        engine,
+        prompt_embeds=embeds,
+        pooled_prompt_embeds=pooled,
+        negative_prompt_embeds=negative,
+        negative_pooled_prompt_embeds=negative_pooled,
+    )
+    assert not differs(from_text, from_embeds)
+    for name, tensor in [
+        ("prompt_embeds", embeds),
+        ("pooled_prompt_embeds", pooled),
+        ("negative_prompt_embeds", negative),
+        ("negative_pooled_prompt_embeds", negative_pooled),
+    ]:
+        changed = {
+            "prompt_embeds": embeds,
+            "pooled_prompt_embeds": pooled,
+            "negative_prompt_embeds": negative,
+            "negative_pooled_prompt_embeds": negative_pooled,
+            name: tensor * 1.5,
+        }
+        assert differs(from_text, image(engine, **changed)), name
+
+
+def test_callback_sees_only_its_own_rows_and_changes_only_its_own_images(engine, reference):
+    seen: list[dict[str, tuple]] = []
+
+    def brighten(pipeline, step, timestep, tensors):
+        seen.append({name: tuple(t.shape) for name, t in tensors.items()})
+        assert pipeline.guidance_scale == 5.0
+        return {"latents": tensors["latents"] + 0.1}
+
+    plain = SDXLRequest(prompt="a lighthouse", seed=3, num_images_per_prompt=2, **SMALL)
+    with_callback = SDXLRequest(
+        prompt="a lighthouse",
+        seed=11,
+        callback_on_step_end=brighten,
+        callback_on_step_end_tensor_inputs=["latents", "prompt_embeds", "add_text_embeds", "add_time_ids"],
+        guidance_scale=5.0,
+        **SMALL,
+    )
+    first, second = engine.generate([plain, with_callback])
+    assert first.batch_size == 3
+    assert (
+        seen
+        == [
+            {
+                "latents": (1, 4, 8, 8),
+                "prompt_embeds": (2, 77, 96),
+                "add_text_embeds": (2, 32),
+                "add_time_ids": (2, 6),
+            }
+        ]
+        * 3
+    )
+    assert not differs(np.stack(first.images), solo(reference, plain, first.seeds))
+    generators = [torch.Generator().manual_seed(11)]
+    expected = reference(
+        **with_callback.to_pipeline_kwargs(),
+        generator=generators,
+        output_type="np",
+        callback_on_step_end=brighten,
+        callback_on_step_end_tensor_inputs=["latents"],
+    ).images
+    assert not differs(np.stack(second.images), expected)
+
+
+def test_a_callback_interrupt_stops_only_its_own_request(engine, reference):
+    def stop_after_first(pipeline, step, timestep, tensors):
+        pipeline._interrupt = step >= 0
+        return tensors
+
+    stopping = SDXLRequest(prompt="stop", seed=2, callback_on_step_end=stop_after_first, **SMALL)
+    running = SDXLRequest(prompt="run", seed=4, **SMALL)
+    stopped, finished = engine.generate([stopping, running])
+    assert stopped.stopped_at_step == 0 and finished.stopped_at_step is None
+    assert not differs(np.stack(finished.images), solo(reference, running, finished.seeds))
+    expected = reference(
+        **stopping.to_pipeline_kwargs(),
+        generator=[torch.Generator().manual_seed(2)],
+        output_type="np",
+        callback_on_step_end=stop_after_first,
+    ).images
+    assert not differs(np.stack(stopped.images), expected)
+
+
+def test_should_stop_leaves_the_batch_at_the_next_step(engine):
+    stopped, finished = engine.generate(
+        [SDXLRequest(prompt="a", seed=1, **SMALL), SDXLRequest(prompt="b", seed=2, **SMALL)],
+        should_stop=[lambda: True, None],
+    )
+    assert stopped.stopped_at_step == 0
+    assert finished.stopped_at_step is None
+
+
+def test_ddim_scheduler_is_the_stock_one(engine, reference):
+    request = SDXLRequest(prompt="a", scheduler="ddim", eta=0.5, seed=5, **SMALL)
+    (result,) = engine.generate([request])
+    ddim = StableDiffusionXLPipeline.from_pipe(
+        reference, scheduler=DDIMScheduler.from_config(reference.scheduler.config)
+    )
+    ddim.set_progress_bar_config(disable=True)
+    expected = ddim(
+        **request.to_pipeline_kwargs(), generator=[torch.Generator().manual_seed(5)], output_type="np"
+    )
+    assert not differs(np.stack(result.images), expected.images)
