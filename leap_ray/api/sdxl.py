@@ -7,15 +7,15 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
+from leap_ray.api.common import MAX_SEED, FiniteFloat, prompt_text
 from leap_ray.api.tensors import TensorInput
 from leap_ray.config import LIMITS
 from leap_ray.errors import InvalidRequest
 
 _LIMITS = LIMITS.sdxl
-MAX_SEED = 2**53 - 1  # the largest integer every JSON client keeps exactly
 MAX_CONDITIONING_SIZE = 8192
 
 # The tensors diffusers' SDXL pipeline can hand to `callback_on_step_end` (`_callback_tensor_inputs`).
@@ -23,20 +23,11 @@ CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "add_text_embeds", "add_ti
 SCHEDULERS = ("ddim", "euler", "euler_ancestral", "dpmpp_2m")
 
 
-def _not_blank(text: str) -> str:
-    if not text.strip():
-        raise ValueError("must not be empty or only white space")
-    return text
-
-
-PromptText = Annotated[
-    str, Field(min_length=1, max_length=_LIMITS.max_prompt_chars), AfterValidator(_not_blank)
-]
+PromptText = prompt_text(_LIMITS.max_prompt_chars)
 Prompts = PromptText | Annotated[list[PromptText], Field(min_length=1, max_length=_LIMITS.max_prompts)]
 Size = Annotated[int, Field(ge=_LIMITS.min_size, le=_LIMITS.max_size, multiple_of=8)]
 Coordinate = Annotated[int, Field(ge=0, le=MAX_CONDITIONING_SIZE)]
 Extent = Annotated[int, Field(ge=1, le=MAX_CONDITIONING_SIZE)]
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
 def _callable_or_none(value: object) -> Callable[..., Any] | None:

@@ -32,7 +32,8 @@ from diffusers import (
 )
 from diffusers.utils.torch_utils import randn_tensor
 
-from leap_ray.api.sdxl import MAX_SEED, SDXLModelSpec, SDXLRequest
+from leap_ray.api.common import MAX_SEED
+from leap_ray.api.sdxl import SDXLModelSpec, SDXLRequest
 from leap_ray.engines.device import limit_threads, pick_device, pick_dtype
 from leap_ray.errors import LeapRayError
 

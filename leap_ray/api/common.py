@@ -1,0 +1,21 @@
+"""Field types shared by the request models."""
+
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
+
+MAX_SEED = 2**53 - 1  # the largest integer every JSON client keeps exactly
+
+
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty or only white space")
+    return text
+
+
+def prompt_text(max_chars: int) -> type[str]:
+    """A non-blank prompt of at most `max_chars` characters."""
+    return Annotated[str, Field(min_length=1, max_length=max_chars), AfterValidator(_not_blank)]  # type: ignore[return-value]
+
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]

@@ -1,0 +1,93 @@
+"""The MusicGen request: prompt, duration up to the configured maximum (60 s), output format, an
+optional melody whose chroma guides the music (as musicgen-melody does), seed, and the sampling knobs
+with audiocraft's defaults."""
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
+
+from leap_ray.api.audio import AudioFormat, DecodedAudio, decode_audio
+from leap_ray.api.common import MAX_SEED, prompt_text
+from leap_ray.config import LIMITS
+
+_LIMITS = LIMITS.musicgen
+
+
+def _melody(value: object) -> DecodedAudio | None:
+    if value is None:
+        return None
+    return decode_audio(value, max_bytes=_LIMITS.max_melody_bytes, max_seconds=_LIMITS.max_melody_s)
+
+
+MelodyInput = Annotated[
+    DecodedAudio | None,
+    PlainValidator(_melody),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "maxLength": _LIMITS.max_melody_bytes * 4 // 3 + 1024},
+                {"type": "null"},
+            ],
+            "description": "Base64 or a data: URI of WAV, FLAC, OGG or MP3 audio.",
+        }
+    ),
+]
+
+
+@dataclass(frozen=True)
+class MusicGenModelSpec:
+    """What a loaded model offers, for checks that depend on it."""
+
+    sample_rate: int
+    frame_rate: int
+    supports_melody: bool
+
+
+class MusicGenRequest(BaseModel):
+    """One MusicGen generation. With a seed, the same request gives the same audio, whatever else
+    shares its batch."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    prompt: prompt_text(_LIMITS.max_prompt_chars) = Field(  # type: ignore[valid-type]
+        description="Text describing the music."
+    )
+    duration: float = Field(
+        10.0,
+        gt=0.0,
+        le=_LIMITS.max_duration_s,
+        allow_inf_nan=False,
+        description="Length of the track in seconds (at most the configured maximum, 60 s by default); "
+        "rounded to whole codec frames (1/50 s).",
+    )
+    format: AudioFormat = Field("wav", description="wav (16-bit PCM), flac, ogg (Vorbis) or mp3.")
+    melody: MelodyInput = Field(
+        None,
+        description="A melodic guide: audio whose chroma conditions the music, as musicgen-melody does. "
+        "Mixed to mono and resampled; looped when shorter than the track. Needs a melody model.",
+    )
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Sampling seed; random when absent.")
+    guidance_scale: float = Field(
+        3.0, ge=0.0, le=20.0, allow_inf_nan=False, description="Classifier-free guidance scale."
+    )
+    temperature: float = Field(
+        1.0,
+        ge=0.0,
+        le=5.0,
+        allow_inf_nan=False,
+        description="Softmax temperature; 0 picks the likeliest token.",
+    )
+    top_k: int = Field(
+        250, ge=0, le=10_000, description="Sample among the k likeliest tokens; 0 turns it off."
+    )
+    top_p: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="Nucleus sampling threshold; 0 turns it off, and when on it replaces top_k.",
+    )
+
+    def frames(self, frame_rate: int) -> int:
+        return max(1, round(self.duration * frame_rate))

@@ -1,0 +1,313 @@
+"""The MusicGen engine: plain Python, no Ray, on transformers' MusicGen classes (text-only or melody).
+
+It runs its own decoding loop rather than `generate()`, because the service needs what `generate()`
+cannot give: per-request random streams (a seeded request gives the same audio whatever shares its
+batch), per-request guidance and sampling settings, audiocraft's windowed continuation past 30 s on
+codes, and a stop check at every step. What it reproduces from audiocraft, the reference:
+- sampling: classifier-free guidance uncond + (cond - uncond) * scale, then temperature, then top-p
+  (when > 0) or top-k, from the softmax; temperature 0 is greedy;
+- the delay pattern over the codebooks (transformers' `build_delay_pattern_mask`);
+- tracks longer than the 30 s window: keep the last 12 s of codes as the prompt of the next window,
+  move on 18 s (`extend_stride`), and slide the melody along; decode once at the end;
+- melody: the chroma of 30 s of the melody from the window's start (looped when shorter).
+
+Batching: all requests in a batch run their windows together; rows that end earlier get padding
+past their end exactly as a solo call would, so lengths may differ. The melody model prepends the
+text to the decoder's input, where positions are absolute, so there requests also group by their
+prompt's token count.
+"""
+
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    MusicgenForConditionalGeneration,
+    MusicgenMelodyForConditionalGeneration,
+)
+
+from leap_ray.api.common import MAX_SEED
+from leap_ray.api.musicgen import MusicGenModelSpec, MusicGenRequest
+from leap_ray.engines.chroma import ChromaExtractor, resample
+from leap_ray.engines.device import limit_threads, pick_device, pick_dtype
+from leap_ray.errors import InvalidRequest, LeapRayError
+
+WINDOW_S = 30.0  # audiocraft's max_duration
+EXTEND_STRIDE_S = 18.0  # audiocraft's extend_stride
+
+
+@dataclass
+class MusicGenResult:
+    waveform: np.ndarray  # (samples,) float32, mono
+    sample_rate: int
+    seed: int
+    timings: dict[str, float]
+    batch_size: int
+    stopped: bool = False
+
+
+def window_schedule(total_frames: int, window_frames: int, stride_frames: int) -> list[tuple[int, int]]:
+    """(start frame, frames including the carried-over prompt) of each window, audiocraft's rule."""
+    windows: list[tuple[int, int]] = []
+    offset, prompt = 0, 0
+    while offset + prompt < total_frames:
+        length = min(total_frames - offset, window_frames)
+        windows.append((offset, length))
+        prompt = length - stride_frames
+        offset += stride_frames
+    return windows
+
+
+def sample_tokens(logits: torch.Tensor, request: MusicGenRequest, generator: torch.Generator) -> torch.Tensor:
+    """One token per row of (codebooks, vocabulary) logits, drawn from the request's own generator."""
+    if request.temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / request.temperature, dim=-1)
+    if request.top_p > 0:
+        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+        beyond = sorted_probs.cumsum(dim=-1) - sorted_probs > request.top_p
+        sorted_probs = sorted_probs.masked_fill(beyond, 0.0)
+        sorted_probs /= sorted_probs.sum(dim=-1, keepdim=True)
+        picked = torch.multinomial(sorted_probs, 1, generator=generator)
+        return order.gather(-1, picked).squeeze(-1)
+    if request.top_k > 0:
+        k = min(request.top_k, probs.shape[-1])
+        threshold = probs.topk(k, dim=-1).values[..., -1:]
+        probs = probs * (probs >= threshold)
+        probs /= probs.sum(dim=-1, keepdim=True)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@dataclass
+class _Track:
+    """One request on its way through the windows."""
+
+    request: MusicGenRequest
+    seed: int
+    windows: list[tuple[int, int]]
+    should_stop: Callable[[], bool] | None
+    text: torch.Tensor  # (tokens, hidden): projected text conditioning
+    melody: np.ndarray | None  # at the model's sample rate
+    generator: torch.Generator = field(init=False)
+    prompt: torch.Tensor | None = None  # (codebooks, frames) carried into the next window
+    new_codes: list[torch.Tensor] = field(default_factory=list)
+    stopped: bool = False
+    batch_size: int = 0
+    timings: dict[str, float] = field(default_factory=lambda: {"encode_s": 0.0, "generate_s": 0.0})
+
+    def __post_init__(self) -> None:
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def check_stop(self) -> bool:
+        if not self.stopped and self.should_stop is not None and self.should_stop():
+            self.stopped = True
+        return self.stopped
+
+
+class MusicGenEngine:
+    """Loads a MusicGen or MusicGen-melody model (model id or local folder) and generates batches."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        threads: int | None = None,
+        window_s: float = WINDOW_S,
+        extend_stride_s: float = EXTEND_STRIDE_S,
+    ) -> None:
+        limit_threads(threads)
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(self.device, dtype)
+        config = AutoConfig.from_pretrained(model)
+        self.has_melody = config.model_type == "musicgen_melody"
+        model_class = (
+            MusicgenMelodyForConditionalGeneration if self.has_melody else MusicgenForConditionalGeneration
+        )
+        self.model = model_class.from_pretrained(model, dtype=self.dtype).to(self.device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        self.sample_rate = config.audio_encoder.sampling_rate
+        self.frame_rate = config.audio_encoder.frame_rate
+        self.codebooks = self.model.decoder.num_codebooks
+        self.pad_token = self.model.generation_config.pad_token_id
+        self.start_token = self.model.generation_config.decoder_start_token_id
+        self.window_frames = round(window_s * self.frame_rate)
+        self.stride_frames = round(extend_stride_s * self.frame_rate)
+        self.window_samples = round(window_s * self.sample_rate)
+        self.chroma = ChromaExtractor(self.sample_rate) if self.has_melody else None
+
+    def spec(self) -> MusicGenModelSpec:
+        return MusicGenModelSpec(
+            sample_rate=self.sample_rate, frame_rate=self.frame_rate, supports_melody=self.has_melody
+        )
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        requests: Sequence[MusicGenRequest],
+        should_stop: Sequence[Callable[[], bool] | None] | None = None,
+    ) -> list[MusicGenResult | LeapRayError]:
+        """Runs the batch; each entry is the request's result, or the error that request alone met.
+        `should_stop[i]`, checked at every step, lets request i leave the batch."""
+        results: list[MusicGenResult | LeapRayError | None] = [None] * len(requests)
+        tracks: dict[int, _Track] = {}
+        for index, request in enumerate(requests):
+            if request.melody is not None and not self.has_melody:
+                results[index] = InvalidRequest(
+                    "this model takes no melody; serve a musicgen-melody model for melody guidance",
+                    param="melody",
+                )
+                continue
+            tracks[index] = self._start_track(request, should_stop[index] if should_stop else None)
+        round_index = 0
+        while active := [t for t in tracks.values() if len(t.windows) > round_index and not t.check_stop()]:
+            groups: dict[int | None, list[_Track]] = defaultdict(list)
+            for track in active:
+                groups[track.text.shape[0] if self.has_melody else None].append(track)
+            for group in groups.values():
+                self._run_window(group, round_index)
+            round_index += 1
+        for index, track in tracks.items():
+            results[index] = self._finish(track)
+        return results  # type: ignore[return-value]
+
+    def _start_track(self, request: MusicGenRequest, should_stop: Callable[[], bool] | None) -> _Track:
+        started = time.perf_counter()
+        melody = None
+        if request.melody is not None:
+            melody = resample(request.melody.waveform, request.melody.sample_rate, self.sample_rate)
+        track = _Track(
+            request=request,
+            seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED),
+            windows=window_schedule(request.frames(self.frame_rate), self.window_frames, self.stride_frames),
+            should_stop=should_stop,
+            text=self._encode_text(request.prompt),
+            melody=melody,
+        )
+        track.timings["encode_s"] = time.perf_counter() - started
+        return track
+
+    def _encode_text(self, prompt: str) -> torch.Tensor:
+        """The prompt's T5 states projected to the decoder's width, encoded alone (no padding)."""
+        tokens = self.tokenizer([prompt], return_tensors="pt").to(self.device)
+        states = self.model.text_encoder(**tokens).last_hidden_state
+        if hasattr(self.model, "enc_to_dec_proj"):
+            states = self.model.enc_to_dec_proj(states)
+        return states[0]
+
+    def _melody_chroma(self, melody: np.ndarray | None, start_frame: int) -> torch.Tensor:
+        """(frames, 12) chroma of 30 s of melody from the window's start, looping the melody."""
+        if melody is None:  # the model's null melody: every frame in the first pitch class
+            null = torch.zeros(1, 12)
+            null[0, 0] = 1
+            return null
+        start = start_frame * self.sample_rate // self.frame_rate
+        positions = np.arange(start, start + self.window_samples) % len(melody)
+        return self.chroma(torch.from_numpy(melody[positions]))
+
+    def _conditioning(self, tracks: list[_Track], round_index: int) -> dict[str, torch.Tensor]:
+        """Decoder conditioning for [conditional rows; unconditional rows], as transformers builds it."""
+        if self.has_melody:
+            length = self.model.config.chroma_length
+            prefixes = []
+            for track in tracks:
+                chroma = self._melody_chroma(track.melody, track.windows[round_index][0])
+                chroma = chroma.repeat(-(-length // chroma.shape[0]), 1)[:length]
+                prefixes.append(torch.cat([self._project_chroma(chroma), track.text]))
+            null_chroma = self._project_chroma(self._melody_chroma(None, 0).repeat(length, 1))
+            unconditional = [torch.cat([null_chroma, torch.zeros_like(t.text)]) for t in tracks]
+            return {"encoder_hidden_states": torch.stack(prefixes + unconditional)}
+        states = torch.nn.utils.rnn.pad_sequence([t.text for t in tracks], batch_first=True)
+        mask = torch.nn.utils.rnn.pad_sequence(
+            [torch.ones(t.text.shape[0], device=self.device, dtype=torch.long) for t in tracks],
+            batch_first=True,
+        )
+        return {
+            "encoder_hidden_states": torch.cat([states, torch.zeros_like(states)]),
+            "encoder_attention_mask": torch.cat([mask, torch.zeros_like(mask)]),
+        }
+
+    def _project_chroma(self, chroma: torch.Tensor) -> torch.Tensor:
+        chroma = chroma.to(self.device, self.dtype)
+        if hasattr(self.model, "audio_enc_to_dec_proj"):
+            return self.model.audio_enc_to_dec_proj(chroma)
+        return chroma
+
+    def _delay_pattern(self, track: _Track, frames: int, width: int) -> torch.Tensor:
+        """The track's (codebooks, width) pattern: known tokens, -1 where to sample, padding past its end."""
+        ids = torch.full((self.codebooks, 1), self.start_token, device=self.device, dtype=torch.long)
+        if track.prompt is not None:
+            ids = torch.cat([ids, track.prompt], dim=1)
+        _, pattern = self.model.decoder.build_delay_pattern_mask(
+            ids, self.pad_token, max_length=frames + self.codebooks
+        )
+        return torch.nn.functional.pad(pattern, (0, width - pattern.shape[1]), value=self.pad_token)
+
+    def _run_window(self, tracks: list[_Track], round_index: int) -> None:
+        started = time.perf_counter()
+        codebooks, rows = self.codebooks, len(tracks) * self.codebooks
+        lengths = [track.windows[round_index][1] for track in tracks]
+        width = max(lengths) + codebooks
+        pattern = torch.cat([self._delay_pattern(t, n, width) for t, n in zip(tracks, lengths, strict=True)])
+        prompt_frames = 0 if tracks[0].prompt is None else tracks[0].prompt.shape[1]
+        sequence = pattern[:, : 1 + prompt_frames]
+        conditioning = self._conditioning(tracks, round_index)
+        guidance = torch.tensor([t.request.guidance_scale for t in tracks]).repeat_interleave(codebooks)[
+            :, None
+        ]
+        cache = None
+        for position in range(1 + prompt_frames, width):
+            step_input = sequence if cache is None else sequence[:, -1:]
+            if self.has_melody and cache is not None:
+                conditioning = {}  # the prefix is in the cache after the first step
+            output = self.model.decoder(
+                input_ids=step_input.repeat(2, 1), cache=cache, use_cache=True, **conditioning
+            )
+            cache = output.cache
+            conditional, unconditional = output.logits[:, -1].float().cpu().split(rows)
+            guided = unconditional + (conditional - unconditional) * guidance
+            tokens = torch.cat(
+                [
+                    sample_tokens(guided[i * codebooks : (i + 1) * codebooks], track.request, track.generator)
+                    for i, track in enumerate(tracks)
+                ]
+            ).to(self.device)
+            column = torch.where(pattern[:, position] == -1, tokens, pattern[:, position])
+            sequence = torch.cat([sequence, column[:, None]], dim=1)
+            if all(track.check_stop() for track in tracks):
+                break
+        elapsed = time.perf_counter() - started
+        per_track = sequence.view(len(tracks), codebooks, -1)
+        for index, (track, frames) in enumerate(zip(tracks, lengths, strict=True)):
+            track.timings["generate_s"] += elapsed
+            track.batch_size = track.batch_size or len(tracks)
+            if track.stopped:
+                continue
+            # Undo the delay: codebook k's frame f sits at position 1 + f + k.
+            codes = torch.stack([per_track[index, k, 1 + k : 1 + k + frames] for k in range(codebooks)])
+            track.new_codes.append(codes[:, prompt_frames:])
+            track.prompt = codes[:, self.stride_frames :]
+
+    def _finish(self, track: _Track) -> MusicGenResult:
+        waveform = np.zeros(0, dtype=np.float32)
+        if not track.stopped:
+            started = time.perf_counter()
+            codes = torch.cat(track.new_codes, dim=1)
+            audio = self.model.audio_encoder.decode(codes[None, None], audio_scales=[None]).audio_values
+            waveform = audio[0, 0].float().cpu().numpy()
+            track.timings["decode_s"] = time.perf_counter() - started
+        return MusicGenResult(
+            waveform=waveform,
+            sample_rate=self.sample_rate,
+            seed=track.seed,
+            timings=track.timings,
+            batch_size=track.batch_size,
+            stopped=track.stopped,
+        )
