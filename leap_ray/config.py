@@ -5,7 +5,9 @@ e.g. `LEAP_RAY_SDXL__MAX_STEPS=100`), because they become the bounds of the requ
 of `/openapi.json`. In a Serve config, set them in `runtime_env.env_vars`.
 """
 
-from pydantic import BaseModel, Field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -40,3 +42,48 @@ class Limits(BaseSettings):
 
 
 LIMITS = Limits()
+
+
+class ModelSettings(BaseModel):
+    """One model deployment's engine. Serve options (replicas, autoscaling, GPUs, queue limits and
+    batching through `user_config`) live in the Serve config's `deployments` section."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field(
+        description="Hub model id, local folder, or tiny:<name> for a built-in tiny model "
+        "(tiny:sdxl, tiny:musicgen, tiny:musicgen-melody) built on first use."
+    )
+    engine: str | None = Field(
+        None, description="module:Class of the engine; the deployment's own engine when absent."
+    )
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments for the engine (device, dtype, threads, ...)."
+    )
+
+
+class BatchingConfig(BaseModel):
+    """A model deployment's `user_config`: dynamic batching, changeable without a restart."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(8, ge=1, description="Most work in one batch (SDXL counts images).")
+    batch_wait_timeout_s: float = Field(0.02, ge=0.0, description="How long a batch waits to fill.")
+
+
+class IngressSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    spec_timeout_s: float = Field(
+        600.0, gt=0, description="How long a request waits for a model deployment to come up."
+    )
+
+
+class AppConfig(BaseModel):
+    """The `args` of the leap_ray application (`leap_ray.serve.app:build_app`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sdxl: ModelSettings = ModelSettings(model="tiny:sdxl")
+    musicgen: ModelSettings = ModelSettings(model="tiny:musicgen-melody")
+    ingress: IngressSettings = IngressSettings()

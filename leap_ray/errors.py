@@ -48,3 +48,8 @@ def invalid_request_from(errors: list[dict]) -> InvalidRequest:
         param=path[0] if path and not path[0].isdigit() else None,
         code=first.get("type"),
     )
+
+
+class NotAcceptable(LeapRayError):
+    status_code = 406
+    error_type = "not_acceptable_error"

@@ -2,6 +2,7 @@
 optional melody whose chroma guides the music (as musicgen-melody does), seed, and the sampling knobs
 with audiocraft's defaults."""
 
+import base64
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -10,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchem
 from leap_ray.api.audio import AudioFormat, DecodedAudio, decode_audio
 from leap_ray.api.common import MAX_SEED, prompt_text
 from leap_ray.config import LIMITS
+from leap_ray.errors import InvalidRequest
 
 _LIMITS = LIMITS.musicgen
 
@@ -91,3 +93,39 @@ class MusicGenRequest(BaseModel):
 
     def frames(self, frame_rate: int) -> int:
         return max(1, round(self.duration * frame_rate))
+
+    def check_against(self, spec: MusicGenModelSpec) -> None:
+        """Raises InvalidRequest for what the loaded model cannot do."""
+        if self.melody is not None and not spec.supports_melody:
+            raise InvalidRequest(
+                "this model takes no melody; serve a musicgen-melody model for melody guidance",
+                param="melody",
+            )
+
+
+@dataclass
+class MusicGenOutput:
+    """What the MusicGen deployment returns: the encoded track."""
+
+    audio: bytes
+    format: str
+    sample_rate: int
+    duration: float
+    seed: int
+    timings: dict[str, float]
+    batch_size: int
+
+
+class MusicGenResponse(BaseModel):
+    audio: str = Field(description="Base64 of the encoded track.")
+    format: AudioFormat
+    sample_rate: int
+    duration: float = Field(description="Length in seconds.")
+    seed: int = Field(description="The seed that reproduces this track.")
+    timings: dict[str, float]
+    batch_size: int = Field(description="Tracks generated together with this one.")
+
+    @classmethod
+    def from_output(cls, output: MusicGenOutput) -> "MusicGenResponse":
+        fields = {name: getattr(output, name) for name in cls.model_fields if name != "audio"}
+        return cls(audio=base64.b64encode(output.audio).decode(), **fields)

@@ -2,6 +2,7 @@
 service promises, with the bounds clients see in `/openapi.json`, plus seed, output format and
 scheduler. A request converts itself into pipeline arguments (`to_pipeline_kwargs`)."""
 
+import base64
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -331,3 +332,37 @@ class SDXLRequest(BaseModel):
 def seeds_for(request: SDXLRequest, seed: int) -> list[int]:
     """The seed of each image of a request: image j gets seed + j."""
     return [seed + index for index in range(request.image_count)]
+
+
+@dataclass
+class SDXLOutput:
+    """What the SDXL deployment returns: encoded images, one seed each."""
+
+    images: list[bytes]
+    format: str
+    seeds: list[int]
+    timings: dict[str, float]
+    batch_size: int
+
+
+class SDXLImage(BaseModel):
+    data: str = Field(description="Base64 of the encoded image.")
+    format: Literal["png", "jpeg", "webp"]
+    seed: int = Field(description="The seed that reproduces this image.")
+
+
+class SDXLResponse(BaseModel):
+    images: list[SDXLImage]
+    timings: dict[str, float] = Field(description="Seconds spent encoding prompts and generating.")
+    batch_size: int = Field(description="Images in the pipeline call that served this request.")
+
+    @classmethod
+    def from_output(cls, output: SDXLOutput) -> "SDXLResponse":
+        return cls(
+            images=[
+                SDXLImage(data=base64.b64encode(data).decode(), format=output.format, seed=seed)
+                for data, seed in zip(output.images, output.seeds, strict=True)
+            ],
+            timings=output.timings,
+            batch_size=output.batch_size,
+        )

@@ -36,7 +36,7 @@ from leap_ray.api.common import MAX_SEED
 from leap_ray.api.musicgen import MusicGenModelSpec, MusicGenRequest
 from leap_ray.engines.chroma import ChromaExtractor, resample
 from leap_ray.engines.device import limit_threads, pick_device, pick_dtype
-from leap_ray.errors import InvalidRequest, LeapRayError
+from leap_ray.errors import LeapRayError
 
 WINDOW_S = 30.0  # audiocraft's max_duration
 EXTEND_STRIDE_S = 18.0  # audiocraft's extend_stride
@@ -158,12 +158,12 @@ class MusicGenEngine:
         `should_stop[i]`, checked at every step, lets request i leave the batch."""
         results: list[MusicGenResult | LeapRayError | None] = [None] * len(requests)
         tracks: dict[int, _Track] = {}
+        spec = self.spec()
         for index, request in enumerate(requests):
-            if request.melody is not None and not self.has_melody:
-                results[index] = InvalidRequest(
-                    "this model takes no melody; serve a musicgen-melody model for melody guidance",
-                    param="melody",
-                )
+            try:
+                request.check_against(spec)
+            except LeapRayError as error:
+                results[index] = error
                 continue
             tracks[index] = self._start_track(request, should_stop[index] if should_stop else None)
         round_index = 0

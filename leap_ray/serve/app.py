@@ -1,0 +1,19 @@
+"""The application builder: `import_path: leap_ray.serve.app:build_app` in a Serve config, whose
+`args` are an AppConfig."""
+
+from typing import Any
+
+from ray.serve import Application
+
+from leap_ray.config import AppConfig
+from leap_ray.serve.deployments import MusicGenDeployment, SDXLDeployment
+from leap_ray.serve.ingress import Ingress
+
+
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    config = AppConfig.model_validate(args or {})
+    return Ingress.bind(
+        SDXLDeployment.bind(config.sdxl),
+        MusicGenDeployment.bind(config.musicgen),
+        config.ingress,
+    )

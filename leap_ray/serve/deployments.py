@@ -1,0 +1,109 @@
+"""The model deployments: thin shims over the engines. Each owns one engine (class injectable by
+config, as in Ray Serve LLM), batches concurrent requests with `@serve.batch`, and encodes results off
+the event loop. Replicas, autoscaling, GPUs, queue limits and batching (`user_config`) come from the
+Serve config."""
+
+import asyncio
+import importlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from leap_ray.api.audio import encode_audio
+from leap_ray.api.images import encode_image
+from leap_ray.api.musicgen import MusicGenModelSpec, MusicGenOutput, MusicGenRequest
+from leap_ray.api.sdxl import SDXLModelSpec, SDXLOutput, SDXLRequest
+from leap_ray.config import BatchingConfig, ModelSettings
+
+
+def _import(path: str) -> type:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def batch_cost(requests: Sequence[Any]) -> int:
+    """What a batch costs against max_batch_size: an SDXL request counts its images."""
+    return sum(getattr(request, "image_count", 1) for request in requests)
+
+
+class _ModelDeployment:
+    default_engine: str
+
+    def __init__(self, settings: ModelSettings) -> None:
+        from leap_ray.testing import resolve_model  # imports diffusers: only model replicas need it
+
+        engine_class = _import(settings.engine or self.default_engine)
+        self.engine = engine_class(resolve_model(settings.model), **settings.engine_kwargs)
+        self.model_spec = self.engine.spec()
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        batching = BatchingConfig.model_validate(user_config or {})
+        self._generate_batch.set_max_batch_size(batching.max_batch_size)
+        self._generate_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+
+    def spec(self) -> SDXLModelSpec | MusicGenModelSpec:
+        return self.model_spec
+
+    async def generate(self, request: Any) -> Any:
+        output = await self._generate_batch(request)
+        if isinstance(output, Exception):
+            raise output
+        return output
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02, batch_size_fn=batch_cost)
+    async def _generate_batch(self, requests: list[Any]) -> list[Any]:
+        # The engine and the encoders are blocking: run them off the replica's event loop.
+        return await asyncio.to_thread(self._run, requests)
+
+    def _run(self, requests: list[Any]) -> list[Any]:
+        results = self.engine.generate(requests)
+        return [
+            result if isinstance(result, Exception) else self.encode(request, result)
+            for request, result in zip(requests, results, strict=True)
+        ]
+
+    def encode(self, request: Any, result: Any) -> Any:
+        raise NotImplementedError
+
+
+@serve.deployment(
+    name="SDXL",
+    max_ongoing_requests=16,
+    user_config=BatchingConfig().model_dump(),
+    ray_actor_options={"num_cpus": 1},
+)
+class SDXLDeployment(_ModelDeployment):
+    default_engine = "leap_ray.engines.sdxl:SDXLEngine"
+
+    def encode(self, request: SDXLRequest, result: Any) -> SDXLOutput:
+        return SDXLOutput(
+            images=[encode_image(pixels, request.output_format) for pixels in result.images],
+            format=request.output_format,
+            seeds=result.seeds,
+            timings=result.timings,
+            batch_size=result.batch_size,
+        )
+
+
+@serve.deployment(
+    name="MusicGen",
+    max_ongoing_requests=16,
+    user_config=BatchingConfig().model_dump(),
+    ray_actor_options={"num_cpus": 1},
+)
+class MusicGenDeployment(_ModelDeployment):
+    default_engine = "leap_ray.engines.musicgen:MusicGenEngine"
+
+    def encode(self, request: MusicGenRequest, result: Any) -> MusicGenOutput:
+        waveform: np.ndarray = result.waveform
+        return MusicGenOutput(
+            audio=encode_audio(waveform, result.sample_rate, request.format),
+            format=request.format,
+            sample_rate=result.sample_rate,
+            duration=len(waveform) / result.sample_rate,
+            seed=result.seed,
+            timings=result.timings,
+            batch_size=result.batch_size,
+        )

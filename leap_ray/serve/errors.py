@@ -1,0 +1,48 @@
+"""Every failure leaves the service in one shape, `{"error": {"message", "type", "param", "code"}}`,
+mapped here from typed errors, validation errors and Ray's own errors."""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError
+
+from leap_ray.errors import LeapRayError, ModelUnavailable, Overloaded, invalid_request_from
+
+logger = logging.getLogger("ray.serve")
+RETRY_AFTER_S = 1
+
+
+def as_leap_error(error: BaseException) -> LeapRayError:
+    """The typed error behind anything a handle call or a route raised."""
+    if isinstance(error, RayTaskError) and error.cause is not None:
+        error = error.cause
+    if isinstance(error, LeapRayError):
+        return error
+    if isinstance(error, BackPressureError):
+        return Overloaded("the service is at capacity; retry after a moment", code="queue_full")
+    if isinstance(error, ActorDiedError | ActorUnavailableError | RayActorError):
+        return ModelUnavailable("the model replica serving this request failed", code="replica_failed")
+    logger.exception("unexpected error", exc_info=error)
+    return LeapRayError("internal error")
+
+
+def error_response(error: LeapRayError) -> JSONResponse:
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if error.status_code == 503 else None
+    fields = {"message": error.message, "type": error.error_type, "param": error.param, "code": error.code}
+    body = {"error": fields}
+    return JSONResponse(body, status_code=error.status_code, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def validation_failed(_: Request, error: RequestValidationError) -> JSONResponse:
+        # Built from our own message only: echoing the input could put NaN into the JSON.
+        return error_response(invalid_request_from(list(error.errors())))
+
+    async def failed(_: Request, error: Exception) -> JSONResponse:
+        return error_response(as_leap_error(error))
+
+    app.add_exception_handler(RequestValidationError, validation_failed)
+    app.add_exception_handler(Exception, failed)

@@ -1,0 +1,159 @@
+"""The ingress: a FastAPI app that validates every request, checks it against the loaded model's
+shapes, and forwards it to the model deployments. It holds no model.
+
+Python users reach the same paths through a handle: `serve.get_app_handle("leap_ray").sdxl.remote(r)`
+and `.musicgen.remote(r)`, with a request model or a dict (tensors and callables allowed)."""
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from leap_ray.api.audio import AUDIO_FORMATS
+from leap_ray.api.images import CONTENT_TYPES
+from leap_ray.api.musicgen import MusicGenOutput, MusicGenRequest, MusicGenResponse
+from leap_ray.api.sdxl import SDXLOutput, SDXLRequest, SDXLResponse
+from leap_ray.config import IngressSettings
+from leap_ray.errors import NotAcceptable, invalid_request_from
+from leap_ray.serve.errors import install_error_handlers
+
+MODEL_DEPLOYMENTS = {"sdxl": "SDXL", "musicgen": "MusicGen"}
+IMAGE_FORMATS_BY_TYPE = {content_type: name for name, content_type in CONTENT_TYPES.items()}
+AUDIO_FORMATS_BY_TYPE = {content_type: name for name, (_, _, content_type) in AUDIO_FORMATS.items()}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": description}
+    for status, description in [
+        (401, "Missing or wrong API key"),
+        (406, "Raw bytes asked for (Accept) but the request makes more than one output"),
+        (413, "Request body too large"),
+        (422, "Invalid request: the error's param names the field"),
+        (503, "At capacity or model unavailable; retry after Retry-After seconds"),
+    ]
+}
+
+app = FastAPI(
+    title="leap_ray",
+    version="0.1.0",
+    description="Stable Diffusion XL images and MusicGen music on Ray Serve. Errors have the shape "
+    '`{"error": {"message", "type", "param", "code"}}`.',
+)
+install_error_handlers(app)
+
+
+def raw_format(accept: str | None, formats_by_type: dict[str, str]) -> str | None:
+    """The output format when the client's first Accept choice is one of `formats_by_type`."""
+    if not accept:
+        return None
+    first = accept.split(",")[0].split(";")[0].strip().lower()
+    return formats_by_type.get(first)
+
+
+def _validated(request_type: type, request: Any) -> Any:
+    if isinstance(request, request_type):
+        return request
+    try:
+        return request_type.model_validate(request)
+    except ValidationError as error:
+        raise invalid_request_from(error.errors()) from None
+
+
+@serve.deployment(name="Ingress", max_ongoing_requests=512, ray_actor_options={"num_cpus": 0})
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, sdxl: DeploymentHandle, musicgen: DeploymentHandle, settings: IngressSettings) -> None:
+        self._handles = {"sdxl": sdxl, "musicgen": musicgen}
+        self._settings = settings
+        self._specs: dict[str, Any] = {}
+
+    async def _spec(self, model: str) -> Any:
+        """The model's shape facts, fetched once from a replica (which may still be loading)."""
+        if model not in self._specs:
+            call = self._handles[model].spec.remote()
+            self._specs[model] = await asyncio.wait_for(call, self._settings.spec_timeout_s)
+        return self._specs[model]
+
+    async def sdxl(self, request: SDXLRequest | dict[str, Any]) -> SDXLOutput:
+        """Generates images (handle API; HTTP goes through the same path)."""
+        request = _validated(SDXLRequest, request)
+        request.check_against(await self._spec("sdxl"))
+        return await self._handles["sdxl"].generate.remote(request)
+
+    async def musicgen(self, request: MusicGenRequest | dict[str, Any]) -> MusicGenOutput:
+        """Generates a track (handle API; HTTP goes through the same path)."""
+        request = _validated(MusicGenRequest, request)
+        request.check_against(await self._spec("musicgen"))
+        return await self._handles["musicgen"].generate.remote(request)
+
+    @app.post(
+        "/v1/sdxl",
+        response_model=SDXLResponse,
+        responses={
+            **ERROR_RESPONSES,
+            200: {"content": {t: {} for t in CONTENT_TYPES.values()}, "description": "JSON or raw image"},
+        },
+        summary="Generate images with Stable Diffusion XL",
+    )
+    async def post_sdxl(self, body: SDXLRequest, accept: Annotated[str | None, Header()] = None) -> Response:
+        """JSON by default; with `Accept: image/png` (or jpeg, webp) and one image, the raw bytes with
+        the seed in the `X-Seed` header."""
+        image_format = raw_format(accept, IMAGE_FORMATS_BY_TYPE)
+        if image_format is not None:
+            if body.image_count != 1:
+                message = "raw image bytes need a request for exactly one image"
+                raise NotAcceptable(message, param="num_images_per_prompt")
+            body = body.model_copy(update={"output_format": image_format})
+        output = await self.sdxl(body)
+        if image_format is not None:
+            headers = {"X-Seed": str(output.seeds[0])}
+            return Response(output.images[0], media_type=CONTENT_TYPES[image_format], headers=headers)
+        return JSONResponse(SDXLResponse.from_output(output).model_dump())
+
+    @app.post(
+        "/v1/musicgen",
+        response_model=MusicGenResponse,
+        responses={
+            **ERROR_RESPONSES,
+            200: {"content": {t: {} for t in AUDIO_FORMATS_BY_TYPE}, "description": "JSON or raw audio"},
+        },
+        summary="Generate music with MusicGen",
+    )
+    async def post_musicgen(
+        self, body: MusicGenRequest, accept: Annotated[str | None, Header()] = None
+    ) -> Response:
+        """JSON by default; with `Accept: audio/wav` (or flac, ogg, mpeg) the raw bytes, with the
+        seed in `X-Seed` and the sample rate in `X-Sample-Rate`."""
+        audio_format = raw_format(accept, AUDIO_FORMATS_BY_TYPE)
+        if audio_format is not None:
+            body = body.model_copy(update={"format": audio_format})
+        output = await self.musicgen(body)
+        if audio_format is not None:
+            headers = {"X-Seed": str(output.seed), "X-Sample-Rate": str(output.sample_rate)}
+            return Response(output.audio, media_type=AUDIO_FORMATS[audio_format][2], headers=headers)
+        return JSONResponse(MusicGenResponse.from_output(output).model_dump())
+
+    @app.get("/healthz", summary="Liveness of the ingress")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Ready when every model deployment has a running replica")
+    async def readyz(self) -> JSONResponse:
+        status = await asyncio.to_thread(serve.status)
+        application = status.applications[serve.get_replica_context().app_name]
+        report = {}
+        for model, name in MODEL_DEPLOYMENTS.items():
+            deployment = application.deployments.get(name)
+            report[model] = (
+                {
+                    "status": deployment.status.value,
+                    "running_replicas": deployment.replica_states.get("RUNNING", 0),
+                    "message": deployment.message,
+                }
+                if deployment
+                else {"status": "MISSING", "running_replicas": 0, "message": ""}
+            )
+        ready = all(entry["running_replicas"] > 0 for entry in report.values())
+        return JSONResponse({"ready": ready, "models": report}, status_code=200 if ready else 503)

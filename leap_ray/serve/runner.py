@@ -1,0 +1,74 @@
+"""Starting the graph from a Serve config file, the way `serve run CONFIG` does: Serve's own schema
+validates the file and Serve's controller deploys it (so user_config, autoscaling and actor options
+all come from the file). Used by `leap-ray serve` and by the integration tests."""
+
+import os
+import threading
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+from ray import serve
+from ray.serve._private import api as serve_api
+from ray.serve.config import gRPCOptions
+from ray.serve.schema import ServeDeploySchema
+
+LOCAL_CONFIG = "local.yaml"
+
+
+def local_config_path() -> Path:
+    """The packaged config for the tiny models on the CPU."""
+    return Path(str(resources.files("leap_ray") / "configs" / LOCAL_CONFIG))
+
+
+def load_config(path: str | Path | None = None, **http_options: Any) -> ServeDeploySchema:
+    """Reads and validates a Serve config; `http_options` (host, port) override the file's."""
+    raw = yaml.safe_load(Path(path or local_config_path()).read_text())
+    raw.setdefault("http_options", {}).update({k: v for k, v in http_options.items() if v is not None})
+    return ServeDeploySchema.model_validate(raw)
+
+
+def start_local_ray(num_cpus: int | None = None) -> None:
+    """A Ray on this machine for the service (no-op when already connected). Local-only settings:
+    no dashboard, a small object store, and no cluster auth (it listens on this machine only)."""
+    if ray.is_initialized():
+        return
+    if "RAY_ADDRESS" in os.environ:
+        ray.init()
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=256 * 1024 * 1024)
+
+
+def deploy(config: ServeDeploySchema) -> None:
+    client = serve_api.serve_start(
+        http_options=config.http_options.model_dump(),
+        proxy_location=config.proxy_location,
+        grpc_options=gRPCOptions(**config.grpc_options.model_dump()),
+    )
+    client.deploy_apps(config, _blocking=False)
+
+
+def wait_until_running(
+    config: ServeDeploySchema, timeout_s: float = 600.0, stop: threading.Event | None = None
+) -> bool:
+    """Blocks until every application of the config is RUNNING (True) or `stop` is set (False);
+    raises if one fails to deploy or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    names = [application.name for application in config.applications]
+    stop = stop or threading.Event()
+    while time.monotonic() < deadline and not stop.is_set():
+        applications = serve.status().applications
+        states = {name: applications[name] for name in names if name in applications}
+        failed = [f"{name}: {s.message}" for name, s in states.items() if s.status == "DEPLOY_FAILED"]
+        if failed:
+            raise RuntimeError("deployment failed: " + "; ".join(failed))
+        if len(states) == len(names) and all(s.status == "RUNNING" for s in states.values()):
+            return True
+        stop.wait(0.5)
+    if stop.is_set():
+        return False
+    raise TimeoutError(f"applications {names} were not running after {timeout_s:.0f} s")
