@@ -37,6 +37,8 @@ class _ModelDeployment:
         engine_class = _import(settings.engine or self.default_engine)
         self.engine = engine_class(resolve_model(settings.model), **settings.engine_kwargs)
         self.model_spec = self.engine.spec()
+        self.requests_served = 0
+        self.batches_served = 0
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         batching = BatchingConfig.model_validate(user_config or {})
@@ -45,6 +47,10 @@ class _ModelDeployment:
 
     def spec(self) -> SDXLModelSpec | MusicGenModelSpec:
         return self.model_spec
+
+    def stats(self) -> dict[str, int]:
+        """Requests and batches this replica has run through its engine."""
+        return {"requests": self.requests_served, "batches": self.batches_served}
 
     async def generate(self, request: Any) -> Any:
         output = await self._generate_batch(request)
@@ -58,6 +64,8 @@ class _ModelDeployment:
         return await asyncio.to_thread(self._run, requests)
 
     def _run(self, requests: list[Any]) -> list[Any]:
+        self.requests_served += len(requests)
+        self.batches_served += 1
         results = self.engine.generate(requests)
         return [
             result if isinstance(result, Exception) else self.encode(request, result)

@@ -1,0 +1,93 @@
+"""One real local Ray and one Serve instance per test session, with the graph on the tiny models."""
+
+import copy
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import ray
+import yaml
+from ray import serve
+from ray.serve.schema import ServeDeploySchema
+
+from leap_ray.serve.runner import deploy, local_config_path, start_local_ray, wait_until_running
+
+APP = "leap_ray"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Graph:
+    """The deployed Serve config; `deploy_with` adds applications (Serve configs are declarative:
+    each deploy names every application that should exist)."""
+
+    def __init__(self, tiny_models: dict[str, Path]) -> None:
+        raw = yaml.safe_load(local_config_path().read_text())
+        self.port = _free_port()
+        raw["http_options"]["port"] = self.port
+        (self.main,) = raw.pop("applications")
+        self.main["args"] = {
+            "sdxl": {"model": str(tiny_models["sdxl"])},
+            "musicgen": {"model": str(tiny_models["musicgen-melody"])},
+        }
+        self.base = raw
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def variant(self, name: str, **args: Any) -> dict[str, Any]:
+        """Another application of the same graph at /<name>, with its args changed."""
+        application = copy.deepcopy(self.main)
+        application.update(name=name, route_prefix=f"/{name}")
+        for model, settings in args.items():
+            application["args"][model] = {**application["args"][model], **settings}
+        return application
+
+    def config(self, *extra: dict[str, Any]) -> ServeDeploySchema:
+        return ServeDeploySchema.model_validate({**self.base, "applications": [self.main, *extra]})
+
+    def deploy_with(self, *extra: dict[str, Any], wait: bool = True) -> ServeDeploySchema:
+        config = self.config(*extra)
+        deploy(config)
+        if wait:
+            wait_until_running(config, timeout_s=300)
+        return config
+
+
+@pytest.fixture(scope="session")
+def local_ray() -> Iterator[None]:
+    start_local_ray(num_cpus=4)  # logical CPUs: two model replicas of one CPU each, plus test apps
+    yield
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def graph(local_ray, tiny_models) -> Graph:
+    graph = Graph(tiny_models)
+    graph.deploy_with()
+    return graph
+
+
+@pytest.fixture(scope="session")
+def client(graph) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=graph.url, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture
+def replica_stats():
+    """Requests each model deployment's replica has run, read through Serve handles."""
+
+    def read() -> dict[str, int]:
+        return {
+            name: serve.get_deployment_handle(name, APP).stats.remote().result()["requests"]
+            for name in ("SDXL", "MusicGen")
+        }
+
+    return read
