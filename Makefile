@@ -20,9 +20,9 @@ serve: $(STAMP)
 	$(BIN)/leap-ray serve $(CONFIG)
 
 lint: $(STAMP)
-	$(BIN)/ruff check leap_ray tests benchmarks
-	$(BIN)/ruff format --check leap_ray tests benchmarks
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: $(STAMP)
-	$(BIN)/ruff check leap_ray tests benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
