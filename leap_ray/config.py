@@ -5,9 +5,11 @@ e.g. `LEAP_RAY_SDXL__MAX_STEPS=100`), because they become the bounds of the requ
 of `/openapi.json`. In a Serve config, set them in `runtime_env.env_vars`.
 """
 
+import os
+from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -37,11 +39,14 @@ class MusicGenLimits(BaseModel):
 class Limits(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEAP_RAY_", env_nested_delimiter="__", extra="ignore")
 
+    max_body_bytes: int = Field(32 * 1024 * 1024, description="Largest request body; larger ones get 413.")
+
     sdxl: SDXLLimits = SDXLLimits()
     musicgen: MusicGenLimits = MusicGenLimits()
 
 
 LIMITS = Limits()
+API_KEYS_FILE_ENV = "LEAP_RAY_API_KEYS_FILE"
 
 
 class ModelSettings(BaseModel):
@@ -77,6 +82,23 @@ class IngressSettings(BaseModel):
     spec_timeout_s: float = Field(
         600.0, gt=0, description="How long a request waits for a model deployment to come up."
     )
+    api_keys: list[SecretStr] = Field(
+        default_factory=list, description="Bearer keys clients must send; none means no authentication."
+    )
+    api_keys_file: str | None = Field(
+        None,
+        description="A file of keys, one per line; by default the file LEAP_RAY_API_KEYS_FILE names, if set.",
+    )
+    replica_failure_retries: int = Field(
+        1, ge=0, le=3, description="Retries of a request whose model replica died (safe: seeds are fixed)."
+    )
+
+    def load_api_keys(self) -> list[str]:
+        keys = [key.get_secret_value() for key in self.api_keys]
+        path = self.api_keys_file or os.environ.get(API_KEYS_FILE_ENV)
+        if path:
+            keys += [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+        return keys
 
 
 class AppConfig(BaseModel):

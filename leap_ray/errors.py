@@ -12,11 +12,38 @@ class LeapRayError(Exception):
         self.param = param
         self.code = code
 
+    def body(self) -> dict[str, dict[str, str | None]]:
+        """The one error shape every failure leaves the service in."""
+        fields = {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}
+        return {"error": fields}
+
 
 class InvalidRequest(LeapRayError, ValueError):
     """Bad input. A ValueError so that pydantic validators may raise it and keep `param`."""
 
     status_code = 422
+    error_type = "invalid_request_error"
+
+
+class MalformedRequest(LeapRayError):
+    """A body that is not JSON at all."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class Unauthorized(LeapRayError):
+    status_code = 401
+    error_type = "authentication_error"
+
+
+class PayloadTooLarge(LeapRayError):
+    status_code = 413
+    error_type = "invalid_request_error"
+
+
+class UnsupportedMediaType(LeapRayError):
+    status_code = 415
     error_type = "invalid_request_error"
 
 
@@ -30,10 +57,12 @@ class ModelUnavailable(LeapRayError):
     error_type = "model_unavailable_error"
 
 
-def invalid_request_from(errors: list[dict]) -> InvalidRequest:
+def invalid_request_from(errors: list[dict]) -> LeapRayError:
     """The first of pydantic's validation errors (`ValidationError.errors()`, or FastAPI's, whose
     locations start with "body") as an InvalidRequest naming the top-level field."""
     first = errors[0]
+    if first.get("type") == "json_invalid":
+        return MalformedRequest(f"the body is not valid JSON: {first.get('msg', '')}", code="json_invalid")
     cause = (first.get("ctx") or {}).get("error")
     if isinstance(cause, InvalidRequest):
         return cause

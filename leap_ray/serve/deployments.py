@@ -5,7 +5,9 @@ Serve config."""
 
 import asyncio
 import importlib
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,9 +25,17 @@ def _import(path: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def batch_cost(requests: Sequence[Any]) -> int:
+@dataclass
+class _Pending:
+    """A request waiting in or running through a batch; `cancelled` is set when its caller goes away."""
+
+    request: Any
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+def batch_cost(pending: Sequence[_Pending]) -> int:
     """What a batch costs against max_batch_size: an SDXL request counts its images."""
-    return sum(getattr(request, "image_count", 1) for request in requests)
+    return sum(getattr(item.request, "image_count", 1) for item in pending)
 
 
 class _ModelDeployment:
@@ -39,6 +49,8 @@ class _ModelDeployment:
         self.model_spec = self.engine.spec()
         self.requests_served = 0
         self.batches_served = 0
+        self.requests_cancelled = 0
+        self.requests_ongoing = 0
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         batching = BatchingConfig.model_validate(user_config or {})
@@ -49,27 +61,48 @@ class _ModelDeployment:
         return self.model_spec
 
     def stats(self) -> dict[str, int]:
-        """Requests and batches this replica has run through its engine."""
-        return {"requests": self.requests_served, "batches": self.batches_served}
+        """Requests run through the engine, batches, requests cancelled by their callers, and
+        requests in this replica now."""
+        return {
+            "requests": self.requests_served,
+            "batches": self.batches_served,
+            "cancelled": self.requests_cancelled,
+            "ongoing": self.requests_ongoing,
+        }
 
     async def generate(self, request: Any) -> Any:
-        output = await self._generate_batch(request)
+        pending = _Pending(request)
+        self.requests_ongoing += 1
+        try:
+            output = await self._generate_batch(pending)
+        except asyncio.CancelledError:
+            # The caller went away (Serve cancels this task): a queued request is dropped from its
+            # batch by @serve.batch; a running one leaves its batch at the engine's next step.
+            pending.cancelled.set()
+            self.requests_cancelled += 1
+            raise
+        finally:
+            self.requests_ongoing -= 1
         if isinstance(output, Exception):
             raise output
         return output
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02, batch_size_fn=batch_cost)
-    async def _generate_batch(self, requests: list[Any]) -> list[Any]:
+    async def _generate_batch(self, pending: list[_Pending]) -> list[Any]:
         # The engine and the encoders are blocking: run them off the replica's event loop.
-        return await asyncio.to_thread(self._run, requests)
+        return await asyncio.to_thread(self._run, pending)
 
-    def _run(self, requests: list[Any]) -> list[Any]:
-        self.requests_served += len(requests)
+    def _run(self, pending: list[_Pending]) -> list[Any]:
+        self.requests_served += len(pending)
         self.batches_served += 1
-        results = self.engine.generate(requests)
+        results = self.engine.generate(
+            [item.request for item in pending], should_stop=[item.cancelled.is_set for item in pending]
+        )
         return [
-            result if isinstance(result, Exception) else self.encode(request, result)
-            for request, result in zip(requests, results, strict=True)
+            result
+            if isinstance(result, Exception) or item.cancelled.is_set()
+            else self.encode(item.request, result)
+            for item, result in zip(pending, results, strict=True)
         ]
 
     def encode(self, request: Any, result: Any) -> Any:

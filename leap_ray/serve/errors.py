@@ -13,6 +13,8 @@ from leap_ray.errors import LeapRayError, ModelUnavailable, Overloaded, invalid_
 
 logger = logging.getLogger("ray.serve")
 RETRY_AFTER_S = 1
+# What a handle call raises when the replica serving it died.
+REPLICA_FAILURES = (ActorDiedError, ActorUnavailableError, RayActorError)
 
 
 def as_leap_error(error: BaseException) -> LeapRayError:
@@ -23,7 +25,7 @@ def as_leap_error(error: BaseException) -> LeapRayError:
         return error
     if isinstance(error, BackPressureError):
         return Overloaded("the service is at capacity; retry after a moment", code="queue_full")
-    if isinstance(error, ActorDiedError | ActorUnavailableError | RayActorError):
+    if isinstance(error, REPLICA_FAILURES):
         return ModelUnavailable("the model replica serving this request failed", code="replica_failed")
     logger.exception("unexpected error", exc_info=error)
     return LeapRayError("internal error")
@@ -31,9 +33,7 @@ def as_leap_error(error: BaseException) -> LeapRayError:
 
 def error_response(error: LeapRayError) -> JSONResponse:
     headers = {"Retry-After": str(RETRY_AFTER_S)} if error.status_code == 503 else None
-    fields = {"message": error.message, "type": error.error_type, "param": error.param, "code": error.code}
-    body = {"error": fields}
-    return JSONResponse(body, status_code=error.status_code, headers=headers)
+    return JSONResponse(error.body(), status_code=error.status_code, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -5,6 +5,8 @@ Python users reach the same paths through a handle: `serve.get_app_handle("leap_
 and `.musicgen.remote(r)`, with a request model or a dict (tensors and callables allowed)."""
 
 import asyncio
+import logging
+import secrets
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header
@@ -14,12 +16,16 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from leap_ray.api.audio import AUDIO_FORMATS
+from leap_ray.api.common import MAX_SEED
 from leap_ray.api.images import CONTENT_TYPES
 from leap_ray.api.musicgen import MusicGenOutput, MusicGenRequest, MusicGenResponse
 from leap_ray.api.sdxl import SDXLOutput, SDXLRequest, SDXLResponse
-from leap_ray.config import IngressSettings
+from leap_ray.config import LIMITS, IngressSettings
 from leap_ray.errors import NotAcceptable, invalid_request_from
-from leap_ray.serve.errors import install_error_handlers
+from leap_ray.serve.errors import REPLICA_FAILURES, as_leap_error, install_error_handlers
+from leap_ray.serve.middleware import ApiKeyAuth, RequestGuard
+
+logger = logging.getLogger("ray.serve")
 
 MODEL_DEPLOYMENTS = {"sdxl": "SDXL", "musicgen": "MusicGen"}
 IMAGE_FORMATS_BY_TYPE = {content_type: name for name, content_type in CONTENT_TYPES.items()}
@@ -68,6 +74,9 @@ class Ingress:
         self._handles = {"sdxl": sdxl, "musicgen": musicgen}
         self._settings = settings
         self._specs: dict[str, Any] = {}
+        # The last added runs first: keys are checked before any body is read.
+        app.add_middleware(RequestGuard, max_body_bytes=LIMITS.max_body_bytes)
+        app.add_middleware(ApiKeyAuth, keys=settings.load_api_keys())
 
     async def _spec(self, model: str) -> Any:
         """The model's shape facts, fetched once from a replica (which may still be loading)."""
@@ -78,15 +87,25 @@ class Ingress:
 
     async def sdxl(self, request: SDXLRequest | dict[str, Any]) -> SDXLOutput:
         """Generates images (handle API; HTTP goes through the same path)."""
-        request = _validated(SDXLRequest, request)
-        request.check_against(await self._spec("sdxl"))
-        return await self._handles["sdxl"].generate.remote(request)
+        return await self._forward("sdxl", _validated(SDXLRequest, request))
 
     async def musicgen(self, request: MusicGenRequest | dict[str, Any]) -> MusicGenOutput:
         """Generates a track (handle API; HTTP goes through the same path)."""
-        request = _validated(MusicGenRequest, request)
-        request.check_against(await self._spec("musicgen"))
-        return await self._handles["musicgen"].generate.remote(request)
+        return await self._forward("musicgen", _validated(MusicGenRequest, request))
+
+    async def _forward(self, model: str, request: Any) -> Any:
+        request.check_against(await self._spec(model))
+        if request.seed is None:  # fixed here, so that a retry gives the same result
+            request = request.model_copy(update={"seed": secrets.randbelow(MAX_SEED - 64)})
+        retries_left = self._settings.replica_failure_retries
+        while True:
+            try:
+                return await self._handles[model].generate.remote(request)
+            except REPLICA_FAILURES as error:
+                if retries_left == 0:
+                    raise as_leap_error(error) from None
+                retries_left -= 1
+                logger.warning("a %s replica died mid-request; retrying it (%s)", model, type(error).__name__)
 
     @app.post(
         "/v1/sdxl",

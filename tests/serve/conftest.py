@@ -40,12 +40,25 @@ class Graph:
         self.base = raw
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def variant(self, name: str, **args: Any) -> dict[str, Any]:
-        """Another application of the same graph at /<name>, with its args changed."""
+    def variant(
+        self,
+        name: str,
+        env: dict[str, str] | None = None,
+        deployments: dict[str, dict[str, Any]] | None = None,
+        **args: Any,
+    ) -> dict[str, Any]:
+        """Another application of the same graph at /<name>: its args changed, environment variables
+        for its replicas (e.g. limits), Serve options per deployment, half a CPU per model replica."""
         application = copy.deepcopy(self.main)
         application.update(name=name, route_prefix=f"/{name}")
+        if env:
+            application["runtime_env"] = {"env_vars": env}
+        for deployment in application["deployments"]:
+            if deployment["name"] != "Ingress":
+                deployment["ray_actor_options"]["num_cpus"] = 0.5
+            deployment.update((deployments or {}).get(deployment["name"], {}))
         for model, settings in args.items():
-            application["args"][model] = {**application["args"][model], **settings}
+            application["args"][model] = {**application["args"].get(model, {}), **settings}
         return application
 
     def config(self, *extra: dict[str, Any]) -> ServeDeploySchema:
@@ -61,7 +74,7 @@ class Graph:
 
 @pytest.fixture(scope="session")
 def local_ray() -> Iterator[None]:
-    start_local_ray(num_cpus=4)  # logical CPUs: two model replicas of one CPU each, plus test apps
+    start_local_ray(num_cpus=6)  # logical CPUs: the main graph's two model replicas, plus test apps
     yield
     serve.shutdown()
     ray.shutdown()
@@ -80,14 +93,19 @@ def client(graph) -> Iterator[httpx.Client]:
         yield client
 
 
+def stats(deployment: str, app: str = APP) -> dict[str, int]:
+    """A model deployment's replica counters (requests, batches, cancelled, ongoing)."""
+    return serve.get_deployment_handle(deployment, app).stats.remote().result()
+
+
 @pytest.fixture
 def replica_stats():
-    """Requests each model deployment's replica has run, read through Serve handles."""
+    """Requests each model deployment's replica has run."""
+    return lambda: {name: stats(name)["requests"] for name in ("SDXL", "MusicGen")}
 
-    def read() -> dict[str, int]:
-        return {
-            name: serve.get_deployment_handle(name, APP).stats.remote().result()["requests"]
-            for name in ("SDXL", "MusicGen")
-        }
 
-    return read
+@pytest.fixture(scope="module")
+def variants(graph: Graph) -> Iterator[Graph]:
+    """For a test module that deploys its own applications beside the main one: removes them after."""
+    yield graph
+    graph.deploy_with()

@@ -1,0 +1,232 @@
+"""Every bad input a workflow engine might send gets its exact 4xx, naming the field, and never
+reaches a model replica."""
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+import soundfile
+
+from leap_ray.config import LIMITS
+
+from .conftest import stats
+
+SMALL = {"height": 64, "width": 64, "num_inference_steps": 2}
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def tensor(shape: list[int], dtype: str = "float32", data: str | None = None) -> dict:
+    itemsize = {"float32": 4, "float16": 2, "int64": 8, "object": 8}[dtype]
+    count = int(np.prod(shape))
+    return {
+        "dtype": dtype,
+        "shape": shape,
+        "data": data if data is not None else b64(bytes(count * itemsize)),
+    }
+
+
+def wav(seconds: float, rate: int = 2000) -> str:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.zeros(int(seconds * rate), dtype=np.float32), rate, format="WAV")
+    return b64(buffer.getvalue())
+
+
+SDXL_FLOATS = ["denoising_end", "guidance_scale", "eta", "guidance_rescale"]
+MUSICGEN_FLOATS = ["duration", "guidance_scale", "temperature", "top_p"]
+NON_FINITE = ["NaN", "Infinity", "-Infinity"]
+
+# (id, path, JSON body or raw text, status, param)
+CASES: list[tuple[str, str, object, int, str | None]] = [
+    ("malformed-json", "/v1/sdxl", '{"prompt": "a",', 400, None),
+    ("unknown-field", "/v1/sdxl", {"prompt": "a", "strength": 0.3}, 422, "strength"),
+    ("missing-prompt", "/v1/sdxl", {"width": 64}, 422, "prompt"),
+    ("empty-prompt", "/v1/sdxl", {"prompt": ""}, 422, "prompt"),
+    ("prompt-of-1MB", "/v1/sdxl", {"prompt": "x" * 1_000_000}, 422, "prompt"),
+    ("body-not-an-object", "/v1/sdxl", [1, 2, 3], 422, None),
+    *[
+        (f"sdxl-{field}-{value}", "/v1/sdxl", f'{{"prompt": "a", "{field}": {value}}}', 422, field)
+        for field in SDXL_FLOATS
+        for value in NON_FINITE
+    ],
+    *[
+        (f"musicgen-{field}-{value}", "/v1/musicgen", f'{{"prompt": "a", "{field}": {value}}}', 422, field)
+        for field in MUSICGEN_FLOATS
+        for value in NON_FINITE
+    ],
+    *[
+        (f"{side}-{value}", "/v1/sdxl", {"prompt": "a", side: value}, 422, side)
+        for side in ("width", "height")
+        for value in (-64, 0, 100_000, 100)
+    ],
+    ("steps-0", "/v1/sdxl", {"prompt": "a", "num_inference_steps": 0}, 422, "num_inference_steps"),
+    (
+        "steps-1000000",
+        "/v1/sdxl",
+        {"prompt": "a", "num_inference_steps": 1_000_000},
+        422,
+        "num_inference_steps",
+    ),
+    ("images-0", "/v1/sdxl", {"prompt": "a", "num_images_per_prompt": 0}, 422, "num_images_per_prompt"),
+    ("images-1000", "/v1/sdxl", {"prompt": "a", "num_images_per_prompt": 1000}, 422, "num_images_per_prompt"),
+    ("denoising-end-0", "/v1/sdxl", {"prompt": "a", "denoising_end": 0}, 422, "denoising_end"),
+    ("denoising-end-1.5", "/v1/sdxl", {"prompt": "a", "denoising_end": 1.5}, 422, "denoising_end"),
+    (
+        "guidance-rescale-minus-1",
+        "/v1/sdxl",
+        {"prompt": "a", "guidance_rescale": -1},
+        422,
+        "guidance_rescale",
+    ),
+    (
+        "crops-three-values",
+        "/v1/sdxl",
+        {"prompt": "a", "crops_coords_top_left": [0, 0, 0]},
+        422,
+        "crops_coords_top_left",
+    ),
+    (
+        "crops-negative",
+        "/v1/sdxl",
+        {"prompt": "a", "crops_coords_top_left": [-8, 0]},
+        422,
+        "crops_coords_top_left",
+    ),
+    ("target-size-one-value", "/v1/sdxl", {"prompt": "a", "target_size": [1024]}, 422, "target_size"),
+    (
+        "negative-original-size-negative",
+        "/v1/sdxl",
+        {"prompt": "a", "negative_original_size": [-1, 5]},
+        422,
+        "negative_original_size",
+    ),
+    (
+        "negative-prompt-list-length",
+        "/v1/sdxl",
+        {"prompt": ["a", "b"], "negative_prompt": ["c"]},
+        422,
+        "negative_prompt",
+    ),
+    (
+        "prompt-and-prompt-embeds",
+        "/v1/sdxl",
+        {"prompt": "a", "prompt_embeds": tensor([1, 77, 96]), "pooled_prompt_embeds": tensor([1, 32])},
+        422,
+        "prompt_embeds",
+    ),
+    (
+        "prompt-embeds-without-pooled",
+        "/v1/sdxl",
+        {"prompt_embeds": tensor([1, 77, 96])},
+        422,
+        "pooled_prompt_embeds",
+    ),
+    (
+        "tensor-garbage-base64",
+        "/v1/sdxl",
+        {"prompt": "a", "latents": tensor([1], data="@@not base64@@")},
+        422,
+        "latents",
+    ),
+    (
+        "tensor-bytes-disagree-with-shape",
+        "/v1/sdxl",
+        {"prompt": "a", "latents": tensor([1, 4, 8, 8], data=b64(b"x"))},
+        422,
+        "latents",
+    ),
+    ("tensor-int64", "/v1/sdxl", {"prompt": "a", "latents": tensor([1, 4, 8, 8], "int64")}, 422, "latents"),
+    ("tensor-object", "/v1/sdxl", {"prompt": "a", "latents": tensor([1], "object")}, 422, "latents"),
+    (
+        "tensor-shape-the-model-rejects",
+        "/v1/sdxl",
+        {"prompt": "a", **SMALL, "latents": tensor([1, 4, 16, 16])},
+        422,
+        "latents",
+    ),
+    (
+        "embeds-width-the-model-rejects",
+        "/v1/sdxl",
+        {"prompt_embeds": tensor([1, 77, 95]), "pooled_prompt_embeds": tensor([1, 32]), **SMALL},
+        422,
+        "prompt_embeds",
+    ),
+    (
+        "tensor-10^12-elements",
+        "/v1/sdxl",
+        {"prompt": "a", "latents": tensor([10**6, 10**6], data="")},
+        422,
+        "latents",
+    ),
+    (
+        "callback-over-http",
+        "/v1/sdxl",
+        {"prompt": "a", "callback_on_step_end": "print"},
+        422,
+        "callback_on_step_end",
+    ),
+    (
+        "callback-tensor-input-unknown",
+        "/v1/sdxl",
+        {"prompt": "a", "callback_on_step_end_tensor_inputs": ["noise"]},
+        422,
+        "callback_on_step_end_tensor_inputs",
+    ),
+    *[
+        (f"duration-{value}", "/v1/musicgen", {"prompt": "a", "duration": value}, 422, "duration")
+        for value in (0, -1, 60.5, 61, 3600)
+    ],
+    ("format-exe", "/v1/musicgen", {"prompt": "a", "format": "exe"}, 422, "format"),
+    (
+        "melody-not-audio",
+        "/v1/musicgen",
+        {"prompt": "a", "melody": b64(b"this is not audio at all")},
+        422,
+        "melody",
+    ),
+    ("melody-empty", "/v1/musicgen", {"prompt": "a", "melody": ""}, 422, "melody"),
+    ("melody-garbage-base64", "/v1/musicgen", {"prompt": "a", "melody": "$$$ not base64 $$$"}, 422, "melody"),
+    (
+        "melody-too-long",
+        "/v1/musicgen",
+        {"prompt": "a", "melody": wav(LIMITS.musicgen.max_melody_s + 1)},
+        422,
+        "melody",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def counts_before(graph) -> dict[str, int]:
+    return {name: stats(name)["requests"] for name in ("SDXL", "MusicGen")}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "param"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_bad_input(client, counts_before, path, body, status, param):
+    content = body if isinstance(body, str) else json.dumps(body)
+    response = client.post(path, content=content, headers={"Content-Type": "application/json"})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert error["message"] and error["type"] == "invalid_request_error"
+
+
+def test_wrong_content_type_is_415(client, counts_before):
+    response = client.post(
+        "/v1/sdxl", content="prompt=a", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert response.status_code == 415
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_after_the_whole_table_no_replica_saw_a_request_and_a_valid_one_succeeds(client, counts_before):
+    assert {name: stats(name)["requests"] for name in ("SDXL", "MusicGen")} == counts_before
+    assert client.post("/v1/sdxl", json={"prompt": "fine", **SMALL}).status_code == 200
+    assert client.post("/v1/musicgen", json={"prompt": "fine", "duration": 0.5}).status_code == 200
+    assert stats("SDXL")["requests"] == counts_before["SDXL"] + 1
