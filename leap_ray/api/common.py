@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 MAX_SEED = 2**53 - 1  # the largest integer every JSON client keeps exactly
 
@@ -19,3 +19,21 @@ def prompt_text(max_chars: int) -> type[str]:
 
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def capped(default: float, limit: float) -> float:
+    """A default that stays within an operator's lower limit."""
+    return min(default, limit)
+
+
+class ErrorDetail(BaseModel):
+    message: str = Field(description="What is wrong, for a person.")
+    type: str = Field(description="invalid_request_error, authentication_error, overloaded_error, ...")
+    param: str | None = Field(description="The request field at fault, when there is one.")
+    code: str | None = Field(description="A machine-readable reason, when there is one.")
+
+
+class ErrorResponse(BaseModel):
+    """The one shape of every error response."""
+
+    error: ErrorDetail

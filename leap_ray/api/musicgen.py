@@ -9,7 +9,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 
 from leap_ray.api.audio import AudioFormat, DecodedAudio, decode_audio
-from leap_ray.api.common import MAX_SEED, prompt_text
+from leap_ray.api.common import MAX_SEED, capped, prompt_text
 from leap_ray.config import LIMITS
 from leap_ray.errors import InvalidRequest
 
@@ -56,7 +56,7 @@ class MusicGenRequest(BaseModel):
         description="Text describing the music."
     )
     duration: float = Field(
-        10.0,
+        capped(10.0, _LIMITS.max_duration_s),
         gt=0.0,
         le=_LIMITS.max_duration_s,
         allow_inf_nan=False,

@@ -11,7 +11,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from leap_ray.api.common import MAX_SEED, FiniteFloat, prompt_text
+from leap_ray.api.common import MAX_SEED, FiniteFloat, capped, prompt_text
 from leap_ray.api.tensors import TensorInput
 from leap_ray.config import LIMITS
 from leap_ray.errors import InvalidRequest
@@ -25,6 +25,7 @@ SCHEDULERS = ("ddim", "euler", "euler_ancestral", "dpmpp_2m")
 
 
 PromptText = prompt_text(_LIMITS.max_prompt_chars)
+_DEFAULT_SIZE = int(capped(1024, _LIMITS.max_size)) // 8 * 8
 Prompts = PromptText | Annotated[list[PromptText], Field(min_length=1, max_length=_LIMITS.max_prompts)]
 Size = Annotated[int, Field(ge=_LIMITS.min_size, le=_LIMITS.max_size, multiple_of=8)]
 Coordinate = Annotated[int, Field(ge=0, le=MAX_CONDITIONING_SIZE)]
@@ -63,9 +64,18 @@ class SDXLRequest(BaseModel):
     prompt_2: Prompts | None = Field(
         None, description="Prompts for the second tokenizer and text encoder; `prompt` is used when absent."
     )
-    height: Size = Field(1024, description="Height in pixels of the generated image, a multiple of 8.")
-    width: Size = Field(1024, description="Width in pixels of the generated image, a multiple of 8.")
-    num_inference_steps: int = Field(50, ge=1, le=_LIMITS.max_steps, description="Number of denoising steps.")
+    height: Size = Field(
+        _DEFAULT_SIZE, description="Height in pixels of the generated image, a multiple of 8 (default 1024)."
+    )
+    width: Size = Field(
+        _DEFAULT_SIZE, description="Width in pixels of the generated image, a multiple of 8 (default 1024)."
+    )
+    num_inference_steps: int = Field(
+        int(capped(50, _LIMITS.max_steps)),
+        ge=1,
+        le=_LIMITS.max_steps,
+        description="Number of denoising steps (default 50).",
+    )
     denoising_end: FiniteFloat | None = Field(
         None,
         gt=0.0,

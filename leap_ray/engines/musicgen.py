@@ -64,11 +64,31 @@ def window_schedule(total_frames: int, window_frames: int, stride_frames: int) -
     return windows
 
 
+def delay_pattern(
+    prompt: torch.Tensor | None, frames: int, codebooks: int, start_token: int, pad_token: int
+) -> torch.Tensor:
+    """MusicGen's delay pattern for one track, (codebooks, frames + codebooks): codebook k's frame f
+    sits at position 1 + f + k; positions up to k hold the start token, those past its last frame
+    the padding token, prompt frames their codes, and -1 marks what is to be sampled. (transformers'
+    build_delay_pattern_mask skips the pattern for short lengths, hence our own.)"""
+    pattern = torch.full((codebooks, frames + codebooks), -1, dtype=torch.long)
+    prompt_frames = 0 if prompt is None else prompt.shape[1]
+    for k in range(codebooks):
+        pattern[k, : k + 1] = start_token
+        if prompt is not None:
+            pattern[k, k + 1 : k + 1 + prompt_frames] = prompt[k].cpu()
+        pattern[k, frames + k + 1 :] = pad_token
+    return pattern
+
+
 def sample_tokens(logits: torch.Tensor, request: MusicGenRequest, generator: torch.Generator) -> torch.Tensor:
     """One token per row of (codebooks, vocabulary) logits, drawn from the request's own generator."""
     if request.temperature <= 0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits / request.temperature, dim=-1)
+    # Shifted by the maximum and divided in float64, so that a vanishing temperature (which float32
+    # rounds to 0) still gives a finite distribution rather than inf - inf = NaN.
+    shifted = (logits - logits.max(dim=-1, keepdim=True).values).double()
+    probs = torch.softmax(shifted / request.temperature, dim=-1)
     if request.top_p > 0:
         sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
         beyond = sorted_probs.cumsum(dim=-1) - sorted_probs > request.top_p
@@ -241,14 +261,10 @@ class MusicGenEngine:
         return chroma
 
     def _delay_pattern(self, track: _Track, frames: int, width: int) -> torch.Tensor:
-        """The track's (codebooks, width) pattern: known tokens, -1 where to sample, padding past its end."""
-        ids = torch.full((self.codebooks, 1), self.start_token, device=self.device, dtype=torch.long)
-        if track.prompt is not None:
-            ids = torch.cat([ids, track.prompt], dim=1)
-        _, pattern = self.model.decoder.build_delay_pattern_mask(
-            ids, self.pad_token, max_length=frames + self.codebooks
-        )
-        return torch.nn.functional.pad(pattern, (0, width - pattern.shape[1]), value=self.pad_token)
+        """The track's pattern, padded to the window's widest track (padding past its end, as when solo)."""
+        pattern = delay_pattern(track.prompt, frames, self.codebooks, self.start_token, self.pad_token)
+        padded = torch.nn.functional.pad(pattern, (0, width - pattern.shape[1]), value=self.pad_token)
+        return padded.to(self.device)
 
     def _run_window(self, tracks: list[_Track], round_index: int) -> None:
         started = time.perf_counter()

@@ -16,7 +16,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from leap_ray.api.audio import AUDIO_FORMATS
-from leap_ray.api.common import MAX_SEED
+from leap_ray.api.common import MAX_SEED, ErrorResponse
 from leap_ray.api.images import CONTENT_TYPES
 from leap_ray.api.musicgen import MusicGenOutput, MusicGenRequest, MusicGenResponse
 from leap_ray.api.sdxl import SDXLOutput, SDXLRequest, SDXLResponse
@@ -31,11 +31,13 @@ MODEL_DEPLOYMENTS = {"sdxl": "SDXL", "musicgen": "MusicGen"}
 IMAGE_FORMATS_BY_TYPE = {content_type: name for name, content_type in CONTENT_TYPES.items()}
 AUDIO_FORMATS_BY_TYPE = {content_type: name for name, (_, _, content_type) in AUDIO_FORMATS.items()}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"description": description}
+    status: {"model": ErrorResponse, "description": description}
     for status, description in [
+        (400, "The body is not valid JSON"),
         (401, "Missing or wrong API key"),
         (406, "Raw bytes asked for (Accept) but the request makes more than one output"),
         (413, "Request body too large"),
+        (415, "The body is not application/json"),
         (422, "Invalid request: the error's param names the field"),
         (503, "At capacity or model unavailable; retry after Retry-After seconds"),
     ]
@@ -158,7 +160,11 @@ class Ingress:
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Ready when every model deployment has a running replica")
+    @app.get(
+        "/readyz",
+        summary="Ready when every model deployment has a running replica",
+        responses={503: {"description": "Not ready: a model deployment has no running replica"}},
+    )
     async def readyz(self) -> JSONResponse:
         status = await asyncio.to_thread(serve.status)
         application = status.applications[serve.get_replica_context().app_name]

@@ -7,7 +7,13 @@ import torch
 
 from leap_ray.api.audio import DecodedAudio, encode_audio
 from leap_ray.api.musicgen import MusicGenRequest
-from leap_ray.engines.musicgen import MusicGenEngine, MusicGenResult, sample_tokens, window_schedule
+from leap_ray.engines.musicgen import (
+    MusicGenEngine,
+    MusicGenResult,
+    delay_pattern,
+    sample_tokens,
+    window_schedule,
+)
 from leap_ray.errors import InvalidRequest
 
 SAMPLE_RATE = 32_000
@@ -186,8 +192,28 @@ class TestSampling:
         draws = [sample_tokens(self.logits, self.request(top_p=0.5), generator).tolist() for _ in range(200)]
         assert {d[0] for d in draws} == {2}
 
+    def test_a_vanishing_temperature_is_greedy_not_nan(self):
+        # Found by fuzzing: 3e-305 overflowed logits / temperature to inf, and softmax to NaN.
+        request = self.request(temperature=3e-305)
+        assert sample_tokens(self.logits, request, torch.Generator().manual_seed(0)).tolist() == [2, 0]
+
     def test_the_same_generator_state_gives_the_same_tokens(self):
         first = sample_tokens(self.logits, self.request(), torch.Generator().manual_seed(5))
         assert torch.equal(
             first, sample_tokens(self.logits, self.request(), torch.Generator().manual_seed(5))
         )
+
+
+@pytest.mark.parametrize(("frames", "prompt_frames"), [(10, 0), (10, 3), (40, 20)])
+def test_delay_pattern_equals_transformers_where_it_applies(engine, frames, prompt_frames):
+    prompt = torch.arange(4 * prompt_frames).view(4, prompt_frames) if prompt_frames else None
+    ids = torch.full((4, 1), engine.start_token)
+    if prompt is not None:
+        ids = torch.cat([ids, prompt], dim=1)
+    _, expected = engine.model.decoder.build_delay_pattern_mask(ids, engine.pad_token, max_length=frames + 4)
+    assert torch.equal(delay_pattern(prompt, frames, 4, engine.start_token, engine.pad_token), expected)
+
+
+def test_the_shortest_track_is_one_frame(engine):
+    # Found by fuzzing: transformers' helper leaves such short patterns unmasked.
+    assert generate_one(engine, duration=0.02).waveform.shape == (640,)
