@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -82,23 +82,21 @@ class IngressSettings(BaseModel):
     spec_timeout_s: float = Field(
         600.0, gt=0, description="How long a request waits for a model deployment to come up."
     )
-    api_keys: list[SecretStr] = Field(
-        default_factory=list, description="Bearer keys clients must send; none means no authentication."
-    )
+    # Keys live in files, never in the Serve config itself: Serve logs application arguments.
     api_keys_file: str | None = Field(
         None,
-        description="A file of keys, one per line; by default the file LEAP_RAY_API_KEYS_FILE names, if set.",
+        description="A file of bearer keys, one per line. Without it and LEAP_RAY_API_KEYS_FILE: no auth.",
     )
     replica_failure_retries: int = Field(
         1, ge=0, le=3, description="Retries of a request whose model replica died (safe: seeds are fixed)."
     )
 
     def load_api_keys(self) -> list[str]:
-        keys = [key.get_secret_value() for key in self.api_keys]
-        path = self.api_keys_file or os.environ.get(API_KEYS_FILE_ENV)
-        if path:
-            keys += [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-        return keys
+        """The keys of the config's file and of the file LEAP_RAY_API_KEYS_FILE names."""
+        paths = [path for path in (self.api_keys_file, os.environ.get(API_KEYS_FILE_ENV)) if path]
+        return [
+            line.strip() for path in paths for line in Path(path).read_text().splitlines() if line.strip()
+        ]
 
 
 class AppConfig(BaseModel):
