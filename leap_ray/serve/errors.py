@@ -7,7 +7,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
-from ray.serve.exceptions import BackPressureError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from leap_ray.errors import LeapRayError, ModelUnavailable, Overloaded, invalid_request_from
 
@@ -23,8 +23,12 @@ def as_leap_error(error: BaseException) -> LeapRayError:
         error = error.cause
     if isinstance(error, LeapRayError):
         return error
+    if isinstance(error, TimeoutError):
+        return ModelUnavailable("the model deployment did not come up in time", code="model_timeout")
     if isinstance(error, BackPressureError):
         return Overloaded("the service is at capacity; retry after a moment", code="queue_full")
+    if isinstance(error, DeploymentUnavailableError):
+        return ModelUnavailable("the model deployment is not available", code="deployment_unavailable")
     if isinstance(error, REPLICA_FAILURES):
         return ModelUnavailable("the model replica serving this request failed", code="replica_failed")
     logger.exception("unexpected error", exc_info=error)
@@ -45,4 +49,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(as_leap_error(error))
 
     app.add_exception_handler(RequestValidationError, validation_failed)
+    # Our typed errors by class: Starlette answers them and stops. The catch-all answers anything
+    # else as a 500 in the same shape, and Starlette then re-raises it so that Serve logs it.
+    app.add_exception_handler(LeapRayError, failed)
     app.add_exception_handler(Exception, failed)

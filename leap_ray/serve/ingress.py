@@ -75,17 +75,22 @@ class Ingress:
     def __init__(self, sdxl: DeploymentHandle, musicgen: DeploymentHandle, settings: IngressSettings) -> None:
         self._handles = {"sdxl": sdxl, "musicgen": musicgen}
         self._settings = settings
-        self._specs: dict[str, Any] = {}
+        self._specs: dict[str, asyncio.Future] = {}
         # The last added runs first: keys are checked before any body is read.
         app.add_middleware(RequestGuard, max_body_bytes=LIMITS.max_body_bytes)
         app.add_middleware(ApiKeyAuth, keys=settings.load_api_keys())
 
     async def _spec(self, model: str) -> Any:
-        """The model's shape facts, fetched once from a replica (which may still be loading)."""
+        """The model's shape facts, fetched once from a replica (which may still be loading). One
+        shared fetch: concurrent first requests must not each queue a call at the model."""
         if model not in self._specs:
             call = self._handles[model].spec.remote()
-            self._specs[model] = await asyncio.wait_for(call, self._settings.spec_timeout_s)
-        return self._specs[model]
+            self._specs[model] = asyncio.ensure_future(asyncio.wait_for(call, self._settings.spec_timeout_s))
+        try:
+            return await asyncio.shield(self._specs[model])  # one caller leaving must not cancel it
+        except Exception:
+            self._specs.pop(model, None)  # the next request asks again
+            raise
 
     async def sdxl(self, request: SDXLRequest | dict[str, Any]) -> SDXLOutput:
         """Generates images (handle API; HTTP goes through the same path)."""
@@ -96,16 +101,25 @@ class Ingress:
         return await self._forward("musicgen", _validated(MusicGenRequest, request))
 
     async def _forward(self, model: str, request: Any) -> Any:
-        request.check_against(await self._spec(model))
-        if request.seed is None:  # fixed here, so that a retry gives the same result
-            request = request.model_copy(update={"seed": secrets.randbelow(MAX_SEED - 64)})
+        """Checks the request against the model and runs it, retrying once on another or restarted
+        replica if its replica dies. Every failure leaves as a typed error: Serve's own handlers
+        would answer some in plain text."""
+        try:
+            request.check_against(await self._spec(model))
+            if request.seed is None:  # fixed here, so that a retry gives the same result
+                request = request.model_copy(update={"seed": secrets.randbelow(MAX_SEED - 64)})
+            return await self._generate(model, request)
+        except Exception as error:
+            raise as_leap_error(error) from None
+
+    async def _generate(self, model: str, request: Any) -> Any:
         retries_left = self._settings.replica_failure_retries
         while True:
             try:
                 return await self._handles[model].generate.remote(request)
             except REPLICA_FAILURES as error:
                 if retries_left == 0:
-                    raise as_leap_error(error) from None
+                    raise
                 retries_left -= 1
                 logger.warning("a %s replica died mid-request; retrying it (%s)", model, type(error).__name__)
 
