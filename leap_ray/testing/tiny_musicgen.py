@@ -1,4 +1,5 @@
-"""Tiny random-weight MusicGen models (text-only and melody) with the real models' layout, built offline.
+"""Tiny random-weight MusicGen models (text-only and melody) with the real models' layout, built offline
+(and, with MELODY, one of facebook/musicgen-melody's size for speed measurements on a GPU).
 
 Like `facebook/musicgen-*`: a T5 text encoder with a sentencepiece unigram tokenizer (trained here,
 in memory, on a few sentences), a 32 kHz EnCodec with 4 codebooks at 50 frames per second, and a
@@ -6,7 +7,9 @@ decoder over those codebooks. Loadable with plain `from_pretrained`.
 """
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sentencepiece
 import torch
@@ -19,17 +22,77 @@ from transformers import (
     MusicgenMelodyConfig,
     MusicgenMelodyDecoderConfig,
     MusicgenMelodyForConditionalGeneration,
+    PreTrainedConfig,
     PreTrainedModel,
     T5Config,
     T5Tokenizer,
 )
 
-CODEBOOK_SIZE = 64
 SAMPLE_RATE = 32_000
 # EnCodec's frame rate is sample_rate / prod(upsampling_ratios) = 32000 / 640 = 50 Hz, and its number of
-# codebooks is 1000 * bandwidth // (frame_rate * log2(codebook_size)) = 1200 // 300 = 4.
+# codebooks is 1000 * bandwidth // (frame_rate * log2(codebook_size)): 4 in both architectures below.
 UPSAMPLING_RATIOS = (8, 5, 4, 4)
-BANDWIDTH_KBPS = 1.2
+
+
+@dataclass(frozen=True)
+class MusicGenArchitecture:
+    """Sizes of the text encoder (T5), the audio codec (EnCodec) and the decoder."""
+
+    text: dict[str, Any]
+    audio: dict[str, Any]
+    decoder: dict[str, Any]
+
+    @property
+    def codebook_size(self) -> int:
+        return self.audio["codebook_size"]
+
+
+TINY = MusicGenArchitecture(
+    # The text is narrower than the decoder, so the real models' text-to-decoder projection exists.
+    text={
+        "d_model": 16,
+        "d_kv": 4,
+        "d_ff": 32,
+        "num_layers": 2,
+        "num_heads": 4,
+        "relative_attention_num_buckets": 8,
+    },
+    audio={
+        "codebook_size": 64,
+        "target_bandwidths": [1.2],
+        "hidden_size": 16,
+        "num_filters": 4,
+        "num_lstm_layers": 1,
+    },
+    decoder={
+        "vocab_size": 64,
+        "hidden_size": 32,
+        "ffn_dim": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        # Trained models have peaked token distributions; at the usual 0.02 a random one is so flat
+        # that the prompt and melody would not change what is sampled.
+        "initializer_factor": 1.0,
+    },
+)
+# facebook/musicgen-melody: T5-base text encoder, the 32 kHz EnCodec, a 1.5 B decoder.
+MELODY = MusicGenArchitecture(
+    text={"d_model": 768, "d_kv": 64, "d_ff": 3072, "num_layers": 12, "num_heads": 12, "vocab_size": 32128},
+    audio={
+        "codebook_size": 2048,
+        "target_bandwidths": [2.2],
+        "hidden_size": 128,
+        "num_filters": 64,
+        "num_lstm_layers": 2,
+    },
+    decoder={
+        "vocab_size": 2048,
+        "hidden_size": 1536,
+        "ffn_dim": 6144,
+        "num_hidden_layers": 48,
+        "num_attention_heads": 24,
+    },
+)
 TOKENIZER_SENTENCES = (
     "lo-fi music with a soothing melody",
     "an 80s driving pop song with heavy drums and synth pads in the background",
@@ -64,15 +127,9 @@ def build_t5_tokenizer() -> T5Tokenizer:
     return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
 
 
-def _sub_configs(tokenizer: T5Tokenizer) -> tuple[T5Config, EncodecConfig]:
+def _config(architecture: MusicGenArchitecture, tokenizer: T5Tokenizer, melody: bool) -> PreTrainedConfig:
     text = T5Config(
-        vocab_size=len(tokenizer),
-        d_model=16,  # narrower than the decoder: the real models' text-to-decoder projection exists
-        d_kv=4,
-        d_ff=32,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
+        **{"vocab_size": len(tokenizer), **architecture.text},
         pad_token_id=0,
         eos_token_id=1,
         decoder_start_token_id=0,
@@ -80,36 +137,31 @@ def _sub_configs(tokenizer: T5Tokenizer) -> tuple[T5Config, EncodecConfig]:
     audio = EncodecConfig(
         sampling_rate=SAMPLE_RATE,
         upsampling_ratios=UPSAMPLING_RATIOS,
-        target_bandwidths=[BANDWIDTH_KBPS],
-        codebook_size=CODEBOOK_SIZE,
-        hidden_size=16,
-        num_filters=4,
-        num_lstm_layers=1,
         use_causal_conv=False,
         normalize=False,
+        **architecture.audio,
     )
-    return text, audio
-
-
-def _decoder_settings() -> dict[str, object]:
-    return {
-        "vocab_size": CODEBOOK_SIZE,
+    special = architecture.codebook_size  # MusicGen's pad and start token: one past the codebook
+    decoder = {
         "num_codebooks": 4,
-        "hidden_size": 32,
-        "ffn_dim": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "max_position_embeddings": 4096,
-        "pad_token_id": CODEBOOK_SIZE,
-        "bos_token_id": CODEBOOK_SIZE,
+        "max_position_embeddings": 2048,
+        "pad_token_id": special,
+        "bos_token_id": special,
         "dropout": 0.0,
-        # Trained models have peaked token distributions; at the usual 0.02 a random one is so flat
-        # that the prompt and melody would not change what is sampled.
-        "initializer_factor": 1.0,
+        **architecture.decoder,
     }
+    if melody:
+        return MusicgenMelodyConfig(
+            text_encoder=text,
+            audio_encoder=audio,
+            decoder=MusicgenMelodyDecoderConfig(**decoder),
+            num_chroma=12,
+            chroma_length=235,  # the checkpoint's: 30 s of chroma at 32 kHz with a 4096-sample hop
+        )
+    return MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=MusicgenDecoderConfig(**decoder))
 
 
-def _finish(model: PreTrainedModel) -> PreTrainedModel:
+def _finish(model: PreTrainedModel, codebook_size: int) -> PreTrainedModel:
     # EnCodec starts its codebooks at zero (training fills them), so every code would decode to the
     # same sound: give each code its own random vector.
     for layer in model.audio_encoder.quantizer.layers:
@@ -122,46 +174,36 @@ def _finish(model: PreTrainedModel) -> PreTrainedModel:
         top_k=250,
         guidance_scale=3.0,
         max_length=1500,
-        pad_token_id=CODEBOOK_SIZE,
-        decoder_start_token_id=CODEBOOK_SIZE,
-        bos_token_id=CODEBOOK_SIZE,
+        pad_token_id=codebook_size,
+        decoder_start_token_id=codebook_size,
+        bos_token_id=codebook_size,
     )
     return model.eval()
 
 
-def build_tiny_musicgen() -> tuple[MusicgenForConditionalGeneration, T5Tokenizer]:
+def build_musicgen(
+    architecture: MusicGenArchitecture = TINY, *, melody: bool = False
+) -> tuple[PreTrainedModel, T5Tokenizer]:
+    """The model (text-only or melody) with random weights, and its tokenizer; the same every call."""
     tokenizer = build_t5_tokenizer()
-    text, audio = _sub_configs(tokenizer)
+    config = _config(architecture, tokenizer, melody)
     torch.manual_seed(0)
-    decoder = MusicgenDecoderConfig(**_decoder_settings())
-    config = MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)
-    return _finish(MusicgenForConditionalGeneration(config)), tokenizer
+    model_class = MusicgenMelodyForConditionalGeneration if melody else MusicgenForConditionalGeneration
+    return _finish(model_class(config), architecture.codebook_size), tokenizer
 
 
-def build_tiny_musicgen_melody() -> tuple[MusicgenMelodyForConditionalGeneration, T5Tokenizer]:
-    tokenizer = build_t5_tokenizer()
-    text, audio = _sub_configs(tokenizer)
-    torch.manual_seed(0)
-    config = MusicgenMelodyConfig(
-        text_encoder=text,
-        audio_encoder=audio,
-        decoder=MusicgenMelodyDecoderConfig(**_decoder_settings()),
-        num_chroma=12,
-        chroma_length=235,  # the checkpoint's: 30 s of chroma at 32 kHz with a 4096-sample hop
-    )
-    return _finish(MusicgenMelodyForConditionalGeneration(config)), tokenizer
-
-
-def _write(built: tuple[PreTrainedModel, T5Tokenizer], directory: Path) -> Path:
-    model, tokenizer = built
+def write_musicgen(
+    directory: Path, architecture: MusicGenArchitecture = TINY, *, melody: bool = False
+) -> Path:
+    model, tokenizer = build_musicgen(architecture, melody=melody)
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     return directory
 
 
 def write_tiny_musicgen(directory: Path) -> Path:
-    return _write(build_tiny_musicgen(), directory)
+    return write_musicgen(directory)
 
 
 def write_tiny_musicgen_melody(directory: Path) -> Path:
-    return _write(build_tiny_musicgen_melody(), directory)
+    return write_musicgen(directory, melody=True)

@@ -1,0 +1,124 @@
+"""What every benchmark shares: the workloads, the models, the graph under test, percentiles, tables
+and JSON results. Each script prints a table and writes benchmarks/results/<name>.json."""
+
+import argparse
+import copy
+import json
+import os
+import platform
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+RESULTS = Path(__file__).parent / "results"
+SDXL_WORK = {"prompt": "a lighthouse at dawn", "height": 128, "width": 128, "num_inference_steps": 10}
+MUSIC_WORK = {"prompt": "lo-fi beat", "duration": 2.0}
+MODEL_CPUS = 1  # CPUs (and torch threads) of one model replica, and of the direct engine it is compared to
+
+
+def arguments(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--full-size",
+        action="store_true",
+        help="architecture-true random-weight SDXL base and MusicGen-melody (for a GPU machine)",
+    )
+    parser.add_argument("--models", default=None, help="folder for the benchmark's models (default: a cache)")
+    return parser.parse_args()
+
+
+def models(args: argparse.Namespace) -> dict[str, str]:
+    """Model folders: the tiny ones, or architecture-true random-weight ones with --full-size."""
+    if args.full_size:
+        from leap_ray.testing.full_size import write_full_size_models
+
+        return {k: str(v) for k, v in write_full_size_models(Path(args.models or "models/full-size")).items()}
+    from leap_ray.testing import tiny_model
+
+    return {name: str(tiny_model(name)) for name in ("sdxl", "musicgen-melody")}
+
+
+def machine() -> dict[str, Any]:
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"cpus": os.cpu_count(), "gpu": gpu, "torch": torch.__version__, "platform": platform.platform()}
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    values = np.asarray(seconds) * 1000
+    return {f"p{q}_ms": float(np.percentile(values, q)) for q in (50, 95, 99)} if len(values) else {}
+
+
+def print_table(title: str, rows: list[dict[str, Any]]) -> None:
+    print(f"\n{title}")
+    columns = list(rows[0])
+    cells = [[f"{row[c]:.3g}" if isinstance(row[c], float) else str(row[c]) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+
+
+def write_results(name: str, data: dict[str, Any]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), "time": time.time(), **data}, indent=2))
+    print(f"\nwrote {path}")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def application(name: str, model_folders: dict[str, str], max_batch_size: int, **sdxl_options: Any) -> dict:
+    """The local config's application under another name and batch size."""
+    from leap_ray.serve.runner import local_config_path
+
+    (template,) = yaml.safe_load(local_config_path().read_text())["applications"]
+    app = copy.deepcopy(template)
+    app.update(name=name, route_prefix=f"/{name}", logging_config={"log_level": "WARNING"})
+    app["args"] = {
+        "sdxl": {"model": model_folders["sdxl"]},
+        "musicgen": {"model": model_folders["musicgen-melody"]},
+    }
+    gpus = 1 if torch.cuda.is_available() else 0
+    for deployment in app["deployments"]:
+        if deployment["name"] != "Ingress":
+            deployment["ray_actor_options"] = {"num_cpus": MODEL_CPUS, "num_gpus": gpus}
+            deployment["user_config"] = {"max_batch_size": max_batch_size, "batch_wait_timeout_s": 0.02}
+            deployment["max_ongoing_requests"] = max(16, 2 * max_batch_size)
+        if deployment["name"] == "SDXL":
+            deployment.update(sdxl_options)
+    return app
+
+
+@contextmanager
+def graph(*applications: dict) -> Iterator[str]:
+    """A local Ray with these applications deployed; yields the base URL; shuts down after."""
+    import ray
+    from ray import serve
+    from ray.serve.schema import ServeDeploySchema
+
+    from leap_ray.serve.runner import deploy, start_local_ray, wait_until_running
+
+    port = _free_port()
+    config = ServeDeploySchema.model_validate(
+        {"http_options": {"host": "127.0.0.1", "port": port}, "applications": list(applications)}
+    )
+    start_local_ray(num_cpus=2 * MODEL_CPUS * len(applications) + 1)
+    try:
+        deploy(config)
+        wait_until_running(config)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()

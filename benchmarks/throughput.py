@@ -1,0 +1,156 @@
+"""Throughput, side by side in one run: the engines called in-process at batch sizes 1-8 (the
+ceiling), then the same work over HTTP from a closed-loop load generator at concurrency 1-16,
+with dynamic batching on and with max_batch_size 1. Prints served / ceiling for each row.
+
+    python -m benchmarks.throughput [--full-size]
+"""
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+from benchmarks.common import (
+    MODEL_CPUS,
+    MUSIC_WORK,
+    SDXL_WORK,
+    application,
+    arguments,
+    graph,
+    models,
+    print_table,
+    write_results,
+)
+
+BATCHES = (1, 2, 4, 8)
+CONCURRENCY = (1, 2, 4, 8, 16)
+SECONDS = 6.0
+
+
+def timed(run: Callable[[], float], seconds: float) -> float:
+    """Units of work per second from calling `run` (which returns the units it did) for `seconds`."""
+    done, started = 0.0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        done += run()
+    return done / (time.perf_counter() - started)
+
+
+def direct_ceiling(folders: dict[str, str]) -> dict[str, list[dict]]:
+    from leap_ray.api.audio import encode_audio
+    from leap_ray.api.images import encode_image
+    from leap_ray.api.musicgen import MusicGenRequest
+    from leap_ray.api.sdxl import SDXLRequest
+    from leap_ray.engines.musicgen import MusicGenEngine
+    from leap_ray.engines.sdxl import SDXLEngine
+
+    sdxl = SDXLEngine(folders["sdxl"], threads=MODEL_CPUS)
+    music = MusicGenEngine(folders["musicgen-melody"], threads=MODEL_CPUS)
+
+    def images(batch: int) -> float:
+        requests = [SDXLRequest(**SDXL_WORK, seed=i) for i in range(batch)]
+        for result in sdxl.generate(requests):  # encoded, as the service does
+            [encode_image(pixels, "png") for pixels in result.images]
+        return float(batch)
+
+    def audio_seconds(batch: int) -> float:
+        requests = [MusicGenRequest(**MUSIC_WORK, seed=i) for i in range(batch)]
+        for result in music.generate(requests):
+            encode_audio(result.waveform, result.sample_rate, "wav")
+        return batch * MUSIC_WORK["duration"]
+
+    rows: dict[str, list[dict]] = {"sdxl": [], "musicgen": []}
+    for batch in BATCHES:
+        images(batch), audio_seconds(batch)  # warm up this shape
+        rows["sdxl"].append({"batch": batch, "images_per_s": timed(lambda b=batch: images(b), SECONDS)})
+        rows["musicgen"].append(
+            {"batch": batch, "audio_s_per_s": timed(lambda b=batch: audio_seconds(b), SECONDS)}
+        )
+    return rows
+
+
+def closed_loop(url: str, body: dict, units: float, concurrency: int) -> tuple[float, int]:
+    """Work units per second with `concurrency` clients each sending back to back; and failures."""
+    deadline = time.perf_counter() + SECONDS
+    failures = 0
+
+    def client_loop(_: int) -> float:
+        nonlocal failures
+        done = 0.0
+        with httpx.Client(timeout=300) as client:
+            while time.perf_counter() < deadline:
+                if client.post(url, json=body).status_code == 200:
+                    done += units
+                else:
+                    failures += 1
+        return done
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        total = sum(pool.map(client_loop, range(concurrency)))
+    return total / (time.perf_counter() - started), failures
+
+
+def served(base: str, ceiling: dict[str, float]) -> dict[str, list[dict]]:
+    workloads = {
+        "sdxl": ("/v1/sdxl", SDXL_WORK, 1.0),
+        "musicgen": ("/v1/musicgen", MUSIC_WORK, MUSIC_WORK["duration"]),
+    }
+    rows: dict[str, list[dict]] = {"sdxl": [], "musicgen": []}
+    for model, (path, body, units) in workloads.items():
+        for app in ("batched", "unbatched"):
+            closed_loop(f"{base}/{app}{path}", body, units, 2)  # warm up
+        for concurrency in CONCURRENCY:
+            on, failed_on = closed_loop(f"{base}/batched{path}", body, units, concurrency)
+            off, failed_off = closed_loop(f"{base}/unbatched{path}", body, units, concurrency)
+            rows[model].append(
+                {
+                    "concurrency": concurrency,
+                    "batching_on_per_s": on,
+                    "batching_off_per_s": off,
+                    "on_over_off": on / off,
+                    "on_over_ceiling": on / ceiling[model],
+                    "failures": failed_on + failed_off,
+                }
+            )
+    return rows
+
+
+def main() -> None:
+    args = arguments(__doc__)
+    folders = models(args)
+    ceiling_rows = direct_ceiling(folders)
+    ceiling = {
+        "sdxl": max(row["images_per_s"] for row in ceiling_rows["sdxl"]),
+        "musicgen": max(row["audio_s_per_s"] for row in ceiling_rows["musicgen"]),
+    }
+    print_table("Direct ceiling, SDXL (images/s)", ceiling_rows["sdxl"])
+    print_table("Direct ceiling, MusicGen (audio seconds/s)", ceiling_rows["musicgen"])
+    with graph(application("batched", folders, 8), application("unbatched", folders, 1)) as base:
+        served_rows = served(base, ceiling)
+    print_table("Served over HTTP, SDXL (images/s)", served_rows["sdxl"])
+    print_table("Served over HTTP, MusicGen (audio seconds/s)", served_rows["musicgen"])
+    summary = {
+        model: {
+            "ceiling_per_s": ceiling[model],
+            "best_served_over_ceiling": max(row["on_over_ceiling"] for row in served_rows[model]),
+            "batching_on_within_5pct_or_faster": all(
+                row["on_over_off"] >= 0.95 for row in served_rows[model]
+            ),
+        }
+        for model in ceiling
+    }
+    print_table("Summary", [{"model": model, **values} for model, values in summary.items()])
+    write_results(
+        "throughput",
+        {
+            "workloads": {"sdxl": SDXL_WORK, "musicgen": MUSIC_WORK},
+            "direct": ceiling_rows,
+            "served": served_rows,
+            "summary": summary,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
