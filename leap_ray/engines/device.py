@@ -27,3 +27,12 @@ def limit_threads(threads: int | None = None) -> int:
         threads = int(from_env) if from_env.isdigit() and int(from_env) > 0 else len(os.sched_getaffinity(0))
     torch.set_num_threads(max(1, threads))
     return torch.get_num_threads()
+
+
+def placement(
+    device: str | None = None, dtype: str | None = None, threads: int | None = None
+) -> tuple[torch.device, torch.dtype]:
+    """An engine's device and dtype (CUDA in half precision when present), with threads limited."""
+    limit_threads(threads)
+    chosen = pick_device(device)
+    return chosen, pick_dtype(chosen, dtype)

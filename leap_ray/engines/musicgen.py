@@ -35,7 +35,7 @@ from transformers import (
 from leap_ray.api.common import MAX_SEED
 from leap_ray.api.musicgen import MusicGenModelSpec, MusicGenRequest
 from leap_ray.engines.chroma import ChromaExtractor, resample
-from leap_ray.engines.device import limit_threads, pick_device, pick_dtype
+from leap_ray.engines.device import placement
 from leap_ray.errors import LeapRayError
 
 WINDOW_S = 30.0  # audiocraft's max_duration
@@ -143,9 +143,7 @@ class MusicGenEngine:
         window_s: float = WINDOW_S,
         extend_stride_s: float = EXTEND_STRIDE_S,
     ) -> None:
-        limit_threads(threads)
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(self.device, dtype)
+        self.device, self.dtype = placement(device, dtype, threads)
         config = AutoConfig.from_pretrained(model)
         self.has_melody = config.model_type == "musicgen_melody"
         model_class = (

@@ -34,7 +34,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from leap_ray.api.common import MAX_SEED
 from leap_ray.api.sdxl import SDXLModelSpec, SDXLRequest
-from leap_ray.engines.device import limit_threads, pick_device, pick_dtype
+from leap_ray.engines.device import placement
 from leap_ray.errors import LeapRayError
 
 SCHEDULER_CLASSES = {
@@ -173,9 +173,7 @@ class SDXLEngine:
         dtype: str | None = None,
         threads: int | None = None,
     ) -> None:
-        limit_threads(threads)
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(self.device, dtype)
+        self.device, self.dtype = placement(device, dtype, threads)
         self.model = model
         self._default = PerImageGuidancePipeline.from_pretrained(model, dtype=self.dtype).to(self.device)
         self._default.set_progress_bar_config(disable=True)

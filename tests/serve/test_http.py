@@ -153,16 +153,6 @@ def test_bad_input_gets_422_naming_the_field_and_never_reaches_a_replica(
     assert replica_stats() == before
 
 
-def test_nan_in_the_body_is_a_422_not_a_500(client):
-    response = client.post(
-        "/v1/sdxl",
-        content='{"prompt": "a", "guidance_scale": NaN}',
-        headers={"Content-Type": "application/json"},
-    )
-    assert response.status_code == 422
-    assert response.json()["error"]["param"] == "guidance_scale"
-
-
 def test_openapi_shows_every_field_with_its_description_and_bounds(client):
     schema = client.get("/openapi.json").json()
     assert {"/v1/sdxl", "/v1/musicgen", "/healthz", "/readyz"} <= set(schema["paths"])
@@ -176,13 +166,3 @@ def test_openapi_shows_every_field_with_its_description_and_bounds(client):
     duration = components["MusicGenRequest"]["properties"]["duration"]
     assert (duration["exclusiveMinimum"], duration["maximum"], duration["default"]) == (0, 60, 10)
     assert client.get("/docs").status_code == 200
-
-
-def test_infinity_is_refused_in_musicgen_too(client):
-    response = client.post(
-        "/v1/musicgen",
-        content='{"prompt": "a", "temperature": Infinity}',
-        headers={"Content-Type": "application/json"},
-    )
-    assert response.status_code == 422
-    assert response.json()["error"]["param"] == "temperature"
