@@ -79,8 +79,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def application(name: str, model_folders: dict[str, str], max_batch_size: int, **sdxl_options: Any) -> dict:
-    """The local config's application under another name and batch size."""
+def application(
+    name: str,
+    model_folders: dict[str, str],
+    max_batch_size: int,
+    batch_wait_s: float = 0.05,
+    **sdxl_options: Any,
+) -> dict:
+    """The local config's application under another name, batch size and batch wait."""
     from leap_ray.serve.runner import local_config_path
 
     (template,) = yaml.safe_load(local_config_path().read_text())["applications"]
@@ -94,7 +100,10 @@ def application(name: str, model_folders: dict[str, str], max_batch_size: int, *
     for deployment in app["deployments"]:
         if deployment["name"] != "Ingress":
             deployment["ray_actor_options"] = {"num_cpus": MODEL_CPUS, "num_gpus": gpus}
-            deployment["user_config"] = {"max_batch_size": max_batch_size, "batch_wait_timeout_s": 0.02}
+            deployment["user_config"] = {
+                "max_batch_size": max_batch_size,
+                "batch_wait_timeout_s": batch_wait_s,
+            }
             deployment["max_ongoing_requests"] = max(16, 2 * max_batch_size)
         if deployment["name"] == "SDXL":
             deployment.update(sdxl_options)

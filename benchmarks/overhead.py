@@ -1,6 +1,7 @@
 """What the serving layer adds to one request: p50/p95/p99 latency at concurrency 1 of the same
-request as a direct engine call, a deployment-handle call and an HTTP call, interleaved so that
-noise hits all three alike; prints handle - direct and HTTP - direct in ms.
+request as a direct engine call, a call to the model deployment's handle (one hop), a call to the
+application's handle (ingress then model) and an HTTP call, interleaved so that noise hits all alike;
+prints each p50 minus the direct p50 in ms.
 
     python -m benchmarks.overhead [--full-size]
 """
@@ -38,6 +39,7 @@ def main() -> None:
     with graph(application("overhead", folders, 1)) as base, httpx.Client(timeout=120) as client:
         engine = SDXLEngine(folders["sdxl"], threads=MODEL_CPUS)
         handle = serve.get_app_handle("overhead")
+        model_handle = serve.get_deployment_handle("SDXL", "overhead")  # one hop: no ingress
 
         def direct() -> None:
             (result,) = engine.generate([SDXLRequest(**body)])
@@ -45,6 +47,7 @@ def main() -> None:
 
         calls = {
             "direct": direct,
+            "model_handle": lambda: model_handle.generate.remote(SDXLRequest(**body)).result(),
             "handle": lambda: handle.sdxl.remote(body).result(),
             "http": lambda: client.post(f"{base}/overhead/v1/sdxl", json=body).raise_for_status(),
         }

@@ -51,11 +51,13 @@ class _ModelDeployment:
         self.batches_served = 0
         self.requests_cancelled = 0
         self.requests_ongoing = 0
+        self.batch_wait_s = BatchingConfig().batch_wait_timeout_s
+        self.last_batch_requests = 0
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         batching = BatchingConfig.model_validate(user_config or {})
         self._generate_batch.set_max_batch_size(batching.max_batch_size)
-        self._generate_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        self.batch_wait_s = batching.batch_wait_timeout_s
 
     def spec(self) -> SDXLModelSpec | MusicGenModelSpec:
         return self.model_spec
@@ -73,6 +75,11 @@ class _ModelDeployment:
     async def generate(self, request: Any) -> Any:
         pending = _Pending(request)
         self.requests_ongoing += 1
+        # Waiting for a batch to fill pays only when others are coming: wait when some are here or the
+        # last batch had company; a lone request on an idle replica goes at once. (Serve reads the
+        # wait when a batch's first request arrives, which is just below.)
+        alone = self.requests_ongoing == 1 and self.last_batch_requests <= 1
+        self._generate_batch.set_batch_wait_timeout_s(0.0 if alone else self.batch_wait_s)
         try:
             output = await self._generate_batch(pending)
         except asyncio.CancelledError:
@@ -95,6 +102,7 @@ class _ModelDeployment:
     def _run(self, pending: list[_Pending]) -> list[Any]:
         self.requests_served += len(pending)
         self.batches_served += 1
+        self.last_batch_requests = len(pending)
         results = self.engine.generate(
             [item.request for item in pending], should_stop=[item.cancelled.is_set for item in pending]
         )
