@@ -96,7 +96,8 @@ def application(
         "sdxl": {"model": model_folders["sdxl"]},
         "musicgen": {"model": model_folders["musicgen-melody"]},
     }
-    gpus = 1 if torch.cuda.is_available() else 0
+    # Up to four model replicas (two applications side by side) share one GPU in these benchmarks.
+    gpus = 0.25 if torch.cuda.is_available() else 0
     for deployment in app["deployments"]:
         if deployment["name"] != "Ingress":
             deployment["ray_actor_options"] = {"num_cpus": MODEL_CPUS, "num_gpus": gpus}
