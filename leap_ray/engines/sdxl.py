@@ -33,7 +33,7 @@ from diffusers import (
 from diffusers.utils.torch_utils import randn_tensor
 
 from leap_ray.api.common import MAX_SEED
-from leap_ray.api.sdxl import SDXLModelSpec, SDXLRequest
+from leap_ray.api.sdxl import SDXLModelSpec, SDXLRequest, seeds_for
 from leap_ray.engines.device import placement
 from leap_ray.errors import LeapRayError
 
@@ -218,7 +218,7 @@ class SDXLEngine:
             seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED - 64)
             member = _Member(
                 request=request,
-                seeds=[seed + j for j in range(request.image_count)],
+                seeds=seeds_for(request, seed),
                 start=0,
                 should_stop=should_stop[index] if should_stop else None,
             )

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from leap_ray.api.audio import AUDIO_FORMATS
+from leap_ray.api.audio import AUDIO_FORMATS, content_type
 from leap_ray.api.common import MAX_SEED, ErrorResponse
 from leap_ray.api.images import CONTENT_TYPES
 from leap_ray.api.musicgen import MusicGenOutput, MusicGenRequest, MusicGenResponse
@@ -28,8 +28,8 @@ from leap_ray.serve.middleware import ApiKeyAuth, RequestGuard
 logger = logging.getLogger("ray.serve")
 
 MODEL_DEPLOYMENTS = {"sdxl": "SDXL", "musicgen": "MusicGen"}
-IMAGE_FORMATS_BY_TYPE = {content_type: name for name, content_type in CONTENT_TYPES.items()}
-AUDIO_FORMATS_BY_TYPE = {content_type: name for name, (_, _, content_type) in AUDIO_FORMATS.items()}
+IMAGE_FORMATS_BY_TYPE = {media_type: name for name, media_type in CONTENT_TYPES.items()}
+AUDIO_FORMATS_BY_TYPE = {content_type(name): name for name in AUDIO_FORMATS}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in [
@@ -167,7 +167,7 @@ class Ingress:
         output = await self.musicgen(body)
         if audio_format is not None:
             headers = {"X-Seed": str(output.seed), "X-Sample-Rate": str(output.sample_rate)}
-            return Response(output.audio, media_type=AUDIO_FORMATS[audio_format][2], headers=headers)
+            return Response(output.audio, media_type=content_type(audio_format), headers=headers)
         return JSONResponse(MusicGenResponse.from_output(output).model_dump())
 
     @app.get("/healthz", summary="Liveness of the ingress")
