@@ -76,6 +76,21 @@ class BatchingConfig(BaseModel):
     batch_wait_timeout_s: float = Field(0.02, ge=0.0, description="How long a batch waits to fill.")
 
 
+class JobsSettings(BaseModel):
+    """Where jobs and their outputs are kept, and how many run at once per ingress replica."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    store_path: str = Field(
+        "~/.cache/leap_ray/jobs/jobs.sqlite3", description="SQLite file shared by the ingress replicas."
+    )
+    output_dir: str = Field("~/.cache/leap_ray/jobs/outputs", description="Folder of the jobs' outputs.")
+    max_concurrent_jobs: int = Field(16, ge=1, description="Jobs one ingress replica runs at once.")
+    stale_after_s: float = Field(
+        30.0, gt=0, description="A running job whose runner is silent this long is taken over by another."
+    )
+
+
 class IngressSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -87,6 +102,7 @@ class IngressSettings(BaseModel):
         None,
         description="A file of bearer keys, one per line. Without it and LEAP_RAY_API_KEYS_FILE: no auth.",
     )
+    jobs: JobsSettings = JobsSettings()
     replica_failure_retries: int = Field(
         1, ge=0, le=3, description="Retries of a request whose model replica died (safe: seeds are fixed)."
     )

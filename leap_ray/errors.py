@@ -37,6 +37,11 @@ class Unauthorized(LeapRayError):
     error_type = "authentication_error"
 
 
+class NotFound(LeapRayError):
+    status_code = 404
+    error_type = "not_found_error"
+
+
 class PayloadTooLarge(LeapRayError):
     status_code = 413
     error_type = "invalid_request_error"

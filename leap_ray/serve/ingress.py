@@ -7,10 +7,11 @@ and `.musicgen.remote(r)`, with a request model or a dict (tensors and callables
 import asyncio
 import logging
 import secrets
+from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Header
-from fastapi.responses import JSONResponse, Response
+from fastapi import FastAPI, Header, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -18,11 +19,14 @@ from ray.serve.handle import DeploymentHandle
 from leap_ray.api.audio import AUDIO_FORMATS, content_type
 from leap_ray.api.common import MAX_SEED, ErrorResponse
 from leap_ray.api.images import CONTENT_TYPES
+from leap_ray.api.jobs import JobStatus, JobSubmission, JobView
 from leap_ray.api.musicgen import MusicGenOutput, MusicGenRequest, MusicGenResponse
 from leap_ray.api.sdxl import SDXLOutput, SDXLRequest, SDXLResponse
 from leap_ray.config import LIMITS, IngressSettings
-from leap_ray.errors import NotAcceptable, invalid_request_from
+from leap_ray.errors import LeapRayError, NotAcceptable, NotFound, invalid_request_from
+from leap_ray.jobs.store import Job, SQLiteJobStore
 from leap_ray.serve.errors import REPLICA_FAILURES, as_leap_error, install_error_handlers
+from leap_ray.serve.jobs import JobRunner
 from leap_ray.serve.middleware import ApiKeyAuth, RequestGuard
 
 logger = logging.getLogger("ray.serve")
@@ -76,6 +80,15 @@ class Ingress:
         self._handles = {"sdxl": sdxl, "musicgen": musicgen}
         self._settings = settings
         self._specs: dict[str, asyncio.Future] = {}
+        jobs = settings.jobs
+        self._jobs = SQLiteJobStore(Path(jobs.store_path).expanduser())
+        self._runner = JobRunner(
+            self._jobs,
+            Path(jobs.output_dir).expanduser(),
+            self._run_job,
+            max_concurrent=jobs.max_concurrent_jobs,
+            stale_after_s=jobs.stale_after_s,
+        )
         # The last added runs first: keys are checked before any body is read.
         app.add_middleware(RequestGuard, max_body_bytes=LIMITS.max_body_bytes)
         app.add_middleware(ApiKeyAuth, keys=settings.load_api_keys())
@@ -115,8 +128,14 @@ class Ingress:
     async def _generate(self, model: str, request: Any) -> Any:
         retries_left = self._settings.replica_failure_retries
         while True:
+            response = self._handles[model].generate.remote(request)
             try:
-                return await self._handles[model].generate.remote(request)
+                return await response
+            except asyncio.CancelledError:
+                # Serve cancels the model call of a cancelled HTTP request itself, but not that of a
+                # job's task (no Serve request): say it to the model here.
+                response.cancel()
+                raise
             except REPLICA_FAILURES as error:
                 if retries_left == 0:
                     raise
@@ -169,6 +188,77 @@ class Ingress:
             headers = {"X-Seed": str(output.seed), "X-Sample-Rate": str(output.sample_rate)}
             return Response(output.audio, media_type=content_type(audio_format), headers=headers)
         return JSONResponse(MusicGenResponse.from_output(output).model_dump())
+
+    async def check_health(self) -> None:
+        """Serve calls this every few seconds: it also starts the job runner after a restart, so that
+        jobs a dead replica left behind are taken over without waiting for a request."""
+        self._runner.ensure_started()
+
+    async def _run_job(self, service: str, job_input: dict[str, Any]) -> list[tuple[bytes, str, str]]:
+        if service == "sdxl":
+            images = await self.sdxl(job_input)
+            return [(data, images.format, CONTENT_TYPES[images.format]) for data in images.images]
+        track = await self.musicgen(job_input)
+        return [(track.audio, track.format, content_type(track.format))]
+
+    def _view(self, job: Job, request: Request) -> dict[str, Any]:
+        url = f"{request.scope.get('root_path', '')}/v1/jobs/{job.id}"
+        return JobView(
+            url=url,
+            outputs=[f"{url}/outputs/{index}" for index in range(len(job.outputs))],
+            **{name: getattr(job, name) for name in JobView.model_fields if name not in ("url", "outputs")},
+        ).model_dump()
+
+    def _job(self, job_id: str) -> Job:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}", param="job_id")
+        return job
+
+    @app.post(
+        "/v1/jobs", status_code=202, response_model=JobView, responses=ERROR_RESPONSES, summary="Submit a job"
+    )
+    async def submit_job(self, body: JobSubmission, request: Request) -> JSONResponse:
+        """Validates the input as the synchronous endpoint would (422 at once when invalid), fixes a seed
+        so that a job taken over after a restart gives the same outputs, and queues it."""
+        self._runner.ensure_started()
+        request_type = SDXLRequest if body.service == "sdxl" else MusicGenRequest
+        try:
+            validated = _validated(request_type, body.input)
+        except LeapRayError as error:
+            error.param = f"input.{error.param}" if error.param else "input"
+            raise
+        job_input = dict(body.input)
+        if validated.seed is None:
+            job_input["seed"] = secrets.randbelow(MAX_SEED - 64)
+        job = self._jobs.create(body.service, job_input)
+        return JSONResponse(self._view(job, request), status_code=202)
+
+    @app.get("/v1/jobs", response_model=list[JobView], summary="Recent jobs, newest first")
+    async def list_jobs(
+        self, request: Request, status: JobStatus | None = None, limit: int = 100
+    ) -> JSONResponse:
+        jobs = self._jobs.list(status, min(max(limit, 1), 1000))
+        return JSONResponse([self._view(job, request) for job in jobs])
+
+    @app.get("/v1/jobs/{job_id}", response_model=JobView, responses=ERROR_RESPONSES, summary="A job's state")
+    async def get_job(self, job_id: str, request: Request) -> JSONResponse:
+        return JSONResponse(self._view(self._job(job_id), request))
+
+    @app.get("/v1/jobs/{job_id}/outputs/{index}", responses=ERROR_RESPONSES, summary="One output's bytes")
+    async def get_job_output(self, job_id: str, index: int) -> FileResponse:
+        outputs = self._job(job_id).outputs
+        if not 0 <= index < len(outputs):
+            raise NotFound(f"job {job_id} has no output {index}", param="index")
+        return FileResponse(outputs[index]["path"], media_type=outputs[index]["content_type"])
+
+    @app.delete(
+        "/v1/jobs/{job_id}", response_model=JobView, responses=ERROR_RESPONSES, summary="Cancel a job"
+    )
+    async def cancel_job(self, job_id: str, request: Request) -> JSONResponse:
+        """A queued job never runs; a running one stops at its next step and frees its batch slot."""
+        self._job(job_id)
+        return JSONResponse(self._view(self._jobs.cancel(job_id), request))
 
     @app.get("/healthz", summary="Liveness of the ingress")
     async def healthz(self) -> dict[str, str]:

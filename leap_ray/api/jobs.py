@@ -1,0 +1,31 @@
+"""Jobs: submit a request of either service, get an id at once, poll, fetch outputs, cancel."""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from leap_ray.api.common import ErrorDetail
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class JobSubmission(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    service: Literal["sdxl", "musicgen"] = Field(description="Which model runs the job.")
+    input: dict[str, Any] = Field(
+        description="The same request as POST /v1/sdxl or /v1/musicgen; invalid input gets a 422 at once."
+    )
+
+
+class JobView(BaseModel):
+    id: str
+    service: Literal["sdxl", "musicgen"]
+    status: JobStatus = Field(description="queued, running, succeeded, failed or cancelled.")
+    cancel_requested: bool = Field(description="A DELETE arrived; a running job stops at its next step.")
+    created_at: float = Field(description="Unix time the job was accepted.")
+    started_at: float | None = Field(description="Unix time a runner first started it.")
+    finished_at: float | None = Field(description="Unix time it ended.")
+    error: ErrorDetail | None = Field(description="Why it failed, in the service's error shape.")
+    outputs: list[str] = Field(description="URLs of the outputs, once it succeeded.")
+    url: str = Field(description="This job's URL: GET to poll, DELETE to cancel.")

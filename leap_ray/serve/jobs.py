@@ -1,0 +1,78 @@
+"""Runs jobs inside the ingress: a background loop claims jobs from the store, runs each through the
+same path as the synchronous endpoints, writes its outputs to files, and keeps a heartbeat so that
+another ingress replica takes over the jobs of one that died."""
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from leap_ray.jobs.store import Job, JobStore
+from leap_ray.serve.errors import as_leap_error
+
+logger = logging.getLogger("ray.serve")
+# A job's outputs: (encoded bytes, file extension, content type) each.
+RunJob = Callable[[str, dict], Awaitable[list[tuple[bytes, str, str]]]]
+
+
+class JobRunner:
+    def __init__(
+        self,
+        store: JobStore,
+        output_dir: Path,
+        run: RunJob,
+        *,
+        max_concurrent: int,
+        stale_after_s: float,
+        poll_s: float = 0.5,
+    ) -> None:
+        self.store = store
+        self.output_dir = output_dir
+        self.run = run
+        self.max_concurrent = max_concurrent
+        self.stale_after_s = stale_after_s
+        self.poll_s = poll_s
+        self.owner = uuid.uuid4().hex
+        self.tasks: dict[str, asyncio.Task] = {}
+        self._loop_task: asyncio.Task | None = None
+
+    def ensure_started(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                self._tick()
+            except Exception:
+                logger.exception("job runner tick failed")
+            await asyncio.sleep(self.poll_s)
+
+    def _tick(self) -> None:
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+            elif not self.store.heartbeat(job_id, self.owner):  # cancel requested
+                task.cancel()
+        while len(self.tasks) < self.max_concurrent:
+            job = self.store.claim(self.owner, self.stale_after_s)
+            if job is None:
+                break
+            self.tasks[job.id] = asyncio.get_running_loop().create_task(self._execute(job))
+
+    async def _execute(self, job: Job) -> None:
+        try:
+            outputs = await self.run(job.service, job.input)
+            folder = self.output_dir / job.id
+            folder.mkdir(parents=True, exist_ok=True)
+            files = []
+            for index, (data, extension, content_type) in enumerate(outputs):
+                path = folder / f"{index}.{extension}"
+                await asyncio.to_thread(path.write_bytes, data)
+                files.append({"path": str(path), "content_type": content_type})
+            self.store.finish(job.id, self.owner, "succeeded", outputs=files)
+        except asyncio.CancelledError:  # a DELETE: the model call was cancelled with this task
+            self.store.finish(job.id, self.owner, "cancelled")
+        except Exception as error:
+            self.store.finish(job.id, self.owner, "failed", error=as_leap_error(error).body()["error"])

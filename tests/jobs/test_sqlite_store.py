@@ -1,0 +1,78 @@
+import time
+
+import pytest
+
+from leap_ray.jobs.store import SQLiteJobStore
+
+
+@pytest.fixture
+def store(tmp_path) -> SQLiteJobStore:
+    return SQLiteJobStore(tmp_path / "jobs.sqlite3")
+
+
+def test_a_job_is_queued_then_claimed_by_one_runner_only(store):
+    job = store.create("sdxl", {"prompt": "a", "seed": 1})
+    assert store.get(job.id).status == "queued"
+    claimed = store.claim("runner-a", stale_after_s=30)
+    assert (claimed.id, claimed.status, claimed.input) == (job.id, "running", {"prompt": "a", "seed": 1})
+    assert claimed.started_at is not None
+    assert store.claim("runner-b", stale_after_s=30) is None
+
+
+def test_jobs_are_claimed_oldest_first(store):
+    first, second = store.create("sdxl", {}), store.create("musicgen", {})
+    assert [store.claim("r", 30).id, store.claim("r", 30).id] == [first.id, second.id]
+
+
+def test_a_silent_runners_job_is_taken_over(store):
+    job = store.create("sdxl", {})
+    store.claim("dead-runner", stale_after_s=30)
+    time.sleep(0.05)
+    assert store.claim("live-runner", stale_after_s=0.01).id == job.id
+    assert not store.heartbeat(job.id, "dead-runner")  # the old owner may not finish it any more
+    assert not store.finish(job.id, "dead-runner", "succeeded")
+    assert store.finish(
+        job.id, "live-runner", "succeeded", outputs=[{"path": "p", "content_type": "image/png"}]
+    )
+    assert store.get(job.id).outputs == [{"path": "p", "content_type": "image/png"}]
+
+
+def test_cancelling_a_queued_job_ends_it_at_once(store):
+    job = store.create("sdxl", {})
+    assert store.cancel(job.id).status == "cancelled"
+    assert store.claim("r", 30) is None
+
+
+def test_cancelling_a_running_job_tells_its_runner(store):
+    job = store.create("sdxl", {})
+    store.claim("r", 30)
+    assert store.heartbeat(job.id, "r")
+    cancelled = store.cancel(job.id)
+    assert (cancelled.status, cancelled.cancel_requested) == ("running", True)
+    assert not store.heartbeat(job.id, "r")
+    assert store.finish(job.id, "r", "cancelled")
+    assert store.get(job.id).status == "cancelled"
+
+
+def test_a_job_cancelled_while_its_runner_died_ends_cancelled(store):
+    job = store.create("sdxl", {})
+    store.claim("dead", 30)
+    store.cancel(job.id)
+    time.sleep(0.05)
+    assert store.claim("other", stale_after_s=0.01) is None
+    assert store.get(job.id).status == "cancelled"
+
+
+def test_failures_keep_the_error_and_listing_filters_by_status(store):
+    failing, waiting = store.create("sdxl", {}), store.create("sdxl", {})
+    store.claim("r", 30)
+    error = {"message": "boom", "type": "internal_error", "param": None, "code": None}
+    store.finish(failing.id, "r", "failed", error=error)
+    assert store.get(failing.id).error == error
+    assert [job.id for job in store.list("failed")] == [failing.id]
+    assert [job.id for job in store.list()] == [waiting.id, failing.id]
+
+
+def test_jobs_survive_a_new_store_on_the_same_file(store, tmp_path):
+    job = store.create("musicgen", {"prompt": "a"})
+    assert SQLiteJobStore(tmp_path / "jobs.sqlite3").get(job.id).input == {"prompt": "a"}
