@@ -89,6 +89,19 @@ class JobsSettings(BaseModel):
     stale_after_s: float = Field(
         30.0, gt=0, description="A running job whose runner is silent this long is taken over by another."
     )
+    webhook_secret_file: str | None = Field(
+        None,
+        description="A file holding the webhook signing secret (kept out of the config, which Serve logs).",
+    )
+    webhook_allow_private_networks: bool = Field(
+        False,
+        description="Allow webhooks to private, loopback and link-local addresses (refused by default).",
+    )
+    webhook_attempts: int = Field(5, ge=1, le=20, description="Deliveries tried before giving up.")
+    webhook_backoff_s: float = Field(1.0, ge=0, description="Wait before the 2nd attempt, doubling after.")
+
+    def webhook_secret(self) -> bytes:
+        return Path(self.webhook_secret_file).read_bytes().strip() if self.webhook_secret_file else b""
 
 
 class IngressSettings(BaseModel):

@@ -16,6 +16,14 @@ class JobSubmission(BaseModel):
     input: dict[str, Any] = Field(
         description="The same request as POST /v1/sdxl or /v1/musicgen; invalid input gets a 422 at once."
     )
+    webhook_url: str | None = Field(
+        None,
+        max_length=2048,
+        description="Where to POST the job's JSON, signed in X-LeapRay-Signature (sha256=HMAC of the body).",
+    )
+    webhook_events_filter: list[Literal["start", "completed"]] = Field(
+        ["completed"], min_length=1, description="Which events to send: start, completed."
+    )
 
 
 class JobView(BaseModel):

@@ -28,10 +28,13 @@ class Job:
     error: dict[str, Any] | None = None
     outputs: list[dict[str, str]] = field(default_factory=list)  # {"path", "content_type"}
     cancel_requested: bool = False
+    webhook: dict[str, Any] | None = None  # {"url", "events", "prefix"}
 
 
 class JobStore(Protocol):
-    def create(self, service: str, job_input: dict[str, Any]) -> Job: ...
+    def create(
+        self, service: str, job_input: dict[str, Any], webhook: dict[str, Any] | None = None
+    ) -> Job: ...
     def get(self, job_id: str) -> Job | None: ...
     def list(self, status: str | None = None, limit: int = 100) -> list[Job]: ...
     def claim(self, owner: str, stale_after_s: float) -> Job | None: ...
@@ -44,7 +47,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, service TEXT NOT NULL, status TEXT NOT NULL, input TEXT NOT NULL,
     created_at REAL NOT NULL, started_at REAL, finished_at REAL, error TEXT, outputs TEXT NOT NULL,
-    cancel_requested INTEGER NOT NULL DEFAULT 0, owner TEXT, heartbeat_at REAL
+    cancel_requested INTEGER NOT NULL DEFAULT 0, owner TEXT, heartbeat_at REAL, webhook TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
 """
@@ -75,15 +78,16 @@ class SQLiteJobStore:
             error=json.loads(row["error"]) if row["error"] else None,
             outputs=json.loads(row["outputs"]),
             cancel_requested=bool(row["cancel_requested"]),
+            webhook=json.loads(row["webhook"]) if row["webhook"] else None,
         )
 
-    def create(self, service: str, job_input: dict[str, Any]) -> Job:
-        job = Job(uuid.uuid4().hex, service, "queued", job_input, created_at=time.time())
+    def create(self, service: str, job_input: dict[str, Any], webhook: dict[str, Any] | None = None) -> Job:
+        job = Job(uuid.uuid4().hex, service, "queued", job_input, created_at=time.time(), webhook=webhook)
         with self._connect() as db:
             db.execute(
-                "INSERT INTO jobs (id, service, status, input, created_at, outputs) "
-                "VALUES (?, ?, ?, ?, ?, '[]')",
-                (job.id, service, job.status, json.dumps(job_input), job.created_at),
+                "INSERT INTO jobs (id, service, status, input, created_at, outputs, webhook) "
+                "VALUES (?, ?, ?, ?, ?, '[]', ?)",
+                (job.id, service, job.status, json.dumps(job_input), job.created_at, json.dumps(webhook)),
             )
         return job
 

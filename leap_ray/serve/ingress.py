@@ -25,6 +25,7 @@ from leap_ray.api.sdxl import SDXLOutput, SDXLRequest, SDXLResponse
 from leap_ray.config import LIMITS, IngressSettings
 from leap_ray.errors import LeapRayError, NotAcceptable, NotFound, invalid_request_from
 from leap_ray.jobs.store import Job, SQLiteJobStore
+from leap_ray.serve import webhooks
 from leap_ray.serve.errors import REPLICA_FAILURES, as_leap_error, install_error_handlers
 from leap_ray.serve.jobs import JobRunner
 from leap_ray.serve.middleware import ApiKeyAuth, RequestGuard
@@ -64,6 +65,11 @@ def raw_format(accept: str | None, formats_by_type: dict[str, str]) -> str | Non
     return formats_by_type.get(first)
 
 
+def _prefix(request: Request) -> str:
+    """The application's route prefix, for the URLs in responses."""
+    return request.scope.get("root_path", "")
+
+
 def _validated(request_type: type, request: Any) -> Any:
     if isinstance(request, request_type):
         return request
@@ -80,12 +86,15 @@ class Ingress:
         self._handles = {"sdxl": sdxl, "musicgen": musicgen}
         self._settings = settings
         self._specs: dict[str, asyncio.Future] = {}
+        self._webhook_secret = settings.jobs.webhook_secret()
+        self._deliveries: set[asyncio.Task] = set()
         jobs = settings.jobs
         self._jobs = SQLiteJobStore(Path(jobs.store_path).expanduser())
         self._runner = JobRunner(
             self._jobs,
             Path(jobs.output_dir).expanduser(),
             self._run_job,
+            self._notify,
             max_concurrent=jobs.max_concurrent_jobs,
             stale_after_s=jobs.stale_after_s,
         )
@@ -201,8 +210,26 @@ class Ingress:
         track = await self.musicgen(job_input)
         return [(track.audio, track.format, content_type(track.format))]
 
-    def _view(self, job: Job, request: Request) -> dict[str, Any]:
-        url = f"{request.scope.get('root_path', '')}/v1/jobs/{job.id}"
+    def _notify(self, job: Job, event: str) -> None:
+        """Sends the job's webhook for this event, if it asked for one, as a task of its own."""
+        if not job.webhook or event not in job.webhook["events"]:
+            return
+        jobs = self._settings.jobs
+        payload = self._view(job, job.webhook["prefix"])
+        delivery = webhooks.deliver(
+            job.webhook["url"],
+            event,
+            payload,
+            secret=self._webhook_secret,
+            attempts=jobs.webhook_attempts,
+            backoff_s=jobs.webhook_backoff_s,
+        )
+        task = asyncio.get_running_loop().create_task(delivery)
+        self._deliveries.add(task)  # kept until done: the loop holds tasks only weakly
+        task.add_done_callback(self._deliveries.discard)
+
+    def _view(self, job: Job, prefix: str) -> dict[str, Any]:
+        url = f"{prefix}/v1/jobs/{job.id}"
         return JobView(
             url=url,
             outputs=[f"{url}/outputs/{index}" for index in range(len(job.outputs))],
@@ -231,19 +258,25 @@ class Ingress:
         job_input = dict(body.input)
         if validated.seed is None:
             job_input["seed"] = secrets.randbelow(MAX_SEED - 64)
-        job = self._jobs.create(body.service, job_input)
-        return JSONResponse(self._view(job, request), status_code=202)
+        webhook = None
+        if body.webhook_url is not None:
+            allow = self._settings.jobs.webhook_allow_private_networks
+            await asyncio.to_thread(webhooks.check_webhook_url, body.webhook_url, allow_private=allow)
+            prefix = _prefix(request)
+            webhook = {"url": body.webhook_url, "events": body.webhook_events_filter, "prefix": prefix}
+        job = self._jobs.create(body.service, job_input, webhook)
+        return JSONResponse(self._view(job, _prefix(request)), status_code=202)
 
     @app.get("/v1/jobs", response_model=list[JobView], summary="Recent jobs, newest first")
     async def list_jobs(
         self, request: Request, status: JobStatus | None = None, limit: int = 100
     ) -> JSONResponse:
         jobs = self._jobs.list(status, min(max(limit, 1), 1000))
-        return JSONResponse([self._view(job, request) for job in jobs])
+        return JSONResponse([self._view(job, _prefix(request)) for job in jobs])
 
     @app.get("/v1/jobs/{job_id}", response_model=JobView, responses=ERROR_RESPONSES, summary="A job's state")
     async def get_job(self, job_id: str, request: Request) -> JSONResponse:
-        return JSONResponse(self._view(self._job(job_id), request))
+        return JSONResponse(self._view(self._job(job_id), _prefix(request)))
 
     @app.get("/v1/jobs/{job_id}/outputs/{index}", responses=ERROR_RESPONSES, summary="One output's bytes")
     async def get_job_output(self, job_id: str, index: int) -> FileResponse:
@@ -258,7 +291,7 @@ class Ingress:
     async def cancel_job(self, job_id: str, request: Request) -> JSONResponse:
         """A queued job never runs; a running one stops at its next step and frees its batch slot."""
         self._job(job_id)
-        return JSONResponse(self._view(self._jobs.cancel(job_id), request))
+        return JSONResponse(self._view(self._jobs.cancel(job_id), _prefix(request)))
 
     @app.get("/healthz", summary="Liveness of the ingress")
     async def healthz(self) -> dict[str, str]:

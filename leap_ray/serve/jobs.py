@@ -14,6 +14,8 @@ from leap_ray.serve.errors import as_leap_error
 logger = logging.getLogger("ray.serve")
 # A job's outputs: (encoded bytes, file extension, content type) each.
 RunJob = Callable[[str, dict], Awaitable[list[tuple[bytes, str, str]]]]
+# Told of a job's events ("start", "completed"), e.g. to send its webhook; must not block.
+Notify = Callable[[Job, str], None]
 
 
 class JobRunner:
@@ -22,6 +24,7 @@ class JobRunner:
         store: JobStore,
         output_dir: Path,
         run: RunJob,
+        notify: Notify,
         *,
         max_concurrent: int,
         stale_after_s: float,
@@ -30,6 +33,7 @@ class JobRunner:
         self.store = store
         self.output_dir = output_dir
         self.run = run
+        self.notify = notify
         self.max_concurrent = max_concurrent
         self.stale_after_s = stale_after_s
         self.poll_s = poll_s
@@ -62,6 +66,7 @@ class JobRunner:
             self.tasks[job.id] = asyncio.get_running_loop().create_task(self._execute(job))
 
     async def _execute(self, job: Job) -> None:
+        self.notify(job, "start")
         try:
             outputs = await self.run(job.service, job.input)
             folder = self.output_dir / job.id
@@ -76,3 +81,5 @@ class JobRunner:
             self.store.finish(job.id, self.owner, "cancelled")
         except Exception as error:
             self.store.finish(job.id, self.owner, "failed", error=as_leap_error(error).body()["error"])
+        finally:
+            self.notify(self.store.get(job.id) or job, "completed")

@@ -1,0 +1,116 @@
+"""Job webhooks: signed, retried after a failure, and never sent to the service's own network unless
+the operator allows it (the tests allow loopback to reach their receiver)."""
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from leap_ray.errors import InvalidRequest
+from leap_ray.serve.webhooks import check_webhook_url, signature
+
+SECRET = b"webhook-secret-for-tests"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/hook",
+        "http://10.1.2.3/hook",
+        "http://192.168.0.7/hook",
+        "http://169.254.169.254/",
+        "http://[::1]/hook",
+        "ftp://example.com/hook",
+        "not a url",
+    ],
+    ids=["loopback", "private-10", "private-192", "link-local-metadata", "loopback-v6", "ftp", "garbage"],
+)
+def test_webhooks_to_the_services_own_network_or_not_http_are_refused(url):
+    with pytest.raises(InvalidRequest) as caught:
+        check_webhook_url(url, allow_private=False)
+    assert caught.value.param == "webhook_url"
+
+
+def test_an_operator_may_allow_private_addresses_but_never_other_schemes():
+    check_webhook_url("http://127.0.0.1:9/hook", allow_private=True)
+    with pytest.raises(InvalidRequest):
+        check_webhook_url("file:///etc/passwd", allow_private=True)
+
+
+def test_the_signature_is_hmac_sha256_of_the_body():
+    body = b'{"id": "x"}'
+    assert signature(body, SECRET) == "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
+
+
+class Receiver:
+    """A loopback HTTP server that fails its first `failures` deliveries, then records the rest."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.attempts, self.received = failures, 0, []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.attempts += 1
+                if receiver.attempts <= receiver.failures:
+                    self.send_response(503)
+                else:
+                    receiver.received.append((dict(self.headers), body))
+                    self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+
+@pytest.fixture(scope="module")
+def hooked(variants, tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("hooks")
+    (folder / "secret").write_bytes(SECRET + b"\n")
+    settings = {
+        "store_path": str(folder / "jobs.sqlite3"),
+        "output_dir": str(folder / "outputs"),
+        "webhook_secret_file": str(folder / "secret"),
+        "webhook_allow_private_networks": True,
+        "webhook_backoff_s": 0.2,
+    }
+    variants.deploy_with(variants.variant("hooked", ingress={"jobs": settings}))
+    return f"{variants.url}/hooked"
+
+
+def test_a_completed_job_is_posted_signed_after_a_failed_first_delivery(hooked):
+    receiver = Receiver(failures=1)
+    body = {
+        "service": "sdxl",
+        "input": {"prompt": "a", "height": 64, "width": 64, "num_inference_steps": 2},
+        "webhook_url": receiver.url,
+        "webhook_events_filter": ["start", "completed"],
+    }
+    job = httpx.post(f"{hooked}/v1/jobs", json=body).json()
+    deadline = time.monotonic() + 120
+    while len(receiver.received) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    events = {headers["X-LeapRay-Event"]: (headers, raw) for headers, raw in receiver.received}
+    assert set(events) == {"start", "completed"}
+    assert receiver.attempts == 3  # the first delivery failed and was retried
+    headers, raw = events["completed"]
+    assert headers["X-LeapRay-Signature"] == signature(raw, SECRET)
+    payload = json.loads(raw)
+    assert (payload["id"], payload["status"], len(payload["outputs"])) == (job["id"], "succeeded", 1)
+    receiver.server.shutdown()
+
+
+def test_a_refused_webhook_url_is_a_422_naming_it(hooked):
+    body = {"service": "sdxl", "input": {"prompt": "a"}, "webhook_url": "gopher://example.com/"}
+    response = httpx.post(f"{hooked}/v1/jobs", json=body)
+    assert (response.status_code, response.json()["error"]["param"]) == (422, "webhook_url")
