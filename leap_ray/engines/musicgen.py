@@ -112,6 +112,7 @@ class _Track:
     seed: int
     windows: list[tuple[int, int]]
     should_stop: Callable[[], bool] | None
+    progress: Callable[[dict], None] | None
     text: torch.Tensor  # (tokens, hidden): projected text conditioning
     melody: np.ndarray | None  # at the model's sample rate
     generator: torch.Generator = field(init=False)
@@ -171,9 +172,11 @@ class MusicGenEngine:
         self,
         requests: Sequence[MusicGenRequest],
         should_stop: Sequence[Callable[[], bool] | None] | None = None,
+        progress: Sequence[Callable[[dict], None] | None] | None = None,
     ) -> list[MusicGenResult | LeapRayError]:
         """Runs the batch; each entry is the request's result, or the error that request alone met.
-        `should_stop[i]`, checked at every step, lets request i leave the batch."""
+        `should_stop[i]`, checked at every step, lets request i leave the batch; `progress[i]` is
+        told {"seconds", "total"} after each generated second of request i."""
         results: list[MusicGenResult | LeapRayError | None] = [None] * len(requests)
         tracks: dict[int, _Track] = {}
         spec = self.spec()
@@ -183,7 +186,9 @@ class MusicGenEngine:
             except LeapRayError as error:
                 results[index] = error
                 continue
-            tracks[index] = self._start_track(request, should_stop[index] if should_stop else None)
+            tracks[index] = self._start_track(
+                request, should_stop[index] if should_stop else None, progress[index] if progress else None
+            )
         round_index = 0
         while active := [t for t in tracks.values() if len(t.windows) > round_index and not t.check_stop()]:
             groups: dict[int | None, list[_Track]] = defaultdict(list)
@@ -196,7 +201,12 @@ class MusicGenEngine:
             results[index] = self._finish(track)
         return results  # type: ignore[return-value]
 
-    def _start_track(self, request: MusicGenRequest, should_stop: Callable[[], bool] | None) -> _Track:
+    def _start_track(
+        self,
+        request: MusicGenRequest,
+        should_stop: Callable[[], bool] | None,
+        progress: Callable[[dict], None] | None,
+    ) -> _Track:
         started = time.perf_counter()
         melody = None
         if request.melody is not None:
@@ -206,6 +216,7 @@ class MusicGenEngine:
             seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED),
             windows=window_schedule(request.frames(self.frame_rate), self.window_frames, self.stride_frames),
             should_stop=should_stop,
+            progress=progress,
             text=self._encode_text(request.prompt),
             melody=melody,
         )
@@ -295,6 +306,7 @@ class MusicGenEngine:
             ).to(self.device)
             column = torch.where(pattern[:, position] == -1, tokens, pattern[:, position])
             sequence = torch.cat([sequence, column[:, None]], dim=1)
+            self._report_progress(tracks, round_index, position)
             if all(track.check_stop() for track in tracks):
                 break
         elapsed = time.perf_counter() - started
@@ -308,6 +320,14 @@ class MusicGenEngine:
             codes = torch.stack([per_track[index, k, 1 + k : 1 + k + frames] for k in range(codebooks)])
             track.new_codes.append(codes[:, prompt_frames:])
             track.prompt = codes[:, self.stride_frames :]
+
+    def _report_progress(self, tracks: list[_Track], round_index: int, position: int) -> None:
+        """After each whole second of new audio (codebook 0 holds frame f at position 1 + f)."""
+        for track in tracks:
+            start, frames = track.windows[round_index]
+            done = start + position
+            if track.progress and not track.stopped and position <= frames and done % self.frame_rate == 0:
+                track.progress({"seconds": done / self.frame_rate, "total": track.request.duration})
 
     def _finish(self, track: _Track) -> MusicGenResult:
         waveform = np.zeros(0, dtype=np.float32)

@@ -74,6 +74,7 @@ class _Member:
     seeds: list[int]
     start: int
     should_stop: Callable[[], bool] | None
+    progress: Callable[[dict], None] | None = None
     encode_s: float = 0.0
     embeds: tuple[torch.Tensor | None, ...] = ()
     stopped_at_step: int | None = None
@@ -157,6 +158,10 @@ class _StepFanOut:
             if stop or (member.should_stop is not None and member.should_stop()):
                 member.stopped_at_step = step
                 member.frozen_latents = self.rows(tensors["latents"], member).clone()
+            elif member.progress is not None:
+                member.progress(
+                    {"step": step + 1, "total": pipeline.num_timesteps, "timestep": float(timestep)}
+                )
         if all(member.stopped_at_step is not None for member in self.members):
             pipeline._interrupt = True
         return tensors
@@ -203,9 +208,11 @@ class SDXLEngine:
         self,
         requests: Sequence[SDXLRequest],
         should_stop: Sequence[Callable[[], bool] | None] | None = None,
+        progress: Sequence[Callable[[dict], None] | None] | None = None,
     ) -> list[SDXLResult | LeapRayError]:
         """Runs the batch; each entry is the request's result, or the error that request alone met.
-        `should_stop[i]`, checked after every denoising step, lets request i leave its call early."""
+        `should_stop[i]`, checked after every denoising step, lets request i leave its call early;
+        `progress[i]` is told {"step", "total", "timestep"} after each of request i's steps."""
         spec = self.spec()
         results: list[SDXLResult | LeapRayError | None] = [None] * len(requests)
         groups: dict[tuple, list[tuple[int, _Member]]] = defaultdict(list)
@@ -221,6 +228,7 @@ class SDXLEngine:
                 seeds=seeds_for(request, seed),
                 start=0,
                 should_stop=should_stop[index] if should_stop else None,
+                progress=progress[index] if progress else None,
             )
             self._encode(member)
             groups[self._group_key(index, member)].append((index, member))
@@ -312,7 +320,7 @@ class SDXLEngine:
             torch.cat([member.embeds[i] for member in members]) if guidance_on or i in (0, 2) else None
             for i in range(4)
         )
-        needs_fan_out = any(m.request.callback_on_step_end is not None or m.should_stop for m in members)
+        needs_fan_out = any(m.request.callback_on_step_end or m.should_stop or m.progress for m in members)
         tensor_inputs = sorted(
             {"latents"}.union(*(m.request.callback_on_step_end_tensor_inputs for m in members))
         )

@@ -6,7 +6,7 @@ Serve config."""
 import asyncio
 import importlib
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ class _Pending:
 
     request: Any
     cancelled: threading.Event = field(default_factory=threading.Event)
+    progress: Callable[[dict], None] | None = None  # called from the engine's thread
 
 
 def batch_cost(pending: Sequence[_Pending]) -> int:
@@ -73,7 +74,31 @@ class _ModelDeployment:
         }
 
     async def generate(self, request: Any) -> Any:
-        pending = _Pending(request)
+        return await self._generate_pending(_Pending(request))
+
+    async def generate_stream(self, request: Any) -> AsyncIterator[dict[str, Any]]:
+        """Progress events ({"event": "progress", ...}) while the request runs, then
+        {"event": "result", "output": ...}. Closing the stream cancels the request."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[dict] = asyncio.Queue()
+        pending = _Pending(
+            request, progress=lambda event: loop.call_soon_threadsafe(events.put_nowait, event)
+        )
+        task = loop.create_task(self._generate_pending(pending))
+        try:
+            while not task.done() or not events.empty():
+                next_event = loop.create_task(events.get())
+                await asyncio.wait({next_event, task}, return_when=asyncio.FIRST_COMPLETED)
+                if next_event.done():
+                    yield {"event": "progress", **next_event.result()}
+                else:
+                    next_event.cancel()
+            yield {"event": "result", "output": task.result()}
+        finally:
+            if not task.done():
+                task.cancel()
+
+    async def _generate_pending(self, pending: _Pending) -> Any:
         self.requests_ongoing += 1
         # Waiting for a batch to fill pays only when others are coming: wait when some are here or the
         # last batch had company; a lone request on an idle replica goes at once. (Serve reads the
@@ -104,7 +129,9 @@ class _ModelDeployment:
         self.batches_served += 1
         self.last_batch_requests = len(pending)
         results = self.engine.generate(
-            [item.request for item in pending], should_stop=[item.cancelled.is_set for item in pending]
+            [item.request for item in pending],
+            should_stop=[item.cancelled.is_set for item in pending],
+            progress=[item.progress for item in pending],
         )
         return [
             result

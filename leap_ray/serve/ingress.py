@@ -5,13 +5,15 @@ Python users reach the same paths through a handle: `serve.get_app_handle("leap_
 and `.musicgen.remote(r)`, with a request model or a dict (tensors and callables allowed)."""
 
 import asyncio
+import json
 import logging
 import secrets
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -33,6 +35,7 @@ from leap_ray.serve.middleware import ApiKeyAuth, RequestGuard
 logger = logging.getLogger("ray.serve")
 
 MODEL_DEPLOYMENTS = {"sdxl": "SDXL", "musicgen": "MusicGen"}
+EVENT_STREAM = "text/event-stream"
 IMAGE_FORMATS_BY_TYPE = {media_type: name for name, media_type in CONTENT_TYPES.items()}
 AUDIO_FORMATS_BY_TYPE = {content_type(name): name for name in AUDIO_FORMATS}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -127,12 +130,38 @@ class Ingress:
         replica if its replica dies. Every failure leaves as a typed error: Serve's own handlers
         would answer some in plain text."""
         try:
-            request.check_against(await self._spec(model))
-            if request.seed is None:  # fixed here, so that a retry gives the same result
-                request = request.model_copy(update={"seed": secrets.randbelow(MAX_SEED - 64)})
-            return await self._generate(model, request)
+            return await self._generate(model, await self._prepare(model, request))
         except Exception as error:
             raise as_leap_error(error) from None
+
+    async def _prepare(self, model: str, request: Any) -> Any:
+        request.check_against(await self._spec(model))
+        if request.seed is None:  # fixed here, so that a retry gives the same result
+            request = request.model_copy(update={"seed": secrets.randbelow(MAX_SEED - 64)})
+        return request
+
+    async def _stream(self, model: str, request: Any, response_type: type) -> StreamingResponse:
+        """Server-Sent Events: `progress` after each denoising step (SDXL: step, total, timestep) or
+        generated second (MusicGen: seconds, total), then `result` with the JSON response, or `error`.
+        Bad input is still a plain 422, before the stream starts."""
+        try:
+            request = await self._prepare(model, request)
+        except Exception as error:
+            raise as_leap_error(error) from None
+        stream = self._handles[model].options(stream=True).generate_stream.remote(request)
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                async for event in stream:
+                    name = event.pop("event")
+                    data = (
+                        response_type.from_output(event["output"]).model_dump() if name == "result" else event
+                    )
+                    yield f"event: {name}\ndata: {json.dumps(data)}\n\n"
+            except Exception as error:
+                yield f"event: error\ndata: {json.dumps(as_leap_error(error).body())}\n\n"
+
+        return StreamingResponse(events(), media_type=EVENT_STREAM)
 
     async def _generate(self, model: str, request: Any) -> Any:
         retries_left = self._settings.replica_failure_retries
@@ -156,13 +185,19 @@ class Ingress:
         response_model=SDXLResponse,
         responses={
             **ERROR_RESPONSES,
-            200: {"content": {t: {} for t in CONTENT_TYPES.values()}, "description": "JSON or raw image"},
+            200: {
+                "content": {t: {} for t in [*CONTENT_TYPES.values(), EVENT_STREAM]},
+                "description": "JSON, raw image bytes, or progress events",
+            },
         },
         summary="Generate images with Stable Diffusion XL",
     )
     async def post_sdxl(self, body: SDXLRequest, accept: Annotated[str | None, Header()] = None) -> Response:
         """JSON by default; with `Accept: image/png` (or jpeg, webp) and one image, the raw bytes with
-        the seed in the `X-Seed` header."""
+        the seed in the `X-Seed` header; with `Accept: text/event-stream`, a progress event per step
+        and then the JSON result as Server-Sent Events."""
+        if raw_format(accept, {EVENT_STREAM: "events"}):
+            return await self._stream("sdxl", body, SDXLResponse)
         image_format = raw_format(accept, IMAGE_FORMATS_BY_TYPE)
         if image_format is not None:
             if body.image_count != 1:
@@ -180,7 +215,10 @@ class Ingress:
         response_model=MusicGenResponse,
         responses={
             **ERROR_RESPONSES,
-            200: {"content": {t: {} for t in AUDIO_FORMATS_BY_TYPE}, "description": "JSON or raw audio"},
+            200: {
+                "content": {t: {} for t in [*AUDIO_FORMATS_BY_TYPE, EVENT_STREAM]},
+                "description": "JSON, raw audio bytes, or progress events",
+            },
         },
         summary="Generate music with MusicGen",
     )
@@ -188,7 +226,10 @@ class Ingress:
         self, body: MusicGenRequest, accept: Annotated[str | None, Header()] = None
     ) -> Response:
         """JSON by default; with `Accept: audio/wav` (or flac, ogg, mpeg) the raw bytes, with the
-        seed in `X-Seed` and the sample rate in `X-Sample-Rate`."""
+        seed in `X-Seed` and the sample rate in `X-Sample-Rate`; with `Accept: text/event-stream`, a
+        progress event per generated second and then the JSON result as Server-Sent Events."""
+        if raw_format(accept, {EVENT_STREAM: "events"}):
+            return await self._stream("musicgen", body, MusicGenResponse)
         audio_format = raw_format(accept, AUDIO_FORMATS_BY_TYPE)
         if audio_format is not None:
             body = body.model_copy(update={"format": audio_format})

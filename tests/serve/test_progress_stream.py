@@ -1,0 +1,53 @@
+"""Server-Sent Events: one progress event per denoising step (per generated second for MusicGen),
+then the same result the JSON endpoint gives."""
+
+import base64
+import json
+
+import httpx
+
+from .test_http import SMALL, pixels
+
+
+def read_events(url: str, body: dict) -> list[tuple[str, dict]]:
+    events = []
+    with httpx.stream(
+        "POST", url, json=body, headers={"Accept": "text/event-stream"}, timeout=120
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        name = None
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line.removeprefix("data: "))))
+    return events
+
+
+def test_sdxl_streams_one_event_per_step_then_the_result(graph, client):
+    body = {"prompt": "a lighthouse", "seed": 3, **SMALL, "num_inference_steps": 4}
+    events = read_events(f"{graph.url}/v1/sdxl", body)
+    progress = [data for name, data in events if name == "progress"]
+    assert [(e["step"], e["total"]) for e in progress] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert [name for name, _ in events][-1] == "result"
+    streamed = events[-1][1]["images"][0]
+    plain = client.post("/v1/sdxl", json=body).json()["images"][0]
+    assert streamed["seed"] == plain["seed"] == 3
+    assert (
+        abs(pixels(base64.b64decode(streamed["data"])) - pixels(base64.b64decode(plain["data"]))).max() <= 1
+    )
+
+
+def test_musicgen_streams_one_event_per_second_then_the_result(graph):
+    events = read_events(f"{graph.url}/v1/musicgen", {"prompt": "lo-fi", "duration": 3, "seed": 1})
+    assert [data["seconds"] for name, data in events if name == "progress"] == [1.0, 2.0, 3.0]
+    name, result = events[-1]
+    assert name == "result" and result["duration"] == 3.0 and result["seed"] == 1
+
+
+def test_bad_input_is_still_a_plain_422(graph):
+    response = httpx.post(
+        f"{graph.url}/v1/sdxl", json={"prompt": "a", "width": 100}, headers={"Accept": "text/event-stream"}
+    )
+    assert (response.status_code, response.json()["error"]["param"]) == (422, "width")
