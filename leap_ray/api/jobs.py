@@ -34,6 +34,9 @@ class JobView(BaseModel):
     created_at: float = Field(description="Unix time the job was accepted.")
     started_at: float | None = Field(description="Unix time a runner first started it.")
     finished_at: float | None = Field(description="Unix time it ended.")
+    progress: dict[str, Any] | None = Field(
+        description="The last progress: {step, total, timestep} for SDXL, {seconds, total} for MusicGen."
+    )
     error: ErrorDetail | None = Field(description="Why it failed, in the service's error shape.")
     outputs: list[str] = Field(description="URLs of the outputs, once it succeeded.")
     url: str = Field(description="This job's URL: GET to poll, DELETE to cancel.")

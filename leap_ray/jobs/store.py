@@ -29,6 +29,7 @@ class Job:
     outputs: list[dict[str, str]] = field(default_factory=list)  # {"path", "content_type"}
     cancel_requested: bool = False
     webhook: dict[str, Any] | None = None  # {"url", "events", "prefix"}
+    progress: dict[str, Any] | None = None  # the model's last progress event
 
 
 class JobStore(Protocol):
@@ -41,13 +42,15 @@ class JobStore(Protocol):
     def heartbeat(self, job_id: str, owner: str) -> bool: ...
     def finish(self, job_id: str, owner: str, status: str, **result: Any) -> bool: ...
     def cancel(self, job_id: str) -> Job | None: ...
+    def set_progress(self, job_id: str, owner: str, progress: dict[str, Any]) -> None: ...
 
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, service TEXT NOT NULL, status TEXT NOT NULL, input TEXT NOT NULL,
     created_at REAL NOT NULL, started_at REAL, finished_at REAL, error TEXT, outputs TEXT NOT NULL,
-    cancel_requested INTEGER NOT NULL DEFAULT 0, owner TEXT, heartbeat_at REAL, webhook TEXT
+    cancel_requested INTEGER NOT NULL DEFAULT 0, owner TEXT, heartbeat_at REAL, webhook TEXT,
+    progress TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
 """
@@ -79,6 +82,7 @@ class SQLiteJobStore:
             outputs=json.loads(row["outputs"]),
             cancel_requested=bool(row["cancel_requested"]),
             webhook=json.loads(row["webhook"]) if row["webhook"] else None,
+            progress=json.loads(row["progress"]) if row["progress"] else None,
         )
 
     def create(self, service: str, job_input: dict[str, Any], webhook: dict[str, Any] | None = None) -> Job:
@@ -153,6 +157,13 @@ class SQLiteJobStore:
                 ),
             ).rowcount
         return updated == 1
+
+    def set_progress(self, job_id: str, owner: str, progress: dict[str, Any]) -> None:
+        with self._connect() as db:
+            db.execute(
+                "UPDATE jobs SET progress = ? WHERE id = ? AND owner = ?",
+                (json.dumps(progress), job_id, owner),
+            )
 
     def cancel(self, job_id: str) -> Job | None:
         """A queued job is cancelled at once; a running one is flagged for its runner."""

@@ -8,7 +8,7 @@ import asyncio
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -148,11 +148,10 @@ class Ingress:
             request = await self._prepare(model, request)
         except Exception as error:
             raise as_leap_error(error) from None
-        stream = self._handles[model].options(stream=True).generate_stream.remote(request)
 
         async def events() -> AsyncIterator[str]:
             try:
-                async for event in stream:
+                async for event in self._events(model, request):
                     name = event.pop("event")
                     data = (
                         response_type.from_output(event["output"]).model_dump() if name == "result" else event
@@ -162,6 +161,25 @@ class Ingress:
                 yield f"event: error\ndata: {json.dumps(as_leap_error(error).body())}\n\n"
 
         return StreamingResponse(events(), media_type=EVENT_STREAM)
+
+    async def _events(self, model: str, request: Any) -> AsyncIterator[dict[str, Any]]:
+        """The model's progress events, then {"event": "result", "output"}. A replica that dies is
+        retried once, as in `_generate` (progress then starts again)."""
+        retries_left = self._settings.replica_failure_retries
+        while True:
+            stream = self._handles[model].options(stream=True).generate_stream.remote(request)
+            try:
+                async for event in stream:
+                    yield event
+                return
+            except (asyncio.CancelledError, GeneratorExit):
+                stream.cancel()  # as in `_generate`: a job's task is no Serve request
+                raise
+            except REPLICA_FAILURES as error:
+                if retries_left == 0:
+                    raise
+                retries_left -= 1
+                logger.warning("a %s replica died mid-stream; retrying it (%s)", model, type(error).__name__)
 
     async def _generate(self, model: str, request: Any) -> Any:
         retries_left = self._settings.replica_failure_retries
@@ -244,12 +262,19 @@ class Ingress:
         jobs a dead replica left behind are taken over without waiting for a request."""
         self._runner.ensure_started()
 
-    async def _run_job(self, service: str, job_input: dict[str, Any]) -> list[tuple[bytes, str, str]]:
+    async def _run_job(
+        self, service: str, job_input: dict[str, Any], report: Callable[[dict], None]
+    ) -> list[tuple[bytes, str, str]]:
+        request_type = SDXLRequest if service == "sdxl" else MusicGenRequest
+        request = await self._prepare(service, _validated(request_type, job_input))
+        async for event in self._events(service, request):
+            if event.pop("event") == "progress":
+                report(event)
+            else:
+                output = event["output"]
         if service == "sdxl":
-            images = await self.sdxl(job_input)
-            return [(data, images.format, CONTENT_TYPES[images.format]) for data in images.images]
-        track = await self.musicgen(job_input)
-        return [(track.audio, track.format, content_type(track.format))]
+            return [(data, output.format, CONTENT_TYPES[output.format]) for data in output.images]
+        return [(output.audio, output.format, content_type(output.format))]
 
     def _notify(self, job: Job, event: str) -> None:
         """Sends the job's webhook for this event, if it asked for one, as a task of its own."""

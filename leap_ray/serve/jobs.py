@@ -12,8 +12,8 @@ from leap_ray.jobs.store import Job, JobStore
 from leap_ray.serve.errors import as_leap_error
 
 logger = logging.getLogger("ray.serve")
-# A job's outputs: (encoded bytes, file extension, content type) each.
-RunJob = Callable[[str, dict], Awaitable[list[tuple[bytes, str, str]]]]
+# Runs (service, input, report progress) and returns the outputs: (encoded bytes, extension, content type).
+RunJob = Callable[[str, dict, Callable[[dict], None]], Awaitable[list[tuple[bytes, str, str]]]]
 # Told of a job's events ("start", "completed"), e.g. to send its webhook; must not block.
 Notify = Callable[[Job, str], None]
 
@@ -68,7 +68,9 @@ class JobRunner:
     async def _execute(self, job: Job) -> None:
         self.notify(job, "start")
         try:
-            outputs = await self.run(job.service, job.input)
+            outputs = await self.run(
+                job.service, job.input, lambda progress: self.store.set_progress(job.id, self.owner, progress)
+            )
             folder = self.output_dir / job.id
             folder.mkdir(parents=True, exist_ok=True)
             files = []

@@ -54,6 +54,7 @@ def test_a_job_succeeds_and_its_outputs_equal_the_synchronous_result(jobs):
     done = wait_for_status(jobs, job["id"], {"succeeded", "failed"})
     assert done["status"] == "succeeded", done
     assert done["started_at"] >= done["created_at"] and done["finished_at"] >= done["started_at"]
+    assert (done["progress"]["step"], done["progress"]["total"]) == (2, 2)
     (output_url,) = done["outputs"]
     host = jobs.removesuffix(f"/{APP}")
     output = httpx.get(f"{host}{output_url}")
@@ -66,6 +67,7 @@ def test_a_job_succeeds_and_its_outputs_equal_the_synchronous_result(jobs):
 def test_a_music_job_gives_the_synchronous_track(jobs):
     body = {"prompt": "lo-fi beat", "duration": 1, "seed": 5}
     done = wait_for_status(jobs, submit(jobs, "musicgen", body)["id"], {"succeeded", "failed"})
+    assert done["progress"] == {"seconds": 1.0, "total": 1.0}
     track = httpx.get(f"{jobs.removesuffix(f'/{APP}')}{done['outputs'][0]}")
     assert track.headers["content-type"] == "audio/wav"
     sync = httpx.post(f"{jobs}/v1/musicgen", json=body, headers={"Accept": "audio/wav"}, timeout=60)
