@@ -1,7 +1,10 @@
 """The `leap-ray` command."""
 
 import argparse
+import base64
+import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -48,6 +51,47 @@ def _serve(args: argparse.Namespace) -> None:
         ray.shutdown()
 
 
+class ProgressBar:
+    """A one-line progress bar on stderr, fed by the service's progress events."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def __call__(self, event: dict) -> None:
+        done, total = (
+            (event["step"], event["total"]) if "step" in event else (event["seconds"], event["total"])
+        )
+        filled = int(30 * done / total) if total else 30
+        print(
+            f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {done:g}/{total:g}",
+            end="",
+            file=sys.stderr,
+        )
+
+
+def _generate(args: argparse.Namespace) -> None:
+    """Generates against a running service and writes the output file."""
+    from leap_ray.client import LeapRayClient
+
+    client = LeapRayClient(args.url, api_key=args.api_key)
+    extension = Path(args.output).suffix.lower().lstrip(".")
+    seed = {"seed": args.seed} if args.seed is not None else {}
+    if args.kind == "image":
+        image_format = {"jpg": "jpeg"}.get(extension, extension or "png")
+        request = {"prompt": args.prompt, "height": args.height, "width": args.width, **seed}
+        request.update(num_inference_steps=args.steps, output_format=image_format)
+        response = client.generate_image(request, on_progress=ProgressBar("image"))
+        data, seed_used = base64.b64decode(response.images[0].data), response.images[0].seed
+    else:
+        request = {"prompt": args.prompt, "duration": args.duration, "format": extension or "wav", **seed}
+        if args.melody:
+            request["melody"] = base64.b64encode(Path(args.melody).read_bytes()).decode()
+        response = client.generate_music(request, on_progress=ProgressBar("music"))
+        data, seed_used = base64.b64decode(response.audio), response.seed
+    Path(args.output).write_bytes(data)
+    print(f"\nwrote {args.output} (seed {seed_used})", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leap-ray", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -59,6 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default: the config's)")
     serve.add_argument("--port", type=int, help="port to listen on (default: the config's)")
     serve.set_defaults(run=_serve)
+    generate = commands.add_parser("generate", help="generate with a running service")
+    generate.add_argument("kind", choices=["image", "music"])
+    generate.add_argument("prompt")
+    generate.add_argument(
+        "-o", "--output", required=True, help="file to write; its extension sets the format"
+    )
+    generate.add_argument("--seed", type=int)
+    generate.add_argument("--width", type=int, default=1024)
+    generate.add_argument("--height", type=int, default=1024)
+    generate.add_argument("--steps", type=int, default=50, help="denoising steps (images)")
+    generate.add_argument("--duration", type=float, default=10.0, help="seconds (music)")
+    generate.add_argument("--melody", help="audio file whose melody guides the music")
+    generate.add_argument("--url", default="http://127.0.0.1:8000", help="the service")
+    generate.add_argument("--api-key", default=os.environ.get("LEAP_RAY_API_KEY"), help="or LEAP_RAY_API_KEY")
+    generate.set_defaults(run=_generate)
     return parser
 
 

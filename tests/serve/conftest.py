@@ -28,17 +28,24 @@ class Graph:
     """The deployed Serve config; `deploy_with` adds applications (Serve configs are declarative:
     each deploy names every application that should exist)."""
 
-    def __init__(self, tiny_models: dict[str, Path]) -> None:
+    def __init__(self, tiny_models: dict[str, Path], jobs_folder: Path) -> None:
         raw = yaml.safe_load(local_config_path().read_text())
         self.port = _free_port()
         raw["http_options"]["port"] = self.port
         (self.main,) = raw.pop("applications")
+        self.jobs_folder = jobs_folder
         self.main["args"] = {
             "sdxl": {"model": str(tiny_models["sdxl"])},
             "musicgen": {"model": str(tiny_models["musicgen-melody"])},
+            "ingress": {"jobs": self.jobs_settings(APP)},
         }
         self.base = raw
         self.url = f"http://127.0.0.1:{self.port}"
+
+    def jobs_settings(self, application: str) -> dict[str, str]:
+        """Each application its own job store: runners of one must not take the jobs of another."""
+        folder = self.jobs_folder / application
+        return {"store_path": str(folder / "jobs.sqlite3"), "output_dir": str(folder / "outputs")}
 
     def variant(
         self,
@@ -51,14 +58,15 @@ class Graph:
         for its replicas (e.g. limits), Serve options per deployment, half a CPU per model replica."""
         application = copy.deepcopy(self.main)
         application.update(name=name, route_prefix=f"/{name}")
+        application["args"]["ingress"] = {"jobs": self.jobs_settings(name)}
         if env:
             application["runtime_env"] = {"env_vars": env}
         for deployment in application["deployments"]:
             if deployment["name"] != "Ingress":
                 deployment["ray_actor_options"]["num_cpus"] = 0.5
             deployment.update((deployments or {}).get(deployment["name"], {}))
-        for model, settings in args.items():
-            application["args"][model] = {**application["args"].get(model, {}), **settings}
+        for part, settings in args.items():
+            application["args"][part] = {**application["args"].get(part, {}), **settings}
         return application
 
     def config(self, *extra: dict[str, Any]) -> ServeDeploySchema:
@@ -81,8 +89,8 @@ def local_ray() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def graph(local_ray, tiny_models) -> Graph:
-    graph = Graph(tiny_models)
+def graph(local_ray, tiny_models, tmp_path_factory) -> Graph:
+    graph = Graph(tiny_models, tmp_path_factory.mktemp("main-jobs"))
     graph.deploy_with()
     return graph
 

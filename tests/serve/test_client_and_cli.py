@@ -1,0 +1,93 @@
+"""The Python client (sync and async) and `leap-ray generate`, against the running graph."""
+
+import asyncio
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile
+from PIL import Image
+
+from leap_ray.client import AsyncLeapRayClient, LeapRayClient, ServiceError
+
+from .test_http import SMALL
+
+
+def test_the_client_streams_progress_and_returns_typed_results(graph):
+    client = LeapRayClient(graph.url)
+    events = []
+    images = client.generate_image({"prompt": "a", "seed": 4, **SMALL}, on_progress=events.append)
+    assert [event["step"] for event in events] == [1, 2, 3] and images.images[0].seed == 4
+    music = client.generate_music({"prompt": "a", "duration": 1, "seed": 2})
+    assert (music.sample_rate, music.duration) == (32_000, 1.0)
+    with pytest.raises(ServiceError) as caught:
+        client.generate_image({"prompt": "a", "width": 100})
+    assert (caught.value.status_code, caught.value.param) == (422, "width")
+
+
+def test_the_client_runs_jobs(graph):
+    client = LeapRayClient(graph.url)
+    job = client.wait_job(client.submit_job("sdxl", {"prompt": "a", "seed": 1, **SMALL}).id)
+    assert job.status == "succeeded"
+    assert Image.open(io.BytesIO(client.job_output(job))).size == (64, 64)
+
+
+def test_the_async_client(graph):
+    async def run() -> list[dict]:
+        client, events = AsyncLeapRayClient(graph.url), []
+        track = await client.generate_music(
+            {"prompt": "a", "duration": 2, "seed": 1}, on_progress=events.append
+        )
+        await client.aclose()
+        assert track.duration == 2.0
+        return events
+
+    assert [event["seconds"] for event in asyncio.run(run())] == [1.0, 2.0]
+
+
+def cli(*arguments: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "leap_ray.cli", "generate", *arguments]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+
+
+def test_the_cli_writes_a_png_with_a_progress_bar(graph, tmp_path):
+    done = cli(
+        "image",
+        "a lighthouse",
+        "-o",
+        str(tmp_path / "out.png"),
+        "--seed",
+        "3",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--steps",
+        "3",
+        "--url",
+        graph.url,
+    )
+    assert "3/3" in done.stderr and "seed 3" in done.stderr
+    assert Image.open(tmp_path / "out.png").format == "PNG"
+
+
+def test_the_cli_writes_a_wav_guided_by_a_melody_file(graph, tmp_path):
+    melody = tmp_path / "melody.wav"
+    soundfile.write(melody, np.sin(np.arange(16_000) / 16_000 * 2 * np.pi * 440).astype(np.float32), 16_000)
+    done = cli(
+        "music",
+        "lo-fi",
+        "--duration",
+        "2",
+        "-o",
+        str(tmp_path / "out.wav"),
+        "--melody",
+        str(melody),
+        "--url",
+        graph.url,
+    )
+    assert "2/2" in done.stderr
+    samples, rate = soundfile.read(tmp_path / "out.wav")
+    assert (len(samples), rate) == (64_000, 32_000)
