@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint
+.PHONY: install serve test lint redis-server
 
 # torch first, pinned: an unpinned torch (or one pulled in by another package) is a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -23,6 +23,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: $(STAMP)
+# The Redis job store is tested against a real redis-server (Debian's package, installed when root).
+redis-server:
+	@command -v redis-server >/dev/null || [ "$$(id -u)" != 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null)
+
+test: $(STAMP) redis-server
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

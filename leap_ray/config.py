@@ -7,7 +7,7 @@ of `/openapi.json`. In a Serve config, set them in `runtime_env.env_vars`.
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -81,10 +81,17 @@ class JobsSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    store: Literal["sqlite", "redis"] = Field(
+        "sqlite", description="sqlite: one file, for one machine; redis: for ingress replicas on many nodes."
+    )
     store_path: str = Field(
         "~/.cache/leap_ray/jobs/jobs.sqlite3", description="SQLite file shared by the ingress replicas."
     )
-    output_dir: str = Field("~/.cache/leap_ray/jobs/outputs", description="Folder of the jobs' outputs.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="The Redis server, with store: redis.")
+    output_dir: str = Field(
+        "~/.cache/leap_ray/jobs/outputs",
+        description="Folder of the jobs' outputs; on many nodes, a filesystem they all mount.",
+    )
     max_concurrent_jobs: int = Field(16, ge=1, description="Jobs one ingress replica runs at once.")
     stale_after_s: float = Field(
         30.0, gt=0, description="A running job whose runner is silent this long is taken over by another."

@@ -26,7 +26,8 @@ from leap_ray.api.musicgen import MusicGenOutput, MusicGenRequest, MusicGenRespo
 from leap_ray.api.sdxl import SDXLOutput, SDXLRequest, SDXLResponse
 from leap_ray.config import LIMITS, IngressSettings
 from leap_ray.errors import LeapRayError, NotAcceptable, NotFound, invalid_request_from
-from leap_ray.jobs.store import Job, SQLiteJobStore
+from leap_ray.jobs import open_store
+from leap_ray.jobs.store import Job
 from leap_ray.serve import webhooks
 from leap_ray.serve.errors import REPLICA_FAILURES, as_leap_error, install_error_handlers
 from leap_ray.serve.jobs import JobRunner
@@ -92,7 +93,7 @@ class Ingress:
         self._webhook_secret = settings.jobs.webhook_secret()
         self._deliveries: set[asyncio.Task] = set()
         jobs = settings.jobs
-        self._jobs = SQLiteJobStore(Path(jobs.store_path).expanduser())
+        self._jobs = open_store(jobs)
         self._runner = JobRunner(
             self._jobs,
             Path(jobs.output_dir).expanduser(),

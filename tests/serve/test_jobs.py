@@ -102,23 +102,28 @@ def test_cancelling_a_queued_and_a_running_job(jobs):
     assert {queued["id"], running["id"]} <= {job["id"] for job in cancelled}
 
 
-def ingress_processes() -> list[psutil.Process]:
+def ingress_processes(app: str) -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter(["cmdline"]):
-        if any(f"ServeReplica:{APP}:Ingress" in part for part in process.info["cmdline"] or []):
+        if any(f"ServeReplica:{app}:Ingress" in part for part in process.info["cmdline"] or []):
             found.append(process)
     return found
 
 
-def test_jobs_outlive_a_killed_ingress_replica_and_are_finished_by_its_successor(jobs):
-    finished = submit(jobs, "sdxl", {"prompt": "before", "seed": 1, **SMALL})
-    wait_for_status(jobs, finished["id"], {"succeeded"})
+def survives_a_killed_ingress(url: str, app: str) -> None:
+    """Jobs stay readable after the ingress replica is SIGKILLed, and its successor finishes them."""
+    finished = submit(url, "sdxl", {"prompt": "before", "seed": 1, **SMALL})
+    wait_for_status(url, finished["id"], {"succeeded"})
     pending = submit(
-        jobs, "sdxl", {"prompt": "across the restart", "seed": 2, **SMALL, "num_inference_steps": 40}
+        url, "sdxl", {"prompt": "across the restart", "seed": 2, **SMALL, "num_inference_steps": 40}
     )
-    (ingress,) = ingress_processes()
+    (ingress,) = ingress_processes(app)
     ingress.send_signal(signal.SIGKILL)
-    done = wait_for_status(jobs, pending["id"], {"succeeded", "failed"}, timeout_s=180)
+    done = wait_for_status(url, pending["id"], {"succeeded", "failed"}, timeout_s=180)
     assert done["status"] == "succeeded", done
-    assert httpx.get(f"{jobs}/v1/jobs/{finished['id']}").json()["status"] == "succeeded"
-    assert ingress_processes() and ingress_processes()[0].pid != ingress.pid
+    assert httpx.get(f"{url}/v1/jobs/{finished['id']}").json()["status"] == "succeeded"
+    assert ingress_processes(app) and ingress_processes(app)[0].pid != ingress.pid
+
+
+def test_jobs_outlive_a_killed_ingress_replica_with_sqlite(jobs):
+    survives_a_killed_ingress(jobs, APP)

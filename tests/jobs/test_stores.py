@@ -1,13 +1,27 @@
+"""Both job stores behave the same: SQLite (one machine) and Redis (a real redis-server)."""
+
 import time
+import uuid
+from collections.abc import Callable
 
 import pytest
 
-from leap_ray.jobs.store import SQLiteJobStore
+from leap_ray.jobs.redis_store import RedisJobStore
+from leap_ray.jobs.store import JobStore, SQLiteJobStore
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def reopen(request, tmp_path) -> Callable[[], JobStore]:
+    """Opens the store under test anew on the same data."""
+    if request.param == "sqlite":
+        return lambda: SQLiteJobStore(tmp_path / "jobs.sqlite3")
+    url, prefix = request.getfixturevalue("redis_url"), f"test-{uuid.uuid4().hex}:"
+    return lambda: RedisJobStore(url, prefix=prefix)
 
 
 @pytest.fixture
-def store(tmp_path) -> SQLiteJobStore:
-    return SQLiteJobStore(tmp_path / "jobs.sqlite3")
+def store(reopen) -> JobStore:
+    return reopen()
 
 
 def test_a_job_is_queued_then_claimed_by_one_runner_only(store):
@@ -73,6 +87,15 @@ def test_failures_keep_the_error_and_listing_filters_by_status(store):
     assert [job.id for job in store.list()] == [waiting.id, failing.id]
 
 
-def test_jobs_survive_a_new_store_on_the_same_file(store, tmp_path):
-    job = store.create("musicgen", {"prompt": "a"})
-    assert SQLiteJobStore(tmp_path / "jobs.sqlite3").get(job.id).input == {"prompt": "a"}
+def test_jobs_survive_a_new_store_on_the_same_data(store, reopen):
+    job = store.create("musicgen", {"prompt": "a"}, webhook={"url": "http://x", "events": ["completed"]})
+    again = reopen().get(job.id)
+    assert (again.input, again.webhook["url"], again.status) == ({"prompt": "a"}, "http://x", "queued")
+
+
+def test_progress_is_kept_for_the_owner_only(store):
+    job = store.create("sdxl", {})
+    store.claim("r", 30)
+    store.set_progress(job.id, "someone-else", {"step": 9})
+    store.set_progress(job.id, "r", {"step": 1, "total": 2})
+    assert store.get(job.id).progress == {"step": 1, "total": 2}
