@@ -96,6 +96,9 @@ class JobsSettings(BaseModel):
     stale_after_s: float = Field(
         30.0, gt=0, description="A running job whose runner is silent this long is taken over by another."
     )
+    retention_s: float = Field(
+        7 * 24 * 3600.0, gt=0, description="Finished jobs and their outputs are deleted after this long."
+    )
     webhook_secret_file: str | None = Field(
         None,
         description="A file holding the webhook signing secret (kept out of the config, which Serve logs).",

@@ -9,7 +9,7 @@ from typing import Any
 
 import redis
 
-from leap_ray.jobs.store import Job
+from leap_ray.jobs.store import FINISHED, Job
 
 _CLAIM = """
 local now, stale_before, owner, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
@@ -118,7 +118,7 @@ class RedisJobStore:
             progress=_optional_json(row["progress"]),
         )
 
-    def list(self, status: str | None = None, limit: int = 100) -> list[Job]:
+    def recent(self, status: str | None = None, limit: int = 100) -> list[Job]:
         jobs = []
         for job_id in self.db.zrevrange(self.index, 0, -1):
             job = self.get(job_id)
@@ -144,6 +144,18 @@ class RedisJobStore:
     def set_progress(self, job_id: str, owner: str, progress: dict[str, Any]) -> None:
         if self.db.hget(self._key(job_id), "owner") == owner:
             self.db.hset(self._key(job_id), "progress", json.dumps(progress))
+
+    def expire(self, finished_before: float) -> list[Job]:
+        expired = []
+        for job_id in self.db.zrange(self.index, 0, -1):
+            job = self.get(job_id)
+            if job and job.status in FINISHED and job.finished_at and job.finished_at < finished_before:
+                with self.db.pipeline() as pipe:
+                    pipe.delete(self._key(job_id))
+                    pipe.zrem(self.index, job_id)
+                    pipe.execute()
+                expired.append(job)
+        return expired
 
     def cancel(self, job_id: str) -> Job | None:
         self._cancel(keys=[self._key(job_id)], args=[time.time()])

@@ -37,12 +37,13 @@ class JobStore(Protocol):
         self, service: str, job_input: dict[str, Any], webhook: dict[str, Any] | None = None
     ) -> Job: ...
     def get(self, job_id: str) -> Job | None: ...
-    def list(self, status: str | None = None, limit: int = 100) -> list[Job]: ...
+    def recent(self, status: str | None = None, limit: int = 100) -> list[Job]: ...
     def claim(self, owner: str, stale_after_s: float) -> Job | None: ...
     def heartbeat(self, job_id: str, owner: str) -> bool: ...
     def finish(self, job_id: str, owner: str, status: str, **result: Any) -> bool: ...
     def cancel(self, job_id: str) -> Job | None: ...
     def set_progress(self, job_id: str, owner: str, progress: dict[str, Any]) -> None: ...
+    def expire(self, finished_before: float) -> list[Job]: ...
 
 
 _SCHEMA = """
@@ -100,7 +101,7 @@ class SQLiteJobStore:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return self._job(row) if row else None
 
-    def list(self, status: str | None = None, limit: int = 100) -> list[Job]:
+    def recent(self, status: str | None = None, limit: int = 100) -> list[Job]:
         query, parameters = "SELECT * FROM jobs", ()
         if status:
             query, parameters = query + " WHERE status = ?", (status,)
@@ -164,6 +165,18 @@ class SQLiteJobStore:
                 "UPDATE jobs SET progress = ? WHERE id = ? AND owner = ?",
                 (json.dumps(progress), job_id, owner),
             )
+
+    def expire(self, finished_before: float) -> list[Job]:
+        """Deletes the jobs that finished before the given time and returns them."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            rows = db.execute(
+                "SELECT * FROM jobs WHERE finished_at < ? AND status IN ('succeeded', 'failed', 'cancelled')",
+                (finished_before,),
+            ).fetchall()
+            db.executemany("DELETE FROM jobs WHERE id = ?", [(row["id"],) for row in rows])
+            db.execute("COMMIT")
+        return [self._job(row) for row in rows]
 
     def cancel(self, job_id: str) -> Job | None:
         """A queued job is cancelled at once; a running one is flagged for its runner."""

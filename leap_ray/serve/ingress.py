@@ -101,6 +101,7 @@ class Ingress:
             self._notify,
             max_concurrent=jobs.max_concurrent_jobs,
             stale_after_s=jobs.stale_after_s,
+            retention_s=jobs.retention_s,
         )
         # The last added runs first: keys are checked before any body is read.
         app.add_middleware(RequestGuard, max_body_bytes=LIMITS.max_body_bytes)
@@ -338,7 +339,7 @@ class Ingress:
     async def list_jobs(
         self, request: Request, status: JobStatus | None = None, limit: int = 100
     ) -> JSONResponse:
-        jobs = self._jobs.list(status, min(max(limit, 1), 1000))
+        jobs = self._jobs.recent(status, min(max(limit, 1), 1000))
         return JSONResponse([self._view(job, _prefix(request)) for job in jobs])
 
     @app.get("/v1/jobs/{job_id}", response_model=JobView, responses=ERROR_RESPONSES, summary="A job's state")

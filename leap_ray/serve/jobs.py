@@ -4,6 +4,8 @@ another ingress replica takes over the jobs of one that died."""
 
 import asyncio
 import logging
+import shutil
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,7 +30,9 @@ class JobRunner:
         *,
         max_concurrent: int,
         stale_after_s: float,
+        retention_s: float,
         poll_s: float = 0.5,
+        expire_every_s: float = 60.0,
     ) -> None:
         self.store = store
         self.output_dir = output_dir
@@ -36,7 +40,10 @@ class JobRunner:
         self.notify = notify
         self.max_concurrent = max_concurrent
         self.stale_after_s = stale_after_s
+        self.retention_s = retention_s
         self.poll_s = poll_s
+        self.expire_every_s = expire_every_s
+        self._expired_at = 0.0
         self.owner = uuid.uuid4().hex
         self.tasks: dict[str, asyncio.Task] = {}
         self._loop_task: asyncio.Task | None = None
@@ -53,7 +60,15 @@ class JobRunner:
                 logger.exception("job runner tick failed")
             await asyncio.sleep(self.poll_s)
 
+    def expire_old_jobs(self) -> None:
+        """Deletes finished jobs past their retention, with their output files."""
+        self._expired_at = time.time()
+        for job in self.store.expire(self._expired_at - self.retention_s):
+            shutil.rmtree(self.output_dir / job.id, ignore_errors=True)
+
     def _tick(self) -> None:
+        if time.time() - self._expired_at > self.expire_every_s:
+            self.expire_old_jobs()
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]

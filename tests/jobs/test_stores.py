@@ -83,8 +83,8 @@ def test_failures_keep_the_error_and_listing_filters_by_status(store):
     error = {"message": "boom", "type": "internal_error", "param": None, "code": None}
     store.finish(failing.id, "r", "failed", error=error)
     assert store.get(failing.id).error == error
-    assert [job.id for job in store.list("failed")] == [failing.id]
-    assert [job.id for job in store.list()] == [waiting.id, failing.id]
+    assert [job.id for job in store.recent("failed")] == [failing.id]
+    assert [job.id for job in store.recent()] == [waiting.id, failing.id]
 
 
 def test_jobs_survive_a_new_store_on_the_same_data(store, reopen):
@@ -99,3 +99,16 @@ def test_progress_is_kept_for_the_owner_only(store):
     store.set_progress(job.id, "someone-else", {"step": 9})
     store.set_progress(job.id, "r", {"step": 1, "total": 2})
     assert store.get(job.id).progress == {"step": 1, "total": 2}
+
+
+def test_finished_jobs_expire_and_unfinished_ones_stay(store):
+    old, recent, running = store.create("sdxl", {}), store.create("sdxl", {}), store.create("sdxl", {})
+    for _ in range(3):
+        store.claim("r", 30)
+    store.finish(old.id, "r", "succeeded")
+    time.sleep(0.05)
+    cutoff = time.time()
+    store.finish(recent.id, "r", "failed")
+    assert [job.id for job in store.expire(cutoff)] == [old.id]
+    assert store.get(old.id) is None
+    assert {job.id for job in store.recent()} == {recent.id, running.id}
