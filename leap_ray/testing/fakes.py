@@ -35,10 +35,10 @@ class DyingSDXLEngine(SDXLEngine):
         self.marker_dir = Path(marker_dir)
         self.deaths = deaths
 
-    def generate(self, requests: Any, should_stop: Any = None) -> Any:
+    def generate(self, requests: Any, **hooks: Any) -> Any:
         self.marker_dir.mkdir(parents=True, exist_ok=True)
         died = len(list(self.marker_dir.iterdir()))
         if died < self.deaths:
             (self.marker_dir / f"death-{died}").touch()
             os.kill(os.getpid(), signal.SIGKILL)
-        return super().generate(requests, should_stop)
+        return super().generate(requests, **hooks)
