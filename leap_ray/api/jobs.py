@@ -21,8 +21,10 @@ class JobSubmission(BaseModel):
         max_length=2048,
         description="Where to POST the job's JSON, signed in X-LeapRay-Signature (sha256=HMAC of the body).",
     )
-    webhook_events_filter: list[Literal["start", "completed"]] = Field(
-        ["completed"], min_length=1, description="Which events to send: start, completed."
+    webhook_events_filter: list[Literal["start", "progress", "completed"]] = Field(
+        ["completed"],
+        min_length=1,
+        description="Which events to send: start, progress (at most one a second), completed.",
     )
 
 

@@ -70,6 +70,7 @@ class MusicGenRequest(BaseModel):
         "Mixed to mono and resampled; looped when shorter than the track. Needs a melody model.",
     )
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Sampling seed; random when absent.")
+    stream: bool = Field(False, description="Answer with progress events, as with Accept: text/event-stream.")
     guidance_scale: float = Field(
         3.0, ge=0.0, le=20.0, allow_inf_nan=False, description="Classifier-free guidance scale."
     )

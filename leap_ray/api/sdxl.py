@@ -166,6 +166,14 @@ class SDXLRequest(BaseModel):
         None, ge=0, le=MAX_SEED, description="Seed of image 0; image j uses seed + j. Random when absent."
     )
     output_format: Literal["png", "jpeg", "webp"] = Field("png", description="Encoding of the images.")
+    stream: bool = Field(False, description="Answer with progress events, as with Accept: text/event-stream.")
+    preview_every: int | None = Field(
+        None,
+        ge=1,
+        le=_LIMITS.max_steps,
+        description="With progress events: every N steps, a small preview (1/8 size PNG, base64) of the "
+        "first image, computed cheaply from the latents.",
+    )
     scheduler: Literal[SCHEDULERS] | None = Field(  # type: ignore[valid-type]
         None,
         description="Sampler: the model's own (Euler for SDXL base) when absent, or ddim, euler, "

@@ -14,6 +14,7 @@ How a batch is run:
   may stop only its own request (its latents are then frozen as a solo interrupted call leaves them).
 """
 
+import base64
 import secrets
 import time
 from collections import defaultdict
@@ -33,6 +34,7 @@ from diffusers import (
 from diffusers.utils.torch_utils import randn_tensor
 
 from leap_ray.api.common import MAX_SEED
+from leap_ray.api.images import encode_image
 from leap_ray.api.sdxl import SDXLModelSpec, SDXLRequest, seeds_for
 from leap_ray.engines.device import placement
 from leap_ray.errors import LeapRayError
@@ -159,12 +161,34 @@ class _StepFanOut:
                 member.stopped_at_step = step
                 member.frozen_latents = self.rows(tensors["latents"], member).clone()
             elif member.progress is not None:
-                member.progress(
-                    {"step": step + 1, "total": pipeline.num_timesteps, "timestep": float(timestep)}
-                )
+                event = {"step": step + 1, "total": pipeline.num_timesteps, "timestep": float(timestep)}
+                every = request.preview_every
+                if every and (step + 1) % every == 0:
+                    event["preview"] = latent_preview(self.rows(tensors["latents"], member)[0])
+                member.progress(event)
         if all(member.stopped_at_step is not None for member in self.members):
             pipeline._interrupt = True
         return tensors
+
+
+# SDXL's 4 latent channels to RGB, a linear fit to its VAE (as ComfyUI's latent previews use): a preview
+# costs one small matrix product instead of a VAE decode.
+LATENT_RGB = torch.tensor(
+    [
+        [0.3651, 0.4232, 0.4341],
+        [-0.2533, -0.0042, 0.1068],
+        [0.1076, 0.1111, -0.0362],
+        [-0.3165, -0.2492, -0.2188],
+    ]
+)
+LATENT_RGB_BIAS = torch.tensor([0.1084, -0.0175, -0.0011])
+
+
+def latent_preview(latents: torch.Tensor) -> str:
+    """A (4, h, w) latent as a base64 PNG of h × w pixels."""
+    rgb = torch.einsum("chw,cr->hwr", latents.float().cpu(), LATENT_RGB) + LATENT_RGB_BIAS
+    pixels = ((rgb + 1) / 2).clamp(0, 1).numpy()
+    return base64.b64encode(encode_image(pixels, "png")).decode()
 
 
 class SDXLEngine:

@@ -216,7 +216,7 @@ class Ingress:
         """JSON by default; with `Accept: image/png` (or jpeg, webp) and one image, the raw bytes with
         the seed in the `X-Seed` header; with `Accept: text/event-stream`, a progress event per step
         and then the JSON result as Server-Sent Events."""
-        if raw_format(accept, {EVENT_STREAM: "events"}):
+        if body.stream or raw_format(accept, {EVENT_STREAM: "events"}):
             return await self._stream("sdxl", body, SDXLResponse)
         image_format = raw_format(accept, IMAGE_FORMATS_BY_TYPE)
         if image_format is not None:
@@ -248,7 +248,7 @@ class Ingress:
         """JSON by default; with `Accept: audio/wav` (or flac, ogg, mpeg) the raw bytes, with the
         seed in `X-Seed` and the sample rate in `X-Sample-Rate`; with `Accept: text/event-stream`, a
         progress event per generated second and then the JSON result as Server-Sent Events."""
-        if raw_format(accept, {EVENT_STREAM: "events"}):
+        if body.stream or raw_format(accept, {EVENT_STREAM: "events"}):
             return await self._stream("musicgen", body, MusicGenResponse)
         audio_format = raw_format(accept, AUDIO_FORMATS_BY_TYPE)
         if audio_format is not None:

@@ -8,12 +8,14 @@ import shutil
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 from leap_ray.jobs.store import Job, JobStore
 from leap_ray.serve.errors import as_leap_error
 
 logger = logging.getLogger("ray.serve")
+PROGRESS_EVENT_EVERY_S = 1.0  # progress webhooks: at most this often per job
 # Runs (service, input, report progress) and returns the outputs: (encoded bytes, extension, content type).
 RunJob = Callable[[str, dict, Callable[[dict], None]], Awaitable[list[tuple[bytes, str, str]]]]
 # Told of a job's events ("start", "completed"), e.g. to send its webhook; must not block.
@@ -82,10 +84,17 @@ class JobRunner:
 
     async def _execute(self, job: Job) -> None:
         self.notify(job, "start")
+        last_progress_event = 0.0
+
+        def report(progress: dict) -> None:
+            nonlocal last_progress_event
+            self.store.set_progress(job.id, self.owner, progress)
+            if time.monotonic() - last_progress_event >= PROGRESS_EVENT_EVERY_S:
+                last_progress_event = time.monotonic()
+                self.notify(replace(job, progress=progress), "progress")
+
         try:
-            outputs = await self.run(
-                job.service, job.input, lambda progress: self.store.set_progress(job.id, self.owner, progress)
-            )
+            outputs = await self.run(job.service, job.input, report)
             folder = self.output_dir / job.id
             folder.mkdir(parents=True, exist_ok=True)
             files = []

@@ -55,4 +55,4 @@ def test_the_runner_runs_a_job_and_stores_its_outputs_and_progress(tmp_path):
     done = asyncio.run(main())
     assert done.status == "succeeded" and done.progress == {"step": 1, "total": 1}
     assert (tmp_path / "outputs" / done.id / "0.png").read_bytes() == b"bytes"
-    assert events == ["start", "completed"]
+    assert events == ["start", "progress", "completed"]

@@ -2,9 +2,11 @@
 then the same result the JSON endpoint gives."""
 
 import base64
+import io
 import json
 
 import httpx
+from PIL import Image
 
 from .test_http import SMALL, pixels
 
@@ -51,3 +53,14 @@ def test_bad_input_is_still_a_plain_422(graph):
         f"{graph.url}/v1/sdxl", json={"prompt": "a", "width": 100}, headers={"Accept": "text/event-stream"}
     )
     assert (response.status_code, response.json()["error"]["param"]) == (422, "width")
+
+
+def test_stream_true_in_the_body_streams_too_with_previews(graph):
+    body = {"prompt": "a", "seed": 1, **SMALL, "num_inference_steps": 4, "stream": True, "preview_every": 2}
+    with httpx.stream("POST", f"{graph.url}/v1/sdxl", json=body, timeout=120) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+    progress = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    assert [("preview" in event) for event in progress] == [False, True, False, True]
+    preview = Image.open(io.BytesIO(base64.b64decode(progress[1]["preview"])))
+    assert (preview.format, preview.size) == ("PNG", (8, 8))  # 1/8 of 64 px: the latents' size

@@ -110,6 +110,28 @@ def test_a_completed_job_is_posted_signed_after_a_failed_first_delivery(hooked):
     receiver.server.shutdown()
 
 
+def test_progress_events_are_sent_when_asked_for(hooked):
+    receiver = Receiver(failures=0)
+    body = {
+        "service": "musicgen",
+        "input": {"prompt": "a", "duration": 3, "seed": 1},
+        "webhook_url": receiver.url,
+        "webhook_events_filter": ["progress", "completed"],
+    }
+    httpx.post(f"{hooked}/v1/jobs", json=body)
+    deadline = time.monotonic() + 120
+    while (
+        not any(h["X-LeapRay-Event"] == "completed" for h, _ in receiver.received)
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.2)
+    events = [(headers["X-LeapRay-Event"], json.loads(raw)) for headers, raw in receiver.received]
+    progress = [payload["progress"] for event, payload in events if event == "progress"]
+    assert progress and progress[0]["total"] == 3.0
+    assert "completed" in {event for event, _ in events} and "start" not in {event for event, _ in events}
+    receiver.server.shutdown()
+
+
 def test_a_refused_webhook_url_is_a_422_naming_it(hooked):
     body = {"service": "sdxl", "input": {"prompt": "a"}, "webhook_url": "gopher://example.com/"}
     response = httpx.post(f"{hooked}/v1/jobs", json=body)
