@@ -19,6 +19,7 @@ def prompt_text(max_chars: int) -> type[str]:
 
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+EVENT_STREAM = "text/event-stream"  # the media type of progress events
 
 
 def capped(default: float, limit: float) -> float:

@@ -9,7 +9,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 
 from leap_ray.api.audio import AudioFormat, DecodedAudio, decode_audio
-from leap_ray.api.common import MAX_SEED, capped, prompt_text
+from leap_ray.api.common import MAX_SEED, FiniteFloat, capped, prompt_text
 from leap_ray.config import LIMITS
 from leap_ray.errors import InvalidRequest
 
@@ -55,11 +55,10 @@ class MusicGenRequest(BaseModel):
     prompt: prompt_text(_LIMITS.max_prompt_chars) = Field(  # type: ignore[valid-type]
         description="Text describing the music."
     )
-    duration: float = Field(
+    duration: FiniteFloat = Field(
         capped(10.0, _LIMITS.max_duration_s),
         gt=0.0,
         le=_LIMITS.max_duration_s,
-        allow_inf_nan=False,
         description="Length of the track in seconds (at most the configured maximum, 60 s by default); "
         "rounded to whole codec frames (1/50 s).",
     )
@@ -71,24 +70,20 @@ class MusicGenRequest(BaseModel):
     )
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Sampling seed; random when absent.")
     stream: bool = Field(False, description="Answer with progress events, as with Accept: text/event-stream.")
-    guidance_scale: float = Field(
-        3.0, ge=0.0, le=20.0, allow_inf_nan=False, description="Classifier-free guidance scale."
-    )
-    temperature: float = Field(
+    guidance_scale: FiniteFloat = Field(3.0, ge=0.0, le=20.0, description="Classifier-free guidance scale.")
+    temperature: FiniteFloat = Field(
         1.0,
         ge=0.0,
         le=5.0,
-        allow_inf_nan=False,
         description="Softmax temperature; 0 picks the likeliest token.",
     )
     top_k: int = Field(
         250, ge=0, le=10_000, description="Sample among the k likeliest tokens; 0 turns it off."
     )
-    top_p: float = Field(
+    top_p: FiniteFloat = Field(
         0.0,
         ge=0.0,
         le=1.0,
-        allow_inf_nan=False,
         description="Nucleus sampling threshold; 0 turns it off, and when on it replaces top_k.",
     )
 

@@ -19,7 +19,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from leap_ray.api.audio import AUDIO_FORMATS, content_type
-from leap_ray.api.common import MAX_SEED, ErrorResponse
+from leap_ray.api.common import EVENT_STREAM, MAX_SEED, ErrorResponse
 from leap_ray.api.images import CONTENT_TYPES
 from leap_ray.api.jobs import JobStatus, JobSubmission, JobView
 from leap_ray.api.musicgen import MusicGenOutput, MusicGenRequest, MusicGenResponse
@@ -36,7 +36,6 @@ from leap_ray.serve.middleware import ApiKeyAuth, RequestGuard
 logger = logging.getLogger("ray.serve")
 
 MODEL_DEPLOYMENTS = {"sdxl": "SDXL", "musicgen": "MusicGen"}
-EVENT_STREAM = "text/event-stream"
 IMAGE_FORMATS_BY_TYPE = {media_type: name for name, media_type in CONTENT_TYPES.items()}
 AUDIO_FORMATS_BY_TYPE = {content_type(name): name for name in AUDIO_FORMATS}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -69,6 +68,10 @@ def raw_format(accept: str | None, formats_by_type: dict[str, str]) -> str | Non
     return formats_by_type.get(first)
 
 
+def wants_events(body: Any, accept: str | None) -> bool:
+    return body.stream or raw_format(accept, {EVENT_STREAM: "events"}) is not None
+
+
 def _prefix(request: Request) -> str:
     """The application's route prefix, for the URLs in responses."""
     return request.scope.get("root_path", "")
@@ -90,9 +93,9 @@ class Ingress:
         self._handles = {"sdxl": sdxl, "musicgen": musicgen}
         self._settings = settings
         self._specs: dict[str, asyncio.Future] = {}
-        self._webhook_secret = settings.jobs.webhook_secret()
-        self._deliveries: set[asyncio.Task] = set()
         jobs = settings.jobs
+        self._webhook_secret = jobs.webhook_secret()
+        self._deliveries: set[asyncio.Task] = set()
         self._jobs = open_store(jobs)
         self._runner = JobRunner(
             self._jobs,
@@ -216,7 +219,7 @@ class Ingress:
         """JSON by default; with `Accept: image/png` (or jpeg, webp) and one image, the raw bytes with
         the seed in the `X-Seed` header; with `Accept: text/event-stream`, a progress event per step
         and then the JSON result as Server-Sent Events."""
-        if body.stream or raw_format(accept, {EVENT_STREAM: "events"}):
+        if wants_events(body, accept):
             return await self._stream("sdxl", body, SDXLResponse)
         image_format = raw_format(accept, IMAGE_FORMATS_BY_TYPE)
         if image_format is not None:
@@ -248,7 +251,7 @@ class Ingress:
         """JSON by default; with `Accept: audio/wav` (or flac, ogg, mpeg) the raw bytes, with the
         seed in `X-Seed` and the sample rate in `X-Sample-Rate`; with `Accept: text/event-stream`, a
         progress event per generated second and then the JSON result as Server-Sent Events."""
-        if body.stream or raw_format(accept, {EVENT_STREAM: "events"}):
+        if wants_events(body, accept):
             return await self._stream("musicgen", body, MusicGenResponse)
         audio_format = raw_format(accept, AUDIO_FORMATS_BY_TYPE)
         if audio_format is not None:
