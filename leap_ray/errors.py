@@ -62,6 +62,14 @@ class ModelUnavailable(LeapRayError):
     error_type = "model_unavailable_error"
 
 
+class ModelError(LeapRayError):
+    """The model failed on this request (e.g. out of memory) though the request was valid. Its
+    batch-mates are not affected; a retry may succeed, so it is a 503, not a 500."""
+
+    status_code = 503
+    error_type = "model_error"
+
+
 def invalid_request_from(errors: list[dict]) -> LeapRayError:
     """The first of pydantic's validation errors (`ValidationError.errors()`, or FastAPI's, whose
     locations start with "body") as an InvalidRequest naming the top-level field."""

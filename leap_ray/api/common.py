@@ -1,21 +1,36 @@
-"""Field types shared by the request models."""
+"""Field types and small rules shared by the request models."""
 
-from typing import Annotated
+import secrets
+from typing import Annotated, TypeVar
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import BaseModel, Field
 
 MAX_SEED = 2**53 - 1  # the largest integer every JSON client keeps exactly
 
 
-def _not_blank(text: str) -> str:
-    if not text.strip():
-        raise ValueError("must not be empty or only white space")
-    return text
+def draw_seed() -> int:
+    """A random seed in the accepted range [0, MAX_SEED]: the one place seeds are drawn."""
+    return secrets.randbelow(MAX_SEED + 1)
+
+
+def offset_seed(seed: int, offset: int) -> int:
+    """The seed `offset` places after `seed`, wrapping past MAX_SEED to 0, so that every seed the
+    service returns is one it accepts (and one JavaScript keeps exactly)."""
+    return (seed + offset) % (MAX_SEED + 1)
+
+
+Request = TypeVar("Request", bound=BaseModel)
+
+
+def with_seed(request: Request) -> Request:
+    """The request with its `seed` fixed (drawn when absent), so that a retry repeats it."""
+    return request if request.seed is not None else request.model_copy(update={"seed": draw_seed()})  # type: ignore[attr-defined]
 
 
 def prompt_text(max_chars: int) -> type[str]:
-    """A non-blank prompt of at most `max_chars` characters."""
-    return Annotated[str, Field(min_length=1, max_length=max_chars), AfterValidator(_not_blank)]  # type: ignore[return-value]
+    """A prompt of at most `max_chars` characters. Empty is allowed, as diffusers and transformers
+    allow it: the model then gets its empty-text conditioning."""
+    return Annotated[str, Field(max_length=max_chars)]  # type: ignore[return-value]
 
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]

@@ -11,7 +11,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from leap_ray.api.common import MAX_SEED, FiniteFloat, capped, prompt_text
+from leap_ray.api.common import MAX_SEED, FiniteFloat, capped, offset_seed, prompt_text
 from leap_ray.api.tensors import TensorInput
 from leap_ray.config import LIMITS
 from leap_ray.errors import InvalidRequest
@@ -163,7 +163,10 @@ class SDXLRequest(BaseModel):
         description="Tensors passed to callback_on_step_end.",
     )
     seed: int | None = Field(
-        None, ge=0, le=MAX_SEED, description="Seed of image 0; image j uses seed + j. Random when absent."
+        None,
+        ge=0,
+        le=MAX_SEED,
+        description="Seed of image 0; image j uses seed + j (wrapping to 0 past 2^53-1). Random when absent.",
     )
     output_format: Literal["png", "jpeg", "webp"] = Field("png", description="Encoding of the images.")
     stream: bool = Field(False, description="Answer with progress events, as with Accept: text/event-stream.")
@@ -348,8 +351,8 @@ class SDXLRequest(BaseModel):
 
 
 def seeds_for(request: SDXLRequest, seed: int) -> list[int]:
-    """The seed of each image of a request: image j gets seed + j."""
-    return [seed + index for index in range(request.image_count)]
+    """The seed of each image of a request: image j gets seed + j (wrapping past MAX_SEED to 0)."""
+    return [offset_seed(seed, index) for index in range(request.image_count)]
 
 
 @dataclass

@@ -17,7 +17,6 @@ text to the decoder's input, where positions are absolute, so there requests als
 prompt's token count.
 """
 
-import secrets
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -32,7 +31,7 @@ from transformers import (
     MusicgenMelodyForConditionalGeneration,
 )
 
-from leap_ray.api.common import MAX_SEED
+from leap_ray.api.common import draw_seed
 from leap_ray.api.musicgen import MusicGenModelSpec, MusicGenRequest
 from leap_ray.engines.chroma import ChromaExtractor, resample
 from leap_ray.engines.device import placement
@@ -213,7 +212,7 @@ class MusicGenEngine:
             melody = resample(request.melody.waveform, request.melody.sample_rate, self.sample_rate)
         track = _Track(
             request=request,
-            seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED),
+            seed=request.seed if request.seed is not None else draw_seed(),
             windows=window_schedule(request.frames(self.frame_rate), self.window_frames, self.stride_frames),
             should_stop=should_stop,
             progress=progress,

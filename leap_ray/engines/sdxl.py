@@ -15,7 +15,6 @@ How a batch is run:
 """
 
 import base64
-import secrets
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -33,7 +32,7 @@ from diffusers import (
 )
 from diffusers.utils.torch_utils import randn_tensor
 
-from leap_ray.api.common import MAX_SEED
+from leap_ray.api.common import draw_seed
 from leap_ray.api.images import encode_image
 from leap_ray.api.sdxl import SDXLModelSpec, SDXLRequest, seeds_for
 from leap_ray.engines.device import placement
@@ -246,7 +245,7 @@ class SDXLEngine:
             except LeapRayError as error:
                 results[index] = error
                 continue
-            seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED - 64)
+            seed = request.seed if request.seed is not None else draw_seed()
             member = _Member(
                 request=request,
                 seeds=seeds_for(request, seed),

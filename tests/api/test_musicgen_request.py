@@ -53,7 +53,6 @@ def _param_of(body: dict) -> str:
 TOO_LONG = wav_base64(LIMITS.musicgen.max_melody_s + 1, rate=2000)
 BAD_INPUTS = [
     ("missing-prompt", {}, "prompt"),
-    ("empty-prompt", {"prompt": ""}, "prompt"),
     ("prompt-too-long", {"prompt": "x" * (LIMITS.musicgen.max_prompt_chars + 1)}, "prompt"),
     ("prompt-list", {"prompt": ["a"]}, "prompt"),
     ("duration-0", {"prompt": "a", "duration": 0}, "duration"),

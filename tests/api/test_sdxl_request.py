@@ -86,8 +86,6 @@ NAN_TENSOR = encode_tensor(torch.tensor([math.nan]))
 
 BAD_INPUTS = [
     ("missing-prompt", {}, "prompt"),
-    ("empty-prompt", {"prompt": ""}, "prompt"),
-    ("blank-prompt", {"prompt": "   "}, "prompt"),
     ("prompt-of-1MB", {"prompt": "x" * 1_000_000}, "prompt"),
     ("empty-prompt-list", {"prompt": []}, "prompt"),
     ("prompt-not-text", {"prompt": 5}, "prompt"),
