@@ -1,9 +1,14 @@
 """Audio on the wire: a melody arrives as base64 or a `data:` URI holding WAV, FLAC, OGG or MP3 (or,
-through a handle, as an array with its sample rate); results leave as encoded bytes."""
+through a handle, as an array with its sample rate); results leave as encoded bytes.
+
+Encoded audio is a client's bytes parsed by libsndfile, so its header (sample rate, channels, length)
+is checked before anything is decoded, and no more than the allowed duration is ever decoded."""
 
 import base64
 import binascii
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,6 +24,9 @@ AUDIO_FORMATS: dict[str, tuple[str, str, str]] = {
     "ogg": ("OGG", "VORBIS", "audio/ogg"),
     "mp3": ("MP3", "MPEG_LAYER_III", "audio/mpeg"),
 }
+# libsndfile's frame count for a stream whose header does not say how long it is.
+_UNKNOWN_LENGTH = 2**63 - 1
+_UNREADABLE = "is not audio in a format we read (wav, flac, ogg, mp3)"
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,86 @@ class DecodedAudio:
         return len(self.waveform) / self.sample_rate
 
 
+@dataclass(frozen=True)
+class AudioLimits:
+    """What decode_audio accepts. The sample rate is bounded because the model replica resamples the
+    audio, at a cost that grows with the rate (2^31-1 Hz would not fit in memory)."""
+
+    max_bytes: int
+    max_seconds: float
+    min_sample_rate: int
+    max_sample_rate: int
+    max_channels: int
+
+
+def decode_audio(value: object, limits: AudioLimits) -> DecodedAudio:
+    """Decodes base64 / data-URI audio, raw bytes, a DecodedAudio, or an (array, sample_rate) pair,
+    mixed down to mono. Raises ValueError saying what is wrong."""
+    if isinstance(value, DecodedAudio):
+        audio = value
+    elif isinstance(value, tuple) and len(value) == 2:
+        audio = _from_array(*value, limits)
+    elif isinstance(value, str | bytes):
+        audio = _from_encoded(_payload(value, limits.max_bytes), limits)
+    else:
+        raise ValueError("must be base64 audio, a data: URI, or (samples, sample_rate)")
+    _check_decoded(audio, limits)
+    return audio
+
+
+def _check_decoded(audio: DecodedAudio, limits: AudioLimits) -> None:
+    if np.ndim(audio.waveform) != 1:
+        raise ValueError("must be mono: one dimension of samples")
+    _check_format(audio.sample_rate, 1, limits)
+    if audio.waveform.size == 0:
+        raise ValueError("holds no audio samples")
+    if not np.isfinite(audio.waveform).all():
+        raise ValueError("holds NaN or infinite samples")
+    _check_length(len(audio.waveform), audio.sample_rate, limits.max_seconds)
+
+
+def _check_format(sample_rate: object, channels: int, limits: AudioLimits) -> None:
+    low, high = limits.min_sample_rate, limits.max_sample_rate
+    if not isinstance(sample_rate, int | np.integer) or not low <= sample_rate <= high:
+        raise ValueError(
+            f"has a sample rate of {sample_rate} Hz; it must be a whole number from {low} to {high} Hz"
+        )
+    if not 1 <= channels <= limits.max_channels:
+        raise ValueError(f"has {channels} channels; the limit is {limits.max_channels}")
+
+
+def _check_length(frames: int, sample_rate: int, max_seconds: float, *, at_least: bool = False) -> None:
+    if frames / sample_rate > max_seconds:
+        length = f"{'at least ' if at_least else ''}{frames / sample_rate:.1f} s"
+        raise ValueError(f"is {length} long; the limit is {max_seconds:g} s")
+
+
+def _from_array(samples: object, sample_rate: object, limits: AudioLimits) -> DecodedAudio:
+    """The handle form: (samples) or (channels, samples), torch's layout, with an int sample rate."""
+    if isinstance(samples, torch.Tensor):
+        samples = samples.detach().cpu().numpy()
+    samples = np.asarray(samples)
+    if samples.ndim not in (1, 2) or not isinstance(sample_rate, int) or sample_rate <= 0:
+        raise ValueError("must be (samples or (channels, samples), sample_rate as a positive int)")
+    # Checked on the shape, before a float32 copy of an array that may be far too big.
+    _check_format(sample_rate, 1 if samples.ndim == 1 else samples.shape[0], limits)
+    _check_length(samples.shape[-1], sample_rate, limits.max_seconds)
+    try:
+        samples = samples.astype(np.float32, copy=False)
+    except (TypeError, ValueError):  # e.g. None or strings among the samples
+        raise ValueError("holds samples that are not numbers") from None
+    return DecodedAudio(samples.mean(axis=0) if samples.ndim == 2 else samples, sample_rate)
+
+
+def _payload(value: str | bytes, max_bytes: int) -> bytes:
+    if len(value) > max_bytes * 4 // 3 + 1024:
+        raise ValueError(f"is larger than the limit of {max_bytes} bytes")
+    raw = _base64_payload(value) if isinstance(value, str) else value
+    if len(raw) > max_bytes:
+        raise ValueError(f"is larger than the limit of {max_bytes} bytes")
+    return raw
+
+
 def _base64_payload(text: str) -> bytes:
     if text.startswith("data:"):
         header, separator, text = text.partition(",")
@@ -44,41 +132,43 @@ def _base64_payload(text: str) -> bytes:
         raise ValueError("is not valid base64") from None
 
 
-def decode_audio(value: object, *, max_bytes: int, max_seconds: float) -> DecodedAudio:
-    """Decodes base64 / data-URI audio, raw bytes, a DecodedAudio, or an (array, sample_rate) pair,
-    mixed down to mono. Raises ValueError saying what is wrong."""
-    if isinstance(value, DecodedAudio):
-        audio = value
-    elif isinstance(value, tuple) and len(value) == 2:
-        samples, sample_rate = value
-        if isinstance(samples, torch.Tensor):
-            samples = samples.detach().cpu().numpy()
-        samples = np.asarray(samples, dtype=np.float32)
-        if samples.ndim == 2:  # (channels, samples), torch's layout
-            samples = samples.mean(axis=0)
-        if samples.ndim != 1 or not isinstance(sample_rate, int) or sample_rate <= 0:
-            raise ValueError("must be (samples or (channels, samples), sample_rate as a positive int)")
-        audio = DecodedAudio(samples, sample_rate)
-    elif isinstance(value, str | bytes):
-        if len(value) > max_bytes * 4 // 3 + 1024:
-            raise ValueError(f"is larger than the limit of {max_bytes} bytes")
-        raw = _base64_payload(value) if isinstance(value, str) else value
-        if len(raw) > max_bytes:
-            raise ValueError(f"is larger than the limit of {max_bytes} bytes")
-        try:
-            samples, sample_rate = soundfile.read(io.BytesIO(raw), dtype="float32", always_2d=True)
-        except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError):
-            raise ValueError("is not audio in a format we read (wav, flac, ogg, mp3)") from None
-        audio = DecodedAudio(samples.mean(axis=1), int(sample_rate))
-    else:
-        raise ValueError("must be base64 audio, a data: URI, or (samples, sample_rate)")
-    if audio.waveform.size == 0:
-        raise ValueError("holds no audio samples")
-    if not np.isfinite(audio.waveform).all():
-        raise ValueError("holds NaN or infinite samples")
-    if audio.seconds > max_seconds:
-        raise ValueError(f"is {audio.seconds:.1f} s long; the limit is {max_seconds:g} s")
-    return audio
+@contextmanager
+def _unreadable_on_failure() -> Iterator[None]:
+    """libsndfile parses bytes a client chose: whatever it, soundfile or numpy raise on them
+    (LibsndfileError, RuntimeError, MemoryError, OverflowError, ...) means the audio is unreadable,
+    a 422 naming the field, never a 500."""
+    try:
+        yield
+    except Exception:
+        raise ValueError(_UNREADABLE) from None
+
+
+def _from_encoded(raw: bytes, limits: AudioLimits) -> DecodedAudio:
+    """Checks the header, then decodes at most the allowed duration."""
+    with _unreadable_on_failure():
+        file = soundfile.SoundFile(io.BytesIO(raw))
+    with file:
+        _check_format(file.samplerate, file.channels, limits)
+        if file.frames != _UNKNOWN_LENGTH:
+            _check_length(file.frames, file.samplerate, limits.max_seconds)
+        return DecodedAudio(_read_mono(file, limits.max_seconds), file.samplerate)
+
+
+def _read_mono(file: soundfile.SoundFile, max_seconds: float) -> np.ndarray:
+    """Reads one-second blocks, mixing each to mono as it comes, so memory stays that of the allowed
+    duration in mono whatever the channel count; stops once past the limit, since a header may
+    understate the length or not know it."""
+    block = np.empty((file.samplerate, file.channels), dtype=np.float32)
+    mono: list[np.ndarray] = []
+    frames = 0
+    while True:
+        with _unreadable_on_failure():
+            samples = file.read(out=block)
+        if len(samples) == 0:
+            return np.concatenate(mono) if mono else np.zeros(0, dtype=np.float32)
+        mono.append(samples.mean(axis=1))
+        frames += len(samples)
+        _check_length(frames, file.samplerate, max_seconds, at_least=True)
 
 
 def encode_audio(waveform: np.ndarray, sample_rate: int, audio_format: str) -> bytes:

@@ -8,18 +8,25 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 
-from leap_ray.api.audio import AudioFormat, DecodedAudio, decode_audio
+from leap_ray.api.audio import AudioFormat, AudioLimits, DecodedAudio, decode_audio
 from leap_ray.api.common import MAX_SEED, FiniteFloat, capped, prompt_text
 from leap_ray.config import LIMITS
 from leap_ray.errors import InvalidRequest
 
 _LIMITS = LIMITS.musicgen
+_MELODY_LIMITS = AudioLimits(
+    max_bytes=_LIMITS.max_melody_bytes,
+    max_seconds=_LIMITS.max_melody_s,
+    min_sample_rate=_LIMITS.min_melody_sample_rate,
+    max_sample_rate=_LIMITS.max_melody_sample_rate,
+    max_channels=_LIMITS.max_melody_channels,
+)
 
 
 def _melody(value: object) -> DecodedAudio | None:
     if value is None:
         return None
-    return decode_audio(value, max_bytes=_LIMITS.max_melody_bytes, max_seconds=_LIMITS.max_melody_s)
+    return decode_audio(value, _MELODY_LIMITS)
 
 
 MelodyInput = Annotated[

@@ -50,7 +50,7 @@ def _param_of(body: dict) -> str:
     return invalid_request_from(caught.value.errors()).param
 
 
-TOO_LONG = wav_base64(LIMITS.musicgen.max_melody_s + 1, rate=2000)
+TOO_LONG = wav_base64(LIMITS.musicgen.max_melody_s + 1, rate=LIMITS.musicgen.min_melody_sample_rate)
 BAD_INPUTS = [
     ("missing-prompt", {}, "prompt"),
     ("prompt-too-long", {"prompt": "x" * (LIMITS.musicgen.max_prompt_chars + 1)}, "prompt"),
@@ -67,6 +67,9 @@ BAD_INPUTS = [
     ("melody-no-samples", {"prompt": "a", "melody": wav_base64(0.0)}, "melody"),
     ("melody-garbage-base64", {"prompt": "a", "melody": "%%% not base64 %%%"}, "melody"),
     ("melody-too-long", {"prompt": "a", "melody": TOO_LONG}, "melody"),
+    ("melody-rate-below-8-khz", {"prompt": "a", "melody": wav_base64(1.0, rate=4000)}, "melody"),
+    ("melody-9-channels", {"prompt": "a", "melody": wav_base64(0.1, rate=8000, channels=9)}, "melody"),
+    ("melody-pair-rate-2^31-1", {"prompt": "a", "melody": (np.zeros(160), 2**31 - 1)}, "melody"),
     ("melody-wrong-type", {"prompt": "a", "melody": 42}, "melody"),
     ("melody-data-uri-not-base64", {"prompt": "a", "melody": "data:audio/wav,abc"}, "melody"),
     ("seed-negative", {"prompt": "a", "seed": -1}, "seed"),

@@ -1,0 +1,37 @@
+"""Test helpers shared by several test modules: hostile audio files built by hand."""
+
+import io
+import struct
+
+import numpy as np
+import soundfile
+
+
+def wav_bytes(sample_rate: int, *, frames: int = 1600, data_size: int | None = None) -> bytes:
+    """A mono 16-bit WAV written by hand, so that its header may say what soundfile would not write."""
+    fmt = struct.pack("<HHIIHH", 1, 1, sample_rate, sample_rate * 2 % 2**32, 2, 16)
+    data = bytes(2 * frames)
+    size = len(data) if data_size is None else data_size
+    chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", size) + data
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
+
+
+def encoded(samples: np.ndarray, rate: int, container: str = "FLAC") -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, rate, format=container)
+    return buffer.getvalue()
+
+
+def flac_silence(seconds: float, *, rate: int = 8000, channels: int = 1) -> bytes:
+    return encoded(np.zeros((round(seconds * rate), channels), dtype=np.int16), rate)
+
+
+def with_total_samples(flac: bytes, total: int) -> bytes:
+    """Patches the FLAC STREAMINFO's 36-bit total-samples field; 0 means the length is unknown."""
+    patched = bytearray(flac)
+    assert patched[:4] == b"fLaC" and patched[4] & 0x7F == 0  # STREAMINFO is the first block
+    # After "fLaC", the block header and 10 bytes: 20 bits of rate, 3 of channels, 5 of sample size.
+    at = 4 + 4 + 13
+    patched[at] = patched[at] & 0xF0 | total >> 32
+    patched[at + 1 : at + 5] = (total & 0xFFFFFFFF).to_bytes(4, "big")
+    return bytes(patched)
