@@ -15,12 +15,19 @@ Batching: all requests in a batch run their windows together; rows that end earl
 past their end exactly as a solo call would, so lengths may differ. The melody model prepends the
 text to the decoder's input, where positions are absolute, so there requests also group by their
 prompt's token count.
+
+Failures stay with their request (the `Engine` contract, leap_ray.engines.contract): a melody the
+model cannot use fails its request naming `melody` before any window runs; a fault encoding one
+prompt or decoding one track fails that request; a fault of a shared window reruns that window one
+track at a time from where each stood (random stream, carried prompt, codes), and a track that
+faults alone fails (ModelError) and leaves the later windows.
 """
 
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -31,10 +38,13 @@ from transformers import (
     MusicgenMelodyForConditionalGeneration,
 )
 
+from leap_ray.api.audio import DecodedAudio
 from leap_ray.api.common import draw_seed
 from leap_ray.api.musicgen import MusicGenModelSpec, MusicGenRequest
+from leap_ray.api.progress import AudioProgress
 from leap_ray.engines.chroma import ChromaExtractor, resample
 from leap_ray.engines.device import placement
+from leap_ray.engines.failures import blame, fail_unfinished, internal_error, request_error, run_shared
 from leap_ray.errors import LeapRayError
 
 WINDOW_S = 30.0  # audiocraft's max_duration
@@ -111,27 +121,62 @@ class _Track:
     seed: int
     windows: list[tuple[int, int]]
     should_stop: Callable[[], bool] | None
-    progress: Callable[[dict], None] | None
+    progress: Callable[[AudioProgress], None] | None
     text: torch.Tensor  # (tokens, hidden): projected text conditioning
-    melody: np.ndarray | None  # at the model's sample rate
+    chromas: list[torch.Tensor]  # melody model: each window's (chroma_length, 12) chroma; else empty
     generator: torch.Generator = field(init=False)
     prompt: torch.Tensor | None = None  # (codebooks, frames) carried into the next window
     new_codes: list[torch.Tensor] = field(default_factory=list)
     stopped: bool = False
+    error: LeapRayError | None = None
     batch_size: int = 0
     timings: dict[str, float] = field(default_factory=lambda: {"encode_s": 0.0, "generate_s": 0.0})
+    saved: tuple = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         self.generator = torch.Generator().manual_seed(self.seed)
 
+    @property
+    def left(self) -> bool:
+        """Out of the batch: stopped by its caller, or failed."""
+        return self.stopped or self.error is not None
+
     def check_stop(self) -> bool:
-        if not self.stopped and self.should_stop is not None and self.should_stop():
-            self.stopped = True
-        return self.stopped
+        if not self.left and self.should_stop is not None:
+            try:
+                self.stopped = bool(self.should_stop())
+            except Exception as error:
+                self.error = internal_error(error)
+        return self.left
+
+    def report(self, event: AudioProgress) -> None:
+        if self.progress is not None and not self.left:
+            try:
+                self.progress(event)
+            except Exception as error:
+                self.error = internal_error(error)
+
+    def checkpoint(self) -> None:
+        """What a window changes: the random stream, the carried prompt, the codes, the bookkeeping."""
+        self.saved = (
+            self.generator.get_state(),
+            self.prompt,
+            len(self.new_codes),
+            dict(self.timings),
+            self.batch_size,
+            self.stopped,
+        )
+
+    def rewind(self) -> None:
+        state, self.prompt, codes, timings, self.batch_size, self.stopped = self.saved
+        self.generator.set_state(state)
+        del self.new_codes[codes:]
+        self.timings = dict(timings)
 
 
 class MusicGenEngine:
-    """Loads a MusicGen or MusicGen-melody model (model id or local folder) and generates batches."""
+    """Loads a MusicGen or MusicGen-melody model (model id or local folder) and generates batches; an
+    `Engine` (leap_ray.engines.contract)."""
 
     def __init__(
         self,
@@ -171,53 +216,73 @@ class MusicGenEngine:
         self,
         requests: Sequence[MusicGenRequest],
         should_stop: Sequence[Callable[[], bool] | None] | None = None,
-        progress: Sequence[Callable[[dict], None] | None] | None = None,
+        progress: Sequence[Callable[[AudioProgress], None] | None] | None = None,
     ) -> list[MusicGenResult | LeapRayError]:
-        """Runs the batch; each entry is the request's result, or the error that request alone met.
-        `should_stop[i]`, checked at every step, lets request i leave the batch; `progress[i]` is
-        told {"seconds", "total"} after each generated second of request i."""
+        """Runs the batch under the `Engine` contract (leap_ray.engines.contract): each entry is the
+        request's result, or the error that request alone met. `should_stop[i]`, checked at every
+        step, lets request i leave the batch; `progress[i]` is told an AudioProgress after each
+        generated second of request i."""
         results: list[MusicGenResult | LeapRayError | None] = [None] * len(requests)
-        tracks: dict[int, _Track] = {}
+        try:
+            self._generate(requests, should_stop, progress, results)
+        except Exception as error:  # outside any one request's work: nothing is left to isolate
+            fail_unfinished(results, error)
+        return results  # type: ignore[return-value]
+
+    def _generate(
+        self,
+        requests: Sequence[MusicGenRequest],
+        should_stop: Sequence[Callable[[], bool] | None] | None,
+        progress: Sequence[Callable[[AudioProgress], None] | None] | None,
+        results: list[MusicGenResult | LeapRayError | None],
+    ) -> None:
         spec = self.spec()
+        tracks: dict[int, _Track] = {}
         for index, request in enumerate(requests):
             try:
                 request.check_against(spec)
-            except LeapRayError as error:
-                results[index] = error
-                continue
-            tracks[index] = self._start_track(
-                request, should_stop[index] if should_stop else None, progress[index] if progress else None
-            )
+                tracks[index] = self._start_track(
+                    request,
+                    should_stop[index] if should_stop else None,
+                    progress[index] if progress else None,
+                )
+            except Exception as error:
+                results[index] = request_error(error)
         round_index = 0
         while active := [t for t in tracks.values() if len(t.windows) > round_index and not t.check_stop()]:
             groups: dict[int | None, list[_Track]] = defaultdict(list)
             for track in active:
                 groups[track.text.shape[0] if self.has_melody else None].append(track)
             for group in groups.values():
-                self._run_window(group, round_index)
+                run_shared(group, partial(self._run_window, round_index=round_index))
             round_index += 1
         for index, track in tracks.items():
             results[index] = self._finish(track)
-        return results  # type: ignore[return-value]
 
     def _start_track(
         self,
         request: MusicGenRequest,
         should_stop: Callable[[], bool] | None,
-        progress: Callable[[dict], None] | None,
+        progress: Callable[[AudioProgress], None] | None,
     ) -> _Track:
+        """The request ready for its first window; raises its error. The melody's chroma is computed
+        here for every window, so that a melody the model cannot use fails before any window runs."""
         started = time.perf_counter()
-        melody = None
+        windows = window_schedule(request.frames(self.frame_rate), self.window_frames, self.stride_frames)
+        chromas: list[torch.Tensor] = []
         if request.melody is not None:
-            melody = resample(request.melody.waveform, request.melody.sample_rate, self.sample_rate)
+            with blame("melody"):
+                chromas = self._melody_chromas(request.melody, windows)
+        elif self.has_melody:
+            chromas = [self._null_chroma()] * len(windows)
         track = _Track(
             request=request,
             seed=request.seed if request.seed is not None else draw_seed(),
-            windows=window_schedule(request.frames(self.frame_rate), self.window_frames, self.stride_frames),
+            windows=windows,
             should_stop=should_stop,
             progress=progress,
-            text=self._encode_text(request.prompt),
-            melody=melody,
+            text=self._encode_text(request.prompt),  # validated text: a failure is the model's
+            chromas=chromas,
         )
         track.timings["encode_s"] = time.perf_counter() - started
         return track
@@ -230,26 +295,33 @@ class MusicGenEngine:
             states = self.model.enc_to_dec_proj(states)
         return states[0]
 
-    def _melody_chroma(self, melody: np.ndarray | None, start_frame: int) -> torch.Tensor:
-        """(frames, 12) chroma of 30 s of melody from the window's start, looping the melody."""
-        if melody is None:  # the model's null melody: every frame in the first pitch class
-            null = torch.zeros(1, 12)
-            null[0, 0] = 1
-            return null
-        start = start_frame * self.sample_rate // self.frame_rate
-        positions = np.arange(start, start + self.window_samples) % len(melody)
-        return self.chroma(torch.from_numpy(melody[positions]))
+    def _melody_chromas(self, melody: DecodedAudio, windows: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """Each window's (chroma_length, 12) chroma of 30 s of the melody from the window's start,
+        looping the melody."""
+        waveform = resample(melody.waveform, melody.sample_rate, self.sample_rate)
+        chromas = []
+        for start_frame, _ in windows:
+            start = start_frame * self.sample_rate // self.frame_rate
+            positions = np.arange(start, start + self.window_samples) % len(waveform)
+            chromas.append(self._fit_chroma(self.chroma(torch.from_numpy(waveform[positions]))))
+        return chromas
+
+    def _null_chroma(self) -> torch.Tensor:
+        """The model's null melody: every frame in the first pitch class."""
+        null = torch.zeros(1, 12)
+        null[0, 0] = 1
+        return self._fit_chroma(null)
+
+    def _fit_chroma(self, chroma: torch.Tensor) -> torch.Tensor:
+        """Repeated or cut to the chroma_length frames the model takes."""
+        length = self.model.config.chroma_length
+        return chroma.repeat(-(-length // chroma.shape[0]), 1)[:length]
 
     def _conditioning(self, tracks: list[_Track], round_index: int) -> dict[str, torch.Tensor]:
         """Decoder conditioning for [conditional rows; unconditional rows], as transformers builds it."""
         if self.has_melody:
-            length = self.model.config.chroma_length
-            prefixes = []
-            for track in tracks:
-                chroma = self._melody_chroma(track.melody, track.windows[round_index][0])
-                chroma = chroma.repeat(-(-length // chroma.shape[0]), 1)[:length]
-                prefixes.append(torch.cat([self._project_chroma(chroma), track.text]))
-            null_chroma = self._project_chroma(self._melody_chroma(None, 0).repeat(length, 1))
+            prefixes = [torch.cat([self._project_chroma(t.chromas[round_index]), t.text]) for t in tracks]
+            null_chroma = self._project_chroma(self._null_chroma())
             unconditional = [torch.cat([null_chroma, torch.zeros_like(t.text)]) for t in tracks]
             return {"encoder_hidden_states": torch.stack(prefixes + unconditional)}
         states = torch.nn.utils.rnn.pad_sequence([t.text for t in tracks], batch_first=True)
@@ -306,14 +378,14 @@ class MusicGenEngine:
             column = torch.where(pattern[:, position] == -1, tokens, pattern[:, position])
             sequence = torch.cat([sequence, column[:, None]], dim=1)
             self._report_progress(tracks, round_index, position)
-            if all(track.check_stop() for track in tracks):
+            if all(track.check_stop() for track in tracks):  # stopped or failed: their rows are ignored
                 break
         elapsed = time.perf_counter() - started
         per_track = sequence.view(len(tracks), codebooks, -1)
         for index, (track, frames) in enumerate(zip(tracks, lengths, strict=True)):
             track.timings["generate_s"] += elapsed
             track.batch_size = track.batch_size or len(tracks)
-            if track.stopped:
+            if track.left:
                 continue
             # Undo the delay: codebook k's frame f sits at position 1 + f + k.
             codes = torch.stack([per_track[index, k, 1 + k : 1 + k + frames] for k in range(codebooks)])
@@ -325,17 +397,18 @@ class MusicGenEngine:
         for track in tracks:
             start, frames = track.windows[round_index]
             done = start + position
-            if track.progress and not track.stopped and position <= frames and done % self.frame_rate == 0:
-                track.progress({"seconds": done / self.frame_rate, "total": track.request.duration})
+            if position <= frames and done % self.frame_rate == 0:
+                track.report(AudioProgress(done / self.frame_rate, track.request.duration))
 
-    def _finish(self, track: _Track) -> MusicGenResult:
+    def _finish(self, track: _Track) -> MusicGenResult | LeapRayError:
+        if track.error is not None:
+            return track.error
         waveform = np.zeros(0, dtype=np.float32)
         if not track.stopped:
-            started = time.perf_counter()
-            codes = torch.cat(track.new_codes, dim=1)
-            audio = self.model.audio_encoder.decode(codes[None, None], audio_scales=[None]).audio_values
-            waveform = audio[0, 0].float().cpu().numpy()
-            track.timings["decode_s"] = time.perf_counter() - started
+            try:
+                waveform = self._decode(track)
+            except Exception as error:
+                return request_error(error)
         return MusicGenResult(
             waveform=waveform,
             sample_rate=self.sample_rate,
@@ -344,3 +417,11 @@ class MusicGenEngine:
             batch_size=track.batch_size,
             stopped=track.stopped,
         )
+
+    def _decode(self, track: _Track) -> np.ndarray:
+        """The track's codes to audio, alone: one track's failure cannot touch another's."""
+        started = time.perf_counter()
+        codes = torch.cat(track.new_codes, dim=1)
+        audio = self.model.audio_encoder.decode(codes[None, None], audio_scales=[None]).audio_values
+        track.timings["decode_s"] = time.perf_counter() - started
+        return audio[0, 0].float().cpu().numpy()

@@ -12,6 +12,12 @@ How a batch is run:
   any image needs it, so requests with different scales still share a call.
 - callback_on_step_end is fanned out: each request's callback sees only its rows of the tensors and
   may stop only its own request (its latents are then frozen as a solo interrupted call leaves them).
+
+Failures stay with their request (the `Engine` contract, leap_ray.engines.contract): a callback that
+raises or returns what diffusers could not apply fails its request (422, callback_error) and freezes
+its rows; a fault while encoding one request's prompts or drawing its noise fails that request; a
+fault of a shared pipeline call (out of memory for the batch, or one request's rows) reruns the
+group one request at a time, and only a request that faults alone fails (ModelError).
 """
 
 import base64
@@ -34,9 +40,27 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from leap_ray.api.common import draw_seed
 from leap_ray.api.images import encode_image
+from leap_ray.api.progress import StepProgress
 from leap_ray.api.sdxl import SDXLModelSpec, SDXLRequest, seeds_for
 from leap_ray.engines.device import placement
-from leap_ray.errors import LeapRayError
+from leap_ray.engines.failures import blame, fail_unfinished, internal_error, request_error, run_shared
+from leap_ray.errors import InvalidRequest, LeapRayError
+
+# The pipeline arguments that a group's requests share (the group key makes them equal).
+CALL_PARAMETERS = (
+    "height",
+    "width",
+    "num_inference_steps",
+    "denoising_end",
+    "eta",
+    "guidance_rescale",
+    "original_size",
+    "crops_coords_top_left",
+    "target_size",
+    "negative_original_size",
+    "negative_crops_coords_top_left",
+    "negative_target_size",
+)
 
 SCHEDULER_CLASSES = {
     "ddim": DDIMScheduler,
@@ -69,22 +93,30 @@ class SDXLResult:
 
 @dataclass
 class _Member:
-    """A request inside a pipeline call: its rows, its generators and its step-end state."""
+    """A request inside a pipeline call: its rows, its generators, its step-end state and its outcome."""
 
     request: SDXLRequest
     seeds: list[int]
     start: int
     should_stop: Callable[[], bool] | None
-    progress: Callable[[dict], None] | None = None
+    progress: Callable[[StepProgress], None] | None = None
     encode_s: float = 0.0
     embeds: tuple[torch.Tensor | None, ...] = ()
     stopped_at_step: int | None = None
     frozen_latents: torch.Tensor | None = None
     generators: list[torch.Generator] = field(default_factory=list)
+    result: SDXLResult | None = None
+    error: LeapRayError | None = None
 
     @property
     def count(self) -> int:
         return len(self.seeds)
+
+    def checkpoint(self) -> None:
+        """Nothing to keep: a call starts from the request and its seeds (generators are re-created)."""
+
+    def rewind(self) -> None:
+        self.stopped_at_step, self.frozen_latents, self.result = None, None, None
 
 
 class _RequestPipelineView:
@@ -112,9 +144,23 @@ class _RequestPipelineView:
         return self._interrupt
 
 
+def _callback_error(message: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"callback_on_step_end {message}", param="callback_on_step_end", code="callback_error"
+    )
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
 class _StepFanOut:
     """The one callback_on_step_end of a batched call: runs each request's own callback on its
-    rows, keeps stopped requests' latents frozen, and interrupts the call when all have stopped."""
+    rows, keeps stopped requests' latents frozen, and interrupts the call when all have stopped.
+    A request whose callback (or hook) fails is frozen like a stopped one and gets the error, so
+    its rows no longer change and its batch-mates run on as if it had behaved."""
 
     def __init__(self, members: list[_Member], images: int) -> None:
         self.members = members
@@ -142,32 +188,76 @@ class _StepFanOut:
             if member.stopped_at_step is not None:
                 self.write(tensors["latents"], member, member.frozen_latents)
                 continue
-            request = member.request
-            if request.callback_on_step_end is not None:
-                view = _RequestPipelineView(pipeline, request.guidance_scale)
-                own = {
-                    name: self.rows(tensors[name], member)
-                    for name in request.callback_on_step_end_tensor_inputs
-                }
-                returned = request.callback_on_step_end(view, step, timestep, own) or {}
-                for name, value in returned.items():
-                    if name in tensors and isinstance(value, torch.Tensor):
-                        self.write(tensors[name], member, value)
-                stop = view.interrupt
-            else:
-                stop = False
-            if stop or (member.should_stop is not None and member.should_stop()):
-                member.stopped_at_step = step
-                member.frozen_latents = self.rows(tensors["latents"], member).clone()
-            elif member.progress is not None:
-                event = {"step": step + 1, "total": pipeline.num_timesteps, "timestep": float(timestep)}
-                every = request.preview_every
-                if every and (step + 1) % every == 0:
-                    event["preview"] = latent_preview(self.rows(tensors["latents"], member)[0])
-                member.progress(event)
+            try:
+                self._step_end(member, pipeline, step, timestep, tensors)
+            except Exception as error:
+                member.error = error if isinstance(error, LeapRayError) else internal_error(error)
+                self._freeze(member, step, tensors)
         if all(member.stopped_at_step is not None for member in self.members):
             pipeline._interrupt = True
         return tensors
+
+    def _step_end(
+        self,
+        member: _Member,
+        pipeline: StableDiffusionXLPipeline,
+        step: int,
+        timestep: torch.Tensor,
+        tensors: dict,
+    ) -> None:
+        """The member's callback, then its stop check, then its progress event."""
+        stop = False
+        if member.request.callback_on_step_end is not None:
+            stop = self._callback(member, pipeline, step, timestep, tensors)
+        if stop or (member.should_stop is not None and member.should_stop()):
+            self._freeze(member, step, tensors)
+        elif member.progress is not None:
+            every = member.request.preview_every
+            preview = None
+            if every and (step + 1) % every == 0:
+                preview = latent_preview(self.rows(tensors["latents"], member)[0])
+            member.progress(StepProgress(step + 1, pipeline.num_timesteps, float(timestep), preview))
+
+    def _callback(
+        self,
+        member: _Member,
+        pipeline: StableDiffusionXLPipeline,
+        step: int,
+        timestep: torch.Tensor,
+        tensors: dict,
+    ) -> bool:
+        """Runs the request's callback on its rows and writes back what it returned; True when the
+        callback stopped its request. Raises InvalidRequest (callback_error) when the callback fails."""
+        request = member.request
+        view = _RequestPipelineView(pipeline, request.guidance_scale)
+        own = {name: self.rows(tensors[name], member) for name in request.callback_on_step_end_tensor_inputs}
+        try:
+            returned = request.callback_on_step_end(view, step, timestep, own)
+        except Exception as error:
+            raise _callback_error(f"raised {type(error).__name__} at step {step}: {error}") from error
+        for name, value in self._checked(returned, member, tensors).items():
+            self.write(tensors[name], member, value)
+        return view.interrupt
+
+    def _checked(self, returned: object, member: _Member, tensors: dict) -> dict[str, torch.Tensor]:
+        """What a callback returned, as diffusers applies it: by name, for any of the pipeline's callback
+        tensors whether the callback listed it or not (so `tensors` holds them all), each of the shape
+        and dtype of this request's rows. Nothing is written unless all of it is good."""
+        if returned is None:
+            return {}
+        if not isinstance(returned, dict):
+            raise _callback_error(f"returned {_describe(returned)}, not a dict of tensors")
+        checked = {}
+        for name in (name for name in tensors if name in returned):
+            value, rows = returned[name], self.rows(tensors[name], member)
+            if not isinstance(value, torch.Tensor) or value.shape != rows.shape or value.dtype != rows.dtype:
+                raise _callback_error(f"returned {name} as {_describe(value)}, not {_describe(rows)}")
+            checked[name] = value
+        return checked
+
+    def _freeze(self, member: _Member, step: int, tensors: dict) -> None:
+        member.stopped_at_step = step
+        member.frozen_latents = self.rows(tensors["latents"], member).clone()
 
 
 # SDXL's 4 latent channels to RGB, a linear fit to its VAE (as ComfyUI's latent previews use): a preview
@@ -191,7 +281,8 @@ def latent_preview(latents: torch.Tensor) -> str:
 
 
 class SDXLEngine:
-    """Loads an SDXL pipeline (model id or local folder) and generates batches of requests."""
+    """Loads an SDXL pipeline (model id or local folder) and generates batches of requests; an
+    `Engine` (leap_ray.engines.contract)."""
 
     def __init__(
         self,
@@ -231,36 +322,61 @@ class SDXLEngine:
         self,
         requests: Sequence[SDXLRequest],
         should_stop: Sequence[Callable[[], bool] | None] | None = None,
-        progress: Sequence[Callable[[dict], None] | None] | None = None,
+        progress: Sequence[Callable[[StepProgress], None] | None] | None = None,
     ) -> list[SDXLResult | LeapRayError]:
-        """Runs the batch; each entry is the request's result, or the error that request alone met.
-        `should_stop[i]`, checked after every denoising step, lets request i leave its call early;
-        `progress[i]` is told {"step", "total", "timestep"} after each of request i's steps."""
-        spec = self.spec()
+        """Runs the batch under the `Engine` contract (leap_ray.engines.contract): each entry is the
+        request's result, or the error that request alone met. `should_stop[i]`, checked after every
+        denoising step, lets request i leave its call early; `progress[i]` is told a StepProgress (with a
+        preview every `preview_every` steps) after each of request i's steps."""
         results: list[SDXLResult | LeapRayError | None] = [None] * len(requests)
+        try:
+            self._generate(requests, should_stop, progress, results)
+        except Exception as error:  # outside any one request's work: nothing is left to isolate
+            fail_unfinished(results, error)
+        return results  # type: ignore[return-value]
+
+    def _generate(
+        self,
+        requests: Sequence[SDXLRequest],
+        should_stop: Sequence[Callable[[], bool] | None] | None,
+        progress: Sequence[Callable[[StepProgress], None] | None] | None,
+        results: list[SDXLResult | LeapRayError | None],
+    ) -> None:
+        spec = self.spec()
         groups: dict[tuple, list[tuple[int, _Member]]] = defaultdict(list)
         for index, request in enumerate(requests):
+            hooks = (should_stop[index] if should_stop else None, progress[index] if progress else None)
             try:
-                request.check_against(spec)
-            except LeapRayError as error:
-                results[index] = error
+                member = self._admit(request, spec, *hooks)
+            except Exception as error:
+                results[index] = request_error(error)
                 continue
-            seed = request.seed if request.seed is not None else draw_seed()
-            member = _Member(
-                request=request,
-                seeds=seeds_for(request, seed),
-                start=0,
-                should_stop=should_stop[index] if should_stop else None,
-                progress=progress[index] if progress else None,
-            )
-            self._encode(member)
             groups[self._group_key(index, member)].append((index, member))
         for group in groups.values():
-            for index, result in zip(
-                (i for i, _ in group), self._run_group([m for _, m in group]), strict=True
-            ):
-                results[index] = result
-        return results  # type: ignore[return-value]
+            run_shared([member for _, member in group], self._run_group)
+            for index, member in group:
+                results[index] = member.error if member.error is not None else member.result
+
+    def _admit(
+        self,
+        request: SDXLRequest,
+        spec: SDXLModelSpec,
+        should_stop: Callable[[], bool] | None,
+        progress: Callable[[StepProgress], None] | None,
+    ) -> _Member:
+        """The request checked against the model, seeded, with its prompts encoded; raises its error."""
+        request.check_against(spec)
+        seed = request.seed if request.seed is not None else draw_seed()
+        member = _Member(
+            request=request,
+            seeds=seeds_for(request, seed),
+            start=0,
+            should_stop=should_stop,
+            progress=progress,
+        )
+        # Prompts are validated text or embeddings of checked shapes, so a failure here is the model's.
+        self._encode(member)
+        return member
 
     def _encode(self, member: _Member) -> None:
         """Encodes one request's prompts exactly as a solo pipeline call would."""
@@ -310,7 +426,8 @@ class SDXLEngine:
     def _initial_latents(self, member: _Member, pipeline: PerImageGuidancePipeline) -> torch.Tensor:
         request = member.request
         if request.latents is not None:
-            return request.latents.to(self.device, self.dtype)
+            with blame("latents"):
+                return request.latents.to(self.device, self.dtype)
         shape = (
             1,
             pipeline.unet.config.in_channels,
@@ -325,15 +442,43 @@ class SDXLEngine:
             ]
         )
 
-    def _run_group(self, members: list[_Member]) -> list[SDXLResult]:
+    def _run_group(self, members: list[_Member]) -> None:
+        """One pipeline call for the members whose initial latents could be drawn; each member gets
+        its result, or its own error. A fault of the call itself is raised (see `run_shared`)."""
         started = time.perf_counter()
-        first = members[0].request
-        pipeline = self._pipeline_for(first.scheduler)
+        pipeline = self._pipeline_for(members[0].request.scheduler)
+        ready, latents = [], []
+        for member in members:
+            # Fresh generators on every call, so that a rerun draws exactly what a solo call draws.
+            member.generators = [torch.Generator().manual_seed(seed) for seed in member.seeds]
+            try:
+                latents.append(self._initial_latents(member, pipeline))
+            except Exception as error:
+                member.error = request_error(error)
+                continue
+            ready.append(member)
+        if not ready:
+            return
+        try:
+            self._call(pipeline, ready, torch.cat(latents), started)
+        except Exception:
+            # diffusers upcasts a float16 VAE to decode and casts it back only when decoding succeeds:
+            # undo it, or every later call would hand float16 latents to a float32 VAE and fail.
+            pipeline.vae.to(dtype=self.dtype)
+            raise
+
+    def _call(
+        self,
+        pipeline: PerImageGuidancePipeline,
+        members: list[_Member],
+        latents: torch.Tensor,
+        started: float,
+    ) -> None:
         images = 0
         for member in members:
             member.start = images
-            member.generators = [torch.Generator().manual_seed(seed) for seed in member.seeds]
             images += member.count
+        first = members[0].request
         guidance_on = first.guidance_is_on()
         guidance: float | torch.Tensor = first.guidance_scale
         if guidance_on:
@@ -344,51 +489,33 @@ class SDXLEngine:
             for i in range(4)
         )
         needs_fan_out = any(m.request.callback_on_step_end or m.should_stop or m.progress for m in members)
-        tensor_inputs = sorted(
-            {"latents"}.union(*(m.request.callback_on_step_end_tensor_inputs for m in members))
-        )
         kwargs = first.to_pipeline_kwargs()
         output = pipeline(
             prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_embeds,
             pooled_prompt_embeds=pooled,
             negative_pooled_prompt_embeds=negative_pooled,
-            latents=torch.cat([self._initial_latents(member, pipeline) for member in members]),
+            latents=latents,
             generator=[g for member in members for g in member.generators],
             guidance_scale=guidance,
             num_images_per_prompt=1,
             output_type="np",
             callback_on_step_end=_StepFanOut(members, images) if needs_fan_out else None,
-            callback_on_step_end_tensor_inputs=tensor_inputs,
-            **{
-                name: kwargs[name]
-                for name in (
-                    "height",
-                    "width",
-                    "num_inference_steps",
-                    "denoising_end",
-                    "eta",
-                    "guidance_rescale",
-                    "original_size",
-                    "crops_coords_top_left",
-                    "target_size",
-                    "negative_original_size",
-                    "negative_crops_coords_top_left",
-                    "negative_target_size",
-                )
-            },
+            # All of them, whatever each callback listed: diffusers applies a callback's returned
+            # tensors by name, listed or not, so the fan-out must be able to write back any of them.
+            callback_on_step_end_tensor_inputs=list(pipeline._callback_tensor_inputs),
+            **{name: kwargs[name] for name in CALL_PARAMETERS},
         )
         call_s = time.perf_counter() - started
-        return [
-            SDXLResult(
-                images=list(output.images[member.start : member.start + member.count]),
-                seeds=member.seeds,
-                timings={"encode_s": member.encode_s, "generate_s": call_s},
-                batch_size=images,
-                stopped_at_step=member.stopped_at_step,
-            )
-            for member in members
-        ]
+        for member in members:
+            if member.error is None:
+                member.result = SDXLResult(
+                    images=list(output.images[member.start : member.start + member.count]),
+                    seeds=member.seeds,
+                    timings={"encode_s": member.encode_s, "generate_s": call_s},
+                    batch_size=images,
+                    stopped_at_step=member.stopped_at_step,
+                )
 
 
 def _on(tensor: torch.Tensor | None, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:

@@ -7,6 +7,7 @@ import torch
 
 from leap_ray.api.audio import DecodedAudio, encode_audio
 from leap_ray.api.musicgen import MusicGenRequest
+from leap_ray.engines.contract import Engine
 from leap_ray.engines.musicgen import (
     MusicGenEngine,
     MusicGenResult,
@@ -14,7 +15,7 @@ from leap_ray.engines.musicgen import (
     sample_tokens,
     window_schedule,
 )
-from leap_ray.errors import InvalidRequest
+from leap_ray.errors import InvalidRequest, LeapRayError, ModelError
 
 SAMPLE_RATE = 32_000
 
@@ -217,3 +218,181 @@ def test_delay_pattern_equals_transformers_where_it_applies(engine, frames, prom
 def test_the_shortest_track_is_one_frame(engine):
     # Found by fuzzing: transformers' helper leaves such short patterns unmasked.
     assert generate_one(engine, duration=0.02).waveform.shape == (640,)
+
+
+def test_the_engines_keep_the_engine_contract(engine, melody_engine):
+    assert isinstance(engine, Engine) and isinstance(melody_engine, Engine)
+
+
+# Failure isolation: whatever fails for one request fails that request alone.
+
+TRACKS = [
+    MusicGenRequest(prompt="lo-fi beat", duration=31, seed=1),
+    MusicGenRequest(prompt="jazz", duration=50, seed=2, top_p=0.9),
+    MusicGenRequest(prompt="an epic orchestral finale with brass", duration=1, seed=3),
+]
+SENTINEL = 1234.5
+
+
+def solo_waveforms(engine: MusicGenEngine, requests: list[MusicGenRequest]) -> list[np.ndarray]:
+    return [engine.generate([request])[0].waveform for request in requests]
+
+
+def decoder_faulting(engine, monkeypatch, fault_when) -> None:
+    """Makes the decoder raise when `fault_when(input_ids, encoder_hidden_states, step)` says so, where
+    step counts the decoder calls since the window began and input_ids spans its carried-over prompt."""
+    forward, state = engine.model.decoder.forward, {}
+
+    def faulty(input_ids=None, cache=None, **kwargs):
+        if cache is None:
+            state.update(step=0, states=kwargs.get("encoder_hidden_states"), first=input_ids)
+        else:
+            state["step"] += 1
+        if fault_when(state["first"], state["states"], state["step"]):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return forward(input_ids=input_ids, cache=cache, **kwargs)
+
+    monkeypatch.setattr(engine.model.decoder, "forward", faulty)
+
+
+def test_a_window_too_big_for_the_model_is_rerun_one_track_at_a_time(engine, monkeypatch):
+    alone = solo_waveforms(engine, TRACKS)
+    rows_of_one_track = 2 * engine.codebooks  # conditional and unconditional
+
+    def batched_second_window_mid_way(input_ids, states, step):
+        return input_ids.shape[0] > rows_of_one_track and input_ids.shape[1] > 1 and step == 10
+
+    decoder_faulting(engine, monkeypatch, batched_second_window_mid_way)
+    results = engine.generate(TRACKS)
+    assert [result.batch_size for result in results] == [3, 3, 3]  # the first window ran together
+    for result, expected in zip(results, alone, strict=True):
+        assert np.array_equal(result.waveform, expected)
+
+
+def test_a_model_fault_on_one_tracks_rows_fails_only_that_track_and_it_leaves(engine, monkeypatch):
+    alone = solo_waveforms(engine, TRACKS)
+    encode_text = engine._encode_text
+
+    def marked(prompt):
+        states = encode_text(prompt)
+        return states.index_fill(1, torch.tensor([0]), SENTINEL) if prompt == "poison" else states
+
+    def culprits_second_window_mid_way(input_ids, states, step):
+        return bool((states == SENTINEL).any()) and input_ids.shape[1] > 1 and step == 10
+
+    monkeypatch.setattr(engine, "_encode_text", marked)
+    decoder_faulting(engine, monkeypatch, culprits_second_window_mid_way)
+    windows = spy_on_windows(engine, monkeypatch)
+    culprit = MusicGenRequest(prompt="poison", duration=50, seed=4)
+    first, second, error, third = engine.generate([*TRACKS[:2], culprit, TRACKS[2]])
+    assert isinstance(error, ModelError) and (error.status_code, error.code) == (503, "model_error")
+    for result, expected in zip((first, second, third), alone, strict=True):
+        assert np.array_equal(result.waveform, expected)
+    assert windows[-1] == (2, ["jazz"])  # the failed track ran no third window
+
+
+def spy_on_windows(engine, monkeypatch) -> list[tuple[int, list[str]]]:
+    seen, run_window = [], engine._run_window
+
+    def spy(tracks, round_index):
+        seen.append((round_index, [track.request.prompt for track in tracks]))
+        run_window(tracks, round_index)
+
+    monkeypatch.setattr(engine, "_run_window", spy)
+    return seen
+
+
+def unresamplable(waveform, source_rate, target_rate):
+    raise ValueError("up and down must be positive")
+
+
+def chroma_fault(waveform):
+    raise IndexError("index 0 is out of bounds for axis 0 with size 0")
+
+
+def out_of_memory(waveform, source_rate, target_rate):
+    raise MemoryError
+
+
+MELODY_FAULTS = [
+    ("resampling", ("leap_ray.engines.musicgen.resample", unresamplable), InvalidRequest),
+    ("chroma", ("chroma", chroma_fault), InvalidRequest),
+    ("out-of-memory", ("leap_ray.engines.musicgen.resample", out_of_memory), ModelError),
+]
+
+
+@pytest.mark.parametrize(
+    ("fault", "error_type"), [f[1:] for f in MELODY_FAULTS], ids=[f[0] for f in MELODY_FAULTS]
+)
+def test_a_melody_the_model_cannot_use_fails_its_request_alone_naming_melody(
+    melody_engine, monkeypatch, fault, error_type
+):
+    innocents = [MusicGenRequest(prompt="drum and bass", duration=1, seed=9), TRACKS[2]]
+    alone = solo_waveforms(melody_engine, innocents)
+    target, replacement = fault
+    if target == "chroma":
+        monkeypatch.setattr(melody_engine, "chroma", replacement)
+    else:
+        monkeypatch.setattr(target, replacement)
+    culprit = MusicGenRequest(prompt="lo-fi beat", duration=1, seed=3, melody=a_melody())
+    first, error, second = melody_engine.generate([innocents[0], culprit, innocents[1]])
+    assert type(error) is error_type
+    if error_type is InvalidRequest:
+        assert (error.status_code, error.param, error.code) == (422, "melody", "invalid_input")
+    assert np.array_equal(first.waveform, alone[0]) and np.array_equal(second.waveform, alone[1])
+
+
+def test_a_prompt_the_text_encoder_fails_on_fails_alone_with_a_model_error(engine, monkeypatch):
+    encode_text = engine._encode_text
+
+    def faulty(prompt):
+        if prompt == "poison":
+            raise RuntimeError("CUDA error: device-side assert triggered")
+        return encode_text(prompt)
+
+    monkeypatch.setattr(engine, "_encode_text", faulty)
+    error, result = engine.generate([MusicGenRequest(prompt="poison", duration=1), TRACKS[2]])
+    assert isinstance(error, ModelError) and error.code == "model_error"
+    assert np.array_equal(result.waveform, solo_waveforms(engine, [TRACKS[2]])[0])
+
+
+def test_a_track_that_fails_to_decode_fails_alone(engine, monkeypatch):
+    decode = engine.model.audio_encoder.decode
+
+    def faulty(codes, *args, **kwargs):
+        if codes.shape[-1] == 25:  # half a second of frames
+            raise RuntimeError("CUDA out of memory")
+        return decode(codes, *args, **kwargs)
+
+    monkeypatch.setattr(engine.model.audio_encoder, "decode", faulty)
+    requests = [MusicGenRequest(prompt="a", duration=0.5, seed=1), TRACKS[2]]
+    error, result = engine.generate(requests)
+    assert isinstance(error, ModelError) and error.code == "model_error"
+    assert np.array_equal(result.waveform, solo_waveforms(engine, [TRACKS[2]])[0])
+
+
+def test_a_failing_progress_hook_fails_its_request_alone_as_an_internal_error(engine):
+    def broken(event):
+        raise RuntimeError("the event loop is closed")
+
+    requests = [MusicGenRequest(prompt="a", duration=2, seed=1), TRACKS[2]]
+    error, result = engine.generate(requests, progress=[broken, None])
+    assert isinstance(error, LeapRayError) and (error.status_code, error.code) == (500, "internal_error")
+    assert np.array_equal(result.waveform, solo_waveforms(engine, [TRACKS[2]])[0])
+
+
+def test_a_fault_outside_any_request_fails_each_with_its_own_model_error(engine, monkeypatch):
+    def broken():
+        raise RuntimeError("CUDA error: unspecified launch failure")
+
+    monkeypatch.setattr(engine, "spec", broken)
+    first, second = engine.generate(TRACKS[:2])
+    assert isinstance(first, ModelError) and isinstance(second, ModelError) and first is not second
+
+
+def test_progress_is_a_typed_event_per_generated_second(engine):
+    from leap_ray.api.progress import AudioProgress
+
+    events = []
+    engine.generate([MusicGenRequest(prompt="a", duration=2, seed=1)], progress=[events.append])
+    assert events == [AudioProgress(1.0, 2.0), AudioProgress(2.0, 2.0)]

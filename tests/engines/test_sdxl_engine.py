@@ -3,9 +3,10 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, StableDiffusionXLPipeline
 
-from leap_ray.api.sdxl import SDXLRequest
+from leap_ray.api.sdxl import CALLBACK_TENSOR_INPUTS, SDXLRequest
+from leap_ray.engines.contract import Engine
 from leap_ray.engines.sdxl import SCHEDULER_CLASSES, SDXLEngine, SDXLResult
-from leap_ray.errors import InvalidRequest
+from leap_ray.errors import InvalidRequest, LeapRayError, ModelError
 
 TOLERANCE = 1e-3  # on 0-1 pixel values, CPU float32
 SMALL = {"height": 64, "width": 64, "num_inference_steps": 3}
@@ -271,3 +272,209 @@ def test_ddim_scheduler_is_the_stock_one(engine, reference):
         **request.to_pipeline_kwargs(), generator=[torch.Generator().manual_seed(5)], output_type="np"
     )
     assert not differs(np.stack(result.images), expected.images)
+
+
+def test_the_engine_keeps_the_engine_contract(engine):
+    assert isinstance(engine, Engine)
+
+
+# Failure isolation: whatever fails for one request fails that request alone.
+
+
+def scaled(pipeline, step, timestep, tensors):
+    """A well-behaved callback."""
+    return {"latents": tensors["latents"] * 1.01}
+
+
+def misbehaving_from_step_1(misbehave):
+    def callback(pipeline, step, timestep, tensors):
+        return misbehave(tensors) if step >= 1 else scaled(pipeline, step, timestep, tensors)
+
+    return callback
+
+
+def divide_by_zero(tensors):
+    return 1 / 0
+
+
+MISBEHAVIOURS = [
+    ("raises", divide_by_zero),
+    ("returns-a-list", lambda tensors: [tensors["latents"]]),
+    ("returns-a-bare-tensor", lambda tensors: tensors["latents"]),
+    ("wrong-shape", lambda tensors: {"latents": tensors["latents"][:, :2]}),
+    ("wrong-dtype", lambda tensors: {"latents": tensors["latents"].double()}),
+    ("not-a-tensor", lambda tensors: {"latents": 0.5}),
+    ("unlisted-tensor-of-the-wrong-rows", lambda tensors: {"add_time_ids": torch.zeros(1, 6)}),
+]
+
+
+def same_images(first: SDXLResult, second: SDXLResult) -> bool:
+    return np.array_equal(np.stack(first.images), np.stack(second.images))
+
+
+@pytest.mark.parametrize("misbehave", [m[1] for m in MISBEHAVIOURS], ids=[m[0] for m in MISBEHAVIOURS])
+def test_a_failing_callback_fails_its_request_alone(engine, reference, misbehave):
+    innocents = [
+        SDXLRequest(prompt="a red fox", seed=1, **SMALL),
+        SDXLRequest(prompt="the moon", seed=5, num_images_per_prompt=2, **SMALL),
+    ]
+    culprit = SDXLRequest(
+        prompt="a dog", seed=2, callback_on_step_end=misbehaving_from_step_1(misbehave), **SMALL
+    )
+    first, error, second = engine.generate([innocents[0], culprit, innocents[1]])
+    assert isinstance(error, InvalidRequest)
+    assert (error.status_code, error.param, error.code) == (422, "callback_on_step_end", "callback_error")
+    assert first.batch_size == second.batch_size == 4
+    # Its rows were frozen: the same call with a well-behaved request in its place gives the others
+    # the very same images.
+    stand_in = culprit.model_copy(update={"callback_on_step_end": scaled})
+    behaved = engine.generate([innocents[0], stand_in, innocents[1]])
+    assert same_images(first, behaved[0]) and same_images(second, behaved[2])
+    # And, to the rounding of batched arithmetic, what they get without it and from diffusers alone.
+    without = engine.generate(innocents)
+    for request, result, expected in zip(innocents, (first, second), without, strict=True):
+        assert not differs(np.stack(result.images), np.stack(expected.images))
+        assert not differs(np.stack(result.images), solo(reference, request, result.seeds))
+
+
+def test_a_callback_returning_a_tensor_it_did_not_list_acts_alone_as_in_a_batch(engine, reference):
+    def recondition(pipeline, step, timestep, tensors):
+        # It listed only latents, yet diffusers applies any of its callback tensors returned by name.
+        return {"add_time_ids": torch.tensor([[1024.0, 1024.0, 512.0, 256.0, 64.0, 64.0]] * 2)}
+
+    request = SDXLRequest(prompt="a lighthouse", seed=11, callback_on_step_end=recondition, **SMALL)
+    lister = SDXLRequest(
+        prompt="a dog",
+        seed=3,
+        callback_on_step_end=lambda pipeline, step, timestep, tensors: tensors,
+        callback_on_step_end_tensor_inputs=list(CALLBACK_TENSOR_INPUTS),
+        **SMALL,
+    )
+    alone = np.stack(run_one(engine, **request.model_dump(exclude_unset=True)).images)
+    batched = engine.generate([lister, request])[1]
+    expected = reference(
+        **request.to_pipeline_kwargs(),
+        generator=[torch.Generator().manual_seed(11)],
+        output_type="np",
+        callback_on_step_end=recondition,
+        callback_on_step_end_tensor_inputs=["latents"],
+    ).images
+    assert batched.batch_size == 2
+    assert not differs(alone, expected)
+    assert not differs(np.stack(batched.images), expected)
+    assert differs(alone, image(engine, prompt="a lighthouse"))  # the returned tensor did act
+
+
+def test_a_failing_progress_hook_fails_its_request_alone_as_an_internal_error(engine):
+    def broken(event):
+        raise RuntimeError("the event loop is closed")
+
+    requests = [SDXLRequest(prompt="a", seed=1, **SMALL), SDXLRequest(prompt="b", seed=2, **SMALL)]
+    error, result = engine.generate(requests, progress=[broken, None])
+    assert isinstance(error, LeapRayError) and (error.status_code, error.code) == (500, "internal_error")
+    assert isinstance(result, SDXLResult) and result.stopped_at_step is None
+
+
+def test_a_prompt_the_encoder_fails_on_fails_alone_with_a_model_error(engine, monkeypatch):
+    encode = engine._default.encode_prompt
+
+    def faulty(**kwargs):
+        if kwargs["prompt"] == "poison":
+            raise RuntimeError("CUDA error: device-side assert triggered")
+        return encode(**kwargs)
+
+    monkeypatch.setattr(engine._default, "encode_prompt", faulty)
+    innocent = SDXLRequest(prompt="a", seed=1, **SMALL)
+    result, error = engine.generate([innocent, SDXLRequest(prompt="poison", seed=2, **SMALL)])
+    assert isinstance(error, ModelError) and (error.status_code, error.code) == (503, "model_error")
+    assert same_images(result, engine.generate([innocent])[0])
+
+
+def unet_faulting(engine, monkeypatch, fault_when) -> None:
+    """Makes the UNet raise for the inputs `fault_when(sample)` picks."""
+    forward = engine._default.unet.forward
+
+    def faulty(sample, *args, **kwargs):
+        if fault_when(sample):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return forward(sample, *args, **kwargs)
+
+    monkeypatch.setattr(engine._default.unet, "forward", faulty)
+
+
+GROUP = [
+    SDXLRequest(prompt="a red fox", seed=1, **SMALL),
+    SDXLRequest(prompt="the moon", seed=5, num_images_per_prompt=2, **SMALL),
+    SDXLRequest(prompt="the sea", seed=8, guidance_scale=7.0, **SMALL),
+]
+
+
+def test_a_call_too_big_for_the_model_is_rerun_one_request_at_a_time(engine, monkeypatch):
+    alone = [engine.generate([request])[0] for request in GROUP]
+    unet_faulting(engine, monkeypatch, lambda sample: sample.shape[0] > 4)  # rows of one request at most
+    results = engine.generate(GROUP)
+    assert [result.batch_size for result in results] == [1, 2, 1]
+    for result, expected in zip(results, alone, strict=True):
+        assert same_images(result, expected)
+
+
+def test_a_model_fault_on_one_requests_rows_fails_only_that_request(engine, monkeypatch):
+    alone = [engine.generate([request])[0] for request in GROUP]
+    culprit = SDXLRequest(prompt="b", seed=2, latents=torch.full((1, 4, 8, 8), 1e4), **SMALL)
+    unet_faulting(engine, monkeypatch, lambda sample: sample.abs().max() > 1e3)
+    first, second, error, third = engine.generate([*GROUP[:2], culprit, GROUP[2]])
+    assert isinstance(error, ModelError) and (error.status_code, error.code) == (503, "model_error")
+    for result, expected in zip((first, second, third), alone, strict=True):
+        assert same_images(result, expected)
+
+
+def test_a_fault_while_decoding_in_float16_leaves_the_vae_usable(tiny_models, monkeypatch):
+    # diffusers upcasts a float16 VAE to decode and casts it back only when decoding succeeds.
+    half = SDXLEngine(str(tiny_models["sdxl"]), dtype="float16")
+    decode = half._default.vae.decode
+
+    def faulty(latents, *args, **kwargs):
+        if latents.shape[0] > 1:
+            raise RuntimeError("CUDA out of memory")
+        return decode(latents, *args, **kwargs)
+
+    monkeypatch.setattr(half._default.vae, "decode", faulty)
+    results = half.generate(GROUP[::2])
+    assert all(isinstance(result, SDXLResult) for result in results)
+    assert half._default.vae.dtype == torch.float16
+
+
+def test_a_fault_outside_any_request_fails_each_with_its_own_model_error(engine, monkeypatch):
+    def broken():
+        raise RuntimeError("CUDA error: unspecified launch failure")
+
+    monkeypatch.setattr(engine, "spec", broken)
+    first, second = engine.generate(GROUP[:2])
+    assert isinstance(first, ModelError) and isinstance(second, ModelError) and first is not second
+    assert first.code == second.code == "model_error"
+
+
+def test_progress_is_a_typed_event_per_step_with_a_preview_every_n(engine):
+    from leap_ray.api.progress import StepProgress
+
+    events = []
+    request = SDXLRequest(prompt="a", seed=1, preview_every=2, **{**SMALL, "num_inference_steps": 4})
+    engine.generate([request], progress=[events.append])
+    assert all(isinstance(event, StepProgress) for event in events)
+    assert [(event.step, event.total) for event in events] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert [event.preview is not None for event in events] == [False, True, False, True]
+
+
+def test_split_parts_of_a_request_make_its_images(engine):
+    whole = SDXLRequest(prompt=["a", "b"], num_images_per_prompt=3, seed=2**53 - 3, **SMALL)
+    parts = whole.split(max_images=2)
+    assert [part.image_count for part in parts] == [2, 1, 2, 1]
+    images = engine.generate([whole])[0]
+    joined = engine.generate(parts)
+    assert (
+        [seed for part in joined for seed in part.seeds]
+        == images.seeds
+        == [2**53 - 3, 2**53 - 2, 2**53 - 1, 0, 1, 2]
+    )
+    for expected, got in zip(images.images, [image for part in joined for image in part.images], strict=True):
+        assert np.abs(expected - got).max() < 1e-3
