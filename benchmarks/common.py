@@ -37,10 +37,10 @@ def arguments(description: str) -> argparse.Namespace:
 def models(args: argparse.Namespace) -> dict[str, str]:
     """Model folders: the tiny ones, or architecture-true random-weight ones with --full-size."""
     if args.full_size:
-        from leap_ray.testing.full_size import write_full_size_models
+        from leap_ray.tiny.full_size import write_full_size_models
 
         return {k: str(v) for k, v in write_full_size_models(Path(args.models or "models/full-size")).items()}
-    from leap_ray.testing import tiny_model
+    from leap_ray.model_sources import tiny_model
 
     return {name: str(tiny_model(name)) for name in ("sdxl", "musicgen-melody")}
 
@@ -87,7 +87,7 @@ def application(
     **sdxl_options: Any,
 ) -> dict:
     """The local config's application under another name, batch size and batch wait."""
-    from leap_ray.serve.runner import local_config_path
+    from leap_ray.serve.launch import local_config_path
 
     (template,) = yaml.safe_load(local_config_path().read_text())["applications"]
     app = copy.deepcopy(template)
@@ -118,7 +118,7 @@ def graph(*applications: dict) -> Iterator[str]:
     from ray import serve
     from ray.serve.schema import ServeDeploySchema
 
-    from leap_ray.serve.runner import deploy, start_local_ray, wait_until_running
+    from leap_ray.serve.launch import deploy, start_local_ray, wait_until_running
 
     port = _free_port()
     config = ServeDeploySchema.model_validate(

@@ -14,7 +14,7 @@ EXAMPLE_BODY = (
 
 
 def _tiny_models(args: argparse.Namespace) -> None:
-    from leap_ray.testing import write_tiny_models
+    from leap_ray.tiny import write_tiny_models
 
     for name, folder in write_tiny_models(Path(args.directory)).items():
         print(f"{name}: {folder}")
@@ -22,10 +22,7 @@ def _tiny_models(args: argparse.Namespace) -> None:
 
 def _serve(args: argparse.Namespace) -> None:
     """Runs the graph in the foreground until Ctrl-C or SIGTERM, then stops Serve and Ray."""
-    import ray
-    from ray import serve
-
-    from leap_ray.serve.runner import deploy, load_config, start_local_ray, wait_until_running
+    from leap_ray.serve.launch import deploy, load_config, start_local_ray, stop_local_ray, wait_until_running
 
     config = load_config(args.config, host=args.host, port=args.port)
     stop = threading.Event()
@@ -47,8 +44,7 @@ def _serve(args: argparse.Namespace) -> None:
         )
         stop.wait()
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        stop_local_ray()
 
 
 class ProgressBar:

@@ -14,11 +14,10 @@ from typing import Any
 import httpx
 
 from leap_ray.api.common import EVENT_STREAM
-from leap_ray.api.jobs import JobView
+from leap_ray.api.jobs import FINISHED, JobView
 from leap_ray.api.musicgen import MusicGenResponse
 from leap_ray.api.sdxl import SDXLResponse
 from leap_ray.errors import LeapRayError
-from leap_ray.jobs.store import FINISHED
 
 Progress = Callable[[dict[str, Any]], None]
 

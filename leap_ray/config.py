@@ -34,12 +34,24 @@ class MusicGenLimits(BaseModel):
     max_prompt_chars: int = Field(2000, description="Longest prompt, in characters.")
     max_melody_bytes: int = Field(16 * 1024 * 1024, description="Largest encoded melody, in bytes.")
     max_melody_s: float = Field(60.0, description="Longest melody, in seconds.")
+    min_melody_sample_rate: int = Field(8_000, description="Lowest melody sample rate, in Hz.")
+    max_melody_sample_rate: int = Field(
+        192_000,
+        description="Highest melody sample rate, in Hz; the model replica resamples the melody, and its "
+        "cost grows with the rate (2^31-1 Hz would not fit in memory).",
+    )
+    max_melody_channels: int = Field(8, description="Most channels in a melody (they are mixed to mono).")
 
 
 class Limits(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEAP_RAY_", env_nested_delimiter="__", extra="ignore")
 
     max_body_bytes: int = Field(32 * 1024 * 1024, description="Largest request body; larger ones get 413.")
+    max_json_items: int = Field(
+        100_000,
+        description="Most JSON keys and array items (counted from the body's ':' and ',') in one body; "
+        "more get 413 before parsing. A valid request needs a few hundred.",
+    )
 
     sdxl: SDXLLimits = SDXLLimits()
     musicgen: MusicGenLimits = MusicGenLimits()
@@ -109,6 +121,15 @@ class JobsSettings(BaseModel):
     )
     webhook_attempts: int = Field(5, ge=1, le=20, description="Deliveries tried before giving up.")
     webhook_backoff_s: float = Field(1.0, ge=0, description="Wait before the 2nd attempt, doubling after.")
+    store_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="Longest wait for the job store (a lock, a slow Redis); past it the call fails and "
+        "the client gets 503 with Retry-After.",
+    )
+    max_queued_jobs: int = Field(
+        256, ge=1, description="Jobs waiting to run, over all ingress replicas; more get 503 + Retry-After."
+    )
 
     def webhook_secret(self) -> bytes:
         return Path(self.webhook_secret_file).read_bytes().strip() if self.webhook_secret_file else b""
@@ -128,6 +149,18 @@ class IngressSettings(BaseModel):
     jobs: JobsSettings = JobsSettings()
     replica_failure_retries: int = Field(
         1, ge=0, le=3, description="Retries of a request whose model replica died (safe: seeds are fixed)."
+    )
+    body_idle_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="A request body that stops arriving for this long gets 408; so does one arriving "
+        "slower than body_min_rate_bytes_s after the first body_idle_timeout_s.",
+    )
+    body_min_rate_bytes_s: int = Field(
+        1024,
+        gt=0,
+        description="Slowest accepted upload rate: a body's deadline is body_idle_timeout_s plus one second "
+        "per this many bytes received (slow-loris clients cannot hold ingress slots).",
     )
 
     def load_api_keys(self) -> list[str]:

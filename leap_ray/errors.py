@@ -62,6 +62,28 @@ class ModelUnavailable(LeapRayError):
     error_type = "model_unavailable_error"
 
 
+class StoreUnavailable(LeapRayError):
+    """The job store (SQLite or Redis) failed or did not answer in time."""
+
+    status_code = 503
+    error_type = "unavailable_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="job_store_unavailable")
+
+
+class RequestTimeout(LeapRayError):
+    """The client sent its body too slowly."""
+
+    status_code = 408
+    error_type = "invalid_request_error"
+
+
+class MethodNotAllowed(LeapRayError):
+    status_code = 405
+    error_type = "invalid_request_error"
+
+
 class ModelError(LeapRayError):
     """The model failed on this request (e.g. out of memory) though the request was valid. Its
     batch-mates are not affected; a retry may succeed, so it is a 503, not a 500."""

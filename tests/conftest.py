@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 import redis
 
-from leap_ray.testing import write_tiny_models
+from leap_ray.tiny import write_tiny_models
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on a real local Ray (every test that uses the `local_ray` fixture, directly or through
+    `graph`) are the integration tier: `pytest -m "not integration"` runs the in-process tier."""
+    for item in items:
+        if "local_ray" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")

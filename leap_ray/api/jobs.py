@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from leap_ray.api.common import ErrorDetail
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+FINISHED: tuple[JobStatus, ...] = ("succeeded", "failed", "cancelled")
 
 
 class JobSubmission(BaseModel):

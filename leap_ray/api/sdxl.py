@@ -349,6 +349,39 @@ class SDXLRequest(BaseModel):
     def guidance_is_on(self) -> bool:
         return self.guidance_scale > 1.0
 
+    def split(self, max_images: int) -> list["SDXLRequest"]:
+        """This request as requests of at most `max_images` images each, in image order, that make
+        the same images: each takes one prompt's rows (text, embeddings, latents) and image j's seed."""
+        if self.image_count <= max_images:
+            return [self]
+        per_prompt, seed = self.num_images_per_prompt, self.seed
+        return [
+            self._part(prompt, first, min(max_images, per_prompt - first), seed)
+            for prompt in range(self.prompt_count)
+            for first in range(0, per_prompt, max_images)
+        ]
+
+    def _part(self, prompt: int, first: int, images: int, seed: int | None) -> "SDXLRequest":
+        image = prompt * self.num_images_per_prompt + first
+        update: dict[str, Any] = {
+            "num_images_per_prompt": images,
+            "seed": None if seed is None else offset_seed(seed, image),
+        }
+        for name in ("prompt", "prompt_2", "negative_prompt", "negative_prompt_2"):
+            if isinstance(value := getattr(self, name), list):
+                update[name] = [value[prompt]]
+        for name in (
+            "prompt_embeds",
+            "negative_prompt_embeds",
+            "pooled_prompt_embeds",
+            "negative_pooled_prompt_embeds",
+        ):
+            if (tensor := getattr(self, name)) is not None:
+                update[name] = tensor[prompt : prompt + 1]
+        if self.latents is not None:
+            update["latents"] = self.latents[image : image + images]
+        return self.model_copy(update=update)
+
 
 def seeds_for(request: SDXLRequest, seed: int) -> list[int]:
     """The seed of each image of a request: image j gets seed + j (wrapping past MAX_SEED to 0)."""
@@ -364,6 +397,17 @@ class SDXLOutput:
     seeds: list[int]
     timings: dict[str, float]
     batch_size: int
+
+    @classmethod
+    def join(cls, parts: list["SDXLOutput"]) -> "SDXLOutput":
+        """The output of a request run as parts (`SDXLRequest.split`), in order."""
+        return cls(
+            images=[image for part in parts for image in part.images],
+            format=parts[0].format,
+            seeds=[seed for part in parts for seed in part.seeds],
+            timings={name: max(part.timings.get(name, 0.0) for part in parts) for name in parts[0].timings},
+            batch_size=max(part.batch_size for part in parts),
+        )
 
 
 class SDXLImage(BaseModel):

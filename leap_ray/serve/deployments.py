@@ -1,13 +1,16 @@
 """The model deployments: thin shims over the engines. Each owns one engine (class injectable by
 config, as in Ray Serve LLM), batches concurrent requests with `@serve.batch`, and encodes results off
 the event loop. Replicas, autoscaling, GPUs, queue limits and batching (`user_config`) come from the
-Serve config."""
+Serve config alone (serve_config.yaml, leap_ray/configs/local.yaml), not from these decorators.
+
+A request bigger than a batch (an SDXL request for more images than max_batch_size) is split into
+parts that each fit, run as separate batch items, and put back together in order."""
 
 import asyncio
 import importlib
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -16,8 +19,10 @@ from ray import serve
 from leap_ray.api.audio import encode_audio
 from leap_ray.api.images import encode_image
 from leap_ray.api.musicgen import MusicGenModelSpec, MusicGenOutput, MusicGenRequest
+from leap_ray.api.progress import Progress, StepProgress
 from leap_ray.api.sdxl import SDXLModelSpec, SDXLOutput, SDXLRequest
 from leap_ray.config import BatchingConfig, ModelSettings
+from leap_ray.model_sources import resolve_model
 
 
 def _import(path: str) -> type:
@@ -31,7 +36,7 @@ class _Pending:
 
     request: Any
     cancelled: threading.Event = field(default_factory=threading.Event)
-    progress: Callable[[dict], None] | None = None  # called from the engine's thread
+    progress: Callable[[Progress], None] | None = None  # called from the engine's thread
 
 
 def batch_cost(pending: Sequence[_Pending]) -> int:
@@ -43,8 +48,6 @@ class _ModelDeployment:
     default_engine: str
 
     def __init__(self, settings: ModelSettings) -> None:
-        from leap_ray.testing import resolve_model  # imports diffusers: only model replicas need it
-
         engine_class = _import(settings.engine or self.default_engine)
         self.engine = engine_class(resolve_model(settings.model), **settings.engine_kwargs)
         self.model_spec = self.engine.spec()
@@ -52,13 +55,13 @@ class _ModelDeployment:
         self.batches_served = 0
         self.requests_cancelled = 0
         self.requests_ongoing = 0
-        self.batch_wait_s = BatchingConfig().batch_wait_timeout_s
+        self.batching = BatchingConfig()
         self.last_batch_requests = 0
+        self.reconfigure({})
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        batching = BatchingConfig.model_validate(user_config or {})
-        self._generate_batch.set_max_batch_size(batching.max_batch_size)
-        self.batch_wait_s = batching.batch_wait_timeout_s
+        self.batching = BatchingConfig.model_validate(user_config or {})
+        self._generate_batch.set_max_batch_size(self.batching.max_batch_size)
 
     def spec(self) -> SDXLModelSpec | MusicGenModelSpec:
         return self.model_spec
@@ -74,29 +77,49 @@ class _ModelDeployment:
         }
 
     async def generate(self, request: Any) -> Any:
-        return await self._generate_pending(_Pending(request))
+        return await self._generate_whole(request, progress=None)
 
-    async def generate_stream(self, request: Any) -> AsyncIterator[dict[str, Any]]:
-        """Progress events ({"event": "progress", ...}) while the request runs, then
-        {"event": "result", "output": ...}. Closing the stream cancels the request."""
+    async def generate_stream(self, request: Any) -> AsyncIterator[Any]:
+        """Progress events (StepProgress or AudioProgress) while the request runs, then its output.
+        Closing the stream cancels the request."""
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[dict] = asyncio.Queue()
-        pending = _Pending(
-            request, progress=lambda event: loop.call_soon_threadsafe(events.put_nowait, event)
-        )
-        task = loop.create_task(self._generate_pending(pending))
+        events: asyncio.Queue[Progress] = asyncio.Queue()
+        progress = lambda event: loop.call_soon_threadsafe(events.put_nowait, event)  # noqa: E731
+        task = loop.create_task(self._generate_whole(request, progress))
         try:
             while not task.done() or not events.empty():
                 next_event = loop.create_task(events.get())
                 await asyncio.wait({next_event, task}, return_when=asyncio.FIRST_COMPLETED)
                 if next_event.done():
-                    yield {"event": "progress", **next_event.result()}
+                    yield next_event.result()
                 else:
                     next_event.cancel()
-            yield {"event": "result", "output": task.result()}
+            yield task.result()
         finally:
             if not task.done():
                 task.cancel()
+
+    async def _generate_whole(self, request: Any, progress: Callable[[Progress], None] | None) -> Any:
+        """Runs the request as one batch item, or, when it is bigger than a batch, as parts that each
+        fit (run concurrently, joined in order)."""
+        parts = self.split(request)
+        if len(parts) == 1:
+            return await self._generate_pending(_Pending(request, progress=progress))
+        report = _PartsProgress(len(parts), progress) if progress else None
+        outputs = await asyncio.gather(
+            *(
+                self._generate_pending(_Pending(part, progress=report.part(i) if report else None))
+                for i, part in enumerate(parts)
+            )
+        )
+        return self.join(outputs)
+
+    def split(self, request: Any) -> list[Any]:
+        """The request as parts that each fit in a batch (most requests are one part)."""
+        return [request]
+
+    def join(self, outputs: list[Any]) -> Any:
+        raise NotImplementedError
 
     async def _generate_pending(self, pending: _Pending) -> Any:
         self.requests_ongoing += 1
@@ -104,7 +127,7 @@ class _ModelDeployment:
         # last batch had company; a lone request on an idle replica goes at once. (Serve reads the
         # wait when a batch's first request arrives, which is just below.)
         alone = self.requests_ongoing == 1 and self.last_batch_requests <= 1
-        self._generate_batch.set_batch_wait_timeout_s(0.0 if alone else self.batch_wait_s)
+        self._generate_batch.set_batch_wait_timeout_s(0.0 if alone else self.batching.batch_wait_timeout_s)
         try:
             output = await self._generate_batch(pending)
         except asyncio.CancelledError:
@@ -144,14 +167,34 @@ class _ModelDeployment:
         raise NotImplementedError
 
 
-@serve.deployment(
-    name="SDXL",
-    max_ongoing_requests=16,
-    user_config=BatchingConfig().model_dump(),
-    ray_actor_options={"num_cpus": 1},
-)
+class _PartsProgress:
+    """One progress stream for a request run as parts: the parts' mean step, reported as it grows."""
+
+    def __init__(self, parts: int, progress: Callable[[StepProgress], None]) -> None:
+        self.steps = [0] * parts
+        self.progress = progress
+        self.reported = 0
+
+    def part(self, index: int) -> Callable[[StepProgress], None]:
+        def report(event: StepProgress) -> None:
+            self.steps[index] = event.step
+            step = sum(self.steps) // len(self.steps)
+            if step > self.reported or (index == 0 and event.preview):
+                self.reported = step
+                self.progress(replace(event, step=step, preview=event.preview if index == 0 else None))
+
+        return report
+
+
+@serve.deployment(name="SDXL")
 class SDXLDeployment(_ModelDeployment):
     default_engine = "leap_ray.engines.sdxl:SDXLEngine"
+
+    def split(self, request: SDXLRequest) -> list[SDXLRequest]:
+        return request.split(self.batching.max_batch_size)
+
+    def join(self, outputs: list[SDXLOutput]) -> SDXLOutput:
+        return SDXLOutput.join(outputs)
 
     def encode(self, request: SDXLRequest, result: Any) -> SDXLOutput:
         return SDXLOutput(
@@ -163,12 +206,7 @@ class SDXLDeployment(_ModelDeployment):
         )
 
 
-@serve.deployment(
-    name="MusicGen",
-    max_ongoing_requests=16,
-    user_config=BatchingConfig().model_dump(),
-    ray_actor_options={"num_cpus": 1},
-)
+@serve.deployment(name="MusicGen")
 class MusicGenDeployment(_ModelDeployment):
     default_engine = "leap_ray.engines.musicgen:MusicGenEngine"
 

@@ -8,8 +8,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from starlette.exceptions import HTTPException
 
-from leap_ray.errors import LeapRayError, ModelUnavailable, Overloaded, invalid_request_from
+from leap_ray.errors import (
+    LeapRayError,
+    MalformedRequest,
+    MethodNotAllowed,
+    ModelUnavailable,
+    NotFound,
+    Overloaded,
+    invalid_request_from,
+)
 
 logger = logging.getLogger("ray.serve")
 RETRY_AFTER_S = 1
@@ -23,6 +32,8 @@ def as_leap_error(error: BaseException) -> LeapRayError:
         error = error.cause
     if isinstance(error, LeapRayError):
         return error
+    if isinstance(error, HTTPException) and 400 <= error.status_code < 500:
+        return HTTP_ERRORS.get(error.status_code, MalformedRequest)(str(error.detail))
     if isinstance(error, TimeoutError):
         return ModelUnavailable("the model deployment did not come up in time", code="model_timeout")
     if isinstance(error, BackPressureError):
@@ -33,6 +44,10 @@ def as_leap_error(error: BaseException) -> LeapRayError:
         return ModelUnavailable("the model replica serving this request failed", code="replica_failed")
     logger.exception("unexpected error", exc_info=error)
     return LeapRayError("internal error")
+
+
+# Starlette's own errors (no route, wrong method, other 4xx) in our shape.
+HTTP_ERRORS: dict[int, type[LeapRayError]] = {404: NotFound, 405: MethodNotAllowed}
 
 
 def error_response(error: LeapRayError) -> JSONResponse:
@@ -52,4 +67,5 @@ def install_error_handlers(app: FastAPI) -> None:
     # Our typed errors by class: Starlette answers them and stops. The catch-all answers anything
     # else as a 500 in the same shape, and Starlette then re-raises it so that Serve logs it.
     app.add_exception_handler(LeapRayError, failed)
+    app.add_exception_handler(HTTPException, failed)
     app.add_exception_handler(Exception, failed)

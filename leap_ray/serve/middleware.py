@@ -1,12 +1,15 @@
 """Two small ASGI middlewares in front of the ingress app: API-key authentication, and a guard that
-refuses request bodies that are too large (before reading past the limit) or not JSON."""
+reads every POST body itself: JSON only (UTF-8), at most `max_body_bytes` (refused before reading past
+the limit), and arriving at a sane pace (slow-loris clients get 408 instead of holding a slot)."""
 
+import asyncio
 import hmac
 import json
+import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from leap_ray.errors import LeapRayError, PayloadTooLarge, Unauthorized, UnsupportedMediaType
+from leap_ray.errors import LeapRayError, PayloadTooLarge, RequestTimeout, Unauthorized, UnsupportedMediaType
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -14,7 +17,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# Health checks and the API docs stay open with keys on: probes and people reading the docs have none.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
 def _path(scope: Scope) -> str:
@@ -36,7 +40,7 @@ async def send_error(send: Send, error: LeapRayError, headers: Iterable[tuple[by
 
 
 class ApiKeyAuth:
-    """`Authorization: Bearer <key>` on every path but the health checks; keys compared in constant time."""
+    """`Authorization: Bearer <key>` on every path but the open ones; keys compared in constant time."""
 
     def __init__(self, app: ASGIApp, keys: Iterable[str]) -> None:
         self.app = app
@@ -59,36 +63,46 @@ class ApiKeyAuth:
         return await self.app(scope, receive, send)
 
 
-class RequestGuard:
-    """POST bodies must be JSON and at most `max_body_bytes`. The body is read here, so a large one
-    (declared or chunked) is refused as soon as it passes the limit; the app then reads it from memory
-    and later receive() calls still reach the client, so disconnects are still seen."""
+def _media_type_error(content_type: str) -> LeapRayError | None:
+    """Why a Content-Type is refused: not JSON, or JSON in a charset other than UTF-8 (RFC 8259)."""
+    media_type, _, parameters = content_type.partition(";")
+    media_type = media_type.strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        return UnsupportedMediaType("send the request as Content-Type: application/json")
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            return UnsupportedMediaType("JSON bodies must be UTF-8", param="charset", code="charset")
+    return None
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+
+class RequestGuard:
+    """Reads each POST body here, refusing what is not JSON, larger than `max_body_bytes` (declared
+    or chunked, as soon as it passes the limit), or too slow: a gap of `idle_timeout_s` between
+    chunks, or a body still arriving after idle_timeout_s + received / `min_rate` seconds (mod_reqtimeout's
+    rule: a byte every few seconds cannot hold a slot for long). The app then reads the body from
+    memory; later receive() calls still reach the client, so disconnects are still seen."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, idle_timeout_s: float, min_rate: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.idle_timeout_s = idle_timeout_s
+        self.min_rate = min_rate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
-        media_type = _header(scope, b"content-type").split(";")[0].strip().lower()
-        if media_type != "application/json" and not media_type.endswith("+json"):
-            wrong_type = UnsupportedMediaType("send the request as Content-Type: application/json")
+        if (wrong_type := _media_type_error(_header(scope, b"content-type"))) is not None:
             return await send_error(send, wrong_type)
-        too_large = PayloadTooLarge(f"the request body is larger than {self.max_body_bytes} bytes")
         declared = _header(scope, b"content-length")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
-            return await send_error(send, too_large)
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            body += message.get("body", b"")
-            if len(body) > self.max_body_bytes:
-                return await send_error(send, too_large)
-            if not message.get("more_body", False):
-                break
+            return await send_error(send, self._too_large())
+        try:
+            body = await self._read_body(receive)
+        except LeapRayError as error:
+            return await send_error(send, error)
+        if body is None:  # the client went away
+            return None
         replayed = False
 
         async def replay() -> Message:
@@ -99,3 +113,23 @@ class RequestGuard:
             return {"type": "http.request", "body": bytes(body), "more_body": False}
 
         return await self.app(scope, replay, send)
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"the request body is larger than {self.max_body_bytes} bytes")
+
+    async def _read_body(self, receive: Receive) -> bytearray | None:
+        body = bytearray()
+        started = time.monotonic()
+        while True:
+            allowed = started + self.idle_timeout_s + len(body) / self.min_rate - time.monotonic()
+            try:
+                message = await asyncio.wait_for(receive(), min(self.idle_timeout_s, max(allowed, 0.0)))
+            except TimeoutError:
+                raise RequestTimeout("the request body arrived too slowly", code="body_timeout") from None
+            if message["type"] == "http.disconnect":
+                return None
+            body += message.get("body", b"")
+            if len(body) > self.max_body_bytes:
+                raise self._too_large()
+            if not message.get("more_body", False):
+                return body

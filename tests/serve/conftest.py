@@ -13,7 +13,7 @@ import yaml
 from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
-from leap_ray.serve.runner import deploy, local_config_path, start_local_ray, wait_until_running
+from leap_ray.serve.launch import deploy, local_config_path, start_local_ray, wait_until_running
 
 APP = "leap_ray"
 

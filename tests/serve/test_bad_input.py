@@ -4,14 +4,19 @@ reaches a model replica."""
 import base64
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import soundfile
+import torch
+from ray import serve
 
 from leap_ray.config import LIMITS
+from leap_ray.errors import InvalidRequest
+from tests.helpers import flac_silence, wav_bytes, with_total_samples
 
-from .conftest import stats
+from .conftest import APP, stats
 
 SMALL = {"height": 64, "width": 64, "num_inference_steps": 2}
 
@@ -30,7 +35,7 @@ def tensor(shape: list[int], dtype: str = "float32", data: str | None = None) ->
     }
 
 
-def wav(seconds: float, rate: int = 2000) -> str:
+def wav(seconds: float, rate: int = 8000) -> str:
     buffer = io.BytesIO()
     soundfile.write(buffer, np.zeros(int(seconds * rate), dtype=np.float32), rate, format="WAV")
     return b64(buffer.getvalue())
@@ -196,6 +201,44 @@ CASES: list[tuple[str, str, object, int, str | None]] = [
         422,
         "melody",
     ),
+    # Round 2: hostile melodies, refused from their headers at the ingress (they used to reach, and
+    # fail, a whole batch), and bodies that used to get a 500 or stall the ingress.
+    *[
+        (f"melody-{name}", "/v1/musicgen", {"prompt": "a", "melody": b64(raw)}, 422, "melody")
+        for name, raw in [
+            ("wav-claiming-2^31-1-hz", wav_bytes(2**31 - 1)),
+            ("wav-claiming-1000003-hz", wav_bytes(1_000_003)),
+            ("flac-of-one-hour", flac_silence(3600)),
+            ("flac-claiming-2^36-frames", with_total_samples(flac_silence(1), 2**36 - 1)),
+        ]
+    ],
+    ("nested-100k-deep", "/v1/sdxl", "[" * 100_000 + "]" * 100_000, 400, None),
+    ("integer-of-5000-digits", "/v1/sdxl", '{"prompt": "a", "seed": ' + "9" * 5000 + "}", 400, None),
+    ("seed-past-2^53", "/v1/sdxl", {"prompt": "a", "seed": 2**53}, 422, "seed"),
+    *[
+        (
+            f"webhook-url-{name}",
+            "/v1/jobs",
+            {"service": "sdxl", "input": {"prompt": "a"}, "webhook_url": url},
+            422,
+            "webhook_url",
+        )
+        for name, url in [
+            ("unclosed-ipv6", "http://[::1"),
+            ("port-99999", "http://example.com:99999/"),
+            ("port-minus-1", "http://example.com:-1/"),
+            ("ipv4-compatible-loopback", "http://[::127.0.0.1]/"),
+            ("nat64-loopback", "http://[64:ff9b::7f00:1]/"),
+            ("6to4-loopback", "http://[2002:7f00:1::]/"),
+        ]
+    ],
+    (
+        "job-input-invalid",
+        "/v1/jobs",
+        {"service": "sdxl", "input": {"prompt": "a", "width": 100}},
+        422,
+        "input.width",
+    ),
 ]
 
 
@@ -216,6 +259,22 @@ def test_bad_input(client, counts_before, path, body, status, param):
     assert error["message"] and error["type"] == "invalid_request_error"
 
 
+def test_invalid_utf8_and_other_charsets_are_refused_in_the_error_shape(client, counts_before):
+    response = client.post(
+        "/v1/sdxl", content=b'{"prompt": "\xff"}', headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_utf8"
+    latin = {"Content-Type": "application/json; charset=latin-1"}
+    response = client.post("/v1/sdxl", content=b'{"prompt": "a"}', headers=latin)
+    assert response.status_code == 415 and response.json()["error"]["param"] == "charset"
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [("GET", "/nowhere", 404), ("PUT", "/v1/sdxl", 405)])
+def test_routing_errors_have_the_error_shape(client, method, path, status):
+    response = client.request(method, path)
+    assert response.status_code == status and response.json()["error"]["message"]
+
+
 def test_wrong_content_type_is_415(client, counts_before):
     response = client.post(
         "/v1/sdxl", content="prompt=a", headers={"Content-Type": "application/x-www-form-urlencoded"}
@@ -229,3 +288,44 @@ def test_after_the_whole_table_no_replica_saw_a_request_and_a_valid_one_succeeds
     assert client.post("/v1/sdxl", json={"prompt": "fine", **SMALL}).status_code == 200
     assert client.post("/v1/musicgen", json={"prompt": "fine", "duration": 0.5}).status_code == 200
     assert stats("SDXL")["requests"] == counts_before["SDXL"] + 1
+
+
+def test_the_catalogue_sent_alongside_valid_requests_leaves_them_unchanged(client, graph):
+    """One request can never change another's result: valid requests sent in the middle of the whole
+    catalogue, of a request for more images than a batch holds, and of handle requests whose callbacks
+    raise or return the wrong shape, get exactly what they get alone."""
+    valid = [{"prompt": f"valid {i}", "seed": 100 + i, **SMALL} for i in range(4)]
+    music = {"prompt": "valid", "duration": 0.5, "seed": 7}
+    alone = [client.post("/v1/sdxl", json=body).json()["images"][0]["data"] for body in valid]
+    music_alone = client.post("/v1/musicgen", json=music).json()["audio"]
+    handle = serve.get_app_handle(APP)
+
+    def raising(pipeline, step, timestep, tensors):
+        raise RuntimeError("a user's callback fails")
+
+    def wrong_shape(pipeline, step, timestep, tensors):
+        return {"latents": torch.zeros(3, 3)}
+
+    def send(case: tuple) -> int:
+        _, path, body, _, _ = case
+        content = body if isinstance(body, str) else json.dumps(body)
+        return client.post(path, content=content, headers={"Content-Type": "application/json"}).status_code
+
+    big = {"prompt": ["x", "y", "z"], "num_images_per_prompt": 3, "seed": 1, **SMALL}  # 9 images, batch 8
+    with ThreadPoolExecutor(16) as pool:
+        bad = [pool.submit(send, case) for case in CASES]
+        callbacks = [
+            handle.sdxl.remote({"prompt": "cb", "seed": 5, "callback_on_step_end": callback, **SMALL})
+            for callback in (raising, wrong_shape)
+        ]
+        oversized = pool.submit(client.post, "/v1/sdxl", json=big)
+        sdxl = [pool.submit(client.post, "/v1/sdxl", json=body) for body in valid]
+        track = pool.submit(client.post, "/v1/musicgen", json=music)
+        assert [future.result() for future in bad] == [case[3] for case in CASES]
+        for response in callbacks:
+            with pytest.raises(InvalidRequest) as caught:
+                response.result()
+            assert caught.value.param == "callback_on_step_end"
+        assert [response.result().json()["images"][0]["data"] for response in sdxl] == alone
+        assert track.result().json()["audio"] == music_alone
+        assert [image["seed"] for image in oversized.result().json()["images"]] == list(range(1, 10))

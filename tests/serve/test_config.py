@@ -10,7 +10,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from leap_ray.config import AppConfig, BatchingConfig
 from leap_ray.serve.app import build_app
-from leap_ray.serve.runner import load_config, local_config_path
+from leap_ray.serve.launch import load_config, local_config_path
 
 from .conftest import APP
 
@@ -33,6 +33,19 @@ def test_config_is_well_formed_for_serve(path):
         if deployment.name != "Ingress":
             BatchingConfig.model_validate(deployment.user_config)
             assert deployment.max_ongoing_requests >= deployment.user_config["max_batch_size"]
+
+
+@pytest.mark.parametrize("path", CONFIGS.values(), ids=CONFIGS.keys())
+def test_every_serve_option_comes_from_the_config_not_the_code(path):
+    from leap_ray.serve.deployments import MusicGenDeployment, SDXLDeployment
+    from leap_ray.serve.ingress import Ingress
+
+    for deployment in (Ingress, SDXLDeployment, MusicGenDeployment):  # the decorators set names only
+        assert deployment._deployment_config.user_config is None
+        assert deployment.ray_actor_options in (None, {})
+    (application,) = load_config(path).applications
+    for deployment in application.deployments:
+        assert deployment.max_ongoing_requests is not None and deployment.ray_actor_options is not None
 
 
 def test_production_puts_each_model_on_its_own_gpus_and_real_weights():

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from leap_ray.errors import InvalidRequest
-from leap_ray.serve.webhooks import check_webhook_url, signature
+from leap_ray.serve.jobs.webhooks import check_webhook_url, signature
 
 SECRET = b"webhook-secret-for-tests"
 

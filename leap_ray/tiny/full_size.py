@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from leap_ray.testing.tiny_musicgen import MELODY, write_musicgen
-from leap_ray.testing.tiny_sdxl import BASE_1_0, build_sdxl
+from leap_ray.tiny.musicgen import MELODY, write_musicgen
+from leap_ray.tiny.sdxl import BASE_1_0, build_sdxl
 
 
 def write_full_size_models(directory: Path) -> dict[str, Path]:

@@ -9,12 +9,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import psutil
 import ray
 import yaml
 from ray import serve
 from ray.serve._private import api as serve_api
 from ray.serve.config import gRPCOptions
 from ray.serve.schema import ServeDeploySchema
+
+from leap_ray.serve import proxy
 
 LOCAL_CONFIG = "local.yaml"
 
@@ -33,14 +36,38 @@ def load_config(path: str | Path | None = None, **http_options: Any) -> ServeDep
 
 def start_local_ray(num_cpus: int | None = None) -> None:
     """A Ray on this machine for the service (no-op when already connected). Local-only settings:
-    no dashboard, a small object store, and no cluster auth (it listens on this machine only)."""
+    no dashboard, a small object store, and no cluster auth (it listens on this machine only). On a
+    cluster started with `ray start`, set RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH on every node
+    (see leap_ray.serve.proxy)."""
     if ray.is_initialized():
         return
+    # Ray's processes, the HTTP proxies among them, inherit this: our error shape at the proxy.
+    os.environ.setdefault(proxy.CALLBACK_ENV, proxy.CALLBACK)
     if "RAY_ADDRESS" in os.environ:
         ray.init()
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=256 * 1024 * 1024)
+
+
+def stop_local_ray(grace_s: float = 5.0) -> None:
+    """Stops Serve and Ray, then every process Ray left behind: after `ray.shutdown()` its dashboard
+    and runtime-env agents stay alive as orphans, and ignore SIGTERM (so they get SIGKILL after
+    `grace_s`). Only this process's own descendants are touched."""
+    descendants = psutil.Process().children(recursive=True)
+    serve.shutdown()
+    ray.shutdown()
+    for process in descendants:
+        try:
+            process.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(descendants, timeout=grace_s)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def deploy(config: ServeDeploySchema) -> None:

@@ -3,7 +3,13 @@ server, shared by every ingress replica on the machine (its locking makes claims
 
 A job is claimed by one runner at a time; the runner beats a heartbeat while it works, so a job whose
 runner died (its ingress replica was killed) is claimed again by another once the heartbeat is stale.
-Cancellation is a flag that the owning runner polls, since the DELETE may reach another replica."""
+Cancellation is a flag that the owning runner polls, since the DELETE may reach another replica.
+
+A job's input (which may hold a 20 MB melody) is stored apart from its record: reads of the record
+(polling, listing) never load it, and it is deleted once the job has finished.
+
+The stores are blocking: the ingress calls them through `StoreClient` (leap_ray.serve.jobs.client),
+off its event loop and with a deadline."""
 
 import json
 import sqlite3
@@ -13,15 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-FINISHED = ("succeeded", "failed", "cancelled")
+from leap_ray.api.jobs import FINISHED, JobStatus
 
 
 @dataclass
 class Job:
     id: str
     service: str
-    status: str  # queued, running, succeeded, failed, cancelled
-    input: dict[str, Any]
+    status: JobStatus
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
@@ -37,7 +42,9 @@ class JobStore(Protocol):
         self, service: str, job_input: dict[str, Any], webhook: dict[str, Any] | None = None
     ) -> Job: ...
     def get(self, job_id: str) -> Job | None: ...
+    def input(self, job_id: str) -> dict[str, Any] | None: ...
     def recent(self, status: str | None = None, limit: int = 100) -> list[Job]: ...
+    def count(self, status: str) -> int: ...
     def claim(self, owner: str, stale_after_s: float) -> Job | None: ...
     def heartbeat(self, job_id: str, owner: str) -> bool: ...
     def finish(self, job_id: str, owner: str, status: str, **result: Any) -> bool: ...
@@ -46,26 +53,31 @@ class JobStore(Protocol):
     def expire(self, finished_before: float) -> list[Job]: ...
 
 
+# (Version 1 kept inputs inside a `jobs` table; these tables leave such a file's old jobs alone.)
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY, service TEXT NOT NULL, status TEXT NOT NULL, input TEXT NOT NULL,
+CREATE TABLE IF NOT EXISTS job_records (
+    id TEXT PRIMARY KEY, service TEXT NOT NULL, status TEXT NOT NULL,
     created_at REAL NOT NULL, started_at REAL, finished_at REAL, error TEXT, outputs TEXT NOT NULL,
     cancel_requested INTEGER NOT NULL DEFAULT 0, owner TEXT, heartbeat_at REAL, webhook TEXT,
     progress TEXT
 );
-CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
+CREATE INDEX IF NOT EXISTS job_records_by_status ON job_records (status, created_at);
+CREATE INDEX IF NOT EXISTS job_records_by_creation ON job_records (created_at);
+CREATE TABLE IF NOT EXISTS job_inputs (id TEXT PRIMARY KEY, input TEXT NOT NULL);
 """
+_FINISHED_SQL = ", ".join(f"'{status}'" for status in FINISHED)
 
 
 class SQLiteJobStore:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, timeout_s: float = 5.0) -> None:
         self.path = Path(path)
+        self.timeout_s = timeout_s  # how long a call waits for another's lock before failing
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.executescript(_SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)  # explicit transactions below
+        db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)  # explicit BEGINs
         db.row_factory = sqlite3.Row
         return db
 
@@ -75,7 +87,6 @@ class SQLiteJobStore:
             id=row["id"],
             service=row["service"],
             status=row["status"],
-            input=json.loads(row["input"]),
             created_at=row["created_at"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],
@@ -87,27 +98,39 @@ class SQLiteJobStore:
         )
 
     def create(self, service: str, job_input: dict[str, Any], webhook: dict[str, Any] | None = None) -> Job:
-        job = Job(uuid.uuid4().hex, service, "queued", job_input, created_at=time.time(), webhook=webhook)
+        job = Job(uuid.uuid4().hex, service, "queued", created_at=time.time(), webhook=webhook)
         with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
             db.execute(
-                "INSERT INTO jobs (id, service, status, input, created_at, outputs, webhook) "
-                "VALUES (?, ?, ?, ?, ?, '[]', ?)",
-                (job.id, service, job.status, json.dumps(job_input), job.created_at, json.dumps(webhook)),
+                "INSERT INTO job_records (id, service, status, created_at, outputs, webhook) "
+                "VALUES (?, ?, ?, ?, '[]', ?)",
+                (job.id, service, job.status, job.created_at, json.dumps(webhook)),
             )
+            db.execute("INSERT INTO job_inputs (id, input) VALUES (?, ?)", (job.id, json.dumps(job_input)))
+            db.execute("COMMIT")
         return job
 
     def get(self, job_id: str) -> Job | None:
         with self._connect() as db:
-            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = db.execute("SELECT * FROM job_records WHERE id = ?", (job_id,)).fetchone()
         return self._job(row) if row else None
 
+    def input(self, job_id: str) -> dict[str, Any] | None:
+        with self._connect() as db:
+            row = db.execute("SELECT input FROM job_inputs WHERE id = ?", (job_id,)).fetchone()
+        return json.loads(row["input"]) if row else None
+
     def recent(self, status: str | None = None, limit: int = 100) -> list[Job]:
-        query, parameters = "SELECT * FROM jobs", ()
+        query, parameters = "SELECT * FROM job_records", ()
         if status:
             query, parameters = query + " WHERE status = ?", (status,)
         with self._connect() as db:
             rows = db.execute(query + " ORDER BY created_at DESC LIMIT ?", (*parameters, limit)).fetchall()
         return [self._job(row) for row in rows]
+
+    def count(self, status: str) -> int:
+        with self._connect() as db:
+            return db.execute("SELECT COUNT(*) FROM job_records WHERE status = ?", (status,)).fetchone()[0]
 
     def claim(self, owner: str, stale_after_s: float) -> Job | None:
         """The oldest queued job, or a running one whose runner went silent, now owned by `owner`."""
@@ -115,18 +138,18 @@ class SQLiteJobStore:
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")  # one claimer at a time across processes
             db.execute(  # cancelled while its runner was dying: nobody is left to finish it
-                "UPDATE jobs SET status = 'cancelled', finished_at = ? "
+                "UPDATE job_records SET status = 'cancelled', finished_at = ? "
                 "WHERE status = 'running' AND cancel_requested = 1 AND heartbeat_at < ?",
                 (now, now - stale_after_s),
             )
             row = db.execute(
-                "SELECT * FROM jobs WHERE cancel_requested = 0 AND (status = 'queued' OR "
+                "SELECT id FROM job_records WHERE cancel_requested = 0 AND (status = 'queued' OR "
                 "(status = 'running' AND heartbeat_at < ?)) ORDER BY created_at LIMIT 1",
                 (now - stale_after_s,),
             ).fetchone()
             if row is not None:
                 db.execute(
-                    "UPDATE jobs SET status = 'running', owner = ?, heartbeat_at = ?, "
+                    "UPDATE job_records SET status = 'running', owner = ?, heartbeat_at = ?, "
                     "started_at = COALESCE(started_at, ?) WHERE id = ?",
                     (owner, now, now, row["id"]),
                 )
@@ -137,7 +160,7 @@ class SQLiteJobStore:
         """Keeps the claim; False when the job should stop (cancel requested, or no longer ours)."""
         with self._connect() as db:
             updated = db.execute(
-                "UPDATE jobs SET heartbeat_at = ? WHERE id = ? AND owner = ? AND status = 'running' "
+                "UPDATE job_records SET heartbeat_at = ? WHERE id = ? AND owner = ? AND status = 'running' "
                 "AND cancel_requested = 0",
                 (time.time(), job_id, owner),
             ).rowcount
@@ -145,8 +168,9 @@ class SQLiteJobStore:
 
     def finish(self, job_id: str, owner: str, status: str, **result: Any) -> bool:
         with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
             updated = db.execute(
-                "UPDATE jobs SET status = ?, finished_at = ?, error = ?, outputs = ? "
+                "UPDATE job_records SET status = ?, finished_at = ?, error = ?, outputs = ? "
                 "WHERE id = ? AND owner = ? AND status = 'running'",
                 (
                     status,
@@ -157,12 +181,15 @@ class SQLiteJobStore:
                     owner,
                 ),
             ).rowcount
+            if updated:
+                db.execute("DELETE FROM job_inputs WHERE id = ?", (job_id,))
+            db.execute("COMMIT")
         return updated == 1
 
     def set_progress(self, job_id: str, owner: str, progress: dict[str, Any]) -> None:
         with self._connect() as db:
             db.execute(
-                "UPDATE jobs SET progress = ? WHERE id = ? AND owner = ?",
+                "UPDATE job_records SET progress = ? WHERE id = ? AND owner = ?",
                 (json.dumps(progress), job_id, owner),
             )
 
@@ -171,22 +198,29 @@ class SQLiteJobStore:
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             rows = db.execute(
-                "SELECT * FROM jobs WHERE finished_at < ? AND status IN ('succeeded', 'failed', 'cancelled')",
+                f"SELECT * FROM job_records WHERE finished_at < ? AND status IN ({_FINISHED_SQL})",
                 (finished_before,),
             ).fetchall()
-            db.executemany("DELETE FROM jobs WHERE id = ?", [(row["id"],) for row in rows])
+            ids = [(row["id"],) for row in rows]
+            db.executemany("DELETE FROM job_records WHERE id = ?", ids)
+            db.executemany("DELETE FROM job_inputs WHERE id = ?", ids)
             db.execute("COMMIT")
         return [self._job(row) for row in rows]
 
     def cancel(self, job_id: str) -> Job | None:
-        """A queued job is cancelled at once; a running one is flagged for its runner."""
+        """A queued job is cancelled at once (and its input dropped); a running one is flagged for
+        its runner."""
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
-            db.execute(
-                "UPDATE jobs SET status = 'cancelled', finished_at = ?, cancel_requested = 1 "
+            cancelled = db.execute(
+                "UPDATE job_records SET status = 'cancelled', finished_at = ?, cancel_requested = 1 "
                 "WHERE id = ? AND status = 'queued'",
                 (time.time(), job_id),
+            ).rowcount
+            if cancelled:
+                db.execute("DELETE FROM job_inputs WHERE id = ?", (job_id,))
+            db.execute(
+                "UPDATE job_records SET cancel_requested = 1 WHERE id = ? AND status = 'running'", (job_id,)
             )
-            db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'", (job_id,))
             db.execute("COMMIT")
         return self.get(job_id)

@@ -3,8 +3,8 @@
 
 import torch
 
-from leap_ray.testing.tiny_musicgen import MELODY, build_musicgen
-from leap_ray.testing.tiny_sdxl import BASE_1_0, sdxl_modules
+from leap_ray.tiny.musicgen import MELODY, build_musicgen
+from leap_ray.tiny.sdxl import BASE_1_0, sdxl_modules
 
 
 def count(module: torch.nn.Module) -> int:

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from leap_ray.jobs.redis_store import RedisJobStore
-from leap_ray.jobs.store import JobStore, SQLiteJobStore
+from leap_ray.serve.jobs.redis_store import RedisJobStore
+from leap_ray.serve.jobs.store import JobStore, SQLiteJobStore
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -28,7 +28,8 @@ def test_a_job_is_queued_then_claimed_by_one_runner_only(store):
     job = store.create("sdxl", {"prompt": "a", "seed": 1})
     assert store.get(job.id).status == "queued"
     claimed = store.claim("runner-a", stale_after_s=30)
-    assert (claimed.id, claimed.status, claimed.input) == (job.id, "running", {"prompt": "a", "seed": 1})
+    assert (claimed.id, claimed.status) == (job.id, "running")
+    assert store.input(job.id) == {"prompt": "a", "seed": 1}
     assert claimed.started_at is not None
     assert store.claim("runner-b", stale_after_s=30) is None
 
@@ -89,8 +90,9 @@ def test_failures_keep_the_error_and_listing_filters_by_status(store):
 
 def test_jobs_survive_a_new_store_on_the_same_data(store, reopen):
     job = store.create("musicgen", {"prompt": "a"}, webhook={"url": "http://x", "events": ["completed"]})
-    again = reopen().get(job.id)
-    assert (again.input, again.webhook["url"], again.status) == ({"prompt": "a"}, "http://x", "queued")
+    again = reopen()
+    assert again.input(job.id) == {"prompt": "a"}
+    assert (again.get(job.id).webhook["url"], again.get(job.id).status) == ("http://x", "queued")
 
 
 def test_progress_is_kept_for_the_owner_only(store):
@@ -112,3 +114,32 @@ def test_finished_jobs_expire_and_unfinished_ones_stay(store):
     assert [job.id for job in store.expire(cutoff)] == [old.id]
     assert store.get(old.id) is None
     assert {job.id for job in store.recent()} == {recent.id, running.id}
+
+
+def test_queued_jobs_are_counted(store):
+    jobs = [store.create("sdxl", {}) for _ in range(3)]
+    store.claim("r", 30)
+    store.cancel(jobs[2].id)
+    assert (store.count("queued"), store.count("running"), store.count("cancelled")) == (1, 1, 1)
+
+
+def test_an_input_is_kept_apart_and_dropped_once_its_job_ends(store):
+    melody = "x" * 1_000_000
+    done, cancelled = (
+        store.create("musicgen", {"melody": melody}),
+        store.create("musicgen", {"melody": melody}),
+    )
+    store.claim("r", 30)
+    assert store.input(done.id)["melody"] == melody
+    store.finish(done.id, "r", "succeeded")
+    store.cancel(cancelled.id)
+    assert store.input(done.id) is None and store.input(cancelled.id) is None
+    assert store.get(done.id).status == "succeeded"  # the record stays for its retention
+
+
+def test_listing_and_polling_never_load_inputs(store, monkeypatch):
+    job = store.create("musicgen", {"melody": "x" * 1000})
+    monkeypatch.setattr(store, "input", lambda job_id: pytest.fail("an input was read"))
+    assert store.get(job.id).id == job.id
+    assert [j.id for j in store.recent()] == [job.id]
+    assert not hasattr(store.get(job.id), "input")

@@ -1,0 +1,166 @@
+"""Runs jobs inside the ingress: a background loop claims jobs from the store, runs each through the
+same path as the synchronous endpoints, writes its outputs to files, and keeps a heartbeat so that
+another ingress replica takes over the jobs of one that died.
+
+Every store call goes through the StoreClient (off the event loop). Progress is kept in memory and
+written with the next heartbeat, so a job's per-step progress costs the store one write per tick."""
+
+import asyncio
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from leap_ray.errors import StoreUnavailable
+from leap_ray.serve.errors import as_leap_error
+from leap_ray.serve.jobs.store import Job
+from leap_ray.serve.jobs.store_client import StoreClient
+
+logger = logging.getLogger("ray.serve")
+PROGRESS_EVENT_EVERY_S = 1.0  # progress webhooks: at most this often per job
+# Runs (service, input, report progress) and returns the outputs: (encoded bytes, extension, content type).
+RunJob = Callable[[str, dict, Callable[[dict], None]], Awaitable[list[tuple[bytes, str, str]]]]
+# Told of a job's events ("start", "progress", "completed"), e.g. to send its webhook; must not block.
+Notify = Callable[[Job, str], None]
+
+
+class JobRunner:
+    def __init__(
+        self,
+        store: StoreClient,
+        output_dir: Path,
+        run: RunJob,
+        notify: Notify,
+        *,
+        max_concurrent: int,
+        stale_after_s: float,
+        retention_s: float,
+        poll_s: float = 0.5,
+        expire_every_s: float = 60.0,
+    ) -> None:
+        self.store = store
+        self.output_dir = output_dir
+        self.run = run
+        self.notify = notify
+        self.max_concurrent = max_concurrent
+        self.stale_after_s = stale_after_s
+        self.retention_s = retention_s
+        self.poll_s = poll_s
+        self.expire_every_s = expire_every_s
+        self._expired_at = 0.0
+        self.owner = uuid.uuid4().hex
+        self.tasks: dict[str, asyncio.Task] = {}
+        self._progress: dict[str, dict[str, Any]] = {}  # reported since the last heartbeat
+        self._loop_task: asyncio.Task | None = None
+
+    def ensure_started(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self._tick()
+            except StoreUnavailable:
+                pass  # logged by the store client; the next tick tries again
+            except Exception:
+                logger.exception("job runner tick failed")
+            await asyncio.sleep(self.poll_s)
+
+    async def _tick(self) -> None:
+        for job_id in [job_id for job_id, task in self.tasks.items() if task.done()]:
+            del self.tasks[job_id]
+        progress = {job_id: self._progress.pop(job_id, None) for job_id in self.tasks}
+        free = self.max_concurrent - len(self.tasks)
+        stop, claimed = await self.store.call(self._beat_and_claim, progress, free)
+        for job_id in stop:
+            self.tasks[job_id].cancel()
+        for job, job_input in claimed:
+            self.tasks[job.id] = asyncio.get_running_loop().create_task(self._execute(job, job_input))
+
+    def _beat_and_claim(
+        self, progress: dict[str, dict | None], free: int
+    ) -> tuple[list[str], list[tuple[Job, dict | None]]]:
+        """One tick's store work, on the store's thread: expiry when due, heartbeats (with the latest
+        progress) of running jobs, claims. Returns the jobs to stop (cancelled) and those claimed."""
+        store = self.store.store
+        if time.time() - self._expired_at > self.expire_every_s:
+            self.expire_old_jobs()
+        stop = []
+        for job_id, latest in progress.items():
+            if latest is not None:
+                store.set_progress(job_id, self.owner, latest)
+            if not store.heartbeat(job_id, self.owner):  # cancel requested
+                stop.append(job_id)
+        claimed = []
+        while len(claimed) < free and (job := store.claim(self.owner, self.stale_after_s)) is not None:
+            claimed.append((job, store.input(job.id)))
+        return stop, claimed
+
+    def expire_old_jobs(self) -> None:
+        """Deletes finished jobs past their retention, with their output files (blocking)."""
+        self._expired_at = time.time()
+        for job in self.store.store.expire(self._expired_at - self.retention_s):
+            shutil.rmtree(self.output_dir / job.id, ignore_errors=True)
+
+    async def _execute(self, job: Job, job_input: dict | None) -> None:
+        self.notify(job, "start")
+        last_event = 0.0
+
+        def report(progress: dict) -> None:
+            nonlocal last_event
+            self._progress[job.id] = progress
+            if time.monotonic() - last_event >= PROGRESS_EVENT_EVERY_S:
+                last_event = time.monotonic()
+                self.notify(replace(job, progress=progress), "progress")
+
+        try:
+            if job_input is None:
+                raise StoreUnavailable("the job's input is no longer in the store")
+            outputs = await self.run(job.service, job_input, report)
+            files = await asyncio.to_thread(self._write_outputs, job.id, outputs)
+            await self._finish(job.id, "succeeded", outputs=files)
+        except asyncio.CancelledError:  # a DELETE: the model call was cancelled with this task
+            await self._finish(job.id, "cancelled")
+        except Exception as error:
+            await self._finish(job.id, "failed", error=as_leap_error(error).body()["error"])
+
+    def _write_outputs(self, job_id: str, outputs: list[tuple[bytes, str, str]]) -> list[dict[str, str]]:
+        folder = self.output_dir / job_id
+        folder.mkdir(parents=True, exist_ok=True)
+        files = []
+        for index, (data, extension, content_type) in enumerate(outputs):
+            path = folder / f"{index}.{extension}"
+            path.write_bytes(data)
+            files.append({"path": str(path), "content_type": content_type})
+        return files
+
+    async def _finish(self, job_id: str, status: str, **result: Any) -> None:
+        """Records the end (with the last progress) and sends `completed`. A store that is down is
+        tried again until the job would be taken over anyway: its model work is not to be redone."""
+        progress = self._progress.pop(job_id, None)
+        deadline = time.monotonic() + self.stale_after_s
+        while True:
+            try:
+                job = await self.store.call(self._record_end, job_id, status, progress, result)
+                break
+            except StoreUnavailable:
+                if time.monotonic() > deadline:
+                    logger.error("job %s ended %s but the store could not record it", job_id, status)
+                    return
+                await asyncio.sleep(self.poll_s)
+        if job is not None:
+            self.notify(job, "completed")
+
+    def _record_end(
+        self, job_id: str, status: str, progress: dict | None, result: dict[str, Any]
+    ) -> Job | None:
+        store = self.store.store
+        if progress is not None:
+            store.set_progress(job_id, self.owner, progress)
+        store.finish(job_id, self.owner, status, **result)
+        return store.get(job_id)

@@ -1,0 +1,171 @@
+"""The HTTP routes of generation and health: thin, each hands its parsed request to the gateway."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray import serve
+
+from leap_ray.api.audio import AUDIO_FORMATS, content_type
+from leap_ray.api.common import EVENT_STREAM, ErrorResponse
+from leap_ray.api.images import CONTENT_TYPES
+from leap_ray.api.musicgen import MusicGenRequest, MusicGenResponse
+from leap_ray.api.progress import Progress, progress_json
+from leap_ray.api.sdxl import SDXLRequest, SDXLResponse
+from leap_ray.errors import NotAcceptable
+from leap_ray.serve.bodies import read_body
+from leap_ray.serve.errors import as_leap_error
+from leap_ray.serve.gateway import SERVICES, ModelGateway
+
+IMAGE_FORMATS_BY_TYPE = {media_type: name for name, media_type in CONTENT_TYPES.items()}
+AUDIO_FORMATS_BY_TYPE = {content_type(name): name for name in AUDIO_FORMATS}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in [
+        (400, "The body is not valid JSON (or not UTF-8, or nested too deeply)"),
+        (401, "Missing or wrong API key"),
+        (406, "Raw bytes asked for (Accept) but the request makes more than one output"),
+        (408, "The request body arrived too slowly"),
+        (413, "Request body too large, or holding too many JSON items"),
+        (415, "The body is not application/json in UTF-8"),
+        (422, "Invalid request: the error's param names the field"),
+        (503, "At capacity, model unavailable or failed; retry after Retry-After seconds"),
+    ]
+}
+
+
+def json_body(model: type) -> dict[str, Any]:
+    """OpenAPI's requestBody for a route that parses its own JSON body (off the event loop)."""
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def raw_format(accept: str | None, formats_by_type: dict[str, str]) -> str | None:
+    """The output format when the client's first Accept choice is one of `formats_by_type`."""
+    if not accept:
+        return None
+    first = accept.split(",")[0].split(";")[0].strip().lower()
+    return formats_by_type.get(first)
+
+
+def wants_events(body: Any, accept: str | None) -> bool:
+    return body.stream or raw_format(accept, {EVENT_STREAM: "events"}) is not None
+
+
+def sse(event: str, data: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+async def event_stream(gateway: ModelGateway, service: str, request: Any) -> StreamingResponse:
+    """Server-Sent Events: `progress` after each denoising step (SDXL: step, total, timestep) or
+    generated second (MusicGen: seconds, total), then `result` with the JSON response, or `error`.
+    Bad input is still a plain 422, before the stream starts."""
+    request = await gateway.prepare(service, request)
+    response_type = SERVICES[service].response_type
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            async for event in gateway.events(service, request):
+                if isinstance(event, Progress):
+                    yield sse("progress", progress_json(event))
+                else:
+                    yield sse("result", response_type.from_output(event).model_dump())
+        except Exception as error:
+            yield sse("error", as_leap_error(error).body())
+
+    return StreamingResponse(events(), media_type=EVENT_STREAM)
+
+
+def _responses(media_types: list[str], description: str) -> dict[int | str, dict[str, Any]]:
+    return {**ERROR_RESPONSES, 200: {"content": {t: {} for t in media_types}, "description": description}}
+
+
+def generation_routes(gateway: ModelGateway) -> APIRouter:
+    router = APIRouter()
+
+    @router.post(
+        "/v1/sdxl",
+        response_model=SDXLResponse,
+        responses=_responses([*CONTENT_TYPES.values(), EVENT_STREAM], "JSON, raw image bytes, or events"),
+        openapi_extra=json_body(SDXLRequest),
+        summary="Generate images with Stable Diffusion XL",
+    )
+    async def post_sdxl(request: Request, accept: Annotated[str | None, Header()] = None) -> Response:
+        """JSON by default; with `Accept: image/png` (or jpeg, webp) and one image, the raw bytes with
+        the seed in the `X-Seed` header; with `Accept: text/event-stream`, a progress event per step
+        and then the JSON result as Server-Sent Events."""
+        body = await read_body(request, SDXLRequest)
+        if wants_events(body, accept):
+            return await event_stream(gateway, "sdxl", body)
+        image_format = raw_format(accept, IMAGE_FORMATS_BY_TYPE)
+        if image_format is not None:
+            if body.image_count != 1:
+                message = "raw image bytes need a request for exactly one image"
+                raise NotAcceptable(message, param="num_images_per_prompt")
+            body = body.model_copy(update={"output_format": image_format})
+        output = await gateway.generate("sdxl", await gateway.prepare("sdxl", body))
+        if image_format is not None:
+            headers = {"X-Seed": str(output.seeds[0])}
+            return Response(output.images[0], media_type=CONTENT_TYPES[image_format], headers=headers)
+        return JSONResponse(SDXLResponse.from_output(output).model_dump())
+
+    @router.post(
+        "/v1/musicgen",
+        response_model=MusicGenResponse,
+        responses=_responses([*AUDIO_FORMATS_BY_TYPE, EVENT_STREAM], "JSON, raw audio bytes, or events"),
+        openapi_extra=json_body(MusicGenRequest),
+        summary="Generate music with MusicGen",
+    )
+    async def post_musicgen(request: Request, accept: Annotated[str | None, Header()] = None) -> Response:
+        """JSON by default; with `Accept: audio/wav` (or flac, ogg, mpeg) the raw bytes, with the
+        seed in `X-Seed` and the sample rate in `X-Sample-Rate`; with `Accept: text/event-stream`, a
+        progress event per generated second and then the JSON result as Server-Sent Events."""
+        body = await read_body(request, MusicGenRequest)
+        if wants_events(body, accept):
+            return await event_stream(gateway, "musicgen", body)
+        audio_format = raw_format(accept, AUDIO_FORMATS_BY_TYPE)
+        if audio_format is not None:
+            body = body.model_copy(update={"format": audio_format})
+        output = await gateway.generate("musicgen", await gateway.prepare("musicgen", body))
+        if audio_format is not None:
+            headers = {"X-Seed": str(output.seed), "X-Sample-Rate": str(output.sample_rate)}
+            return Response(output.audio, media_type=content_type(audio_format), headers=headers)
+        return JSONResponse(MusicGenResponse.from_output(output).model_dump())
+
+    return router
+
+
+def health_routes(gateway: ModelGateway) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/healthz", summary="Liveness of the ingress")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get(
+        "/readyz",
+        summary="Ready when every model deployment has a running replica",
+        responses={503: {"description": "Not ready: a model deployment has no running replica"}},
+    )
+    async def readyz() -> JSONResponse:
+        status = await asyncio.to_thread(serve.status)
+        application = status.applications[serve.get_replica_context().app_name]
+        report = {}
+        for service, name in gateway.deployment_names().items():
+            deployment = application.deployments.get(name)
+            report[service] = (
+                {
+                    "status": deployment.status.value,
+                    "running_replicas": deployment.replica_states.get("RUNNING", 0),
+                    "message": deployment.message,
+                }
+                if deployment
+                else {"status": "MISSING", "running_replicas": 0, "message": ""}
+            )
+        ready = all(entry["running_replicas"] > 0 for entry in report.values())
+        return JSONResponse({"ready": ready, "models": report}, status_code=200 if ready else 503)
+
+    return router

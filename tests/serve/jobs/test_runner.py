@@ -1,0 +1,83 @@
+import asyncio
+import sqlite3
+import time
+
+from leap_ray.serve.jobs.runner import JobRunner
+from leap_ray.serve.jobs.store import SQLiteJobStore
+from leap_ray.serve.jobs.store_client import StoreClient
+
+
+def make_runner(store, tmp_path, run=None, notify=None, **options) -> JobRunner:
+    settings = {"max_concurrent": 2, "stale_after_s": 30, "retention_s": 3600, "poll_s": 0.01, **options}
+    return JobRunner(StoreClient(store, timeout_s=5), tmp_path / "outputs", run, notify, **settings)
+
+
+def test_expiry_removes_finished_jobs_and_their_output_files(tmp_path):
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+    job = store.create("sdxl", {})
+    store.claim("r", 30)
+    (tmp_path / "outputs" / job.id).mkdir(parents=True)
+    (tmp_path / "outputs" / job.id / "0.png").write_bytes(b"png")
+    store.finish(job.id, "r", "succeeded")
+    make_runner(store, tmp_path, retention_s=1e-9).expire_old_jobs()
+    assert store.get(job.id) is None
+    assert not (tmp_path / "outputs" / job.id).exists()
+
+
+def wait_until(predicate, timeout_s: float = 5.0) -> None:
+    async def poll() -> None:
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            assert time.monotonic() < deadline, "timed out"
+            await asyncio.sleep(0.01)
+
+    return poll()
+
+
+def test_the_runner_runs_a_job_and_stores_its_outputs_and_last_progress(tmp_path):
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+    events = []
+
+    async def run(service, job_input, report):
+        assert job_input == {"prompt": "a"}
+        for step in range(1, 51):  # per-step progress: written with the heartbeat, not 50 times
+            report({"step": step, "total": 50})
+        return [(b"bytes", "png", "image/png")]
+
+    async def main():
+        runner = make_runner(store, tmp_path, run, lambda job, event: events.append(event))
+        job = store.create("sdxl", {"prompt": "a"})
+        runner.ensure_started()
+        await wait_until(lambda: store.get(job.id).status == "succeeded")
+        return store.get(job.id)
+
+    done = asyncio.run(main())
+    assert done.progress == {"step": 50, "total": 50}
+    assert (tmp_path / "outputs" / done.id / "0.png").read_bytes() == b"bytes"
+    assert events == ["start", "progress", "completed"]
+    assert store.input(done.id) is None  # dropped once finished
+
+
+def test_a_locked_store_neither_stalls_the_loop_nor_loses_the_job(tmp_path):
+    """While another process holds the SQLite write lock, the runner's store calls wait on their own
+    threads: the event loop keeps running, and the job finishes once the lock is released."""
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite3", timeout_s=0.2)
+    job = store.create("sdxl", {"prompt": "a"})
+
+    async def run(service, job_input, report):
+        return [(b"x", "png", "image/png")]
+
+    async def main() -> float:
+        runner = make_runner(store, tmp_path, run, lambda job, event: None)
+        locker = sqlite3.connect(tmp_path / "jobs.sqlite3", isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        runner.ensure_started()
+        longest, last = 0.0, time.monotonic()
+        for _ in range(100):  # one second of 10 ms ticks of the loop
+            await asyncio.sleep(0.01)
+            longest, last = max(longest, time.monotonic() - last), time.monotonic()
+        locker.execute("ROLLBACK")
+        await wait_until(lambda: store.get(job.id).status == "succeeded")
+        return longest
+
+    assert asyncio.run(main()) < 0.15
