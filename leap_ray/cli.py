@@ -20,15 +20,22 @@ def _tiny_models(args: argparse.Namespace) -> None:
         print(f"{name}: {folder}")
 
 
+def _stop_on_signals(stop: threading.Event) -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+
+
 def _serve(args: argparse.Namespace) -> None:
     """Runs the graph in the foreground until Ctrl-C or SIGTERM, then stops Serve and Ray."""
     from leap_ray.serve.launch import deploy, load_config, start_local_ray, stop_local_ray, wait_until_running
 
     config = load_config(args.config, host=args.host, port=args.port)
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    _stop_on_signals(stop)
     start_local_ray()
+    # Again after Ray's start: its core worker installs a crash handler for SIGTERM that ends in an
+    # abort (exit 134); ours replaces it, so SIGTERM stops the service cleanly.
+    _stop_on_signals(stop)
     try:
         deploy(config)
         print("Starting the models (the tiny ones are built on first use)...", flush=True)

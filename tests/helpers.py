@@ -1,10 +1,28 @@
-"""Test helpers shared by several test modules: hostile audio files built by hand."""
+"""Test helpers shared by several test modules: decoded pixels, hostile audio files built by hand."""
 
 import io
 import struct
 
 import numpy as np
+import psutil
 import soundfile
+from PIL import Image
+
+SMALL = {"height": 64, "width": 64, "num_inference_steps": 3}  # an SDXL request that costs little
+
+
+def ingress_processes(app: str) -> list[psutil.Process]:
+    """The processes of an application's ingress replicas (Ray names them in their command line)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any(f"ServeReplica:{app}:Ingress" in part for part in process.info["cmdline"] or []):
+            found.append(process)
+    return found
+
+
+def pixels(data: bytes) -> np.ndarray:
+    """An encoded image's RGB pixels, as int16 so that differences may be taken."""
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(np.int16)
 
 
 def wav_bytes(sample_rate: int, *, frames: int = 1600, data_size: int | None = None) -> bytes:

@@ -14,7 +14,7 @@ from leap_ray.config import LIMITS
 from leap_ray.errors import InvalidRequest
 
 _LIMITS = LIMITS.musicgen
-_MELODY_LIMITS = AudioLimits(
+MELODY_LIMITS = AudioLimits(
     max_bytes=_LIMITS.max_melody_bytes,
     max_seconds=_LIMITS.max_melody_s,
     min_sample_rate=_LIMITS.min_melody_sample_rate,
@@ -26,7 +26,7 @@ _MELODY_LIMITS = AudioLimits(
 def _melody(value: object) -> DecodedAudio | None:
     if value is None:
         return None
-    return decode_audio(value, _MELODY_LIMITS)
+    return decode_audio(value, MELODY_LIMITS)
 
 
 MelodyInput = Annotated[

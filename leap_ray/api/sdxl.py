@@ -22,6 +22,34 @@ MAX_CONDITIONING_SIZE = 8192
 # The tensors diffusers' SDXL pipeline can hand to `callback_on_step_end` (`_callback_tensor_inputs`).
 CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "add_text_embeds", "add_time_ids")
 SCHEDULERS = ("ddim", "euler", "euler_ancestral", "dpmpp_2m")
+# `StableDiffusionXLPipeline.__call__` arguments by role: the text (and its tensors) of each request,
+# and those that requests sharing one pipeline call must agree on (the engine groups by them).
+PROMPT_PARAMETERS = (
+    "prompt",
+    "prompt_2",
+    "negative_prompt",
+    "negative_prompt_2",
+    "latents",
+    "prompt_embeds",
+    "negative_prompt_embeds",
+    "pooled_prompt_embeds",
+    "negative_pooled_prompt_embeds",
+    "guidance_scale",
+)
+CALL_PARAMETERS = (
+    "height",
+    "width",
+    "num_inference_steps",
+    "denoising_end",
+    "eta",
+    "guidance_rescale",
+    "original_size",
+    "crops_coords_top_left",
+    "target_size",
+    "negative_original_size",
+    "negative_crops_coords_top_left",
+    "negative_target_size",
+)
 
 
 PromptText = prompt_text(_LIMITS.max_prompt_chars)
@@ -312,39 +340,17 @@ class SDXLRequest(BaseModel):
         """Arguments for `StableDiffusionXLPipeline.__call__` (all but generator and the callback).
         A single negative or secondary prompt is repeated for every prompt of a list, which diffusers
         itself would refuse for prompt_2."""
-        kwargs: dict[str, Any] = {
-            name: getattr(self, name)
-            for name in (
-                "prompt",
-                "prompt_2",
-                "height",
-                "width",
-                "num_inference_steps",
-                "denoising_end",
-                "guidance_scale",
-                "negative_prompt",
-                "negative_prompt_2",
-                "num_images_per_prompt",
-                "eta",
-                "latents",
-                "prompt_embeds",
-                "negative_prompt_embeds",
-                "pooled_prompt_embeds",
-                "negative_pooled_prompt_embeds",
-                "guidance_rescale",
-                "original_size",
-                "crops_coords_top_left",
-                "target_size",
-                "negative_original_size",
-                "negative_crops_coords_top_left",
-                "negative_target_size",
-            )
-        }
+        kwargs: dict[str, Any] = {name: getattr(self, name) for name in PROMPT_PARAMETERS}
+        kwargs.update(self.call_kwargs(), num_images_per_prompt=self.num_images_per_prompt)
         if isinstance(self.prompt, list):
             for name in ("prompt_2", "negative_prompt", "negative_prompt_2"):
                 if isinstance(kwargs[name], str):
                     kwargs[name] = [kwargs[name]] * len(self.prompt)
         return kwargs
+
+    def call_kwargs(self) -> dict[str, Any]:
+        """The pipeline arguments that requests sharing one pipeline call must agree on."""
+        return {name: getattr(self, name) for name in CALL_PARAMETERS}
 
     def guidance_is_on(self) -> bool:
         return self.guidance_scale > 1.0

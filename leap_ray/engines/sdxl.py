@@ -46,22 +46,6 @@ from leap_ray.engines.device import placement
 from leap_ray.engines.failures import blame, fail_unfinished, internal_error, request_error, run_shared
 from leap_ray.errors import InvalidRequest, LeapRayError
 
-# The pipeline arguments that a group's requests share (the group key makes them equal).
-CALL_PARAMETERS = (
-    "height",
-    "width",
-    "num_inference_steps",
-    "denoising_end",
-    "eta",
-    "guidance_rescale",
-    "original_size",
-    "crops_coords_top_left",
-    "target_size",
-    "negative_original_size",
-    "negative_crops_coords_top_left",
-    "negative_target_size",
-)
-
 SCHEDULER_CLASSES = {
     "ddim": DDIMScheduler,
     "euler": EulerDiscreteScheduler,
@@ -489,7 +473,6 @@ class SDXLEngine:
             for i in range(4)
         )
         needs_fan_out = any(m.request.callback_on_step_end or m.should_stop or m.progress for m in members)
-        kwargs = first.to_pipeline_kwargs()
         output = pipeline(
             prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_embeds,
@@ -504,7 +487,7 @@ class SDXLEngine:
             # All of them, whatever each callback listed: diffusers applies a callback's returned
             # tensors by name, listed or not, so the fan-out must be able to write back any of them.
             callback_on_step_end_tensor_inputs=list(pipeline._callback_tensor_inputs),
-            **{name: kwargs[name] for name in CALL_PARAMETERS},
+            **first.call_kwargs(),
         )
         call_s = time.perf_counter() - started
         for member in members:

@@ -12,20 +12,13 @@ import soundfile
 import torch
 from pydantic import ValidationError
 
-from leap_ray.api.audio import AudioLimits, DecodedAudio, decode_audio
-from leap_ray.api.musicgen import MusicGenRequest
+from leap_ray.api.audio import DecodedAudio, decode_audio
+from leap_ray.api.musicgen import MELODY_LIMITS, MusicGenRequest
 from leap_ray.config import LIMITS
 from leap_ray.errors import InvalidRequest, invalid_request_from
 from tests.helpers import encoded, flac_silence, wav_bytes, with_total_samples
 
 MUSICGEN = LIMITS.musicgen
-MELODY_LIMITS = AudioLimits(
-    max_bytes=MUSICGEN.max_melody_bytes,
-    max_seconds=MUSICGEN.max_melody_s,
-    min_sample_rate=MUSICGEN.min_melody_sample_rate,
-    max_sample_rate=MUSICGEN.max_melody_sample_rate,
-    max_channels=MUSICGEN.max_melody_channels,
-)
 SMALL_PEAK = 64 * 2**20  # far below what the hostile files used to cost (256 MB to 320 GB)
 
 

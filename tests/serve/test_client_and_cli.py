@@ -11,8 +11,7 @@ import soundfile
 from PIL import Image
 
 from leap_ray.client import AsyncLeapRayClient, LeapRayClient, ServiceError
-
-from .test_http import SMALL
+from tests.helpers import SMALL
 
 
 def test_the_client_streams_progress_and_returns_typed_results(graph):

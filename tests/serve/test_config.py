@@ -4,6 +4,7 @@ reported back by Serve as deployed."""
 from pathlib import Path
 
 import pytest
+from ray import serve
 from ray.serve._private.build_app import build_app as build_serve_app
 from ray.serve.context import _get_global_client
 from ray.serve.schema import ServeDeploySchema
@@ -40,9 +41,13 @@ def test_every_serve_option_comes_from_the_config_not_the_code(path):
     from leap_ray.serve.deployments import MusicGenDeployment, SDXLDeployment
     from leap_ray.serve.ingress import Ingress
 
+    def bare() -> None: ...
+
+    defaults = serve.deployment(bare)
     for deployment in (Ingress, SDXLDeployment, MusicGenDeployment):  # the decorators set names only
-        assert deployment._deployment_config.user_config is None
-        assert deployment.ray_actor_options in (None, {})
+        assert deployment.user_config is None
+        assert deployment.ray_actor_options == defaults.ray_actor_options
+        assert deployment.max_ongoing_requests == defaults.max_ongoing_requests
     (application,) = load_config(path).applications
     for deployment in application.deployments:
         assert deployment.max_ongoing_requests is not None and deployment.ray_actor_options is not None

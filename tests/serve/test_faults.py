@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from ray import serve
 
-from .test_http import SMALL, pixels
+from tests.helpers import SMALL, pixels
 
 
 def dying(variants, name: str, marker_dir, deaths: int) -> dict:

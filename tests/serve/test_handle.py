@@ -10,9 +10,9 @@ from leap_ray.api.musicgen import MusicGenOutput
 from leap_ray.api.sdxl import SDXLOutput, SDXLRequest
 from leap_ray.engines.sdxl import SDXLEngine
 from leap_ray.errors import InvalidRequest
+from tests.helpers import SMALL, pixels
 
 from .conftest import APP
-from .test_http import SMALL, pixels
 
 
 @pytest.fixture(scope="module")

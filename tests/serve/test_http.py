@@ -7,11 +7,7 @@ import pytest
 import soundfile
 from PIL import Image
 
-SMALL = {"height": 64, "width": 64, "num_inference_steps": 3}
-
-
-def pixels(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(np.int16)
+from tests.helpers import SMALL, pixels
 
 
 def wav_melody(frequency: float = 440.0, seconds: float = 2.0) -> str:

@@ -7,9 +7,10 @@ import time
 
 import httpx
 import numpy as np
-import psutil
 import pytest
 from PIL import Image
+
+from tests.helpers import ingress_processes
 
 from .conftest import stats
 
@@ -100,14 +101,6 @@ def test_cancelling_a_queued_and_a_running_job(jobs):
     assert after["requests"] == before["requests"] + 1  # the queued job never reached the model
     cancelled = httpx.get(f"{jobs}/v1/jobs", params={"status": "cancelled"}).json()
     assert {queued["id"], running["id"]} <= {job["id"] for job in cancelled}
-
-
-def ingress_processes(app: str) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        if any(f"ServeReplica:{app}:Ingress" in part for part in process.info["cmdline"] or []):
-            found.append(process)
-    return found
 
 
 def survives_a_killed_ingress(url: str, app: str) -> None:

@@ -8,7 +8,7 @@ import json
 import httpx
 from PIL import Image
 
-from .test_http import SMALL, pixels
+from tests.helpers import SMALL, pixels
 
 
 def read_events(url: str, body: dict) -> list[tuple[str, dict]]:
