@@ -156,6 +156,9 @@ class IngressSettings(BaseModel):
         description="A request body that stops arriving for this long gets 408; so does one arriving "
         "slower than body_min_rate_bytes_s after the first body_idle_timeout_s.",
     )
+    body_timeout_s: float = Field(
+        120.0, gt=0, description="Longest any request body may take to arrive, however steadily; then 408."
+    )
     body_min_rate_bytes_s: int = Field(
         1024,
         gt=0,

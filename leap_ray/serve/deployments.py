@@ -8,6 +8,7 @@ parts that each fit, run as separate batch items, and put back together in order
 
 import asyncio
 import importlib
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -22,7 +23,11 @@ from leap_ray.api.musicgen import MusicGenModelSpec, MusicGenOutput, MusicGenReq
 from leap_ray.api.progress import Progress, StepProgress
 from leap_ray.api.sdxl import SDXLModelSpec, SDXLOutput, SDXLRequest
 from leap_ray.config import BatchingConfig, ModelSettings
+from leap_ray.errors import ModelError
 from leap_ray.model_sources import resolve_model
+
+logger = logging.getLogger("ray.serve")
+DEFAULT_BATCHING = BatchingConfig()  # until Serve passes the config's user_config to reconfigure
 
 
 def _import(path: str) -> type:
@@ -55,7 +60,7 @@ class _ModelDeployment:
         self.batches_served = 0
         self.requests_cancelled = 0
         self.requests_ongoing = 0
-        self.batching = BatchingConfig()
+        self.batching = DEFAULT_BATCHING
         self.last_batch_requests = 0
         self.reconfigure({})
 
@@ -106,13 +111,17 @@ class _ModelDeployment:
         if len(parts) == 1:
             return await self._generate_pending(_Pending(request, progress=progress))
         report = _PartsProgress(len(parts), progress) if progress else None
-        outputs = await asyncio.gather(
-            *(
-                self._generate_pending(_Pending(part, progress=report.part(i) if report else None))
-                for i, part in enumerate(parts)
-            )
-        )
-        return self.join(outputs)
+        try:
+            async with asyncio.TaskGroup() as group:  # one part failing cancels the others
+                runs = [
+                    group.create_task(
+                        self._generate_pending(_Pending(part, progress=report.part(i) if report else None))
+                    )
+                    for i, part in enumerate(parts)
+                ]
+        except ExceptionGroup as failures:
+            raise failures.exceptions[0] from None
+        return self.join([run.result() for run in runs])
 
     def split(self, request: Any) -> list[Any]:
         """The request as parts that each fit in a batch (most requests are one part)."""
@@ -142,7 +151,11 @@ class _ModelDeployment:
             raise output
         return output
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02, batch_size_fn=batch_cost)
+    @serve.batch(
+        max_batch_size=DEFAULT_BATCHING.max_batch_size,
+        batch_wait_timeout_s=DEFAULT_BATCHING.batch_wait_timeout_s,
+        batch_size_fn=batch_cost,
+    )
     async def _generate_batch(self, pending: list[_Pending]) -> list[Any]:
         # The engine and the encoders are blocking: run them off the replica's event loop.
         return await asyncio.to_thread(self._run, pending)
@@ -159,9 +172,17 @@ class _ModelDeployment:
         return [
             result
             if isinstance(result, Exception) or item.cancelled.is_set()
-            else self.encode(item.request, result)
+            else self._encoded(item, result)
             for item, result in zip(pending, results, strict=True)
         ]
+
+    def _encoded(self, item: _Pending, result: Any) -> Any:
+        """The result encoded for the wire, or (should encoding fail) this request's error alone."""
+        try:
+            return self.encode(item.request, result)
+        except Exception as error:
+            logger.exception("encoding a result failed")
+            return ModelError(f"the result could not be encoded: {error}", code="model_error")
 
     def encode(self, request: Any, result: Any) -> Any:
         raise NotImplementedError

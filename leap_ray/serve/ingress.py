@@ -69,6 +69,7 @@ def build_http_app(gateway: ModelGateway, jobs: Jobs, settings: IngressSettings)
         max_body_bytes=LIMITS.max_body_bytes,
         idle_timeout_s=settings.body_idle_timeout_s,
         min_rate=settings.body_min_rate_bytes_s,
+        timeout_s=settings.body_timeout_s,
     )
     app.add_middleware(ApiKeyAuth, keys=keys)
     return app

@@ -79,15 +79,19 @@ def _media_type_error(content_type: str) -> LeapRayError | None:
 class RequestGuard:
     """Reads each POST body here, refusing what is not JSON, larger than `max_body_bytes` (declared
     or chunked, as soon as it passes the limit), or too slow: a gap of `idle_timeout_s` between
-    chunks, or a body still arriving after idle_timeout_s + received / `min_rate` seconds (mod_reqtimeout's
-    rule: a byte every few seconds cannot hold a slot for long). The app then reads the body from
-    memory; later receive() calls still reach the client, so disconnects are still seen."""
+    chunks, a body still arriving after idle_timeout_s + received / `min_rate` seconds (mod_reqtimeout's
+    rule: a byte every few seconds cannot hold a slot for long), or one still arriving after
+    `timeout_s` however steadily. The app then reads the body from memory; later receive() calls
+    still reach the client, so disconnects are still seen."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, idle_timeout_s: float, min_rate: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, idle_timeout_s: float, min_rate: int, timeout_s: float
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.idle_timeout_s = idle_timeout_s
         self.min_rate = min_rate
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -95,7 +99,7 @@ class RequestGuard:
         if (wrong_type := _media_type_error(_header(scope, b"content-type"))) is not None:
             return await send_error(send, wrong_type)
         declared = _header(scope, b"content-length")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
+        if declared.isdecimal() and int(declared) > self.max_body_bytes:
             return await send_error(send, self._too_large())
         try:
             body = await self._read_body(receive)
@@ -121,7 +125,8 @@ class RequestGuard:
         body = bytearray()
         started = time.monotonic()
         while True:
-            allowed = started + self.idle_timeout_s + len(body) / self.min_rate - time.monotonic()
+            by_rate = self.idle_timeout_s + len(body) / self.min_rate
+            allowed = started + min(by_rate, self.timeout_s) - time.monotonic()
             try:
                 message = await asyncio.wait_for(receive(), min(self.idle_timeout_s, max(allowed, 0.0)))
             except TimeoutError:

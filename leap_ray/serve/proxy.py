@@ -14,6 +14,8 @@ from leap_ray.serve.middleware import ASGIApp, Message, Receive, Scope, Send, se
 CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 CALLBACK = "leap_ray.serve.proxy:proxy_middlewares"
 RETRY_AFTER = [(b"retry-after", b"1")]
+# The statuses Serve's proxy answers itself (in plain text); other answers pass untouched.
+PROXY_STATUSES = frozenset({404, 408, 429, 500, 503})
 
 
 def proxy_middlewares() -> list[Middleware]:
@@ -50,7 +52,7 @@ class ProxyErrorShape:
         async def shaped_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 state["started"] = True
-                if message["status"] >= 400 and message["status"] != 499 and not _is_json(message):
+                if message["status"] in PROXY_STATUSES and not _is_json(message):
                     state["replaced"] = True
                     return await _send_shaped(send, message["status"])
             elif state["replaced"]:

@@ -20,6 +20,7 @@ from leap_ray.serve.bodies import read_body
 from leap_ray.serve.errors import as_leap_error
 from leap_ray.serve.gateway import SERVICES, ModelGateway
 
+READY_TIMEOUT_S = 10.0  # a controller that does not answer makes /readyz fail, not hang
 IMAGE_FORMATS_BY_TYPE = {media_type: name for name, media_type in CONTENT_TYPES.items()}
 AUDIO_FORMATS_BY_TYPE = {content_type(name): name for name in AUDIO_FORMATS}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -151,7 +152,7 @@ def health_routes(gateway: ModelGateway) -> APIRouter:
         responses={503: {"description": "Not ready: a model deployment has no running replica"}},
     )
     async def readyz() -> JSONResponse:
-        status = await asyncio.to_thread(serve.status)
+        status = await asyncio.wait_for(asyncio.to_thread(serve.status), READY_TIMEOUT_S)
         application = status.applications[serve.get_replica_context().app_name]
         report = {}
         for service, name in gateway.deployment_names().items():

@@ -226,3 +226,10 @@ def test_a_slow_but_steady_body_is_accepted(tmp_path):
     app, gateway = make_app(tmp_path, body_idle_timeout_s=0.5, body_min_rate_bytes_s=1000)
     status, _, _ = run_slow(app, b'{"prompt": "a", "seed": 9}', gap_s=0.01)
     assert status == 200 and gateway.generated[0].seed == 9
+
+
+def test_a_steady_body_past_the_total_body_timeout_gets_408(tmp_path):
+    # Fast enough for the rate rule (1 byte per 10 ms against 1 byte a second), too long in all.
+    app, gateway = make_app(tmp_path, body_idle_timeout_s=5, body_min_rate_bytes_s=1, body_timeout_s=0.5)
+    status, _, elapsed = run_slow(app, b'{"prompt": "' + b"a" * 200 + b'"}', gap_s=0.01)
+    assert status == 408 and elapsed < 1.5 and not gateway.generated

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from leap_ray.serve.jobs.store import Job
+from leap_ray.serve.jobs.store import Job, QueueFull
 
 # KEYS: queued, running, finished. ARGV: now, stale_before, owner, prefix.
 _CLAIM = """
@@ -24,6 +24,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', stale_before)) 
   redis.call('ZREM', KEYS[2], id)
   if redis.call('HGET', key, 'cancel_requested') == '1' then
     redis.call('HSET', key, 'status', 'cancelled', 'finished_at', now)
+    redis.call('DEL', prefix .. 'input:' .. id)
     redis.call('ZADD', KEYS[3], now, id)
   else
     redis.call('HSET', key, 'owner', owner, 'heartbeat_at', now)
@@ -39,6 +40,16 @@ redis.call('HSET', key, 'status', 'running', 'owner', owner, 'heartbeat_at', now
 if redis.call('HGET', key, 'started_at') == '' then redis.call('HSET', key, 'started_at', now) end
 redis.call('ZADD', KEYS[2], now, oldest)
 return oldest
+"""
+# KEYS: job, input, all, queued. ARGV: max queued (0: no bound), id, created_at, input, then the
+# job's fields as name, value pairs.
+_CREATE = """
+if tonumber(ARGV[1]) > 0 and redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('SET', KEYS[2], ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
+return 1
 """
 # KEYS: job, running. ARGV: now, owner, id.
 _HEARTBEAT = """
@@ -93,6 +104,7 @@ class RedisJobStore:
         self.prefix = prefix
         self.all, self.queued = prefix + "jobs", prefix + "queued"
         self.running, self.finished = prefix + "running", prefix + "finished"
+        self._create = self.db.register_script(_CREATE)
         self._claim = self.db.register_script(_CLAIM)
         self._heartbeat = self.db.register_script(_HEARTBEAT)
         self._finish = self.db.register_script(_FINISH)
@@ -104,7 +116,14 @@ class RedisJobStore:
     def _input_key(self, job_id: str) -> str:
         return f"{self.prefix}input:{job_id}"
 
-    def create(self, service: str, job_input: dict[str, Any], webhook: dict[str, Any] | None = None) -> Job:
+    def create(
+        self,
+        service: str,
+        job_input: dict[str, Any],
+        webhook: dict[str, Any] | None = None,
+        max_queued: int | None = None,
+    ) -> Job:
+        """A new queued job; raises QueueFull when `max_queued` wait already (checked atomically)."""
         job = Job(uuid.uuid4().hex, service, "queued", created_at=time.time(), webhook=webhook)
         fields = {
             "id": job.id,
@@ -121,16 +140,18 @@ class RedisJobStore:
             "webhook": json.dumps(webhook) if webhook else "",
             "progress": "",
         }
-        with self.db.pipeline() as pipe:  # MULTI/EXEC: all or nothing
-            pipe.hset(self._key(job.id), mapping=fields)
-            pipe.set(self._input_key(job.id), json.dumps(job_input))
-            pipe.zadd(self.all, {job.id: job.created_at})
-            pipe.zadd(self.queued, {job.id: job.created_at})
-            pipe.execute()
+        keys = [self._key(job.id), self._input_key(job.id), self.all, self.queued]
+        pairs = [item for name, value in fields.items() for item in (name, value)]
+        arguments = [max_queued or 0, job.id, job.created_at, json.dumps(job_input), *pairs]
+        if not self._create(keys=keys, args=arguments):
+            raise QueueFull
         return job
 
     def get(self, job_id: str) -> Job | None:
-        row = self.db.hgetall(self._key(job_id))
+        return self._job(self.db.hgetall(self._key(job_id)))
+
+    @staticmethod
+    def _job(row: dict[str, str]) -> Job | None:
         if not row:
             return None
         return Job(
@@ -151,20 +172,22 @@ class RedisJobStore:
         return _optional_json(self.db.get(self._input_key(job_id)) or "")
 
     def recent(self, status: str | None = None, limit: int = 100) -> list[Job]:
+        """Newest first, a page at a time, each page's records fetched in one round trip."""
         jobs: list[Job] = []
-        for start in range(0, self.db.zcard(self.all), 256):  # newest first, a page at a time
-            for job_id in self.db.zrevrange(self.all, start, start + 255):
-                job = self.get(job_id)
+        for start in range(0, self.db.zcard(self.all), 256):
+            with self.db.pipeline(transaction=False) as pipe:
+                for job_id in self.db.zrevrange(self.all, start, start + 255):
+                    pipe.hgetall(self._key(job_id))
+                rows = pipe.execute()
+            for job in map(self._job, rows):
                 if job is not None and status in (None, job.status):
                     jobs.append(job)
                     if len(jobs) == limit:
                         return jobs
         return jobs
 
-    def count(self, status: str) -> int:
-        if status == "queued":
-            return self.db.zcard(self.queued)
-        return sum(1 for job in self.recent(status, limit=10**9))
+    def queued_count(self) -> int:
+        return self.db.zcard(self.queued)
 
     def claim(self, owner: str, stale_after_s: float) -> Job | None:
         now = time.time()

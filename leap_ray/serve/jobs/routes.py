@@ -20,7 +20,7 @@ from leap_ray.serve.bodies import read_body
 from leap_ray.serve.gateway import ModelGateway
 from leap_ray.serve.jobs import open_store, webhooks
 from leap_ray.serve.jobs.runner import JobRunner
-from leap_ray.serve.jobs.store import Job
+from leap_ray.serve.jobs.store import Job, QueueFull
 from leap_ray.serve.jobs.store_client import StoreClient
 from leap_ray.serve.routes import ERROR_RESPONSES, json_body
 
@@ -55,7 +55,7 @@ class Jobs:
         self._webhook_secret = settings.webhook_secret()
         self._deliveries: set[asyncio.Task] = set()
         self.runner = JobRunner(
-            self.store,
+            self.store.store,
             Path(settings.output_dir).expanduser(),
             self._run,
             self._notify,
@@ -67,8 +67,8 @@ class Jobs:
     async def _run(self, service: str, job_input: dict[str, Any], report: Any) -> Outputs:
         request = await self.gateway.prepare(service, job_input, param_prefix="input")
         async for event in self.gateway.events(service, request):
-            if isinstance(event, Progress):
-                report(progress_json(event))
+            if isinstance(event, Progress):  # kept small: a job's progress has no preview image
+                report({name: value for name, value in progress_json(event).items() if name != "preview"})
             else:
                 return encoded_outputs(event)
         raise RuntimeError("the model's event stream ended without a result")
@@ -107,9 +107,13 @@ class Jobs:
             allow = self.settings.webhook_allow_private_networks
             await asyncio.to_thread(webhooks.check_webhook_url, body.webhook_url, allow_private=allow)
             webhook = {"url": body.webhook_url, "events": body.webhook_events_filter, "prefix": prefix}
-        if await self.store.call(self.store.store.count, "queued") >= self.settings.max_queued_jobs:
-            raise Overloaded("too many jobs are waiting; retry after a moment", code="job_queue_full")
-        job = await self.store.call(self.store.store.create, body.service, job_input, webhook)
+        max_queued = self.settings.max_queued_jobs
+        try:
+            job = await self.store.call(self.store.store.create, body.service, job_input, webhook, max_queued)
+        except QueueFull:
+            raise Overloaded(
+                "too many jobs are waiting; retry after a moment", code="job_queue_full"
+            ) from None
         return job_view(job, prefix)
 
     def router(self) -> APIRouter:
@@ -149,8 +153,9 @@ class Jobs:
         @router.delete("/{job_id}", response_model=JobView, summary="Cancel a job")
         async def cancel_job(job_id: str, request: Request) -> JSONResponse:
             """A queued job never runs; a running one stops at its next step and frees its batch slot."""
-            await self._job(job_id)
             job = await self.store.call(self.store.store.cancel, job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id}", param="job_id")
             return JSONResponse(job_view(job, _prefix(request)))
 
         return router

@@ -17,7 +17,7 @@ from typing import Any
 
 from leap_ray.errors import StoreUnavailable
 from leap_ray.serve.errors import as_leap_error
-from leap_ray.serve.jobs.store import Job
+from leap_ray.serve.jobs.store import Job, JobStore
 from leap_ray.serve.jobs.store_client import StoreClient
 
 logger = logging.getLogger("ray.serve")
@@ -31,7 +31,7 @@ Notify = Callable[[Job, str], None]
 class JobRunner:
     def __init__(
         self,
-        store: StoreClient,
+        store: JobStore,
         output_dir: Path,
         run: RunJob,
         notify: Notify,
@@ -42,7 +42,9 @@ class JobRunner:
         poll_s: float = 0.5,
         expire_every_s: float = 60.0,
     ) -> None:
-        self.store = store
+        # One thread, no deadline: ticks and ends are recorded one at a time, each awaited to its end,
+        # so a slow store delays the runner but never makes two ticks claim at once.
+        self.store = StoreClient(store, timeout_s=None, threads=1)
         self.output_dir = output_dir
         self.run = run
         self.notify = notify
@@ -55,6 +57,7 @@ class JobRunner:
         self.owner = uuid.uuid4().hex
         self.tasks: dict[str, asyncio.Task] = {}
         self._progress: dict[str, dict[str, Any]] = {}  # reported since the last heartbeat
+        self._cancelled: set[str] = set()  # jobs whose cancellation was asked for (a DELETE)
         self._loop_task: asyncio.Task | None = None
 
     def ensure_started(self) -> None:
@@ -78,6 +81,7 @@ class JobRunner:
         free = self.max_concurrent - len(self.tasks)
         stop, claimed = await self.store.call(self._beat_and_claim, progress, free)
         for job_id in stop:
+            self._cancelled.add(job_id)
             self.tasks[job_id].cancel()
         for job, job_input in claimed:
             self.tasks[job.id] = asyncio.get_running_loop().create_task(self._execute(job, job_input))
@@ -124,8 +128,10 @@ class JobRunner:
             outputs = await self.run(job.service, job_input, report)
             files = await asyncio.to_thread(self._write_outputs, job.id, outputs)
             await self._finish(job.id, "succeeded", outputs=files)
-        except asyncio.CancelledError:  # a DELETE: the model call was cancelled with this task
-            await self._finish(job.id, "cancelled")
+        except asyncio.CancelledError:
+            if job.id not in self._cancelled:
+                raise  # the replica is stopping: the job is left to be taken over, not ended
+            await self._finish(job.id, "cancelled")  # a DELETE: the model call was cancelled too
         except Exception as error:
             await self._finish(job.id, "failed", error=as_leap_error(error).body()["error"])
 
@@ -153,14 +159,17 @@ class JobRunner:
                     logger.error("job %s ended %s but the store could not record it", job_id, status)
                     return
                 await asyncio.sleep(self.poll_s)
+        self._cancelled.discard(job_id)
         if job is not None:
             self.notify(job, "completed")
 
     def _record_end(
         self, job_id: str, status: str, progress: dict | None, result: dict[str, Any]
     ) -> Job | None:
+        """The finished job, or None when it was no longer ours to end (another runner took it over)."""
         store = self.store.store
         if progress is not None:
             store.set_progress(job_id, self.owner, progress)
-        store.finish(job_id, self.owner, status, **result)
+        if not store.finish(job_id, self.owner, status, **result):
+            return None
         return store.get(job_id)

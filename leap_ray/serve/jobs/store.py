@@ -8,7 +8,7 @@ Cancellation is a flag that the owning runner polls, since the DELETE may reach 
 A job's input (which may hold a 20 MB melody) is stored apart from its record: reads of the record
 (polling, listing) never load it, and it is deleted once the job has finished.
 
-The stores are blocking: the ingress calls them through `StoreClient` (leap_ray.serve.jobs.client),
+The stores are blocking: the ingress calls them through `StoreClient` (leap_ray.serve.jobs.store_client),
 off its event loop and with a deadline."""
 
 import json
@@ -37,14 +37,22 @@ class Job:
     progress: dict[str, Any] | None = None  # the model's last progress event
 
 
+class QueueFull(Exception):
+    """`create` found `max_queued` jobs already waiting."""
+
+
 class JobStore(Protocol):
     def create(
-        self, service: str, job_input: dict[str, Any], webhook: dict[str, Any] | None = None
+        self,
+        service: str,
+        job_input: dict[str, Any],
+        webhook: dict[str, Any] | None = None,
+        max_queued: int | None = None,
     ) -> Job: ...
     def get(self, job_id: str) -> Job | None: ...
     def input(self, job_id: str) -> dict[str, Any] | None: ...
     def recent(self, status: str | None = None, limit: int = 100) -> list[Job]: ...
-    def count(self, status: str) -> int: ...
+    def queued_count(self) -> int: ...
     def claim(self, owner: str, stale_after_s: float) -> Job | None: ...
     def heartbeat(self, job_id: str, owner: str) -> bool: ...
     def finish(self, job_id: str, owner: str, status: str, **result: Any) -> bool: ...
@@ -97,10 +105,20 @@ class SQLiteJobStore:
             progress=json.loads(row["progress"]) if row["progress"] else None,
         )
 
-    def create(self, service: str, job_input: dict[str, Any], webhook: dict[str, Any] | None = None) -> Job:
+    def create(
+        self,
+        service: str,
+        job_input: dict[str, Any],
+        webhook: dict[str, Any] | None = None,
+        max_queued: int | None = None,
+    ) -> Job:
+        """A new queued job; raises QueueFull when `max_queued` wait already (checked atomically)."""
         job = Job(uuid.uuid4().hex, service, "queued", created_at=time.time(), webhook=webhook)
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
+            if max_queued is not None and self._queued(db) >= max_queued:
+                db.execute("ROLLBACK")
+                raise QueueFull
             db.execute(
                 "INSERT INTO job_records (id, service, status, created_at, outputs, webhook) "
                 "VALUES (?, ?, ?, ?, '[]', ?)",
@@ -128,20 +146,30 @@ class SQLiteJobStore:
             rows = db.execute(query + " ORDER BY created_at DESC LIMIT ?", (*parameters, limit)).fetchall()
         return [self._job(row) for row in rows]
 
-    def count(self, status: str) -> int:
+    def queued_count(self) -> int:
         with self._connect() as db:
-            return db.execute("SELECT COUNT(*) FROM job_records WHERE status = ?", (status,)).fetchone()[0]
+            return self._queued(db)
+
+    @staticmethod
+    def _queued(db: sqlite3.Connection) -> int:
+        return db.execute("SELECT COUNT(*) FROM job_records WHERE status = 'queued'").fetchone()[0]
 
     def claim(self, owner: str, stale_after_s: float) -> Job | None:
         """The oldest queued job, or a running one whose runner went silent, now owned by `owner`."""
         now = time.time()
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")  # one claimer at a time across processes
-            db.execute(  # cancelled while its runner was dying: nobody is left to finish it
-                "UPDATE job_records SET status = 'cancelled', finished_at = ? "
+            orphans = db.execute(  # cancelled while its runner was dying: nobody is left to finish it
+                "SELECT id FROM job_records "
                 "WHERE status = 'running' AND cancel_requested = 1 AND heartbeat_at < ?",
-                (now, now - stale_after_s),
-            )
+                (now - stale_after_s,),
+            ).fetchall()
+            for orphan in orphans:
+                db.execute(
+                    "UPDATE job_records SET status = 'cancelled', finished_at = ? WHERE id = ?",
+                    (now, orphan["id"]),
+                )
+                db.execute("DELETE FROM job_inputs WHERE id = ?", (orphan["id"],))
             row = db.execute(
                 "SELECT id FROM job_records WHERE cancel_requested = 0 AND (status = 'queued' OR "
                 "(status = 'running' AND heartbeat_at < ?)) ORDER BY created_at LIMIT 1",

@@ -2,7 +2,7 @@
 the way of generation (each delivery is its own task).
 
 Signature: `X-LeapRay-Signature: sha256=<hex HMAC-SHA256 of the raw body with the configured secret>`;
-the event is in `X-LeapRay-Event` (`start` or `completed`).
+the event is in `X-LeapRay-Event` (`start`, `progress` or `completed`).
 
 Unless the operator allows private networks, a webhook may only reach public addresses. The host is
 resolved at submission (a 422 at once) and again at every delivery attempt, and the request goes to the
@@ -28,6 +28,7 @@ from leap_ray.errors import InvalidRequest
 logger = logging.getLogger("ray.serve")
 SIGNATURE_HEADER = "X-LeapRay-Signature"
 EVENT_HEADER = "X-LeapRay-Event"
+RESOLVE_TIMEOUT_S = 10.0
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -219,8 +220,9 @@ async def _attempt(
 ) -> str | None:
     """One delivery; None when it was taken, else why not."""
     try:
-        addresses = await asyncio.to_thread(_addresses, target)
-    except (OSError, UnicodeError) as error:
+        # Bounded: a name server that never answers must not hold a shared worker thread for long.
+        addresses = await asyncio.wait_for(asyncio.to_thread(_addresses, target), RESOLVE_TIMEOUT_S)
+    except (OSError, UnicodeError, TimeoutError) as error:
         return f"{target.host} does not resolve: {error}"
     if not allow_private and not all(_is_public(ip) for ip in addresses):
         return f"{target.host} now resolves to a refused address"

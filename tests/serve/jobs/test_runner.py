@@ -4,12 +4,11 @@ import time
 
 from leap_ray.serve.jobs.runner import JobRunner
 from leap_ray.serve.jobs.store import SQLiteJobStore
-from leap_ray.serve.jobs.store_client import StoreClient
 
 
 def make_runner(store, tmp_path, run=None, notify=None, **options) -> JobRunner:
     settings = {"max_concurrent": 2, "stale_after_s": 30, "retention_s": 3600, "poll_s": 0.01, **options}
-    return JobRunner(StoreClient(store, timeout_s=5), tmp_path / "outputs", run, notify, **settings)
+    return JobRunner(store, tmp_path / "outputs", run, notify, **settings)
 
 
 def test_expiry_removes_finished_jobs_and_their_output_files(tmp_path):

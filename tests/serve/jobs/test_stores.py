@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from leap_ray.serve.jobs.redis_store import RedisJobStore
-from leap_ray.serve.jobs.store import JobStore, SQLiteJobStore
+from leap_ray.serve.jobs.store import JobStore, QueueFull, SQLiteJobStore
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -120,7 +120,25 @@ def test_queued_jobs_are_counted(store):
     jobs = [store.create("sdxl", {}) for _ in range(3)]
     store.claim("r", 30)
     store.cancel(jobs[2].id)
-    assert (store.count("queued"), store.count("running"), store.count("cancelled")) == (1, 1, 1)
+    assert store.queued_count() == 1
+
+
+def test_a_full_queue_refuses_new_jobs_and_frees_up_as_they_run(store):
+    first, _ = store.create("sdxl", {}, max_queued=2), store.create("sdxl", {}, max_queued=2)
+    with pytest.raises(QueueFull):
+        store.create("sdxl", {}, max_queued=2)
+    assert store.claim("r", 30).id == first.id
+    store.create("sdxl", {}, max_queued=2)
+    assert store.queued_count() == 2
+
+
+def test_a_job_cancelled_while_its_runner_died_drops_its_input(store):
+    job = store.create("sdxl", {"prompt": "x"})
+    store.claim("dead", 30)
+    store.cancel(job.id)
+    time.sleep(0.05)
+    store.claim("other", stale_after_s=0.01)
+    assert store.input(job.id) is None
 
 
 def test_an_input_is_kept_apart_and_dropped_once_its_job_ends(store):
