@@ -19,7 +19,8 @@ from leap_ray.api.sdxl import SDXLOutput, SDXLRequest
 from leap_ray.config import LIMITS, IngressSettings
 from leap_ray.serve.errors import install_error_handlers
 from leap_ray.serve.gateway import ModelGateway
-from leap_ray.serve.jobs.routes import Jobs
+from leap_ray.serve.jobs.routes import job_routes
+from leap_ray.serve.jobs.service import Jobs
 from leap_ray.serve.middleware import OPEN_PATHS, ApiKeyAuth, RequestGuard
 from leap_ray.serve.routes import generation_routes, health_routes
 
@@ -59,7 +60,7 @@ def build_http_app(gateway: ModelGateway, jobs: Jobs, settings: IngressSettings)
     )
     install_error_handlers(app)
     app.include_router(generation_routes(gateway))
-    app.include_router(jobs.router())
+    app.include_router(job_routes(jobs))
     app.include_router(health_routes(gateway))
     keys = settings.load_api_keys()
     app.openapi = lambda: openapi_schema(app, auth_on=bool(keys))  # type: ignore[method-assign]

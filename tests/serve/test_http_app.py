@@ -14,7 +14,7 @@ from leap_ray.api.sdxl import SDXLModelSpec, SDXLOutput
 from leap_ray.config import IngressSettings, JobsSettings
 from leap_ray.serve.gateway import ModelGateway
 from leap_ray.serve.ingress import build_http_app
-from leap_ray.serve.jobs.routes import Jobs
+from leap_ray.serve.jobs.service import Jobs
 
 SPECS = {
     "sdxl": SDXLModelSpec(

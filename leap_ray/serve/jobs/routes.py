@@ -1,30 +1,13 @@
-"""Jobs over HTTP: submit (validated at once, bounded by `max_queued_jobs`), poll, list, fetch
-outputs, cancel; and the runner that executes them through the model gateway. Every store call runs
-off the event loop (StoreClient)."""
-
-import asyncio
-from pathlib import Path
-from typing import Any
+"""The job routes: submit, poll, list, fetch outputs, cancel (thin, over `Jobs`)."""
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 
-from leap_ray.api.audio import content_type
-from leap_ray.api.images import CONTENT_TYPES
 from leap_ray.api.jobs import JobStatus, JobSubmission, JobView
-from leap_ray.api.progress import Progress, progress_json
-from leap_ray.api.sdxl import SDXLOutput
-from leap_ray.config import JobsSettings
-from leap_ray.errors import NotFound, Overloaded
+from leap_ray.errors import NotFound
 from leap_ray.serve.bodies import read_body
-from leap_ray.serve.gateway import ModelGateway
-from leap_ray.serve.jobs import open_store, webhooks
-from leap_ray.serve.jobs.runner import JobRunner
-from leap_ray.serve.jobs.store import Job, QueueFull
-from leap_ray.serve.jobs.store_client import StoreClient
+from leap_ray.serve.jobs.service import Jobs, job_view
 from leap_ray.serve.routes import ERROR_RESPONSES, json_body
-
-Outputs = list[tuple[bytes, str, str]]  # (encoded bytes, extension, content type)
 
 
 def _prefix(request: Request) -> str:
@@ -32,130 +15,42 @@ def _prefix(request: Request) -> str:
     return request.scope.get("root_path", "")
 
 
-def job_view(job: Job, prefix: str) -> dict[str, Any]:
-    url = f"{prefix}/v1/jobs/{job.id}"
-    return JobView(
-        url=url,
-        outputs=[f"{url}/outputs/{index}" for index in range(len(job.outputs))],
-        **{name: getattr(job, name) for name in JobView.model_fields if name not in ("url", "outputs")},
-    ).model_dump()
+def job_routes(jobs: Jobs) -> APIRouter:
+    router = APIRouter(prefix="/v1/jobs", responses=ERROR_RESPONSES)
 
+    @router.post(
+        "",
+        status_code=202,
+        response_model=JobView,
+        openapi_extra=json_body(JobSubmission),
+        summary="Submit a job",
+    )
+    async def submit_job(request: Request) -> JSONResponse:
+        """Validates the input at once (422 naming `input.<field>`), then queues the job; 503 with
+        Retry-After when `max_queued_jobs` are already waiting."""
+        body = await read_body(request, JobSubmission)
+        return JSONResponse(await jobs.submit(body, _prefix(request)), status_code=202)
 
-def encoded_outputs(output: Any) -> Outputs:
-    if isinstance(output, SDXLOutput):
-        return [(data, output.format, CONTENT_TYPES[output.format]) for data in output.images]
-    return [(output.audio, output.format, content_type(output.format))]
+    @router.get("", response_model=list[JobView], summary="Recent jobs, newest first")
+    async def list_jobs(
+        request: Request, status: JobStatus | None = None, limit: int = Query(100, ge=1, le=1000)
+    ) -> JSONResponse:
+        return JSONResponse([job_view(job, _prefix(request)) for job in await jobs.recent(status, limit)])
 
+    @router.get("/{job_id}", response_model=JobView, summary="A job's state")
+    async def get_job(job_id: str, request: Request) -> JSONResponse:
+        return JSONResponse(job_view(await jobs.get(job_id), _prefix(request)))
 
-class Jobs:
-    def __init__(self, gateway: ModelGateway, settings: JobsSettings) -> None:
-        self.gateway = gateway
-        self.settings = settings
-        self.store = StoreClient(open_store(settings), settings.store_timeout_s)
-        self._webhook_secret = settings.webhook_secret()
-        self._deliveries: set[asyncio.Task] = set()
-        self.runner = JobRunner(
-            self.store.store,
-            Path(settings.output_dir).expanduser(),
-            self._run,
-            self._notify,
-            max_concurrent=settings.max_concurrent_jobs,
-            stale_after_s=settings.stale_after_s,
-            retention_s=settings.retention_s,
-        )
+    @router.get("/{job_id}/outputs/{index}", summary="One output's bytes")
+    async def get_job_output(job_id: str, index: int) -> FileResponse:
+        outputs = (await jobs.get(job_id)).outputs
+        if not 0 <= index < len(outputs):
+            raise NotFound(f"job {job_id} has no output {index}", param="index")
+        return FileResponse(outputs[index]["path"], media_type=outputs[index]["content_type"])
 
-    async def _run(self, service: str, job_input: dict[str, Any], report: Any) -> Outputs:
-        request = await self.gateway.prepare(service, job_input, param_prefix="input")
-        async for event in self.gateway.events(service, request):
-            if isinstance(event, Progress):  # kept small: a job's progress has no preview image
-                report({name: value for name, value in progress_json(event).items() if name != "preview"})
-            else:
-                return encoded_outputs(event)
-        raise RuntimeError("the model's event stream ended without a result")
+    @router.delete("/{job_id}", response_model=JobView, summary="Cancel a job")
+    async def cancel_job(job_id: str, request: Request) -> JSONResponse:
+        """A queued job never runs; a running one stops at its next step and frees its batch slot."""
+        return JSONResponse(job_view(await jobs.cancel(job_id), _prefix(request)))
 
-    def _notify(self, job: Job, event: str) -> None:
-        """Sends the job's webhook for this event, if it asked for one, as a task of its own."""
-        if not job.webhook or event not in job.webhook["events"]:
-            return
-        delivery = webhooks.deliver(
-            job.webhook["url"],
-            event,
-            job_view(job, job.webhook["prefix"]),
-            secret=self._webhook_secret,
-            attempts=self.settings.webhook_attempts,
-            backoff_s=self.settings.webhook_backoff_s,
-            allow_private=self.settings.webhook_allow_private_networks,
-        )
-        task = asyncio.get_running_loop().create_task(delivery)
-        self._deliveries.add(task)  # kept until done: the loop holds tasks only weakly
-        task.add_done_callback(self._deliveries.discard)
-
-    async def _job(self, job_id: str) -> Job:
-        job = await self.store.call(self.store.store.get, job_id)
-        if job is None:
-            raise NotFound(f"no job {job_id}", param="job_id")
-        return job
-
-    async def submit(self, body: JobSubmission, prefix: str) -> dict[str, Any]:
-        """Validates the input as the synchronous endpoint would (422 at once when invalid), fixes a
-        seed so that a job taken over after a restart gives the same outputs, and queues it."""
-        self.runner.ensure_started()
-        validated = await self.gateway.prepare(body.service, body.input, param_prefix="input")
-        job_input = {**body.input, "seed": validated.seed}
-        webhook = None
-        if body.webhook_url is not None:
-            allow = self.settings.webhook_allow_private_networks
-            await asyncio.to_thread(webhooks.check_webhook_url, body.webhook_url, allow_private=allow)
-            webhook = {"url": body.webhook_url, "events": body.webhook_events_filter, "prefix": prefix}
-        max_queued = self.settings.max_queued_jobs
-        try:
-            job = await self.store.call(self.store.store.create, body.service, job_input, webhook, max_queued)
-        except QueueFull:
-            raise Overloaded(
-                "too many jobs are waiting; retry after a moment", code="job_queue_full"
-            ) from None
-        return job_view(job, prefix)
-
-    def router(self) -> APIRouter:
-        router = APIRouter(prefix="/v1/jobs", responses=ERROR_RESPONSES)
-
-        @router.post(
-            "",
-            status_code=202,
-            response_model=JobView,
-            openapi_extra=json_body(JobSubmission),
-            summary="Submit a job",
-        )
-        async def submit_job(request: Request) -> JSONResponse:
-            """Validates the input at once (422 naming `input.<field>`), then queues the job; 503 with
-            Retry-After when `max_queued_jobs` are already waiting."""
-            body = await read_body(request, JobSubmission)
-            return JSONResponse(await self.submit(body, _prefix(request)), status_code=202)
-
-        @router.get("", response_model=list[JobView], summary="Recent jobs, newest first")
-        async def list_jobs(
-            request: Request, status: JobStatus | None = None, limit: int = Query(100, ge=1, le=1000)
-        ) -> JSONResponse:
-            jobs = await self.store.call(self.store.store.recent, status, limit)
-            return JSONResponse([job_view(job, _prefix(request)) for job in jobs])
-
-        @router.get("/{job_id}", response_model=JobView, summary="A job's state")
-        async def get_job(job_id: str, request: Request) -> JSONResponse:
-            return JSONResponse(job_view(await self._job(job_id), _prefix(request)))
-
-        @router.get("/{job_id}/outputs/{index}", summary="One output's bytes")
-        async def get_job_output(job_id: str, index: int) -> FileResponse:
-            outputs = (await self._job(job_id)).outputs
-            if not 0 <= index < len(outputs):
-                raise NotFound(f"job {job_id} has no output {index}", param="index")
-            return FileResponse(outputs[index]["path"], media_type=outputs[index]["content_type"])
-
-        @router.delete("/{job_id}", response_model=JobView, summary="Cancel a job")
-        async def cancel_job(job_id: str, request: Request) -> JSONResponse:
-            """A queued job never runs; a running one stops at its next step and frees its batch slot."""
-            job = await self.store.call(self.store.store.cancel, job_id)
-            if job is None:
-                raise NotFound(f"no job {job_id}", param="job_id")
-            return JSONResponse(job_view(job, _prefix(request)))
-
-        return router
+    return router
