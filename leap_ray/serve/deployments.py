@@ -18,6 +18,7 @@ import numpy as np
 from ray import serve
 
 from leap_ray.api.audio import encode_audio
+from leap_ray.api.common import with_seed
 from leap_ray.api.images import encode_image
 from leap_ray.api.musicgen import MusicGenModelSpec, MusicGenOutput, MusicGenRequest
 from leap_ray.api.progress import Progress, StepProgress
@@ -212,7 +213,8 @@ class SDXLDeployment(_ModelDeployment):
     default_engine = "leap_ray.engines.sdxl:SDXLEngine"
 
     def split(self, request: SDXLRequest) -> list[SDXLRequest]:
-        return request.split(self.batching.max_batch_size)
+        # The seed is fixed first, so that image j of every part gets seed + j (a direct call may have none).
+        return with_seed(request).split(self.batching.max_batch_size)
 
     def join(self, outputs: list[SDXLOutput]) -> SDXLOutput:
         return SDXLOutput.join(outputs)

@@ -1,0 +1,49 @@
+"""Model sources: hub ids and folders pass through; `tiny:<name>` builds that tiny model once, offline,
+into the cache, importing only the builder it needs; production code never imports leap_ray.testing."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from leap_ray.model_sources import TINY_BUILDERS, resolve_model, tiny_model
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.mark.parametrize("source", ["stabilityai/stable-diffusion-xl-base-1.0", "/models/sdxl", "./local"])
+def test_hub_ids_and_folders_pass_through(source):
+    assert resolve_model(source) == source
+
+
+def test_a_tiny_name_is_built_once_into_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LEAP_RAY_TINY_MODELS", str(tmp_path))
+    folder = Path(resolve_model("tiny:musicgen"))
+    assert folder == tmp_path / "musicgen" and (folder / "model.safetensors").exists()
+    built = (folder / "model.safetensors").stat().st_mtime_ns
+    assert tiny_model("musicgen") == folder and (folder / "model.safetensors").stat().st_mtime_ns == built
+
+
+def test_an_unknown_tiny_name_says_which_there_are():
+    with pytest.raises(ValueError, match="musicgen-melody"):
+        resolve_model("tiny:nope")
+    assert set(TINY_BUILDERS) == {"sdxl", "musicgen", "musicgen-melody"}
+
+
+def test_production_code_never_imports_the_testing_package():
+    for path in (ROOT / "leap_ray").rglob("*.py"):
+        if "testing" not in path.parts:
+            assert "leap_ray.testing" not in path.read_text(), path
+
+
+def test_resolving_a_tiny_sdxl_does_not_import_the_musicgen_builder(tmp_path):
+    code = (
+        "import sys; from leap_ray.model_sources import resolve_model; resolve_model('tiny:sdxl'); "
+        "print('leap_ray.tiny.musicgen' in sys.modules)"
+    )
+    env = {"LEAP_RAY_TINY_MODELS": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, check=True
+    )
+    assert result.stdout.strip() == "False"
