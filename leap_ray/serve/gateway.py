@@ -65,8 +65,10 @@ class ModelGateway:
     async def prepare(self, service: str, request: Any, param_prefix: str = "") -> Any:
         """The request validated (a dict or a request model; off the loop), checked against the loaded
         model, and with its seed fixed, so that a retry gives the same result."""
+        request_type = SERVICES[service].request_type
         try:
-            request = await validate_off_loop(SERVICES[service].request_type, request, param_prefix)
+            if not isinstance(request, request_type):  # HTTP bodies arrive validated already
+                request = await validate_off_loop(request_type, request, param_prefix)
             request.check_against(await self._spec(service))
         except Exception as error:
             raise as_leap_error(error) from None
