@@ -2,6 +2,10 @@
 body happens in one place (`leap_ray.serve.errors`)."""
 
 
+def _utf8_safe(text: str | None) -> str | None:
+    return None if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class LeapRayError(Exception):
     status_code = 500
     error_type = "internal_error"
@@ -13,9 +17,10 @@ class LeapRayError(Exception):
         self.code = code
 
     def body(self) -> dict[str, dict[str, str | None]]:
-        """The one error shape every failure leaves the service in."""
+        """The one error shape every failure leaves the service in. A client's text quoted in it (an
+        unknown key with a lone surrogate, say) is escaped, so that the body is always valid UTF-8."""
         fields = {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}
-        return {"error": fields}
+        return {"error": {name: _utf8_safe(value) for name, value in fields.items()}}
 
 
 class InvalidRequest(LeapRayError, ValueError):

@@ -233,3 +233,16 @@ def test_a_steady_body_past_the_total_body_timeout_gets_408(tmp_path):
     app, gateway = make_app(tmp_path, body_idle_timeout_s=5, body_min_rate_bytes_s=1, body_timeout_s=0.5)
     status, _, elapsed = run_slow(app, b'{"prompt": "' + b"a" * 200 + b'"}', gap_s=0.01)
     assert status == 408 and elapsed < 1.5 and not gateway.generated
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/sdxl", b'{"\\udfff": 1, "prompt": "x"}', "\\udfff"),
+        ("/v1/jobs", b'{"service": "musicgen", "input": {"prompt": "x", "\\ud800": 1}}', "input.\\ud800"),
+    ],
+    ids=["top-level", "job-input"],
+)
+def test_an_unknown_key_with_a_lone_surrogate_is_a_422_with_the_key_escaped(app, path, body, param):
+    response = call(app, "POST", path, content=body, headers={"Content-Type": "application/json"})
+    assert assert_error(response, 422, param)["code"] == "extra_forbidden"
