@@ -9,12 +9,13 @@ def _utf8_safe(text: str | None) -> str | None:
 class LeapRayError(Exception):
     status_code = 500
     error_type = "internal_error"
+    default_code = "internal_error"  # the machine-readable `code` when no more precise one is given
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
-        self.code = code
+        self.code = code or self.default_code
 
     def body(self) -> dict[str, dict[str, str | None]]:
         """The one error shape every failure leaves the service in. A client's text quoted in it (an
@@ -28,6 +29,7 @@ class InvalidRequest(LeapRayError, ValueError):
 
     status_code = 422
     error_type = "invalid_request_error"
+    default_code = "invalid_value"
 
 
 class MalformedRequest(LeapRayError):
@@ -35,36 +37,43 @@ class MalformedRequest(LeapRayError):
 
     status_code = 400
     error_type = "invalid_request_error"
+    default_code = "malformed_body"
 
 
 class Unauthorized(LeapRayError):
     status_code = 401
     error_type = "authentication_error"
+    default_code = "invalid_api_key"
 
 
 class NotFound(LeapRayError):
     status_code = 404
     error_type = "not_found_error"
+    default_code = "not_found"
 
 
 class PayloadTooLarge(LeapRayError):
     status_code = 413
     error_type = "invalid_request_error"
+    default_code = "body_too_large"
 
 
 class UnsupportedMediaType(LeapRayError):
     status_code = 415
     error_type = "invalid_request_error"
+    default_code = "unsupported_media_type"
 
 
 class Overloaded(LeapRayError):
     status_code = 503
     error_type = "overloaded_error"
+    default_code = "overloaded"
 
 
 class ModelUnavailable(LeapRayError):
     status_code = 503
     error_type = "model_unavailable_error"
+    default_code = "model_unavailable"
 
 
 class StoreUnavailable(LeapRayError):
@@ -82,11 +91,13 @@ class RequestTimeout(LeapRayError):
 
     status_code = 408
     error_type = "invalid_request_error"
+    default_code = "timeout"
 
 
 class MethodNotAllowed(LeapRayError):
     status_code = 405
     error_type = "invalid_request_error"
+    default_code = "method_not_allowed"
 
 
 class ModelError(LeapRayError):
@@ -95,12 +106,23 @@ class ModelError(LeapRayError):
 
     status_code = 503
     error_type = "model_error"
+    default_code = "model_error"
+
+
+def _most_relevant(errors: list[dict]) -> dict:
+    """Pydantic reports a failed union once per member, the plain string's first; a list input is
+    better explained by the list member's error ("at most 8 items", not "should be a string")."""
+    if isinstance(errors[0].get("input"), list):
+        for error in errors:
+            if any(str(part).startswith("list[") for part in error.get("loc", ())):
+                return error
+    return errors[0]
 
 
 def invalid_request_from(errors: list[dict]) -> LeapRayError:
     """The first of pydantic's validation errors (`ValidationError.errors()`, or FastAPI's, whose
     locations start with "body") as an InvalidRequest naming the top-level field."""
-    first = errors[0]
+    first = _most_relevant(errors)
     if first.get("type") == "json_invalid":
         return MalformedRequest(f"the body is not valid JSON: {first.get('msg', '')}", code="json_invalid")
     cause = (first.get("ctx") or {}).get("error")
@@ -122,3 +144,4 @@ def invalid_request_from(errors: list[dict]) -> LeapRayError:
 class NotAcceptable(LeapRayError):
     status_code = 406
     error_type = "not_acceptable_error"
+    default_code = "not_acceptable"
