@@ -44,16 +44,39 @@ def json_body(model: type) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def raw_format(accept: str | None, formats_by_type: dict[str, str]) -> str | None:
-    """The output format when the client's first Accept choice is one of `formats_by_type`."""
-    if not accept:
-        return None
-    first = accept.split(",")[0].split(";")[0].strip().lower()
-    return formats_by_type.get(first)
+EVENTS = "events"
+JSON_TYPES = frozenset({"application/json", "application/*", "*/*"})
 
 
-def wants_events(body: Any, accept: str | None) -> bool:
-    return body.stream or raw_format(accept, {EVENT_STREAM: "events"}) is not None
+def _accepted(accept: str) -> list[str]:
+    """The Accept header's media types, most wanted first (q-values, then order); q=0 ones left out."""
+    choices = []
+    for position, part in enumerate(accept.split(",")):
+        media_type, *parameters = (piece.strip().lower() for piece in part.split(";"))
+        quality = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if media_type and quality > 0:
+            choices.append((-quality, position, media_type))
+    return [media_type for _, _, media_type in sorted(choices)]
+
+
+def negotiate(accept: str | None, formats_by_type: dict[str, str]) -> str | None:
+    """What the client wants most of what we offer: a raw format of `formats_by_type`, EVENTS, or
+    None for JSON (also when nothing it names is offered)."""
+    for media_type in _accepted(accept or ""):
+        if media_type == EVENT_STREAM:
+            return EVENTS
+        if media_type in formats_by_type:
+            return formats_by_type[media_type]
+        if media_type in JSON_TYPES:
+            return None
+    return None
 
 
 def sse(event: str, data: dict[str, Any]) -> str:
@@ -99,9 +122,9 @@ def generation_routes(gateway: ModelGateway) -> APIRouter:
         the seed in the `X-Seed` header; with `Accept: text/event-stream`, a progress event per step
         and then the JSON result as Server-Sent Events."""
         body = await read_body(request, SDXLRequest)
-        if wants_events(body, accept):
+        image_format = negotiate(accept, IMAGE_FORMATS_BY_TYPE)
+        if body.stream or image_format == EVENTS:
             return await event_stream(gateway, "sdxl", body)
-        image_format = raw_format(accept, IMAGE_FORMATS_BY_TYPE)
         if image_format is not None:
             if body.image_count != 1:
                 message = "raw image bytes need a request for exactly one image"
@@ -125,9 +148,9 @@ def generation_routes(gateway: ModelGateway) -> APIRouter:
         seed in `X-Seed` and the sample rate in `X-Sample-Rate`; with `Accept: text/event-stream`, a
         progress event per generated second and then the JSON result as Server-Sent Events."""
         body = await read_body(request, MusicGenRequest)
-        if wants_events(body, accept):
+        audio_format = negotiate(accept, AUDIO_FORMATS_BY_TYPE)
+        if body.stream or audio_format == EVENTS:
             return await event_stream(gateway, "musicgen", body)
-        audio_format = raw_format(accept, AUDIO_FORMATS_BY_TYPE)
         if audio_format is not None:
             body = body.model_copy(update={"format": audio_format})
         output = await gateway.generate("musicgen", await gateway.prepare("musicgen", body))

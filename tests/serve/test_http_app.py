@@ -246,3 +246,25 @@ def test_a_steady_body_past_the_total_body_timeout_gets_408(tmp_path):
 def test_an_unknown_key_with_a_lone_surrogate_is_a_422_with_the_key_escaped(app, path, body, param):
     response = call(app, "POST", path, content=body, headers={"Content-Type": "application/json"})
     assert assert_error(response, 422, param)["code"] == "extra_forbidden"
+
+
+@pytest.mark.parametrize(
+    ("accept", "content_type"),
+    [
+        (None, "application/json"),
+        ("image/png", "image/png"),
+        ("image/png;q=0", "application/json"),
+        ("application/json;q=0, image/png", "image/png"),
+        ("application/json, image/png", "application/json"),
+        ("image/png;q=0.5, application/json;q=0.9", "application/json"),
+        ("image/webp;q=0.2, image/png;q=0.8", "image/png"),
+        ("*/*", "application/json"),
+        ("image/gif, image/png", "image/png"),
+        ("image/gif", "application/json"),
+        ("image/png;q=abc, image/jpeg", "image/jpeg"),
+    ],
+)
+def test_accept_is_negotiated_with_q_values(app, accept, content_type):
+    headers = {"Accept": accept} if accept else {}
+    response = call(app, "POST", "/v1/sdxl", json={"prompt": "a", "seed": 1}, headers=headers)
+    assert response.status_code == 200 and response.headers["content-type"] == content_type
