@@ -3,6 +3,7 @@ runs them through the model gateway (with the runner), sends their webhooks, and
 for the routes. Every store call runs off the event loop (StoreClient)."""
 
 import asyncio
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ class Jobs:
         self.settings = settings
         self.store = StoreClient(open_store(settings), settings.store_timeout_s)
         self._webhook_secret = settings.webhook_secret()
-        self._deliveries: set[asyncio.Task] = set()
+        self._deliveries: dict[str, asyncio.Task] = {}  # each job's latest webhook delivery
         self.runner = JobRunner(
             self.store.store,
             Path(settings.output_dir).expanduser(),
@@ -64,10 +65,26 @@ class Jobs:
         raise RuntimeError("the model's event stream ended without a result")
 
     def _notify(self, job: Job, event: str) -> None:
-        """Sends the job's webhook for this event, if it asked for one, as a task of its own."""
+        """Sends the job's webhook for this event, if it asked for one, as a task of its own. A job's
+        deliveries go one at a time, in order (start, progress, completed); a progress event while
+        an earlier delivery is still under way is dropped, so a slow target costs one task a job."""
         if not job.webhook or event not in job.webhook["events"]:
             return
-        delivery = webhooks.deliver(
+        previous = self._deliveries.get(job.id)
+        if event == "progress" and previous is not None and not previous.done():
+            return
+        task = asyncio.get_running_loop().create_task(self._deliver_after(previous, job, event))
+        self._deliveries[job.id] = task  # kept until done: the loop holds tasks only weakly
+        task.add_done_callback(partial(self._forget_delivery, job.id))
+
+    def _forget_delivery(self, job_id: str, task: asyncio.Task) -> None:
+        if self._deliveries.get(job_id) is task:
+            del self._deliveries[job_id]
+
+    async def _deliver_after(self, previous: asyncio.Task | None, job: Job, event: str) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])
+        await webhooks.deliver(
             job.webhook["url"],
             event,
             job_view(job, job.webhook["prefix"]),
@@ -76,9 +93,6 @@ class Jobs:
             backoff_s=self.settings.webhook_backoff_s,
             allow_private=self.settings.webhook_allow_private_networks,
         )
-        task = asyncio.get_running_loop().create_task(delivery)
-        self._deliveries.add(task)  # kept until done: the loop holds tasks only weakly
-        task.add_done_callback(self._deliveries.discard)
 
     async def get(self, job_id: str) -> Job:
         job = await self.store.call(self.store.store.get, job_id)

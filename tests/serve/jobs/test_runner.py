@@ -80,3 +80,39 @@ def test_a_locked_store_neither_stalls_the_loop_nor_loses_the_job(tmp_path):
         return longest
 
     assert asyncio.run(main()) < 0.15
+
+
+def test_a_jobs_webhooks_go_in_order_one_at_a_time_dropping_progress_behind_a_slow_target(
+    tmp_path, monkeypatch
+):
+    from leap_ray.config import JobsSettings
+    from leap_ray.serve.jobs import service
+
+    sent: list[str] = []
+    in_flight = 0
+
+    async def slow_deliver(url, event, payload, **options):
+        nonlocal in_flight
+        in_flight += 1
+        assert in_flight == 1  # never two deliveries of one job at once
+        await asyncio.sleep(0.2)
+        sent.append(event)
+        in_flight -= 1
+        return True
+
+    monkeypatch.setattr(service.webhooks, "deliver", slow_deliver)
+    settings = JobsSettings(store_path=str(tmp_path / "jobs.sqlite3"), output_dir=str(tmp_path / "out"))
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+    webhook = {"url": "http://hooks.example/", "events": ["start", "progress", "completed"], "prefix": ""}
+    job = store.create("sdxl", {}, webhook)
+
+    async def main() -> None:
+        jobs = service.Jobs(gateway=None, settings=settings)
+        jobs._notify(job, "start")
+        for _ in range(5):
+            jobs._notify(job, "progress")  # the target is still busy with `start`: dropped
+        jobs._notify(job, "completed")
+        await wait_until(lambda: len(sent) == 2 and not jobs._deliveries, timeout_s=5)
+
+    asyncio.run(main())
+    assert sent == ["start", "completed"]
