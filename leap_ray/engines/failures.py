@@ -65,6 +65,17 @@ def fail_unfinished(results: list, error: Exception) -> None:
             results[index] = type(typed)(typed.message, param=typed.param, code=typed.code)
 
 
+def collect_results(count: int, fill: Callable[[list], None]) -> list:
+    """One entry per request, which `fill` sets; a fault outside any one request's work fails those
+    it left unset (`fail_unfinished`). Nothing but BaseExceptions escapes."""
+    results: list = [None] * count
+    try:
+        fill(results)
+    except Exception as error:
+        fail_unfinished(results, error)
+    return results
+
+
 class Rerunnable(Protocol):
     """A request's state inside a shared model call."""
 

@@ -44,7 +44,7 @@ from leap_ray.api.musicgen import MusicGenModelSpec, MusicGenRequest
 from leap_ray.api.progress import AudioProgress
 from leap_ray.engines.chroma import ChromaExtractor, resample
 from leap_ray.engines.device import placement
-from leap_ray.engines.failures import blame, fail_unfinished, internal_error, request_error, run_shared
+from leap_ray.engines.failures import blame, collect_results, internal_error, request_error, run_shared
 from leap_ray.errors import LeapRayError
 
 WINDOW_S = 30.0  # audiocraft's max_duration
@@ -222,12 +222,9 @@ class MusicGenEngine:
         request's result, or the error that request alone met. `should_stop[i]`, checked at every
         step, lets request i leave the batch; `progress[i]` is told an AudioProgress after each
         generated second of request i."""
-        results: list[MusicGenResult | LeapRayError | None] = [None] * len(requests)
-        try:
-            self._generate(requests, should_stop, progress, results)
-        except Exception as error:  # outside any one request's work: nothing is left to isolate
-            fail_unfinished(results, error)
-        return results  # type: ignore[return-value]
+        return collect_results(
+            len(requests), lambda results: self._generate(requests, should_stop, progress, results)
+        )
 
     def _generate(
         self,

@@ -43,7 +43,7 @@ from leap_ray.api.images import encode_image
 from leap_ray.api.progress import StepProgress
 from leap_ray.api.sdxl import SDXLModelSpec, SDXLRequest, seeds_for
 from leap_ray.engines.device import placement
-from leap_ray.engines.failures import blame, fail_unfinished, internal_error, request_error, run_shared
+from leap_ray.engines.failures import blame, collect_results, internal_error, request_error, run_shared
 from leap_ray.errors import InvalidRequest, LeapRayError
 
 SCHEDULER_CLASSES = {
@@ -312,12 +312,9 @@ class SDXLEngine:
         request's result, or the error that request alone met. `should_stop[i]`, checked after every
         denoising step, lets request i leave its call early; `progress[i]` is told a StepProgress (with a
         preview every `preview_every` steps) after each of request i's steps."""
-        results: list[SDXLResult | LeapRayError | None] = [None] * len(requests)
-        try:
-            self._generate(requests, should_stop, progress, results)
-        except Exception as error:  # outside any one request's work: nothing is left to isolate
-            fail_unfinished(results, error)
-        return results  # type: ignore[return-value]
+        return collect_results(
+            len(requests), lambda results: self._generate(requests, should_stop, progress, results)
+        )
 
     def _generate(
         self,
