@@ -1,8 +1,8 @@
-"""Head-of-line blocking in the SDXL deployment, over HTTP on one graph: a short request (4 steps)
-arriving while a long one (100 steps) runs, against the short request alone; and, on the direct
-engine in the same run, what a denoising step over 2 images costs against a step over 1 (the floor
-any scheduler that shares steps works within). Issue 16's target for step-level batching is
-short-behind-long / short-alone <= 1.5; this measures the batching the deployment has now.
+"""Head-of-line blocking in the SDXL deployment, over HTTP on one graph, `batching: request` and
+`batching: step` side by side: a short request (4 steps) arriving while a long one (100 steps) runs,
+against the short request alone; and, on the direct engine in the same run, what a denoising step
+over 2 images costs against a step over 1 (the floor any scheduler that shares steps works within).
+Issue 16's target for step-level batching is short-behind-long / short-alone <= 1.5.
 
     python -m benchmarks.head_of_line [--full-size]
 """
@@ -62,32 +62,43 @@ def post(client: httpx.Client, url: str, body: dict, seed: int) -> float:
     return time.perf_counter() - started
 
 
+def measure(client: httpx.Client, pool: ThreadPoolExecutor, url: str) -> dict[str, float]:
+    """p50 of the short request alone and behind a long one, and their ratio."""
+    post(client, url, SHORT, 0)  # warm up
+    alone = [post(client, url, SHORT, seed) for seed in range(ROUNDS)]
+    behind = []
+    for seed in range(ROUNDS):
+        long_run = pool.submit(post, client, url, LONG, seed)
+        time.sleep(ARRIVAL_S)
+        behind.append(post(client, url, SHORT, seed))
+        long_run.result()
+    short_alone, short_behind = percentiles(alone)["p50_ms"], percentiles(behind)["p50_ms"]
+    return {
+        "short_alone_p50_ms": short_alone,
+        "short_behind_long_p50_ms": short_behind,
+        "head_of_line_ratio": short_behind / short_alone,
+    }
+
+
 def main() -> None:
     args = arguments(__doc__)
     folders = models(args)
     step_ms = step_cost_ms(folders["sdxl"])
-    with graph(application("hol", folders, max_batch_size=8)) as base:
-        url = f"{base}/hol"
-        with httpx.Client(timeout=600) as client, ThreadPoolExecutor(1) as pool:
-            post(client, url, SHORT, 0)  # warm up
-            alone = [post(client, url, SHORT, seed) for seed in range(ROUNDS)]
-            behind = []
-            for seed in range(ROUNDS):
-                long_run = pool.submit(post, client, url, LONG, seed)
-                time.sleep(ARRIVAL_S)
-                behind.append(post(client, url, SHORT, seed))
-                long_run.result()
-    short_alone, short_behind = percentiles(alone)["p50_ms"], percentiles(behind)["p50_ms"]
-    rows = [
-        {
-            "short_alone_p50_ms": short_alone,
-            "short_behind_long_p50_ms": short_behind,
-            "head_of_line_ratio": short_behind / short_alone,
-            "step_ms_batch_1": step_ms["batch_1"],
-            "step_ms_batch_2": step_ms["batch_2"],
-            "step_cost_ratio_2_over_1": step_ms["batch_2"] / step_ms["batch_1"],
-        }
-    ]
+    applications = {
+        mode: application(
+            mode, folders, max_batch_size=8, user_config={"max_batch_size": 8, "batching": mode}
+        )
+        for mode in ("request", "step")
+    }
+    with graph(*applications.values()) as base, httpx.Client(timeout=600) as client:
+        with ThreadPoolExecutor(1) as pool:
+            rows = [{"batching": mode, **measure(client, pool, f"{base}/{mode}")} for mode in applications]
+    for row in rows:
+        row.update(
+            step_ms_batch_1=step_ms["batch_1"],
+            step_ms_batch_2=step_ms["batch_2"],
+            step_cost_ratio_2_over_1=step_ms["batch_2"] / step_ms["batch_1"],
+        )
     print_table(
         f"Head-of-line: {SHORT['num_inference_steps']} steps behind {LONG['num_inference_steps']}", rows
     )

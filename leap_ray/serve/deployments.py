@@ -26,6 +26,7 @@ from leap_ray.api.sdxl import SDXLModelSpec, SDXLOutput, SDXLRequest
 from leap_ray.config import BatchingConfig, ModelSettings
 from leap_ray.errors import ModelError
 from leap_ray.model_sources import resolve_model
+from leap_ray.serve.step_scheduler import StepScheduler
 
 logger = logging.getLogger("ray.serve")
 DEFAULT_BATCHING = BatchingConfig()  # until Serve passes the config's user_config to reconfigure
@@ -139,7 +140,7 @@ class _ModelDeployment:
         alone = self.requests_ongoing == 1 and self.last_batch_requests <= 1
         self._generate_batch.set_batch_wait_timeout_s(0.0 if alone else self.batching.batch_wait_timeout_s)
         try:
-            output = await self._generate_batch(pending)
+            output = await self._dispatch(pending)
         except asyncio.CancelledError:
             # The caller went away (Serve cancels this task): a queued request is dropped from its
             # batch by @serve.batch; a running one leaves its batch at the engine's next step.
@@ -151,6 +152,10 @@ class _ModelDeployment:
         if isinstance(output, Exception):
             raise output
         return output
+
+    async def _dispatch(self, pending: _Pending) -> Any:
+        """The request's output (or error) from whole-request batches."""
+        return await self._generate_batch(pending)
 
     @serve.batch(
         max_batch_size=DEFAULT_BATCHING.max_batch_size,
@@ -212,6 +217,26 @@ class _PartsProgress:
 class SDXLDeployment(_ModelDeployment):
     default_engine = "leap_ray.engines.sdxl:SDXLEngine"
 
+    _steps: StepScheduler | None = None
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        super().reconfigure(user_config)
+        if self.batching.batching == "step":
+            if self._steps is None:
+                from leap_ray.engines.sdxl_steps import StepBatch  # diffusers: model replicas only
+
+                self._steps = StepScheduler(StepBatch(self.engine), self.batching.max_batch_size)
+            self._steps.max_images = self.batching.max_batch_size
+
+    async def _dispatch(self, pending: _Pending) -> Any:
+        if self.batching.batching != "step":
+            return await super()._dispatch(pending)
+        self.requests_served += 1
+        outcome = await self._steps.generate(pending.request, pending.cancelled.is_set, pending.progress)
+        if isinstance(outcome, Exception) or outcome is None or pending.cancelled.is_set():
+            return outcome
+        return await asyncio.to_thread(self._encoded, pending, outcome)
+
     def split(self, request: SDXLRequest) -> list[SDXLRequest]:
         # The seed is fixed first, so that image j of every part gets seed + j (a direct call may have none).
         return with_seed(request).split(self.batching.max_batch_size)
@@ -232,6 +257,11 @@ class SDXLDeployment(_ModelDeployment):
 @serve.deployment(name="MusicGen")
 class MusicGenDeployment(_ModelDeployment):
     default_engine = "leap_ray.engines.musicgen:MusicGenEngine"
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        super().reconfigure(user_config)
+        if self.batching.batching == "step":
+            raise ValueError("MusicGen batches whole requests: its user_config takes batching: request")
 
     def encode(self, request: MusicGenRequest, result: Any) -> MusicGenOutput:
         waveform: np.ndarray = result.waveform

@@ -1,0 +1,317 @@
+"""Step-level (continuous) batching for SDXL: requests join and leave a running batch at every
+denoising step, so a short request never waits for a long one to finish.
+
+Each request carries its own state (`_Run`): its scheduler instance and timesteps, its latents, its
+text and micro-conditioning rows, its guidance. A step runs ONE UNet forward over every running
+image of the same latent shape and text length, each row at its own timestep (the UNet takes a
+per-sample timestep), then applies each request's guidance, rescale and scheduler step to its own
+rows. A request whose timesteps are done is decoded and handed back at once.
+
+What it mirrors of `StableDiffusionXLPipeline.__call__` (diffusers 0.42), per request: step 4
+`retrieve_timesteps` and 8.1 the `denoising_end` cut; step 5 `prepare_latents` (noise drawn from the
+request's own generators, times `init_noise_sigma`); 6 `prepare_extra_step_kwargs`; 7
+`_get_add_time_ids` and the [negative; positive] rows of guidance; 8 the loop body (scale the model
+input, guidance, `rescale_noise_cfg`, `scheduler.step`, `callback_on_step_end`); and the VAE decode
+with its float16 upcast rule. Images equal a solo pipeline call with the same seeds (tests check)."""
+
+import inspect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import (
+    rescale_noise_cfg,
+    retrieve_timesteps,
+)
+
+from leap_ray.api.progress import StepProgress
+from leap_ray.api.sdxl import SDXLRequest
+from leap_ray.engines.failures import internal_error, model_error, request_error
+from leap_ray.engines.sdxl import (
+    SCHEDULER_CLASSES,
+    SDXLEngine,
+    SDXLResult,
+    _Member,
+    _StepFanOut,
+)
+from leap_ray.errors import LeapRayError
+
+
+class _RunPipelineView:
+    """The pipeline as one request's callback sees it in a step batch: its own number of steps."""
+
+    def __init__(self, pipeline: Any, num_timesteps: int) -> None:
+        self._pipeline = pipeline
+        self.num_timesteps = num_timesteps
+        self._interrupt = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipeline, name)
+
+
+@dataclass
+class _Run:
+    """A request in the running batch, with everything its own denoising needs."""
+
+    member: _Member
+    scheduler: Any
+    timesteps: torch.Tensor
+    latents: torch.Tensor  # (images, channels, h, w)
+    prompt_embeds: torch.Tensor  # the UNet's text rows: [negative; positive] when guided
+    text_embeds: torch.Tensor
+    time_ids: torch.Tensor
+    extra_step_kwargs: dict[str, Any]
+    admitted_at: float
+    step: int = 0
+    unet_calls: int = 0
+    largest_batch: int = 0
+
+    @property
+    def request(self) -> SDXLRequest:
+        return self.member.request
+
+    @property
+    def guided(self) -> bool:
+        return self.request.guidance_is_on()
+
+    @property
+    def shape(self) -> tuple:
+        """Runs of one shape can share a UNet call."""
+        return (*self.latents.shape[1:], self.prompt_embeds.shape[1])
+
+    @property
+    def finished(self) -> bool:
+        return (
+            self.step >= len(self.timesteps)
+            or self.member.stopped_at_step is not None
+            or self.member.error is not None
+        )
+
+
+class StepBatch:
+    """The running batch of one replica, driven by one thread: `admit` requests between steps, call
+    `step` until `running` is empty, take each finished request's outcome from `step`'s return."""
+
+    def __init__(self, engine: SDXLEngine) -> None:
+        self.engine = engine
+        self.pipeline = engine._default
+        self.running: list[_Run] = []
+        self.unet_calls = 0
+
+    @property
+    def images(self) -> int:
+        return sum(run.member.count for run in self.running)
+
+    @torch.inference_mode()
+    def admit(
+        self,
+        request: SDXLRequest,
+        should_stop: Callable[[], bool] | None = None,
+        progress: Callable[[StepProgress], None] | None = None,
+    ) -> LeapRayError | None:
+        """Adds the request to the running batch (its prompts encoded, its noise drawn), or returns
+        the error that it alone met."""
+        try:
+            member = self.engine._admit(request, self.engine.spec(), should_stop, progress)
+            self.running.append(self._run(member))
+        except Exception as error:
+            return request_error(error)
+        return None
+
+    def _run(self, member: _Member) -> _Run:
+        engine, pipeline, request = self.engine, self.pipeline, member.request
+        scheduler = self._scheduler(request.scheduler)
+        timesteps, _ = retrieve_timesteps(scheduler, request.num_inference_steps, engine.device)
+        timesteps = timesteps[: self._steps_before_end(scheduler, timesteps, request.denoising_end)]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(0)
+        member.generators = [torch.Generator().manual_seed(seed) for seed in member.seeds]
+        latents = engine._initial_latents(member, pipeline) * scheduler.init_noise_sigma
+        prompt_embeds, negative_embeds, pooled, negative_pooled = member.embeds
+        time_ids, negative_time_ids = self._time_ids(request, pooled)
+        if request.guidance_is_on():
+            prompt_embeds = torch.cat([negative_embeds, prompt_embeds])
+            pooled = torch.cat([negative_pooled, pooled])
+            time_ids = torch.cat([negative_time_ids, time_ids])
+        return _Run(
+            member=member,
+            scheduler=scheduler,
+            timesteps=timesteps,
+            latents=latents,
+            prompt_embeds=prompt_embeds.to(engine.device),
+            text_embeds=pooled.to(engine.device),
+            time_ids=time_ids.to(engine.device).repeat(member.count, 1),
+            extra_step_kwargs=self._extra_step_kwargs(scheduler, member.generators, request.eta),
+            admitted_at=time.perf_counter(),
+        )
+
+    def _scheduler(self, name: str | None) -> Any:
+        """A scheduler of the request's own (schedulers keep per-run state): the model's, or a named one."""
+        scheduler_class = SCHEDULER_CLASSES[name] if name else type(self.pipeline.scheduler)
+        return scheduler_class.from_config(self.pipeline.scheduler.config)
+
+    @staticmethod
+    def _extra_step_kwargs(scheduler: Any, generators: list[torch.Generator], eta: float) -> dict[str, Any]:
+        """`prepare_extra_step_kwargs` for the request's own scheduler (only DDIM takes eta)."""
+        parameters = inspect.signature(scheduler.step).parameters
+        extra: dict[str, Any] = {"eta": eta} if "eta" in parameters else {}
+        if "generator" in parameters:
+            extra["generator"] = generators
+        return extra
+
+    @staticmethod
+    def _steps_before_end(scheduler: Any, timesteps: torch.Tensor, denoising_end: float | None) -> int:
+        """How many timesteps a `denoising_end` keeps (the pipeline's step 8.1)."""
+        if denoising_end is None or not 0 < denoising_end < 1:
+            return len(timesteps)
+        train = scheduler.config.num_train_timesteps
+        cutoff = round(train - denoising_end * train)
+        return len([t for t in timesteps if t >= cutoff])
+
+    def _time_ids(self, request: SDXLRequest, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The added time ids, and the negative ones (the positive ones unless both negative sizes are
+        given), as the pipeline's step 7 builds them."""
+        size = (request.height, request.width)
+        width = self.pipeline.text_encoder_2.config.projection_dim
+        time_ids = self.pipeline._get_add_time_ids(
+            request.original_size or size,
+            request.crops_coords_top_left,
+            request.target_size or size,
+            dtype=pooled.dtype,
+            text_encoder_projection_dim=width,
+        )
+        if request.negative_original_size is None or request.negative_target_size is None:
+            return time_ids, time_ids
+        negative = self.pipeline._get_add_time_ids(
+            request.negative_original_size,
+            request.negative_crops_coords_top_left,
+            request.negative_target_size,
+            dtype=pooled.dtype,
+            text_encoder_projection_dim=width,
+        )
+        return time_ids, negative
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[SDXLRequest, SDXLResult | LeapRayError]]:
+        """One denoising step of every running request (a UNet call per shape), then the outcome of
+        each request that finished: its decoded images, or its own error."""
+        for shape in dict.fromkeys(run.shape for run in self.running):
+            group = [run for run in self.running if run.shape == shape and not run.finished]
+            if group:
+                self._denoise(group)
+        done = [run for run in self.running if run.finished]
+        self.running = [run for run in self.running if not run.finished]
+        return [(run.request, self._outcome(run)) for run in done]
+
+    def _denoise(self, runs: list[_Run]) -> None:
+        """One UNet call over the runs' rows, each at its own timestep, then each run's own step. If the
+        shared call fails, each run is stepped alone: only one that fails alone gets the error."""
+        try:
+            noise = self._unet(runs)
+        except Exception as error:
+            if len(runs) == 1:
+                runs[0].member.error = model_error(error)
+            else:
+                for run in runs:
+                    self._denoise([run])
+            return
+        for run, prediction in zip(runs, noise, strict=True):
+            try:
+                self._scheduler_step(run, prediction)
+            except Exception as error:
+                run.member.error = request_error(error)
+
+    def _unet(self, runs: list[_Run]) -> list[torch.Tensor]:
+        inputs, timesteps = [], []
+        for run in runs:
+            t = run.timesteps[run.step]
+            latents = torch.cat([run.latents] * 2) if run.guided else run.latents
+            inputs.append(run.scheduler.scale_model_input(latents, t))
+            timesteps.append(t.expand(latents.shape[0]))
+        noise = self.pipeline.unet(
+            torch.cat(inputs),
+            torch.cat(timesteps),
+            encoder_hidden_states=torch.cat([run.prompt_embeds for run in runs]),
+            added_cond_kwargs={
+                "text_embeds": torch.cat([run.text_embeds for run in runs]),
+                "time_ids": torch.cat([run.time_ids for run in runs]),
+            },
+            return_dict=False,
+        )[0]
+        self.unet_calls += 1
+        rows = len(noise)
+        for run in runs:
+            run.unet_calls += 1
+            run.largest_batch = max(run.largest_batch, rows)
+        return list(noise.split([len(model_input) for model_input in inputs]))
+
+    def _scheduler_step(self, run: _Run, noise: torch.Tensor) -> None:
+        request, t = run.request, run.timesteps[run.step]
+        if run.guided:
+            unconditional, text = noise.chunk(2)
+            noise = unconditional + request.guidance_scale * (text - unconditional)
+            if request.guidance_rescale > 0.0:
+                noise = rescale_noise_cfg(noise, text, guidance_rescale=request.guidance_rescale)
+        run.latents = run.scheduler.step(noise, t, run.latents, **run.extra_step_kwargs, return_dict=False)[0]
+        self._step_end(run, t)
+        run.step += 1
+
+    def _step_end(self, run: _Run, t: torch.Tensor) -> None:
+        """The request's callback, stop check and progress, as the request-level engine runs them."""
+        member = run.member
+        member.start = 0
+        tensors = {
+            "latents": run.latents,
+            "prompt_embeds": run.prompt_embeds,
+            "add_text_embeds": run.text_embeds,
+            "add_time_ids": run.time_ids,
+        }
+        view = _RunPipelineView(self.pipeline, len(run.timesteps))
+        try:
+            _StepFanOut([member], member.count)(view, run.step, t, tensors)
+        except Exception as error:
+            member.error = internal_error(error)
+        run.latents, run.prompt_embeds = tensors["latents"], tensors["prompt_embeds"]
+        run.text_embeds, run.time_ids = tensors["add_text_embeds"], tensors["add_time_ids"]
+
+    def _outcome(self, run: _Run) -> SDXLResult | LeapRayError:
+        member = run.member
+        if member.error is not None:
+            return member.error
+        try:
+            images = self._decode(run.latents)
+        except Exception as error:
+            return request_error(error)
+        return SDXLResult(
+            images=list(images),
+            seeds=member.seeds,
+            timings={"encode_s": member.encode_s, "generate_s": time.perf_counter() - run.admitted_at},
+            batch_size=run.largest_batch,
+            stopped_at_step=member.stopped_at_step,
+        )
+
+    def _decode(self, latents: torch.Tensor) -> Any:
+        """The pipeline's decode: the VAE in float32 when it is float16 and asks for it (force_upcast)."""
+        vae = self.pipeline.vae
+        upcast = vae.dtype == torch.float16 and vae.config.force_upcast
+        if upcast:
+            vae.to(dtype=torch.float32)
+            latents = latents.to(torch.float32)
+        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+        if mean is not None and std is not None:
+            view = (1, len(mean), 1, 1)
+            mean = torch.tensor(mean).view(view).to(latents.device, latents.dtype)
+            std = torch.tensor(std).view(view).to(latents.device, latents.dtype)
+            latents = latents * std / vae.config.scaling_factor + mean
+        else:
+            latents = latents / vae.config.scaling_factor
+        try:
+            image = vae.decode(latents, return_dict=False)[0]
+        finally:
+            if upcast:
+                vae.to(dtype=torch.float16)
+        if self.pipeline.watermark is not None:
+            image = self.pipeline.watermark.apply_watermark(image)
+        return self.pipeline.image_processor.postprocess(image, output_type="np")

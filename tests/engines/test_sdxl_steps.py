@@ -1,0 +1,143 @@
+"""Step-level batching: requests that join and leave a running batch at any step each get exactly the
+images of a solo diffusers call, share UNet calls whatever their steps, schedulers or guidance, and
+cannot change each other's result by failing or being cancelled."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionXLPipeline
+
+from leap_ray.api.sdxl import SDXLRequest
+from leap_ray.engines.sdxl import SCHEDULER_CLASSES, SDXLEngine, SDXLResult
+from leap_ray.engines.sdxl_steps import StepBatch
+from leap_ray.errors import InvalidRequest
+
+TOLERANCE = 1e-3  # on 0-1 pixel values, CPU float32
+SMALL = {"height": 64, "width": 64}
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_models) -> SDXLEngine:
+    return SDXLEngine(str(tiny_models["sdxl"]))
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_models) -> StableDiffusionXLPipeline:
+    pipeline = StableDiffusionXLPipeline.from_pretrained(tiny_models["sdxl"])
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def solo(reference: StableDiffusionXLPipeline, request: SDXLRequest) -> np.ndarray:
+    if request.scheduler is not None:
+        scheduler = SCHEDULER_CLASSES[request.scheduler].from_config(reference.scheduler.config)
+        reference = StableDiffusionXLPipeline.from_pipe(reference, scheduler=scheduler)
+        reference.set_progress_bar_config(disable=True)
+    generators = [torch.Generator().manual_seed(request.seed + j) for j in range(request.image_count)]
+    return reference(**request.to_pipeline_kwargs(), generator=generators, output_type="np").images
+
+
+def run(batch: StepBatch, arrivals: dict[int, list[SDXLRequest]]) -> dict[int, object]:
+    """Steps the batch until it is empty, admitting `arrivals[k]` before step k; outcomes by seed."""
+    outcomes, step = {}, 0
+    while batch.running or any(k >= step for k in arrivals):
+        for request in arrivals.get(step, []):
+            assert batch.admit(request) is None
+        outcomes.update((request.seed, outcome) for request, outcome in batch.step())
+        step += 1
+    return outcomes
+
+
+STAGGERED = {
+    0: [SDXLRequest(prompt="a red fox", seed=1, num_inference_steps=8, **SMALL)],
+    1: [
+        SDXLRequest(
+            prompt="the sea", seed=2, num_inference_steps=3, guidance_scale=9.0, guidance_rescale=0.7, **SMALL
+        )
+    ],
+    2: [
+        SDXLRequest(prompt="a tree", seed=3, num_inference_steps=5, scheduler="ddim", eta=0.5, **SMALL),
+        SDXLRequest(prompt="no guidance", seed=4, num_inference_steps=4, guidance_scale=1.0, **SMALL),
+    ],
+    5: [
+        SDXLRequest(
+            prompt=["two", "prompts"],
+            negative_prompt="blurry",
+            num_images_per_prompt=2,
+            seed=5,
+            num_inference_steps=6,
+            scheduler="dpmpp_2m",
+            denoising_end=0.7,
+            original_size=(128, 96),
+            negative_original_size=(32, 32),
+            negative_target_size=(64, 64),
+            **SMALL,
+        )
+    ],
+    6: [
+        SDXLRequest(
+            prompt="wider", seed=6, height=64, width=96, num_inference_steps=4, scheduler="euler_ancestral"
+        )
+    ],
+}
+
+
+def test_requests_joining_at_steps_0_1_2_5_6_each_equal_their_solo_diffusers_call(engine, reference):
+    outcomes = run(StepBatch(engine), STAGGERED)
+    for request in (request for arrivals in STAGGERED.values() for request in arrivals):
+        result = outcomes[request.seed]
+        assert isinstance(result, SDXLResult), result
+        assert result.seeds == [request.seed + j for j in range(request.image_count)]
+        expected = solo(reference, request)
+        assert np.abs(np.stack(result.images) - expected).max() < TOLERANCE, request.seed
+
+
+def test_requests_of_different_steps_schedulers_and_guidance_share_unet_calls(engine):
+    shared = StepBatch(engine)
+    outcomes = run(shared, STAGGERED)
+    alone_calls = 0
+    for request in (request for arrivals in STAGGERED.values() for request in arrivals):
+        alone = StepBatch(engine)
+        run(alone, {0: [request]})
+        alone_calls += alone.unet_calls  # one UNet call per step of its own
+    assert shared.unet_calls < alone_calls / 2
+    assert max(outcome.batch_size for outcome in outcomes.values()) >= 8  # UNet rows of several requests
+
+
+def test_a_raising_callback_and_a_cancelled_request_leave_their_batch_mates_unchanged(engine, reference):
+    def raising(pipeline, step, timestep, tensors):
+        if step == 2:
+            raise RuntimeError("user code fails")
+        return {}
+
+    cancelled = {"now": False}
+    innocent = SDXLRequest(prompt="innocent", seed=21, num_inference_steps=6, **SMALL)
+    batch = StepBatch(engine)
+    assert batch.admit(innocent) is None
+    assert (
+        batch.admit(
+            SDXLRequest(prompt="bad", seed=22, num_inference_steps=6, callback_on_step_end=raising, **SMALL)
+        )
+        is None
+    )
+    assert (
+        batch.admit(
+            SDXLRequest(prompt="gone", seed=23, num_inference_steps=6, **SMALL),
+            should_stop=lambda: cancelled["now"],
+        )
+        is None
+    )
+    outcomes = {}
+    for step in range(6):
+        cancelled["now"] = step == 1
+        outcomes.update((request.seed, outcome) for request, outcome in batch.step())
+    assert isinstance(outcomes[22], InvalidRequest) and outcomes[22].param == "callback_on_step_end"
+    assert outcomes[23].stopped_at_step == 1
+    assert np.abs(np.stack(outcomes[21].images) - solo(reference, innocent)).max() < TOLERANCE
+
+
+def test_a_request_the_model_rejects_fails_alone_at_admission(engine):
+    batch = StepBatch(engine)
+    bad = SDXLRequest(prompt="a", seed=1, latents=torch.zeros(1, 4, 16, 16), **SMALL)
+    error = batch.admit(bad)
+    assert isinstance(error, InvalidRequest) and error.param == "latents" and not batch.running

@@ -1,0 +1,73 @@
+"""The replica's step scheduler in-process: a short request that arrives while a long one runs is
+answered first, with the images it gets alone; requests beyond the image budget wait for room; a
+request cancelled while waiting never runs."""
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from leap_ray.api.sdxl import SDXLRequest
+from leap_ray.engines.sdxl import SDXLEngine, SDXLResult
+from leap_ray.engines.sdxl_steps import StepBatch
+from leap_ray.serve.step_scheduler import StepScheduler
+
+SMALL = {"height": 64, "width": 64}
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_models) -> SDXLEngine:
+    return SDXLEngine(str(tiny_models["sdxl"]))
+
+
+def never() -> bool:
+    return False
+
+
+def test_a_short_request_behind_a_long_one_is_answered_first_with_its_own_images(engine):
+    long = SDXLRequest(prompt="long", seed=1, num_inference_steps=60, **SMALL)
+    short = SDXLRequest(prompt="short", seed=2, num_inference_steps=3, **SMALL)
+    (alone,) = engine.generate([short])
+    finished: list[str] = []
+
+    async def main() -> dict[str, SDXLResult]:
+        scheduler = StepScheduler(StepBatch(engine), max_images=8)
+
+        async def one(name: str, request: SDXLRequest, delay: float) -> SDXLResult:
+            await asyncio.sleep(delay)
+            outcome = await scheduler.generate(request, never, None)
+            finished.append(name)
+            return outcome
+
+        long_run, short_run = await asyncio.gather(one("long", long, 0), one("short", short, 0.2))
+        return {"long": long_run, "short": short_run}
+
+    outcomes = asyncio.run(main())
+    assert finished == ["short", "long"]
+    assert np.abs(np.stack(outcomes["short"].images) - np.stack(alone.images)).max() < 1e-3
+    assert outcomes["short"].batch_size >= 4  # it shared UNet calls with the long one (2 rows each)
+
+
+def test_requests_beyond_the_image_budget_wait_and_a_cancelled_one_never_runs(engine):
+    cancelled = threading.Event()
+    first = SDXLRequest(prompt="a", seed=1, num_inference_steps=20, num_images_per_prompt=2, **SMALL)
+    second = SDXLRequest(prompt="b", seed=2, num_inference_steps=2, num_images_per_prompt=2, **SMALL)
+    dropped = SDXLRequest(prompt="c", seed=3, num_inference_steps=2, **SMALL)
+
+    async def main() -> list:
+        scheduler = StepScheduler(StepBatch(engine), max_images=2)
+        started = time.perf_counter()
+        tasks = [asyncio.create_task(scheduler.generate(first, never, None))]
+        await asyncio.sleep(0.1)
+        tasks.append(asyncio.create_task(scheduler.generate(second, never, None)))
+        tasks.append(asyncio.create_task(scheduler.generate(dropped, cancelled.is_set, None)))
+        cancelled.set()
+        outcomes = await asyncio.gather(*tasks)
+        assert time.perf_counter() - started < 60
+        return outcomes
+
+    first_outcome, second_outcome, dropped_outcome = asyncio.run(main())
+    assert first_outcome.batch_size == second_outcome.batch_size == 4  # never more than 2 images (x2 rows)
+    assert dropped_outcome is None
