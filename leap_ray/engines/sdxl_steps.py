@@ -66,7 +66,7 @@ class _Run:
     admitted_at: float
     step: int = 0
     unet_calls: int = 0
-    largest_batch: int = 0
+    largest_batch: int = 0  # the most images in one UNet call this request was part of
 
     @property
     def request(self) -> SDXLRequest:
@@ -241,10 +241,10 @@ class StepBatch:
             return_dict=False,
         )[0]
         self.unet_calls += 1
-        rows = len(noise)
+        images = sum(run.member.count for run in runs)
         for run in runs:
             run.unet_calls += 1
-            run.largest_batch = max(run.largest_batch, rows)
+            run.largest_batch = max(run.largest_batch, images)
         return list(noise.split([len(model_input) for model_input in inputs]))
 
     def _scheduler_step(self, run: _Run, noise: torch.Tensor) -> None:

@@ -26,19 +26,20 @@ class BrokenSDXLEngine:
 
 
 class DyingSDXLEngine(SDXLEngine):
-    """The real engine, except that its replica process is SIGKILLed in the middle of a batch, as
-    a GPU fault or the OOM killer would, the first `deaths` times any replica of it runs one. The
-    count is kept in files under `marker_dir`, so it survives the replica's restart."""
+    """The real engine, except that its replica process is SIGKILLed while it takes in a request (as
+    a GPU fault or the OOM killer would), the first `deaths` times any replica of it does. Both
+    batching modes take requests in through `_admit`. The count is kept in files under `marker_dir`,
+    so it survives the replica's restart."""
 
     def __init__(self, model: str, *, marker_dir: str, deaths: int, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         self.marker_dir = Path(marker_dir)
         self.deaths = deaths
 
-    def generate(self, requests: Any, **hooks: Any) -> Any:
+    def _admit(self, request: Any, *args: Any) -> Any:
         self.marker_dir.mkdir(parents=True, exist_ok=True)
         died = len(list(self.marker_dir.iterdir()))
         if died < self.deaths:
             (self.marker_dir / f"death-{died}").touch()
             os.kill(os.getpid(), signal.SIGKILL)
-        return super().generate(requests, **hooks)
+        return super()._admit(request, *args)

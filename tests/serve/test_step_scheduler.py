@@ -47,7 +47,7 @@ def test_a_short_request_behind_a_long_one_is_answered_first_with_its_own_images
     outcomes = asyncio.run(main())
     assert finished == ["short", "long"]
     assert np.abs(np.stack(outcomes["short"].images) - np.stack(alone.images)).max() < 1e-3
-    assert outcomes["short"].batch_size >= 4  # it shared UNet calls with the long one (2 rows each)
+    assert outcomes["short"].batch_size == 2  # it shared UNet calls with the long one
 
 
 def test_requests_beyond_the_image_budget_wait_and_a_cancelled_one_never_runs(engine):
@@ -69,5 +69,5 @@ def test_requests_beyond_the_image_budget_wait_and_a_cancelled_one_never_runs(en
         return outcomes
 
     first_outcome, second_outcome, dropped_outcome = asyncio.run(main())
-    assert first_outcome.batch_size == second_outcome.batch_size == 4  # never more than 2 images (x2 rows)
+    assert first_outcome.batch_size == second_outcome.batch_size == 2  # never more than 2 images
     assert dropped_outcome is None
