@@ -203,7 +203,28 @@ class StepBatch:
                 self._denoise(group)
         done = [run for run in self.running if run.finished]
         self.running = [run for run in self.running if not run.finished]
-        return [(run.request, self._outcome(run)) for run in done]
+        images = self._decode_together([run for run in done if run.member.error is None])
+        return [(run.request, self._outcome(run, images.get(id(run)))) for run in done]
+
+    def _decode_together(self, runs: list[_Run]) -> dict[int, Any]:
+        """The images of the runs that finished at this step, by run: one VAE call per latent shape.
+        If a shared call fails, each run is decoded alone, and only one that fails alone gets its
+        error (in place of its images)."""
+        decoded: dict[int, Any] = {}
+        for shape in dict.fromkeys(run.latents.shape[1:] for run in runs):
+            group = [run for run in runs if run.latents.shape[1:] == shape]
+            try:
+                images = self._decode(torch.cat([run.latents for run in group]))
+            except Exception as error:
+                if len(group) == 1:
+                    decoded[id(group[0])] = request_error(error)
+                else:
+                    for run in group:
+                        decoded.update(self._decode_together([run]))
+                continue
+            for run, part in zip(group, _split(images, [run.member.count for run in group]), strict=True):
+                decoded[id(run)] = part
+        return decoded
 
     def _denoise(self, runs: list[_Run]) -> None:
         """One UNet call over the runs' rows, each at its own timestep, then each run's own step. If the
@@ -276,14 +297,12 @@ class StepBatch:
         run.latents, run.prompt_embeds = tensors["latents"], tensors["prompt_embeds"]
         run.text_embeds, run.time_ids = tensors["add_text_embeds"], tensors["add_time_ids"]
 
-    def _outcome(self, run: _Run) -> SDXLResult | LeapRayError:
+    def _outcome(self, run: _Run, images: Any) -> SDXLResult | LeapRayError:
         member = run.member
         if member.error is not None:
             return member.error
-        try:
-            images = self._decode(run.latents)
-        except Exception as error:
-            return request_error(error)
+        if isinstance(images, LeapRayError):
+            return images
         return SDXLResult(
             images=list(images),
             seeds=member.seeds,
@@ -315,3 +334,9 @@ class StepBatch:
         if self.pipeline.watermark is not None:
             image = self.pipeline.watermark.apply_watermark(image)
         return self.pipeline.image_processor.postprocess(image, output_type="np")
+
+
+def _split(images: Any, counts: list[int]) -> list[Any]:
+    """Consecutive slices of `images` of the given lengths."""
+    starts = [sum(counts[:index]) for index in range(len(counts))]
+    return [images[start : start + count] for start, count in zip(starts, counts, strict=True)]

@@ -141,3 +141,23 @@ def test_a_request_the_model_rejects_fails_alone_at_admission(engine):
     bad = SDXLRequest(prompt="a", seed=1, latents=torch.zeros(1, 4, 16, 16), **SMALL)
     error = batch.admit(bad)
     assert isinstance(error, InvalidRequest) and error.param == "latents" and not batch.running
+
+
+def test_requests_finishing_together_are_decoded_together_and_a_failing_decode_is_retried_alone(
+    engine, reference
+):
+    requests = [SDXLRequest(prompt=f"p{i}", seed=30 + i, num_inference_steps=3, **SMALL) for i in range(3)]
+    batch = StepBatch(engine)
+    real_decode, decoded_rows = batch._decode, []
+
+    def decode(latents):
+        decoded_rows.append(latents.shape[0])
+        if latents.shape[0] > 1 and len(decoded_rows) == 1:
+            raise RuntimeError("CUDA out of memory")  # the shared decode fails once
+        return real_decode(latents)
+
+    batch._decode = decode
+    outcomes = run(batch, {0: requests})
+    assert decoded_rows == [3, 1, 1, 1]
+    for request in requests:
+        assert np.abs(np.stack(outcomes[request.seed].images) - solo(reference, request)).max() < TOLERANCE
