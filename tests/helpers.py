@@ -6,7 +6,12 @@ import struct
 import numpy as np
 import psutil
 import soundfile
+import torch
+from diffusers import StableDiffusionXLPipeline
 from PIL import Image
+
+from leap_ray.api.sdxl import SDXLRequest
+from leap_ray.engines.sdxl import SCHEDULER_CLASSES
 
 SMALL = {"height": 64, "width": 64, "num_inference_steps": 3}  # an SDXL request that costs little
 
@@ -53,3 +58,14 @@ def with_total_samples(flac: bytes, total: int) -> bytes:
     patched[at] = patched[at] & 0xF0 | total >> 32
     patched[at + 1 : at + 5] = (total & 0xFFFFFFFF).to_bytes(4, "big")
     return bytes(patched)
+
+
+def solo(reference: StableDiffusionXLPipeline, request: SDXLRequest, seeds: list[int]) -> np.ndarray:
+    """What a direct diffusers call with the request's parameters gives."""
+    if request.scheduler is not None:
+        reference = StableDiffusionXLPipeline.from_pipe(
+            reference, scheduler=SCHEDULER_CLASSES[request.scheduler].from_config(reference.scheduler.config)
+        )
+        reference.set_progress_bar_config(disable=True)
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    return reference(**request.to_pipeline_kwargs(), generator=generators, output_type="np").images

@@ -5,34 +5,12 @@ from diffusers import DDIMScheduler, StableDiffusionXLPipeline
 
 from leap_ray.api.sdxl import CALLBACK_TENSOR_INPUTS, SDXLRequest
 from leap_ray.engines.contract import Engine
-from leap_ray.engines.sdxl import SCHEDULER_CLASSES, SDXLEngine, SDXLResult
+from leap_ray.engines.sdxl import SDXLEngine, SDXLResult
 from leap_ray.errors import InvalidRequest, LeapRayError, ModelError
+from tests.helpers import solo
 
 TOLERANCE = 1e-3  # on 0-1 pixel values, CPU float32
 SMALL = {"height": 64, "width": 64, "num_inference_steps": 3}
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_models) -> SDXLEngine:
-    return SDXLEngine(str(tiny_models["sdxl"]))
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_models) -> StableDiffusionXLPipeline:
-    pipeline = StableDiffusionXLPipeline.from_pretrained(tiny_models["sdxl"])
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
-
-
-def solo(reference: StableDiffusionXLPipeline, request: SDXLRequest, seeds: list[int]) -> np.ndarray:
-    """What a direct diffusers call with the request's parameters gives."""
-    if request.scheduler is not None:
-        reference = StableDiffusionXLPipeline.from_pipe(
-            reference, scheduler=SCHEDULER_CLASSES[request.scheduler].from_config(reference.scheduler.config)
-        )
-        reference.set_progress_bar_config(disable=True)
-    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-    return reference(**request.to_pipeline_kwargs(), generator=generators, output_type="np").images
 
 
 def run_one(engine: SDXLEngine, **fields) -> SDXLResult:

@@ -3,38 +3,20 @@ images of a solo diffusers call, share UNet calls whatever their steps, schedule
 cannot change each other's result by failing or being cancelled."""
 
 import numpy as np
-import pytest
 import torch
-from diffusers import StableDiffusionXLPipeline
 
 from leap_ray.api.sdxl import SDXLRequest
-from leap_ray.engines.sdxl import SCHEDULER_CLASSES, SDXLEngine, SDXLResult
+from leap_ray.engines.sdxl import SDXLResult
 from leap_ray.engines.sdxl_steps import StepBatch
 from leap_ray.errors import InvalidRequest
+from tests.helpers import solo
 
 TOLERANCE = 1e-3  # on 0-1 pixel values, CPU float32
 SMALL = {"height": 64, "width": 64}
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_models) -> SDXLEngine:
-    return SDXLEngine(str(tiny_models["sdxl"]))
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_models) -> StableDiffusionXLPipeline:
-    pipeline = StableDiffusionXLPipeline.from_pretrained(tiny_models["sdxl"])
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
-
-
-def solo(reference: StableDiffusionXLPipeline, request: SDXLRequest) -> np.ndarray:
-    if request.scheduler is not None:
-        scheduler = SCHEDULER_CLASSES[request.scheduler].from_config(reference.scheduler.config)
-        reference = StableDiffusionXLPipeline.from_pipe(reference, scheduler=scheduler)
-        reference.set_progress_bar_config(disable=True)
-    generators = [torch.Generator().manual_seed(request.seed + j) for j in range(request.image_count)]
-    return reference(**request.to_pipeline_kwargs(), generator=generators, output_type="np").images
+def seeds_of(request: SDXLRequest) -> list[int]:
+    return [request.seed + j for j in range(request.image_count)]
 
 
 def run(batch: StepBatch, arrivals: dict[int, list[SDXLRequest]]) -> dict[int, object]:
@@ -88,7 +70,7 @@ def test_requests_joining_at_steps_0_1_2_5_6_each_equal_their_solo_diffusers_cal
         result = outcomes[request.seed]
         assert isinstance(result, SDXLResult), result
         assert result.seeds == [request.seed + j for j in range(request.image_count)]
-        expected = solo(reference, request)
+        expected = solo(reference, request, seeds_of(request))
         assert np.abs(np.stack(result.images) - expected).max() < TOLERANCE, request.seed
 
 
@@ -133,7 +115,10 @@ def test_a_raising_callback_and_a_cancelled_request_leave_their_batch_mates_unch
         outcomes.update((request.seed, outcome) for request, outcome in batch.step())
     assert isinstance(outcomes[22], InvalidRequest) and outcomes[22].param == "callback_on_step_end"
     assert outcomes[23].stopped_at_step == 1
-    assert np.abs(np.stack(outcomes[21].images) - solo(reference, innocent)).max() < TOLERANCE
+    assert (
+        np.abs(np.stack(outcomes[21].images) - solo(reference, innocent, seeds_of(innocent))).max()
+        < TOLERANCE
+    )
 
 
 def test_a_request_the_model_rejects_fails_alone_at_admission(engine):
@@ -160,4 +145,9 @@ def test_requests_finishing_together_are_decoded_together_and_a_failing_decode_i
     outcomes = run(batch, {0: requests})
     assert decoded_rows == [3, 1, 1, 1]
     for request in requests:
-        assert np.abs(np.stack(outcomes[request.seed].images) - solo(reference, request)).max() < TOLERANCE
+        assert (
+            np.abs(
+                np.stack(outcomes[request.seed].images) - solo(reference, request, seeds_of(request))
+            ).max()
+            < TOLERANCE
+        )
