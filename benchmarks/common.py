@@ -2,17 +2,21 @@
 and JSON results. Each script prints a table and writes benchmarks/results/<name>.json."""
 
 import argparse
+import asyncio
 import copy
 import json
 import os
 import platform
+import random
 import socket
 import time
-from collections.abc import Iterator
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import torch
 import yaml
@@ -23,7 +27,8 @@ MUSIC_WORK = {"prompt": "lo-fi beat", "duration": 2.0}
 MODEL_CPUS = 1  # CPUs (and torch threads) of one model replica, and of the direct engine it is compared to
 
 
-def arguments(description: str) -> argparse.Namespace:
+def arguments(description: str, seconds: float | None = None, rates: str | None = None) -> argparse.Namespace:
+    """The options every benchmark takes, plus --seconds and --rates for those given a default."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--full-size",
@@ -31,6 +36,10 @@ def arguments(description: str) -> argparse.Namespace:
         help="architecture-true random-weight SDXL base and MusicGen-melody (for a GPU machine)",
     )
     parser.add_argument("--models", default=None, help="folder for the benchmark's models (default: a cache)")
+    if seconds is not None:
+        parser.add_argument("--seconds", type=float, default=seconds, help="length of each timed run")
+    if rates is not None:
+        parser.add_argument("--rates", default=rates, help="arrival rates per second, comma-separated")
     return parser.parse_args()
 
 
@@ -53,6 +62,48 @@ def machine() -> dict[str, Any]:
 def percentiles(seconds: list[float]) -> dict[str, float]:
     values = np.asarray(seconds) * 1000
     return {f"p{q}_ms": float(np.percentile(values, q)) for q in (50, 95, 99)} if len(values) else {}
+
+
+# The next request of an open loop: (path, JSON body, the latency class it counts in).
+NextRequest = Callable[[random.Random, int], tuple[str, dict, str]]
+
+
+async def open_loop(
+    url: str, rate: float, seconds: float, rng: random.Random, next_request: NextRequest, drain_s: float
+) -> dict[str, Any]:
+    """Sends `next_request`s at Poisson arrival times for `seconds` whatever the answers, then waits
+    (at most `drain_s`) for them. Returns what was sent, 200s per second, every status, and latency
+    percentiles per class. Loopback only; bounded in count and time."""
+    latencies: dict[str, list[float]] = defaultdict(list)
+    statuses: Counter[str] = Counter()
+
+    async def one(client: httpx.AsyncClient, path: str, body: dict, kind: str) -> None:
+        started = time.perf_counter()
+        try:
+            response = await client.post(f"{url}{path}", json=body)
+        except httpx.HTTPError as error:
+            statuses[type(error).__name__] += 1
+            return
+        statuses[str(response.status_code)] += 1
+        if response.status_code == 200:
+            latencies[kind].append(time.perf_counter() - started)
+
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+    async with httpx.AsyncClient(timeout=drain_s, limits=limits) as client:
+        tasks, started = [], time.perf_counter()
+        next_at = rng.expovariate(rate)
+        while next_at < seconds:
+            await asyncio.sleep(max(0.0, next_at - (time.perf_counter() - started)))
+            tasks.append(asyncio.create_task(one(client, *next_request(rng, len(tasks)))))
+            next_at += rng.expovariate(rate)
+        await asyncio.wait(tasks, timeout=drain_s)
+        elapsed = time.perf_counter() - started
+    return {
+        "sent": len(tasks),
+        "ok_per_s": statuses.get("200", 0) / elapsed,
+        "statuses": dict(statuses),
+        "latency": {kind: percentiles(values) for kind, values in latencies.items()},
+    }
 
 
 def print_table(title: str, rows: list[dict[str, Any]]) -> None:

@@ -8,11 +8,6 @@ bounded). Loopback only; every loop is bounded in count and time.
 
 import asyncio
 import random
-import sys
-import time
-from collections import Counter
-
-import httpx
 
 from benchmarks.common import (
     MUSIC_WORK,
@@ -21,7 +16,7 @@ from benchmarks.common import (
     arguments,
     graph,
     models,
-    percentiles,
+    open_loop,
     print_table,
     write_results,
 )
@@ -31,55 +26,21 @@ DRAIN_S = 120.0
 QUEUES = {"max_queued_requests": 8}
 
 
-def option(name: str, default: str) -> str:
-    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
-
-
-async def open_loop(url: str, rate: float, seconds: float, rng: random.Random) -> dict:
-    """Sends requests at Poisson arrival times whatever the answers, then waits (bounded) for them."""
-    latencies: dict[str, list[float]] = {"sdxl": [], "musicgen": []}
-    statuses: Counter[str] = Counter()
-
-    async def one(client: httpx.AsyncClient, model: str, body: dict) -> None:
-        started = time.perf_counter()
-        try:
-            response = await client.post(f"{url}/v1/{model}", json=body)
-            statuses[str(response.status_code)] += 1
-            if response.status_code == 200:
-                latencies[model].append(time.perf_counter() - started)
-        except httpx.HTTPError as error:
-            statuses[type(error).__name__] += 1
-
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-    async with httpx.AsyncClient(timeout=DRAIN_S, limits=limits) as client:
-        tasks, started = [], time.perf_counter()
-        next_at = rng.expovariate(rate)
-        while next_at < seconds:
-            await asyncio.sleep(max(0.0, next_at - (time.perf_counter() - started)))
-            model = "sdxl" if rng.random() < SDXL_SHARE else "musicgen"
-            body = {**(SDXL_WORK if model == "sdxl" else MUSIC_WORK), "seed": len(tasks)}
-            tasks.append(asyncio.create_task(one(client, model, body)))
-            next_at += rng.expovariate(rate)
-        await asyncio.wait(tasks, timeout=DRAIN_S)
-        elapsed = time.perf_counter() - started
-    ok = statuses.get("200", 0)
-    return {
-        "rate_per_s": rate,
-        "sent": len(tasks),
-        "ok_per_s": ok / elapsed,
-        "statuses": dict(statuses),
-        "latency": {model: percentiles(values) for model, values in latencies.items()},
-    }
+def mixed(rng: random.Random, index: int) -> tuple[str, dict, str]:
+    model = "sdxl" if rng.random() < SDXL_SHARE else "musicgen"
+    return f"/v1/{model}", {**(SDXL_WORK if model == "sdxl" else MUSIC_WORK), "seed": index}, model
 
 
 def main() -> None:
-    args = arguments(__doc__)
-    rates = [float(rate) for rate in option("--rates", "2,20").split(",")]
-    seconds = float(option("--seconds", "15"))
+    args = arguments(__doc__, seconds=15.0, rates="2,20")
+    rates, seconds = [float(rate) for rate in args.rates.split(",")], args.seconds
     folders = models(args)
     rng = random.Random(0)
     with graph(application("load", folders, 8, **QUEUES)) as base:
-        results = [asyncio.run(open_loop(f"{base}/load", rate, seconds, rng)) for rate in rates]
+        results = [
+            {"rate_per_s": rate, **asyncio.run(open_loop(f"{base}/load", rate, seconds, rng, mixed, DRAIN_S))}
+            for rate in rates
+        ]
     rows = []
     for result in results:
         rows.append(
@@ -87,10 +48,10 @@ def main() -> None:
                 "rate_per_s": result["rate_per_s"],
                 "sent": result["sent"],
                 "ok_per_s": result["ok_per_s"],
-                "sdxl_p50_ms": result["latency"]["sdxl"].get("p50_ms", float("nan")),
-                "sdxl_p99_ms": result["latency"]["sdxl"].get("p99_ms", float("nan")),
-                "music_p50_ms": result["latency"]["musicgen"].get("p50_ms", float("nan")),
-                "music_p99_ms": result["latency"]["musicgen"].get("p99_ms", float("nan")),
+                "sdxl_p50_ms": result["latency"].get("sdxl", {}).get("p50_ms", float("nan")),
+                "sdxl_p99_ms": result["latency"].get("sdxl", {}).get("p99_ms", float("nan")),
+                "music_p50_ms": result["latency"].get("musicgen", {}).get("p50_ms", float("nan")),
+                "music_p99_ms": result["latency"].get("musicgen", {}).get("p99_ms", float("nan")),
                 "statuses": " ".join(f"{k}:{v}" for k, v in sorted(result["statuses"].items())),
             }
         )

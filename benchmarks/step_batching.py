@@ -9,14 +9,20 @@ long requests per mode and rate. Loopback only; every loop is bounded in count a
 
 import asyncio
 import random
-import sys
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from benchmarks.common import application, arguments, graph, models, percentiles, print_table, write_results
+from benchmarks.common import (
+    application,
+    arguments,
+    graph,
+    models,
+    open_loop,
+    print_table,
+    write_results,
+)
 
 MODES = ("request", "step")
 LOADS = (0.5, 0.8, 1.1)
@@ -57,43 +63,14 @@ def capacity(url: str, concurrency: int = 8) -> float:
     return len(done) / (time.perf_counter() - started)
 
 
-async def open_loop(url: str, rate: float, seconds: float, rng: random.Random) -> dict:
-    latencies: dict[str, list[float]] = {"short": [], "long": []}
-    statuses: Counter[str] = Counter()
-
-    async def one(client: httpx.AsyncClient, body: dict) -> None:
-        started = time.perf_counter()
-        try:
-            response = await client.post(f"{url}/v1/sdxl", json=body)
-        except httpx.HTTPError as error:
-            statuses[type(error).__name__] += 1
-            return
-        statuses[str(response.status_code)] += 1
-        if response.status_code == 200:
-            kind = "short" if body["num_inference_steps"] <= SHORT_STEPS else "long"
-            latencies[kind].append(time.perf_counter() - started)
-
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-    async with httpx.AsyncClient(timeout=DRAIN_S, limits=limits) as client:
-        tasks, started = [], time.perf_counter()
-        next_at = rng.expovariate(rate)
-        while next_at < seconds:
-            await asyncio.sleep(max(0.0, next_at - (time.perf_counter() - started)))
-            tasks.append(asyncio.create_task(one(client, mixed_request(rng, len(tasks)))))
-            next_at += rng.expovariate(rate)
-        await asyncio.wait(tasks, timeout=DRAIN_S)
-        elapsed = time.perf_counter() - started
-    return {
-        "sent": len(tasks),
-        "ok_per_s": statuses.get("200", 0) / elapsed,
-        "statuses": dict(statuses),
-        "latency": {kind: percentiles(values) for kind, values in latencies.items()},
-    }
+def classed(rng: random.Random, index: int) -> tuple[str, dict, str]:
+    body = mixed_request(rng, index)
+    return "/v1/sdxl", body, "short" if body["num_inference_steps"] <= SHORT_STEPS else "long"
 
 
 def main() -> None:
-    args = arguments(__doc__)
-    seconds = float(sys.argv[sys.argv.index("--seconds") + 1]) if "--seconds" in sys.argv else 15.0
+    args = arguments(__doc__, seconds=15.0)
+    seconds = args.seconds
     folders = models(args)
     applications = [
         application(
@@ -106,7 +83,8 @@ def main() -> None:
         full = capacity(f"{base}/request")
         for load in LOADS:
             for mode in MODES:
-                result = asyncio.run(open_loop(f"{base}/{mode}", load * full, seconds, random.Random(7)))
+                rng = random.Random(7)  # the same arrivals for both modes
+                result = asyncio.run(open_loop(f"{base}/{mode}", load * full, seconds, rng, classed, DRAIN_S))
                 runs.append({"mode": mode, "load": load, **result})
                 latency = result["latency"]
                 rows.append(
@@ -115,10 +93,10 @@ def main() -> None:
                         "batching": mode,
                         "rate_per_s": load * full,
                         "ok_per_s": result["ok_per_s"],
-                        "short_p50_ms": latency["short"].get("p50_ms", float("nan")),
-                        "short_p99_ms": latency["short"].get("p99_ms", float("nan")),
-                        "long_p50_ms": latency["long"].get("p50_ms", float("nan")),
-                        "long_p99_ms": latency["long"].get("p99_ms", float("nan")),
+                        "short_p50_ms": latency.get("short", {}).get("p50_ms", float("nan")),
+                        "short_p99_ms": latency.get("short", {}).get("p99_ms", float("nan")),
+                        "long_p50_ms": latency.get("long", {}).get("p50_ms", float("nan")),
+                        "long_p99_ms": latency.get("long", {}).get("p99_ms", float("nan")),
                         "statuses": " ".join(f"{k}:{v}" for k, v in sorted(result["statuses"].items())),
                     }
                 )
