@@ -12,6 +12,7 @@ from PIL import Image
 
 from leap_ray.api.sdxl import SDXLRequest
 from leap_ray.engines.sdxl import SCHEDULER_CLASSES
+from leap_ray.engines.sdxl_steps import StepBatch
 
 SMALL = {"height": 64, "width": 64, "num_inference_steps": 3}  # an SDXL request that costs little
 
@@ -69,3 +70,18 @@ def solo(reference: StableDiffusionXLPipeline, request: SDXLRequest, seeds: list
         reference.set_progress_bar_config(disable=True)
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     return reference(**request.to_pipeline_kwargs(), generator=generators, output_type="np").images
+
+
+def seeds_of(request: SDXLRequest) -> list[int]:
+    return [request.seed + j for j in range(request.image_count)]
+
+
+def run_steps(batch: StepBatch, arrivals: dict[int, list[SDXLRequest]]) -> dict[int, object]:
+    """Steps the batch until it is empty, admitting `arrivals[k]` before step k; outcomes by seed."""
+    outcomes, step = {}, 0
+    while batch.running or any(k >= step for k in arrivals):
+        for request in arrivals.get(step, []):
+            assert batch.admit(request) is None
+        outcomes.update((request.seed, outcome) for request, outcome in batch.step())
+        step += 1
+    return outcomes

@@ -44,6 +44,7 @@ from leap_ray.api.progress import StepProgress
 from leap_ray.api.sdxl import SDXLModelSpec, SDXLRequest, seeds_for
 from leap_ray.engines.device import placement
 from leap_ray.engines.failures import blame, collect_results, internal_error, request_error, run_shared
+from leap_ray.engines.sdxl_fast import LatentDecoder, SDXLSpeed, UNetRunner
 from leap_ray.errors import InvalidRequest, LeapRayError
 
 SCHEDULER_CLASSES = {
@@ -275,11 +276,18 @@ class SDXLEngine:
         device: str | None = None,
         dtype: str | None = None,
         threads: int | None = None,
+        **speed: Any,
     ) -> None:
+        """`speed`: the fast-path options (`SDXLSpeed`: compile, batch_buckets, channels_last, fuse_qkv,
+        warm_up_sizes); they act under step batching."""
         self.device, self.dtype = placement(device, dtype, threads)
         self.model = model
+        self.speed = SDXLSpeed(**speed)
         self._default = PerImageGuidancePipeline.from_pretrained(model, dtype=self.dtype).to(self.device)
         self._default.set_progress_bar_config(disable=True)
+        self.speed.apply(self._default)
+        self.unet = UNetRunner(self._default.unet, self.speed)
+        self.decoder = LatentDecoder(self._default, self.speed)
         self._pipelines: dict[str | None, PerImageGuidancePipeline] = {None: self._default}
 
     def spec(self) -> SDXLModelSpec:

@@ -104,6 +104,25 @@ class StepBatch:
     def images(self) -> int:
         return sum(run.member.count for run in self.running)
 
+    def warm_up(self) -> None:
+        """With a compiled engine, runs a step and a decode at every batch bucket and warm-up size, so
+        that no request pays for compiling (the deployment does this before it reports healthy)."""
+        speed = self.engine.speed
+        if speed.compile_kwargs is None:
+            return
+        for height, width in speed.warm_up_sizes:
+            for images in speed.batch_buckets or [1]:
+                for seed in range(images):
+                    request = SDXLRequest(
+                        prompt="warm-up", height=height, width=width, num_inference_steps=1, seed=seed
+                    )
+                    if (error := self.admit(request)) is not None:
+                        raise error
+                while self.running:
+                    for _, outcome in self.step():
+                        if isinstance(outcome, LeapRayError):
+                            raise outcome
+
     @torch.inference_mode()
     def admit(
         self,
@@ -214,7 +233,7 @@ class StepBatch:
         for shape in dict.fromkeys(run.latents.shape[1:] for run in runs):
             group = [run for run in runs if run.latents.shape[1:] == shape]
             try:
-                images = self._decode(torch.cat([run.latents for run in group]))
+                images = self.engine.decoder(torch.cat([run.latents for run in group]))
             except Exception as error:
                 if len(group) == 1:
                     decoded[id(group[0])] = request_error(error)
@@ -251,16 +270,13 @@ class StepBatch:
             latents = torch.cat([run.latents] * 2) if run.guided else run.latents
             inputs.append(run.scheduler.scale_model_input(latents, t))
             timesteps.append(t.expand(latents.shape[0]))
-        noise = self.pipeline.unet(
+        noise = self.engine.unet(
             torch.cat(inputs),
-            torch.cat(timesteps),
-            encoder_hidden_states=torch.cat([run.prompt_embeds for run in runs]),
-            added_cond_kwargs={
-                "text_embeds": torch.cat([run.text_embeds for run in runs]),
-                "time_ids": torch.cat([run.time_ids for run in runs]),
-            },
-            return_dict=False,
-        )[0]
+            torch.cat(timesteps).to(torch.float32),  # one dtype whatever the schedulers: no recompiles
+            torch.cat([run.prompt_embeds for run in runs]),
+            torch.cat([run.text_embeds for run in runs]),
+            torch.cat([run.time_ids for run in runs]),
+        )
         self.unet_calls += 1
         images = sum(run.member.count for run in runs)
         for run in runs:
@@ -310,30 +326,6 @@ class StepBatch:
             batch_size=run.largest_batch,
             stopped_at_step=member.stopped_at_step,
         )
-
-    def _decode(self, latents: torch.Tensor) -> Any:
-        """The pipeline's decode: the VAE in float32 when it is float16 and asks for it (force_upcast)."""
-        vae = self.pipeline.vae
-        upcast = vae.dtype == torch.float16 and vae.config.force_upcast
-        if upcast:
-            vae.to(dtype=torch.float32)
-            latents = latents.to(torch.float32)
-        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
-        if mean is not None and std is not None:
-            view = (1, len(mean), 1, 1)
-            mean = torch.tensor(mean).view(view).to(latents.device, latents.dtype)
-            std = torch.tensor(std).view(view).to(latents.device, latents.dtype)
-            latents = latents * std / vae.config.scaling_factor + mean
-        else:
-            latents = latents / vae.config.scaling_factor
-        try:
-            image = vae.decode(latents, return_dict=False)[0]
-        finally:
-            if upcast:
-                vae.to(dtype=torch.float16)
-        if self.pipeline.watermark is not None:
-            image = self.pipeline.watermark.apply_watermark(image)
-        return self.pipeline.image_processor.postprocess(image, output_type="np")
 
 
 def _split(images: Any, counts: list[int]) -> list[Any]:

@@ -225,7 +225,9 @@ class SDXLDeployment(_ModelDeployment):
             if self._steps is None:
                 from leap_ray.engines.sdxl_steps import StepBatch  # diffusers: model replicas only
 
-                self._steps = StepScheduler(StepBatch(self.engine), self.batching.max_batch_size)
+                batch = StepBatch(self.engine)
+                batch.warm_up()  # before the replica reports healthy: no request pays for compiling
+                self._steps = StepScheduler(batch, self.batching.max_batch_size)
             self._steps.max_images = self.batching.max_batch_size
 
     async def _dispatch(self, pending: _Pending) -> Any:

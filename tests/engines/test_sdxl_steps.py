@@ -9,25 +9,10 @@ from leap_ray.api.sdxl import SDXLRequest
 from leap_ray.engines.sdxl import SDXLResult
 from leap_ray.engines.sdxl_steps import StepBatch
 from leap_ray.errors import InvalidRequest
-from tests.helpers import solo
+from tests.helpers import run_steps, seeds_of, solo
 
 TOLERANCE = 1e-3  # on 0-1 pixel values, CPU float32
 SMALL = {"height": 64, "width": 64}
-
-
-def seeds_of(request: SDXLRequest) -> list[int]:
-    return [request.seed + j for j in range(request.image_count)]
-
-
-def run(batch: StepBatch, arrivals: dict[int, list[SDXLRequest]]) -> dict[int, object]:
-    """Steps the batch until it is empty, admitting `arrivals[k]` before step k; outcomes by seed."""
-    outcomes, step = {}, 0
-    while batch.running or any(k >= step for k in arrivals):
-        for request in arrivals.get(step, []):
-            assert batch.admit(request) is None
-        outcomes.update((request.seed, outcome) for request, outcome in batch.step())
-        step += 1
-    return outcomes
 
 
 STAGGERED = {
@@ -65,7 +50,7 @@ STAGGERED = {
 
 
 def test_requests_joining_at_steps_0_1_2_5_6_each_equal_their_solo_diffusers_call(engine, reference):
-    outcomes = run(StepBatch(engine), STAGGERED)
+    outcomes = run_steps(StepBatch(engine), STAGGERED)
     for request in (request for arrivals in STAGGERED.values() for request in arrivals):
         result = outcomes[request.seed]
         assert isinstance(result, SDXLResult), result
@@ -76,11 +61,11 @@ def test_requests_joining_at_steps_0_1_2_5_6_each_equal_their_solo_diffusers_cal
 
 def test_requests_of_different_steps_schedulers_and_guidance_share_unet_calls(engine):
     shared = StepBatch(engine)
-    outcomes = run(shared, STAGGERED)
+    outcomes = run_steps(shared, STAGGERED)
     alone_calls = 0
     for request in (request for arrivals in STAGGERED.values() for request in arrivals):
         alone = StepBatch(engine)
-        run(alone, {0: [request]})
+        run_steps(alone, {0: [request]})
         alone_calls += alone.unet_calls  # one UNet call per step of its own
     assert shared.unet_calls < alone_calls / 2
     assert max(outcome.batch_size for outcome in outcomes.values()) >= 4  # images of several requests
@@ -129,11 +114,11 @@ def test_a_request_the_model_rejects_fails_alone_at_admission(engine):
 
 
 def test_requests_finishing_together_are_decoded_together_and_a_failing_decode_is_retried_alone(
-    engine, reference
+    engine, reference, monkeypatch
 ):
     requests = [SDXLRequest(prompt=f"p{i}", seed=30 + i, num_inference_steps=3, **SMALL) for i in range(3)]
     batch = StepBatch(engine)
-    real_decode, decoded_rows = batch._decode, []
+    real_decode, decoded_rows = engine.decoder, []
 
     def decode(latents):
         decoded_rows.append(latents.shape[0])
@@ -141,8 +126,8 @@ def test_requests_finishing_together_are_decoded_together_and_a_failing_decode_i
             raise RuntimeError("CUDA out of memory")  # the shared decode fails once
         return real_decode(latents)
 
-    batch._decode = decode
-    outcomes = run(batch, {0: requests})
+    monkeypatch.setattr(engine, "decoder", decode)
+    outcomes = run_steps(batch, {0: requests})
     assert decoded_rows == [3, 1, 1, 1]
     for request in requests:
         assert (

@@ -1,0 +1,144 @@
+"""SDXL's fast path: the engine options that make a GPU replica fast, all off by default (the CPU, the
+tests) and on in serve_config.yaml. They act where a replica spends its time under step batching
+(`StepBatch`): the UNet call of every step and the VAE decode of every finished image.
+
+- `compile`: torch.compile of the UNet and of the VAE decoder (`True`, or torch.compile's keyword
+  arguments such as `{mode: max-autotune-no-cudagraphs}`), with static shapes.
+- `batch_buckets`: a step's UNet batch is padded up to the next bucket (in images; an image under
+  guidance is two UNet rows), so shapes repeat and a compiled UNet never recompiles. Padded rows are
+  copies of a real row whose outputs are dropped: each row of a UNet call is computed on its own, so
+  they cannot change anyone's image (tests check).
+- `channels_last`, `fuse_qkv`: the memory layout and fused attention projections of diffusers'
+  speed-up guide (`unet.fuse_qkv_projections()`).
+- `warm_up_sizes`: with `compile`, the engine compiles every bucket at these sizes before it returns,
+  so a replica reports healthy (and /readyz turns 200) only when no request will pay for compiling.
+
+The VAE keeps diffusers' rule for float16: a VAE that asks for it (`force_upcast`, as SDXL's does:
+it overflows in float16) decodes in float32. Diffusers casts the whole VAE up and back on every call;
+here a float32 copy of it is kept, which gives the same image without the casts.
+"""
+
+import copy
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionXLPipeline
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SDXLSpeed:
+    """The fast-path options of an SDXL engine (its `engine_kwargs`)."""
+
+    compile: bool | dict[str, Any] = False
+    batch_buckets: Sequence[int] = ()
+    channels_last: bool = False
+    fuse_qkv: bool = False
+    warm_up_sizes: Sequence[Sequence[int]] = field(default_factory=lambda: [(1024, 1024)])
+
+    @property
+    def compile_kwargs(self) -> dict[str, Any] | None:
+        """torch.compile's keyword arguments, or None when nothing is compiled."""
+        if not self.compile:
+            return None
+        return {"dynamic": False, **(self.compile if isinstance(self.compile, dict) else {})}
+
+    def apply(self, pipeline: StableDiffusionXLPipeline) -> None:
+        """The layout and fusion options, in place, on the pipeline's modules."""
+        if self.fuse_qkv:
+            pipeline.unet.fuse_qkv_projections()
+            pipeline.vae.fuse_qkv_projections()
+        if self.channels_last:
+            pipeline.unet.to(memory_format=torch.channels_last)
+            pipeline.vae.to(memory_format=torch.channels_last)
+
+
+def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    """The tensor with copies of its last row appended up to `rows` rows."""
+    missing = rows - tensor.shape[0]
+    if missing <= 0:
+        return tensor
+    return torch.cat([tensor, tensor[-1:].expand(missing, *tensor.shape[1:])])
+
+
+class UNetRunner:
+    """One UNet forward over a step's rows, padded to the next bucket, compiled when asked."""
+
+    def __init__(self, unet: torch.nn.Module, speed: SDXLSpeed) -> None:
+        self.unet = unet
+        kwargs = speed.compile_kwargs
+        self.forward = unet if kwargs is None else torch.compile(unet, **kwargs)
+        self.row_buckets = sorted(2 * images for images in speed.batch_buckets)
+        self._warned_rows: set[int] = set()
+
+    def padded_rows(self, rows: int) -> int:
+        """The UNet batch a call of `rows` rows runs at: the next bucket, or itself past the largest."""
+        fitting = [bucket for bucket in self.row_buckets if bucket >= rows]
+        if self.row_buckets and not fitting and rows not in self._warned_rows:
+            self._warned_rows.add(rows)
+            logger.warning("a UNet batch of %d rows is past the largest bucket; it runs unpadded", rows)
+        return fitting[0] if fitting else rows
+
+    def __call__(
+        self,
+        sample: torch.Tensor,
+        timesteps: torch.Tensor,
+        text: torch.Tensor,
+        pooled: torch.Tensor,
+        time_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        """The noise prediction of each of the `sample.shape[0]` rows (one timestep per row)."""
+        rows = sample.shape[0]
+        target = self.padded_rows(rows)
+        sample, timesteps, text, pooled, time_ids = (
+            _pad_rows(tensor, target) for tensor in (sample, timesteps, text, pooled, time_ids)
+        )
+        noise = self.forward(
+            sample,
+            timesteps,
+            encoder_hidden_states=text,
+            added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
+            return_dict=False,
+        )[0]
+        return noise[:rows]
+
+
+class LatentDecoder:
+    """Latents to images as the pipeline's decode does (latent scaling, the VAE, the watermark, the
+    image processor), with diffusers' float32 rule kept on a float32 copy of the VAE. Compiled, it
+    decodes one image per call, so that the compiled VAE sees one shape per size."""
+
+    def __init__(self, pipeline: StableDiffusionXLPipeline, speed: SDXLSpeed) -> None:
+        self.pipeline = pipeline
+        vae = pipeline.vae
+        if vae.dtype == torch.float16 and vae.config.force_upcast:
+            vae = copy.deepcopy(vae).to(torch.float32)
+        self.vae = vae
+        kwargs = speed.compile_kwargs
+        self.per_image = kwargs is not None
+        self.decode_fn = vae.decode if kwargs is None else torch.compile(vae.decode, **kwargs)
+
+    def _unscale(self, latents: torch.Tensor) -> torch.Tensor:
+        config = self.vae.config
+        latents = latents.to(self.vae.dtype)
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        if mean is None or std is None:
+            return latents / config.scaling_factor
+        view = (1, len(mean), 1, 1)
+        mean = torch.tensor(mean).view(view).to(latents.device, latents.dtype)
+        std = torch.tensor(std).view(view).to(latents.device, latents.dtype)
+        return latents * std / config.scaling_factor + mean
+
+    def __call__(self, latents: torch.Tensor) -> np.ndarray:
+        """(images, height, width, 3) floats in [0, 1] for (images, channels, h, w) latents."""
+        latents = self._unscale(latents)
+        parts = latents.split(1) if self.per_image else [latents]
+        image = torch.cat([self.decode_fn(part, return_dict=False)[0] for part in parts])
+        if self.pipeline.watermark is not None:
+            image = self.pipeline.watermark.apply_watermark(image)
+        return self.pipeline.image_processor.postprocess(image, output_type="np")

@@ -1,0 +1,95 @@
+"""The SDXL fast path (engine options for a GPU replica), checked on the CPU with the tiny model:
+padding a step's batch up to a bucket cannot change anyone's image, batches of any size within the
+buckets never recompile a warmed-up UNet, and a compiled engine gives the eager images."""
+
+import numpy as np
+import pytest
+import torch
+from torch._dynamo.testing import CompileCounter
+
+from leap_ray.api.sdxl import SDXLRequest
+from leap_ray.engines.sdxl import SDXLEngine
+from leap_ray.engines.sdxl_steps import StepBatch
+from tests.helpers import run_steps, seeds_of, solo
+
+TOLERANCE = 1e-3  # on 0-1 pixel values, CPU float32
+SMALL = {"height": 64, "width": 64}
+
+
+def unet_inputs(engine: SDXLEngine, rows: int, seed: int) -> list[torch.Tensor]:
+    """Random UNet inputs: latents, timesteps, text, pooled text, time ids (6: SDXL base's)."""
+    spec, generator = engine.spec(), torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(rows, spec.latent_channels, 8, 8, generator=generator),
+        torch.rand(rows, generator=generator) * 999,
+        torch.randn(rows, spec.text_tokens, spec.text_embed_width, generator=generator),
+        torch.randn(rows, spec.pooled_embed_width, generator=generator),
+        torch.randn(rows, 6, generator=generator),
+    ]
+
+
+def test_padding_rows_cannot_change_the_real_rows(tiny_models):
+    engine = SDXLEngine(str(tiny_models["sdxl"]), batch_buckets=[4])
+    real = unet_inputs(engine, 3, seed=1)
+    copies = engine.unet(*real)  # padded to 8 rows with copies of the last row
+    assert engine.unet.padded_rows(3) == 8 and copies.shape[0] == 3
+    noise = unet_inputs(engine, 5, seed=2)  # the same 8-row call, its padding now random
+    sample, timesteps, text, pooled, time_ids = (torch.cat([r, n]) for r, n in zip(real, noise, strict=True))
+    random_padding = engine.unet.unet(
+        sample,
+        timesteps,
+        encoder_hidden_states=text,
+        added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
+        return_dict=False,
+    )[0][:3]
+    assert torch.equal(copies, random_padding)
+
+
+def test_step_batches_padded_to_buckets_equal_solo_diffusers(tiny_models, reference):
+    engine = SDXLEngine(str(tiny_models["sdxl"]), batch_buckets=[2, 4], channels_last=True)
+    arrivals = {
+        0: [SDXLRequest(prompt="a red fox", seed=1, num_inference_steps=4, **SMALL)],
+        1: [SDXLRequest(prompt="no guidance", seed=2, num_inference_steps=3, guidance_scale=1.0, **SMALL)],
+        2: [SDXLRequest(prompt="a tree", seed=3, num_inference_steps=3, scheduler="ddim", **SMALL)],
+    }
+    outcomes = run_steps(StepBatch(engine), arrivals)
+    for request in (request for batch in arrivals.values() for request in batch):
+        expected = solo(reference, request, seeds_of(request))
+        assert np.abs(np.stack(outcomes[request.seed].images) - expected).max() < TOLERANCE
+
+
+def test_batches_of_any_size_within_the_buckets_never_recompile_after_warm_up(tiny_models):
+    counter = CompileCounter()  # counts the graphs dynamo compiles (and runs them eagerly)
+    engine = SDXLEngine(
+        str(tiny_models["sdxl"]),
+        compile={"backend": counter},
+        batch_buckets=[1, 2, 4],
+        warm_up_sizes=[[64, 64]],
+    )
+    batch = StepBatch(engine)
+    batch.warm_up()
+    warmed = counter.frame_count
+    assert warmed >= 4  # the UNet at three buckets, the VAE decoder at one image
+    arrivals = {
+        0: [SDXLRequest(prompt="one", seed=1, num_inference_steps=1, **SMALL)],
+        1: [
+            SDXLRequest(prompt=f"three {i}", seed=10 + i, num_inference_steps=2, scheduler=s, **SMALL)
+            for i, s in enumerate(["ddim", "euler", None])
+        ],
+    }
+    outcomes = run_steps(batch, arrivals)
+    assert len(outcomes) == 4 and {o.batch_size for o in outcomes.values()} == {1, 3}
+    assert counter.frame_count == warmed
+
+
+@pytest.mark.integration  # inductor compiles the tiny UNet and VAE on the CPU: about a minute
+def test_a_compiled_engine_gives_the_eager_images_within_2_of_255(tiny_models, engine):
+    compiled = SDXLEngine(
+        str(tiny_models["sdxl"]), compile=True, batch_buckets=[1], warm_up_sizes=[[64, 64]], fuse_qkv=True
+    )
+    batch = StepBatch(compiled)
+    batch.warm_up()
+    request = SDXLRequest(prompt="a lighthouse", seed=7, num_inference_steps=3, **SMALL)
+    fast = run_steps(batch, {0: [request]})[7].images[0]
+    eager = run_steps(StepBatch(engine), {0: [request]})[7].images[0]
+    assert np.abs(fast - eager).max() <= 2 / 255
