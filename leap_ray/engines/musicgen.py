@@ -45,6 +45,7 @@ from leap_ray.api.progress import AudioProgress
 from leap_ray.engines.chroma import ChromaExtractor, resample
 from leap_ray.engines.device import placement
 from leap_ray.engines.failures import blame, collect_results, internal_error, request_error, run_shared
+from leap_ray.engines.musicgen_decoder import LENGTH_STEP, StaticDecoder
 from leap_ray.errors import LeapRayError
 
 WINDOW_S = 30.0  # audiocraft's max_duration
@@ -187,7 +188,11 @@ class MusicGenEngine:
         threads: int | None = None,
         window_s: float = WINDOW_S,
         extend_stride_s: float = EXTEND_STRIDE_S,
+        cuda_graphs: bool = False,
+        batch_buckets: Sequence[int] = (),
     ) -> None:
+        """`cuda_graphs` (CUDA only): decoder steps are captured and replayed per bucket of tracks
+        (`batch_buckets`; a batch runs padded up to the next), all of them before this returns."""
         self.device, self.dtype = placement(device, dtype, threads)
         config = AutoConfig.from_pretrained(model)
         self.has_melody = config.model_type == "musicgen_melody"
@@ -205,6 +210,11 @@ class MusicGenEngine:
         self.stride_frames = round(extend_stride_s * self.frame_rate)
         self.window_samples = round(window_s * self.sample_rate)
         self.chroma = ChromaExtractor(self.sample_rate) if self.has_melody else None
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+        self.batch_buckets = sorted(batch_buckets)
+        self._decoder: StaticDecoder | None = None
+        if self.cuda_graphs:
+            self._warm_up()
 
     def spec(self) -> MusicGenModelSpec:
         return MusicGenModelSpec(
@@ -314,22 +324,56 @@ class MusicGenEngine:
         length = self.model.config.chroma_length
         return chroma.repeat(-(-length // chroma.shape[0]), 1)[:length]
 
-    def _conditioning(self, tracks: list[_Track], round_index: int) -> dict[str, torch.Tensor]:
-        """Decoder conditioning for [conditional rows; unconditional rows], as transformers builds it."""
+    def _conditioning(
+        self, tracks: list[_Track], round_index: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The decoder's conditioning for [conditional rows; unconditional rows], as transformers builds
+        it: the melody model's prefix (chroma, then text), or the text model's cross-attention states
+        with their padding mask."""
         if self.has_melody:
             prefixes = [torch.cat([self._project_chroma(t.chromas[round_index]), t.text]) for t in tracks]
             null_chroma = self._project_chroma(self._null_chroma())
             unconditional = [torch.cat([null_chroma, torch.zeros_like(t.text)]) for t in tracks]
-            return {"encoder_hidden_states": torch.stack(prefixes + unconditional)}
+            return torch.stack(prefixes + unconditional), None
         states = torch.nn.utils.rnn.pad_sequence([t.text for t in tracks], batch_first=True)
         mask = torch.nn.utils.rnn.pad_sequence(
             [torch.ones(t.text.shape[0], device=self.device, dtype=torch.long) for t in tracks],
             batch_first=True,
         )
-        return {
-            "encoder_hidden_states": torch.cat([states, torch.zeros_like(states)]),
-            "encoder_attention_mask": torch.cat([mask, torch.zeros_like(mask)]),
-        }
+        return torch.cat([states, torch.zeros_like(states)]), torch.cat([mask, torch.zeros_like(mask)])
+
+    def _decoder_for(self, rows: int, length: int, cross_tokens: int) -> StaticDecoder:
+        """The engine's static decoder, (re)made when a window needs more rows, positions or text
+        tokens than it holds; sized for at least a whole window of the largest bucket."""
+        decoder = self._decoder
+        holds = (decoder.rows, decoder.capacity, decoder.cross_capacity) if decoder else (0, 0, 0)
+        if decoder and all(
+            have >= need for have, need in zip(holds, (rows, length, cross_tokens), strict=True)
+        ):
+            return decoder
+        self._decoder = None  # its cache is freed before the new one is made
+        self._decoder = StaticDecoder(
+            self.model,
+            rows=max(rows, 2 * max(self.batch_buckets, default=1), decoder.rows if decoder else 0),
+            capacity=max(length, self._prefix_tokens(64) + self.window_frames + self.codebooks + 1),
+            cross_capacity=0 if self.has_melody else max(cross_tokens, 64),
+            cuda_graphs=self.cuda_graphs,
+            row_buckets=tuple(2 * tracks for tracks in self.batch_buckets),
+        )
+        return self._decoder
+
+    def _prefix_tokens(self, text_tokens: int) -> int:
+        """Decoder positions taken before the codes: the melody model's chroma and text prefix."""
+        return self.model.config.chroma_length + text_tokens if self.has_melody else 0
+
+    def _warm_up(self) -> None:
+        """Captures every (bucket, span) step graph of a whole window, so that no request waits for it."""
+        decoder = self._decoder_for(2 * max(self.batch_buckets, default=1), 0, 0)
+        for tracks in self.batch_buckets or [1]:
+            rows = 2 * tracks
+            tokens = torch.zeros(rows, self.codebooks, dtype=torch.long, device=self.device)
+            for span_end in range(0, decoder.capacity, LENGTH_STEP):
+                decoder.step(tokens, torch.full((rows,), span_end, device=self.device))
 
     def _project_chroma(self, chroma: torch.Tensor) -> torch.Tensor:
         chroma = chroma.to(self.device, self.dtype)
@@ -351,20 +395,16 @@ class MusicGenEngine:
         pattern = torch.cat([self._delay_pattern(t, n, width) for t, n in zip(tracks, lengths, strict=True)])
         prompt_frames = 0 if tracks[0].prompt is None else tracks[0].prompt.shape[1]
         sequence = pattern[:, : 1 + prompt_frames]
-        conditioning = self._conditioning(tracks, round_index)
+        decoder, logits, offset = self._prefill(tracks, round_index, sequence)
         guidance = torch.tensor([t.request.guidance_scale for t in tracks]).repeat_interleave(codebooks)[
             :, None
         ]
-        cache = None
         for position in range(1 + prompt_frames, width):
-            step_input = sequence if cache is None else sequence[:, -1:]
-            if self.has_melody and cache is not None:
-                conditioning = {}  # the prefix is in the cache after the first step
-            output = self.model.decoder(
-                input_ids=step_input.repeat(2, 1), cache=cache, use_cache=True, **conditioning
-            )
-            cache = output.cache
-            conditional, unconditional = output.logits[:, -1].float().cpu().split(rows)
+            if position > 1 + prompt_frames:  # the codes of the last position in, the next one's logits out
+                last = sequence[:, -1].view(len(tracks), codebooks).repeat(2, 1)
+                at = torch.full((2 * len(tracks),), offset + position - 1, device=self.device)
+                logits = decoder.step(last, at)
+            conditional, unconditional = logits.reshape(-1, logits.shape[-1]).float().cpu().split(rows)
             guided = unconditional + (conditional - unconditional) * guidance
             tokens = torch.cat(
                 [
@@ -388,6 +428,26 @@ class MusicGenEngine:
             codes = torch.stack([per_track[index, k, 1 + k : 1 + k + frames] for k in range(codebooks)])
             track.new_codes.append(codes[:, prompt_frames:])
             track.prompt = codes[:, self.stride_frames :]
+
+    def _prefill(
+        self, tracks: list[_Track], round_index: int, sequence: torch.Tensor
+    ) -> tuple[StaticDecoder, torch.Tensor, int]:
+        """The window's decoder with its conditioning and first codes run; the logits of the next
+        position, and the decoder position of the window's first code."""
+        states, mask = self._conditioning(tracks, round_index)
+        codes = sequence.view(len(tracks), self.codebooks, -1).repeat(2, 1, 1)
+        offset = states.shape[1] if self.has_melody else 0
+        decoder = self._decoder_for(
+            codes.shape[0],
+            offset + self.window_frames + self.codebooks + 1,
+            0 if mask is None else mask.shape[1],
+        )
+        embeds = decoder.embed(codes)
+        if self.has_melody:
+            embeds = torch.cat([states.to(embeds.dtype), embeds], dim=1)
+        else:
+            decoder.set_cross(states, mask)
+        return decoder, decoder.prefill(embeds), offset
 
     def _report_progress(self, tracks: list[_Track], round_index: int, position: int) -> None:
         """After each whole second of new audio (codebook 0 holds frame f at position 1 + f)."""

@@ -15,6 +15,7 @@ from leap_ray.engines.musicgen import (
     sample_tokens,
     window_schedule,
 )
+from leap_ray.engines.musicgen_decoder import StaticDecoder
 from leap_ray.errors import InvalidRequest, LeapRayError, ModelError
 
 SAMPLE_RATE = 32_000
@@ -239,28 +240,40 @@ def solo_waveforms(engine: MusicGenEngine, requests: list[MusicGenRequest]) -> l
 
 
 def decoder_faulting(engine, monkeypatch, fault_when) -> None:
-    """Makes the decoder raise when `fault_when(input_ids, encoder_hidden_states, step)` says so, where
-    step counts the decoder calls since the window began and input_ids spans its carried-over prompt."""
-    forward, state = engine.model.decoder.forward, {}
+    """Makes the decoder raise when `fault_when(rows, prefill_length, text_states, step)` says so, where
+    step counts the decoder calls since the window began (its prefill is 0), the prefill spans the
+    window's carried-over prompt, and text_states are the window's cross-attention states."""
+    state = {}
+    set_cross, prefill, step = StaticDecoder.set_cross, StaticDecoder.prefill, StaticDecoder.step
 
-    def faulty(input_ids=None, cache=None, **kwargs):
-        if cache is None:
-            state.update(step=0, states=kwargs.get("encoder_hidden_states"), first=input_ids)
-        else:
-            state["step"] += 1
-        if fault_when(state["first"], state["states"], state["step"]):
+    def check() -> None:
+        if fault_when(state["rows"], state["length"], state["states"], state["step"]):
             raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return forward(input_ids=input_ids, cache=cache, **kwargs)
 
-    monkeypatch.setattr(engine.model.decoder, "forward", faulty)
+    def faulty_set_cross(self, states, mask):
+        state["states"] = states
+        return set_cross(self, states, mask)
+
+    def faulty_prefill(self, embeds):
+        state.update(rows=embeds.shape[0], length=embeds.shape[1], step=0)
+        check()
+        return prefill(self, embeds)
+
+    def faulty_step(self, tokens, positions):
+        state["step"] += 1
+        check()
+        return step(self, tokens, positions)
+
+    monkeypatch.setattr(StaticDecoder, "set_cross", faulty_set_cross)
+    monkeypatch.setattr(StaticDecoder, "prefill", faulty_prefill)
+    monkeypatch.setattr(StaticDecoder, "step", faulty_step)
 
 
 def test_a_window_too_big_for_the_model_is_rerun_one_track_at_a_time(engine, monkeypatch):
     alone = solo_waveforms(engine, TRACKS)
-    rows_of_one_track = 2 * engine.codebooks  # conditional and unconditional
 
-    def batched_second_window_mid_way(input_ids, states, step):
-        return input_ids.shape[0] > rows_of_one_track and input_ids.shape[1] > 1 and step == 10
+    def batched_second_window_mid_way(rows, length, states, step):
+        return rows > 2 and length > 1 and step == 10  # a track has 2 rows: conditional, unconditional
 
     decoder_faulting(engine, monkeypatch, batched_second_window_mid_way)
     results = engine.generate(TRACKS)
@@ -277,8 +290,8 @@ def test_a_model_fault_on_one_tracks_rows_fails_only_that_track_and_it_leaves(en
         states = encode_text(prompt)
         return states.index_fill(1, torch.tensor([0]), SENTINEL) if prompt == "poison" else states
 
-    def culprits_second_window_mid_way(input_ids, states, step):
-        return bool((states == SENTINEL).any()) and input_ids.shape[1] > 1 and step == 10
+    def culprits_second_window_mid_way(rows, length, states, step):
+        return bool((states == SENTINEL).any()) and length > 1 and step == 10
 
     monkeypatch.setattr(engine, "_encode_text", marked)
     decoder_faulting(engine, monkeypatch, culprits_second_window_mid_way)
