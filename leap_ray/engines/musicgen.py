@@ -366,6 +366,7 @@ class MusicGenEngine:
         """Decoder positions taken before the codes: the melody model's chroma and text prefix."""
         return self.model.config.chroma_length + text_tokens if self.has_melody else 0
 
+    @torch.inference_mode()
     def _warm_up(self) -> None:
         """Captures every (bucket, span) step graph of a whole window, so that no request waits for it."""
         decoder = self._decoder_for(2 * max(self.batch_buckets, default=1), 0, 0)

@@ -1,0 +1,293 @@
+"""The device check: the engines' fast paths against plain eager, directly (no Ray, no HTTP), on
+architecture-true random-weight SDXL base and MusicGen-melody built on the GPU.
+
+    python -m benchmarks.gpu_check              # a GPU machine: full-size models, 1024², 10 s / 60 s
+    python -m benchmarks.gpu_check --tiny       # anywhere: the tiny models, small sizes, same code
+
+It needs none of Ray, FastAPI or the network, so it runs on a bare GPU machine with the carried
+wheels (README: "GPU check"). Each section is skipped once --budget-s is spent, and the results are
+written after every section (benchmarks/results/gpu_check.json, and $OUT when set), so a run cut
+short still reports what it measured."""
+
+import argparse
+import gc
+import json
+import os
+import shutil
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.common import RESULTS, machine, print_table
+from leap_ray.api.musicgen import MusicGenRequest
+from leap_ray.api.sdxl import SDXLRequest
+from leap_ray.engines.musicgen import MusicGenEngine
+from leap_ray.engines.sdxl import SDXLEngine
+from leap_ray.engines.sdxl_steps import StepBatch
+
+FULL = {
+    "size": 1024,
+    "steps": [20, 30, 50],
+    "batches": [1, 4, 8],
+    "durations": [10.0, 60.0],
+    "tracks": [1, 16],
+}
+TINY = {"size": 64, "steps": [4, 8], "batches": [1, 4], "durations": [1.0, 3.0], "tracks": [1, 4]}
+
+
+class Check:
+    """The run's rows, its deadline, and its results file (rewritten after every section)."""
+
+    def __init__(self, args: argparse.Namespace, plan: dict[str, Any]) -> None:
+        self.plan, self.deadline = plan, time.monotonic() + args.budget_s
+        self.results: dict[str, Any] = {"machine": machine(), "plan": plan, "sdxl": [], "musicgen": []}
+
+    def left_s(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def add(self, section: str, row: dict[str, Any]) -> None:
+        self.results[section].append(row)
+        print(json.dumps(row), flush=True)
+        self.save()
+
+    def save(self) -> None:
+        RESULTS.mkdir(exist_ok=True)
+        path = RESULTS / "gpu_check.json"
+        path.write_text(json.dumps(self.results, indent=2))
+        if os.environ.get("OUT"):
+            shutil.copy(path, Path(os.environ["OUT"]) / path.name)
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(work: Callable[[], Any]) -> tuple[Any, float]:
+    synchronize()
+    started = time.perf_counter()
+    result = work()
+    synchronize()
+    return result, time.perf_counter() - started
+
+
+def peak_gib() -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+
+
+def free(*objects: Any) -> None:
+    del objects
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def sdxl_batch(engine: SDXLEngine, images: int, steps: int, size: int) -> list[np.ndarray]:
+    """`images` one-image requests run together through step batching, as a replica runs them."""
+    batch = StepBatch(engine)
+    for seed in range(images):
+        request = SDXLRequest(
+            prompt="a lighthouse", height=size, width=size, num_inference_steps=steps, seed=seed
+        )
+        assert batch.admit(request) is None
+    outcomes = {}
+    while batch.running:
+        outcomes.update((request.seed, outcome) for request, outcome in batch.step())
+    for outcome in outcomes.values():
+        if isinstance(outcome, Exception):
+            raise outcome
+    return [outcomes[seed].images[0] for seed in range(images)]
+
+
+def check_sdxl(check: Check, model: str, variant: str, options: dict[str, Any]) -> np.ndarray | None:
+    """One engine variant over the plan's steps × batches; the first image of a seeded run (batch 1,
+    the fewest steps) for comparing variants."""
+    plan = check.plan
+    engine, load_s = timed(lambda: SDXLEngine(model, **options))
+    _, warm_s = timed(lambda: StepBatch(engine).warm_up())
+    print(f"sdxl {variant}: loaded in {load_s:.1f} s, warmed up in {warm_s:.1f} s", flush=True)
+    reference = None
+    for images in plan["batches"]:
+        for steps in plan["steps"]:
+            if check.left_s() < 0:
+                check.add("sdxl", {"variant": variant, "batch": images, "steps": steps, "skipped": "budget"})
+                continue
+            output, seconds = timed(lambda: sdxl_batch(engine, images, steps, plan["size"]))  # noqa: B023
+            if reference is None:
+                reference = output[0]
+            check.add(
+                "sdxl",
+                {
+                    "variant": variant,
+                    "batch": images,
+                    "steps": steps,
+                    "seconds": seconds,
+                    "s_per_image": seconds / images,
+                    "images_per_s": images / seconds,
+                    "finite": bool(all(np.isfinite(image).all() for image in output)),
+                    "warm_up_s": warm_s,
+                    "peak_gib": peak_gib(),
+                },
+            )
+    free(engine)
+    return reference
+
+
+def check_musicgen(check: Check, model: str, variant: str, options: dict[str, Any]) -> np.ndarray | None:
+    """One engine variant over the plan's durations × tracks; a greedy 1 s track for comparing."""
+    engine, load_s = timed(lambda: MusicGenEngine(model, **options))
+    print(f"musicgen {variant}: loaded (and warmed up) in {load_s:.1f} s", flush=True)
+    greedy, _ = timed(lambda: engine.generate([MusicGenRequest(prompt="a", duration=1.0, seed=0, top_k=1)]))
+    for tracks in check.plan["tracks"]:
+        for duration in check.plan["durations"]:
+            row = {"variant": variant, "tracks": tracks, "duration_s": duration}
+            if check.left_s() < 0:
+                check.add("musicgen", {**row, "skipped": "budget"})
+                continue
+            requests = [
+                MusicGenRequest(prompt="lo-fi beat", duration=duration, seed=s) for s in range(tracks)
+            ]
+            results, seconds = timed(lambda: engine.generate(requests))  # noqa: B023
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+            check.add(
+                "musicgen",
+                {
+                    **row,
+                    "seconds": seconds,
+                    "x_real_time": tracks * duration / seconds,
+                    "finite": bool(all(np.isfinite(result.waveform).all() for result in results)),
+                    "load_and_warm_up_s": load_s,
+                    "peak_gib": peak_gib(),
+                },
+            )
+    free(engine)
+    return greedy[0].waveform
+
+
+def section(check: Check, model: str, variant: str, run: Callable[[], Any]) -> Any:
+    """Runs one section; a failure is recorded (and printed) instead of ending the check."""
+    try:
+        return run()
+    except Exception as error:
+        check.add(
+            model, {"variant": variant, "error": "".join(traceback.format_exception_only(error)).strip()}
+        )
+        traceback.print_exc()
+        free()
+        return None
+
+
+def max_difference(first: np.ndarray | None, second: np.ndarray | None) -> float | None:
+    if first is None or second is None or first.shape != second.shape:
+        return None
+    return float(np.abs(first.astype(np.float64) - second.astype(np.float64)).max())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="the tiny models at small sizes (any machine)")
+    parser.add_argument("--models", default="models/full-size", help="folder for the full-size models")
+    parser.add_argument("--budget-s", type=float, default=420.0, help="sections after this are skipped")
+    parser.add_argument("--skip", default="", help="comma-separated: sdxl, musicgen")
+    args = parser.parse_args()
+    plan = TINY if args.tiny else FULL
+    check = Check(args, plan)
+    if args.tiny:
+        from leap_ray.model_sources import tiny_model
+
+        models = {name: str(tiny_model(name)) for name in ("sdxl", "musicgen-melody")}
+    else:
+        from leap_ray.tiny.full_size import write_full_size_models
+
+        folders, build_s = timed(lambda: write_full_size_models(Path(args.models)))
+        models = {name: str(folder) for name, folder in folders.items()}
+        print(f"full-size models ready in {build_s:.1f} s", flush=True)
+    buckets = {"batch_buckets": plan["batches"]}
+    fast = {**buckets, "compile": True, "channels_last": True, "fuse_qkv": True}
+    fast["warm_up_sizes"] = [[plan["size"], plan["size"]]]
+    # Compiling is the least predictable cost, so the compiled SDXL runs last: if it overruns the
+    # budget, only it is cut short. A section that fails is recorded and the next one runs.
+    skip = args.skip.split(",")
+    melody, graphs = models["musicgen-melody"], {"cuda_graphs": True, "batch_buckets": plan["tracks"]}
+    sections = [
+        ("sdxl", "eager", lambda: check_sdxl(check, models["sdxl"], "eager", {})),
+        ("musicgen", "eager", lambda: check_musicgen(check, melody, "eager", {})),
+        ("musicgen", "cuda_graphs", lambda: check_musicgen(check, melody, "cuda_graphs", graphs)),
+        ("sdxl", "compiled", lambda: check_sdxl(check, models["sdxl"], "compiled", fast)),
+    ]
+    outputs = {}
+    for model, variant, run in sections:
+        if model not in skip:
+            outputs[model, variant] = section(check, model, variant, run)
+    check.results["sdxl_compiled_vs_eager_max_diff"] = max_difference(
+        outputs.get(("sdxl", "eager")), outputs.get(("sdxl", "compiled"))
+    )
+    check.results["musicgen_graphs_vs_eager_greedy_max_diff"] = max_difference(
+        outputs.get(("musicgen", "eager")), outputs.get(("musicgen", "cuda_graphs"))
+    )
+    check.save()
+    report(check.results)
+
+
+def report(results: dict[str, Any]) -> None:
+    done = [row for row in results["sdxl"] if "seconds" in row]
+    if done:
+        device = results["machine"]["gpu"] or "CPU"
+        print_table(
+            f"SDXL {results['plan']['size']}², direct engine (step batching), {device}",
+            [
+                {
+                    k: row[k]
+                    for k in (
+                        "variant",
+                        "batch",
+                        "steps",
+                        "s_per_image",
+                        "images_per_s",
+                        "finite",
+                        "peak_gib",
+                    )
+                }
+                for row in done
+            ],
+        )
+    done = [row for row in results["musicgen"] if "seconds" in row]
+    if done:
+        print_table(
+            "MusicGen-melody, direct engine",
+            [
+                {
+                    k: row[k]
+                    for k in (
+                        "variant",
+                        "tracks",
+                        "duration_s",
+                        "seconds",
+                        "x_real_time",
+                        "finite",
+                        "peak_gib",
+                    )
+                }
+                for row in done
+            ],
+        )
+    print(
+        "\nSDXL compiled vs eager, max |difference| (0-1 pixels):",
+        results.get("sdxl_compiled_vs_eager_max_diff"),
+    )
+    print(
+        "MusicGen graphs vs eager, greedy 1 s, max |difference|:",
+        results.get("musicgen_graphs_vs_eager_greedy_max_diff"),
+    )
+
+
+if __name__ == "__main__":
+    main()
