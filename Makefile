@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint redis-server
+.PHONY: install serve test lint redis-server gpu-wheels
 
 # torch first, pinned: an unpinned torch (or one pulled in by another package) is a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -31,3 +31,9 @@ redis-server:
 test: $(STAMP) redis-server
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The wheels benchmarks/gpu_check needs on a bare offline GPU machine (Python 3.12, x86-64), into .whl/.
+gpu-wheels: $(STAMP)
+	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl -r requirements/gpu-check-wheels.txt

@@ -196,9 +196,14 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="the tiny models at small sizes (any machine)")
     parser.add_argument("--models", default="models/full-size", help="folder for the full-size models")
     parser.add_argument("--budget-s", type=float, default=420.0, help="sections after this are skipped")
-    parser.add_argument("--skip", default="", help="comma-separated: sdxl, musicgen")
+    parser.add_argument("--only", default="", help="comma-separated sections, e.g. sdxl:compiled")
+    parser.add_argument("--batches", default="", help="SDXL batch sizes instead of the plan's, e.g. 1,8")
+    parser.add_argument("--steps", default="", help="SDXL step counts instead of the plan's, e.g. 20,50")
     args = parser.parse_args()
-    plan = TINY if args.tiny else FULL
+    plan = dict(TINY if args.tiny else FULL)
+    for name in ("batches", "steps"):
+        if getattr(args, name):
+            plan[name] = [int(value) for value in getattr(args, name).split(",")]
     check = Check(args, plan)
     if args.tiny:
         from leap_ray.model_sources import tiny_model
@@ -215,7 +220,7 @@ def main() -> None:
     fast["warm_up_sizes"] = [[plan["size"], plan["size"]]]
     # Compiling is the least predictable cost, so the compiled SDXL runs last: if it overruns the
     # budget, only it is cut short. A section that fails is recorded and the next one runs.
-    skip = args.skip.split(",")
+    only = [name for name in args.only.split(",") if name]
     melody, graphs = models["musicgen-melody"], {"cuda_graphs": True, "batch_buckets": plan["tracks"]}
     sections = [
         ("sdxl", "eager", lambda: check_sdxl(check, models["sdxl"], "eager", {})),
@@ -225,7 +230,7 @@ def main() -> None:
     ]
     outputs = {}
     for model, variant, run in sections:
-        if model not in skip:
+        if not only or f"{model}:{variant}" in only:
             outputs[model, variant] = section(check, model, variant, run)
     check.results["sdxl_compiled_vs_eager_max_diff"] = max_difference(
         outputs.get(("sdxl", "eager")), outputs.get(("sdxl", "compiled"))

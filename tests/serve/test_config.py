@@ -85,3 +85,21 @@ def test_serve_reports_the_configs_autoscaling_and_batching(graph):
         for key, value in wanted.autoscaling_config.items():
             assert reported["autoscaling_config"][key] == value
         assert reported["ray_actor_options"]["num_cpus"] == wanted.ray_actor_options.num_cpus
+
+
+@pytest.mark.parametrize("path", CONFIGS.values(), ids=CONFIGS.keys())
+def test_engine_kwargs_are_ones_the_engines_take(path):
+    import inspect
+
+    from leap_ray.engines.musicgen import MusicGenEngine
+    from leap_ray.engines.sdxl import SDXLEngine
+    from leap_ray.engines.sdxl_fast import SDXLSpeed
+
+    (application,) = load_config(path).applications
+    settings = AppConfig.model_validate(application.args)
+    sdxl_kwargs = dict(settings.sdxl.engine_kwargs)
+    for name in ("device", "dtype", "threads"):
+        sdxl_kwargs.pop(name, None)
+    SDXLSpeed(**sdxl_kwargs)  # raises TypeError on an option it does not have
+    inspect.signature(SDXLEngine).bind("model", **settings.sdxl.engine_kwargs)
+    inspect.signature(MusicGenEngine).bind("model", **settings.musicgen.engine_kwargs)
