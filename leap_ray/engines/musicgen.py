@@ -396,15 +396,15 @@ class MusicGenEngine:
         pattern = torch.cat([self._delay_pattern(t, n, width) for t, n in zip(tracks, lengths, strict=True)])
         prompt_frames = 0 if tracks[0].prompt is None else tracks[0].prompt.shape[1]
         sequence = pattern[:, : 1 + prompt_frames]
-        decoder, logits, offset = self._prefill(tracks, round_index, sequence)
+        decoder, offset = self._prefill(tracks, round_index, sequence)
         guidance = torch.tensor([t.request.guidance_scale for t in tracks]).repeat_interleave(codebooks)[
             :, None
         ]
         for position in range(1 + prompt_frames, width):
-            if position > 1 + prompt_frames:  # the codes of the last position in, the next one's logits out
-                last = sequence[:, -1].view(len(tracks), codebooks).repeat(2, 1)
-                at = torch.full((2 * len(tracks),), offset + position - 1, device=self.device)
-                logits = decoder.step(last, at)
+            # The last position's codes in (their position's key and value), the next one's logits out.
+            last = sequence[:, -1].view(len(tracks), codebooks).repeat(2, 1)
+            at = torch.full((2 * len(tracks),), offset + position - 1, device=self.device)
+            logits = decoder.step(last, at)
             conditional, unconditional = logits.reshape(-1, logits.shape[-1]).float().cpu().split(rows)
             guided = unconditional + (conditional - unconditional) * guidance
             tokens = torch.cat(
@@ -432,23 +432,21 @@ class MusicGenEngine:
 
     def _prefill(
         self, tracks: list[_Track], round_index: int, sequence: torch.Tensor
-    ) -> tuple[StaticDecoder, torch.Tensor, int]:
-        """The window's decoder with its conditioning and first codes run; the logits of the next
-        position, and the decoder position of the window's first code."""
+    ) -> tuple[StaticDecoder, int]:
+        """The window's decoder with its conditioning and its first codes but the last run; the
+        decoder position of the window's first code."""
         states, mask = self._conditioning(tracks, round_index)
-        codes = sequence.view(len(tracks), self.codebooks, -1).repeat(2, 1, 1)
+        codes = sequence.view(len(tracks), self.codebooks, -1).repeat(2, 1, 1)[:, :, :-1]
         offset = states.shape[1] if self.has_melody else 0
-        decoder = self._decoder_for(
-            codes.shape[0],
-            offset + self.window_frames + self.codebooks + 1,
-            0 if mask is None else mask.shape[1],
-        )
+        length = offset + self.window_frames + self.codebooks + 1
+        decoder = self._decoder_for(codes.shape[0], length, 0 if mask is None else mask.shape[1])
         embeds = decoder.embed(codes)
         if self.has_melody:
             embeds = torch.cat([states.to(embeds.dtype), embeds], dim=1)
         else:
             decoder.set_cross(states, mask)
-        return decoder, decoder.prefill(embeds), offset
+        decoder.prefill(embeds)
+        return decoder, offset
 
     def _report_progress(self, tracks: list[_Track], round_index: int, position: int) -> None:
         """After each whole second of new audio (codebook 0 holds frame f at position 1 + f)."""

@@ -12,8 +12,9 @@ between 5.17 and 5.24. Here:
   LENGTH_STEP, with positions past each row's own masked out: shapes repeat, so a step can be
   captured in a CUDA graph per (rows, length) and replayed (MusicGen decoding is one small step per
   token: eager PyTorch spends most of it launching kernels);
-- `prefill` runs a whole prefix (the melody model's chroma + text, the window's carried codes) for
-  rows that start together, as the model's own forward would.
+- `prefill` runs a whole prefix (the melody model's chroma + text, the window's carried codes but
+  the last) for rows that start together, as the model's own forward would; `move_rows` keeps the
+  rows in use first when a track in the middle of a running batch leaves.
 It equals the model's own forward to float rounding (tests compare the logits).
 """
 
@@ -79,19 +80,32 @@ class StaticDecoder:
         """The attention span of a step at `position`: the positions up to it, rounded up."""
         return min(self.capacity, (position // LENGTH_STEP + 1) * LENGTH_STEP)
 
-    def set_cross(self, states: torch.Tensor, mask: torch.Tensor) -> None:
-        """The text model's encoder states (rows, tokens, hidden) and padding mask (rows, tokens),
-        projected once into every layer's cross-attention keys and values."""
+    def set_cross(self, states: torch.Tensor, mask: torch.Tensor, first_row: int = 0) -> None:
+        """The text model's encoder states (rows, tokens, hidden) and padding mask (rows, tokens) of
+        the cache rows from `first_row`, projected once into every layer's cross-attention keys and
+        values."""
         rows, tokens = mask.shape
+        at = slice(first_row, first_row + rows)
         for layer, keys, values in zip(self.layers, self.cross_keys, self.cross_values, strict=True):
-            keys[:rows, :, :tokens] = self._split(layer.encoder_attn.k_proj(states))
-            values[:rows, :, :tokens] = self._split(layer.encoder_attn.v_proj(states))
+            keys[at, :, :tokens] = self._split(layer.encoder_attn.k_proj(states))
+            values[at, :, :tokens] = self._split(layer.encoder_attn.v_proj(states))
             # Zeros past the text: a row that may attend nowhere averages its values, which must then
             # be the zeros of its (empty) text, as in transformers, not an earlier window's.
-            keys[:rows, :, tokens:], values[:rows, :, tokens:] = 0, 0
+            keys[at, :, tokens:], values[at, :, tokens:] = 0, 0
         allowed = torch.zeros(rows, self.cross_capacity, dtype=torch.bool, device=self.device)
         allowed[:, :tokens] = mask.bool()
-        self.cross_mask[:rows] = _additive(allowed.view(rows, 1, 1, -1), self.dtype)
+        self.cross_mask[at] = _additive(allowed.view(rows, 1, 1, -1), self.dtype)
+
+    def move_rows(self, source: int, target: int, count: int) -> None:
+        """Copies `count` cache rows (their keys, values and text) from `source` to `target`, so that
+        the rows in use stay the first ones when a track in the middle leaves."""
+        if source == target:
+            return
+        for tensors in (self.keys, self.values, self.cross_keys, self.cross_values):
+            for tensor in tensors:
+                if tensor.dim() > 1:
+                    tensor[target : target + count] = tensor[source : source + count]
+        self.cross_mask[target : target + count] = self.cross_mask[source : source + count]
 
     def _split(self, states: torch.Tensor) -> torch.Tensor:
         """(rows, length, hidden) to (rows, heads, length, head_dim)."""
@@ -101,32 +115,35 @@ class StaticDecoder:
         """(rows, codebooks, length) codes to (rows, length, hidden): the codebooks' embeddings summed."""
         return sum(embedding(tokens[:, k]) for k, embedding in enumerate(self.embed_tokens))
 
-    def prefill(self, embeds: torch.Tensor) -> torch.Tensor:
-        """Runs (rows, length, hidden) embeddings at positions 0.. for the first rows of the cache;
-        the logits (rows, codebooks, vocabulary) of the last position."""
+    def prefill(self, embeds: torch.Tensor, first_row: int = 0) -> None:
+        """Runs (rows, length, hidden) embeddings at positions 0.. into the cache rows from
+        `first_row` (the logits of their last position come from the next `step`, fed that code)."""
         rows, length, _ = embeds.shape
+        if length == 0:
+            return
+        at = slice(first_row, first_row + rows)
         positions = torch.arange(length, device=self.device)
         causal = positions[None, :] <= positions[:, None]
         hidden = embeds + self.positions[positions].to(self.dtype)
         for index, layer in enumerate(self.layers):
             keys, values = self.keys[index], self.values[index]
             residual, normed = hidden, layer.self_attn_layer_norm(hidden)
-            keys[:rows, :, :length] = self._split(layer.self_attn.k_proj(normed))
-            values[:rows, :, :length] = self._split(layer.self_attn.v_proj(normed))
+            keys[at, :, :length] = self._split(layer.self_attn.k_proj(normed))
+            values[at, :, :length] = self._split(layer.self_attn.v_proj(normed))
             query = self._split(layer.self_attn.q_proj(normed))
             attended = F.scaled_dot_product_attention(
-                query, keys[:rows, :, :length], values[:rows, :, :length], attn_mask=causal
+                query, keys[at, :, :length], values[at, :, :length], attn_mask=causal
             )
             hidden = residual + layer.self_attn.out_proj(attended.transpose(1, 2).reshape(hidden.shape))
-            hidden = self._after_self_attention(index, layer, hidden, rows)
-        return self._logits(hidden[:, -1])
+            hidden = self._after_self_attention(index, layer, hidden, at)
 
-    def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor, first_row: int = 0) -> torch.Tensor:
         """One token per row: (rows, codebooks) codes, each row at its own position (rows,); the
-        logits (rows, codebooks, vocabulary). Rows are the first rows of the cache."""
+        logits (rows, codebooks, vocabulary). Rows are the cache rows from `first_row`; only steps
+        from the first row are captured in graphs."""
         rows, span = tokens.shape[0], self.span(int(positions.max()))
-        if not self.cuda_graphs:
-            return self._step(tokens, positions, span)
+        if not self.cuda_graphs or first_row:
+            return self._step(tokens, positions, span, first_row)
         # Padded up to a bucket (rows past the real ones are unused cache rows; their logits dropped).
         padded = next((bucket for bucket in self.row_buckets if bucket >= rows), rows)
         self._tokens[:rows], self._at[:rows] = tokens, positions
@@ -152,9 +169,12 @@ class StaticDecoder:
             logits = self._step(self._tokens[:rows], self._at[:rows], span)
         return graph, logits
 
-    def _step(self, tokens: torch.Tensor, positions: torch.Tensor, span: int) -> torch.Tensor:
+    def _step(
+        self, tokens: torch.Tensor, positions: torch.Tensor, span: int, first_row: int = 0
+    ) -> torch.Tensor:
         rows = tokens.shape[0]
-        row_index = torch.arange(rows, device=self.device)
+        at = slice(first_row, first_row + rows)
+        row_index = torch.arange(first_row, first_row + rows, device=self.device)
         visible = torch.arange(span, device=self.device)[None, :] <= positions[:, None]
         mask = _additive(visible.view(rows, 1, 1, span), self.dtype)
         hidden = self.embed(tokens[:, :, None]) + self.positions[positions][:, None].to(self.dtype)
@@ -169,23 +189,23 @@ class StaticDecoder:
             )
             query = self._split(layer.self_attn.q_proj(normed))
             attended = F.scaled_dot_product_attention(
-                query, keys[:rows, :, :span], values[:rows, :, :span], attn_mask=mask
+                query, keys[at, :, :span], values[at, :, :span], attn_mask=mask
             )
             hidden = residual + layer.self_attn.out_proj(attended.transpose(1, 2).reshape(hidden.shape))
-            hidden = self._after_self_attention(index, layer, hidden, rows)
+            hidden = self._after_self_attention(index, layer, hidden, at)
         return self._logits(hidden[:, -1])
 
     def _after_self_attention(
-        self, index: int, layer: torch.nn.Module, hidden: torch.Tensor, rows: int
+        self, index: int, layer: torch.nn.Module, hidden: torch.Tensor, at: slice
     ) -> torch.Tensor:
         """The rest of a layer: cross-attention (text model), then the feed-forward block."""
         if self.cross:
             attention, normed = layer.encoder_attn, layer.encoder_attn_layer_norm(hidden)
             attended = F.scaled_dot_product_attention(
                 self._split(attention.q_proj(normed)),
-                self.cross_keys[index][:rows],
-                self.cross_values[index][:rows],
-                attn_mask=self.cross_mask[:rows],
+                self.cross_keys[index][at],
+                self.cross_values[index][at],
+                attn_mask=self.cross_mask[at],
             )
             hidden = hidden + attention.out_proj(attended.transpose(1, 2).reshape(hidden.shape))
         normed = layer.final_layer_norm(hidden)

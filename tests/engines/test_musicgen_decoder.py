@@ -8,7 +8,7 @@ from transformers import MusicgenForConditionalGeneration, MusicgenMelodyForCond
 
 from leap_ray.engines.musicgen_decoder import StaticDecoder
 
-TOLERANCE = 1e-4  # on logits, CPU float32
+TOLERANCE = 5e-4  # on logits, CPU float32: other reduction orders than transformers'
 
 
 @pytest.fixture(scope="module", params=["musicgen", "musicgen-melody"])
@@ -35,13 +35,14 @@ def test_rows_at_different_positions_equal_the_models_own_forward(model):
             encoder_attention_mask=None if melody else mask,
         ).logits.view(2, codebooks, -1, model.decoder.config.vocab_size)[:, :, -10:]
         decoder = StaticDecoder(model, rows=2, capacity=40, cross_capacity=8)
-        embeds = decoder.embed(codes[:, :, :4])
+        embeds = decoder.embed(codes[:, :, :3])
         if melody:
             embeds, offset = torch.cat([states, embeds], dim=1), states.shape[1]
         else:
             decoder.set_cross(states, mask)
             offset = 0
-        first = decoder.prefill(embeds)  # both rows through code 3
+        decoder.prefill(embeds)  # both rows through code 2; code 3's logits come from a step
+        first = decoder.step(codes[:, :, 3], torch.tensor([offset + 3] * 2))
         assert (first - expected[:, :, 3]).abs().max() < TOLERANCE
         for position in (4, 5):  # the first row alone runs ahead by two codes
             ahead = decoder.step(codes[:1, :, position], torch.tensor([offset + position]))
