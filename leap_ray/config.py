@@ -87,10 +87,10 @@ class BatchingConfig(BaseModel):
     max_batch_size: int = Field(8, ge=1, description="Most work in one batch (SDXL counts images).")
     batch_wait_timeout_s: float = Field(0.02, ge=0.0, description="How long a batch waits to fill.")
     batching: Literal["request", "step"] = Field(
-        "request",
-        description="request: batches of whole requests, each run to its end. step (SDXL only): requests "
-        "join and leave the running batch at every denoising step, so a short one never waits for a "
-        "long one.",
+        "step",
+        description="step: requests join and leave the running batch at every step (an SDXL denoising "
+        "step, a MusicGen token), so a short one never waits for a long one. request: batches of whole "
+        "requests, each run to its end (kept for comparison).",
     )
 
 

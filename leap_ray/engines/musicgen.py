@@ -420,15 +420,21 @@ class MusicGenEngine:
                 break
         elapsed = time.perf_counter() - started
         per_track = sequence.view(len(tracks), codebooks, -1)
-        for index, (track, frames) in enumerate(zip(tracks, lengths, strict=True)):
+        for index, track in enumerate(tracks):
             track.timings["generate_s"] += elapsed
             track.batch_size = track.batch_size or len(tracks)
-            if track.left:
-                continue
-            # Undo the delay: codebook k's frame f sits at position 1 + f + k.
-            codes = torch.stack([per_track[index, k, 1 + k : 1 + k + frames] for k in range(codebooks)])
-            track.new_codes.append(codes[:, prompt_frames:])
-            track.prompt = codes[:, self.stride_frames :]
+            if not track.left:
+                self._keep_codes(track, per_track[index], round_index)
+
+    def _keep_codes(self, track: _Track, sequence: torch.Tensor, window: int) -> None:
+        """Keeps a finished window's new codes from its (codebooks, positions) sequence, and its last
+        codes as the next window's prompt."""
+        frames = track.windows[window][1]
+        prompt_frames = 0 if track.prompt is None else track.prompt.shape[1]
+        # Undo the delay: codebook k's frame f sits at position 1 + f + k.
+        codes = torch.stack([sequence[k, 1 + k : 1 + k + frames] for k in range(self.codebooks)])
+        track.new_codes.append(codes[:, prompt_frames:])
+        track.prompt = codes[:, self.stride_frames :]
 
     def _prefill(
         self, tracks: list[_Track], round_index: int, sequence: torch.Tensor

@@ -101,8 +101,17 @@ class StepBatch:
         self.unet_calls = 0
 
     @property
-    def images(self) -> int:
+    def load(self) -> int:
+        """What the batch holds against max_batch_size: its images."""
         return sum(run.member.count for run in self.running)
+
+    @staticmethod
+    def cost(request: SDXLRequest) -> int:
+        return request.image_count
+
+    @staticmethod
+    def can_join(request: SDXLRequest) -> bool:
+        return True
 
     def warm_up(self) -> None:
         """With a compiled engine, runs a step and a decode at every batch bucket and warm-up size, so

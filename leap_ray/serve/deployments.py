@@ -26,7 +26,7 @@ from leap_ray.api.sdxl import SDXLModelSpec, SDXLOutput, SDXLRequest
 from leap_ray.config import BatchingConfig, ModelSettings
 from leap_ray.errors import ModelError
 from leap_ray.model_sources import resolve_model
-from leap_ray.serve.step_scheduler import StepScheduler
+from leap_ray.serve.step_scheduler import RunningBatch, StepScheduler
 
 logger = logging.getLogger("ray.serve")
 DEFAULT_BATCHING = BatchingConfig()  # until Serve passes the config's user_config to reconfigure
@@ -66,9 +66,19 @@ class _ModelDeployment:
         self.last_batch_requests = 0
         self.reconfigure({})
 
+    _steps: StepScheduler | None = None
+
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self.batching = BatchingConfig.model_validate(user_config or {})
         self._generate_batch.set_max_batch_size(self.batching.max_batch_size)
+        if self.batching.batching == "step":
+            if self._steps is None:
+                self._steps = StepScheduler(self.running_batch(), self.batching.max_batch_size)
+            self._steps.max_load = self.batching.max_batch_size
+
+    def running_batch(self) -> RunningBatch:
+        """The engine's running batch for `batching: step` (made once, before the replica is healthy)."""
+        raise NotImplementedError
 
     def spec(self) -> SDXLModelSpec | MusicGenModelSpec:
         return self.model_spec
@@ -154,8 +164,14 @@ class _ModelDeployment:
         return output
 
     async def _dispatch(self, pending: _Pending) -> Any:
-        """The request's output (or error) from whole-request batches."""
-        return await self._generate_batch(pending)
+        """The request's output (or error): from the step scheduler, or from whole-request batches."""
+        if self.batching.batching != "step":
+            return await self._generate_batch(pending)
+        self.requests_served += 1
+        outcome = await self._steps.generate(pending.request, pending.cancelled.is_set, pending.progress)
+        if isinstance(outcome, Exception) or outcome is None or pending.cancelled.is_set():
+            return outcome
+        return await asyncio.to_thread(self._encoded, pending, outcome)
 
     @serve.batch(
         max_batch_size=DEFAULT_BATCHING.max_batch_size,
@@ -217,27 +233,12 @@ class _PartsProgress:
 class SDXLDeployment(_ModelDeployment):
     default_engine = "leap_ray.engines.sdxl:SDXLEngine"
 
-    _steps: StepScheduler | None = None
+    def running_batch(self) -> RunningBatch:
+        from leap_ray.engines.sdxl_steps import StepBatch  # diffusers: model replicas only
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
-        super().reconfigure(user_config)
-        if self.batching.batching == "step":
-            if self._steps is None:
-                from leap_ray.engines.sdxl_steps import StepBatch  # diffusers: model replicas only
-
-                batch = StepBatch(self.engine)
-                batch.warm_up()  # before the replica reports healthy: no request pays for compiling
-                self._steps = StepScheduler(batch, self.batching.max_batch_size)
-            self._steps.max_images = self.batching.max_batch_size
-
-    async def _dispatch(self, pending: _Pending) -> Any:
-        if self.batching.batching != "step":
-            return await super()._dispatch(pending)
-        self.requests_served += 1
-        outcome = await self._steps.generate(pending.request, pending.cancelled.is_set, pending.progress)
-        if isinstance(outcome, Exception) or outcome is None or pending.cancelled.is_set():
-            return outcome
-        return await asyncio.to_thread(self._encoded, pending, outcome)
+        batch = StepBatch(self.engine)
+        batch.warm_up()  # before the replica reports healthy: no request pays for compiling
+        return batch
 
     def split(self, request: SDXLRequest) -> list[SDXLRequest]:
         # The seed is fixed first, so that image j of every part gets seed + j (a direct call may have none).
@@ -262,8 +263,13 @@ class MusicGenDeployment(_ModelDeployment):
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         super().reconfigure(user_config)
-        if self.batching.batching == "step":
-            raise ValueError("MusicGen batches whole requests: its user_config takes batching: request")
+        if self._steps is not None:  # the decoder's cache is sized for max_batch_size tracks
+            self._steps.batch.max_tracks = self.batching.max_batch_size
+
+    def running_batch(self) -> RunningBatch:
+        from leap_ray.engines.musicgen_steps import DecodeBatch  # transformers: model replicas only
+
+        return DecodeBatch(self.engine, max_tracks=self.batching.max_batch_size)
 
     def encode(self, request: MusicGenRequest, result: Any) -> MusicGenOutput:
         waveform: np.ndarray = result.waveform

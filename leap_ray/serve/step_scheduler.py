@@ -1,7 +1,8 @@
-"""The SDXL replica's step scheduler (`batching: step`): one thread drives a StepBatch, and at every
-step boundary admits waiting requests, oldest first, while the batch holds fewer than
-`max_batch_size` images. A request is answered as soon as its own steps are done, so a short request
-never waits for a long one to finish; a cancelled one leaves at the next step."""
+"""A model replica's step scheduler (`batching: step`): one thread drives a running batch (SDXL's
+StepBatch, a denoising step; MusicGen's DecodeBatch, a token), and at every step boundary admits
+waiting requests, oldest first, while they fit in `max_batch_size` (SDXL counts images, MusicGen
+tracks). A request is answered as soon as its own steps are done, so a short request never waits for
+a long one to finish; a cancelled one leaves at the next step."""
 
 import asyncio
 import threading
@@ -9,14 +10,30 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from leap_ray.api.progress import StepProgress
-from leap_ray.api.sdxl import SDXLRequest
+from leap_ray.api.progress import Progress
 from leap_ray.engines.failures import internal_error
+from leap_ray.errors import LeapRayError
 
-if TYPE_CHECKING:
-    from leap_ray.engines.sdxl_steps import StepBatch
+
+class RunningBatch(Protocol):
+    """What the scheduler drives: `StepBatch` (SDXL) and `DecodeBatch` (MusicGen)."""
+
+    running: list[Any]
+
+    @property
+    def load(self) -> int: ...  # what the running requests hold against max_batch_size
+
+    def cost(self, request: Any) -> int: ...
+
+    def can_join(self, request: Any) -> bool: ...  # besides its cost (e.g. a model's cache size)
+
+    def admit(
+        self, request: Any, should_stop: Callable[[], bool], progress: Callable[[Progress], None] | None
+    ) -> LeapRayError | None: ...
+
+    def step(self) -> list[tuple[Any, Any]]: ...
 
 
 def _settle(outcome: Future, value: Any) -> None:
@@ -29,16 +46,16 @@ def _settle(outcome: Future, value: Any) -> None:
 
 @dataclass
 class _Waiting:
-    request: SDXLRequest
+    request: Any
     should_stop: Callable[[], bool]
-    progress: Callable[[StepProgress], None] | None
+    progress: Callable[[Progress], None] | None
     outcome: Future = field(default_factory=Future)
 
 
 class StepScheduler:
-    def __init__(self, batch: "StepBatch", max_images: int) -> None:
+    def __init__(self, batch: RunningBatch, max_load: int) -> None:
         self.batch = batch
-        self.max_images = max_images
+        self.max_load = max_load
         self._waiting: deque[_Waiting] = deque()
         self._running: dict[int, _Waiting] = {}  # by id of the request
         self._wake = threading.Condition()
@@ -47,11 +64,11 @@ class StepScheduler:
 
     async def generate(
         self,
-        request: SDXLRequest,
+        request: Any,
         should_stop: Callable[[], bool],
-        progress: Callable[[StepProgress], None] | None,
+        progress: Callable[[Progress], None] | None,
     ) -> Any:
-        """The request's engine outcome (an SDXLResult or its error), once its steps are done."""
+        """The request's engine outcome (its result or its error), once its steps are done."""
         waiting = _Waiting(request, should_stop, progress)
         with self._wake:
             self._waiting.append(waiting)
@@ -85,6 +102,9 @@ class StepScheduler:
                 else:
                     self._running[id(waiting.request)] = waiting
 
-    def _fits(self, request: SDXLRequest) -> bool:
+    def _fits(self, request: Any) -> bool:
         # An empty batch takes any request (the deployment splits those bigger than a batch).
-        return not self.batch.running or self.batch.images + request.image_count <= self.max_images
+        batch = self.batch
+        if not batch.running:
+            return True
+        return batch.load + batch.cost(request) <= self.max_load and batch.can_join(request)

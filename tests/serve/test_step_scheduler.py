@@ -33,7 +33,7 @@ def test_a_short_request_behind_a_long_one_is_answered_first_with_its_own_images
     finished: list[str] = []
 
     async def main() -> dict[str, SDXLResult]:
-        scheduler = StepScheduler(StepBatch(engine), max_images=8)
+        scheduler = StepScheduler(StepBatch(engine), max_load=8)
 
         async def one(name: str, request: SDXLRequest, delay: float) -> SDXLResult:
             await asyncio.sleep(delay)
@@ -57,7 +57,7 @@ def test_requests_beyond_the_image_budget_wait_and_a_cancelled_one_never_runs(en
     dropped = SDXLRequest(prompt="c", seed=3, num_inference_steps=2, **SMALL)
 
     async def main() -> list:
-        scheduler = StepScheduler(StepBatch(engine), max_images=2)
+        scheduler = StepScheduler(StepBatch(engine), max_load=2)
         started = time.perf_counter()
         tasks = [asyncio.create_task(scheduler.generate(first, never, None))]
         await asyncio.sleep(0.1)

@@ -1,0 +1,210 @@
+"""Token-level (continuous) batching for MusicGen: tracks join and leave a running batch at every
+token, so a short track never waits for a long one.
+
+Design: the engine's `StaticDecoder` holds the cache; running track i owns cache rows 2i (its
+conditional row) and 2i + 1 (its unconditional row, for classifier-free guidance). Every row has its
+own position, so tracks at different tokens, of different windows, and of melody prefixes of
+different lengths share one decoder step. A track joins by prefilling its rows (conditioning, then
+its window's codes but the last); each `step` feeds every running track's last codes, samples each
+track's next codes from its own guidance, sampling settings and generator, and moves each on. A
+track whose window is done moves to its next window (its last 12 s of codes prefilled as the
+prompt, the melody sliding along, as `MusicGenEngine` does) without holding anyone back; a track
+whose last window is done is decoded and handed back at once, and the last running track's rows
+move into its place, so the rows in use stay the first ones (the shapes CUDA graphs replay).
+
+Each track follows exactly the steps it would follow alone (the same prefill, the same step per
+token, the same sampling), so a seeded request gives its solo audio whatever joins or leaves.
+"""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from leap_ray.api.musicgen import MusicGenRequest
+from leap_ray.api.progress import AudioProgress
+from leap_ray.engines.failures import model_error, request_error
+from leap_ray.engines.musicgen import MusicGenEngine, MusicGenResult, _Track, sample_tokens
+from leap_ray.errors import LeapRayError
+
+
+@dataclass
+class _Running:
+    """A track in the running batch, in its current window."""
+
+    track: _Track
+    window: int
+    pattern: torch.Tensor  # (codebooks, frames + codebooks): the window's delay pattern
+    sequence: torch.Tensor  # (codebooks, codes so far): the window's codes
+    offset: int  # the decoder position of the window's first code (after a melody prefix)
+    admitted_at: float
+    decoder_calls: int = 0
+    largest_batch: int = 0  # the most tracks in one decoder step this track was part of
+    done: bool = False
+
+    @property
+    def position(self) -> int:
+        """The position in the window whose codes are sampled next."""
+        return self.sequence.shape[1]
+
+    @property
+    def finished(self) -> bool:
+        return self.done or self.track.left
+
+
+class DecodeBatch:
+    """The running batch of one replica, driven by one thread: `admit` tracks between steps, call
+    `step` until `running` is empty, take each finished request's outcome from `step`'s return."""
+
+    def __init__(self, engine: MusicGenEngine, max_tracks: int = 8) -> None:
+        self.engine = engine
+        self.max_tracks = max_tracks
+        self.running: list[_Running] = []
+        self.decoder_calls = 0
+
+    @property
+    def load(self) -> int:
+        """What the batch holds against max_batch_size: its tracks."""
+        return len(self.running)
+
+    @staticmethod
+    def cost(request: MusicGenRequest) -> int:
+        return 1
+
+    def can_join(self, request: MusicGenRequest) -> bool:
+        """Whether the decoder's cache holds the request beside the running tracks (a bigger cache is
+        made only while the batch is empty)."""
+        decoder = self.engine._decoder
+        if not self.running:
+            return True
+        rows, length, text_tokens = self._needs(request, len(self.running) + 1)
+        return (
+            decoder is not None
+            and decoder.rows >= rows
+            and decoder.capacity >= length
+            and (self.engine.has_melody or decoder.cross_capacity >= text_tokens)
+        )
+
+    def _needs(self, request: MusicGenRequest, tracks: int) -> tuple[int, int, int]:
+        """Cache rows, positions and text tokens for `tracks` tracks, this request among them."""
+        engine = self.engine
+        text_tokens = len(engine.tokenizer(request.prompt).input_ids)
+        length = engine._prefix_tokens(text_tokens) + engine.window_frames + engine.codebooks + 1
+        return 2 * max(tracks, self.max_tracks), length, text_tokens
+
+    @torch.inference_mode()
+    def admit(
+        self,
+        request: MusicGenRequest,
+        should_stop: Callable[[], bool] | None = None,
+        progress: Callable[[AudioProgress], None] | None = None,
+    ) -> LeapRayError | None:
+        """Adds the request to the running batch (its prompt encoded, its first window prefilled), or
+        returns the error that it alone met."""
+        try:
+            request.check_against(self.engine.spec())
+            if not self.running:
+                self.engine._decoder_for(*self._needs(request, 1))
+            track = self.engine._start_track(request, should_stop, progress)
+            self.running.append(self._begin_window(track, 0, len(self.running), time.perf_counter()))
+        except Exception as error:
+            return request_error(error)
+        return None
+
+    def _begin_window(self, track: _Track, window: int, index: int, admitted_at: float) -> _Running:
+        """The track's window `window` prefilled into the rows of running track `index`."""
+        engine, decoder = self.engine, self.engine._decoder
+        frames = track.windows[window][1]
+        pattern = engine._delay_pattern(track, frames, frames + engine.codebooks)
+        prompt_frames = 0 if track.prompt is None else track.prompt.shape[1]
+        states, mask = engine._conditioning([track], window)
+        codes = pattern[None, :, :prompt_frames].repeat(2, 1, 1)  # all the first codes but the last
+        embeds = decoder.embed(codes)
+        if engine.has_melody:
+            embeds = torch.cat([states.to(embeds.dtype), embeds], dim=1)
+        else:
+            decoder.set_cross(states, mask, first_row=2 * index)
+        decoder.prefill(embeds, first_row=2 * index)
+        return _Running(
+            track=track,
+            window=window,
+            pattern=pattern,
+            sequence=pattern[:, : 1 + prompt_frames],
+            offset=states.shape[1] if engine.has_melody else 0,
+            admitted_at=admitted_at,
+        )
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[MusicGenRequest, MusicGenResult | LeapRayError]]:
+        """One token of every running track (one decoder step over all of them), then the outcome of
+        each request that finished: its audio, or its own error."""
+        if self.running:
+            self._decode(0, len(self.running))
+        outcomes = []
+        for index in reversed(range(len(self.running))):
+            running = self.running[index]
+            if running.finished:
+                outcomes.append((running.track.request, self._outcome(running)))
+                self._release(index)
+        return outcomes[::-1]
+
+    def _decode(self, first: int, count: int) -> None:
+        """One decoder step for running tracks first..first + count, then each one's sampling. If the
+        shared step fails, each track is stepped alone: only one that fails alone gets the error."""
+        group = self.running[first : first + count]
+        last = torch.stack([running.sequence[:, -1] for running in group]).repeat_interleave(2, dim=0)
+        positions = [running.offset + running.position - 1 for running in group]
+        at = torch.tensor(positions, device=self.engine.device).repeat_interleave(2)
+        try:
+            logits = self.engine._decoder.step(last, at, first_row=2 * first).float().cpu()
+        except Exception as error:
+            if count == 1:
+                group[0].track.error = model_error(error)
+            else:
+                for index in range(first, first + count):
+                    self._decode(index, 1)
+            return
+        self.decoder_calls += 1
+        for index, running in enumerate(group):
+            running.decoder_calls += 1
+            running.largest_batch = max(running.largest_batch, count)
+            try:
+                self._advance(running, logits[2 * index], logits[2 * index + 1])
+            except Exception as error:
+                running.track.error = request_error(error)
+
+    def _advance(self, running: _Running, conditional: torch.Tensor, unconditional: torch.Tensor) -> None:
+        """Samples the track's next codes (as `MusicGenEngine` does), reports, and moves it on."""
+        track, position = running.track, running.position
+        guidance = torch.tensor([[track.request.guidance_scale]])
+        guided = unconditional + (conditional - unconditional) * guidance
+        tokens = sample_tokens(guided, track.request, track.generator).to(self.engine.device)
+        column = running.pattern[:, position]
+        column = torch.where(column == -1, tokens, column)
+        running.sequence = torch.cat([running.sequence, column[:, None]], dim=1)
+        self.engine._report_progress([track], running.window, position)
+        if track.check_stop() or running.position < running.pattern.shape[1]:
+            return
+        self.engine._keep_codes(track, running.sequence, running.window)
+        if running.window + 1 < len(track.windows):
+            index = self.running.index(running)
+            following = self._begin_window(track, running.window + 1, index, running.admitted_at)
+            following.decoder_calls, following.largest_batch = running.decoder_calls, running.largest_batch
+            self.running[index] = following
+        else:
+            running.done = True
+
+    def _outcome(self, running: _Running) -> MusicGenResult | LeapRayError:
+        track = running.track
+        track.batch_size = running.largest_batch
+        track.timings["generate_s"] = time.perf_counter() - running.admitted_at
+        return self.engine._finish(track)
+
+    def _release(self, index: int) -> None:
+        """Drops running track `index`; the last running track's rows move into its rows."""
+        last = len(self.running) - 1
+        if index != last:
+            self.engine._decoder.move_rows(2 * last, 2 * index, 2)
+            self.running[index] = self.running[last]
+        self.running.pop()

@@ -1,0 +1,142 @@
+"""Token-level batching for MusicGen: tracks that join and leave a running batch at any token each
+give exactly their solo audio, share decoder steps whatever their prompts, durations, guidance and
+sampling, and cannot change each other's audio by failing or being cancelled."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer, MusicgenForConditionalGeneration
+
+from leap_ray.api.audio import DecodedAudio
+from leap_ray.api.musicgen import MusicGenRequest
+from leap_ray.engines.musicgen import MusicGenEngine, MusicGenResult
+from leap_ray.engines.musicgen_decoder import StaticDecoder
+from leap_ray.engines.musicgen_steps import DecodeBatch
+from leap_ray.errors import InvalidRequest, LeapRayError, ModelError
+
+# Windows of 4 s moving 2.4 s (audiocraft's 30 s and 18 s, scaled down), so a 9 s track runs four.
+SHORT_WINDOWS = {"window_s": 4.0, "extend_stride_s": 2.4}
+LONG = MusicGenRequest(prompt="jazz", duration=9, seed=3, temperature=0.5)
+ARRIVALS = {
+    0: [LONG],
+    1: [MusicGenRequest(prompt="lo-fi beat", duration=2, seed=1)],
+    50: [
+        MusicGenRequest(prompt="an epic orchestral finale", duration=1, seed=2, top_p=0.9, guidance_scale=5)
+    ],
+    400: [MusicGenRequest(prompt="rain", duration=1, seed=4, top_k=5, guidance_scale=1.5)],
+}
+
+
+@pytest.fixture(scope="module", params=["musicgen", "musicgen-melody"])
+def engine(request, tiny_models) -> MusicGenEngine:
+    return MusicGenEngine(str(tiny_models[request.param]), **SHORT_WINDOWS)
+
+
+def run_tokens(batch: DecodeBatch, arrivals: dict[int, list], hooks: dict | None = None) -> dict[int, object]:
+    """Steps the batch until it is empty, admitting `arrivals[k]` before token k; outcomes by seed.
+    `hooks[seed]` are (should_stop, progress) for that request."""
+    outcomes, step = {}, 0
+    while batch.running or any(k >= step for k in arrivals):
+        for request in arrivals.get(step, []):
+            assert batch.admit(request, *(hooks or {}).get(request.seed, ())) is None
+        outcomes.update((request.seed, outcome) for request, outcome in batch.step())
+        step += 1
+    return outcomes
+
+
+def solo(engine: MusicGenEngine, request: MusicGenRequest) -> np.ndarray:
+    (result,) = engine.generate([request])
+    return result.waveform
+
+
+def test_tracks_joining_after_tokens_1_50_and_400_each_give_their_solo_audio(engine):
+    outcomes = run_tokens(DecodeBatch(engine), ARRIVALS)
+    for request in (request for batch in ARRIVALS.values() for request in batch):
+        result = outcomes[request.seed]
+        assert isinstance(result, MusicGenResult), result
+        assert result.waveform.shape == (round(request.duration * 32_000),)
+        assert np.array_equal(result.waveform, solo(engine, request)), request.seed
+
+
+def test_rows_of_different_prompts_durations_guidance_and_sampling_share_decoder_steps(engine):
+    shared = DecodeBatch(engine)
+    outcomes = run_tokens(shared, ARRIVALS)
+    alone_calls = []
+    for request in (request for batch in ARRIVALS.values() for request in batch):
+        alone = DecodeBatch(engine)
+        run_tokens(alone, {0: [request]})
+        alone_calls.append(alone.decoder_calls)
+    # Every token of the shorter tracks rode on one of the long track's own steps.
+    assert shared.decoder_calls == max(alone_calls) < sum(alone_calls)
+    assert max(outcome.batch_size for outcome in outcomes.values()) == 3  # three tracks at token 50
+
+
+def test_a_cancelled_a_failing_and_a_faulting_track_leave_the_others_unchanged(engine, monkeypatch):
+    tokens = {"now": 0}
+
+    def failing_progress(event):
+        raise RuntimeError("the client's progress hook fails")
+
+    real_step = StaticDecoder.step
+
+    def faulty_step(self, last, positions, first_row=0):
+        tokens["now"] += 1
+        if tokens["now"] == 30 and last.shape[0] > 2:
+            raise RuntimeError("CUDA out of memory")  # a shared step fails once: each track reruns alone
+        return real_step(self, last, positions, first_row)
+
+    monkeypatch.setattr(StaticDecoder, "step", faulty_step)
+    cancelled = MusicGenRequest(prompt="gone", duration=2, seed=21)
+    failing = MusicGenRequest(prompt="bad hook", duration=2, seed=22)
+    innocent = MusicGenRequest(prompt="innocent", duration=2, seed=23)
+    hooks = {21: (lambda: tokens["now"] >= 40, None), 22: (None, failing_progress)}
+    outcomes = run_tokens(DecodeBatch(engine), {0: [cancelled, failing, innocent]}, hooks)
+    assert outcomes[21].stopped
+    assert isinstance(outcomes[22], LeapRayError) and outcomes[22].status_code == 500
+    monkeypatch.setattr(StaticDecoder, "step", real_step)
+    assert np.array_equal(outcomes[23].waveform, solo(engine, innocent))
+
+
+def test_a_track_whose_rows_fault_alone_fails_alone(engine, monkeypatch):
+    real_step = StaticDecoder.step
+
+    def faulty_step(self, last, positions, first_row=0):
+        if last.shape[0] == 2 and first_row == 2:  # the second track's rows, stepped alone
+            raise RuntimeError("CUDA error: an illegal memory access")
+        if last.shape[0] > 2:
+            raise RuntimeError("CUDA out of memory")
+        return real_step(self, last, positions, first_row)
+
+    monkeypatch.setattr(StaticDecoder, "step", faulty_step)
+    first, second = (MusicGenRequest(prompt=p, duration=1, seed=s) for p, s in (("a", 1), ("b", 2)))
+    outcomes = run_tokens(DecodeBatch(engine), {0: [first, second]})
+    assert isinstance(outcomes[2], ModelError)
+    monkeypatch.setattr(StaticDecoder, "step", real_step)
+    assert np.array_equal(outcomes[1].waveform, solo(engine, first))
+
+
+def test_a_request_the_model_cannot_take_fails_alone_at_admission(engine):
+    if engine.has_melody:
+        pytest.skip("the melody model takes a melody")
+    batch = DecodeBatch(engine)
+    assert batch.admit(MusicGenRequest(prompt="a", duration=1, seed=1)) is None
+    melody = DecodedAudio(np.zeros(32_000, dtype=np.float32), 32_000)
+    error = batch.admit(MusicGenRequest(prompt="b", duration=1, seed=2, melody=melody))
+    assert isinstance(error, InvalidRequest) and error.param == "melody" and len(batch.running) == 1
+
+
+def test_sixty_seconds_is_exactly_1_920_000_samples(tiny_models):
+    engine = MusicGenEngine(str(tiny_models["musicgen"]))  # audiocraft's 30 s windows
+    outcomes = run_tokens(DecodeBatch(engine), {0: [MusicGenRequest(prompt="long", duration=60, seed=9)]})
+    assert outcomes[9].waveform.shape == (1_920_000,)
+
+
+def test_greedy_decoding_equals_transformers_generate(tiny_models):
+    path = str(tiny_models["musicgen"])
+    model = MusicgenForConditionalGeneration.from_pretrained(path).eval()
+    inputs = AutoTokenizer.from_pretrained(path)(["lo-fi beat"], return_tensors="pt")
+    with torch.inference_mode():  # 1 s: 50 frames, 53 tokens past the start under the delay pattern
+        expected = model.generate(**inputs, do_sample=False, guidance_scale=3.0, max_new_tokens=53)
+    request = MusicGenRequest(prompt="lo-fi beat", duration=1, seed=0, top_k=1, guidance_scale=3.0)
+    outcomes = run_tokens(DecodeBatch(MusicGenEngine(path)), {0: [request]})
+    assert np.array_equal(outcomes[0].waveform, expected[0, 0].numpy())
