@@ -100,7 +100,9 @@ async def open_loop(
         elapsed = time.perf_counter() - started
     return {
         "sent": len(tasks),
+        "elapsed_s": elapsed,
         "ok_per_s": statuses.get("200", 0) / elapsed,
+        "done": {kind: len(values) for kind, values in latencies.items()},
         "statuses": dict(statuses),
         "latency": {kind: percentiles(values) for kind, values in latencies.items()},
     }
@@ -135,9 +137,11 @@ def application(
     model_folders: dict[str, str],
     max_batch_size: int,
     batch_wait_s: float = 0.05,
+    batching: str = "request",
     **sdxl_options: Any,
 ) -> dict:
-    """The local config's application under another name, batch size and batch wait."""
+    """The local config's application under another name, batch size, batch wait and batching mode
+    (both models; `request`, whole-request batches, unless asked)."""
     from leap_ray.serve.launch import local_config_path
 
     (template,) = yaml.safe_load(local_config_path().read_text())["applications"]
@@ -155,6 +159,7 @@ def application(
             deployment["user_config"] = {
                 "max_batch_size": max_batch_size,
                 "batch_wait_timeout_s": batch_wait_s,
+                "batching": batching,
             }
             deployment["max_ongoing_requests"] = max(16, 2 * max_batch_size)
         if deployment["name"] == "SDXL":

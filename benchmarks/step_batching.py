@@ -1,8 +1,9 @@
-"""SDXL under mixed open-loop load, `batching: request` and `batching: step` side by side on one
-graph: Poisson arrivals of requests of 4-50 steps, two sizes and mixed guidance, at 50 %, 80 % and
-110 % of the capacity of request-level batching (its closed-loop throughput at concurrency 8,
-measured first in the same run). Prints throughput and p50/p99 latency of short (<= 10 steps) and
-long requests per mode and rate. Loopback only; every loop is bounded in count and time.
+"""Mixed open-loop load, `batching: request` and `batching: step` side by side on one graph, per
+model: Poisson arrivals at 50 %, 80 % and 110 % of the capacity of request-level batching (its
+closed-loop throughput at concurrency 8, measured first in the same run). SDXL: requests of 4-50
+steps, two sizes, mixed guidance; latency of short (<= 10 steps) and long ones. MusicGen: tracks of
+1, 5, 10, 30 or 60 s; latency per duration and audio seconds served per second. Loopback only;
+every loop is bounded in count and time.
 
     python -m benchmarks.step_batching [--full-size] [--seconds 15]
 """
@@ -15,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from benchmarks.common import (
+    NextRequest,
     application,
     arguments,
     graph,
@@ -30,13 +32,14 @@ STEPS = (4, 10, 25, 50)
 SIZES = (64, 128)
 GUIDANCE = (1.0, 5.0, 9.0)
 SHORT_STEPS = 10
+DURATIONS = (1, 5, 10, 30, 60)
 DRAIN_S = 180.0
 CAPACITY_S = 10.0
 
 
-def mixed_request(rng: random.Random, seed: int) -> dict:
+def sdxl_request(rng: random.Random, seed: int) -> tuple[str, dict, str]:
     size = rng.choice(SIZES)
-    return {
+    body = {
         "prompt": "a lighthouse at dawn",
         "height": size,
         "width": size,
@@ -44,9 +47,24 @@ def mixed_request(rng: random.Random, seed: int) -> dict:
         "guidance_scale": rng.choice(GUIDANCE),
         "seed": seed,
     }
+    return "/v1/sdxl", body, "short" if body["num_inference_steps"] <= SHORT_STEPS else "long"
 
 
-def capacity(url: str, concurrency: int = 8) -> float:
+def musicgen_request(rng: random.Random, seed: int) -> tuple[str, dict, str]:
+    duration = rng.choice(DURATIONS)
+    body = {
+        "prompt": "lo-fi beat",
+        "duration": duration,
+        "guidance_scale": rng.choice((3.0, 5.0)),
+        "seed": seed,
+    }
+    return "/v1/musicgen", body, f"{duration}s"
+
+
+WORKLOADS = {"sdxl": sdxl_request, "musicgen": musicgen_request}
+
+
+def capacity(url: str, next_request: NextRequest, concurrency: int = 8) -> float:
     """Requests per second a closed loop of `concurrency` clients gets, over CAPACITY_S."""
     rng, done = random.Random(1), []
     deadline = time.perf_counter() + CAPACITY_S
@@ -54,7 +72,8 @@ def capacity(url: str, concurrency: int = 8) -> float:
     def client_loop(worker: int) -> None:
         with httpx.Client(timeout=DRAIN_S) as client:
             while time.perf_counter() < deadline:
-                client.post(f"{url}/v1/sdxl", json=mixed_request(rng, worker)).raise_for_status()
+                path, body, _ = next_request(rng, worker)
+                client.post(f"{url}{path}", json=body).raise_for_status()
                 done.append(1)
 
     started = time.perf_counter()
@@ -63,45 +82,54 @@ def capacity(url: str, concurrency: int = 8) -> float:
     return len(done) / (time.perf_counter() - started)
 
 
-def classed(rng: random.Random, index: int) -> tuple[str, dict, str]:
-    body = mixed_request(rng, index)
-    return "/v1/sdxl", body, "short" if body["num_inference_steps"] <= SHORT_STEPS else "long"
+def row(model: str, load: float, mode: str, rate: float, result: dict) -> dict:
+    latency = result["latency"]
+    classes = ("short", "long") if model == "sdxl" else tuple(f"{d}s" for d in DURATIONS)
+    found = {
+        kind: f"{latency[kind]['p50_ms']:,.0f} / {latency[kind]['p99_ms']:,.0f}" if kind in latency else "-"
+        for kind in classes
+    }
+    extra = {}
+    if model == "musicgen":
+        served = sum(int(kind[:-1]) * count for kind, count in result["done"].items())
+        extra["audio_s_per_s"] = served / result["elapsed_s"]
+    statuses = " ".join(f"{k}:{v}" for k, v in sorted(result["statuses"].items()))
+    return {
+        "load": load,
+        "batching": mode,
+        "rate_per_s": rate,
+        "ok_per_s": result["ok_per_s"],
+        **extra,
+        **found,
+        "statuses": statuses,
+    }
 
 
 def main() -> None:
     args = arguments(__doc__, seconds=15.0)
     seconds = args.seconds
     folders = models(args)
-    applications = [
-        application(
-            mode, folders, 8, user_config={"max_batch_size": 8, "batching": mode}, max_queued_requests=-1
-        )
-        for mode in MODES
-    ]
-    rows, runs = [], []
+    applications = [application(mode, folders, 8, batching=mode, max_queued_requests=-1) for mode in MODES]
+    tables: dict[str, list[dict]] = {model: [] for model in WORKLOADS}
+    runs = []
     with graph(*applications) as base:
-        full = capacity(f"{base}/request")
-        for load in LOADS:
-            for mode in MODES:
-                rng = random.Random(7)  # the same arrivals for both modes
-                result = asyncio.run(open_loop(f"{base}/{mode}", load * full, seconds, rng, classed, DRAIN_S))
-                runs.append({"mode": mode, "load": load, **result})
-                latency = result["latency"]
-                rows.append(
-                    {
-                        "load": load,
-                        "batching": mode,
-                        "rate_per_s": load * full,
-                        "ok_per_s": result["ok_per_s"],
-                        "short_p50_ms": latency.get("short", {}).get("p50_ms", float("nan")),
-                        "short_p99_ms": latency.get("short", {}).get("p99_ms", float("nan")),
-                        "long_p50_ms": latency.get("long", {}).get("p50_ms", float("nan")),
-                        "long_p99_ms": latency.get("long", {}).get("p99_ms", float("nan")),
-                        "statuses": " ".join(f"{k}:{v}" for k, v in sorted(result["statuses"].items())),
-                    }
-                )
-    print_table(f"Mixed SDXL load; request-level capacity {full:.2f} requests/s; {seconds:g} s per run", rows)
-    write_results("step_batching", {"capacity_per_s": full, "seconds": seconds, "runs": runs})
+        for model, next_request in WORKLOADS.items():
+            full = capacity(f"{base}/request", next_request)
+            for load in LOADS:
+                for mode in MODES:
+                    rng = random.Random(7)  # the same arrivals for both modes
+                    result = asyncio.run(
+                        open_loop(f"{base}/{mode}", load * full, seconds, rng, next_request, DRAIN_S)
+                    )
+                    runs.append(
+                        {"model": model, "mode": mode, "load": load, "capacity_per_s": full, **result}
+                    )
+                    tables[model].append(row(model, load, mode, load * full, result))
+            print_table(
+                f"Mixed {model} load; capacity {full:.2f} requests/s; {seconds:g} s per run; p50 / p99 ms",
+                tables[model],
+            )
+    write_results("step_batching", {"seconds": seconds, "runs": runs})
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Throughput, side by side in one run: the engines called in-process at batch sizes 1-8 (the
 ceiling), then the same work over HTTP from a closed-loop load generator at concurrency 1-16,
-with dynamic batching of whole requests ("batched"), with max_batch_size 1 ("unbatched") and, for
-SDXL, with step-level batching ("step"). Prints served / ceiling for each row.
+with dynamic batching of whole requests ("batched"), with max_batch_size 1 ("unbatched") and with
+step-level batching ("step": SDXL denoising steps, MusicGen tokens). Prints served / ceiling.
 
     python -m benchmarks.throughput [--full-size]
 """
@@ -97,7 +97,7 @@ def served(base: str, ceiling: dict[str, float]) -> dict[str, list[dict]]:
         "sdxl": ("/v1/sdxl", SDXL_WORK, 1.0),
         "musicgen": ("/v1/musicgen", MUSIC_WORK, MUSIC_WORK["duration"]),
     }
-    apps = {"sdxl": ("batched", "unbatched", "step"), "musicgen": ("batched", "unbatched")}
+    apps = {model: ("batched", "unbatched", "step") for model in workloads}
     rows: dict[str, list[dict]] = {"sdxl": [], "musicgen": []}
     for model, (path, body, units) in workloads.items():
         for app in apps[model]:
@@ -129,11 +129,10 @@ def main() -> None:
     }
     print_table("Direct ceiling, SDXL (images/s)", ceiling_rows["sdxl"])
     print_table("Direct ceiling, MusicGen (audio seconds/s)", ceiling_rows["musicgen"])
-    step = {"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "batching": "step"}
     with graph(
         application("batched", folders, 8),
         application("unbatched", folders, 1, batch_wait_s=0.0),
-        application("step", folders, 8, user_config=step),
+        application("step", folders, 8, batching="step"),
     ) as base:
         served_rows = served(base, ceiling)
     print_table("Served over HTTP, SDXL (images/s)", served_rows["sdxl"])

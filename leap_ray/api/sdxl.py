@@ -355,6 +355,21 @@ class SDXLRequest(BaseModel):
     def guidance_is_on(self) -> bool:
         return self.guidance_scale > 1.0
 
+    def micro_conditioning(self) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...] | None]:
+        """SDXL's added time ids as the pipeline resolves them: (original size, crop, target size),
+        sizes defaulting to the image's; and the negative ones, or None when they do not act (diffusers
+        uses them only when both negative sizes are given)."""
+        size = (self.height, self.width)
+        positive = (self.original_size or size, self.crops_coords_top_left, self.target_size or size)
+        if self.negative_original_size is None or self.negative_target_size is None:
+            return positive, None
+        negative = (
+            self.negative_original_size,
+            self.negative_crops_coords_top_left,
+            self.negative_target_size,
+        )
+        return positive, negative
+
     def split(self, max_images: int) -> list["SDXLRequest"]:
         """This request as requests of at most `max_images` images each, in image order, that make
         the same images: each takes one prompt's rows (text, embeddings, latents) and image j's seed."""

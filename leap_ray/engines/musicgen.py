@@ -11,10 +11,11 @@ codes, and a stop check at every step. What it reproduces from audiocraft, the r
   move on 18 s (`extend_stride`), and slide the melody along; decode once at the end;
 - melody: the chroma of 30 s of the melody from the window's start (looped when shorter).
 
-Batching: all requests in a batch run their windows together; rows that end earlier get padding
-past their end exactly as a solo call would, so lengths may differ. The melody model prepends the
-text to the decoder's input, where positions are absolute, so there requests also group by their
-prompt's token count.
+Batching here (`generate`, whole requests): all requests in a batch run their windows together;
+rows that end earlier get padding past their end exactly as a solo call would, so lengths may
+differ. The melody model prepends the text to the decoder's input, and a window's rows start
+together, so there requests also group by their prompt's token count. Token-level batching, where
+tracks join and leave at every token, is `musicgen_steps.DecodeBatch` over the same decoder.
 
 Failures stay with their request (the `Engine` contract, leap_ray.engines.contract): a melody the
 model cannot use fails its request naming `melody` before any window runs; a fault encoding one

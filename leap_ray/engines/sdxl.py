@@ -391,25 +391,20 @@ class SDXLEngine:
     def _group_key(index: int, member: _Member) -> tuple:
         """Requests with equal keys can share one pipeline call."""
         request = member.request
-        size = (request.height, request.width)
+        conditioning, negative = request.micro_conditioning()
         # With negative micro-conditioning, diffusers lays out time ids as [negative, positive] pairs
         # per image, so an image's ids depend on its position in the call: such requests run alone.
-        negative_conditioning = (
-            request.negative_original_size is not None and request.negative_target_size is not None
-        )
         return (
-            size,
+            (request.height, request.width),
             request.num_inference_steps,
             request.scheduler,
             request.eta,
             request.denoising_end,
             request.guidance_is_on(),
             request.guidance_rescale,
-            request.original_size or size,
-            request.crops_coords_top_left,
-            request.target_size or size,
+            conditioning,
             member.embeds[0].shape[1],  # token count of the text embeddings
-            index if negative_conditioning else None,
+            index if negative is not None else None,
         )
 
     def _initial_latents(self, member: _Member, pipeline: PerImageGuidancePipeline) -> torch.Tensor:

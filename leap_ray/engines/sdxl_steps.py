@@ -199,27 +199,15 @@ class StepBatch:
         return len([t for t in timesteps if t >= cutoff])
 
     def _time_ids(self, request: SDXLRequest, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The added time ids, and the negative ones (the positive ones unless both negative sizes are
-        given), as the pipeline's step 7 builds them."""
-        size = (request.height, request.width)
+        """The added time ids, and the negative ones (the positive ones unless the request's negative
+        micro-conditioning acts), as the pipeline's step 7 builds them."""
         width = self.pipeline.text_encoder_2.config.projection_dim
-        time_ids = self.pipeline._get_add_time_ids(
-            request.original_size or size,
-            request.crops_coords_top_left,
-            request.target_size or size,
-            dtype=pooled.dtype,
-            text_encoder_projection_dim=width,
+        positive, negative = request.micro_conditioning()
+        time_ids, negative_time_ids = (
+            self.pipeline._get_add_time_ids(*sizes, dtype=pooled.dtype, text_encoder_projection_dim=width)
+            for sizes in (positive, negative or positive)
         )
-        if request.negative_original_size is None or request.negative_target_size is None:
-            return time_ids, time_ids
-        negative = self.pipeline._get_add_time_ids(
-            request.negative_original_size,
-            request.negative_crops_coords_top_left,
-            request.negative_target_size,
-            dtype=pooled.dtype,
-            text_encoder_projection_dim=width,
-        )
-        return time_ids, negative
+        return time_ids, negative_time_ids
 
     @torch.inference_mode()
     def step(self) -> list[tuple[SDXLRequest, SDXLResult | LeapRayError]]:

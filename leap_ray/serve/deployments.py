@@ -1,7 +1,9 @@
 """The model deployments: thin shims over the engines. Each owns one engine (class injectable by
-config, as in Ray Serve LLM), batches concurrent requests with `@serve.batch`, and encodes results off
-the event loop. Replicas, autoscaling, GPUs, queue limits and batching (`user_config`) come from the
-Serve config alone (serve_config.yaml, leap_ray/configs/local.yaml), not from these decorators.
+config, as in Ray Serve LLM) and batches concurrent requests: under `batching: step` (the default)
+through a step scheduler driving the engine's running batch (SDXL denoising steps, MusicGen tokens),
+under `batching: request` with `@serve.batch`; results are encoded off the event loop. Replicas,
+autoscaling, GPUs, queue limits and batching (`user_config`) come from the Serve config alone
+(serve_config.yaml, leap_ray/configs/local.yaml), not from these decorators.
 
 A request bigger than a batch (an SDXL request for more images than max_batch_size) is split into
 parts that each fit, run as separate batch items, and put back together in order."""
