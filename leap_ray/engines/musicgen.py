@@ -484,7 +484,7 @@ class MusicGenEngine:
     def _decode(self, track: _Track) -> np.ndarray:
         """The track's codes to audio, alone: one track's failure cannot touch another's."""
         started = time.perf_counter()
-        codes = torch.cat(track.new_codes, dim=1)
+        codes = torch.cat(track.new_codes, dim=1).to(self.device)
         audio = self.model.audio_encoder.decode(codes[None, None], audio_scales=[None]).audio_values
         track.timings["decode_s"] = time.perf_counter() - started
         return audio[0, 0].float().cpu().numpy()

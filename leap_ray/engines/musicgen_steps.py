@@ -25,7 +25,7 @@ import torch
 from leap_ray.api.musicgen import MusicGenRequest
 from leap_ray.api.progress import AudioProgress
 from leap_ray.engines.failures import model_error, request_error
-from leap_ray.engines.musicgen import MusicGenEngine, MusicGenResult, _Track, sample_tokens
+from leap_ray.engines.musicgen import MusicGenEngine, MusicGenResult, _Track, delay_pattern, sample_tokens
 from leap_ray.errors import LeapRayError
 
 
@@ -116,11 +116,13 @@ class DecodeBatch:
         """The track's window `window` prefilled into the rows of running track `index`."""
         engine, decoder = self.engine, self.engine._decoder
         frames = track.windows[window][1]
-        pattern = engine._delay_pattern(track, frames, frames + engine.codebooks)
+        # The pattern and codes stay on the CPU, where each track samples: a step moves one column of
+        # every track to the device together, not each track's on its own.
+        pattern = delay_pattern(track.prompt, frames, engine.codebooks, engine.start_token, engine.pad_token)
         prompt_frames = 0 if track.prompt is None else track.prompt.shape[1]
         states, mask = engine._conditioning([track], window)
         codes = pattern[None, :, :prompt_frames].repeat(2, 1, 1)  # all the first codes but the last
-        embeds = decoder.embed(codes)
+        embeds = decoder.embed(codes.to(engine.device))
         if engine.has_melody:
             embeds = torch.cat([states.to(embeds.dtype), embeds], dim=1)
         else:
@@ -154,8 +156,8 @@ class DecodeBatch:
         shared step fails, each track is stepped alone: only one that fails alone gets the error."""
         group = self.running[first : first + count]
         last = torch.stack([running.sequence[:, -1] for running in group]).repeat_interleave(2, dim=0)
-        positions = [running.offset + running.position - 1 for running in group]
-        at = torch.tensor(positions, device=self.engine.device).repeat_interleave(2)
+        positions = torch.tensor([running.offset + running.position - 1 for running in group])
+        last, at = last.to(self.engine.device), positions.repeat_interleave(2).to(self.engine.device)
         try:
             logits = self.engine._decoder.step(last, at, first_row=2 * first).float().cpu()
         except Exception as error:
@@ -179,7 +181,7 @@ class DecodeBatch:
         track, position = running.track, running.position
         guidance = torch.tensor([[track.request.guidance_scale]])
         guided = unconditional + (conditional - unconditional) * guidance
-        tokens = sample_tokens(guided, track.request, track.generator).to(self.engine.device)
+        tokens = sample_tokens(guided, track.request, track.generator)
         column = running.pattern[:, position]
         column = torch.where(column == -1, tokens, column)
         running.sequence = torch.cat([running.sequence, column[:, None]], dim=1)
