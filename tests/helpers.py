@@ -79,7 +79,7 @@ def seeds_of(request: SDXLRequest) -> list[int]:
 def run_steps(batch: StepBatch, arrivals: dict[int, list[SDXLRequest]]) -> dict[int, object]:
     """Steps the batch until it is empty, admitting `arrivals[k]` before step k; outcomes by seed."""
     outcomes, step = {}, 0
-    while batch.running or any(k >= step for k in arrivals):
+    while batch.load or any(k >= step for k in arrivals):
         for request in arrivals.get(step, []):
             assert batch.admit(request) is None
         outcomes.update((request.seed, outcome) for request, outcome in batch.step())

@@ -348,6 +348,21 @@ class SDXLRequest(BaseModel):
                     kwargs[name] = [kwargs[name]] * len(self.prompt)
         return kwargs
 
+    def prompt_texts(self) -> dict[str, list[str] | None] | None:
+        """The texts the text encoders read, one entry per prompt, as the pipeline resolves them
+        (prompt_2 defaults to prompt, negative_prompt_2 to negative_prompt); None when the request
+        brings embeddings instead."""
+        if any(getattr(self, name) is not None for name in PROMPT_PARAMETERS if name.endswith("_embeds")):
+            return None
+        kwargs = self.to_pipeline_kwargs()
+        texts = {
+            name: kwargs[name] for name in ("prompt", "prompt_2", "negative_prompt", "negative_prompt_2")
+        }
+        texts = {name: [text] if isinstance(text, str) else text for name, text in texts.items()}
+        texts["prompt_2"] = texts["prompt_2"] or texts["prompt"]
+        texts["negative_prompt_2"] = texts["negative_prompt_2"] or texts["negative_prompt"]
+        return texts
+
     def call_kwargs(self) -> dict[str, Any]:
         """The pipeline arguments that requests sharing one pipeline call must agree on."""
         return {name: getattr(self, name) for name in CALL_PARAMETERS}

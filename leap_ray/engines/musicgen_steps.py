@@ -72,6 +72,9 @@ class DecodeBatch:
     def cost(request: MusicGenRequest) -> int:
         return 1
 
+    def clear(self) -> None:
+        self.running.clear()
+
     def can_join(self, request: MusicGenRequest) -> bool:
         """Whether the decoder's cache holds the request beside the running tracks (a bigger cache is
         made only while the batch is empty)."""

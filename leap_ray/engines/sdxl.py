@@ -332,15 +332,21 @@ class SDXLEngine:
         results: list[SDXLResult | LeapRayError | None],
     ) -> None:
         spec = self.spec()
-        groups: dict[tuple, list[tuple[int, _Member]]] = defaultdict(list)
+        admitted: dict[int, _Member] = {}
         for index, request in enumerate(requests):
             hooks = (should_stop[index] if should_stop else None, progress[index] if progress else None)
             try:
-                member = self._admit(request, spec, *hooks)
+                admitted[index] = self._admit(request, spec, *hooks)
             except Exception as error:
                 results[index] = request_error(error)
-                continue
-            groups[self._group_key(index, member)].append((index, member))
+        # Each alone here: a request rerun alone after a shared fault then gives exactly its solo images.
+        self.encode_all(list(admitted.values()), together=False)
+        groups: dict[tuple, list[tuple[int, _Member]]] = defaultdict(list)
+        for index, member in admitted.items():
+            if member.error is not None:
+                results[index] = member.error
+            else:
+                groups[self._group_key(index, member)].append((index, member))
         for group in groups.values():
             run_shared([member for _, member in group], self._run_group)
             for index, member in group:
@@ -353,19 +359,62 @@ class SDXLEngine:
         should_stop: Callable[[], bool] | None,
         progress: Callable[[StepProgress], None] | None,
     ) -> _Member:
-        """The request checked against the model, seeded, with its prompts encoded; raises its error."""
+        """The request checked against the model and seeded; raises its error. Both batching modes
+        take requests in here."""
         request.check_against(spec)
         seed = request.seed if request.seed is not None else draw_seed()
-        member = _Member(
+        return _Member(
             request=request,
             seeds=seeds_for(request, seed),
             start=0,
             should_stop=should_stop,
             progress=progress,
         )
-        # Prompts are validated text or embeddings of checked shapes, so a failure here is the model's.
-        self._encode(member)
-        return member
+
+    def encode_all(self, members: list[_Member], together: bool = True) -> None:
+        """Encodes the members' prompts: with `together`, plain-text prompts that can share a
+        text-encoder call (the same guidance, negative prompts or none) in one, the rest alone, each
+        as a solo call would encode it (to the rounding of batched arithmetic). A member whose
+        encoding fails alone gets the error (prompts are validated text or embeddings of checked
+        shapes: the fault is the model's)."""
+        groups: dict[tuple, list[_Member]] = defaultdict(list)
+        for member in members:
+            groups[self._encoding_key(member) if together else ("alone", id(member))].append(member)
+        for group in groups.values():
+            run_shared(group, self._encode_group)
+
+    @staticmethod
+    def _encoding_key(member: _Member) -> tuple:
+        texts = member.request.prompt_texts()
+        if texts is None or (texts["negative_prompt"] is None) != (texts["negative_prompt_2"] is None):
+            return ("alone", id(member))
+        return (member.request.guidance_is_on(), texts["negative_prompt"] is None)
+
+    def _encode_group(self, members: list[_Member]) -> None:
+        if len(members) == 1:
+            self._encode(members[0])
+            return
+        started = time.perf_counter()
+        texts = [member.request.prompt_texts() for member in members]
+        joined = {
+            name: None if texts[0][name] is None else [text for each in texts for text in each[name]]
+            for name in texts[0]
+        }
+        embeds = self._default.encode_prompt(
+            **joined,
+            device=self.device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=members[0].request.guidance_is_on(),
+        )
+        counts = [member.request.prompt_count for member in members]
+        parts = [[None] * len(members) if tensor is None else tensor.split(counts) for tensor in embeds]
+        for index, member in enumerate(members):
+            images = member.request.num_images_per_prompt
+            member.embeds = tuple(
+                None if part[index] is None else part[index].repeat_interleave(images, dim=0)
+                for part in parts
+            )
+            member.encode_s = time.perf_counter() - started
 
     def _encode(self, member: _Member) -> None:
         """Encodes one request's prompts exactly as a solo pipeline call would."""

@@ -92,18 +92,24 @@ class _Run:
 
 class StepBatch:
     """The running batch of one replica, driven by one thread: `admit` requests between steps, call
-    `step` until `running` is empty, take each finished request's outcome from `step`'s return."""
+    `step` while `load` is not 0, take each finished request's outcome from `step`'s return.
+    Requests admitted between two steps join at the next one, their prompts encoded together."""
 
     def __init__(self, engine: SDXLEngine) -> None:
         self.engine = engine
         self.pipeline = engine._default
+        self.joining: list[_Member] = []
         self.running: list[_Run] = []
         self.unet_calls = 0
 
     @property
     def load(self) -> int:
-        """What the batch holds against max_batch_size: its images."""
-        return sum(run.member.count for run in self.running)
+        """What the batch holds against max_batch_size: its images, joining or running."""
+        return sum(member.count for member in self.joining) + sum(run.member.count for run in self.running)
+
+    def clear(self) -> None:
+        self.joining.clear()
+        self.running.clear()
 
     @staticmethod
     def cost(request: SDXLRequest) -> int:
@@ -127,7 +133,7 @@ class StepBatch:
                     )
                     if (error := self.admit(request)) is not None:
                         raise error
-                while self.running:
+                while self.load:
                     for _, outcome in self.step():
                         if isinstance(outcome, LeapRayError):
                             raise outcome
@@ -139,14 +145,27 @@ class StepBatch:
         should_stop: Callable[[], bool] | None = None,
         progress: Callable[[StepProgress], None] | None = None,
     ) -> LeapRayError | None:
-        """Adds the request to the running batch (its prompts encoded, its noise drawn), or returns
-        the error that it alone met."""
+        """Adds the request to the batch, to join at the next step, or returns the error that it
+        alone met (the model cannot take it)."""
         try:
-            member = self.engine._admit(request, self.engine.spec(), should_stop, progress)
-            self.running.append(self._run(member))
+            self.joining.append(self.engine._admit(request, self.engine.spec(), should_stop, progress))
         except Exception as error:
             return request_error(error)
         return None
+
+    def _join(self) -> list[tuple[SDXLRequest, LeapRayError]]:
+        """The joining requests start running: their prompts encoded together, their noise drawn.
+        Returns those that failed, with their errors."""
+        joining, self.joining, failed = self.joining, [], []
+        self.engine.encode_all(joining)
+        for member in joining:
+            try:
+                if member.error is not None:
+                    raise member.error
+                self.running.append(self._run(member))
+            except Exception as error:
+                failed.append((member.request, request_error(error)))
+        return failed
 
     def _run(self, member: _Member) -> _Run:
         engine, pipeline, request = self.engine, self.pipeline, member.request
@@ -213,6 +232,7 @@ class StepBatch:
     def step(self) -> list[tuple[SDXLRequest, SDXLResult | LeapRayError]]:
         """One denoising step of every running request (a UNet call per shape), then the outcome of
         each request that finished: its decoded images, or its own error."""
+        failed = self._join()
         for shape in dict.fromkeys(run.shape for run in self.running):
             group = [run for run in self.running if run.shape == shape and not run.finished]
             if group:
@@ -220,7 +240,7 @@ class StepBatch:
         done = [run for run in self.running if run.finished]
         self.running = [run for run in self.running if not run.finished]
         images = self._decode_together([run for run in done if run.member.error is None])
-        return [(run.request, self._outcome(run, images.get(id(run)))) for run in done]
+        return failed + [(run.request, self._outcome(run, images.get(id(run)))) for run in done]
 
     def _decode_together(self, runs: list[_Run]) -> dict[int, Any]:
         """The images of the runs that finished at this step, by run: one VAE call per latent shape.

@@ -20,10 +20,10 @@ from leap_ray.errors import LeapRayError
 class RunningBatch(Protocol):
     """What the scheduler drives: `StepBatch` (SDXL) and `DecodeBatch` (MusicGen)."""
 
-    running: list[Any]
-
     @property
-    def load(self) -> int: ...  # what the running requests hold against max_batch_size
+    def load(self) -> int: ...  # what the admitted requests hold against max_batch_size; 0: idle
+
+    def clear(self) -> None: ...  # forgets every request (after a fault of the batch itself)
 
     def cost(self, request: Any) -> int: ...
 
@@ -82,14 +82,14 @@ class StepScheduler:
                 finished = self.batch.step()
             except Exception as error:  # not one request's fault (those come back as outcomes)
                 finished = [(running.request, internal_error(error)) for running in self._running.values()]
-                self.batch.running.clear()
+                self.batch.clear()
             for request, outcome in finished:
                 _settle(self._running.pop(id(request)).outcome, outcome)
 
     def _admit(self) -> None:
         """Admits waiting requests that fit; blocks while there is nothing to run."""
         with self._wake:
-            while not self._waiting and not self.batch.running:
+            while not self._waiting and not self.batch.load:
                 self._wake.wait()
             while self._waiting and self._fits(self._waiting[0].request):
                 waiting = self._waiting.popleft()
@@ -105,6 +105,6 @@ class StepScheduler:
     def _fits(self, request: Any) -> bool:
         # An empty batch takes any request (the deployment splits those bigger than a batch).
         batch = self.batch
-        if not batch.running:
+        if not batch.load:
             return True
         return batch.load + batch.cost(request) <= self.max_load and batch.can_join(request)

@@ -36,7 +36,7 @@ def run_tokens(batch: DecodeBatch, arrivals: dict[int, list], hooks: dict | None
     """Steps the batch until it is empty, admitting `arrivals[k]` before token k; outcomes by seed.
     `hooks[seed]` are (should_stop, progress) for that request."""
     outcomes, step = {}, 0
-    while batch.running or any(k >= step for k in arrivals):
+    while batch.load or any(k >= step for k in arrivals):
         for request in arrivals.get(step, []):
             assert batch.admit(request, *(hooks or {}).get(request.seed, ())) is None
         outcomes.update((request.seed, outcome) for request, outcome in batch.step())

@@ -357,7 +357,8 @@ def test_a_prompt_the_encoder_fails_on_fails_alone_with_a_model_error(engine, mo
     encode = engine._default.encode_prompt
 
     def faulty(**kwargs):
-        if kwargs["prompt"] == "poison":
+        prompts = kwargs["prompt"] if isinstance(kwargs["prompt"], list) else [kwargs["prompt"]]
+        if "poison" in prompts:
             raise RuntimeError("CUDA error: device-side assert triggered")
         return encode(**kwargs)
 

@@ -8,7 +8,7 @@ import torch
 from leap_ray.api.sdxl import SDXLRequest
 from leap_ray.engines.sdxl import SDXLResult
 from leap_ray.engines.sdxl_steps import StepBatch
-from leap_ray.errors import InvalidRequest
+from leap_ray.errors import InvalidRequest, LeapRayError
 from tests.helpers import run_steps, seeds_of, solo
 
 TOLERANCE = 1e-3  # on 0-1 pixel values, CPU float32
@@ -110,7 +110,7 @@ def test_a_request_the_model_rejects_fails_alone_at_admission(engine):
     batch = StepBatch(engine)
     bad = SDXLRequest(prompt="a", seed=1, latents=torch.zeros(1, 4, 16, 16), **SMALL)
     error = batch.admit(bad)
-    assert isinstance(error, InvalidRequest) and error.param == "latents" and not batch.running
+    assert isinstance(error, InvalidRequest) and error.param == "latents" and not batch.load
 
 
 def test_requests_finishing_together_are_decoded_together_and_a_failing_decode_is_retried_alone(
@@ -136,3 +136,35 @@ def test_requests_finishing_together_are_decoded_together_and_a_failing_decode_i
             ).max()
             < TOLERANCE
         )
+
+
+def test_requests_joining_at_one_step_share_one_prompt_encoding_and_a_failing_one_fails_alone(
+    engine, reference, monkeypatch
+):
+    encode, calls = engine._default.encode_prompt, []
+
+    def counted(**kwargs):
+        prompts = kwargs["prompt"] if isinstance(kwargs["prompt"], list) else [kwargs["prompt"]]
+        calls.append(prompts)
+        if "poison" in prompts:
+            raise RuntimeError("CUDA error: device-side assert triggered")
+        return encode(**kwargs)
+
+    monkeypatch.setattr(engine._default, "encode_prompt", counted)
+    together = [
+        SDXLRequest(prompt="a fox", seed=41, num_inference_steps=2, **SMALL),
+        SDXLRequest(
+            prompt=["two", "prompts"], num_images_per_prompt=2, seed=42, num_inference_steps=3, **SMALL
+        ),
+    ]
+    outcomes = run_steps(StepBatch(engine), {0: together})
+    assert calls == [["a fox", "two", "prompts"]]  # one call for both newcomers
+    for request in together:
+        expected = solo(reference, request, seeds_of(request))
+        assert np.abs(np.stack(outcomes[request.seed].images) - expected).max() < TOLERANCE
+    calls.clear()
+    poisoned = [together[0], SDXLRequest(prompt="poison", seed=43, num_inference_steps=2, **SMALL)]
+    outcomes = run_steps(StepBatch(engine), {0: poisoned})
+    assert calls == [["a fox", "poison"], ["a fox"], ["poison"]]  # the shared call, then each alone
+    assert isinstance(outcomes[43], LeapRayError) and outcomes[43].code == "model_error"
+    assert isinstance(outcomes[41], SDXLResult)
