@@ -50,6 +50,9 @@ from leap_ray.engines.musicgen_decoder import LENGTH_STEP, StaticDecoder
 from leap_ray.errors import LeapRayError
 
 WINDOW_S = 30.0  # audiocraft's max_duration
+# Prompt tokens the decoder's cache holds at least: a longer prompt waits for an empty batch to make a
+# bigger cache. (For the melody model 256 costs nothing: its positions round up to 2,048 either way.)
+TEXT_TOKENS = 256
 EXTEND_STRIDE_S = 18.0  # audiocraft's extend_stride
 
 
@@ -115,7 +118,7 @@ def sample_tokens(logits: torch.Tensor, request: MusicGenRequest, generator: tor
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Track:
     """One request on its way through the windows."""
 
@@ -352,12 +355,13 @@ class MusicGenEngine:
             have >= need for have, need in zip(holds, (rows, length, cross_tokens), strict=True)
         ):
             return decoder
-        self._decoder = None  # its cache is freed before the new one is made
+        old_rows = decoder.rows if decoder else 0
+        self._decoder = decoder = None  # the old cache (and its graphs) freed before the new one is made
         self._decoder = StaticDecoder(
             self.model,
-            rows=max(rows, 2 * max(self.batch_buckets, default=1), decoder.rows if decoder else 0),
-            capacity=max(length, self._prefix_tokens(64) + self.window_frames + self.codebooks + 1),
-            cross_capacity=0 if self.has_melody else max(cross_tokens, 64),
+            rows=max(rows, 2 * max(self.batch_buckets, default=1), old_rows),
+            capacity=max(length, self._prefix_tokens(TEXT_TOKENS) + self.window_frames + self.codebooks + 1),
+            cross_capacity=0 if self.has_melody else max(cross_tokens, TEXT_TOKENS),
             cuda_graphs=self.cuda_graphs,
             row_buckets=tuple(2 * tracks for tracks in self.batch_buckets),
         )

@@ -137,12 +137,15 @@ class StaticDecoder:
             hidden = residual + layer.self_attn.out_proj(attended.transpose(1, 2).reshape(hidden.shape))
             hidden = self._after_self_attention(index, layer, hidden, at)
 
-    def step(self, tokens: torch.Tensor, positions: torch.Tensor, first_row: int = 0) -> torch.Tensor:
+    def step(
+        self, tokens: torch.Tensor, positions: torch.Tensor, first_row: int = 0, may_pad: bool = True
+    ) -> torch.Tensor:
         """One token per row: (rows, codebooks) codes, each row at its own position (rows,); the
-        logits (rows, codebooks, vocabulary). Rows are the cache rows from `first_row`; only steps
-        from the first row are captured in graphs."""
+        logits (rows, codebooks, vocabulary). Rows are the cache rows from `first_row`. Graphs run
+        steps from the first row padded up to a bucket, when `may_pad` says no one's cache is in the
+        rows past these."""
         rows, span = tokens.shape[0], self.span(int(positions.max()))
-        if not self.cuda_graphs or first_row:
+        if not self.cuda_graphs or first_row or not may_pad:
             return self._step(tokens, positions, span, first_row)
         # Padded up to a bucket (rows past the real ones are unused cache rows; their logits dropped).
         padded = next((bucket for bucket in self.row_buckets if bucket >= rows), rows)

@@ -29,7 +29,7 @@ from leap_ray.engines.musicgen import MusicGenEngine, MusicGenResult, _Track, de
 from leap_ray.errors import LeapRayError
 
 
-@dataclass
+@dataclass(eq=False)  # found by identity: comparing requests would compare their melodies
 class _Running:
     """A track in the running batch, in its current window."""
 
@@ -162,7 +162,9 @@ class DecodeBatch:
         positions = torch.tensor([running.offset + running.position - 1 for running in group])
         last, at = last.to(self.engine.device), positions.repeat_interleave(2).to(self.engine.device)
         try:
-            logits = self.engine._decoder.step(last, at, first_row=2 * first).float().cpu()
+            # Only a step over every running track may pad (padding writes to the rows past them).
+            whole = count == len(self.running)
+            logits = self.engine._decoder.step(last, at, first_row=2 * first, may_pad=whole).float().cpu()
         except Exception as error:
             if count == 1:
                 group[0].track.error = model_error(error)
@@ -193,7 +195,7 @@ class DecodeBatch:
             return
         self.engine._keep_codes(track, running.sequence, running.window)
         if running.window + 1 < len(track.windows):
-            index = self.running.index(running)
+            index = next(i for i, entry in enumerate(self.running) if entry is running)
             following = self._begin_window(track, running.window + 1, index, running.admitted_at)
             following.decoder_calls, following.largest_batch = running.decoder_calls, running.largest_batch
             self.running[index] = following

@@ -105,7 +105,8 @@ class UNetRunner:
             added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
             return_dict=False,
         )[0]
-        return noise[:rows]
+        # A copy: with compile's CUDA graphs (mode reduce-overhead) the next call reuses the output.
+        return noise[:rows].clone()
 
 
 class LatentDecoder:
@@ -138,7 +139,8 @@ class LatentDecoder:
         """(images, height, width, 3) floats in [0, 1] for (images, channels, h, w) latents."""
         latents = self._unscale(latents)
         parts = latents.split(1) if self.per_image else [latents]
-        image = torch.cat([self.decode_fn(part, return_dict=False)[0] for part in parts])
+        # Copies, as the UNet's: a graph replay would overwrite the previous part's output.
+        image = torch.cat([self.decode_fn(part, return_dict=False)[0].clone() for part in parts])
         if self.pipeline.watermark is not None:
             image = self.pipeline.watermark.apply_watermark(image)
         return self.pipeline.image_processor.postprocess(image, output_type="np")

@@ -66,12 +66,18 @@ class _ModelDeployment:
         self.requests_ongoing = 0
         self.batching = DEFAULT_BATCHING
         self.last_batch_requests = 0
-        self.reconfigure({})
+        self._steps_made = asyncio.Lock()
 
     _steps: StepScheduler | None = None
+    _mode_set = False
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        self.batching = BatchingConfig.model_validate(user_config or {})
+        batching = BatchingConfig.model_validate(user_config or {})
+        # Both modes share the model's state (MusicGen's KV cache): a running batch must never meet a
+        # whole-request one, so a replica keeps the mode it started with.
+        if self._mode_set and batching.batching != self.batching.batching:
+            raise ValueError("user_config.batching is fixed when a replica starts; redeploy to change it")
+        self._mode_set, self.batching = True, batching
         self._generate_batch.set_max_batch_size(self.batching.max_batch_size)
         if self.batching.batching == "step":
             if self._steps is None:
@@ -169,6 +175,10 @@ class _ModelDeployment:
         """The request's output (or error): from the step scheduler, or from whole-request batches."""
         if self.batching.batching != "step":
             return await self._generate_batch(pending)
+        if self._steps is None:  # no user_config: Serve never called reconfigure, which makes it
+            async with self._steps_made:
+                if self._steps is None:
+                    await asyncio.to_thread(self.reconfigure, {})
         self.requests_served += 1
         outcome = await self._steps.generate(pending.request, pending.cancelled.is_set, pending.progress)
         if isinstance(outcome, Exception) or outcome is None or pending.cancelled.is_set():

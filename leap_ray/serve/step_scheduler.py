@@ -87,20 +87,27 @@ class StepScheduler:
                 _settle(self._running.pop(id(request)).outcome, outcome)
 
     def _admit(self) -> None:
-        """Admits waiting requests that fit; blocks while there is nothing to run."""
+        """Admits waiting requests that fit; blocks while there is nothing to run. Admission (prompt
+        encoding, a MusicGen prefill) runs outside the lock, which the event loop takes to queue."""
         with self._wake:
             while not self._waiting and not self.batch.load:
                 self._wake.wait()
-            while self._waiting and self._fits(self._waiting[0].request):
-                waiting = self._waiting.popleft()
-                if waiting.should_stop():  # cancelled while it waited: it never runs
-                    _settle(waiting.outcome, None)
-                    continue
-                error = self.batch.admit(waiting.request, waiting.should_stop, waiting.progress)
-                if error is not None:
-                    _settle(waiting.outcome, error)
-                else:
-                    self._running[id(waiting.request)] = waiting
+        while waiting := self._next_fitting():
+            if waiting.should_stop():  # cancelled while it waited: it never runs
+                _settle(waiting.outcome, None)
+                continue
+            error = self.batch.admit(waiting.request, waiting.should_stop, waiting.progress)
+            if error is not None:
+                _settle(waiting.outcome, error)
+            else:
+                self._running[id(waiting.request)] = waiting
+
+    def _next_fitting(self) -> _Waiting | None:
+        """The oldest waiting request, if it fits now (only this thread touches the batch)."""
+        with self._wake:
+            if self._waiting and self._fits(self._waiting[0].request):
+                return self._waiting.popleft()
+        return None
 
     def _fits(self, request: Any) -> bool:
         # An empty batch takes any request (the deployment splits those bigger than a batch).

@@ -79,11 +79,11 @@ def test_a_cancelled_a_failing_and_a_faulting_track_leave_the_others_unchanged(e
 
     real_step = StaticDecoder.step
 
-    def faulty_step(self, last, positions, first_row=0):
+    def faulty_step(self, last, positions, first_row=0, **options):
         tokens["now"] += 1
         if tokens["now"] == 30 and last.shape[0] > 2:
             raise RuntimeError("CUDA out of memory")  # a shared step fails once: each track reruns alone
-        return real_step(self, last, positions, first_row)
+        return real_step(self, last, positions, first_row, **options)
 
     monkeypatch.setattr(StaticDecoder, "step", faulty_step)
     cancelled = MusicGenRequest(prompt="gone", duration=2, seed=21)
@@ -100,12 +100,12 @@ def test_a_cancelled_a_failing_and_a_faulting_track_leave_the_others_unchanged(e
 def test_a_track_whose_rows_fault_alone_fails_alone(engine, monkeypatch):
     real_step = StaticDecoder.step
 
-    def faulty_step(self, last, positions, first_row=0):
+    def faulty_step(self, last, positions, first_row=0, **options):
         if last.shape[0] == 2 and first_row == 2:  # the second track's rows, stepped alone
             raise RuntimeError("CUDA error: an illegal memory access")
         if last.shape[0] > 2:
             raise RuntimeError("CUDA out of memory")
-        return real_step(self, last, positions, first_row)
+        return real_step(self, last, positions, first_row, **options)
 
     monkeypatch.setattr(StaticDecoder, "step", faulty_step)
     first, second = (MusicGenRequest(prompt=p, duration=1, seed=s) for p, s in (("a", 1), ("b", 2)))
@@ -140,3 +140,13 @@ def test_greedy_decoding_equals_transformers_generate(tiny_models):
     request = MusicGenRequest(prompt="lo-fi beat", duration=1, seed=0, top_k=1, guidance_scale=3.0)
     outcomes = run_tokens(DecodeBatch(MusicGenEngine(path)), {0: [request]})
     assert np.array_equal(outcomes[0].waveform, expected[0, 0].numpy())
+
+
+def test_tracks_with_the_same_melody_and_prompt_move_windows_independently(engine):
+    if not engine.has_melody:
+        pytest.skip("a melody needs the melody model")
+    melody = DecodedAudio(np.sin(np.arange(64_000) / 20).astype(np.float32), 32_000)
+    twins = [MusicGenRequest(prompt="a", duration=5, seed=seed, melody=melody) for seed in (1, 2)]
+    outcomes = run_tokens(DecodeBatch(engine), {0: twins})
+    for request in twins:
+        assert np.array_equal(outcomes[request.seed].waveform, solo(engine, request))

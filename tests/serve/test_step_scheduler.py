@@ -71,3 +71,15 @@ def test_requests_beyond_the_image_budget_wait_and_a_cancelled_one_never_runs(en
     first_outcome, second_outcome, dropped_outcome = asyncio.run(main())
     assert first_outcome.batch_size == second_outcome.batch_size == 2  # never more than 2 images
     assert dropped_outcome is None
+
+
+def test_a_replica_keeps_the_batching_mode_it_started_with(tiny_models):
+    from leap_ray.config import ModelSettings
+    from leap_ray.serve.deployments import MusicGenDeployment
+
+    replica = MusicGenDeployment.func_or_class(ModelSettings(model=str(tiny_models["musicgen"])))
+    replica.reconfigure({"max_batch_size": 2, "batching": "step"})
+    replica.reconfigure({"max_batch_size": 4, "batching": "step"})  # other settings may change
+    assert replica._steps.max_load == 4 and replica._steps.batch.max_tracks == 4
+    with pytest.raises(ValueError, match="batching is fixed"):
+        replica.reconfigure({"max_batch_size": 4, "batching": "request"})
