@@ -35,18 +35,13 @@ class _Running:
 
     track: _Track
     window: int
-    pattern: torch.Tensor  # (codebooks, frames + codebooks): the window's delay pattern
-    sequence: torch.Tensor  # (codebooks, codes so far): the window's codes
+    codes: torch.Tensor  # (codebooks, frames + codebooks): the window's delay pattern, filled in
+    position: int  # the position in the window whose codes are sampled next
     offset: int  # the decoder position of the window's first code (after a melody prefix)
     admitted_at: float
     decoder_calls: int = 0
     largest_batch: int = 0  # the most tracks in one decoder step this track was part of
     done: bool = False
-
-    @property
-    def position(self) -> int:
-        """The position in the window whose codes are sampled next."""
-        return self.sequence.shape[1]
 
     @property
     def finished(self) -> bool:
@@ -134,8 +129,8 @@ class DecodeBatch:
         return _Running(
             track=track,
             window=window,
-            pattern=pattern,
-            sequence=pattern[:, : 1 + prompt_frames],
+            codes=pattern,
+            position=1 + prompt_frames,
             offset=states.shape[1] if engine.has_melody else 0,
             admitted_at=admitted_at,
         )
@@ -158,9 +153,10 @@ class DecodeBatch:
         """One decoder step for running tracks first..first + count, then each one's sampling. If the
         shared step fails, each track is stepped alone: only one that fails alone gets the error."""
         group = self.running[first : first + count]
-        last = torch.stack([running.sequence[:, -1] for running in group]).repeat_interleave(2, dim=0)
+        last = torch.stack([running.codes[:, running.position - 1] for running in group])
         positions = torch.tensor([running.offset + running.position - 1 for running in group])
-        last, at = last.to(self.engine.device), positions.repeat_interleave(2).to(self.engine.device)
+        last = last.repeat_interleave(2, dim=0).to(self.engine.device)
+        at = positions.repeat_interleave(2).to(self.engine.device)
         try:
             # Only a step over every running track may pad (padding writes to the rows past them).
             whole = count == len(self.running)
@@ -173,27 +169,31 @@ class DecodeBatch:
                     self._decode(index, 1)
             return
         self.decoder_calls += 1
+        # Guidance for all the tracks at once (element by element, as each alone would compute it).
+        guidance = torch.tensor([running.track.request.guidance_scale for running in group]).view(-1, 1, 1)
+        conditional, unconditional = logits[0::2], logits[1::2]
+        guided = unconditional + (conditional - unconditional) * guidance
         for index, running in enumerate(group):
             running.decoder_calls += 1
             running.largest_batch = max(running.largest_batch, count)
             try:
-                self._advance(running, logits[2 * index], logits[2 * index + 1])
+                self._advance(running, guided[index])
             except Exception as error:
                 running.track.error = request_error(error)
 
-    def _advance(self, running: _Running, conditional: torch.Tensor, unconditional: torch.Tensor) -> None:
-        """Samples the track's next codes (as `MusicGenEngine` does), reports, and moves it on."""
+    def _advance(self, running: _Running, guided: torch.Tensor) -> None:
+        """Samples the track's next codes from its guided logits (as `MusicGenEngine` does), reports,
+        and moves it on."""
         track, position = running.track, running.position
-        guidance = torch.tensor([[track.request.guidance_scale]])
-        guided = unconditional + (conditional - unconditional) * guidance
         tokens = sample_tokens(guided, track.request, track.generator)
-        column = running.pattern[:, position]
-        column = torch.where(column == -1, tokens, column)
-        running.sequence = torch.cat([running.sequence, column[:, None]], dim=1)
+        column = running.codes[:, position]  # a view: filled in place where the pattern says -1
+        to_sample = column == -1
+        column[to_sample] = tokens[to_sample]
+        running.position += 1
         self.engine._report_progress([track], running.window, position)
-        if track.check_stop() or running.position < running.pattern.shape[1]:
+        if track.check_stop() or running.position < running.codes.shape[1]:
             return
-        self.engine._keep_codes(track, running.sequence, running.window)
+        self.engine._keep_codes(track, running.codes, running.window)
         if running.window + 1 < len(track.windows):
             index = next(i for i, entry in enumerate(self.running) if entry is running)
             following = self._begin_window(track, running.window + 1, index, running.admitted_at)
