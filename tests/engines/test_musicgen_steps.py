@@ -115,10 +115,8 @@ def test_a_track_whose_rows_fault_alone_fails_alone(engine, monkeypatch):
     assert np.array_equal(outcomes[1].waveform, solo(engine, first))
 
 
-def test_a_request_the_model_cannot_take_fails_alone_at_admission(engine):
-    if engine.has_melody:
-        pytest.skip("the melody model takes a melody")
-    batch = DecodeBatch(engine)
+def test_a_request_the_model_cannot_take_fails_alone_at_admission(tiny_models):
+    batch = DecodeBatch(MusicGenEngine(str(tiny_models["musicgen"])))  # text only: it takes no melody
     assert batch.admit(MusicGenRequest(prompt="a", duration=1, seed=1)) is None
     melody = DecodedAudio(np.zeros(32_000, dtype=np.float32), 32_000)
     error = batch.admit(MusicGenRequest(prompt="b", duration=1, seed=2, melody=melody))
@@ -142,9 +140,8 @@ def test_greedy_decoding_equals_transformers_generate(tiny_models):
     assert np.array_equal(outcomes[0].waveform, expected[0, 0].numpy())
 
 
-def test_tracks_with_the_same_melody_and_prompt_move_windows_independently(engine):
-    if not engine.has_melody:
-        pytest.skip("a melody needs the melody model")
+def test_tracks_with_the_same_melody_and_prompt_move_windows_independently(tiny_models):
+    engine = MusicGenEngine(str(tiny_models["musicgen-melody"]), **SHORT_WINDOWS)
     melody = DecodedAudio(np.sin(np.arange(64_000) / 20).astype(np.float32), 32_000)
     twins = [MusicGenRequest(prompt="a", duration=5, seed=seed, melody=melody) for seed in (1, 2)]
     outcomes = run_tokens(DecodeBatch(engine), {0: twins})
