@@ -1,5 +1,6 @@
 """The device check: the engines' fast paths against plain eager, directly (no Ray, no HTTP), on
-architecture-true random-weight SDXL base and MusicGen-melody built on the GPU.
+architecture-true random-weight SDXL base and MusicGen-melody built on the GPU. MusicGen runs eager,
+with CUDA graphs, and with graphs under token-level batching (`step`, as a replica runs it).
 
     python -m benchmarks.gpu_check              # a GPU machine: full-size models, 1024², 10 s / 60 s
     python -m benchmarks.gpu_check --tiny       # anywhere: the tiny models, small sizes, same code
@@ -27,6 +28,7 @@ from benchmarks.common import RESULTS, machine, print_table
 from leap_ray.api.musicgen import MusicGenRequest
 from leap_ray.api.sdxl import SDXLRequest
 from leap_ray.engines.musicgen import MusicGenEngine
+from leap_ray.engines.musicgen_steps import DecodeBatch
 from leap_ray.engines.sdxl import SDXLEngine
 from leap_ray.engines.sdxl_steps import StepBatch
 
@@ -97,7 +99,7 @@ def sdxl_batch(engine: SDXLEngine, images: int, steps: int, size: int) -> list[n
         )
         assert batch.admit(request) is None
     outcomes = {}
-    while batch.running:
+    while batch.load:
         outcomes.update((request.seed, outcome) for request, outcome in batch.step())
     for outcome in outcomes.values():
         if isinstance(outcome, Exception):
@@ -139,11 +141,29 @@ def check_sdxl(check: Check, model: str, variant: str, options: dict[str, Any]) 
     return reference
 
 
-def check_musicgen(check: Check, model: str, variant: str, options: dict[str, Any]) -> np.ndarray | None:
-    """One engine variant over the plan's durations × tracks; a greedy 1 s track for comparing."""
+def tracks_together(engine: MusicGenEngine, requests: list[MusicGenRequest], step: bool) -> list[Any]:
+    """The requests' outcomes from one whole-request batch, or (`step`) from token-level batching
+    with all of them admitted at once, as a replica under `batching: step` runs them."""
+    if not step:
+        return engine.generate(requests)
+    batch, outcomes = DecodeBatch(engine, max_tracks=len(requests)), {}
+    for request in requests:
+        if (error := batch.admit(request)) is not None:
+            raise error
+    while batch.load:
+        outcomes.update((id(request), outcome) for request, outcome in batch.step())
+    return [outcomes[id(request)] for request in requests]
+
+
+def check_musicgen(
+    check: Check, model: str, variant: str, options: dict[str, Any], step: bool = False
+) -> np.ndarray | None:
+    """One engine variant over the plan's durations × tracks, batched by whole requests or (`step`)
+    by tokens; a greedy 1 s track for comparing."""
     engine, load_s = timed(lambda: MusicGenEngine(model, **options))
     print(f"musicgen {variant}: loaded (and warmed up) in {load_s:.1f} s", flush=True)
-    greedy, _ = timed(lambda: engine.generate([MusicGenRequest(prompt="a", duration=1.0, seed=0, top_k=1)]))
+    greedy_request = MusicGenRequest(prompt="a", duration=1.0, seed=0, top_k=1)
+    greedy, _ = timed(lambda: tracks_together(engine, [greedy_request], step))
     for tracks in check.plan["tracks"]:
         for duration in check.plan["durations"]:
             row = {"variant": variant, "tracks": tracks, "duration_s": duration}
@@ -153,7 +173,7 @@ def check_musicgen(check: Check, model: str, variant: str, options: dict[str, An
             requests = [
                 MusicGenRequest(prompt="lo-fi beat", duration=duration, seed=s) for s in range(tracks)
             ]
-            results, seconds = timed(lambda: engine.generate(requests))  # noqa: B023
+            results, seconds = timed(lambda: tracks_together(engine, requests, step))  # noqa: B023
             for result in results:
                 if isinstance(result, Exception):
                     raise result
@@ -226,6 +246,7 @@ def main() -> None:
         ("sdxl", "eager", lambda: check_sdxl(check, models["sdxl"], "eager", {})),
         ("musicgen", "eager", lambda: check_musicgen(check, melody, "eager", {})),
         ("musicgen", "cuda_graphs", lambda: check_musicgen(check, melody, "cuda_graphs", graphs)),
+        ("musicgen", "step", lambda: check_musicgen(check, melody, "step", graphs, step=True)),
         ("sdxl", "compiled", lambda: check_sdxl(check, models["sdxl"], "compiled", fast)),
     ]
     outputs = {}
@@ -235,9 +256,10 @@ def main() -> None:
     check.results["sdxl_compiled_vs_eager_max_diff"] = max_difference(
         outputs.get(("sdxl", "eager")), outputs.get(("sdxl", "compiled"))
     )
-    check.results["musicgen_graphs_vs_eager_greedy_max_diff"] = max_difference(
-        outputs.get(("musicgen", "eager")), outputs.get(("musicgen", "cuda_graphs"))
-    )
+    for variant in ("cuda_graphs", "step"):
+        check.results[f"musicgen_{variant}_vs_eager_greedy_max_diff"] = max_difference(
+            outputs.get(("musicgen", "eager")), outputs.get(("musicgen", variant))
+        )
     check.save()
     report(check.results)
 
@@ -288,10 +310,11 @@ def report(results: dict[str, Any]) -> None:
         "\nSDXL compiled vs eager, max |difference| (0-1 pixels):",
         results.get("sdxl_compiled_vs_eager_max_diff"),
     )
-    print(
-        "MusicGen graphs vs eager, greedy 1 s, max |difference|:",
-        results.get("musicgen_graphs_vs_eager_greedy_max_diff"),
-    )
+    for variant in ("cuda_graphs", "step"):
+        print(
+            f"MusicGen {variant} vs eager, greedy 1 s, max |difference|:",
+            results.get(f"musicgen_{variant}_vs_eager_greedy_max_diff"),
+        )
 
 
 if __name__ == "__main__":
