@@ -147,3 +147,21 @@ def test_tracks_with_the_same_melody_and_prompt_move_windows_independently(tiny_
     outcomes = run_tokens(DecodeBatch(engine), {0: twins})
     for request in twins:
         assert np.array_equal(outcomes[request.seed].waveform, solo(engine, request))
+
+
+def test_progress_comes_per_generated_second_across_windows_and_a_cancel_stops_at_the_next_token(engine):
+    events, cancelled = [], {"now": False}
+    long = MusicGenRequest(prompt="a", duration=6, seed=1)  # two of the short windows
+    stopped = MusicGenRequest(prompt="b", duration=6, seed=2)
+    batch = DecodeBatch(engine)
+    assert batch.admit(long, None, events.append) is None
+    assert batch.admit(stopped, lambda: cancelled["now"]) is None
+    outcomes, tokens = {}, 0
+    while batch.load:
+        tokens += 1
+        cancelled["now"] = tokens >= 10
+        outcomes.update((request.seed, outcome) for request, outcome in batch.step())
+        if 2 in outcomes and "at" not in cancelled:
+            cancelled["at"] = tokens
+    assert [event.seconds for event in events] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert outcomes[2].stopped and cancelled["at"] == 10  # it left at the token it was cancelled at
