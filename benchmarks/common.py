@@ -12,6 +12,7 @@ import socket
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,11 @@ MUSIC_WORK = {"prompt": "lo-fi beat", "duration": 2.0}
 MODEL_CPUS = 1  # CPUs (and torch threads) of one model replica, and of the direct engine it is compared to
 
 
-def arguments(description: str, seconds: float | None = None, rates: str | None = None) -> argparse.Namespace:
-    """The options every benchmark takes, plus --seconds and --rates for those given a default."""
+def arguments(
+    description: str, seconds: float | None = None, rates: str | None = None, null_engine: bool = False
+) -> argparse.Namespace:
+    """The options every benchmark takes, plus --seconds and --rates for those given a default, and
+    --null-engine for those that offer it."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--full-size",
@@ -40,6 +44,12 @@ def arguments(description: str, seconds: float | None = None, rates: str | None 
         parser.add_argument("--seconds", type=float, default=seconds, help="length of each timed run")
     if rates is not None:
         parser.add_argument("--rates", default=rates, help="arrival rates per second, comma-separated")
+    if null_engine:
+        parser.add_argument(
+            "--null-engine",
+            action="store_true",
+            help="simulated engines that take no time: what the serving layer alone costs",
+        )
     return parser.parse_args()
 
 
@@ -106,6 +116,28 @@ async def open_loop(
         "statuses": dict(statuses),
         "latency": {kind: percentiles(values) for kind, values in latencies.items()},
     }
+
+
+def closed_loop(url: str, body: dict, units: float, concurrency: int, seconds: float) -> tuple[float, int]:
+    """Work units per second with `concurrency` clients each sending back to back; and failures."""
+    deadline = time.perf_counter() + seconds
+    failures = 0
+
+    def client_loop(_: int) -> float:
+        nonlocal failures
+        done = 0.0
+        with httpx.Client(timeout=300) as client:
+            while time.perf_counter() < deadline:
+                if client.post(url, json=body).status_code == 200:
+                    done += units
+                else:
+                    failures += 1
+        return done
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        total = sum(pool.map(client_loop, range(concurrency)))
+    return total / (time.perf_counter() - started), failures
 
 
 def print_table(title: str, rows: list[dict[str, Any]]) -> None:

@@ -8,9 +8,6 @@ step-level batching ("step": SDXL denoising steps, MusicGen tokens). Prints serv
 
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-
-import httpx
 
 from benchmarks.common import (
     MODEL_CPUS,
@@ -18,6 +15,7 @@ from benchmarks.common import (
     SDXL_WORK,
     application,
     arguments,
+    closed_loop,
     graph,
     models,
     print_table,
@@ -70,28 +68,6 @@ def direct_ceiling(folders: dict[str, str]) -> dict[str, list[dict]]:
     return rows
 
 
-def closed_loop(url: str, body: dict, units: float, concurrency: int) -> tuple[float, int]:
-    """Work units per second with `concurrency` clients each sending back to back; and failures."""
-    deadline = time.perf_counter() + SECONDS
-    failures = 0
-
-    def client_loop(_: int) -> float:
-        nonlocal failures
-        done = 0.0
-        with httpx.Client(timeout=300) as client:
-            while time.perf_counter() < deadline:
-                if client.post(url, json=body).status_code == 200:
-                    done += units
-                else:
-                    failures += 1
-        return done
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        total = sum(pool.map(client_loop, range(concurrency)))
-    return total / (time.perf_counter() - started), failures
-
-
 def served(base: str, ceiling: dict[str, float]) -> dict[str, list[dict]]:
     workloads = {
         "sdxl": ("/v1/sdxl", SDXL_WORK, 1.0),
@@ -101,9 +77,12 @@ def served(base: str, ceiling: dict[str, float]) -> dict[str, list[dict]]:
     rows: dict[str, list[dict]] = {"sdxl": [], "musicgen": []}
     for model, (path, body, units) in workloads.items():
         for app in apps[model]:
-            closed_loop(f"{base}/{app}{path}", body, units, 2)  # warm up
+            closed_loop(f"{base}/{app}{path}", body, units, 2, SECONDS)  # warm up
         for concurrency in CONCURRENCY:
-            rates = {app: closed_loop(f"{base}/{app}{path}", body, units, concurrency) for app in apps[model]}
+            rates = {
+                app: closed_loop(f"{base}/{app}{path}", body, units, concurrency, SECONDS)
+                for app in apps[model]
+            }
             row: dict = {"concurrency": concurrency}
             row.update({f"{app}_per_s": rate for app, (rate, _) in rates.items()})
             row["batched_over_unbatched"] = rates["batched"][0] / rates["unbatched"][0]

@@ -85,7 +85,12 @@ class _ModelDeployment:
             self._steps.max_load = self.batching.max_batch_size
 
     def running_batch(self) -> RunningBatch:
-        """The engine's running batch for `batching: step` (made once, before the replica is healthy)."""
+        """The engine's running batch for `batching: step` (made once, before the replica is healthy):
+        the engine's own if it brings one (the simulated engines do), else the model's."""
+        own = getattr(self.engine, "running_batch", None)
+        return own() if own is not None else self.model_running_batch()
+
+    def model_running_batch(self) -> RunningBatch:
         raise NotImplementedError
 
     def spec(self) -> SDXLModelSpec | MusicGenModelSpec:
@@ -245,7 +250,7 @@ class _PartsProgress:
 class SDXLDeployment(_ModelDeployment):
     default_engine = "leap_ray.engines.sdxl:SDXLEngine"
 
-    def running_batch(self) -> RunningBatch:
+    def model_running_batch(self) -> RunningBatch:
         from leap_ray.engines.sdxl_steps import StepBatch  # diffusers: model replicas only
 
         batch = StepBatch(self.engine)
@@ -278,7 +283,7 @@ class MusicGenDeployment(_ModelDeployment):
         if self._steps is not None:  # the decoder's cache is sized for max_batch_size tracks
             self._steps.batch.max_tracks = self.batching.max_batch_size
 
-    def running_batch(self) -> RunningBatch:
+    def model_running_batch(self) -> RunningBatch:
         from leap_ray.engines.musicgen_steps import DecodeBatch  # transformers: model replicas only
 
         return DecodeBatch(self.engine, max_tracks=self.batching.max_batch_size)

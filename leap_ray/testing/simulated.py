@@ -1,0 +1,238 @@
+"""Engines that take a GPU's time without a GPU, for planning capacity and testing the control plane
+(many replicas, many "GPUs") on a laptop. Inject them with a model deployment's `engine` setting:
+`leap_ray.testing.simulated:SimulatedSDXLEngine` and `:SimulatedMusicGenEngine`.
+
+They keep the engine contract (`leap_ray.engines.contract`) and run under both batching modes (they
+bring their own running batch for `batching: step`): requests are admitted, stepped, reported,
+cancelled and answered as by the real engines, but a step sleeps for a latency model's time instead
+of computing, and outputs are seeded noise of the right shape. A prompt equal to `fail_prompt`
+fails its request alone (ModelError), as a model fault would.
+
+Latency defaults come from our own measurements on one NVIDIA H200
+(benchmarks/recorded/gpu_check_h200_2026-11-26.json, float16):
+- SDXL 1024², compiled: 0.77 s for 20 steps and 1.72 s for 50 at batch 1, so 31.7 ms a step and
+  0.136 s a request besides (prompt encoding, VAE decode). Eager steps cost 60 ms at batch 1 and 289
+  ms at batch 8 (4.8×); applying that ratio to the compiled step gives 14.5 ms per step plus 17.2 ms
+  per image at 1024² (scaled by pixels for other sizes).
+- MusicGen-melody with CUDA graphs: 4.9 ms a token for 1 track and 16.4 ms for 16 (2.47 s and 8.25
+  s for 504 tokens), so 4.1 ms plus 0.77 ms per track; 0.1 s a track besides (T5, EnCodec).
+"""
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from leap_ray.api.common import draw_seed
+from leap_ray.api.musicgen import MusicGenModelSpec, MusicGenRequest
+from leap_ray.api.progress import AudioProgress, Progress, StepProgress
+from leap_ray.api.sdxl import SDXLModelSpec, SDXLRequest, seeds_for
+from leap_ray.engines.musicgen import MusicGenResult
+from leap_ray.engines.sdxl import SDXLResult
+from leap_ray.errors import LeapRayError, ModelError
+
+REFERENCE_PIXELS = 1024 * 1024
+SAMPLE_RATE, FRAME_RATE = 32_000, 50  # MusicGen's
+
+
+@dataclass
+class _Job:
+    """A request in a simulated batch: its steps, its hooks, its outcome."""
+
+    request: Any
+    seed: int
+    steps: int
+    should_stop: Callable[[], bool] | None
+    progress: Callable[[Progress], None] | None
+    admitted_at: float = field(default_factory=time.perf_counter)
+    done: int = 0
+    stopped: bool = False
+    largest_batch: int = 0
+    error: LeapRayError | None = None
+
+
+class _SimulatedEngine:
+    """What both simulated engines share: a running batch that sleeps a latency model's time per step."""
+
+    def __init__(self, *, fail_prompt: str | None, overhead_s: float) -> None:
+        self.fail_prompt = fail_prompt
+        self.overhead_s = overhead_s
+
+    def running_batch(self) -> "SimulatedBatch":
+        """The deployment's running batch under `batching: step` (in place of StepBatch/DecodeBatch)."""
+        return SimulatedBatch(self)
+
+    def spec(self) -> SDXLModelSpec | MusicGenModelSpec:
+        raise NotImplementedError
+
+    def generate(
+        self,
+        requests: Sequence[Any],
+        should_stop: Sequence[Callable[[], bool] | None] | None = None,
+        progress: Sequence[Callable[[Progress], None] | None] | None = None,
+    ) -> list[Any]:
+        """Whole-request batching: the requests run together until the last one is done."""
+        batch, outcomes = SimulatedBatch(self), {}
+        errors = [
+            batch.admit(request, should_stop[i] if should_stop else None, progress[i] if progress else None)
+            for i, request in enumerate(requests)
+        ]
+        while batch.load:
+            outcomes.update((id(request), outcome) for request, outcome in batch.step())
+        return [error or outcomes[id(request)] for request, error in zip(requests, errors, strict=True)]
+
+    # What each model defines:
+    def steps(self, request: Any) -> int:
+        raise NotImplementedError
+
+    def step_s(self, jobs: list[_Job]) -> float:
+        raise NotImplementedError
+
+    def event(self, job: _Job) -> Progress | None:
+        raise NotImplementedError
+
+    def result(self, job: _Job) -> Any:
+        raise NotImplementedError
+
+    def fails(self, request: Any) -> bool:
+        return self.fail_prompt is not None and request.prompt == self.fail_prompt
+
+
+class SimulatedBatch:
+    """The simulated running batch (the `RunningBatch` the step scheduler drives)."""
+
+    def __init__(self, engine: _SimulatedEngine) -> None:
+        self.engine = engine
+        self.running: list[_Job] = []
+        self.max_tracks = 0  # set by the MusicGen deployment; the simulation has no cache to size
+
+    @property
+    def load(self) -> int:
+        return sum(self.cost(job.request) for job in self.running)
+
+    @staticmethod
+    def cost(request: Any) -> int:
+        return getattr(request, "image_count", 1)
+
+    @staticmethod
+    def can_join(request: Any) -> bool:
+        return True
+
+    def clear(self) -> None:
+        self.running.clear()
+
+    def admit(
+        self,
+        request: Any,
+        should_stop: Callable[[], bool] | None = None,
+        progress: Callable[[Progress], None] | None = None,
+    ) -> LeapRayError | None:
+        try:
+            request.check_against(self.engine.spec())
+        except LeapRayError as error:
+            return error
+        seed = request.seed if request.seed is not None else draw_seed()
+        self.running.append(_Job(request, seed, self.engine.steps(request), should_stop, progress))
+        return None
+
+    def step(self) -> list[tuple[Any, Any]]:
+        """One step of every running request, slept; then the outcome of each that finished."""
+        time.sleep(self.engine.step_s(self.running))
+        for job in self.running:
+            job.done += 1
+            job.largest_batch = max(job.largest_batch, len(self.running))
+            if self.engine.fails(job.request):
+                job.error = ModelError("the simulated model failed on this request", code="model_error")
+            elif job.should_stop is not None and job.should_stop():
+                job.stopped = True
+            elif job.progress is not None and (event := self.engine.event(job)) is not None:
+                job.progress(event)
+        finished = [job for job in self.running if job.error or job.stopped or job.done >= job.steps]
+        self.running = [job for job in self.running if job not in finished]
+        if any(not job.error and not job.stopped for job in finished):
+            time.sleep(self.engine.overhead_s)
+        return [(job.request, job.error or self.engine.result(job)) for job in finished]
+
+
+class SimulatedSDXLEngine(_SimulatedEngine):
+    """SDXL's time per denoising step: `step_s + image_step_s × images × pixels / 1024²`."""
+
+    def __init__(
+        self,
+        model: str = "simulated",
+        *,
+        step_s: float = 0.0145,
+        image_step_s: float = 0.0172,
+        overhead_s: float = 0.136,
+        fail_prompt: str | None = None,
+    ) -> None:
+        super().__init__(fail_prompt=fail_prompt, overhead_s=overhead_s)
+        self.base_step_s, self.image_step_s = step_s, image_step_s
+
+    def spec(self) -> SDXLModelSpec:
+        return SDXLModelSpec(
+            latent_channels=4,
+            vae_scale_factor=8,
+            text_embed_width=2048,
+            pooled_embed_width=1280,
+            text_tokens=77,
+        )
+
+    def steps(self, request: SDXLRequest) -> int:
+        return request.num_inference_steps
+
+    def step_s(self, jobs: list[_Job]) -> float:
+        pixels = sum(job.request.image_count * job.request.height * job.request.width for job in jobs)
+        return self.base_step_s + self.image_step_s * pixels / REFERENCE_PIXELS
+
+    def event(self, job: _Job) -> StepProgress:
+        return StepProgress(job.done, job.steps, float(1000 - 1000 * job.done // job.steps), None)
+
+    def result(self, job: _Job) -> SDXLResult:
+        request, seeds = job.request, seeds_for(job.request, job.seed)
+        images = [
+            np.random.default_rng(seed).random((request.height, request.width, 3), dtype=np.float32)
+            for seed in seeds
+        ]
+        elapsed = time.perf_counter() - job.admitted_at
+        stopped_at = job.done - 1 if job.stopped else None
+        return SDXLResult(images, seeds, {"generate_s": elapsed}, job.largest_batch, stopped_at)
+
+
+class SimulatedMusicGenEngine(_SimulatedEngine):
+    """MusicGen's time per token: `token_s + track_token_s × tracks`, 50 tokens a second of audio."""
+
+    def __init__(
+        self,
+        model: str = "simulated",
+        *,
+        token_s: float = 0.0041,
+        track_token_s: float = 0.00077,
+        overhead_s: float = 0.1,
+        fail_prompt: str | None = None,
+    ) -> None:
+        super().__init__(fail_prompt=fail_prompt, overhead_s=overhead_s)
+        self.token_s, self.track_token_s = token_s, track_token_s
+
+    def spec(self) -> MusicGenModelSpec:
+        return MusicGenModelSpec(sample_rate=SAMPLE_RATE, frame_rate=FRAME_RATE, supports_melody=True)
+
+    def steps(self, request: MusicGenRequest) -> int:
+        return request.frames(FRAME_RATE)
+
+    def step_s(self, jobs: list[_Job]) -> float:
+        return self.token_s + self.track_token_s * len(jobs)
+
+    def event(self, job: _Job) -> AudioProgress | None:
+        if job.done % FRAME_RATE:
+            return None
+        return AudioProgress(job.done / FRAME_RATE, job.request.duration)
+
+    def result(self, job: _Job) -> MusicGenResult:
+        samples = 0 if job.stopped else round(job.request.duration * SAMPLE_RATE)  # a stopped track: none
+        waveform = (np.random.default_rng(job.seed).standard_normal(samples) * 0.1).astype(np.float32)
+        elapsed = time.perf_counter() - job.admitted_at
+        timings = {"generate_s": elapsed}
+        return MusicGenResult(waveform, SAMPLE_RATE, job.seed, timings, job.largest_batch, job.stopped)
