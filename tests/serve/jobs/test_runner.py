@@ -47,7 +47,8 @@ def test_the_runner_runs_a_job_and_stores_its_outputs_and_last_progress(tmp_path
         runner = make_runner(store, tmp_path, run, lambda job, event: events.append(event))
         job = store.create("sdxl", {"prompt": "a"})
         runner.ensure_started()
-        await wait_until(lambda: store.get(job.id).status == "succeeded")
+        # The completed event is sent after the job is stored as succeeded: wait for both.
+        await wait_until(lambda: store.get(job.id).status == "succeeded" and "completed" in events)
         return store.get(job.id)
 
     done = asyncio.run(main())
