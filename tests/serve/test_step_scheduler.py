@@ -83,3 +83,16 @@ def test_a_replica_keeps_the_batching_mode_it_started_with(tiny_models):
     assert replica._steps.max_load == 4 and replica._steps.batch.max_tracks == 4
     with pytest.raises(ValueError, match="batching is fixed"):
         replica.reconfigure({"max_batch_size": 4, "batching": "request"})
+
+
+def test_a_replica_without_user_config_makes_its_step_scheduler_at_its_first_request(tiny_models):
+    from leap_ray.api.musicgen import MusicGenOutput, MusicGenRequest
+    from leap_ray.config import ModelSettings
+    from leap_ray.serve.deployments import MusicGenDeployment
+
+    # Serve calls reconfigure only when a user_config is set: the defaults (batching: step) apply.
+    replica = MusicGenDeployment.func_or_class(ModelSettings(model=str(tiny_models["musicgen"])))
+    assert replica._steps is None
+    output = asyncio.run(replica.generate(MusicGenRequest(prompt="a", duration=1, seed=3)))
+    assert isinstance(output, MusicGenOutput) and output.duration == 1.0
+    assert replica._steps is not None and replica._steps.max_load == 8
