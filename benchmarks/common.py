@@ -206,13 +206,13 @@ def graph(*applications: dict) -> Iterator[str]:
     from ray import serve
     from ray.serve.schema import ServeDeploySchema
 
-    from leap_ray.serve.launch import deploy, start_local_ray, wait_until_running
+    from leap_ray.serve.launch import deploy, start_ray, wait_until_running
 
     port = _free_port()
     config = ServeDeploySchema.model_validate(
         {"http_options": {"host": "127.0.0.1", "port": port}, "applications": list(applications)}
     )
-    start_local_ray(num_cpus=2 * MODEL_CPUS * len(applications) + 1)
+    start_ray(num_cpus=2 * MODEL_CPUS * len(applications) + 1)
     try:
         deploy(config)
         wait_until_running(config)

@@ -27,12 +27,12 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
 def _serve(args: argparse.Namespace) -> None:
     """Runs the graph in the foreground until Ctrl-C or SIGTERM, then stops Serve and Ray."""
-    from leap_ray.serve.launch import deploy, load_config, start_local_ray, stop_local_ray, wait_until_running
+    from leap_ray.serve.launch import deploy, load_config, start_ray, stop_local_ray, wait_until_running
 
     config = load_config(args.config, host=args.host, port=args.port)
     stop = threading.Event()
     _stop_on_signals(stop)
-    start_local_ray()
+    start_ray(address=args.address)
     # Again after Ray's start: its core worker installs a crash handler for SIGTERM that ends in an
     # abort (exit 134); ours replaces it, so SIGTERM stops the service cleanly.
     _stop_on_signals(stop)
@@ -46,6 +46,7 @@ def _serve(args: argparse.Namespace) -> None:
             f"\nleap_ray is serving at {address} (API docs: {address}/docs). Try:\n\n"
             f"  curl -s {address}/v1/sdxl -H 'Content-Type: application/json' -H 'Accept: image/png' \\\n"
             f"    -d '{EXAMPLE_BODY}' -o image.png\n\n"
+            "Ray's own tools see it too: RAY_AUTH_MODE=token serve status\n"
             "Ctrl-C stops it.",
             flush=True,
         )
@@ -105,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("config", nargs="?", help="Serve config file (default: tiny models on the CPU)")
     serve.add_argument("--host", help="address to listen on (default: the config's)")
     serve.add_argument("--port", type=int, help="port to listen on (default: the config's)")
+    serve.add_argument(
+        "--address",
+        help="a running Ray cluster to deploy on (its head's host:port, as `ray start` printed it); "
+        "default: $RAY_ADDRESS, else a Ray started on this machine",
+    )
     serve.set_defaults(run=_serve)
     generate = commands.add_parser("generate", help="generate with a running service")
     generate.add_argument("kind", choices=["image", "music"])

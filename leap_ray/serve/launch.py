@@ -20,6 +20,7 @@ from ray.serve.schema import ServeDeploySchema
 from leap_ray.serve import proxy
 
 LOCAL_CONFIG = "local.yaml"
+LOOPBACK = "127.0.0.1"
 
 
 def local_config_path() -> Path:
@@ -34,20 +35,29 @@ def load_config(path: str | Path | None = None, **http_options: Any) -> ServeDep
     return ServeDeploySchema.model_validate(raw)
 
 
-def start_local_ray(num_cpus: int | None = None) -> None:
-    """A Ray on this machine for the service (no-op when already connected). Local-only settings:
-    no dashboard, a small object store, and no cluster auth (it listens on this machine only). On a
-    cluster started with `ray start`, set RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH on every node
-    (see leap_ray.serve.proxy)."""
+def start_ray(num_cpus: int | None = None, dashboard: bool = True, address: str | None = None) -> None:
+    """Connects to the Ray cluster at `address` (or $RAY_ADDRESS) when given. Otherwise starts a Ray
+    on this machine for the service (no-op when already connected), reachable from this
+    machine only where Ray lets us choose: its node address and dashboard are on loopback. Ray 2.60's
+    GCS and raylet listen on every interface whatever the node address, so Ray's token auth (its
+    default; the token is ~/.ray/auth_token) stays on: it is what keeps other hosts from running code.
+    The dashboard (127.0.0.1:8265) is what `serve status` and `serve config` talk to. On a cluster
+    started with `ray start`, set RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH on every node (see
+    leap_ray.serve.proxy)."""
     if ray.is_initialized():
         return
     # Ray's processes, the HTTP proxies among them, inherit this: our error shape at the proxy.
     os.environ.setdefault(proxy.CALLBACK_ENV, proxy.CALLBACK)
-    if "RAY_ADDRESS" in os.environ:
-        ray.init()
+    if address or "RAY_ADDRESS" in os.environ:
+        ray.init(address=address)
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=256 * 1024 * 1024)
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=dashboard,
+        dashboard_host=LOOPBACK,
+        _node_ip_address=LOOPBACK,
+        object_store_memory=256 * 1024 * 1024,
+    )
 
 
 def stop_local_ray(grace_s: float = 5.0) -> None:

@@ -13,7 +13,7 @@ import yaml
 from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
-from leap_ray.serve.launch import deploy, local_config_path, start_local_ray, wait_until_running
+from leap_ray.serve.launch import deploy, local_config_path, start_ray, wait_until_running
 
 APP = "leap_ray"
 
@@ -82,7 +82,9 @@ class Graph:
 
 @pytest.fixture(scope="session")
 def local_ray() -> Iterator[None]:
-    start_local_ray(num_cpus=6)  # logical CPUs: the main graph's two model replicas, plus test apps
+    start_ray(
+        num_cpus=6, dashboard=False
+    )  # logical CPUs: the main graph's two model replicas, plus test apps
     yield
     serve.shutdown()
     ray.shutdown()
