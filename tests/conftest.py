@@ -14,10 +14,13 @@ from leap_ray.tiny import write_tiny_models
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests on a real local Ray (every test that uses the `local_ray` fixture, directly or through
-    `graph`) are the integration tier: `pytest -m "not integration"` runs the in-process tier."""
+    `graph`) are the integration tier: `pytest -m "not integration"` runs the in-process tier.
+    The multi-node cluster tests run first: a process drives one Ray at a time, and theirs is
+    gone (module scope) before the session's `local_ray` starts."""
     for item in items:
         if "local_ray" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.integration)
+    items.sort(key=lambda item: item.get_closest_marker("cluster") is None)
 
 
 @pytest.fixture(scope="session")
