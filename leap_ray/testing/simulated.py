@@ -5,8 +5,10 @@
 They keep the engine contract (`leap_ray.engines.contract`) and run under both batching modes (they
 bring their own running batch for `batching: step`): requests are admitted, stepped, reported,
 cancelled and answered as by the real engines, but a step sleeps for a latency model's time instead
-of computing, and outputs are seeded noise of the right shape. A prompt equal to `fail_prompt`
-fails its request alone (ModelError), as a model fault would.
+of computing, and outputs are seeded noise of the right shape. Cues, as engine kwargs: a prompt
+equal to `fail_prompt` fails its request alone (ModelError), as a model fault would; one equal to
+`die_prompt` kills the replica's process (SIGKILL) at its first step, as a GPU fault or the OOM
+killer would.
 
 Latency defaults come from our own measurements on one NVIDIA H200
 (benchmarks/recorded/gpu_check_h200_2026-11-26.json, float16):
@@ -18,6 +20,8 @@ Latency defaults come from our own measurements on one NVIDIA H200
   s for 504 tokens), so 4.1 ms plus 0.77 ms per track; 0.1 s a track besides (T5, EnCodec).
 """
 
+import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,8 +60,10 @@ class _Job:
 class _SimulatedEngine:
     """What both simulated engines share: a running batch that sleeps a latency model's time per step."""
 
-    def __init__(self, *, fail_prompt: str | None, overhead_s: float) -> None:
-        self.fail_prompt = fail_prompt
+    def __init__(
+        self, *, overhead_s: float, fail_prompt: str | None = None, die_prompt: str | None = None
+    ) -> None:
+        self.fail_prompt, self.die_prompt = fail_prompt, die_prompt
         self.overhead_s = overhead_s
 
     def running_batch(self) -> "SimulatedBatch":
@@ -99,6 +105,9 @@ class _SimulatedEngine:
     def fails(self, request: Any) -> bool:
         return self.fail_prompt is not None and request.prompt == self.fail_prompt
 
+    def dies(self, request: Any) -> bool:
+        return self.die_prompt is not None and request.prompt == self.die_prompt
+
 
 class SimulatedBatch:
     """The simulated running batch (the `RunningBatch` the step scheduler drives)."""
@@ -139,6 +148,8 @@ class SimulatedBatch:
 
     def step(self) -> list[tuple[Any, Any]]:
         """One step of every running request, slept; then the outcome of each that finished."""
+        if any(self.engine.dies(job.request) for job in self.running):
+            os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(self.engine.step_s(self.running))
         for job in self.running:
             job.done += 1
@@ -166,9 +177,9 @@ class SimulatedSDXLEngine(_SimulatedEngine):
         step_s: float = 0.0145,
         image_step_s: float = 0.0172,
         overhead_s: float = 0.136,
-        fail_prompt: str | None = None,
+        **cues: str | None,
     ) -> None:
-        super().__init__(fail_prompt=fail_prompt, overhead_s=overhead_s)
+        super().__init__(overhead_s=overhead_s, **cues)
         self.base_step_s, self.image_step_s = step_s, image_step_s
 
     def spec(self) -> SDXLModelSpec:
@@ -211,9 +222,9 @@ class SimulatedMusicGenEngine(_SimulatedEngine):
         token_s: float = 0.0041,
         track_token_s: float = 0.00077,
         overhead_s: float = 0.1,
-        fail_prompt: str | None = None,
+        **cues: str | None,
     ) -> None:
-        super().__init__(fail_prompt=fail_prompt, overhead_s=overhead_s)
+        super().__init__(overhead_s=overhead_s, **cues)
         self.token_s, self.track_token_s = token_s, track_token_s
 
     def spec(self) -> MusicGenModelSpec:

@@ -2,6 +2,9 @@
 of the right shape, progress, cancellation, a failure on cue that stays with its request, and (under
 step batching) a short request that leaves a running batch before a long one."""
 
+import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -77,3 +80,18 @@ def test_musicgen_tracks_have_exact_sample_counts_and_seeded_audio():
     request = MusicGenRequest(prompt="a", duration=1.5, seed=4)
     (first,), (second,) = engine.generate([request]), engine.generate([request])
     assert first.waveform.shape == (48_000,) and np.array_equal(first.waveform, second.waveform)
+
+
+def test_a_die_prompt_kills_the_process_running_it_as_a_gpu_fault_would():
+    code = (
+        "from leap_ray.api.sdxl import SDXLRequest\n"
+        "from leap_ray.testing.simulated import SimulatedSDXLEngine\n"
+        "engine = SimulatedSDXLEngine(die_prompt='crash', step_s=0.0, image_step_s=0.0, overhead_s=0.0)\n"
+        "engine.generate([SDXLRequest(prompt='fine', height=64, width=64, num_inference_steps=2)])\n"
+        "print('survived a fine request', flush=True)\n"
+        "engine.generate([SDXLRequest(prompt='crash', height=64, width=64, num_inference_steps=2)])\n"
+        "print('survived the cue')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-1000:]
+    assert done.stdout == "survived a fine request\n"
