@@ -5,10 +5,10 @@
 They keep the engine contract (`leap_ray.engines.contract`) and run under both batching modes (they
 bring their own running batch for `batching: step`): requests are admitted, stepped, reported,
 cancelled and answered as by the real engines, but a step sleeps for a latency model's time instead
-of computing, and outputs are seeded noise of the right shape. Cues, as engine kwargs: a prompt
-equal to `fail_prompt` fails its request alone (ModelError), as a model fault would; one equal to
-`die_prompt` kills the replica's process (SIGKILL) at its first step, as a GPU fault or the OOM
-killer would.
+of computing, and outputs are seeded and of the right shape (images of flat blocks, audio noise).
+Cues, as engine kwargs: a prompt equal to `fail_prompt` fails its request alone (ModelError), as a
+model fault would; one equal to `die_prompt` kills the replica's process (SIGKILL) at its first
+step, as a GPU fault or the OOM killer would.
 
 Latency defaults come from our own measurements on one NVIDIA H200
 (benchmarks/recorded/gpu_check_h200_2026-11-26.json, float16):
@@ -203,13 +203,19 @@ class SimulatedSDXLEngine(_SimulatedEngine):
 
     def result(self, job: _Job) -> SDXLResult:
         request, seeds = job.request, seeds_for(job.request, job.seed)
-        images = [
-            np.random.default_rng(seed).random((request.height, request.width, 3), dtype=np.float32)
-            for seed in seeds
-        ]
+        images = [blocks(seed, request.height, request.width) for seed in seeds]
         elapsed = time.perf_counter() - job.admitted_at
         stopped_at = job.done - 1 if job.stopped else None
         return SDXLResult(images, seeds, {"generate_s": elapsed}, job.largest_batch, stopped_at)
+
+
+def blocks(seed: int, height: int, width: int, block: int = 64) -> np.ndarray:
+    """A seeded image of flat 64-pixel blocks: the right shape, and cheap to encode as a generated
+    image is (PNG compresses it), where noise would make encoding cost more than the model
+    simulated on a CPU shared by many replicas."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((-(-height // block), -(-width // block), 3), dtype=np.float32)
+    return np.repeat(np.repeat(coarse, block, axis=0), block, axis=1)[:height, :width]
 
 
 class SimulatedMusicGenEngine(_SimulatedEngine):
