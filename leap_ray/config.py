@@ -5,6 +5,7 @@ e.g. `LEAP_RAY_SDXL__MAX_STEPS=100`), because they become the bounds of the requ
 of `/openapi.json`. In a Serve config, set them in `runtime_env.env_vars`.
 """
 
+import base64
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -59,6 +60,7 @@ class Limits(BaseSettings):
 
 LIMITS = Limits()
 API_KEYS_FILE_ENV = "LEAP_RAY_API_KEYS_FILE"
+WHSEC_PREFIX = b"whsec_"
 
 
 class ModelSettings(BaseModel):
@@ -138,7 +140,12 @@ class JobsSettings(BaseModel):
     )
 
     def webhook_secret(self) -> bytes:
-        return Path(self.webhook_secret_file).read_bytes().strip() if self.webhook_secret_file else b""
+        """The key: the file's bytes, or, for a Standard Webhooks secret (`whsec_<base64>`, what
+        receivers' libraries take), the bytes it encodes."""
+        secret = Path(self.webhook_secret_file).read_bytes().strip() if self.webhook_secret_file else b""
+        if secret.startswith(WHSEC_PREFIX):
+            return base64.b64decode(secret.removeprefix(WHSEC_PREFIX) + b"==")
+        return secret
 
 
 class IngressSettings(BaseModel):

@@ -1,6 +1,8 @@
 """Job webhooks: signed, retried after a failure, and never sent to the service's own network unless
 the operator allows it (the tests allow loopback to reach their receiver)."""
 
+import asyncio
+import base64
 import hashlib
 import hmac
 import json
@@ -10,9 +12,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
+from leap_ray.config import JobsSettings
 from leap_ray.errors import InvalidRequest
-from leap_ray.serve.jobs.webhooks import check_webhook_url, signature
+from leap_ray.serve.jobs import webhooks
+from leap_ray.serve.jobs.webhooks import check_webhook_url, deliver, signature
 
 SECRET = b"webhook-secret-for-tests"
 
@@ -48,16 +54,18 @@ def test_the_signature_is_hmac_sha256_of_the_body():
 
 
 class Receiver:
-    """A loopback HTTP server that fails its first `failures` deliveries, then records the rest."""
+    """A loopback HTTP server that fails its first `failures` deliveries, then records the rest
+    (`received`); `attempts_seen` has every attempt."""
 
     def __init__(self, failures: int) -> None:
-        self.failures, self.attempts, self.received = failures, 0, []
+        self.failures, self.attempts, self.received, self.attempts_seen = failures, 0, [], []
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.attempts += 1
+                receiver.attempts_seen.append((dict(self.headers), body))
                 if receiver.attempts <= receiver.failures:
                     self.send_response(503)
                 else:
@@ -71,6 +79,48 @@ class Receiver:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+
+def delivered(receiver: Receiver, secret: bytes = SECRET) -> bool:
+    payload = {"id": "job-1", "status": "succeeded"}
+    return asyncio.run(
+        deliver(
+            receiver.url, "completed", payload, secret=secret, attempts=3, backoff_s=0.01, allow_private=True
+        )
+    )
+
+
+def test_a_standard_webhooks_verifier_accepts_every_attempt_of_a_delivery_under_one_id():
+    receiver = Receiver(failures=1)
+    assert delivered(receiver)
+    (first, _), (second, body) = receiver.attempts_seen
+    assert first["webhook-id"] == second["webhook-id"]  # a receiver drops the duplicate by its id
+    for verifier in (Webhook(SECRET), Webhook("whsec_" + base64.b64encode(SECRET).decode())):
+        assert verifier.verify(body, second) == {"id": "job-1", "status": "succeeded"}
+    assert second["X-LeapRay-Signature"] == signature(body, SECRET)  # the older header, kept a release
+    receiver.server.shutdown()
+
+
+def test_a_standard_webhooks_verifier_rejects_a_replayed_or_altered_delivery(monkeypatch):
+    receiver = Receiver(failures=0)
+    ten_minutes_ago = time.time() - 600
+    monkeypatch.setattr(webhooks.time, "time", lambda: ten_minutes_ago)
+    assert delivered(receiver)
+    monkeypatch.undo()
+    assert delivered(receiver)
+    (replayed, old_body), (fresh, body) = receiver.attempts_seen
+    with pytest.raises(WebhookVerificationError, match="too old"):
+        Webhook(SECRET).verify(old_body, replayed)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET).verify(body.replace(b"succeeded", b"failed"), fresh)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(b"another secret").verify(body, fresh)
+    receiver.server.shutdown()
+
+
+def test_a_whsec_secret_file_holds_the_key_base64_encoded(tmp_path):
+    (tmp_path / "secret").write_text("whsec_" + base64.b64encode(SECRET).decode() + "\n")
+    assert JobsSettings(webhook_secret_file=str(tmp_path / "secret")).webhook_secret() == SECRET
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,12 @@
 """Job webhooks: the job's JSON POSTed to the client's URL, signed, retried with backoff, and never in
 the way of generation (each delivery is its own task).
 
-Signature: `X-LeapRay-Signature: sha256=<hex HMAC-SHA256 of the raw body with the configured secret>`;
-the event is in `X-LeapRay-Event` (`start`, `progress` or `completed`).
+Signatures, both with the configured secret: Standard Webhooks' (the spec Replicate and Svix use;
+`webhook-id`, the same for every attempt of one delivery so receivers drop duplicates,
+`webhook-timestamp` of the attempt, so they drop replays, and `webhook-signature: v1,<base64
+HMAC-SHA256 of "id.timestamp.body">`, made by the `standardwebhooks` library), and, for one more
+release, our own `X-LeapRay-Signature: sha256=<hex HMAC-SHA256 of the body>`. The event is in
+`X-LeapRay-Event` (`start`, `progress` or `completed`).
 
 Unless the operator allows private networks, a webhook may only reach public addresses. The host is
 resolved at submission (a 422 at once) and again at every delivery attempt, and the request goes to the
@@ -17,11 +21,15 @@ import json
 import logging
 import re
 import socket
+import time
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from standardwebhooks import Webhook
 
 from leap_ray.errors import InvalidRequest
 
@@ -175,6 +183,15 @@ def signature(body: bytes, secret: bytes) -> str:
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
+def standard_headers(message_id: str, body: bytes, secret: bytes) -> dict[str, str]:
+    """Standard Webhooks' headers for one attempt (the signature only with a secret)."""
+    now = datetime.fromtimestamp(int(time.time()), tz=UTC)
+    headers = {"webhook-id": message_id, "webhook-timestamp": str(int(now.timestamp()))}
+    if secret:
+        headers["webhook-signature"] = Webhook(secret).sign(message_id, now, body.decode())
+    return headers
+
+
 async def deliver(
     url: str,
     event: str,
@@ -197,11 +214,13 @@ async def deliver(
     headers = {"Content-Type": "application/json", EVENT_HEADER: event, "Host": target.host_header}
     if secret:
         headers[SIGNATURE_HEADER] = signature(body, secret)
+    message_id = f"msg_{uuid.uuid4().hex}"
     async with httpx.AsyncClient(timeout=10, follow_redirects=False) as client:
         for attempt in range(attempts):
             if attempt:
                 await asyncio.sleep(backoff_s * 2 ** (attempt - 1))
-            reason = await _attempt(client, target, body, headers, allow_private=allow_private)
+            signed = {**headers, **standard_headers(message_id, body, secret)}
+            reason = await _attempt(client, target, body, signed, allow_private=allow_private)
             if reason is None:
                 return True
             logger.warning(
