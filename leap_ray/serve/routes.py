@@ -28,7 +28,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, description in [
         (400, "The body is not valid JSON (or not UTF-8, or nested too deeply)"),
         (401, "Missing or wrong API key"),
-        (406, "Raw bytes asked for (Accept) but the request makes more than one output"),
+        (406, "Accept names no type offered, or raw bytes for a request that makes more than one output"),
         (408, "The request body arrived too slowly"),
         (413, "Request body too large, or holding too many JSON items"),
         (415, "The body is not application/json in UTF-8"),
@@ -67,15 +67,24 @@ def _accepted(accept: str) -> list[str]:
 
 
 def negotiate(accept: str | None, formats_by_type: dict[str, str]) -> str | None:
-    """What the client wants most of what we offer: a raw format of `formats_by_type`, EVENTS, or
-    None for JSON (also when nothing it names is offered)."""
-    for media_type in _accepted(accept or ""):
+    """What the client wants most of what we offer: a raw format of `formats_by_type` (`image/*`
+    or `audio/*` gives the first), EVENTS, or None for JSON (also without an Accept header, or with
+    one that only excludes types). An Accept header wanting only types we do not offer gets 406."""
+    accepted = _accepted(accept or "")
+    for media_type in accepted:
         if media_type == EVENT_STREAM:
             return EVENTS
         if media_type in formats_by_type:
             return formats_by_type[media_type]
         if media_type in JSON_TYPES:
             return None
+        family = media_type.removesuffix("/*")
+        matching = [name for offered, name in formats_by_type.items() if offered.startswith(f"{family}/")]
+        if media_type.endswith("/*") and matching:
+            return matching[0]
+    if accepted:  # types were named (not only excluded with q=0), and none is offered
+        offered = ", ".join(["application/json", *formats_by_type, EVENT_STREAM])
+        raise NotAcceptable(f"cannot answer with any type in Accept; offered: {offered}", param="accept")
     return None
 
 

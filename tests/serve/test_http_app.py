@@ -260,11 +260,23 @@ def test_an_unknown_key_with_a_lone_surrogate_is_a_422_with_the_key_escaped(app,
         ("image/webp;q=0.2, image/png;q=0.8", "image/png"),
         ("*/*", "application/json"),
         ("image/gif, image/png", "image/png"),
-        ("image/gif", "application/json"),
         ("image/png;q=abc, image/jpeg", "image/jpeg"),
+        ("image/*", "image/png"),
+        ("image/*;q=0.5, application/json;q=0.9", "application/json"),
+        ("audio/*, image/webp;q=0.1", "image/webp"),
+        ("text/event-stream", "text/event-stream; charset=utf-8"),
     ],
 )
 def test_accept_is_negotiated_with_q_values(app, accept, content_type):
     headers = {"Accept": accept} if accept else {}
     response = call(app, "POST", "/v1/sdxl", json={"prompt": "a", "seed": 1}, headers=headers)
     assert response.status_code == 200 and response.headers["content-type"] == content_type
+
+
+@pytest.mark.parametrize("accept", ["image/gif", "audio/*", "text/html, application/xml;q=0.9"])
+def test_an_accept_naming_no_type_offered_gets_406_naming_accept(app, accept):
+    response = call(app, "POST", "/v1/sdxl", json={"prompt": "a", "seed": 1}, headers={"Accept": accept})
+    assert response.status_code == 406
+    assert (
+        response.json()["error"]["param"] == "accept" and "image/png" in response.json()["error"]["message"]
+    )
