@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint redis-server gpu-wheels
+.PHONY: install serve test lint system-packages gpu-wheels
 
 # torch first, pinned: an unpinned torch (or one pulled in by another package) is a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -23,12 +23,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The Redis job store is tested against a real redis-server (Debian's package, installed when root).
-redis-server:
-	@command -v redis-server >/dev/null || [ "$$(id -u)" != 0 ] || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null)
+# Tests use Debian's redis-server (the Redis job store) and chromium (the docs pages in a real
+# browser), installed when root.
+system-packages:
+	@(command -v redis-server && command -v chromium) >/dev/null || [ "$$(id -u)" != 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server chromium >/dev/null)
 
-test: $(STAMP) redis-server
+test: $(STAMP) system-packages
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -19,6 +19,11 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Health checks and the API docs stay open with keys on: probes and people reading the docs have none.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+OPEN_PREFIXES = ("/docs/assets/",)  # the docs pages' JavaScript and CSS
+
+
+def _is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 def _path(scope: Scope) -> str:
@@ -55,7 +60,7 @@ class ApiKeyAuth:
         return sum(hmac.compare_digest(token_bytes, key) for key in self.keys) > 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or _path(scope) in OPEN_PATHS:
+        if scope["type"] != "http" or not self.keys or _is_open(_path(scope)):
             return await self.app(scope, receive, send)
         if not self._allowed(_header(scope, b"authorization")):
             error = Unauthorized("a valid API key is required: Authorization: Bearer <key>")
@@ -96,9 +101,11 @@ class RequestGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
-        if (wrong_type := _media_type_error(_header(scope, b"content-type"))) is not None:
-            return await send_error(send, wrong_type)
         declared = _header(scope, b"content-length")
+        # A POST without a body (a cancel) needs no content type; one with a body must be JSON.
+        content_type = _header(scope, b"content-type")
+        if (content_type or declared != "0") and (wrong_type := _media_type_error(content_type)) is not None:
+            return await send_error(send, wrong_type)
         if declared.isdecimal() and int(declared) > self.max_body_bytes:
             return await send_error(send, self._too_large())
         try:
