@@ -38,7 +38,7 @@ def validated(model: type[Model], data: Any, prefix: str = "") -> Model:
     if isinstance(data, model):
         return data
     try:
-        if isinstance(data, dict):
+        if isinstance(data, dict) and model.model_config.get("extra") != "allow":
             unknown = next((key for key in data if key not in model.model_fields), None)
             if unknown is not None:
                 raise InvalidRequest(f"{unknown}: unknown field", param=str(unknown), code="extra_forbidden")

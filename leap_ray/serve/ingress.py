@@ -15,17 +15,22 @@ from ray.serve.handle import DeploymentHandle
 
 from leap_ray.api.jobs import JobSubmission
 from leap_ray.api.musicgen import MusicGenOutput, MusicGenRequest
+from leap_ray.api.openai_images import OpenAIImageRequest
+from leap_ray.api.predictions import PredictionRequest
 from leap_ray.api.sdxl import SDXLOutput, SDXLRequest
 from leap_ray.config import LIMITS, IngressSettings
+from leap_ray.serve.docs import docs_routes
 from leap_ray.serve.errors import install_error_handlers
 from leap_ray.serve.gateway import ModelGateway
 from leap_ray.serve.jobs.routes import job_routes
 from leap_ray.serve.jobs.service import Jobs
 from leap_ray.serve.middleware import OPEN_PATHS, ApiKeyAuth, RequestGuard
+from leap_ray.serve.openai_routes import openai_routes
+from leap_ray.serve.predictions_routes import prediction_routes
 from leap_ray.serve.routes import generation_routes, health_routes
 
 # Request models of the routes that parse their own bodies (off the event loop), for /openapi.json.
-BODY_MODELS = (SDXLRequest, MusicGenRequest, JobSubmission)
+BODY_MODELS = (SDXLRequest, MusicGenRequest, JobSubmission, OpenAIImageRequest, PredictionRequest)
 BEARER = {"bearer": {"type": "http", "scheme": "bearer", "description": "An API key of the service."}}
 
 
@@ -53,6 +58,8 @@ def openapi_schema(app: FastAPI, auth_on: bool) -> dict[str, Any]:
 
 def build_http_app(gateway: ModelGateway, jobs: Jobs, settings: IngressSettings) -> FastAPI:
     app = FastAPI(
+        docs_url=None,  # served by docs_routes, from packaged files rather than a CDN
+        redoc_url=None,
         title="leap_ray",
         version="0.1.0",
         description="Stable Diffusion XL images and MusicGen music on Ray Serve. Errors have the shape "
@@ -61,7 +68,10 @@ def build_http_app(gateway: ModelGateway, jobs: Jobs, settings: IngressSettings)
     install_error_handlers(app)
     app.include_router(generation_routes(gateway))
     app.include_router(job_routes(jobs))
+    app.include_router(openai_routes(gateway, jobs))
+    app.include_router(prediction_routes(jobs))
     app.include_router(health_routes(gateway))
+    app.include_router(docs_routes(app.title))
     keys = settings.load_api_keys()
     app.openapi = lambda: openapi_schema(app, auth_on=bool(keys))  # type: ignore[method-assign]
     # The last added runs first: keys are checked before any body is read.

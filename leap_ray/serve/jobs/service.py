@@ -3,13 +3,15 @@ runs them through the model gateway (with the runner), sends their webhooks, and
 for the routes. Every store call runs off the event loop (StoreClient)."""
 
 import asyncio
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from leap_ray.api.audio import content_type
 from leap_ray.api.images import CONTENT_TYPES
-from leap_ray.api.jobs import JobSubmission, JobView
+from leap_ray.api.jobs import FINISHED, JobSubmission, JobView
+from leap_ray.api.predictions import prediction_view
 from leap_ray.api.progress import Progress, progress_json
 from leap_ray.api.sdxl import SDXLOutput
 from leap_ray.config import JobsSettings
@@ -21,6 +23,7 @@ from leap_ray.serve.jobs.store import Job, QueueFull
 from leap_ray.serve.jobs.store_client import StoreClient
 
 Outputs = list[tuple[bytes, str, str]]  # (encoded bytes, extension, content type)
+WAIT_POLL_S = 0.2
 
 
 def job_view(job: Job, prefix: str) -> dict[str, Any]:
@@ -87,7 +90,7 @@ class Jobs:
         await webhooks.deliver(
             job.webhook["url"],
             event,
-            job_view(job, job.webhook["prefix"]),
+            await self._webhook_payload(job),
             secret=self._webhook_secret,
             attempts=self.settings.webhook_attempts,
             backoff_s=self.settings.webhook_backoff_s,
@@ -100,9 +103,31 @@ class Jobs:
             raise NotFound(f"no job {job_id}", param="job_id")
         return job
 
-    async def submit(self, body: JobSubmission, prefix: str) -> dict[str, Any]:
+    async def _webhook_payload(self, job: Job) -> dict[str, Any]:
+        if job.webhook.get("format") == "prediction":
+            return prediction_view(job, await self.input(job.id), job.webhook["base"])
+        return job_view(job, job.webhook["prefix"])
+
+    async def wait(self, job_id: str, timeout_s: float | None = None) -> Job:
+        """The job once finished, or as it is when `timeout_s` runs out (polling the store, which
+        every ingress replica shares)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while (job := await self.get(job_id)).status not in FINISHED:
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(WAIT_POLL_S)
+        return job
+
+    async def input(self, job_id: str) -> dict[str, Any]:
+        return await self.store.call(self.store.store.input, job_id) or {}
+
+    async def submit(
+        self, body: JobSubmission, prefix: str, webhook_format: str = "job", base: str = ""
+    ) -> dict[str, Any]:
         """Validates the input as the synchronous endpoint would (422 at once when invalid), fixes a
-        seed so that a job taken over after a restart gives the same outputs, and queues it."""
+        seed so that a job taken over after a restart gives the same outputs, and queues it. Its
+        webhooks carry the job (`webhook_format: job`) or, for predictions, the prediction, whose
+        URLs start with `base`."""
         self.runner.ensure_started()
         validated = await self.gateway.prepare(body.service, body.input, param_prefix="input")
         job_input = {**body.input, "seed": validated.seed}
@@ -110,7 +135,13 @@ class Jobs:
         if body.webhook_url is not None:
             allow = self.settings.webhook_allow_private_networks
             await asyncio.to_thread(webhooks.check_webhook_url, body.webhook_url, allow_private=allow)
-            webhook = {"url": body.webhook_url, "events": body.webhook_events_filter, "prefix": prefix}
+            webhook = {
+                "url": body.webhook_url,
+                "events": body.webhook_events_filter,
+                "prefix": prefix,
+                "format": webhook_format,
+                "base": base,
+            }
         max_queued = self.settings.max_queued_jobs
         try:
             job = await self.store.call(self.store.store.create, body.service, job_input, webhook, max_queued)

@@ -1,0 +1,115 @@
+"""OpenAI's Images API over the SDXL path (`POST /v1/images/generations`): the official `openai`
+clients, and the workflow-engine nodes built on them, call it unchanged. A thin adapter: the request
+becomes an SDXL request (the gateway validates it as /v1/sdxl's), `url` answers are job outputs, and
+streams map our latent previews to OpenAI's `image_generation.partial_image` events."""
+
+import base64
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from leap_ray.api.common import EVENT_STREAM
+from leap_ray.api.jobs import JobSubmission
+from leap_ray.api.openai_images import NO_TOKENS, OpenAIImageRequest, image_event
+from leap_ray.api.progress import Progress
+from leap_ray.errors import LeapRayError, ModelError
+from leap_ray.serve.bodies import read_body
+from leap_ray.serve.errors import as_leap_error
+from leap_ray.serve.gateway import ModelGateway
+from leap_ray.serve.jobs.service import Jobs, job_view
+from leap_ray.serve.routes import ERROR_RESPONSES, json_body, sse
+
+# SDXL's fields as OpenAI's clients name them, for the `param` of an error.
+OPENAI_PARAMS = {"width": "size", "height": "size", "num_images_per_prompt": "n"}
+
+
+def _as_openai(error: Exception) -> LeapRayError:
+    """The error with SDXL's field names (and a job's `input.` prefix) put back into OpenAI's."""
+    error = as_leap_error(error)
+    if error.param is not None:
+        field = error.param.removeprefix("input.")
+        error.param = OPENAI_PARAMS.get(field, field)
+    return error
+
+
+def _response(body: OpenAIImageRequest, data: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "created": int(time.time()),
+        "data": data,
+        "size": body.size_text(),
+        "output_format": body.output_format,
+        "quality": "auto",
+        "background": "opaque",
+    }
+
+
+async def _by_job(jobs: Jobs, body: OpenAIImageRequest, request: Request) -> dict[str, Any]:
+    """`response_format: url`: the images become a job's outputs, and their URLs the answer."""
+    prefix = request.scope.get("root_path", "")
+    first_seed = (await jobs.gateway.prepare("sdxl", body.sdxl_input())).seed
+    job_input = {**body.sdxl_input(), "seed": first_seed}
+    submitted = await jobs.submit(JobSubmission(service="sdxl", input=job_input), prefix)
+    job = await jobs.wait(submitted["id"])
+    if job.status != "succeeded":
+        raise ModelError((job.error or {}).get("message", f"the job was {job.status}"))
+    base = str(request.base_url).rstrip("/")  # with the application's prefix
+    data = [
+        {"url": f"{base}{url}", "revised_prompt": None, "seed": first_seed + index}
+        for index, url in enumerate(job_view(job, "")["outputs"])  # base has the prefix
+    ]
+    return _response(body, data)
+
+
+async def _stream(gateway: ModelGateway, body: OpenAIImageRequest, prepared: Any) -> AsyncIterator[str]:
+    """Partial images (our latent previews) and then one completed event per image."""
+    index = 0
+    try:
+        async for event in gateway.events("sdxl", prepared):
+            if isinstance(event, Progress):
+                preview = getattr(event, "preview", None)
+                if preview and index < body.partial_images:
+                    kind = "image_generation.partial_image"
+                    yield sse(kind, image_event("partial_image", body, preview, partial_image_index=index))
+                    index += 1
+                continue
+            for image, seed in zip(event.images, event.seeds, strict=True):
+                completed = image_event("completed", body, base64.b64encode(image).decode(), usage=NO_TOKENS)
+                yield sse("image_generation.completed", {**completed, "seed": seed})
+    except Exception as error:
+        yield sse("error", _as_openai(error).body())
+
+
+def openai_routes(gateway: ModelGateway, jobs: Jobs) -> APIRouter:
+    router = APIRouter(tags=["OpenAI Images API"], responses=ERROR_RESPONSES)
+
+    @router.post(
+        "/v1/images/generations",
+        openapi_extra=json_body(OpenAIImageRequest),
+        summary="Generate images, OpenAI Images API style",
+        operation_id="openai_create_image",
+    )
+    async def create_image(request: Request) -> Response:
+        """OpenAI's `images.generate`: `{created, data: [{b64_json | url, revised_prompt, seed}]}`,
+        where `seed` (ours) reproduces each image. With `stream: true`, Server-Sent Events:
+        `image_generation.partial_image` (up to `partial_images` latent previews), then
+        `image_generation.completed` per image. Our SDXL fields are accepted beside OpenAI's."""
+        body = await read_body(request, OpenAIImageRequest)
+        try:
+            if body.response_format == "url" and not body.stream:
+                return JSONResponse(await _by_job(jobs, body, request))
+            prepared = await gateway.prepare("sdxl", body.sdxl_input())
+            if body.stream:
+                return StreamingResponse(_stream(gateway, body, prepared), media_type=EVENT_STREAM)
+            output = await gateway.generate("sdxl", prepared)
+        except Exception as error:
+            raise _as_openai(error) from None
+        data = [
+            {"b64_json": base64.b64encode(image).decode(), "revised_prompt": None, "seed": seed}
+            for image, seed in zip(output.images, output.seeds, strict=True)
+        ]
+        return JSONResponse(_response(body, data))
+
+    return router

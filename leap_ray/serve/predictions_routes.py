@@ -1,0 +1,121 @@
+"""Replicate's prediction API (what its official clients call) and cog's (`POST /predictions`), over
+the jobs: a prediction is a job, validated at once as /v1/sdxl or /v1/musicgen would, run by the job
+runner, its outputs job output URLs. Replicate's `Prefer: wait[=seconds]` and cog's default answer
+once the prediction is done (or the wait is over); cog's `Prefer: respond-async` answers at once."""
+
+import re
+from typing import Any
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse
+
+from leap_ray.api.jobs import JobSubmission
+from leap_ray.api.predictions import MODELS, PredictionRequest, prediction_view
+from leap_ray.errors import NotFound
+from leap_ray.serve.bodies import read_body
+from leap_ray.serve.jobs.service import Jobs
+from leap_ray.serve.routes import ERROR_RESPONSES, json_body
+
+MAX_WAIT_S = 60.0  # Replicate's longest `Prefer: wait`
+_WAIT = re.compile(r"\bwait(?:=([0-9]+))?\b")
+
+
+def _base(request: Request) -> str:
+    """The service's absolute URL (with the application's prefix): predictions carry whole URLs."""
+    return str(request.base_url).rstrip("/")
+
+
+def _wait_s(prefer: str | None, default: float | None) -> float | None:
+    """How long to hold the answer: `Prefer: wait=N` (at most 60 s), `wait` (60 s), `respond-async`
+    (0), else `default` (None: until done)."""
+    prefer = (prefer or "").lower()
+    if "respond-async" in prefer:
+        return 0.0
+    if (match := _WAIT.search(prefer)) is not None:
+        return min(float(match.group(1) or MAX_WAIT_S), MAX_WAIT_S)
+    return default
+
+
+class Predictions:
+    def __init__(self, jobs: Jobs) -> None:
+        self.jobs = jobs
+
+    async def view(self, job_id: str, request: Request) -> dict[str, Any]:
+        job = await self.jobs.get(job_id)
+        return prediction_view(job, await self.jobs.input(job_id), _base(request))
+
+    async def create(
+        self, service: str, body: PredictionRequest, request: Request, wait_s: float | None
+    ) -> tuple[dict[str, Any], bool]:
+        """The prediction once created and waited for; and whether it is finished."""
+        submission = JobSubmission(
+            service=service,
+            input=body.input,
+            webhook_url=body.webhook,
+            webhook_events_filter=body.job_events(),
+        )
+        prefix = request.scope.get("root_path", "")
+        created = await self.jobs.submit(submission, prefix, webhook_format="prediction", base=_base(request))
+        if wait_s != 0:
+            await self.jobs.wait(created["id"], wait_s)
+        view = await self.view(created["id"], request)
+        return view, view["status"] in ("succeeded", "failed", "canceled")
+
+
+def prediction_routes(jobs: Jobs) -> APIRouter:
+    predictions = Predictions(jobs)
+    router = APIRouter(tags=["Replicate and cog predictions"], responses=ERROR_RESPONSES)
+
+    @router.post(
+        "/v1/models/{owner}/{name}/predictions",
+        status_code=201,
+        openapi_extra=json_body(PredictionRequest),
+        summary="Create a prediction, Replicate style",
+        operation_id="replicate_create_prediction",
+    )
+    async def create_model_prediction(
+        owner: str, name: str, request: Request, prefer: str | None = Header(None)
+    ) -> JSONResponse:
+        """Models `leap-ray/sdxl` and `leap-ray/musicgen`. With `Prefer: wait[=N]` the answer waits
+        for the prediction (at most N, or 60, seconds); 201 when it is done, 202 when not yet."""
+        service = MODELS.get(f"{owner}/{name}")
+        if service is None:
+            raise NotFound(f"no model {owner}/{name}; models: {', '.join(MODELS)}", param="model")
+        body = await read_body(request, PredictionRequest)
+        view, _ = await predictions.create(service, body, request, _wait_s(prefer, 0.0))
+        return JSONResponse(view, status_code=201)
+
+    @router.post(
+        "/predictions",
+        openapi_extra=json_body(PredictionRequest),
+        summary="Create a prediction, cog style",
+        operation_id="cog_create_prediction",
+    )
+    async def create_cog_prediction(request: Request, prefer: str | None = Header(None)) -> JSONResponse:
+        """Answers when the prediction is done, or at once (202) with `Prefer: respond-async`."""
+        body = await read_body(request, PredictionRequest)
+        view, done = await predictions.create(MODELS[body.model], body, request, _wait_s(prefer, None))
+        return JSONResponse(view, status_code=200 if done else 202)
+
+    for prefix in ("/v1", ""):
+        style = "replicate" if prefix else "cog"
+
+        @router.get(
+            f"{prefix}/predictions/{{prediction_id}}",
+            summary="A prediction",
+            operation_id=f"{style}_get_prediction",
+        )
+        async def get_prediction(prediction_id: str, request: Request) -> JSONResponse:
+            return JSONResponse(await predictions.view(prediction_id, request))
+
+        @router.post(
+            f"{prefix}/predictions/{{prediction_id}}/cancel",
+            summary="Cancel a prediction",
+            operation_id=f"{style}_cancel_prediction",
+        )
+        async def cancel_prediction(prediction_id: str, request: Request) -> JSONResponse:
+            """A starting prediction never runs; a processing one stops at its next step."""
+            await jobs.cancel(prediction_id)
+            return JSONResponse(await predictions.view(prediction_id, request))
+
+    return router

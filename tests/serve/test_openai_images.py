@@ -1,0 +1,74 @@
+"""The official `openai` client, unchanged but for its base URL, generates images through
+/v1/images/generations on the graph: b64 and url answers equal /v1/sdxl's image for the same seed,
+streams give partial images then the image, and bad input is a 422 naming OpenAI's field."""
+
+import base64
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from tests.helpers import pixels
+
+OURS = {"seed": 5, "num_inference_steps": 4}
+
+
+@pytest.fixture(scope="module")
+def client(graph) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{graph.url}/v1", api_key="not-checked-without-keys", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def reference(graph) -> bytes:
+    body = {"prompt": "a red fox", "height": 64, "width": 96, **OURS}
+    response = httpx.post(f"{graph.url}/v1/sdxl", json=body, headers={"Accept": "image/png"}, timeout=120)
+    assert response.status_code == 200
+    return response.content
+
+
+def test_b64_json_images_equal_the_sdxl_endpoints_for_the_seed(client, reference):
+    result = client.images.generate(model="sdxl", prompt="a red fox", size="96x64", n=2, extra_body=OURS)
+    first, second = (pixels(base64.b64decode(image.b64_json)) for image in result.data)
+    # two images run as one batch of two: within a step of rounding of the one-image reference
+    assert np.abs(first.astype(int) - pixels(reference)).max() <= 2
+    assert second.shape == (64, 96, 3) and not np.array_equal(first, second)
+    assert [image.model_extra["seed"] for image in result.data] == [5, 6]
+    assert result.size == "96x64" and result.output_format == "png"
+
+
+def test_url_images_are_job_outputs_that_download_as_the_same_image(client, reference):
+    result = client.images.generate(prompt="a red fox", size="96x64", response_format="url", extra_body=OURS)
+    (image,) = result.data
+    assert "/v1/jobs/" in image.url
+    assert httpx.get(image.url, timeout=30).content == reference
+
+
+def test_a_stream_sends_partial_images_then_the_completed_image(client, reference):
+    events = list(
+        client.images.generate(
+            prompt="a red fox", size="96x64", stream=True, partial_images=2, extra_body=OURS
+        )
+    )
+    kinds = [event.type for event in events]
+    assert kinds == ["image_generation.partial_image"] * 2 + ["image_generation.completed"]
+    assert [event.partial_image_index for event in events[:2]] == [0, 1]
+    assert pixels(base64.b64decode(events[0].b64_json)).shape == (8, 12, 3)  # a latent preview, 1/8 size
+    assert base64.b64decode(events[-1].b64_json) == reference
+
+
+@pytest.mark.parametrize(
+    ("arguments", "param"),
+    [
+        ({"size": "big"}, "size"),
+        ({"size": "4096x4096"}, "size"),
+        ({"n": 99}, "n"),
+        ({"model": "dall-e-3"}, "model"),
+        ({"extra_body": {"num_inference_steps": 0}}, "num_inference_steps"),
+        ({"extra_body": {"no_such_field": 1}}, "no_such_field"),
+    ],
+)
+def test_bad_input_is_a_422_naming_the_openai_field(client, arguments, param):
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        client.images.generate(prompt="a red fox", **arguments)
+    assert caught.value.body["param"] == param

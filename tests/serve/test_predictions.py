@@ -1,0 +1,91 @@
+"""The official `replicate` client, pointed at the graph, runs both models and cancels a prediction;
+cog-style calls (`POST /predictions`, `Prefer: respond-async`, cancel) work as the README shows."""
+
+import io
+import time
+
+import httpx
+import pytest
+import replicate
+import soundfile
+from replicate.exceptions import ReplicateError
+
+IMAGE = {"prompt": "a red fox", "height": 64, "width": 64, "num_inference_steps": 3, "seed": 11}
+
+
+@pytest.fixture(scope="module")
+def client(graph) -> replicate.Client:
+    client = replicate.Client(api_token="not-checked-without-keys", base_url=graph.url)
+    client.poll_interval = 0.2
+    return client
+
+
+@pytest.fixture(scope="module")
+def reference(graph) -> bytes:
+    response = httpx.post(f"{graph.url}/v1/sdxl", json=IMAGE, headers={"Accept": "image/png"}, timeout=120)
+    assert response.status_code == 200
+    return response.content
+
+
+def test_replicate_runs_sdxl_and_its_output_urls_give_the_seeds_image(client, reference):
+    output = client.run("leap-ray/sdxl", input={**IMAGE, "num_images_per_prompt": 2})
+    assert len(output) == 2
+    assert httpx.get(str(output[0]), timeout=30).content == reference
+
+
+def test_replicate_runs_musicgen(client):
+    output = client.run("leap-ray/musicgen", input={"prompt": "a drum loop", "duration": 1, "seed": 2})
+    samples, rate = soundfile.read(io.BytesIO(httpx.get(str(output), timeout=30).content))
+    assert (len(samples), rate) == (32_000, 32_000)
+
+
+def test_a_replicate_prediction_is_created_polled_and_cancelled(client):
+    prediction = client.models.predictions.create(
+        model="leap-ray/sdxl", input={**IMAGE, "num_inference_steps": 150, "height": 512, "width": 512}
+    )
+    assert prediction.status in ("starting", "processing") and prediction.model == "leap-ray/sdxl"
+    assert prediction.input["seed"] == IMAGE["seed"]
+    prediction.cancel()
+    prediction.wait()
+    assert prediction.status == "canceled" and prediction.output is None
+
+
+def test_replicate_errors_name_the_field_or_the_model(client):
+    with pytest.raises(ReplicateError) as caught:
+        client.run("leap-ray/sdxl", input={**IMAGE, "height": 7})
+    assert caught.value.status == 422
+    with pytest.raises(ReplicateError) as caught:
+        client.run("someone/else", input={})
+    assert caught.value.status == 404
+
+
+def test_prediction_errors_name_the_field_under_input(graph):
+    bad = httpx.post(
+        f"{graph.url}/v1/models/leap-ray/sdxl/predictions", json={"input": {**IMAGE, "height": 7}}
+    )
+    assert bad.status_code == 422 and bad.json()["error"]["param"] == "input.height"
+    cancel = httpx.post(f"{graph.url}/v1/predictions/no-such-id/cancel")  # no body, no content type
+    assert cancel.status_code == 404 and cancel.json()["error"]["param"] == "job_id"
+
+
+def test_cog_style_predictions_answer_when_done_or_at_once_and_cancel(graph, reference):
+    done = httpx.post(f"{graph.url}/predictions", json={"input": IMAGE}, timeout=120)
+    assert done.status_code == 200 and done.json()["status"] == "succeeded"
+    assert done.json()["metrics"]["predict_time"] > 0
+    assert httpx.get(done.json()["output"][0], timeout=30).content == reference
+    music = {"model": "leap-ray/musicgen", "input": {"prompt": "a drum loop", "duration": 1}}
+    started = httpx.post(
+        f"{graph.url}/predictions", json=music, headers={"Prefer": "respond-async"}, timeout=30
+    )
+    assert started.status_code == 202, started.text
+    assert started.json()["status"] in ("starting", "processing")
+    url = f"{graph.url}/predictions/{started.json()['id']}"
+    deadline = time.monotonic() + 120
+    while (prediction := httpx.get(url).json())["status"] not in ("succeeded", "failed", "canceled"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert prediction["status"] == "succeeded" and prediction["output"].endswith("/outputs/0")
+    slow = {"input": {**IMAGE, "num_inference_steps": 150, "height": 512, "width": 512}}
+    queued = httpx.post(f"{graph.url}/predictions", json=slow, headers={"Prefer": "respond-async"}).json()
+    cancelled = httpx.post(f"{graph.url}/predictions/{queued['id']}/cancel").json()
+    assert cancelled["id"] == queued["id"]
