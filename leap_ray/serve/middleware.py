@@ -104,7 +104,8 @@ class RequestGuard:
         declared = _header(scope, b"content-length")
         # A POST without a body (a cancel) needs no content type; one with a body must be JSON.
         content_type = _header(scope, b"content-type")
-        if (content_type or declared != "0") and (wrong_type := _media_type_error(content_type)) is not None:
+        has_body = declared not in ("", "0") or _header(scope, b"transfer-encoding")
+        if (content_type or has_body) and (wrong_type := _media_type_error(content_type)) is not None:
             return await send_error(send, wrong_type)
         if declared.isdecimal() and int(declared) > self.max_body_bytes:
             return await send_error(send, self._too_large())

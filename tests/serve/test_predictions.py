@@ -2,7 +2,11 @@
 cog-style calls (`POST /predictions`, `Prefer: respond-async`, cancel) work as the README shows."""
 
 import io
+import json
+import shlex
+import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -89,3 +93,30 @@ def test_cog_style_predictions_answer_when_done_or_at_once_and_cancel(graph, ref
     queued = httpx.post(f"{graph.url}/predictions", json=slow, headers={"Prefer": "respond-async"}).json()
     cancelled = httpx.post(f"{graph.url}/predictions/{queued['id']}/cancel").json()
     assert cancelled["id"] == queued["id"]
+
+
+def readme_cog_commands() -> list[str]:
+    """The cog-style curl commands of the README, continuation lines joined."""
+    text = (Path(__file__).parents[2] / "README.md").read_text().replace("\\\n", " ")
+    return [
+        line.split("  #")[0]
+        for line in text.splitlines()
+        if line.startswith("curl ") and "127.0.0.1:8000/predictions" in line
+    ]
+
+
+def test_the_readmes_cog_curl_commands_work_as_written(graph):
+    commands = [command.replace("http://127.0.0.1:8000", graph.url) for command in readme_cog_commands()]
+    assert len(commands) == 4
+
+    def run(command: str) -> dict:
+        done = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=180, check=True)
+        return json.loads(done.stdout)
+
+    assert run(commands[0])["status"] == "succeeded"
+    started = run(commands[1])
+    assert "id" in started, started
+    assert started["model"] == "leap-ray/musicgen"
+    polled = run(commands[2].replace("ID", started["id"]))
+    assert polled["id"] == started["id"] and polled["status"] in ("starting", "processing", "succeeded")
+    assert run(commands[3].replace("ID", started["id"]))["id"] == started["id"]

@@ -186,3 +186,21 @@ def test_a_refused_webhook_url_is_a_422_naming_it(hooked):
     body = {"service": "sdxl", "input": {"prompt": "a"}, "webhook_url": "gopher://example.com/"}
     response = httpx.post(f"{hooked}/v1/jobs", json=body)
     assert (response.status_code, response.json()["error"]["param"]) == (422, "webhook_url")
+
+
+def test_a_prediction_webhook_sends_the_prediction_signed(hooked):
+    receiver = Receiver(failures=0)
+    body = {
+        "input": {"prompt": "a", "height": 64, "width": 64, "num_inference_steps": 2, "seed": 4},
+        "webhook": receiver.url,
+        "webhook_events_filter": ["completed"],
+    }
+    created = httpx.post(f"{hooked}/v1/models/leap-ray/sdxl/predictions", json=body, timeout=30).json()
+    deadline = time.monotonic() + 120
+    while not receiver.received and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (headers, raw), *_ = receiver.received
+    prediction = Webhook(SECRET).verify(raw, headers)
+    assert (prediction["id"], prediction["status"]) == (created["id"], "succeeded")
+    assert prediction["output"][0].startswith(f"{hooked}/v1/jobs/{created['id']}/outputs/")
+    receiver.server.shutdown()
