@@ -121,14 +121,17 @@ def _most_relevant(errors: list[dict]) -> dict:
 
 def invalid_request_from(errors: list[dict]) -> LeapRayError:
     """The first of pydantic's validation errors (`ValidationError.errors()`, or FastAPI's, whose
-    locations start with "body") as an InvalidRequest naming the top-level field."""
+    locations start with where the value came from: body, path, query, header) as an InvalidRequest
+    naming the top-level field."""
     first = _most_relevant(errors)
     if first.get("type") == "json_invalid":
         return MalformedRequest(f"the body is not valid JSON: {first.get('msg', '')}", code="json_invalid")
     cause = (first.get("ctx") or {}).get("error")
     if isinstance(cause, InvalidRequest):
         return cause
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    location = [str(part) for part in first.get("loc", ())]
+    if location and location[0] in ("body", "path", "query", "header"):
+        location = location[1:]
     # Union members add their type names to the location; they say nothing a client can act on.
     path = [part for part in location if "[" not in part]
     message = first.get("msg", "invalid value").removeprefix("Value error, ")

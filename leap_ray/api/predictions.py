@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from leap_ray.api.jobs import JobStatus
 
+PREDICTION_ID = r"^[A-Za-z0-9_.-]{1,64}$"
 MODELS = {"leap-ray/sdxl": "sdxl", "leap-ray/musicgen": "musicgen"}
 SERVICE_MODELS = {service: model for model, service in MODELS.items()}
 STATUSES: dict[JobStatus, str] = {
@@ -27,6 +28,12 @@ class PredictionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     input: dict[str, Any] = Field(description="The same request as POST /v1/sdxl or /v1/musicgen.")
+    id: str | None = Field(
+        None,
+        pattern=PREDICTION_ID,
+        description="cog's route only: the prediction's id, chosen by the client; a second request "
+        "with the same id gets that prediction, not a new one.",
+    )
     model: Literal["leap-ray/sdxl", "leap-ray/musicgen"] = Field(
         "leap-ray/sdxl", description="cog's route only: which model runs it."
     )

@@ -6,12 +6,12 @@ once the prediction is done (or the wait is over); cog's `Prefer: respond-async`
 import re
 from typing import Any
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import JSONResponse
 
 from leap_ray.api.jobs import JobSubmission
-from leap_ray.api.predictions import MODELS, PredictionRequest, prediction_view
-from leap_ray.errors import NotFound
+from leap_ray.api.predictions import MODELS, PREDICTION_ID, PredictionRequest, prediction_view
+from leap_ray.errors import InvalidRequest, NotFound
 from leap_ray.serve.bodies import read_body
 from leap_ray.serve.jobs.service import Jobs
 from leap_ray.serve.routes import ERROR_RESPONSES, json_body
@@ -55,7 +55,9 @@ class Predictions:
             webhook_events_filter=body.job_events(),
         )
         prefix = request.scope.get("root_path", "")
-        created = await self.jobs.submit(submission, prefix, webhook_format="prediction", base=_base(request))
+        created = await self.jobs.submit(
+            submission, prefix, webhook_format="prediction", base=_base(request), job_id=body.id
+        )
         if wait_s != 0:
             await self.jobs.wait(created["id"], wait_s)
         view = await self.view(created["id"], request)
@@ -94,6 +96,26 @@ def prediction_routes(jobs: Jobs) -> APIRouter:
     async def create_cog_prediction(request: Request, prefer: str | None = Header(None)) -> JSONResponse:
         """Answers when the prediction is done, or at once (202) with `Prefer: respond-async`."""
         body = await read_body(request, PredictionRequest)
+        view, done = await predictions.create(MODELS[body.model], body, request, _wait_s(prefer, None))
+        return JSONResponse(view, status_code=200 if done else 202)
+
+    @router.put(
+        "/predictions/{prediction_id}",
+        openapi_extra=json_body(PredictionRequest),
+        summary="Create a prediction with its id, cog style (idempotent)",
+        operation_id="cog_put_prediction",
+    )
+    async def put_cog_prediction(
+        request: Request,
+        prediction_id: str = Path(pattern=PREDICTION_ID),
+        prefer: str | None = Header(None),
+    ) -> JSONResponse:
+        """As POST /predictions, with the id in the path: sent again (a retry), it answers the
+        prediction already made rather than making another."""
+        body = await read_body(request, PredictionRequest)
+        if body.id not in (None, prediction_id):
+            raise InvalidRequest("the body's id differs from the path's", param="id")
+        body = body.model_copy(update={"id": prediction_id})
         view, done = await predictions.create(MODELS[body.model], body, request, _wait_s(prefer, None))
         return JSONResponse(view, status_code=200 if done else 202)
 

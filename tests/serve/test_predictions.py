@@ -120,3 +120,15 @@ def test_the_readmes_cog_curl_commands_work_as_written(graph):
     polled = run(commands[2].replace("ID", started["id"]))
     assert polled["id"] == started["id"] and polled["status"] in ("starting", "processing", "succeeded")
     assert run(commands[3].replace("ID", started["id"]))["id"] == started["id"]
+
+
+def test_a_cog_put_with_the_same_id_answers_the_same_prediction(graph):
+    body = {"input": {**IMAGE, "seed": 21}}
+    url = f"{graph.url}/predictions/put-test-{time.time_ns()}"
+    first = httpx.put(url, json=body, headers={"Prefer": "respond-async"}, timeout=30)
+    again = httpx.put(url, json=body, timeout=120)
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert first.json()["id"] == again.json()["id"] == url.rsplit("/", 1)[1]
+    assert again.json()["status"] == "succeeded" and len(again.json()["output"]) == 1
+    bad = httpx.put(f"{graph.url}/predictions/has spaces", json=body)
+    assert bad.status_code == 422 and bad.json()["error"]["param"] == "prediction_id"

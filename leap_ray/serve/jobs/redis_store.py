@@ -44,6 +44,7 @@ return oldest
 # KEYS: job, input, all, queued. ARGV: max queued (0: no bound), id, created_at, input, then the
 # job's fields as name, value pairs.
 _CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 2 end
 if tonumber(ARGV[1]) > 0 and redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('SET', KEYS[2], ARGV[4])
@@ -122,9 +123,11 @@ class RedisJobStore:
         job_input: dict[str, Any],
         webhook: dict[str, Any] | None = None,
         max_queued: int | None = None,
+        job_id: str | None = None,
     ) -> Job:
-        """A new queued job; raises QueueFull when `max_queued` wait already (checked atomically)."""
-        job = Job(uuid.uuid4().hex, service, "queued", created_at=time.time(), webhook=webhook)
+        """A new queued job; raises QueueFull when `max_queued` wait already (checked atomically).
+        With a `job_id` the client chose that exists already, that job, unchanged (idempotent)."""
+        job = Job(job_id or uuid.uuid4().hex, service, "queued", created_at=time.time(), webhook=webhook)
         fields = {
             "id": job.id,
             "service": service,
@@ -143,9 +146,10 @@ class RedisJobStore:
         keys = [self._key(job.id), self._input_key(job.id), self.all, self.queued]
         pairs = [item for name, value in fields.items() for item in (name, value)]
         arguments = [max_queued or 0, job.id, job.created_at, json.dumps(job_input), *pairs]
-        if not self._create(keys=keys, args=arguments):
+        created = self._create(keys=keys, args=arguments)
+        if created == 0:
             raise QueueFull
-        return job
+        return job if created == 1 else self.get(job.id)
 
     def get(self, job_id: str) -> Job | None:
         return self._job(self.db.hgetall(self._key(job_id)))

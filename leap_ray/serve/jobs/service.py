@@ -122,12 +122,17 @@ class Jobs:
         return await self.store.call(self.store.store.input, job_id) or {}
 
     async def submit(
-        self, body: JobSubmission, prefix: str, webhook_format: str = "job", base: str = ""
+        self,
+        body: JobSubmission,
+        prefix: str,
+        webhook_format: str = "job",
+        base: str = "",
+        job_id: str | None = None,
     ) -> dict[str, Any]:
         """Validates the input as the synchronous endpoint would (422 at once when invalid), fixes a
         seed so that a job taken over after a restart gives the same outputs, and queues it. Its
         webhooks carry the job (`webhook_format: job`) or, for predictions, the prediction, whose
-        URLs start with `base`."""
+        URLs start with `base`. A `job_id` chosen by the client that exists already gives that job."""
         self.runner.ensure_started()
         validated = await self.gateway.prepare(body.service, body.input, param_prefix="input")
         job_input = {**body.input, "seed": validated.seed}
@@ -144,7 +149,9 @@ class Jobs:
             }
         max_queued = self.settings.max_queued_jobs
         try:
-            job = await self.store.call(self.store.store.create, body.service, job_input, webhook, max_queued)
+            job = await self.store.call(
+                self.store.store.create, body.service, job_input, webhook, max_queued, job_id
+            )
         except QueueFull:
             raise Overloaded(
                 "too many jobs are waiting; retry after a moment", code="job_queue_full"

@@ -48,6 +48,7 @@ class JobStore(Protocol):
         job_input: dict[str, Any],
         webhook: dict[str, Any] | None = None,
         max_queued: int | None = None,
+        job_id: str | None = None,
     ) -> Job: ...
     def get(self, job_id: str) -> Job | None: ...
     def input(self, job_id: str) -> dict[str, Any] | None: ...
@@ -111,11 +112,17 @@ class SQLiteJobStore:
         job_input: dict[str, Any],
         webhook: dict[str, Any] | None = None,
         max_queued: int | None = None,
+        job_id: str | None = None,
     ) -> Job:
-        """A new queued job; raises QueueFull when `max_queued` wait already (checked atomically)."""
-        job = Job(uuid.uuid4().hex, service, "queued", created_at=time.time(), webhook=webhook)
+        """A new queued job; raises QueueFull when `max_queued` wait already (checked atomically).
+        With a `job_id` the client chose that exists already, that job, unchanged (idempotent)."""
+        job = Job(job_id or uuid.uuid4().hex, service, "queued", created_at=time.time(), webhook=webhook)
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
+            existing = db.execute("SELECT * FROM job_records WHERE id = ?", (job.id,)).fetchone()
+            if existing is not None:
+                db.execute("ROLLBACK")
+                return self._job(existing)
             if max_queued is not None and self._queued(db) >= max_queued:
                 db.execute("ROLLBACK")
                 raise QueueFull

@@ -161,3 +161,12 @@ def test_listing_and_polling_never_load_inputs(store, monkeypatch):
     assert store.get(job.id).id == job.id
     assert [j.id for j in store.recent()] == [job.id]
     assert not hasattr(store.get(job.id), "input")
+
+
+def test_a_job_created_again_with_the_id_the_client_chose_is_the_same_job(store):
+    first = store.create("sdxl", {"prompt": "a", "seed": 1}, job_id="client-chosen-1")
+    store.claim("r", 30)
+    again = store.create("musicgen", {"prompt": "b"}, job_id="client-chosen-1", max_queued=0)
+    assert (again.id, again.service, again.status) == (first.id, "sdxl", "running")
+    assert store.input(first.id) == {"prompt": "a", "seed": 1}
+    assert [job.id for job in store.recent()] == ["client-chosen-1"]
