@@ -52,4 +52,4 @@ class ErrorDetail(BaseModel):
 class ErrorResponse(BaseModel):
     """The one shape of every error response."""
 
-    error: ErrorDetail
+    error: ErrorDetail = Field(description="What went wrong: message, type, param (the field), code.")

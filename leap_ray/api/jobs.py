@@ -5,17 +5,29 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from leap_ray.api.common import ErrorDetail
+from leap_ray.api.musicgen import MUSICGEN_EXAMPLE
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINISHED: tuple[JobStatus, ...] = ("succeeded", "failed", "cancelled")
 
 
+# A job's input is one service's request, validated as that service's endpoint does: in the schema,
+# either request (the ingress adds both to the spec's components).
+SERVICE_INPUT = {
+    "anyOf": [{"$ref": "#/components/schemas/SDXLRequest"}, {"$ref": "#/components/schemas/MusicGenRequest"}]
+}
+
+
 class JobSubmission(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"service": "musicgen", "input": MUSICGEN_EXAMPLE}]},
+    )
 
     service: Literal["sdxl", "musicgen"] = Field(description="Which model runs the job.")
     input: dict[str, Any] = Field(
-        description="The same request as POST /v1/sdxl or /v1/musicgen; invalid input gets a 422 at once."
+        description="The same request as POST /v1/sdxl or /v1/musicgen; invalid input gets a 422 at once.",
+        json_schema_extra=SERVICE_INPUT,
     )
     webhook_url: str | None = Field(
         None,
@@ -30,8 +42,8 @@ class JobSubmission(BaseModel):
 
 
 class JobView(BaseModel):
-    id: str
-    service: Literal["sdxl", "musicgen"]
+    id: str = Field(description="The job's id.")
+    service: Literal["sdxl", "musicgen"] = Field(description="Which model runs the job.")
     status: JobStatus = Field(description="queued, running, succeeded, failed or cancelled.")
     cancel_requested: bool = Field(description="A DELETE arrived; a running job stops at its next step.")
     created_at: float = Field(description="Unix time the job was accepted.")

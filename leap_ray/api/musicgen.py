@@ -53,11 +53,16 @@ class MusicGenModelSpec:
     supports_melody: bool
 
 
+MUSICGEN_EXAMPLE = {"prompt": "lo-fi beat with warm piano", "duration": 5, "format": "wav", "seed": 7}
+
+
 class MusicGenRequest(BaseModel):
     """One MusicGen generation. With a seed, the same request gives the same audio, whatever else
     shares its batch."""
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    model_config = ConfigDict(
+        extra="forbid", arbitrary_types_allowed=True, json_schema_extra={"examples": [MUSICGEN_EXAMPLE]}
+    )
 
     prompt: prompt_text(_LIMITS.max_prompt_chars) = Field(  # type: ignore[valid-type]
         description="Text describing the music."
@@ -121,11 +126,11 @@ class MusicGenOutput:
 
 class MusicGenResponse(BaseModel):
     audio: str = Field(description="Base64 of the encoded track.")
-    format: AudioFormat
-    sample_rate: int
+    format: AudioFormat = Field(description="The audio container and codec (the request's format).")
+    sample_rate: int = Field(description="Samples per second (32000 for MusicGen).")
     duration: float = Field(description="Length in seconds.")
     seed: int = Field(description="The seed that reproduces this track.")
-    timings: dict[str, float]
+    timings: dict[str, float] = Field(description="Seconds spent per stage (e.g. generate_s, encode_s).")
     batch_size: int = Field(description="Tracks generated together with this one.")
 
     @classmethod

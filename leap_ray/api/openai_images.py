@@ -19,7 +19,12 @@ class OpenAIImageRequest(BaseModel):
     """POST /v1/images/generations. OpenAI's own fields that have no SDXL meaning (quality,
     background, moderation, style, output_compression) are accepted and ignored."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [{"model": "sdxl", "prompt": "a lighthouse at dawn", "size": "512x512", "seed": 42}]
+        },
+    )
 
     prompt: str = Field(description="The prompt.", max_length=LIMITS.sdxl.max_prompt_chars)
     model: str = Field("sdxl", description=f"One of {', '.join(MODEL_IDS)}.")
@@ -32,11 +37,11 @@ class OpenAIImageRequest(BaseModel):
     user: str | None = Field(None, description="The end user, for the operator's logs.")
     stream: bool = Field(False, description="Server-Sent Events: partial images, then the image.")
     partial_images: int = Field(0, ge=0, le=3, description="Partial images (latent previews) to stream.")
-    quality: str | None = None
-    background: str | None = None
-    moderation: str | None = None
-    style: str | None = None
-    output_compression: int | None = None
+    quality: str | None = Field(None, description="OpenAI's; accepted and ignored.")
+    background: str | None = Field(None, description="OpenAI's; accepted and ignored.")
+    moderation: str | None = Field(None, description="OpenAI's; accepted and ignored.")
+    style: str | None = Field(None, description="OpenAI's; accepted and ignored.")
+    output_compression: int | None = Field(None, description="OpenAI's; accepted and ignored.")
 
     @field_validator("model")
     @classmethod

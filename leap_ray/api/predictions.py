@@ -5,7 +5,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from leap_ray.api.jobs import JobStatus
+from leap_ray.api.jobs import SERVICE_INPUT, JobStatus
+from leap_ray.api.sdxl import SDXL_EXAMPLE
 
 PREDICTION_ID = r"^[A-Za-z0-9_.-]{1,64}$"
 MODELS = {"leap-ray/sdxl": "sdxl", "leap-ray/musicgen": "musicgen"}
@@ -25,9 +26,15 @@ class PredictionRequest(BaseModel):
     """A prediction: Replicate's body (`POST /v1/models/{owner}/{name}/predictions`) or cog's
     (`POST /predictions`, where `model` picks the model, SDXL when absent)."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(
+        extra="forbid",
+        protected_namespaces=(),
+        json_schema_extra={"examples": [{"input": SDXL_EXAMPLE}]},
+    )
 
-    input: dict[str, Any] = Field(description="The same request as POST /v1/sdxl or /v1/musicgen.")
+    input: dict[str, Any] = Field(
+        description="The same request as POST /v1/sdxl or /v1/musicgen.", json_schema_extra=SERVICE_INPUT
+    )
     id: str | None = Field(
         None,
         pattern=PREDICTION_ID,

@@ -80,13 +80,26 @@ class SDXLModelSpec:
     text_tokens: int
 
 
+SDXL_EXAMPLE = {
+    "prompt": "a lighthouse at dawn, oil painting",
+    "negative_prompt": "blurry",
+    "height": 512,
+    "width": 512,
+    "num_inference_steps": 20,
+    "guidance_scale": 6.0,
+    "seed": 42,
+}
+
+
 class SDXLRequest(BaseModel):
     """One SDXL generation. Image j of a request (counting num_images_per_prompt images for each
     prompt in order) is drawn with `torch.Generator().manual_seed(seed + j)`, whatever else shares
     its batch, so a solo diffusers call with `generator=[Generator().manual_seed(seed + j) ...]`
     reproduces it."""
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    model_config = ConfigDict(
+        extra="forbid", arbitrary_types_allowed=True, json_schema_extra={"examples": [SDXL_EXAMPLE]}
+    )
 
     prompt: Prompts | None = Field(None, description="The prompt or prompts to guide the image generation.")
     prompt_2: Prompts | None = Field(
@@ -448,12 +461,12 @@ class SDXLOutput:
 
 class SDXLImage(BaseModel):
     data: str = Field(description="Base64 of the encoded image.")
-    format: Literal["png", "jpeg", "webp"]
+    format: Literal["png", "jpeg", "webp"] = Field(description="The image format (the request's).")
     seed: int = Field(description="The seed that reproduces this image.")
 
 
 class SDXLResponse(BaseModel):
-    images: list[SDXLImage]
+    images: list[SDXLImage] = Field(description="The images, in prompt order, each prompt's together.")
     timings: dict[str, float] = Field(description="Seconds spent encoding prompts and generating.")
     batch_size: int = Field(description="Images in the pipeline call that served this request.")
 

@@ -58,6 +58,7 @@ def openapi_schema(app: FastAPI, auth_on: bool) -> dict[str, Any]:
 
 def build_http_app(gateway: ModelGateway, jobs: Jobs, settings: IngressSettings) -> FastAPI:
     app = FastAPI(
+        generate_unique_id_function=lambda route: route.name,  # operation ids: the handlers' names
         docs_url=None,  # served by docs_routes, from packaged files rather than a CDN
         redoc_url=None,
         title="leap_ray",

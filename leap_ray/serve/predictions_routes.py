@@ -17,6 +17,12 @@ from leap_ray.serve.jobs.service import Jobs
 from leap_ray.serve.routes import ERROR_RESPONSES, json_body
 
 MAX_WAIT_S = 60.0  # Replicate's longest `Prefer: wait`
+PREFER = Header(
+    None,
+    description="wait or wait=N (1-60): answer once the prediction is done or N seconds passed; "
+    "respond-async: answer at once (202).",
+)
+PREDICTION = Path(description="The prediction's id.")
 _WAIT = re.compile(r"\bwait(?:=([0-9]+))?\b")
 
 
@@ -76,7 +82,10 @@ def prediction_routes(jobs: Jobs) -> APIRouter:
         operation_id="replicate_create_prediction",
     )
     async def create_model_prediction(
-        owner: str, name: str, request: Request, prefer: str | None = Header(None)
+        request: Request,
+        owner: str = Path(description="The model's owner: leap-ray."),
+        name: str = Path(description="The model: sdxl or musicgen."),
+        prefer: str | None = PREFER,
     ) -> JSONResponse:
         """Models `leap-ray/sdxl` and `leap-ray/musicgen`. With `Prefer: wait[=N]` the answer waits
         for the prediction (at most N, or 60, seconds); 201 when it is done, 202 when not yet."""
@@ -93,7 +102,7 @@ def prediction_routes(jobs: Jobs) -> APIRouter:
         summary="Create a prediction, cog style",
         operation_id="cog_create_prediction",
     )
-    async def create_cog_prediction(request: Request, prefer: str | None = Header(None)) -> JSONResponse:
+    async def create_cog_prediction(request: Request, prefer: str | None = PREFER) -> JSONResponse:
         """Answers when the prediction is done, or at once (202) with `Prefer: respond-async`."""
         body = await read_body(request, PredictionRequest)
         view, done = await predictions.create(MODELS[body.model], body, request, _wait_s(prefer, None))
@@ -107,8 +116,10 @@ def prediction_routes(jobs: Jobs) -> APIRouter:
     )
     async def put_cog_prediction(
         request: Request,
-        prediction_id: str = Path(pattern=PREDICTION_ID),
-        prefer: str | None = Header(None),
+        prediction_id: str = Path(
+            pattern=PREDICTION_ID, description="The id the client chose (1-64 of A-Z a-z 0-9 _ . -)."
+        ),
+        prefer: str | None = PREFER,
     ) -> JSONResponse:
         """As POST /predictions, with the id in the path: sent again (a retry), it answers the
         prediction already made rather than making another."""
@@ -127,7 +138,7 @@ def prediction_routes(jobs: Jobs) -> APIRouter:
             summary="A prediction",
             operation_id=f"{style}_get_prediction",
         )
-        async def get_prediction(prediction_id: str, request: Request) -> JSONResponse:
+        async def get_prediction(request: Request, prediction_id: str = PREDICTION) -> JSONResponse:
             return JSONResponse(await predictions.view(prediction_id, request))
 
         @router.post(
@@ -135,7 +146,7 @@ def prediction_routes(jobs: Jobs) -> APIRouter:
             summary="Cancel a prediction",
             operation_id=f"{style}_cancel_prediction",
         )
-        async def cancel_prediction(prediction_id: str, request: Request) -> JSONResponse:
+        async def cancel_prediction(request: Request, prediction_id: str = PREDICTION) -> JSONResponse:
             """A starting prediction never runs; a processing one stops at its next step."""
             await jobs.cancel(prediction_id)
             return JSONResponse(await predictions.view(prediction_id, request))

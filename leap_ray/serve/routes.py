@@ -116,8 +116,14 @@ def _responses(media_types: list[str], description: str) -> dict[int | str, dict
     return {**ERROR_RESPONSES, 200: {"content": {t: {} for t in media_types}, "description": description}}
 
 
+ACCEPT = Header(
+    description="application/json (default), text/event-stream, or a raw media type of the output; "
+    "q-values and wildcards are understood; a type not offered gets 406."
+)
+
+
 def generation_routes(gateway: ModelGateway) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(tags=["Generation"])
 
     @router.post(
         "/v1/sdxl",
@@ -126,7 +132,7 @@ def generation_routes(gateway: ModelGateway) -> APIRouter:
         openapi_extra=json_body(SDXLRequest),
         summary="Generate images with Stable Diffusion XL",
     )
-    async def post_sdxl(request: Request, accept: Annotated[str | None, Header()] = None) -> Response:
+    async def post_sdxl(request: Request, accept: Annotated[str | None, ACCEPT] = None) -> Response:
         """JSON by default; with `Accept: image/png` (or jpeg, webp) and one image, the raw bytes with
         the seed in the `X-Seed` header; with `Accept: text/event-stream`, a progress event per step
         and then the JSON result as Server-Sent Events."""
@@ -152,7 +158,7 @@ def generation_routes(gateway: ModelGateway) -> APIRouter:
         openapi_extra=json_body(MusicGenRequest),
         summary="Generate music with MusicGen",
     )
-    async def post_musicgen(request: Request, accept: Annotated[str | None, Header()] = None) -> Response:
+    async def post_musicgen(request: Request, accept: Annotated[str | None, ACCEPT] = None) -> Response:
         """JSON by default; with `Accept: audio/wav` (or flac, ogg, mpeg) the raw bytes, with the
         seed in `X-Seed` and the sample rate in `X-Sample-Rate`; with `Accept: text/event-stream`, a
         progress event per generated second and then the JSON result as Server-Sent Events."""
@@ -172,7 +178,7 @@ def generation_routes(gateway: ModelGateway) -> APIRouter:
 
 
 def health_routes(gateway: ModelGateway) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(tags=["Health"])
 
     @router.get("/healthz", summary="Liveness of the ingress")
     async def healthz() -> dict[str, str]:

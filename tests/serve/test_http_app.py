@@ -280,3 +280,28 @@ def test_an_accept_naming_no_type_offered_gets_406_naming_accept(app, accept):
     assert (
         response.json()["error"]["param"] == "accept" and "image/png" in response.json()["error"]["message"]
     )
+
+
+def test_the_spec_describes_every_operation_parameter_and_field(app):
+    spec = app.openapi()
+    operations = [operation for path in spec["paths"].values() for operation in path.values()]
+    assert all(operation.get("tags") and operation.get("summary") for operation in operations)
+    ids = [operation["operationId"] for operation in operations]
+    assert len(set(ids)) == len(ids) and not [
+        i for i in ids if i.endswith(("_get", "_post", "_put", "_delete"))
+    ]
+    undescribed = [
+        parameter["name"]
+        for operation in operations
+        for parameter in operation.get("parameters", [])
+        if not parameter.get("description")
+    ]
+    fields = [
+        f"{name}.{field}"
+        for name, schema in spec["components"]["schemas"].items()
+        for field, value in schema.get("properties", {}).items()
+        if not value.get("description")
+    ]
+    assert undescribed == [] and fields == []
+    job_input = spec["components"]["schemas"]["JobSubmission"]["properties"]["input"]
+    assert {ref["$ref"].rsplit("/", 1)[1] for ref in job_input["anyOf"]} == {"SDXLRequest", "MusicGenRequest"}

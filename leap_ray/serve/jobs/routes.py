@@ -1,6 +1,8 @@
 """The job routes: submit, poll, list, fetch outputs, cancel (thin, over `Jobs`)."""
 
-from fastapi import APIRouter, Query, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 
 from leap_ray.api.jobs import JobStatus, JobSubmission, JobView
@@ -15,8 +17,11 @@ def _prefix(request: Request) -> str:
     return request.scope.get("root_path", "")
 
 
+JOB_ID = Path(description="The job's id, as POST /v1/jobs answered it.")
+
+
 def job_routes(jobs: Jobs) -> APIRouter:
-    router = APIRouter(prefix="/v1/jobs", responses=ERROR_RESPONSES)
+    router = APIRouter(prefix="/v1/jobs", responses=ERROR_RESPONSES, tags=["Jobs"])
 
     @router.post(
         "",
@@ -33,23 +38,27 @@ def job_routes(jobs: Jobs) -> APIRouter:
 
     @router.get("", response_model=list[JobView], summary="Recent jobs, newest first")
     async def list_jobs(
-        request: Request, status: JobStatus | None = None, limit: int = Query(100, ge=1, le=1000)
+        request: Request,
+        status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
+        limit: int = Query(100, ge=1, le=1000, description="Most jobs listed (1-1000), newest first."),
     ) -> JSONResponse:
         return JSONResponse([job_view(job, _prefix(request)) for job in await jobs.recent(status, limit)])
 
     @router.get("/{job_id}", response_model=JobView, summary="A job's state")
-    async def get_job(job_id: str, request: Request) -> JSONResponse:
+    async def get_job(request: Request, job_id: str = JOB_ID) -> JSONResponse:
         return JSONResponse(job_view(await jobs.get(job_id), _prefix(request)))
 
     @router.get("/{job_id}/outputs/{index}", summary="One output's bytes")
-    async def get_job_output(job_id: str, index: int) -> FileResponse:
+    async def get_job_output(
+        job_id: str = JOB_ID, index: int = Path(ge=0, description="Which output, from 0.")
+    ) -> FileResponse:
         outputs = (await jobs.get(job_id)).outputs
         if not 0 <= index < len(outputs):
             raise NotFound(f"job {job_id} has no output {index}", param="index")
         return FileResponse(outputs[index]["path"], media_type=outputs[index]["content_type"])
 
     @router.delete("/{job_id}", response_model=JobView, summary="Cancel a job")
-    async def cancel_job(job_id: str, request: Request) -> JSONResponse:
+    async def cancel_job(request: Request, job_id: str = JOB_ID) -> JSONResponse:
         """A queued job never runs; a running one stops at its next step and frees its batch slot."""
         return JSONResponse(job_view(await jobs.cancel(job_id), _prefix(request)))
 
