@@ -15,7 +15,7 @@ import psutil
 import pytest
 import yaml
 
-from leap_ray.serve.launch import local_config_path
+from leap_ray.serve.launch import is_ready, local_config_path
 
 pytestmark = pytest.mark.integration
 DASHBOARD = "http://127.0.0.1:8265"
@@ -73,11 +73,8 @@ def test_sigterm_stops_the_service_and_every_ray_process_it_started(tiny_models,
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
+            if is_ready(f"http://127.0.0.1:{port}"):
+                break
             time.sleep(1)
         else:
             pytest.fail("leap-ray serve did not become ready")

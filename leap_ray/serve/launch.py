@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import ray
 import yaml
@@ -78,6 +79,14 @@ def stop_local_ray(grace_s: float = 5.0) -> None:
             process.kill()
         except psutil.NoSuchProcess:
             pass
+
+
+def is_ready(url: str) -> bool:
+    """Whether the service at `url` answers /readyz with 200 (both models have a running replica)."""
+    try:
+        return httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def deploy(config: ServeDeploySchema) -> None:

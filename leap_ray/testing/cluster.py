@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import ray
 import yaml
 from ray import serve
@@ -29,7 +28,7 @@ from ray.cluster_utils import Cluster
 from ray.serve.schema import ServeDeploySchema
 
 from leap_ray.serve import proxy
-from leap_ray.serve.launch import LOOPBACK, deploy
+from leap_ray.serve.launch import LOOPBACK, deploy, is_ready
 
 PRODUCTION_CONFIG = Path(__file__).resolve().parents[2] / "serve_config.yaml"
 SIMULATED_ENGINES = {
@@ -180,11 +179,11 @@ def deploy_and_wait(config: ServeDeploySchema, timeout_s: float = 300.0) -> None
         application = status.applications.get("leap_ray")
         if application is not None and application.status == "DEPLOY_FAILED":
             raise RuntimeError(application.message)
-        if application is not None and application.status == "RUNNING":
-            try:
-                if httpx.get(f"http://{LOOPBACK}:{port}/readyz", timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+        if (
+            application is not None
+            and application.status == "RUNNING"
+            and is_ready(f"http://{LOOPBACK}:{port}")
+        ):
+            return
         time.sleep(0.5)
     raise TimeoutError("the simulated graph did not start")
