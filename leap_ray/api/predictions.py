@@ -44,6 +44,11 @@ class PredictionRequest(BaseModel):
     model: Literal["leap-ray/sdxl", "leap-ray/musicgen"] = Field(
         "leap-ray/sdxl", description="cog's route only: which model runs it."
     )
+    data_uris: bool = Field(
+        False,
+        description="Outputs as data: URIs (base64) in the answer to this call, when it answers a "
+        "finished prediction, rather than as URLs of job outputs.",
+    )
     webhook: str | None = Field(
         None, description="A URL POSTed the prediction as it changes (Standard Webhooks)."
     )

@@ -3,7 +3,10 @@ the jobs: a prediction is a job, validated at once as /v1/sdxl or /v1/musicgen w
 runner, its outputs job output URLs. Replicate's `Prefer: wait[=seconds]` and cog's default answer
 once the prediction is done (or the wait is over); cog's `Prefer: respond-async` answers at once."""
 
+import asyncio
+import base64
 import re
+from pathlib import Path as FilePath
 from typing import Any
 
 from fastapi import APIRouter, Header, Path, Request
@@ -67,7 +70,20 @@ class Predictions:
         if wait_s != 0:
             await self.jobs.wait(created["id"], wait_s)
         view = await self.view(created["id"], request)
+        if body.data_uris and view["status"] == "succeeded":
+            view["output"] = await self._data_uris(created["id"], view["output"])
         return view, view["status"] in ("succeeded", "failed", "canceled")
+
+    async def _data_uris(self, job_id: str, output: list[str] | str) -> list[str] | str:
+        """The job's outputs as data: URIs, in the shape of `output` (a list, or one)."""
+        job = await self.jobs.get(job_id)
+
+        def encode(stored: dict[str, str]) -> str:
+            data = base64.b64encode(FilePath(stored["path"]).read_bytes()).decode()
+            return f"data:{stored['content_type']};base64,{data}"
+
+        uris = await asyncio.to_thread(lambda: [encode(stored) for stored in job.outputs])
+        return uris if isinstance(output, list) else uris[0]
 
 
 def prediction_routes(jobs: Jobs) -> APIRouter:

@@ -1,6 +1,7 @@
 """The official `replicate` client, pointed at the graph, runs both models and cancels a prediction;
 cog-style calls (`POST /predictions`, `Prefer: respond-async`, cancel) work as the README shows."""
 
+import base64
 import io
 import json
 import shlex
@@ -132,3 +133,10 @@ def test_a_cog_put_with_the_same_id_answers_the_same_prediction(graph):
     assert again.json()["status"] == "succeeded" and len(again.json()["output"]) == 1
     bad = httpx.put(f"{graph.url}/predictions/has spaces", json=body)
     assert bad.status_code == 422 and bad.json()["error"]["param"] == "prediction_id"
+
+
+def test_a_finished_predictions_outputs_come_as_data_uris_when_asked(graph, reference):
+    answer = httpx.post(f"{graph.url}/predictions", json={"input": IMAGE, "data_uris": True}, timeout=120)
+    (uri,) = answer.json()["output"]
+    assert uri.startswith("data:image/png;base64,")
+    assert base64.b64decode(uri.split(",", 1)[1]) == reference
