@@ -82,9 +82,14 @@ class Load:
                 self.answers.append((seed, self.send(http, seed)))
                 sent += 1
 
+    @property
+    def accept(self) -> dict[str, str]:
+        """The raw output: PNG of an image, WAV of a track."""
+        return {"Accept": "image/png" if self.path == "/v1/sdxl" else "audio/wav"}
+
     def send(self, http: httpx.Client, seed: int) -> bytes:
         while True:
-            response = http.post(self.path, json={**self.body, "seed": seed}, headers={"Accept": "image/png"})
+            response = http.post(self.path, json={**self.body, "seed": seed}, headers=self.accept)
             self.statuses[response.status_code] += 1
             if response.status_code == 200:
                 return response.content
