@@ -1,25 +1,30 @@
-"""A small typed client for a running leap_ray service, synchronous and asynchronous. With
-`on_progress`, generation goes through the event stream and reports each progress event.
+"""A light client for a running leap_ray service, synchronous and asynchronous with the same methods.
+It needs httpx, pydantic, httpx-sse and httpx-retries only (`pip install leap-ray` without the
+`serve` extra): neither torch, Ray nor diffusers is imported.
 
-    client = LeapRayClient("http://127.0.0.1:8000")
-    images = client.generate_image({"prompt": "a lighthouse", "seed": 1}, on_progress=print)
-    job = client.wait_job(client.submit_job("musicgen", {"prompt": "lo-fi", "duration": 30})["id"])
+    with LeapRayClient("http://127.0.0.1:8000") as client:
+        images = client.generate_image({"prompt": "a lighthouse", "seed": 1}, on_progress=print)
+        job = client.wait_job(client.submit_job("musicgen", {"prompt": "lo-fi", "duration": 30}).id)
+
+A 503 (at capacity, a replica restarting) is retried after its `Retry-After`, up to `retries`
+times; a request with a seed gives the same result whichever attempt answers it.
 """
 
-import json
+import asyncio
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from types import TracebackType
+from typing import Any, Self
 
 import httpx
+from httpx_retries import Retry, RetryTransport
+from httpx_sse import ServerSentEvent, aconnect_sse, connect_sse
 
-from leap_ray.api.common import EVENT_STREAM
-from leap_ray.api.jobs import FINISHED, JobView
-from leap_ray.api.musicgen import MusicGenResponse
-from leap_ray.api.sdxl import SDXLResponse
+from leap_ray.api.responses import FINISHED, JobView, MusicGenResponse, SDXLResponse
 from leap_ray.errors import LeapRayError
 
 Progress = Callable[[dict[str, Any]], None]
+PATHS = {"sdxl": "/v1/sdxl", "musicgen": "/v1/musicgen"}
 
 
 class ServiceError(LeapRayError):
@@ -44,28 +49,14 @@ def _checked(response: httpx.Response) -> httpx.Response:
     raise ServiceError(response.status_code, body)
 
 
-class _EventParser:
-    """Server-Sent Events, line by line: gives (event, data) when an event is complete."""
-
-    def __init__(self) -> None:
-        self.name: str | None = None
-
-    def feed(self, line: str) -> tuple[str, dict[str, Any]] | None:
-        if line.startswith("event: "):
-            self.name = line.removeprefix("event: ")
-        elif line.startswith("data: ") and self.name:
-            return self.name, json.loads(line.removeprefix("data: "))
-        return None
-
-
-def _outcome(name: str, data: dict[str, Any], on_progress: Progress) -> dict[str, Any] | None:
+def _outcome(event: ServerSentEvent, on_progress: Progress | None) -> dict[str, Any] | None:
     """The result when the event carries it; reports progress; raises on an error event."""
-    if name == "progress":
-        on_progress(data)
-    elif name == "error":
-        raise ServiceError(500, data)
-    elif name == "result":
-        return data
+    if event.event == "progress" and on_progress is not None:
+        on_progress(event.json())
+    elif event.event == "error":  # after the 200 that started the stream: no status of its own
+        raise ServiceError(500, event.json())
+    elif event.event == "result":
+        return event.json()
     return None
 
 
@@ -73,35 +64,63 @@ def _body(request: Any) -> dict[str, Any]:
     return request if isinstance(request, dict) else request.model_dump(mode="json", exclude_none=True)
 
 
+def _options(base_url: str, api_key: str | None, timeout: float, retries: int) -> dict[str, Any]:
+    retry = Retry(
+        total=retries, status_forcelist=[503], allowed_methods=["GET", "POST", "DELETE"], backoff_factor=0.5
+    )
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return {
+        "base_url": base_url,
+        "headers": headers,
+        "timeout": timeout,
+        "transport": RetryTransport(retry=retry),
+    }
+
+
+def _result_of(events: Iterator[ServerSentEvent], on_progress: Progress | None) -> dict[str, Any]:
+    for event in events:
+        if (result := _outcome(event, on_progress)) is not None:
+            return result
+    raise ServiceError(502, {"error": {"message": "the event stream ended without a result"}})
+
+
 class LeapRayClient:
     def __init__(
-        self, base_url: str = "http://127.0.0.1:8000", api_key: str | None = None, timeout: float = 900
-    ):
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        api_key: str | None = None,
+        timeout: float = 900,
+        retries: int = 5,
+    ) -> None:
+        self.http = httpx.Client(**_options(base_url, api_key, timeout, retries))
 
-    def _generate(self, path: str, request: Any, on_progress: Progress | None) -> dict[str, Any]:
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def stream(self, service: str, request: Any) -> Iterator[ServerSentEvent]:
+        """The service's events as they come: `progress` ones, then `result` (or `error`)."""
+        with connect_sse(self.http, "POST", PATHS[service], json=_body(request)) as source:
+            if not source.response.is_success:
+                source.response.read()
+                _checked(source.response)
+            yield from source.iter_sse()
+
+    def _generate(self, service: str, request: Any, on_progress: Progress | None) -> dict[str, Any]:
         if on_progress is None:
-            return _checked(self.http.post(path, json=_body(request))).json()
-        with self.http.stream(
-            "POST", path, json=_body(request), headers={"Accept": EVENT_STREAM}
-        ) as response:
-            if not response.is_success:
-                response.read()
-                _checked(response)
-            parser = _EventParser()
-            for line in response.iter_lines():
-                event = parser.feed(line)
-                result = event and _outcome(*event, on_progress)
-                if result is not None:
-                    return result
-        raise ServiceError(502, {"error": {"message": "the event stream ended without a result"}})
+            return _checked(self.http.post(PATHS[service], json=_body(request))).json()
+        return _result_of(self.stream(service, request), on_progress)
 
     def generate_image(self, request: Any, on_progress: Progress | None = None) -> SDXLResponse:
-        return SDXLResponse.model_validate(self._generate("/v1/sdxl", request, on_progress))
+        return SDXLResponse.model_validate(self._generate("sdxl", request, on_progress))
 
     def generate_music(self, request: Any, on_progress: Progress | None = None) -> MusicGenResponse:
-        return MusicGenResponse.model_validate(self._generate("/v1/musicgen", request, on_progress))
+        return MusicGenResponse.model_validate(self._generate("musicgen", request, on_progress))
 
     def submit_job(self, service: str, job_input: Any, **options: Any) -> JobView:
         body = {"service": service, "input": _body(job_input), **options}
@@ -125,34 +144,64 @@ class LeapRayClient:
 
 
 class AsyncLeapRayClient:
+    """LeapRayClient's methods, awaited."""
+
     def __init__(
-        self, base_url: str = "http://127.0.0.1:8000", api_key: str | None = None, timeout: float = 900
-    ):
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout)
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        api_key: str | None = None,
+        timeout: float = 900,
+        retries: int = 5,
+    ) -> None:
+        self.http = httpx.AsyncClient(**_options(base_url, api_key, timeout, retries))
 
-    async def _generate(self, path: str, request: Any, on_progress: Progress | None) -> dict[str, Any]:
-        if on_progress is None:
-            return _checked(await self.http.post(path, json=_body(request))).json()
-        async with self.http.stream(
-            "POST", path, json=_body(request), headers={"Accept": EVENT_STREAM}
-        ) as response:
-            if not response.is_success:
-                await response.aread()
-                _checked(response)
-            parser = _EventParser()
-            async for line in response.aiter_lines():
-                event = parser.feed(line)
-                result = event and _outcome(*event, on_progress)
-                if result is not None:
-                    return result
-        raise ServiceError(502, {"error": {"message": "the event stream ended without a result"}})
+    async def __aenter__(self) -> Self:
+        return self
 
-    async def generate_image(self, request: Any, on_progress: Progress | None = None) -> SDXLResponse:
-        return SDXLResponse.model_validate(await self._generate("/v1/sdxl", request, on_progress))
-
-    async def generate_music(self, request: Any, on_progress: Progress | None = None) -> MusicGenResponse:
-        return MusicGenResponse.model_validate(await self._generate("/v1/musicgen", request, on_progress))
+    async def __aexit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        await self.aclose()
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+    async def stream(self, service: str, request: Any) -> AsyncIterator[ServerSentEvent]:
+        async with aconnect_sse(self.http, "POST", PATHS[service], json=_body(request)) as source:
+            if not source.response.is_success:
+                await source.response.aread()
+                _checked(source.response)
+            async for event in source.aiter_sse():
+                yield event
+
+    async def _generate(self, service: str, request: Any, on_progress: Progress | None) -> dict[str, Any]:
+        if on_progress is None:
+            return _checked(await self.http.post(PATHS[service], json=_body(request))).json()
+        async for event in self.stream(service, request):
+            if (result := _outcome(event, on_progress)) is not None:
+                return result
+        raise ServiceError(502, {"error": {"message": "the event stream ended without a result"}})
+
+    async def generate_image(self, request: Any, on_progress: Progress | None = None) -> SDXLResponse:
+        return SDXLResponse.model_validate(await self._generate("sdxl", request, on_progress))
+
+    async def generate_music(self, request: Any, on_progress: Progress | None = None) -> MusicGenResponse:
+        return MusicGenResponse.model_validate(await self._generate("musicgen", request, on_progress))
+
+    async def submit_job(self, service: str, job_input: Any, **options: Any) -> JobView:
+        body = {"service": service, "input": _body(job_input), **options}
+        return JobView.model_validate(_checked(await self.http.post("/v1/jobs", json=body)).json())
+
+    async def get_job(self, job_id: str) -> JobView:
+        return JobView.model_validate(_checked(await self.http.get(f"/v1/jobs/{job_id}")).json())
+
+    async def cancel_job(self, job_id: str) -> JobView:
+        return JobView.model_validate(_checked(await self.http.delete(f"/v1/jobs/{job_id}")).json())
+
+    async def wait_job(self, job_id: str, poll_s: float = 0.5, timeout_s: float = 3600) -> JobView:
+        deadline = time.monotonic() + timeout_s
+        while (job := await self.get_job(job_id)).status not in FINISHED and time.monotonic() < deadline:
+            await asyncio.sleep(poll_s)
+        return job
+
+    async def job_output(self, job: JobView, index: int = 0) -> bytes:
+        url = self.http.base_url.copy_with(path=job.outputs[index])
+        return _checked(await self.http.get(url)).content

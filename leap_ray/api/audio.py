@@ -10,13 +10,11 @@ import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import soundfile
 import torch
 
-AudioFormat = Literal["wav", "flac", "ogg", "mp3"]
 AUDIO_FORMATS: dict[str, tuple[str, str, str]] = {
     # format: (libsndfile container, subtype, content type)
     "wav": ("WAV", "PCM_16", "audio/wav"),

@@ -4,12 +4,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from leap_ray.api.common import ErrorDetail
 from leap_ray.api.musicgen import MUSICGEN_EXAMPLE
-
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-FINISHED: tuple[JobStatus, ...] = ("succeeded", "failed", "cancelled")
-
 
 # A job's input is one service's request, validated as that service's endpoint does: in the schema,
 # either request (the ingress adds both to the spec's components).
@@ -39,19 +34,3 @@ class JobSubmission(BaseModel):
         min_length=1,
         description="Which events to send: start, progress (at most one a second), completed.",
     )
-
-
-class JobView(BaseModel):
-    id: str = Field(description="The job's id.")
-    service: Literal["sdxl", "musicgen"] = Field(description="Which model runs the job.")
-    status: JobStatus = Field(description="queued, running, succeeded, failed or cancelled.")
-    cancel_requested: bool = Field(description="A DELETE arrived; a running job stops at its next step.")
-    created_at: float = Field(description="Unix time the job was accepted.")
-    started_at: float | None = Field(description="Unix time a runner first started it.")
-    finished_at: float | None = Field(description="Unix time it ended.")
-    progress: dict[str, Any] | None = Field(
-        description="The last progress: {step, total, timestep} for SDXL, {seconds, total} for MusicGen."
-    )
-    error: ErrorDetail | None = Field(description="Why it failed, in the service's error shape.")
-    outputs: list[str] = Field(description="URLs of the outputs, once it succeeded.")
-    url: str = Field(description="This job's URL: GET to poll, DELETE to cancel.")

@@ -8,8 +8,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 
-from leap_ray.api.audio import AudioFormat, AudioLimits, DecodedAudio, decode_audio
+from leap_ray.api.audio import AudioLimits, DecodedAudio, decode_audio
 from leap_ray.api.common import MAX_SEED, FiniteFloat, capped, prompt_text
+from leap_ray.api.responses import AudioFormat, MusicGenResponse
 from leap_ray.config import LIMITS
 from leap_ray.errors import InvalidRequest
 
@@ -124,16 +125,7 @@ class MusicGenOutput:
     batch_size: int
 
 
-class MusicGenResponse(BaseModel):
-    audio: str = Field(description="Base64 of the encoded track.")
-    format: AudioFormat = Field(description="The audio container and codec (the request's format).")
-    sample_rate: int = Field(description="Samples per second (32000 for MusicGen).")
-    duration: float = Field(description="Length in seconds.")
-    seed: int = Field(description="The seed that reproduces this track.")
-    timings: dict[str, float] = Field(description="Seconds spent per stage (e.g. generate_s, encode_s).")
-    batch_size: int = Field(description="Tracks generated together with this one.")
-
-    @classmethod
-    def from_output(cls, output: MusicGenOutput) -> "MusicGenResponse":
-        fields = {name: getattr(output, name) for name in cls.model_fields if name != "audio"}
-        return cls(audio=base64.b64encode(output.audio).decode(), **fields)
+def musicgen_response(output: MusicGenOutput) -> MusicGenResponse:
+    """The JSON answer of /v1/musicgen for a model's output."""
+    fields = {name: getattr(output, name) for name in MusicGenResponse.model_fields if name != "audio"}
+    return MusicGenResponse(audio=base64.b64encode(output.audio).decode(), **fields)

@@ -5,7 +5,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from leap_ray.api.jobs import SERVICE_INPUT, JobStatus
+from leap_ray.api.jobs import SERVICE_INPUT
+from leap_ray.api.responses import JobStatus
 from leap_ray.api.sdxl import SDXL_EXAMPLE
 
 PREDICTION_ID = r"^[A-Za-z0-9_.-]{1,64}$"

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, model_validat
 from pydantic.json_schema import SkipJsonSchema
 
 from leap_ray.api.common import MAX_SEED, FiniteFloat, capped, offset_seed, prompt_text
+from leap_ray.api.responses import SDXLImage, SDXLResponse
 from leap_ray.api.tensors import TensorInput
 from leap_ray.config import LIMITS
 from leap_ray.errors import InvalidRequest
@@ -459,24 +460,13 @@ class SDXLOutput:
         )
 
 
-class SDXLImage(BaseModel):
-    data: str = Field(description="Base64 of the encoded image.")
-    format: Literal["png", "jpeg", "webp"] = Field(description="The image format (the request's).")
-    seed: int = Field(description="The seed that reproduces this image.")
-
-
-class SDXLResponse(BaseModel):
-    images: list[SDXLImage] = Field(description="The images, in prompt order, each prompt's together.")
-    timings: dict[str, float] = Field(description="Seconds spent encoding prompts and generating.")
-    batch_size: int = Field(description="Images in the pipeline call that served this request.")
-
-    @classmethod
-    def from_output(cls, output: SDXLOutput) -> "SDXLResponse":
-        return cls(
-            images=[
-                SDXLImage(data=base64.b64encode(data).decode(), format=output.format, seed=seed)
-                for data, seed in zip(output.images, output.seeds, strict=True)
-            ],
-            timings=output.timings,
-            batch_size=output.batch_size,
-        )
+def sdxl_response(output: SDXLOutput) -> SDXLResponse:
+    """The JSON answer of /v1/sdxl for a model's output."""
+    return SDXLResponse(
+        images=[
+            SDXLImage(data=base64.b64encode(data).decode(), format=output.format, seed=seed)
+            for data, seed in zip(output.images, output.seeds, strict=True)
+        ],
+        timings=output.timings,
+        batch_size=output.batch_size,
+    )

@@ -4,7 +4,7 @@ fixing, the one retry rule for a replica that died, and the mapping of every fai
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,9 +12,10 @@ from pydantic import BaseModel
 from ray.serve.handle import DeploymentHandle
 
 from leap_ray.api.common import with_seed
-from leap_ray.api.musicgen import MusicGenOutput, MusicGenRequest, MusicGenResponse
+from leap_ray.api.musicgen import MusicGenOutput, MusicGenRequest, musicgen_response
 from leap_ray.api.progress import Progress
-from leap_ray.api.sdxl import SDXLOutput, SDXLRequest, SDXLResponse
+from leap_ray.api.responses import MusicGenResponse, SDXLResponse
+from leap_ray.api.sdxl import SDXLOutput, SDXLRequest, sdxl_response
 from leap_ray.config import IngressSettings
 from leap_ray.serve.bodies import validate_off_loop
 from leap_ray.serve.errors import REPLICA_FAILURES, as_leap_error
@@ -25,16 +26,17 @@ Output = SDXLOutput | MusicGenOutput
 
 @dataclass(frozen=True)
 class Service:
-    """A model the service offers: its name in URLs and jobs, and its request and response types."""
+    """A model the service offers: its name in URLs and jobs, its request type, and how a model's
+    output becomes its JSON answer."""
 
     name: str
     request_type: type[BaseModel]
-    response_type: type[SDXLResponse] | type[MusicGenResponse]
+    response: Callable[[Any], SDXLResponse | MusicGenResponse]
 
 
 SERVICES = {
-    "sdxl": Service("sdxl", SDXLRequest, SDXLResponse),
-    "musicgen": Service("musicgen", MusicGenRequest, MusicGenResponse),
+    "sdxl": Service("sdxl", SDXLRequest, sdxl_response),
+    "musicgen": Service("musicgen", MusicGenRequest, musicgen_response),
 }
 
 

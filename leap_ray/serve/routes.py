@@ -12,9 +12,10 @@ from ray import serve
 from leap_ray.api.audio import AUDIO_FORMATS, content_type
 from leap_ray.api.common import EVENT_STREAM, ErrorResponse
 from leap_ray.api.images import CONTENT_TYPES
-from leap_ray.api.musicgen import MusicGenRequest, MusicGenResponse
+from leap_ray.api.musicgen import MusicGenRequest, musicgen_response
 from leap_ray.api.progress import Progress, progress_json
-from leap_ray.api.sdxl import SDXLRequest, SDXLResponse
+from leap_ray.api.responses import MusicGenResponse, SDXLResponse
+from leap_ray.api.sdxl import SDXLRequest, sdxl_response
 from leap_ray.errors import NotAcceptable
 from leap_ray.serve.bodies import read_body
 from leap_ray.serve.errors import as_leap_error
@@ -97,7 +98,7 @@ async def event_stream(gateway: ModelGateway, service: str, request: Any) -> Str
     generated second (MusicGen: seconds, total), then `result` with the JSON response, or `error`.
     Bad input is still a plain 422, before the stream starts."""
     request = await gateway.prepare(service, request)
-    response_type = SERVICES[service].response_type
+    response = SERVICES[service].response
 
     async def events() -> AsyncIterator[str]:
         try:
@@ -105,7 +106,7 @@ async def event_stream(gateway: ModelGateway, service: str, request: Any) -> Str
                 if isinstance(event, Progress):
                     yield sse("progress", progress_json(event))
                 else:
-                    yield sse("result", response_type.from_output(event).model_dump())
+                    yield sse("result", response(event).model_dump())
         except Exception as error:
             yield sse("error", as_leap_error(error).body())
 
@@ -149,7 +150,7 @@ def generation_routes(gateway: ModelGateway) -> APIRouter:
         if image_format is not None:
             headers = {"X-Seed": str(output.seeds[0])}
             return Response(output.images[0], media_type=CONTENT_TYPES[image_format], headers=headers)
-        return JSONResponse(SDXLResponse.from_output(output).model_dump())
+        return JSONResponse(sdxl_response(output).model_dump())
 
     @router.post(
         "/v1/musicgen",
@@ -172,7 +173,7 @@ def generation_routes(gateway: ModelGateway) -> APIRouter:
         if audio_format is not None:
             headers = {"X-Seed": str(output.seed), "X-Sample-Rate": str(output.sample_rate)}
             return Response(output.audio, media_type=content_type(audio_format), headers=headers)
-        return JSONResponse(MusicGenResponse.from_output(output).model_dump())
+        return JSONResponse(musicgen_response(output).model_dump())
 
     return router
 

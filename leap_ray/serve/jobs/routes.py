@@ -5,7 +5,8 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 
-from leap_ray.api.jobs import JobStatus, JobSubmission, JobView
+from leap_ray.api.jobs import JobSubmission
+from leap_ray.api.responses import JobStatus, JobView
 from leap_ray.errors import NotFound
 from leap_ray.serve.bodies import read_body
 from leap_ray.serve.jobs.service import Jobs, job_view

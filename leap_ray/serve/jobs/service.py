@@ -10,9 +10,10 @@ from typing import Any
 
 from leap_ray.api.audio import content_type
 from leap_ray.api.images import CONTENT_TYPES
-from leap_ray.api.jobs import FINISHED, JobSubmission, JobView
+from leap_ray.api.jobs import JobSubmission
 from leap_ray.api.predictions import prediction_view
 from leap_ray.api.progress import Progress, progress_json
+from leap_ray.api.responses import FINISHED, JobView
 from leap_ray.api.sdxl import SDXLOutput
 from leap_ray.config import JobsSettings
 from leap_ray.errors import NotFound, Overloaded

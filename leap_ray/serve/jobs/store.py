@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from leap_ray.api.jobs import FINISHED, JobStatus
+from leap_ray.api.responses import FINISHED, JobStatus
 
 
 @dataclass

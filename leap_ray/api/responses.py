@@ -1,0 +1,50 @@
+"""What the service answers, as pydantic models that need nothing heavy (no torch, Ray or diffusers):
+the light client (`leap_ray.client`) and the server share them."""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from leap_ray.api.common import ErrorDetail
+
+AudioFormat = Literal["wav", "flac", "ogg", "mp3"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+FINISHED: tuple[JobStatus, ...] = ("succeeded", "failed", "cancelled")
+
+
+class SDXLImage(BaseModel):
+    data: str = Field(description="Base64 of the encoded image.")
+    format: Literal["png", "jpeg", "webp"] = Field(description="The image format (the request's).")
+    seed: int = Field(description="The seed that reproduces this image.")
+
+
+class SDXLResponse(BaseModel):
+    images: list[SDXLImage] = Field(description="The images, in prompt order, each prompt's together.")
+    timings: dict[str, float] = Field(description="Seconds spent encoding prompts and generating.")
+    batch_size: int = Field(description="Images in the pipeline call that served this request.")
+
+
+class MusicGenResponse(BaseModel):
+    audio: str = Field(description="Base64 of the encoded track.")
+    format: AudioFormat = Field(description="The audio container and codec (the request's format).")
+    sample_rate: int = Field(description="Samples per second (32000 for MusicGen).")
+    duration: float = Field(description="Length in seconds.")
+    seed: int = Field(description="The seed that reproduces this track.")
+    timings: dict[str, float] = Field(description="Seconds spent per stage (e.g. generate_s, encode_s).")
+    batch_size: int = Field(description="Tracks generated together with this one.")
+
+
+class JobView(BaseModel):
+    id: str = Field(description="The job's id.")
+    service: Literal["sdxl", "musicgen"] = Field(description="Which model runs the job.")
+    status: JobStatus = Field(description="queued, running, succeeded, failed or cancelled.")
+    cancel_requested: bool = Field(description="A DELETE arrived; a running job stops at its next step.")
+    created_at: float = Field(description="Unix time the job was accepted.")
+    started_at: float | None = Field(description="Unix time a runner first started it.")
+    finished_at: float | None = Field(description="Unix time it ended.")
+    progress: dict[str, Any] | None = Field(
+        description="The last progress: {step, total, timestep} for SDXL, {seconds, total} for MusicGen."
+    )
+    error: ErrorDetail | None = Field(description="Why it failed, in the service's error shape.")
+    outputs: list[str] = Field(description="URLs of the outputs, once it succeeded.")
+    url: str = Field(description="This job's URL: GET to poll, DELETE to cancel.")
