@@ -2,11 +2,18 @@
 
 import argparse
 import base64
+import json
 import os
 import signal
 import sys
 import threading
+from importlib.metadata import version
 from pathlib import Path
+from typing import NoReturn
+
+import httpx
+
+from leap_ray.client import LeapRayClient, ServiceError
 
 EXAMPLE_BODY = (
     '{"prompt": "a lighthouse at dawn", "height": 256, "width": 256, "num_inference_steps": 20, "seed": 1}'
@@ -55,49 +62,128 @@ def _serve(args: argparse.Namespace) -> None:
         stop_local_ray()
 
 
-class ProgressBar:
-    """A one-line progress bar on stderr, fed by the service's progress events."""
+class Progress:
+    """Progress from the service's events: a tqdm bar with ETA on a terminal, plain lines at every
+    tenth of the work otherwise (logs, pipes)."""
 
     def __init__(self, label: str) -> None:
-        self.label = label
+        self.label, self.bar, self.reported = label, None, -1
 
     def __call__(self, event: dict) -> None:
         done, total = (
             (event["step"], event["total"]) if "step" in event else (event["seconds"], event["total"])
         )
-        filled = int(30 * done / total) if total else 30
-        print(
-            f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {done:g}/{total:g}",
-            end="",
-            file=sys.stderr,
+        if not sys.stderr.isatty():
+            if (tenth := int(10 * done / total) if total else 10) > self.reported:
+                self.reported = tenth
+                print(f"{self.label}: {done:g}/{total:g}", file=sys.stderr, flush=True)
+            return
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.label, unit="step" if "step" in event else "s")
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+IMAGE_FORMATS = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}
+AUDIO_FORMATS = {"wav": "wav", "flac": "flac", "ogg": "ogg", "mp3": "mp3"}
+
+
+def _output_format(args: argparse.Namespace) -> str:
+    """--format, else the output file's extension, else png / wav."""
+    formats = IMAGE_FORMATS if args.kind == "image" else AUDIO_FORMATS
+    named = args.format or (Path(args.output).suffix.lower().lstrip(".") if args.output != "-" else "")
+    chosen = formats.get(named or next(iter(formats)))
+    if chosen is None:
+        raise UsageError(f"cannot write {args.kind}s as {named!r}; use one of: {', '.join(formats)}")
+    return chosen
+
+
+def _request(args: argparse.Namespace) -> dict:
+    """The service request the flags describe (only the flags given; the service's defaults rest)."""
+    flags = {
+        "seed": args.seed,
+        "negative_prompt": args.negative_prompt,
+        "guidance_scale": args.guidance,
+    }
+    if args.kind == "image":
+        flags.update(
+            height=args.height,
+            width=args.width,
+            num_inference_steps=args.steps,
+            scheduler=args.scheduler,
+            num_images_per_prompt=args.images,
+            output_format=_output_format(args),
         )
+    else:
+        flags.update(duration=args.duration, format=_output_format(args))
+        if args.melody:
+            flags["melody"] = base64.b64encode(Path(args.melody).read_bytes()).decode()
+        flags.pop("negative_prompt")
+    return {"prompt": args.prompt, **{name: value for name, value in flags.items() if value is not None}}
+
+
+def _outputs(client: LeapRayClient, args: argparse.Namespace, request: dict) -> list[tuple[bytes, int]]:
+    """(bytes, seed) of each output, generated directly or as a job (--job)."""
+    service = "sdxl" if args.kind == "image" else "musicgen"
+    if args.job:
+        job = client.wait_job(client.submit_job(service, request).id)
+        if job.status != "succeeded":
+            raise UsageError(f"job {job.id} {job.status}: {job.error.message if job.error else ''}")
+        seed = request.get("seed")
+        return [(client.job_output(job, index), seed) for index in range(len(job.outputs))]
+    progress = Progress(args.kind)
+    try:
+        if args.kind == "image":
+            images = client.generate_image(request, on_progress=progress).images
+            return [(base64.b64decode(image.data), image.seed) for image in images]
+        track = client.generate_music(request, on_progress=progress)
+        return [(base64.b64decode(track.audio), track.seed)]
+    finally:
+        progress.close()
+
+
+def _paths(output: str, count: int) -> list[str]:
+    """The files to write: the output itself, or name-0.ext, name-1.ext... for several."""
+    if count == 1 or output == "-":
+        return [output] * count
+    path = Path(output)
+    return [str(path.with_name(f"{path.stem}-{index}{path.suffix}")) for index in range(count)]
 
 
 def _generate(args: argparse.Namespace) -> None:
-    """Generates against a running service and writes the output file."""
+    """Generates against a running service and writes the outputs (`-o -`: to stdout)."""
     from leap_ray.client import LeapRayClient
 
-    client = LeapRayClient(args.url, api_key=args.api_key)
-    extension = Path(args.output).suffix.lower().lstrip(".")
-    seed = {"seed": args.seed} if args.seed is not None else {}
-    if args.kind == "image":
-        image_format = {"jpg": "jpeg"}.get(extension, extension or "png")
-        request = {"prompt": args.prompt, "height": args.height, "width": args.width, **seed}
-        request.update(num_inference_steps=args.steps, output_format=image_format)
-        response = client.generate_image(request, on_progress=ProgressBar("image"))
-        data, seed_used = base64.b64decode(response.images[0].data), response.images[0].seed
+    request = _request(args)
+    with LeapRayClient(args.url, api_key=args.api_key) as client:
+        outputs = _outputs(client, args, request)
+    written = []
+    for (data, seed), path in zip(outputs, _paths(args.output, len(outputs)), strict=True):
+        if path == "-":
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        else:
+            Path(path).write_bytes(data)
+        written.append({"path": path, "seed": seed, "bytes": len(data)})
+    if args.json:
+        print(json.dumps({"outputs": written}), file=sys.stderr if args.output == "-" else sys.stdout)
     else:
-        request = {"prompt": args.prompt, "duration": args.duration, "format": extension or "wav", **seed}
-        if args.melody:
-            request["melody"] = base64.b64encode(Path(args.melody).read_bytes()).decode()
-        response = client.generate_music(request, on_progress=ProgressBar("music"))
-        data, seed_used = base64.b64decode(response.audio), response.seed
-    Path(args.output).write_bytes(data)
-    print(f"\nwrote {args.output} (seed {seed_used})", file=sys.stderr)
+        for item in written:
+            print(f"wrote {item['path']} (seed {item['seed']})", file=sys.stderr)
+
+
+class UsageError(Exception):
+    """A mistake of the user's: said on one line, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leap-ray", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('leap-ray')}")
     commands = parser.add_subparsers(dest="command", required=True)
     tiny = commands.add_parser("tiny-models", help="write the tiny random-weight models (offline, seconds)")
     tiny.add_argument("directory", help="folder to write them into, one subfolder per model")
@@ -116,23 +202,53 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("kind", choices=["image", "music"])
     generate.add_argument("prompt")
     generate.add_argument(
-        "-o", "--output", required=True, help="file to write; its extension sets the format"
+        "-o", "--output", required=True, help="file to write (its extension sets the format), or - for stdout"
     )
+    generate.add_argument("--format", help="png, jpeg or webp; wav, flac, ogg or mp3 (default: from -o)")
     generate.add_argument("--seed", type=int)
-    generate.add_argument("--width", type=int, default=1024)
-    generate.add_argument("--height", type=int, default=1024)
-    generate.add_argument("--steps", type=int, default=50, help="denoising steps (images)")
-    generate.add_argument("--duration", type=float, default=10.0, help="seconds (music)")
+    generate.add_argument("--negative-prompt", help="what the image should not show")
+    generate.add_argument("--guidance", type=float, help="guidance scale")
+    generate.add_argument("--width", type=int, help="pixels (images; the service's default: 1024)")
+    generate.add_argument("--height", type=int, help="pixels (images; the service's default: 1024)")
+    generate.add_argument("--steps", type=int, help="denoising steps (images)")
+    generate.add_argument("--scheduler", help="the sampler, e.g. euler, ddim, dpm++ (images)")
+    generate.add_argument("--images", type=int, help="images for the prompt; files name-0.png, name-1.png...")
+    generate.add_argument("--duration", type=float, help="seconds (music; the service's default: 10)")
     generate.add_argument("--melody", help="audio file whose melody guides the music")
-    generate.add_argument("--url", default="http://127.0.0.1:8000", help="the service")
+    generate.add_argument("--job", action="store_true", help="submit as a job and wait for it")
+    generate.add_argument("--json", action="store_true", help="print what was written as JSON")
+    generate.add_argument(
+        "--url", default=os.environ.get("LEAP_RAY_URL", "http://127.0.0.1:8000"), help="or LEAP_RAY_URL"
+    )
     generate.add_argument("--api-key", default=os.environ.get("LEAP_RAY_API_KEY"), help="or LEAP_RAY_API_KEY")
     generate.set_defaults(run=_generate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Runs a command; a user's mistake, an error answer or an unreachable service is said on one
+    line with a non-zero exit status, never as a traceback."""
     args = build_parser().parse_args(argv)
-    args.run(args)
+    try:
+        args.run(args)
+    except UsageError as error:
+        _fail(str(error), 2)
+    except ServiceError as error:
+        named = f" ({error.param})" if error.param else ""
+        _fail(f"the service answered {error.status_code}: {error.message}{named}", 1)
+    except httpx.HTTPError as error:
+        _fail(f"cannot reach the service at {args.url}: {error}", 1)
+    except OSError as error:
+        _fail(f"{error.strerror or error}: {error.filename}" if error.filename else str(error), 2)
+    except ModuleNotFoundError as error:
+        _fail(f"{error}; `leap-ray {args.command}` needs the service: pip install 'leap-ray[serve]'", 2)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+
+
+def _fail(message: str, status: int) -> NoReturn:
+    print(f"leap-ray: error: {message}", file=sys.stderr)
+    raise SystemExit(status)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 import asyncio
 import io
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,3 +92,61 @@ def test_the_cli_writes_a_wav_guided_by_a_melody_file(graph, tmp_path):
     assert "2/2" in done.stderr
     samples, rate = soundfile.read(tmp_path / "out.wav")
     assert (len(samples), rate) == (64_000, 32_000)
+
+
+def test_the_cli_takes_the_generation_flags_and_writes_to_stdout_or_several_files(graph, tmp_path):
+    flags = ["--seed", "5", "--width", "64", "--height", "64", "--steps", "2", "--url", graph.url]
+    flags += ["--negative-prompt", "fog", "--guidance", "4", "--scheduler", "euler"]
+    piped = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "leap_ray.cli",
+            "generate",
+            "image",
+            "a",
+            "-o",
+            "-",
+            "--format",
+            "webp",
+            *flags,
+        ],
+        capture_output=True,
+        timeout=300,
+        check=True,
+    )
+    assert Image.open(io.BytesIO(piped.stdout)).format == "WEBP"
+    several = cli("image", "a", "-o", str(tmp_path / "set.png"), "--images", "2", "--json", *flags)
+    written = json.loads(several.stdout)["outputs"]
+    assert [(Path(item["path"]).name, item["seed"]) for item in written] == [
+        ("set-0.png", 5),
+        ("set-1.png", 6),
+    ]
+    assert all(Image.open(item["path"]).size == (64, 64) for item in written)
+    as_job = cli("image", "a", "-o", str(tmp_path / "job.png"), "--job", *flags)
+    assert "seed 5" in as_job.stderr and Image.open(tmp_path / "job.png").format == "PNG"
+
+
+def test_the_cli_says_a_service_error_on_one_line_naming_the_field(graph, tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "leap_ray.cli",
+            "generate",
+            "image",
+            "a",
+            "-o",
+            str(tmp_path / "x.png"),
+            "--width",
+            "100",
+            "--url",
+            graph.url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("leap-ray: error: the service answered 422")
+    assert "(width)" in done.stderr
