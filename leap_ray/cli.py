@@ -134,8 +134,11 @@ def _outputs(client: LeapRayClient, args: argparse.Namespace, request: dict) -> 
         job = client.wait_job(client.submit_job(service, request).id)
         if job.status != "succeeded":
             raise UsageError(f"job {job.id} {job.status}: {job.error.message if job.error else ''}")
-        seed = request.get("seed")
-        return [(client.job_output(job, index), seed) for index in range(len(job.outputs))]
+        seed = request.get("seed")  # a job's record does not carry the seed it fixed
+        return [
+            (client.job_output(job, index), None if seed is None else seed + index)
+            for index in range(len(job.outputs))
+        ]
     progress = Progress(args.kind)
     try:
         if args.kind == "image":
@@ -174,7 +177,8 @@ def _generate(args: argparse.Namespace) -> None:
         print(json.dumps({"outputs": written}), file=sys.stderr if args.output == "-" else sys.stdout)
     else:
         for item in written:
-            print(f"wrote {item['path']} (seed {item['seed']})", file=sys.stderr)
+            seed = f" (seed {item['seed']})" if item["seed"] is not None else ""
+            print(f"wrote {item['path']}{seed}", file=sys.stderr)
 
 
 class UsageError(Exception):
