@@ -25,7 +25,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from benchmarks.common import RESULTS, open_loop, print_table, write_results
+from benchmarks.common import RESULTS, print_table, write_results
+from leap_ray.loadtest import open_loop
 from leap_ray.testing.cluster import (
     deploy_and_wait,
     free_port,

@@ -2,23 +2,19 @@
 and JSON results. Each script prints a table and writes benchmarks/results/<name>.json."""
 
 import argparse
-import asyncio
 import copy
 import json
 import os
 import platform
-import random
 import socket
 import time
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import torch
 import yaml
 
@@ -67,55 +63,6 @@ def models(args: argparse.Namespace) -> dict[str, str]:
 def machine() -> dict[str, Any]:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return {"cpus": os.cpu_count(), "gpu": gpu, "torch": torch.__version__, "platform": platform.platform()}
-
-
-def percentiles(seconds: list[float]) -> dict[str, float]:
-    values = np.asarray(seconds) * 1000
-    return {f"p{q}_ms": float(np.percentile(values, q)) for q in (50, 95, 99)} if len(values) else {}
-
-
-# The next request of an open loop: (path, JSON body, the latency class it counts in).
-NextRequest = Callable[[random.Random, int], tuple[str, dict, str]]
-
-
-async def open_loop(
-    url: str, rate: float, seconds: float, rng: random.Random, next_request: NextRequest, drain_s: float
-) -> dict[str, Any]:
-    """Sends `next_request`s at Poisson arrival times for `seconds` whatever the answers, then waits
-    (at most `drain_s`) for them. Returns what was sent, 200s per second, every status, and latency
-    percentiles per class. Loopback only; bounded in count and time."""
-    latencies: dict[str, list[float]] = defaultdict(list)
-    statuses: Counter[str] = Counter()
-
-    async def one(client: httpx.AsyncClient, path: str, body: dict, kind: str) -> None:
-        started = time.perf_counter()
-        try:
-            response = await client.post(f"{url}{path}", json=body)
-        except httpx.HTTPError as error:
-            statuses[type(error).__name__] += 1
-            return
-        statuses[str(response.status_code)] += 1
-        if response.status_code == 200:
-            latencies[kind].append(time.perf_counter() - started)
-
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-    async with httpx.AsyncClient(timeout=drain_s, limits=limits) as client:
-        tasks, started = [], time.perf_counter()
-        next_at = rng.expovariate(rate)
-        while next_at < seconds:
-            await asyncio.sleep(max(0.0, next_at - (time.perf_counter() - started)))
-            tasks.append(asyncio.create_task(one(client, *next_request(rng, len(tasks)))))
-            next_at += rng.expovariate(rate)
-        await asyncio.wait(tasks, timeout=drain_s)
-        elapsed = time.perf_counter() - started
-    return {
-        "sent": len(tasks),
-        "elapsed_s": elapsed,
-        "ok_per_s": statuses.get("200", 0) / elapsed,
-        "done": {kind: len(values) for kind, values in latencies.items()},
-        "statuses": dict(statuses),
-        "latency": {kind: percentiles(values) for kind, values in latencies.items()},
-    }
 
 
 def closed_loop(url: str, body: dict, units: float, concurrency: int, seconds: float) -> tuple[float, int]:

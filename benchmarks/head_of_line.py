@@ -20,10 +20,10 @@ from benchmarks.common import (
     arguments,
     graph,
     models,
-    percentiles,
     print_table,
     write_results,
 )
+from leap_ray.loadtest import percentiles
 
 ROUNDS = 5
 SIZE = {"height": 128, "width": 128}

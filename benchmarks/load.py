@@ -16,10 +16,10 @@ from benchmarks.common import (
     arguments,
     graph,
     models,
-    open_loop,
     print_table,
     write_results,
 )
+from leap_ray.loadtest import open_loop
 
 SDXL_SHARE = 0.7
 DRAIN_S = 120.0

@@ -20,10 +20,10 @@ from benchmarks.common import (
     closed_loop,
     graph,
     models,
-    percentiles,
     print_table,
     write_results,
 )
+from leap_ray.loadtest import percentiles
 
 ROUNDS = 40
 

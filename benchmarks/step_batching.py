@@ -16,15 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from benchmarks.common import (
-    NextRequest,
     application,
     arguments,
     graph,
     models,
-    open_loop,
     print_table,
     write_results,
 )
+from leap_ray.loadtest import NextRequest, open_loop
 
 MODES = ("request", "step")
 LOADS = (0.5, 0.8, 1.1)

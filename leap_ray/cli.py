@@ -1,9 +1,11 @@
 """The `leap-ray` command."""
 
 import argparse
+import asyncio
 import base64
 import json
 import os
+import random
 import signal
 import sys
 import threading
@@ -181,6 +183,45 @@ def _generate(args: argparse.Namespace) -> None:
             print(f"wrote {item['path']}{seed}", file=sys.stderr)
 
 
+def _loadtest(args: argparse.Namespace) -> None:
+    """Open-loop load against a running service: a table on stdout, the whole result as JSON."""
+    from leap_ray import loadtest
+
+    try:
+        classes = [loadtest.parse_mix(spec) for spec in args.mix or DEFAULT_MIX]
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if not 0 < args.duration <= MAX_LOADTEST_S or not 0 < args.rate <= MAX_RATE:
+        raise UsageError(f"--duration must be in (0, {MAX_LOADTEST_S}] s and --rate in (0, {MAX_RATE}]/s")
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
+    run = loadtest.open_loop(
+        args.url.rstrip("/"),
+        args.rate,
+        args.duration,
+        random.Random(args.seed),
+        loadtest.mixed(classes),
+        args.drain,
+        ramp_to=args.ramp_to,
+        headers=headers,
+    )
+    result = {
+        "url": args.url,
+        "rate": args.rate,
+        "ramp_to": args.ramp_to,
+        "duration_s": args.duration,
+        "mix": [vars(c) for c in classes],
+        **asyncio.run(run),
+    }
+    print(loadtest.report(result, classes))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.out}", file=sys.stderr)
+
+
+DEFAULT_MIX = ["sdxl:1024x1024:30=3", "musicgen:10=1"]
+MAX_LOADTEST_S, MAX_RATE = 3600.0, 1000.0
+
+
 class UsageError(Exception):
     """A mistake of the user's: said on one line, exit status 2."""
 
@@ -226,6 +267,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--api-key", default=os.environ.get("LEAP_RAY_API_KEY"), help="or LEAP_RAY_API_KEY")
     generate.set_defaults(run=_generate)
+    load = commands.add_parser("loadtest", help="open-loop load against a running service")
+    load.add_argument(
+        "--url", default=os.environ.get("LEAP_RAY_URL", "http://127.0.0.1:8000"), help="or LEAP_RAY_URL"
+    )
+    load.add_argument("--api-key", default=os.environ.get("LEAP_RAY_API_KEY"), help="or LEAP_RAY_API_KEY")
+    load.add_argument("--rate", type=float, default=1.0, help="requests per second (Poisson arrivals)")
+    load.add_argument("--ramp-to", type=float, help="ramp the rate linearly to this by the end")
+    load.add_argument("--duration", type=float, default=60.0, help="seconds of arrivals (at most 3600)")
+    load.add_argument(
+        "--mix",
+        action="append",
+        help="a request class, repeatable: sdxl[:WxH[:STEPS]]=WEIGHT or musicgen[:SECONDS]=WEIGHT "
+        f"(default: {' '.join(DEFAULT_MIX)})",
+    )
+    load.add_argument("--drain", type=float, default=900.0, help="seconds to wait for answers after the last")
+    load.add_argument("--seed", type=int, default=0, help="seeds the arrivals and the mix")
+    load.add_argument("--out", help="write the result as JSON here")
+    load.set_defaults(run=_loadtest)
     return parser
 
 

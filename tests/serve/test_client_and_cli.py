@@ -150,3 +150,23 @@ def test_the_cli_says_a_service_error_on_one_line_naming_the_field(graph, tmp_pa
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("leap-ray: error: the service answered 422")
     assert "(width)" in done.stderr
+
+
+def test_a_short_load_test_against_the_graph(graph, tmp_path):
+    command = [
+        sys.executable,
+        "-m",
+        "leap_ray.cli",
+        "loadtest",
+        "--url",
+        graph.url,
+        "--rate",
+        "3",
+        "--duration",
+        "3",
+    ]
+    command += ["--mix", "sdxl:64x64:2=1", "--mix", "musicgen:1=1", "--out", str(tmp_path / "load.json")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    result = json.loads((tmp_path / "load.json").read_text())
+    assert result["sent"] > 3 and result["statuses"] == {"200": result["sent"]}
+    assert set(result["done"]) == {"sdxl:64x64:2", "musicgen:1"} and "p99 ms" in done.stdout
