@@ -104,13 +104,19 @@ class JobsSettings(BaseModel):
     store: Literal["sqlite", "redis"] = Field(
         "sqlite", description="sqlite: one file, for one machine; redis: for ingress replicas on many nodes."
     )
-    store_path: str = Field(
-        "~/.cache/leap_ray/jobs/jobs.sqlite3", description="SQLite file shared by the ingress replicas."
+    store_path: str | None = Field(
+        None,
+        description="SQLite file shared by the ingress replicas; default: "
+        "~/.cache/leap_ray/jobs/<application>/jobs.sqlite3, one per application.",
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="The Redis server, with store: redis.")
-    output_dir: str = Field(
-        "~/.cache/leap_ray/jobs/outputs",
-        description="Folder of the jobs' outputs; on many nodes, a filesystem they all mount.",
+    output_dir: str | None = Field(
+        None,
+        description="Folder of the jobs' outputs; on many nodes, a filesystem they all mount. Default: "
+        "~/.cache/leap_ray/jobs/<application>/outputs.",
+    )
+    redis_prefix: str | None = Field(
+        None, description="Prefix of the job keys in Redis; default: leap_ray:<application>:."
     )
     max_concurrent_jobs: int = Field(16, ge=1, description="Jobs one ingress replica runs at once.")
     stale_after_s: float = Field(
@@ -139,6 +145,17 @@ class JobsSettings(BaseModel):
         256, ge=1, description="Jobs waiting to run, over all ingress replicas; more get 503 + Retry-After."
     )
 
+    def for_application(self, name: str) -> "JobsSettings":
+        """These settings with the defaults that depend on the application filled in, so that two
+        applications (on one machine, or one Redis) never share jobs."""
+        folder = f"~/.cache/leap_ray/jobs/{name}"
+        defaults = {
+            "store_path": f"{folder}/jobs.sqlite3",
+            "output_dir": f"{folder}/outputs",
+            "redis_prefix": f"leap_ray:{name}:",
+        }
+        return self.model_copy(update={key: getattr(self, key) or value for key, value in defaults.items()})
+
     def webhook_secret(self) -> bytes:
         """The key: the file's bytes, or, for a Standard Webhooks secret (`whsec_<base64>`, what
         receivers' libraries take), the bytes it encodes."""
@@ -158,6 +175,11 @@ class IngressSettings(BaseModel):
     api_keys_file: str | None = Field(
         None,
         description="A file of bearer keys, one per line. Without it and LEAP_RAY_API_KEYS_FILE: no auth.",
+    )
+    admin_api_keys_file: str | None = Field(
+        None,
+        description="A file of admin bearer keys, one per line: they may do what any key may and see "
+        "every key's jobs (a job is otherwise seen only with the key that created it).",
     )
     jobs: JobsSettings = JobsSettings()
     replica_failure_retries: int = Field(
@@ -179,12 +201,19 @@ class IngressSettings(BaseModel):
         "per this many bytes received (slow-loris clients cannot hold ingress slots).",
     )
 
+    def load_admin_keys(self) -> list[str]:
+        return _keys_in([self.admin_api_keys_file])
+
     def load_api_keys(self) -> list[str]:
         """The keys of the config's file and of the file LEAP_RAY_API_KEYS_FILE names."""
-        paths = [path for path in (self.api_keys_file, os.environ.get(API_KEYS_FILE_ENV)) if path]
-        return [
-            line.strip() for path in paths for line in Path(path).read_text().splitlines() if line.strip()
-        ]
+        return _keys_in([self.api_keys_file, os.environ.get(API_KEYS_FILE_ENV)])
+
+
+def _keys_in(paths: list[str | None]) -> list[str]:
+    """The keys of the files named, one per line."""
+    return [
+        line.strip() for path in paths if path for line in Path(path).read_text().splitlines() if line.strip()
+    ]
 
 
 class AppConfig(BaseModel):

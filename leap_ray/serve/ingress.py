@@ -73,8 +73,8 @@ def build_http_app(gateway: ModelGateway, jobs: Jobs, settings: IngressSettings)
     app.include_router(prediction_routes(jobs))
     app.include_router(health_routes(gateway))
     app.include_router(docs_routes(app.title))
-    keys = settings.load_api_keys()
-    app.openapi = lambda: openapi_schema(app, auth_on=bool(keys))  # type: ignore[method-assign]
+    keys, admin_keys = settings.load_api_keys(), settings.load_admin_keys()
+    app.openapi = lambda: openapi_schema(app, auth_on=bool(keys or admin_keys))  # type: ignore[method-assign]
     # The last added runs first: keys are checked before any body is read.
     app.add_middleware(
         RequestGuard,
@@ -83,7 +83,7 @@ def build_http_app(gateway: ModelGateway, jobs: Jobs, settings: IngressSettings)
         min_rate=settings.body_min_rate_bytes_s,
         timeout_s=settings.body_timeout_s,
     )
-    app.add_middleware(ApiKeyAuth, keys=keys)
+    app.add_middleware(ApiKeyAuth, keys=keys, admin_keys=admin_keys)
     return app
 
 
@@ -93,7 +93,8 @@ class Ingress:
     def __init__(self, sdxl: DeploymentHandle, musicgen: DeploymentHandle, settings: IngressSettings) -> None:
         self._settings = settings
         self._gateway = ModelGateway({"sdxl": sdxl, "musicgen": musicgen}, settings)
-        self._jobs = Jobs(self._gateway, settings.jobs)
+        application = serve.get_replica_context().app_name
+        self._jobs = Jobs(self._gateway, settings.jobs.for_application(application))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_http_app(self._gateway, self._jobs, self._settings)

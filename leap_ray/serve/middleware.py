@@ -3,6 +3,7 @@ reads every POST body itself: JSON only (UTF-8), at most `max_body_bytes` (refus
 the limit), and arriving at a sane pace (slow-loris clients get 408 instead of holding a slot)."""
 
 import asyncio
+import hashlib
 import hmac
 import json
 import time
@@ -44,27 +45,47 @@ async def send_error(send: Send, error: LeapRayError, headers: Iterable[tuple[by
     await send({"type": "http.response.body", "body": body})
 
 
+CLIENT = "leap_ray.client"  # in the ASGI scope: whose jobs the request may see
+
+
+def client_of(scope: Scope) -> str | None:
+    """Whose jobs a request may see: its API key's id ("" when the service has no keys: one user),
+    or None for an admin key (everyone's)."""
+    return scope.get(CLIENT, "")
+
+
+def key_id(key: bytes) -> str:
+    """A key's id in job records: a hash, so that the store never holds a key."""
+    return hashlib.sha256(key).hexdigest()[:16]
+
+
 class ApiKeyAuth:
-    """`Authorization: Bearer <key>` on every path but the open ones; keys compared in constant time."""
+    """`Authorization: Bearer <key>` on every path but the open ones; keys compared in constant time.
+    The key's id goes into the scope (`client_of`): jobs belong to the key that made them, and
+    admin keys see every job."""
 
-    def __init__(self, app: ASGIApp, keys: Iterable[str]) -> None:
+    def __init__(self, app: ASGIApp, keys: Iterable[str], admin_keys: Iterable[str] = ()) -> None:
         self.app = app
-        self.keys = [key.encode() for key in keys if key]
+        self.admin_keys = {key.encode() for key in admin_keys if key}
+        self.keys = [key.encode() for key in keys if key] + sorted(self.admin_keys)
 
-    def _allowed(self, authorization: str) -> bool:
+    def _matching(self, authorization: str) -> bytes | None:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            return False
+            return None
         token_bytes = token.strip().encode()
         # Compare with every key, so the time taken does not tell which one nearly matched.
-        return sum(hmac.compare_digest(token_bytes, key) for key in self.keys) > 0
+        matches = [key for key in self.keys if hmac.compare_digest(token_bytes, key)]
+        return matches[0] if matches else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.keys or _is_open(_path(scope)):
             return await self.app(scope, receive, send)
-        if not self._allowed(_header(scope, b"authorization")):
+        key = self._matching(_header(scope, b"authorization"))
+        if key is None:
             error = Unauthorized("a valid API key is required: Authorization: Bearer <key>")
             return await send_error(send, error, [(b"www-authenticate", b'Bearer realm="leap_ray"')])
+        scope[CLIENT] = None if key in self.admin_keys else key_id(key)
         return await self.app(scope, receive, send)
 
 

@@ -20,6 +20,7 @@ from leap_ray.serve.bodies import read_body
 from leap_ray.serve.errors import as_leap_error
 from leap_ray.serve.gateway import ModelGateway
 from leap_ray.serve.jobs.service import Jobs, job_view
+from leap_ray.serve.middleware import client_of
 from leap_ray.serve.routes import ERROR_RESPONSES, json_body, sse
 
 # SDXL's fields as OpenAI's clients name them, for the `param` of an error.
@@ -51,7 +52,8 @@ async def _by_job(jobs: Jobs, body: OpenAIImageRequest, request: Request) -> dic
     prefix = request.scope.get("root_path", "")
     first_seed = (await jobs.gateway.prepare("sdxl", body.sdxl_input())).seed
     job_input = {**body.sdxl_input(), "seed": first_seed}
-    submitted = await jobs.submit(JobSubmission(service="sdxl", input=job_input), prefix)
+    client = client_of(request.scope) or ""
+    submitted = await jobs.submit(JobSubmission(service="sdxl", input=job_input), prefix, client=client)
     job = await jobs.wait(submitted["id"])
     if job.status != "succeeded":
         raise ModelError((job.error or {}).get("message", f"the job was {job.status}"))

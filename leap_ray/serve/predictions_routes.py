@@ -17,6 +17,7 @@ from leap_ray.api.predictions import MODELS, PREDICTION_ID, PredictionRequest, p
 from leap_ray.errors import InvalidRequest, NotFound
 from leap_ray.serve.bodies import read_body
 from leap_ray.serve.jobs.service import Jobs
+from leap_ray.serve.middleware import client_of
 from leap_ray.serve.routes import ERROR_RESPONSES, json_body
 
 MAX_WAIT_S = 60.0  # Replicate's longest `Prefer: wait`
@@ -50,7 +51,7 @@ class Predictions:
         self.jobs = jobs
 
     async def view(self, job_id: str, request: Request) -> dict[str, Any]:
-        job = await self.jobs.get(job_id)
+        job = await self.jobs.get(job_id, client_of(request.scope))
         return prediction_view(job, await self.jobs.input(job_id), _base(request))
 
     async def create(
@@ -65,7 +66,12 @@ class Predictions:
         )
         prefix = request.scope.get("root_path", "")
         created = await self.jobs.submit(
-            submission, prefix, webhook_format="prediction", base=_base(request), job_id=body.id
+            submission,
+            prefix,
+            webhook_format="prediction",
+            base=_base(request),
+            job_id=body.id,
+            client=client_of(request.scope) or "",
         )
         if wait_s != 0:
             await self.jobs.wait(created["id"], wait_s)
@@ -76,7 +82,7 @@ class Predictions:
 
     async def _data_uris(self, job_id: str, output: list[str] | str) -> list[str] | str:
         """The job's outputs as data: URIs, in the shape of `output` (a list, or one)."""
-        job = await self.jobs.get(job_id)
+        job = await self.jobs.get(job_id)  # made by this request's own client just now
 
         def encode(stored: dict[str, str]) -> str:
             data = base64.b64encode(FilePath(stored["path"]).read_bytes()).decode()
@@ -164,7 +170,7 @@ def prediction_routes(jobs: Jobs) -> APIRouter:
         )
         async def cancel_prediction(request: Request, prediction_id: str = PREDICTION) -> JSONResponse:
             """A starting prediction never runs; a processing one stops at its next step."""
-            await jobs.cancel(prediction_id)
+            await jobs.cancel(prediction_id, client_of(request.scope))
             return JSONResponse(await predictions.view(prediction_id, request))
 
     return router

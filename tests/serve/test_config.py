@@ -9,7 +9,7 @@ from ray.serve._private.build_app import build_app as build_serve_app
 from ray.serve.context import _get_global_client
 from ray.serve.schema import ServeDeploySchema
 
-from leap_ray.config import AppConfig, BatchingConfig
+from leap_ray.config import AppConfig, BatchingConfig, JobsSettings
 from leap_ray.serve.app import build_app
 from leap_ray.serve.launch import load_config, local_config_path
 
@@ -103,3 +103,11 @@ def test_engine_kwargs_are_ones_the_engines_take(path):
     SDXLSpeed(**sdxl_kwargs)  # raises TypeError on an option it does not have
     inspect.signature(SDXLEngine).bind("model", **settings.sdxl.engine_kwargs)
     inspect.signature(MusicGenEngine).bind("model", **settings.musicgen.engine_kwargs)
+
+
+def test_each_application_has_its_own_job_store_by_default():
+    first, second = JobsSettings().for_application("one"), JobsSettings().for_application("two")
+    assert first.store_path != second.store_path and first.output_dir != second.output_dir
+    assert (first.redis_prefix, second.redis_prefix) == ("leap_ray:one:", "leap_ray:two:")
+    chosen = JobsSettings(store_path="/data/jobs.sqlite3").for_application("one")
+    assert chosen.store_path == "/data/jobs.sqlite3"

@@ -41,6 +41,7 @@ class StubGateway(ModelGateway):
 
 def make_app(tmp_path: Path, **settings: object) -> tuple:
     jobs = JobsSettings(store_path=str(tmp_path / "jobs.sqlite3"), output_dir=str(tmp_path / "out"))
+    jobs = jobs.for_application("test")
     ingress = IngressSettings(jobs=jobs, **settings)
     gateway = StubGateway(ingress)
     return build_http_app(gateway, Jobs(gateway, jobs), ingress), gateway

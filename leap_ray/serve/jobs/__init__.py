@@ -8,8 +8,11 @@ from leap_ray.serve.jobs.store import JobStore, SQLiteJobStore
 
 
 def open_store(settings: JobsSettings) -> JobStore:
+    """The store the settings name; their per-application defaults filled in (`for_application`)."""
     if settings.store == "redis":
         from leap_ray.serve.jobs.redis_store import RedisJobStore
 
-        return RedisJobStore(settings.redis_url, timeout_s=settings.store_timeout_s)
+        return RedisJobStore(
+            settings.redis_url, prefix=settings.redis_prefix, timeout_s=settings.store_timeout_s
+        )
     return SQLiteJobStore(Path(settings.store_path).expanduser(), timeout_s=settings.store_timeout_s)

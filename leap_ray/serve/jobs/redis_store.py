@@ -124,10 +124,18 @@ class RedisJobStore:
         webhook: dict[str, Any] | None = None,
         max_queued: int | None = None,
         job_id: str | None = None,
+        client: str = "",
     ) -> Job:
         """A new queued job; raises QueueFull when `max_queued` wait already (checked atomically).
         With a `job_id` the client chose that exists already, that job, unchanged (idempotent)."""
-        job = Job(job_id or uuid.uuid4().hex, service, "queued", created_at=time.time(), webhook=webhook)
+        job = Job(
+            job_id or uuid.uuid4().hex,
+            service,
+            "queued",
+            created_at=time.time(),
+            webhook=webhook,
+            client=client,
+        )
         fields = {
             "id": job.id,
             "service": service,
@@ -142,6 +150,7 @@ class RedisJobStore:
             "heartbeat_at": 0,
             "webhook": json.dumps(webhook) if webhook else "",
             "progress": "",
+            "client": client,
         }
         keys = [self._key(job.id), self._input_key(job.id), self.all, self.queued]
         pairs = [item for name, value in fields.items() for item in (name, value)]
@@ -170,13 +179,15 @@ class RedisJobStore:
             cancel_requested=row["cancel_requested"] == "1",
             webhook=_optional_json(row["webhook"]),
             progress=_optional_json(row["progress"]),
+            client=row.get("client", ""),
         )
 
     def input(self, job_id: str) -> dict[str, Any] | None:
         return _optional_json(self.db.get(self._input_key(job_id)) or "")
 
-    def recent(self, status: str | None = None, limit: int = 100) -> list[Job]:
-        """Newest first, a page at a time, each page's records fetched in one round trip."""
+    def recent(self, status: str | None = None, limit: int = 100, client: str | None = None) -> list[Job]:
+        """Newest first (only `status` ones and `client`'s when given), a page at a time, each page's
+        records fetched in one round trip."""
         jobs: list[Job] = []
         for start in range(0, self.db.zcard(self.all), 256):
             with self.db.pipeline(transaction=False) as pipe:
@@ -184,7 +195,7 @@ class RedisJobStore:
                     pipe.hgetall(self._key(job_id))
                 rows = pipe.execute()
             for job in map(self._job, rows):
-                if job is not None and status in (None, job.status):
+                if job is not None and status in (None, job.status) and client in (None, job.client):
                     jobs.append(job)
                     if len(jobs) == limit:
                         return jobs

@@ -10,6 +10,7 @@ from leap_ray.api.responses import JobStatus, JobView
 from leap_ray.errors import NotFound
 from leap_ray.serve.bodies import read_body
 from leap_ray.serve.jobs.service import Jobs, job_view
+from leap_ray.serve.middleware import client_of
 from leap_ray.serve.routes import ERROR_RESPONSES, json_body
 
 
@@ -35,7 +36,8 @@ def job_routes(jobs: Jobs) -> APIRouter:
         """Validates the input at once (422 naming `input.<field>`), then queues the job; 503 with
         Retry-After when `max_queued_jobs` are already waiting."""
         body = await read_body(request, JobSubmission)
-        return JSONResponse(await jobs.submit(body, _prefix(request)), status_code=202)
+        client = client_of(request.scope) or ""
+        return JSONResponse(await jobs.submit(body, _prefix(request), client=client), status_code=202)
 
     @router.get("", response_model=list[JobView], summary="Recent jobs, newest first")
     async def list_jobs(
@@ -43,17 +45,22 @@ def job_routes(jobs: Jobs) -> APIRouter:
         status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
         limit: int = Query(100, ge=1, le=1000, description="Most jobs listed (1-1000), newest first."),
     ) -> JSONResponse:
-        return JSONResponse([job_view(job, _prefix(request)) for job in await jobs.recent(status, limit)])
+        return JSONResponse(
+            [
+                job_view(job, _prefix(request))
+                for job in await jobs.recent(status, limit, client_of(request.scope))
+            ]
+        )
 
     @router.get("/{job_id}", response_model=JobView, summary="A job's state")
     async def get_job(request: Request, job_id: str = JOB_ID) -> JSONResponse:
-        return JSONResponse(job_view(await jobs.get(job_id), _prefix(request)))
+        return JSONResponse(job_view(await jobs.get(job_id, client_of(request.scope)), _prefix(request)))
 
     @router.get("/{job_id}/outputs/{index}", summary="One output's bytes")
     async def get_job_output(
-        job_id: str = JOB_ID, index: int = Path(ge=0, description="Which output, from 0.")
+        request: Request, job_id: str = JOB_ID, index: int = Path(ge=0, description="Which output, from 0.")
     ) -> FileResponse:
-        outputs = (await jobs.get(job_id)).outputs
+        outputs = (await jobs.get(job_id, client_of(request.scope))).outputs
         if not 0 <= index < len(outputs):
             raise NotFound(f"job {job_id} has no output {index}", param="index")
         return FileResponse(outputs[index]["path"], media_type=outputs[index]["content_type"])
@@ -61,6 +68,6 @@ def job_routes(jobs: Jobs) -> APIRouter:
     @router.delete("/{job_id}", response_model=JobView, summary="Cancel a job")
     async def cancel_job(request: Request, job_id: str = JOB_ID) -> JSONResponse:
         """A queued job never runs; a running one stops at its next step and frees its batch slot."""
-        return JSONResponse(job_view(await jobs.cancel(job_id), _prefix(request)))
+        return JSONResponse(job_view(await jobs.cancel(job_id, client_of(request.scope)), _prefix(request)))
 
     return router

@@ -16,7 +16,7 @@ from leap_ray.api.progress import Progress, progress_json
 from leap_ray.api.responses import FINISHED, JobView
 from leap_ray.api.sdxl import SDXLOutput
 from leap_ray.config import JobsSettings
-from leap_ray.errors import NotFound, Overloaded
+from leap_ray.errors import InvalidRequest, NotFound, Overloaded
 from leap_ray.serve.gateway import ModelGateway
 from leap_ray.serve.jobs import open_store, webhooks
 from leap_ray.serve.jobs.runner import JobRunner
@@ -98,9 +98,10 @@ class Jobs:
             allow_private=self.settings.webhook_allow_private_networks,
         )
 
-    async def get(self, job_id: str) -> Job:
+    async def get(self, job_id: str, client: str | None = None) -> Job:
+        """The job, if `client` may see it (None: anyone's); a job of another key is not found."""
         job = await self.store.call(self.store.store.get, job_id)
-        if job is None:
+        if job is None or client not in (None, job.client):
             raise NotFound(f"no job {job_id}", param="job_id")
         return job
 
@@ -129,6 +130,7 @@ class Jobs:
         webhook_format: str = "job",
         base: str = "",
         job_id: str | None = None,
+        client: str = "",
     ) -> dict[str, Any]:
         """Validates the input as the synchronous endpoint would (422 at once when invalid), fixes a
         seed so that a job taken over after a restart gives the same outputs, and queues it. Its
@@ -151,18 +153,21 @@ class Jobs:
         max_queued = self.settings.max_queued_jobs
         try:
             job = await self.store.call(
-                self.store.store.create, body.service, job_input, webhook, max_queued, job_id
+                self.store.store.create, body.service, job_input, webhook, max_queued, job_id, client
             )
+            if job.client != client:  # a client-chosen id that another key's job has
+                raise InvalidRequest(f"the id {job_id} is taken", param="id")
         except QueueFull:
             raise Overloaded(
                 "too many jobs are waiting; retry after a moment", code="job_queue_full"
             ) from None
         return job_view(job, prefix)
 
-    async def recent(self, status: str | None, limit: int) -> list[Job]:
-        return await self.store.call(self.store.store.recent, status, limit)
+    async def recent(self, status: str | None, limit: int, client: str | None = None) -> list[Job]:
+        return await self.store.call(self.store.store.recent, status, limit, client)
 
-    async def cancel(self, job_id: str) -> Job:
+    async def cancel(self, job_id: str, client: str | None = None) -> Job:
+        await self.get(job_id, client)
         job = await self.store.call(self.store.store.cancel, job_id)
         if job is None:
             raise NotFound(f"no job {job_id}", param="job_id")

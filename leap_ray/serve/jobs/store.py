@@ -35,6 +35,7 @@ class Job:
     cancel_requested: bool = False
     webhook: dict[str, Any] | None = None  # {"url", "events", "prefix"}
     progress: dict[str, Any] | None = None  # the model's last progress event
+    client: str = ""  # who created it: an API key's id ("" without keys); only they see it
 
 
 class QueueFull(Exception):
@@ -49,10 +50,11 @@ class JobStore(Protocol):
         webhook: dict[str, Any] | None = None,
         max_queued: int | None = None,
         job_id: str | None = None,
+        client: str = "",
     ) -> Job: ...
     def get(self, job_id: str) -> Job | None: ...
     def input(self, job_id: str) -> dict[str, Any] | None: ...
-    def recent(self, status: str | None = None, limit: int = 100) -> list[Job]: ...
+    def recent(self, status: str | None = None, limit: int = 100, client: str | None = None) -> list[Job]: ...
     def queued_count(self) -> int: ...
     def claim(self, owner: str, stale_after_s: float) -> Job | None: ...
     def heartbeat(self, job_id: str, owner: str) -> bool: ...
@@ -68,7 +70,7 @@ CREATE TABLE IF NOT EXISTS job_records (
     id TEXT PRIMARY KEY, service TEXT NOT NULL, status TEXT NOT NULL,
     created_at REAL NOT NULL, started_at REAL, finished_at REAL, error TEXT, outputs TEXT NOT NULL,
     cancel_requested INTEGER NOT NULL DEFAULT 0, owner TEXT, heartbeat_at REAL, webhook TEXT,
-    progress TEXT
+    progress TEXT, client TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS job_records_by_status ON job_records (status, created_at);
 CREATE INDEX IF NOT EXISTS job_records_by_creation ON job_records (created_at);
@@ -84,6 +86,9 @@ class SQLiteJobStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.executescript(_SCHEMA)
+            columns = {row["name"] for row in db.execute("PRAGMA table_info(job_records)")}
+            if "client" not in columns:  # a file from before jobs had owners: its jobs belong to no key
+                db.execute("ALTER TABLE job_records ADD COLUMN client TEXT NOT NULL DEFAULT ''")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)  # explicit BEGINs
@@ -104,6 +109,7 @@ class SQLiteJobStore:
             cancel_requested=bool(row["cancel_requested"]),
             webhook=json.loads(row["webhook"]) if row["webhook"] else None,
             progress=json.loads(row["progress"]) if row["progress"] else None,
+            client=row["client"],
         )
 
     def create(
@@ -113,10 +119,18 @@ class SQLiteJobStore:
         webhook: dict[str, Any] | None = None,
         max_queued: int | None = None,
         job_id: str | None = None,
+        client: str = "",
     ) -> Job:
         """A new queued job; raises QueueFull when `max_queued` wait already (checked atomically).
         With a `job_id` the client chose that exists already, that job, unchanged (idempotent)."""
-        job = Job(job_id or uuid.uuid4().hex, service, "queued", created_at=time.time(), webhook=webhook)
+        job = Job(
+            job_id or uuid.uuid4().hex,
+            service,
+            "queued",
+            created_at=time.time(),
+            webhook=webhook,
+            client=client,
+        )
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             existing = db.execute("SELECT * FROM job_records WHERE id = ?", (job.id,)).fetchone()
@@ -127,9 +141,9 @@ class SQLiteJobStore:
                 db.execute("ROLLBACK")
                 raise QueueFull
             db.execute(
-                "INSERT INTO job_records (id, service, status, created_at, outputs, webhook) "
-                "VALUES (?, ?, ?, ?, '[]', ?)",
-                (job.id, service, job.status, job.created_at, json.dumps(webhook)),
+                "INSERT INTO job_records (id, service, status, created_at, outputs, webhook, client) "
+                "VALUES (?, ?, ?, ?, '[]', ?, ?)",
+                (job.id, service, job.status, job.created_at, json.dumps(webhook), client),
             )
             db.execute("INSERT INTO job_inputs (id, input) VALUES (?, ?)", (job.id, json.dumps(job_input)))
             db.execute("COMMIT")
@@ -145,12 +159,14 @@ class SQLiteJobStore:
             row = db.execute("SELECT input FROM job_inputs WHERE id = ?", (job_id,)).fetchone()
         return json.loads(row["input"]) if row else None
 
-    def recent(self, status: str | None = None, limit: int = 100) -> list[Job]:
-        query, parameters = "SELECT * FROM job_records", ()
-        if status:
-            query, parameters = query + " WHERE status = ?", (status,)
+    def recent(self, status: str | None = None, limit: int = 100, client: str | None = None) -> list[Job]:
+        """Newest first; only `status` ones and `client`'s when given."""
+        conditions = {"status = ?": status, "client = ?": client}
+        chosen = {condition: value for condition, value in conditions.items() if value is not None}
+        where = f" WHERE {' AND '.join(chosen)}" if chosen else ""
         with self._connect() as db:
-            rows = db.execute(query + " ORDER BY created_at DESC LIMIT ?", (*parameters, limit)).fetchall()
+            query = f"SELECT * FROM job_records{where} ORDER BY created_at DESC LIMIT ?"
+            rows = db.execute(query, (*chosen.values(), limit)).fetchall()
         return [self._job(row) for row in rows]
 
     def queued_count(self) -> int:

@@ -103,6 +103,7 @@ def test_a_jobs_webhooks_go_in_order_one_at_a_time_dropping_progress_behind_a_sl
 
     monkeypatch.setattr(service.webhooks, "deliver", slow_deliver)
     settings = JobsSettings(store_path=str(tmp_path / "jobs.sqlite3"), output_dir=str(tmp_path / "out"))
+    settings = settings.for_application("test")
     store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
     webhook = {"url": "http://hooks.example/", "events": ["start", "progress", "completed"], "prefix": ""}
     job = store.create("sdxl", {}, webhook)

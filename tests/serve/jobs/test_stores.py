@@ -1,5 +1,6 @@
 """Both job stores behave the same: SQLite (one machine) and Redis (a real redis-server)."""
 
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable
@@ -170,3 +171,25 @@ def test_a_job_created_again_with_the_id_the_client_chose_is_the_same_job(store)
     assert (again.id, again.service, again.status) == (first.id, "sdxl", "running")
     assert store.input(first.id) == {"prompt": "a", "seed": 1}
     assert [job.id for job in store.recent()] == ["client-chosen-1"]
+
+
+def test_recent_jobs_of_one_client_and_of_all(store):
+    mine, theirs = store.create("sdxl", {}, client="key-a"), store.create("sdxl", {}, client="key-b")
+    assert [job.id for job in store.recent(client="key-a")] == [mine.id]
+    assert {job.id for job in store.recent()} == {mine.id, theirs.id}
+    assert store.get(theirs.id).client == "key-b"
+
+
+def test_a_sqlite_file_from_before_jobs_had_owners_opens_with_its_jobs_ownerless(tmp_path):
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE job_records (id TEXT PRIMARY KEY, service TEXT NOT NULL, status TEXT NOT NULL, "
+            "created_at REAL NOT NULL, started_at REAL, finished_at REAL, error TEXT, outputs TEXT NOT NULL, "
+            "cancel_requested INTEGER NOT NULL DEFAULT 0, owner TEXT, heartbeat_at REAL, webhook TEXT, progress TEXT)"
+        )
+        db.execute(
+            "INSERT INTO job_records (id, service, status, created_at, outputs) VALUES ('old', 'sdxl', 'succeeded', 1, '[]')"
+        )
+    store = SQLiteJobStore(path)
+    assert store.get("old").client == "" and [job.id for job in store.recent(client="")] == ["old"]
