@@ -136,11 +136,7 @@ def _outputs(client: LeapRayClient, args: argparse.Namespace, request: dict) -> 
         job = client.wait_job(client.submit_job(service, request).id)
         if job.status != "succeeded":
             raise UsageError(f"job {job.id} {job.status}: {job.error.message if job.error else ''}")
-        seed = request.get("seed")  # a job's record does not carry the seed it fixed
-        return [
-            (client.job_output(job, index), None if seed is None else seed + index)
-            for index in range(len(job.outputs))
-        ]
+        return [(client.job_output(job, index), job.seed + index) for index in range(len(job.outputs))]
     progress = Progress(args.kind)
     try:
         if args.kind == "image":

@@ -48,3 +48,6 @@ class JobView(BaseModel):
     error: ErrorDetail | None = Field(description="Why it failed, in the service's error shape.")
     outputs: list[str] = Field(description="URLs of the outputs, once it succeeded.")
     url: str = Field(description="This job's URL: GET to poll, DELETE to cancel.")
+    seed: int | None = Field(
+        None, description="The seed fixed at submission: the same input with it gives the same outputs."
+    )

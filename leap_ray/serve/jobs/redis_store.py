@@ -9,7 +9,6 @@ job. Turn on `appendonly yes` for a job store."""
 
 import json
 import time
-import uuid
 from typing import Any
 
 import redis
@@ -128,14 +127,7 @@ class RedisJobStore:
     ) -> Job:
         """A new queued job; raises QueueFull when `max_queued` wait already (checked atomically).
         With a `job_id` the client chose that exists already, that job, unchanged (idempotent)."""
-        job = Job(
-            job_id or uuid.uuid4().hex,
-            service,
-            "queued",
-            created_at=time.time(),
-            webhook=webhook,
-            client=client,
-        )
+        job = Job.new(service, job_input, webhook, job_id, client)
         fields = {
             "id": job.id,
             "service": service,
@@ -151,6 +143,7 @@ class RedisJobStore:
             "webhook": json.dumps(webhook) if webhook else "",
             "progress": "",
             "client": client,
+            "seed": "" if job.seed is None else job.seed,
         }
         keys = [self._key(job.id), self._input_key(job.id), self.all, self.queued]
         pairs = [item for name, value in fields.items() for item in (name, value)]
@@ -180,6 +173,7 @@ class RedisJobStore:
             webhook=_optional_json(row["webhook"]),
             progress=_optional_json(row["progress"]),
             client=row.get("client", ""),
+            seed=int(row["seed"]) if row.get("seed") else None,
         )
 
     def input(self, job_id: str) -> dict[str, Any] | None:

@@ -36,6 +36,17 @@ class Job:
     webhook: dict[str, Any] | None = None  # {"url", "events", "prefix"}
     progress: dict[str, Any] | None = None  # the model's last progress event
     client: str = ""  # who created it: an API key's id ("" without keys); only they see it
+    seed: int | None = None  # the seed fixed at submission (the input itself is dropped when done)
+
+    @classmethod
+    def new(
+        cls, service: str, job_input: dict[str, Any], webhook: Any, job_id: str | None, client: str
+    ) -> "Job":
+        """A job just submitted: queued, its id the client's or a fresh one."""
+        job_id = job_id or uuid.uuid4().hex
+        return cls(
+            job_id, service, "queued", time.time(), webhook=webhook, client=client, seed=job_input.get("seed")
+        )
 
 
 class QueueFull(Exception):
@@ -70,12 +81,14 @@ CREATE TABLE IF NOT EXISTS job_records (
     id TEXT PRIMARY KEY, service TEXT NOT NULL, status TEXT NOT NULL,
     created_at REAL NOT NULL, started_at REAL, finished_at REAL, error TEXT, outputs TEXT NOT NULL,
     cancel_requested INTEGER NOT NULL DEFAULT 0, owner TEXT, heartbeat_at REAL, webhook TEXT,
-    progress TEXT, client TEXT NOT NULL DEFAULT ''
+    progress TEXT, client TEXT NOT NULL DEFAULT '', seed INTEGER
 );
 CREATE INDEX IF NOT EXISTS job_records_by_status ON job_records (status, created_at);
 CREATE INDEX IF NOT EXISTS job_records_by_creation ON job_records (created_at);
 CREATE TABLE IF NOT EXISTS job_inputs (id TEXT PRIMARY KEY, input TEXT NOT NULL);
 """
+# Columns added since the first release: older files get them, their old jobs with no owner or seed.
+_ADDED_COLUMNS = {"client": "TEXT NOT NULL DEFAULT ''", "seed": "INTEGER"}
 _FINISHED_SQL = ", ".join(f"'{status}'" for status in FINISHED)
 
 
@@ -87,8 +100,9 @@ class SQLiteJobStore:
         with self._connect() as db:
             db.executescript(_SCHEMA)
             columns = {row["name"] for row in db.execute("PRAGMA table_info(job_records)")}
-            if "client" not in columns:  # a file from before jobs had owners: its jobs belong to no key
-                db.execute("ALTER TABLE job_records ADD COLUMN client TEXT NOT NULL DEFAULT ''")
+            for column, declaration in _ADDED_COLUMNS.items():  # a file from before they existed
+                if column not in columns:
+                    db.execute(f"ALTER TABLE job_records ADD COLUMN {column} {declaration}")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)  # explicit BEGINs
@@ -110,6 +124,7 @@ class SQLiteJobStore:
             webhook=json.loads(row["webhook"]) if row["webhook"] else None,
             progress=json.loads(row["progress"]) if row["progress"] else None,
             client=row["client"],
+            seed=row["seed"],
         )
 
     def create(
@@ -123,14 +138,7 @@ class SQLiteJobStore:
     ) -> Job:
         """A new queued job; raises QueueFull when `max_queued` wait already (checked atomically).
         With a `job_id` the client chose that exists already, that job, unchanged (idempotent)."""
-        job = Job(
-            job_id or uuid.uuid4().hex,
-            service,
-            "queued",
-            created_at=time.time(),
-            webhook=webhook,
-            client=client,
-        )
+        job = Job.new(service, job_input, webhook, job_id, client)
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             existing = db.execute("SELECT * FROM job_records WHERE id = ?", (job.id,)).fetchone()
@@ -141,9 +149,9 @@ class SQLiteJobStore:
                 db.execute("ROLLBACK")
                 raise QueueFull
             db.execute(
-                "INSERT INTO job_records (id, service, status, created_at, outputs, webhook, client) "
-                "VALUES (?, ?, ?, ?, '[]', ?, ?)",
-                (job.id, service, job.status, job.created_at, json.dumps(webhook), client),
+                "INSERT INTO job_records (id, service, status, created_at, outputs, webhook, client, seed) "
+                "VALUES (?, ?, ?, ?, '[]', ?, ?, ?)",
+                (job.id, service, job.status, job.created_at, json.dumps(webhook), client, job.seed),
             )
             db.execute("INSERT INTO job_inputs (id, input) VALUES (?, ?)", (job.id, json.dumps(job_input)))
             db.execute("COMMIT")

@@ -180,6 +180,14 @@ def test_recent_jobs_of_one_client_and_of_all(store):
     assert store.get(theirs.id).client == "key-b"
 
 
+def test_a_job_keeps_the_seed_it_was_submitted_with(store):
+    job = store.create("sdxl", {"prompt": "a", "seed": 7})
+    store.claim("r", 30)
+    store.finish(job.id, "r", "succeeded", outputs=[])
+    assert (store.get(job.id).seed, store.input(job.id)) == (7, None)  # the input is gone, the seed kept
+    assert store.create("musicgen", {"prompt": "b"}).seed is None
+
+
 def test_a_sqlite_file_from_before_jobs_had_owners_opens_with_its_jobs_ownerless(tmp_path):
     path = tmp_path / "old.sqlite3"
     with sqlite3.connect(path) as db:
@@ -192,4 +200,5 @@ def test_a_sqlite_file_from_before_jobs_had_owners_opens_with_its_jobs_ownerless
             "INSERT INTO job_records (id, service, status, created_at, outputs) VALUES ('old', 'sdxl', 'succeeded', 1, '[]')"
         )
     store = SQLiteJobStore(path)
+    assert store.get("old").seed is None
     assert store.get("old").client == "" and [job.id for job in store.recent(client="")] == ["old"]
