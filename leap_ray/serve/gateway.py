@@ -4,12 +4,14 @@ fixing, the one retry rule for a replica that died, and the mapping of every fai
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 from ray.serve.handle import DeploymentHandle
+from starlette.requests import Request
 
 from leap_ray.api.common import with_seed
 from leap_ray.api.musicgen import MusicGenOutput, MusicGenRequest, musicgen_response
@@ -17,11 +19,28 @@ from leap_ray.api.progress import Progress
 from leap_ray.api.responses import MusicGenResponse, SDXLResponse
 from leap_ray.api.sdxl import SDXLOutput, SDXLRequest, sdxl_response
 from leap_ray.config import IngressSettings
-from leap_ray.serve.bodies import validate_off_loop
+from leap_ray.errors import LeapRayError
+from leap_ray.serve import metrics
+from leap_ray.serve.bodies import read_body, validate_off_loop
 from leap_ray.serve.errors import REPLICA_FAILURES, as_leap_error
 
 logger = logging.getLogger("ray.serve")
 Output = SDXLOutput | MusicGenOutput
+
+
+def _counted(service: str, error: LeapRayError) -> LeapRayError:
+    metrics.requests().inc(tags={"service": service, "outcome": error.error_type})
+    return error
+
+
+def _answered(service: str, output: Any) -> Any:
+    """Counts an answer (a request's, and its images or seconds of audio) and gives it back."""
+    metrics.requests().inc(tags={"service": service, "outcome": "ok"})
+    if isinstance(output, SDXLOutput):
+        metrics.images_generated().inc(len(output.images))
+    else:
+        metrics.audio_seconds_generated().inc(output.duration)
+    return output
 
 
 @dataclass(frozen=True)
@@ -64,6 +83,14 @@ class ModelGateway:
             self._specs.pop(service, None)  # the next request asks again
             raise
 
+    async def read(self, request: Request, service: str) -> Any:
+        """An HTTP request's body as the service's request (parsed off the event loop); a body that
+        fails is counted as that service's request, as `prepare` counts its failures."""
+        try:
+            return await read_body(request, SERVICES[service].request_type)
+        except LeapRayError as error:
+            raise _counted(service, error) from None
+
     async def prepare(self, service: str, request: Any, param_prefix: str = "") -> Any:
         """The request validated (a dict or a request model; off the loop), checked against the loaded
         model, and with its seed fixed, so that a retry gives the same result."""
@@ -73,7 +100,7 @@ class ModelGateway:
                 request = await validate_off_loop(request_type, request, param_prefix)
             request.check_against(await self._spec(service))
         except Exception as error:
-            raise as_leap_error(error) from None
+            raise _counted(service, as_leap_error(error)) from None
         return with_seed(request)
 
     async def generate(self, service: str, request: Any) -> Output:
@@ -82,11 +109,12 @@ class ModelGateway:
         while True:
             response = self._handles[service].generate.remote(request)
             try:
-                return await response
+                return _answered(service, await response)
             except asyncio.CancelledError:
                 # Serve cancels the model call of a cancelled HTTP request itself, but not that of a
                 # job's task (no Serve request): say it to the model here.
                 response.cancel()
+                metrics.cancelled().inc()
                 raise
             except Exception as error:
                 retries_left = self._retry_or_raise(service, error, retries_left)
@@ -95,14 +123,21 @@ class ModelGateway:
         """The model's progress events, then its output. A replica that dies is retried as in
         `generate` (progress then starts again)."""
         retries_left = self._settings.replica_failure_retries
+        started, first = time.perf_counter(), True
         while True:
             stream = self._handles[service].options(stream=True).generate_stream.remote(request)
             try:
                 async for event in stream:
-                    yield event
+                    if isinstance(event, Progress) and first:
+                        metrics.first_progress_seconds().observe(
+                            time.perf_counter() - started, {"service": service}
+                        )
+                        first = False
+                    yield event if isinstance(event, Progress) else _answered(service, event)
                 return
             except (asyncio.CancelledError, GeneratorExit):
                 stream.cancel()  # as in `generate`: a job's task is no Serve request
+                metrics.cancelled().inc()
                 raise
             except Exception as error:
                 retries_left = self._retry_or_raise(service, error, retries_left)
@@ -111,6 +146,6 @@ class ModelGateway:
         """The retries left after this failure; raises it (typed) when it is not a replica's death or
         none are left."""
         if not isinstance(error, REPLICA_FAILURES) or retries_left == 0:
-            raise as_leap_error(error) from None
+            raise _counted(service, as_leap_error(error)) from None
         logger.warning("a %s replica died mid-request; retrying it (%s)", service, type(error).__name__)
         return retries_left - 1

@@ -17,7 +17,6 @@ from leap_ray.api.progress import Progress, progress_json
 from leap_ray.api.responses import MusicGenResponse, SDXLResponse
 from leap_ray.api.sdxl import SDXLRequest, sdxl_response
 from leap_ray.errors import NotAcceptable
-from leap_ray.serve.bodies import read_body
 from leap_ray.serve.errors import as_leap_error
 from leap_ray.serve.gateway import SERVICES, ModelGateway
 
@@ -137,7 +136,7 @@ def generation_routes(gateway: ModelGateway) -> APIRouter:
         """JSON by default; with `Accept: image/png` (or jpeg, webp) and one image, the raw bytes with
         the seed in the `X-Seed` header; with `Accept: text/event-stream`, a progress event per step
         and then the JSON result as Server-Sent Events."""
-        body = await read_body(request, SDXLRequest)
+        body = await gateway.read(request, "sdxl")
         image_format = negotiate(accept, IMAGE_FORMATS_BY_TYPE)
         if body.stream or image_format == EVENTS:
             return await event_stream(gateway, "sdxl", body)
@@ -163,7 +162,7 @@ def generation_routes(gateway: ModelGateway) -> APIRouter:
         """JSON by default; with `Accept: audio/wav` (or flac, ogg, mpeg) the raw bytes, with the
         seed in `X-Seed` and the sample rate in `X-Sample-Rate`; with `Accept: text/event-stream`, a
         progress event per generated second and then the JSON result as Server-Sent Events."""
-        body = await read_body(request, MusicGenRequest)
+        body = await gateway.read(request, "musicgen")
         audio_format = negotiate(accept, AUDIO_FORMATS_BY_TYPE)
         if body.stream or audio_format == EVENTS:
             return await event_stream(gateway, "musicgen", body)

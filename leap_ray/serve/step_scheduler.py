@@ -6,6 +6,7 @@ a long one to finish; a cancelled one leaves at the next step."""
 
 import asyncio
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 from leap_ray.api.progress import Progress
 from leap_ray.engines.failures import internal_error
 from leap_ray.errors import LeapRayError
+from leap_ray.serve import metrics
 
 
 class RunningBatch(Protocol):
@@ -50,6 +52,7 @@ class _Waiting:
     should_stop: Callable[[], bool]
     progress: Callable[[Progress], None] | None
     outcome: Future = field(default_factory=Future)
+    arrived: float = field(default_factory=time.monotonic)
 
 
 class StepScheduler:
@@ -79,7 +82,10 @@ class StepScheduler:
         while True:
             self._admit()
             try:
+                load, started = self.batch.load, time.perf_counter()
                 finished = self.batch.step()
+                metrics.step_seconds().observe(time.perf_counter() - started)
+                metrics.batch_load().observe(load)
             except Exception as error:  # not one request's fault (those come back as outcomes)
                 finished = [(running.request, internal_error(error)) for running in self._running.values()]
                 self.batch.clear()
@@ -96,6 +102,7 @@ class StepScheduler:
             if waiting.should_stop():  # cancelled while it waited: it never runs
                 _settle(waiting.outcome, None)
                 continue
+            metrics.queue_wait_seconds().observe(time.monotonic() - waiting.arrived)
             error = self.batch.admit(waiting.request, waiting.should_stop, waiting.progress)
             if error is not None:
                 _settle(waiting.outcome, error)

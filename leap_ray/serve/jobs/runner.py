@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from leap_ray.errors import StoreUnavailable
+from leap_ray.serve import metrics
 from leap_ray.serve.errors import as_leap_error
 from leap_ray.serve.jobs.store import Job, JobStore
 from leap_ray.serve.jobs.store_client import StoreClient
@@ -172,4 +173,5 @@ class JobRunner:
             store.set_progress(job_id, self.owner, progress)
         if not store.finish(job_id, self.owner, status, **result):
             return None
+        metrics.jobs().inc(tags={"status": status})
         return store.get(job_id)

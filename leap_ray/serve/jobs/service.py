@@ -17,6 +17,7 @@ from leap_ray.api.responses import FINISHED, JobView
 from leap_ray.api.sdxl import SDXLOutput
 from leap_ray.config import JobsSettings
 from leap_ray.errors import InvalidRequest, NotFound, Overloaded
+from leap_ray.serve import metrics
 from leap_ray.serve.gateway import ModelGateway
 from leap_ray.serve.jobs import open_store, webhooks
 from leap_ray.serve.jobs.runner import JobRunner
@@ -157,6 +158,7 @@ class Jobs:
             )
             if job.client != client:  # a client-chosen id that another key's job has
                 raise InvalidRequest(f"the id {job_id} is taken", param="id")
+            metrics.jobs().inc(tags={"status": "queued"})
         except QueueFull:
             raise Overloaded(
                 "too many jobs are waiting; retry after a moment", code="job_queue_full"

@@ -32,6 +32,7 @@ import httpx
 from standardwebhooks import Webhook
 
 from leap_ray.errors import InvalidRequest
+from leap_ray.serve import metrics
 
 logger = logging.getLogger("ray.serve")
 SIGNATURE_HEADER = "X-LeapRay-Signature"
@@ -222,10 +223,12 @@ async def deliver(
             signed = {**headers, **standard_headers(message_id, body, secret)}
             reason = await _attempt(client, target, body, signed, allow_private=allow_private)
             if reason is None:
+                metrics.webhook_deliveries().inc(tags={"outcome": "delivered"})
                 return True
             logger.warning(
                 "webhook %s for job %s failed (%s), attempt %d", event, payload.get("id"), reason, attempt + 1
             )
+    metrics.webhook_deliveries().inc(tags={"outcome": "failed"})
     return False
 
 
