@@ -26,8 +26,9 @@ lint: $(STAMP)
 # Tests use Debian's redis-server (the Redis job store) and chromium (the docs pages in a real
 # browser), installed when root.
 system-packages:
-	@(command -v redis-server && command -v chromium) >/dev/null || [ "$$(id -u)" != 0 ] || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server chromium >/dev/null)
+	@(command -v redis-server && command -v chromium && command -v chromedriver) >/dev/null || \
+		[ "$$(id -u)" != 0 ] || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq redis-server chromium chromium-driver >/dev/null)
 
 test: $(STAMP) system-packages
 	$(BIN)/ruff check .

@@ -26,6 +26,7 @@ from leap_ray.serve.jobs.routes import job_routes
 from leap_ray.serve.jobs.service import Jobs
 from leap_ray.serve.middleware import OPEN_PATHS, ApiKeyAuth, RequestGuard
 from leap_ray.serve.openai_routes import openai_routes
+from leap_ray.serve.playground import playground_routes
 from leap_ray.serve.predictions_routes import prediction_routes
 from leap_ray.serve.routes import generation_routes, health_routes
 
@@ -73,6 +74,7 @@ def build_http_app(gateway: ModelGateway, jobs: Jobs, settings: IngressSettings)
     app.include_router(prediction_routes(jobs))
     app.include_router(health_routes(gateway))
     app.include_router(docs_routes(app.title))
+    app.include_router(playground_routes())
     keys, admin_keys = settings.load_api_keys(), settings.load_admin_keys()
     app.openapi = lambda: openapi_schema(app, auth_on=bool(keys or admin_keys))  # type: ignore[method-assign]
     # The last added runs first: keys are checked before any body is read.

@@ -1,0 +1,60 @@
+"""The playground at `/`, driven in a real headless browser (Debian's chromium and chromedriver, by
+selenium): its form is built from /openapi.json, a generation completes with live progress, the image
+appears with its seed, which the page can reuse; a screenshot is saved."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
+
+SCREENSHOTS = Path(__file__).parents[2] / "test-artifacts"
+
+
+@pytest.fixture
+def browser():
+    driver_path = shutil.which("chromedriver")
+    if driver_path is None or shutil.which("chromium") is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium and chromedriver are missing: `make test` installs them when run as root")
+        pytest.skip("chromium/chromedriver are not installed (`make test` installs them when run as root)")
+    options = webdriver.ChromeOptions()
+    for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,1600"):
+        options.add_argument(argument)
+    options.binary_location = shutil.which("chromium")
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_the_playground_generates_an_image_and_shows_its_seed(graph, browser):
+    browser.get(f"{graph.url}/")
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda driver: driver.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true")
+    form = browser.find_element(By.ID, "form-sdxl")
+    steps = form.find_element(By.NAME, "num_inference_steps")
+    assert (steps.get_attribute("min"), steps.get_attribute("value")) == ("1", "50")  # from the spec
+    for name, value in {
+        "prompt": "a red fox",
+        "height": "64",
+        "width": "64",
+        "num_inference_steps": "3",
+    }.items():
+        element = form.find_element(By.NAME, name)
+        element.clear()
+        element.send_keys(value)
+    browser.find_element(By.ID, "generate").click()
+    image = wait.until(expected_conditions.visibility_of_element_located((By.CSS_SELECTOR, "img.result")))
+    assert image.get_attribute("src").startswith("data:image/png;base64,")
+    assert browser.find_element(By.ID, "progress").text == "done"
+    reuse = browser.find_element(By.CLASS_NAME, "reuse-seed")
+    seed = reuse.text.split()[1].rstrip(":")
+    reuse.click()
+    assert form.find_element(By.NAME, "seed").get_attribute("value") == seed
+    SCREENSHOTS.mkdir(exist_ok=True)
+    assert browser.save_screenshot(str(SCREENSHOTS / "playground.png"))
