@@ -140,7 +140,7 @@ class LeapRayClient:
 
     def job_output(self, job: JobView, index: int = 0) -> bytes:
         # Output URLs are absolute paths on the service's host (they include any route prefix).
-        return _checked(self.http.get(self.http.base_url.copy_with(path=job.outputs[index]))).content
+        return _checked(self.http.get(job.outputs[index])).content  # an absolute URL
 
 
 class AsyncLeapRayClient:
@@ -203,5 +203,4 @@ class AsyncLeapRayClient:
         return job
 
     async def job_output(self, job: JobView, index: int = 0) -> bytes:
-        url = self.http.base_url.copy_with(path=job.outputs[index])
-        return _checked(await self.http.get(url)).content
+        return _checked(await self.http.get(job.outputs[index])).content

@@ -66,9 +66,9 @@ def _iso(timestamp: float | None) -> str | None:
     return None if timestamp is None else datetime.fromtimestamp(timestamp, tz=UTC).isoformat()
 
 
-def prediction_view(job: Any, job_input: dict[str, Any], base: str) -> dict[str, Any]:
+def prediction_view(job: Any, base: str) -> dict[str, Any]:
     """The prediction of a job, with absolute URLs under `base` (the service's URL, with the
-    application's route prefix when it has one)."""
+    application's route prefix when it has one), and its input as the job's record keeps it."""
     url = f"{base}/v1/predictions/{job.id}"
     outputs = [f"{base}/v1/jobs/{job.id}/outputs/{index}" for index in range(len(job.outputs))]
     output: Any = None
@@ -84,7 +84,7 @@ def prediction_view(job: Any, job_input: dict[str, Any], base: str) -> dict[str,
         "model": SERVICE_MODELS[job.service],
         "version": "latest",
         "status": STATUSES[job.status],
-        "input": job_input,
+        "input": job.input_summary or {},
         "output": output,
         "error": (job.error or {}).get("message"),
         "logs": "",

@@ -48,6 +48,13 @@ class JobView(BaseModel):
     error: ErrorDetail | None = Field(description="Why it failed, in the service's error shape.")
     outputs: list[str] = Field(description="URLs of the outputs, once it succeeded.")
     url: str = Field(description="This job's URL: GET to poll, DELETE to cancel.")
+    timings: dict[str, float] = Field(
+        default_factory=dict,
+        description="Seconds it waited in the queue (queued_s) and ran (run_s), once known.",
+    )
+    input: dict[str, Any] | None = Field(
+        None, description="What was submitted (with its seed), tensors and audio summarised, not echoed."
+    )
     seed: int | None = Field(
         None, description="The seed fixed at submission: the same input with it gives the same outputs."
     )

@@ -19,7 +19,7 @@ from leap_ray.errors import LeapRayError, ModelError
 from leap_ray.serve.bodies import read_body
 from leap_ray.serve.errors import as_leap_error
 from leap_ray.serve.gateway import ModelGateway
-from leap_ray.serve.jobs.service import Jobs, job_view
+from leap_ray.serve.jobs.service import Jobs, base_url, job_view
 from leap_ray.serve.middleware import client_of
 from leap_ray.serve.routes import ERROR_RESPONSES, json_body, sse
 
@@ -49,18 +49,17 @@ def _response(body: OpenAIImageRequest, data: list[dict[str, Any]]) -> dict[str,
 
 async def _by_job(jobs: Jobs, body: OpenAIImageRequest, request: Request) -> dict[str, Any]:
     """`response_format: url`: the images become a job's outputs, and their URLs the answer."""
-    prefix = request.scope.get("root_path", "")
     first_seed = (await jobs.gateway.prepare("sdxl", body.sdxl_input())).seed
     job_input = {**body.sdxl_input(), "seed": first_seed}
     client = client_of(request.scope) or ""
-    submitted = await jobs.submit(JobSubmission(service="sdxl", input=job_input), prefix, client=client)
+    base = base_url(request)
+    submitted = await jobs.submit(JobSubmission(service="sdxl", input=job_input), base, client=client)
     job = await jobs.wait(submitted["id"])
     if job.status != "succeeded":
         raise ModelError((job.error or {}).get("message", f"the job was {job.status}"))
-    base = str(request.base_url).rstrip("/")  # with the application's prefix
     data = [
-        {"url": f"{base}{url}", "revised_prompt": None, "seed": first_seed + index}
-        for index, url in enumerate(job_view(job, "")["outputs"])  # base has the prefix
+        {"url": url, "revised_prompt": None, "seed": first_seed + index}
+        for index, url in enumerate(job_view(job, base)["outputs"])
     ]
     return _response(body, data)
 

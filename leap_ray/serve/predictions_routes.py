@@ -16,7 +16,7 @@ from leap_ray.api.jobs import JobSubmission
 from leap_ray.api.predictions import MODELS, PREDICTION_ID, PredictionRequest, prediction_view
 from leap_ray.errors import InvalidRequest, NotFound
 from leap_ray.serve.bodies import read_body
-from leap_ray.serve.jobs.service import Jobs
+from leap_ray.serve.jobs.service import Jobs, base_url
 from leap_ray.serve.middleware import client_of
 from leap_ray.serve.routes import ERROR_RESPONSES, json_body
 
@@ -28,11 +28,6 @@ PREFER = Header(
 )
 PREDICTION = Path(description="The prediction's id.")
 _WAIT = re.compile(r"\bwait(?:=([0-9]+))?\b")
-
-
-def _base(request: Request) -> str:
-    """The service's absolute URL (with the application's prefix): predictions carry whole URLs."""
-    return str(request.base_url).rstrip("/")
 
 
 def _wait_s(prefer: str | None, default: float | None) -> float | None:
@@ -52,7 +47,7 @@ class Predictions:
 
     async def view(self, job_id: str, request: Request) -> dict[str, Any]:
         job = await self.jobs.get(job_id, client_of(request.scope))
-        return prediction_view(job, await self.jobs.input(job_id), _base(request))
+        return prediction_view(job, base_url(request))
 
     async def create(
         self, service: str, body: PredictionRequest, request: Request, wait_s: float | None
@@ -64,12 +59,10 @@ class Predictions:
             webhook_url=body.webhook,
             webhook_events_filter=body.job_events(),
         )
-        prefix = request.scope.get("root_path", "")
         created = await self.jobs.submit(
             submission,
-            prefix,
+            base_url(request),
             webhook_format="prediction",
-            base=_base(request),
             job_id=body.id,
             client=client_of(request.scope) or "",
         )

@@ -53,6 +53,7 @@ def test_a_replicate_prediction_is_created_polled_and_cancelled(client):
     prediction.cancel()
     prediction.wait()
     assert prediction.status == "canceled" and prediction.output is None
+    assert prediction.input["seed"] == IMAGE["seed"]  # the record keeps the input, summarised
 
 
 def test_replicate_errors_name_the_field_or_the_model(client):

@@ -144,6 +144,7 @@ class RedisJobStore:
             "progress": "",
             "client": client,
             "seed": "" if job.seed is None else job.seed,
+            "input_summary": json.dumps(job.input_summary),
         }
         keys = [self._key(job.id), self._input_key(job.id), self.all, self.queued]
         pairs = [item for name, value in fields.items() for item in (name, value)]
@@ -174,6 +175,7 @@ class RedisJobStore:
             progress=_optional_json(row["progress"]),
             client=row.get("client", ""),
             seed=int(row["seed"]) if row.get("seed") else None,
+            input_summary=_optional_json(row.get("input_summary", "")),
         )
 
     def input(self, job_id: str) -> dict[str, Any] | None:

@@ -8,6 +8,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from starlette.requests import Request
+
 from leap_ray.api.audio import content_type
 from leap_ray.api.images import CONTENT_TYPES
 from leap_ray.api.jobs import JobSubmission
@@ -28,12 +30,26 @@ Outputs = list[tuple[bytes, str, str]]  # (encoded bytes, extension, content typ
 WAIT_POLL_S = 0.2
 
 
-def job_view(job: Job, prefix: str) -> dict[str, Any]:
-    url = f"{prefix}/v1/jobs/{job.id}"
+def base_url(request: Request) -> str:
+    """The service's absolute URL, with the application's route prefix: jobs carry whole URLs."""
+    return str(request.base_url).rstrip("/")
+
+
+def job_view(job: Job, base: str) -> dict[str, Any]:
+    """The job as clients see it, its URLs absolute under `base` (see `base_url`)."""
+    url = f"{base}/v1/jobs/{job.id}"
+    timings = {}
+    if job.started_at is not None:
+        timings["queued_s"] = job.started_at - job.created_at
+        if job.finished_at is not None:
+            timings["run_s"] = job.finished_at - job.started_at
+    computed = {"url", "outputs", "timings", "input"}
     return JobView(
         url=url,
         outputs=[f"{url}/outputs/{index}" for index in range(len(job.outputs))],
-        **{name: getattr(job, name) for name in JobView.model_fields if name not in ("url", "outputs")},
+        timings=timings,
+        input=job.input_summary,
+        **{name: getattr(job, name) for name in JobView.model_fields if name not in computed},
     ).model_dump()
 
 
@@ -92,7 +108,7 @@ class Jobs:
         await webhooks.deliver(
             job.webhook["url"],
             event,
-            await self._webhook_payload(job),
+            self._webhook_payload(job),
             secret=self._webhook_secret,
             attempts=self.settings.webhook_attempts,
             backoff_s=self.settings.webhook_backoff_s,
@@ -106,10 +122,10 @@ class Jobs:
             raise NotFound(f"no job {job_id}", param="job_id")
         return job
 
-    async def _webhook_payload(self, job: Job) -> dict[str, Any]:
+    def _webhook_payload(self, job: Job) -> dict[str, Any]:
         if job.webhook.get("format") == "prediction":
-            return prediction_view(job, await self.input(job.id), job.webhook["base"])
-        return job_view(job, job.webhook["prefix"])
+            return prediction_view(job, job.webhook["base"])
+        return job_view(job, job.webhook.get("base") or job.webhook.get("prefix", ""))
 
     async def wait(self, job_id: str, timeout_s: float | None = None) -> Job:
         """The job once finished, or as it is when `timeout_s` runs out (polling the store, which
@@ -121,22 +137,18 @@ class Jobs:
             await asyncio.sleep(WAIT_POLL_S)
         return job
 
-    async def input(self, job_id: str) -> dict[str, Any]:
-        return await self.store.call(self.store.store.input, job_id) or {}
-
     async def submit(
         self,
         body: JobSubmission,
-        prefix: str,
+        base: str,
         webhook_format: str = "job",
-        base: str = "",
         job_id: str | None = None,
         client: str = "",
     ) -> dict[str, Any]:
         """Validates the input as the synchronous endpoint would (422 at once when invalid), fixes a
         seed so that a job taken over after a restart gives the same outputs, and queues it. Its
-        webhooks carry the job (`webhook_format: job`) or, for predictions, the prediction, whose
-        URLs start with `base`. A `job_id` chosen by the client that exists already gives that job."""
+        webhooks carry the job (`webhook_format: job`) or, for predictions, the prediction; URLs
+        start with `base`. A `job_id` chosen by the client that exists already gives that job."""
         self.runner.ensure_started()
         validated = await self.gateway.prepare(body.service, body.input, param_prefix="input")
         job_input = {**body.input, "seed": validated.seed}
@@ -147,7 +159,6 @@ class Jobs:
             webhook = {
                 "url": body.webhook_url,
                 "events": body.webhook_events_filter,
-                "prefix": prefix,
                 "format": webhook_format,
                 "base": base,
             }
@@ -163,7 +174,7 @@ class Jobs:
             raise Overloaded(
                 "too many jobs are waiting; retry after a moment", code="job_queue_full"
             ) from None
-        return job_view(job, prefix)
+        return job_view(job, base)
 
     async def recent(self, status: str | None, limit: int, client: str | None = None) -> list[Job]:
         return await self.store.call(self.store.store.recent, status, limit, client)

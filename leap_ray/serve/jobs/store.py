@@ -37,6 +37,7 @@ class Job:
     progress: dict[str, Any] | None = None  # the model's last progress event
     client: str = ""  # who created it: an API key's id ("" without keys); only they see it
     seed: int | None = None  # the seed fixed at submission (the input itself is dropped when done)
+    input_summary: dict[str, Any] | None = None  # the input `summarised`, kept with the record
 
     @classmethod
     def new(
@@ -44,9 +45,32 @@ class Job:
     ) -> "Job":
         """A job just submitted: queued, its id the client's or a fresh one."""
         job_id = job_id or uuid.uuid4().hex
+        seed, summary = job_input.get("seed"), summarised(job_input)
         return cls(
-            job_id, service, "queued", time.time(), webhook=webhook, client=client, seed=job_input.get("seed")
+            job_id,
+            service,
+            "queued",
+            time.time(),
+            webhook=webhook,
+            client=client,
+            seed=seed,
+            input_summary=summary,
         )
+
+
+LONGEST_KEPT = 256  # characters of a string, items of a list, that a job's record keeps
+
+
+def summarised(value: Any) -> Any:
+    """A job's input as its record keeps it: long strings (base64 tensors, melodies) and long lists
+    replaced by what they were, so that the record stays small and never echoes them."""
+    if isinstance(value, dict):
+        return {key: summarised(item) for key, item in value.items()}
+    if isinstance(value, str) and len(value) > LONGEST_KEPT:
+        return f"<{len(value)} characters>"
+    if isinstance(value, list):
+        return f"<list of {len(value)}>" if len(value) > LONGEST_KEPT else [summarised(v) for v in value]
+    return value
 
 
 class QueueFull(Exception):
@@ -81,14 +105,14 @@ CREATE TABLE IF NOT EXISTS job_records (
     id TEXT PRIMARY KEY, service TEXT NOT NULL, status TEXT NOT NULL,
     created_at REAL NOT NULL, started_at REAL, finished_at REAL, error TEXT, outputs TEXT NOT NULL,
     cancel_requested INTEGER NOT NULL DEFAULT 0, owner TEXT, heartbeat_at REAL, webhook TEXT,
-    progress TEXT, client TEXT NOT NULL DEFAULT '', seed INTEGER
+    progress TEXT, client TEXT NOT NULL DEFAULT '', seed INTEGER, input_summary TEXT
 );
 CREATE INDEX IF NOT EXISTS job_records_by_status ON job_records (status, created_at);
 CREATE INDEX IF NOT EXISTS job_records_by_creation ON job_records (created_at);
 CREATE TABLE IF NOT EXISTS job_inputs (id TEXT PRIMARY KEY, input TEXT NOT NULL);
 """
 # Columns added since the first release: older files get them, their old jobs with no owner or seed.
-_ADDED_COLUMNS = {"client": "TEXT NOT NULL DEFAULT ''", "seed": "INTEGER"}
+_ADDED_COLUMNS = {"client": "TEXT NOT NULL DEFAULT ''", "seed": "INTEGER", "input_summary": "TEXT"}
 _FINISHED_SQL = ", ".join(f"'{status}'" for status in FINISHED)
 
 
@@ -125,6 +149,7 @@ class SQLiteJobStore:
             progress=json.loads(row["progress"]) if row["progress"] else None,
             client=row["client"],
             seed=row["seed"],
+            input_summary=json.loads(row["input_summary"]) if row["input_summary"] else None,
         )
 
     def create(
@@ -149,9 +174,19 @@ class SQLiteJobStore:
                 db.execute("ROLLBACK")
                 raise QueueFull
             db.execute(
-                "INSERT INTO job_records (id, service, status, created_at, outputs, webhook, client, seed) "
-                "VALUES (?, ?, ?, ?, '[]', ?, ?, ?)",
-                (job.id, service, job.status, job.created_at, json.dumps(webhook), client, job.seed),
+                "INSERT INTO job_records "
+                "(id, service, status, created_at, outputs, webhook, client, seed, input_summary) "
+                "VALUES (?, ?, ?, ?, '[]', ?, ?, ?, ?)",
+                (
+                    job.id,
+                    service,
+                    job.status,
+                    job.created_at,
+                    json.dumps(webhook),
+                    client,
+                    job.seed,
+                    json.dumps(job.input_summary),
+                ),
             )
             db.execute("INSERT INTO job_inputs (id, input) VALUES (?, ?)", (job.id, json.dumps(job_input)))
             db.execute("COMMIT")

@@ -161,7 +161,8 @@ def test_listing_and_polling_never_load_inputs(store, monkeypatch):
     monkeypatch.setattr(store, "input", lambda job_id: pytest.fail("an input was read"))
     assert store.get(job.id).id == job.id
     assert [j.id for j in store.recent()] == [job.id]
-    assert not hasattr(store.get(job.id), "input")
+    assert not hasattr(store.get(job.id), "input")  # only its summary:
+    assert store.get(job.id).input_summary == {"melody": "<1000 characters>"}
 
 
 def test_a_job_created_again_with_the_id_the_client_chose_is_the_same_job(store):
@@ -186,6 +187,18 @@ def test_a_job_keeps_the_seed_it_was_submitted_with(store):
     store.finish(job.id, "r", "succeeded", outputs=[])
     assert (store.get(job.id).seed, store.input(job.id)) == (7, None)  # the input is gone, the seed kept
     assert store.create("musicgen", {"prompt": "b"}).seed is None
+
+
+def test_a_jobs_record_keeps_its_input_with_tensors_and_audio_summarised(store):
+    melody, embeds = "A" * 5000, {"data": "B" * 300, "shape": [1, 77, 2048], "dtype": "float16"}
+    job = store.create("musicgen", {"prompt": "a", "seed": 3, "melody": melody, "prompt_embeds": embeds})
+    expected = {
+        "prompt": "a",
+        "seed": 3,
+        "melody": "<5000 characters>",
+        "prompt_embeds": {"data": "<300 characters>", "shape": [1, 77, 2048], "dtype": "float16"},
+    }
+    assert job.input_summary == store.get(job.id).input_summary == expected
 
 
 def test_a_sqlite_file_from_before_jobs_had_owners_opens_with_its_jobs_ownerless(tmp_path):
