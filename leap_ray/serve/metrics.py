@@ -4,7 +4,7 @@ on first use, in the process that records them."""
 
 from functools import cache
 
-from ray.serve.metrics import Counter, Histogram
+from ray.serve.metrics import Counter, Gauge, Histogram
 
 SECONDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300]
 ROWS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]
@@ -79,6 +79,14 @@ def jobs() -> Counter:
         "leap_ray_jobs_total",
         description="Jobs submitted (status queued) and finished (succeeded, failed, cancelled).",
         tag_keys=("status",),
+    )
+
+
+@cache
+def oldest_queued_job_seconds() -> Gauge:
+    return Gauge(
+        "leap_ray_oldest_queued_job_seconds",
+        description="How long the longest-waiting queued job has waited (0: none waits).",
     )
 
 

@@ -24,6 +24,7 @@ EXPECTED = [
     'ray_leap_ray_step_seconds_bucket{.*deployment="MusicGen"',
     'ray_leap_ray_queue_wait_seconds_bucket{.*deployment="SDXL"',
     'ray_leap_ray_jobs_total{.*status="succeeded"',
+    "ray_leap_ray_oldest_queued_job_seconds{",
 ]
 
 

@@ -200,6 +200,11 @@ class RedisJobStore:
     def queued_count(self) -> int:
         return self.db.zcard(self.queued)
 
+    def oldest_queued_at(self) -> float | None:
+        """When the longest-waiting queued job was submitted (None: none waits)."""
+        oldest = self.db.zrange(self.queued, 0, 0, withscores=True)
+        return oldest[0][1] if oldest else None
+
     def claim(self, owner: str, stale_after_s: float) -> Job | None:
         now = time.time()
         keys = [self.queued, self.running, self.finished]

@@ -104,6 +104,8 @@ class JobRunner:
         claimed = []
         while len(claimed) < free and (job := store.claim(self.owner, self.stale_after_s)) is not None:
             claimed.append((job, store.input(job.id)))
+        oldest = store.oldest_queued_at()
+        metrics.oldest_queued_job_seconds().set(0.0 if oldest is None else time.time() - oldest)
         return stop, claimed
 
     def expire_old_jobs(self) -> None:

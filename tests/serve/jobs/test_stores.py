@@ -174,6 +174,15 @@ def test_a_job_created_again_with_the_id_the_client_chose_is_the_same_job(store)
     assert [job.id for job in store.recent()] == ["client-chosen-1"]
 
 
+def test_the_oldest_queued_job_is_known(store):
+    assert store.oldest_queued_at() is None
+    first = store.create("sdxl", {})
+    store.create("sdxl", {})
+    assert store.oldest_queued_at() == pytest.approx(first.created_at)
+    store.claim("r", 30)
+    assert store.oldest_queued_at() > first.created_at
+
+
 def test_recent_jobs_of_one_client_and_of_all(store):
     mine, theirs = store.create("sdxl", {}, client="key-a"), store.create("sdxl", {}, client="key-b")
     assert [job.id for job in store.recent(client="key-a")] == [mine.id]
