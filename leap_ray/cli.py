@@ -160,6 +160,8 @@ def _generate(args: argparse.Namespace) -> None:
     """Generates against a running service and writes the outputs (`-o -`: to stdout)."""
     from leap_ray.client import LeapRayClient
 
+    if args.output == "-" and (args.images or 1) > 1:
+        raise UsageError("-o - takes one output; write several images to files (-o name.png)")
     request = _request(args)
     with LeapRayClient(args.url, api_key=args.api_key) as client:
         outputs = _outputs(client, args, request)
@@ -187,8 +189,11 @@ def _loadtest(args: argparse.Namespace) -> None:
         classes = [loadtest.parse_mix(spec) for spec in args.mix or DEFAULT_MIX]
     except ValueError as error:
         raise UsageError(str(error)) from None
-    if not 0 < args.duration <= MAX_LOADTEST_S or not 0 < args.rate <= MAX_RATE:
-        raise UsageError(f"--duration must be in (0, {MAX_LOADTEST_S}] s and --rate in (0, {MAX_RATE}]/s")
+    rates_ok = all(0 < rate <= MAX_RATE for rate in (args.rate, args.ramp_to or args.rate))
+    if not 0 < args.duration <= MAX_LOADTEST_S or not rates_ok:
+        raise UsageError(
+            f"--duration must be in (0, {MAX_LOADTEST_S:g}] s, --rate and --ramp-to in (0, {MAX_RATE:g}]/s"
+        )
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
     run = loadtest.open_loop(
         args.url.rstrip("/"),

@@ -31,7 +31,8 @@ class ServiceError(LeapRayError):
     """An error answer from the service, with its status and error fields."""
 
     def __init__(self, status_code: int, body: dict[str, Any]) -> None:
-        error = body.get("error") or {}
+        error = body.get("error") if isinstance(body, dict) else None
+        error = error if isinstance(error, dict) else {"message": str(error or body)}
         super().__init__(
             error.get("message", f"HTTP {status_code}"), param=error.get("param"), code=error.get("code")
         )
@@ -54,7 +55,11 @@ def _outcome(event: ServerSentEvent, on_progress: Progress | None) -> dict[str, 
     if event.event == "progress" and on_progress is not None:
         on_progress(event.json())
     elif event.event == "error":  # after the 200 that started the stream: no status of its own
-        raise ServiceError(500, event.json())
+        try:
+            body = event.json()
+        except ValueError:
+            body = {"error": {"message": event.data}}
+        raise ServiceError(500, body)
     elif event.event == "result":
         return event.json()
     return None
@@ -65,8 +70,14 @@ def _body(request: Any) -> dict[str, Any]:
 
 
 def _options(base_url: str, api_key: str | None, timeout: float, retries: int) -> dict[str, Any]:
+    # A 503 and a refused connection mean the request was not taken: safe to send again. A timeout
+    # or a dropped connection may mean it was (a job made twice), so those are not retried.
     retry = Retry(
-        total=retries, status_forcelist=[503], allowed_methods=["GET", "POST", "DELETE"], backoff_factor=0.5
+        total=retries,
+        status_forcelist=[503],
+        allowed_methods=["GET", "POST", "DELETE"],
+        retry_on_exceptions=[httpx.ConnectError, httpx.ConnectTimeout],
+        backoff_factor=0.5,
     )
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     return {

@@ -34,8 +34,11 @@ def test_version():
             1,
             "cannot reach the service",
         ),
+        (["generate", "image", "a", "-o", "-", "--images", "2"], 2, "-o - takes one output"),
+        (["loadtest", "--ramp-to", "inf"], 2, "--ramp-to in"),
+        (["loadtest", "--mix", "sdxl:big"], 2, "cannot read the mix"),
     ],
-    ids=["wrong-extension", "missing-melody", "unreachable"],
+    ids=["wrong-extension", "missing-melody", "unreachable", "stdout-several", "ramp-unbounded", "bad-mix"],
 )
 def test_mistakes_and_an_unreachable_service_are_one_line(arguments, status, says, tmp_path):
     done = leap_ray(*arguments)

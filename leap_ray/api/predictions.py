@@ -9,7 +9,8 @@ from leap_ray.api.jobs import SERVICE_INPUT
 from leap_ray.api.responses import JobStatus
 from leap_ray.api.sdxl import SDXL_EXAMPLE
 
-PREDICTION_ID = r"^[A-Za-z0-9_.-]{1,64}$"
+# A client's prediction id names its outputs' folder: no leading dot, so never "." or "..".
+PREDICTION_ID = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
 MODELS = {"leap-ray/sdxl": "sdxl", "leap-ray/musicgen": "musicgen"}
 SERVICE_MODELS = {service: model for model, service in MODELS.items()}
 STATUSES: dict[JobStatus, str] = {

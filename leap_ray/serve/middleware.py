@@ -22,6 +22,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 OPEN_PATHS = frozenset(
     {"/", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
 )
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # guarded: size, rate, content type
 OPEN_PREFIXES = ("/docs/assets/",)  # the docs pages' JavaScript and CSS
 
 
@@ -122,7 +123,7 @@ class RequestGuard:
         self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
             return await self.app(scope, receive, send)
         declared = _header(scope, b"content-length")
         # A POST without a body (a cancel) needs no content type; one with a body must be JSON.

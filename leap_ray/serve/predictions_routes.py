@@ -27,7 +27,7 @@ PREFER = Header(
     "respond-async: answer at once (202).",
 )
 PREDICTION = Path(description="The prediction's id.")
-_WAIT = re.compile(r"\bwait(?:=([0-9]+))?\b")
+_WAIT = re.compile(r'\bwait\b(?:\s*=\s*"?([0-9]+))?')  # wait, wait=5, wait = "5" (RFC 7240)
 
 
 def _wait_s(prefer: str | None, default: float | None) -> float | None:
@@ -103,7 +103,7 @@ def prediction_routes(jobs: Jobs) -> APIRouter:
         prefer: str | None = PREFER,
     ) -> JSONResponse:
         """Models `leap-ray/sdxl` and `leap-ray/musicgen`. With `Prefer: wait[=N]` the answer waits
-        for the prediction (at most N, or 60, seconds); 201 when it is done, 202 when not yet."""
+        for the prediction (at most N, or 60, seconds); 201 with the prediction as it then is."""
         service = MODELS.get(f"{owner}/{name}")
         if service is None:
             raise NotFound(f"no model {owner}/{name}; models: {', '.join(MODELS)}", param="model")
@@ -132,7 +132,8 @@ def prediction_routes(jobs: Jobs) -> APIRouter:
     async def put_cog_prediction(
         request: Request,
         prediction_id: str = Path(
-            pattern=PREDICTION_ID, description="The id the client chose (1-64 of A-Z a-z 0-9 _ . -)."
+            pattern=PREDICTION_ID,
+            description="The id the client chose: 1-64 of A-Z a-z 0-9 _ . -, not starting with a dot.",
         ),
         prefer: str | None = PREFER,
     ) -> JSONResponse:

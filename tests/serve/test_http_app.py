@@ -306,3 +306,11 @@ def test_the_spec_describes_every_operation_parameter_and_field(app):
     assert undescribed == [] and fields == []
     job_input = spec["components"]["schemas"]["JobSubmission"]["properties"]["input"]
     assert {ref["$ref"].rsplit("/", 1)[1] for ref in job_input["anyOf"]} == {"SDXLRequest", "MusicGenRequest"}
+
+
+def test_a_put_body_is_guarded_as_a_post_body_is(app):
+    wrong_type = call(app, "PUT", "/predictions/p1", content=b"{}", headers={"Content-Type": "text/plain"})
+    assert wrong_type.status_code == 415
+    declared = {"Content-Type": "application/json", "Content-Length": str(10**10)}
+    too_large = call(app, "PUT", "/predictions/p1", content=b"{}", headers=declared)
+    assert too_large.status_code == 413

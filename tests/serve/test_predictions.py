@@ -15,6 +15,8 @@ import replicate
 import soundfile
 from replicate.exceptions import ReplicateError
 
+from leap_ray.serve.predictions_routes import _wait_s
+
 IMAGE = {"prompt": "a red fox", "height": 64, "width": 64, "num_inference_steps": 3, "seed": 11}
 
 
@@ -107,6 +109,11 @@ def readme_cog_commands() -> list[str]:
     ]
 
 
+def test_the_prefer_header_is_read_as_rfc_7240_writes_it():
+    assert _wait_s('wait = "2"', None) == 2.0 and _wait_s("wait=5, respond-async", None) == 0.0
+    assert _wait_s("wait", 0.0) == 60.0 and _wait_s("handling=lenient", None) is None
+
+
 def test_the_readmes_cog_curl_commands_work_as_written(graph):
     commands = [command.replace("http://127.0.0.1:8000", graph.url) for command in readme_cog_commands()]
     assert len(commands) == 4
@@ -132,8 +139,12 @@ def test_a_cog_put_with_the_same_id_answers_the_same_prediction(graph):
     assert (first.status_code, again.status_code) == (202, 200)
     assert first.json()["id"] == again.json()["id"] == url.rsplit("/", 1)[1]
     assert again.json()["status"] == "succeeded" and len(again.json()["output"]) == 1
-    bad = httpx.put(f"{graph.url}/predictions/has spaces", json=body)
-    assert bad.status_code == 422 and bad.json()["error"]["param"] == "prediction_id"
+    for bad_id in ("has spaces", "..", "."):
+        bad = httpx.put(f"{graph.url}/predictions/{bad_id}", json=body)
+        assert bad.status_code in (404, 422), bad_id  # "." and ".." never reach the route
+        assert bad.status_code == 404 or bad.json()["error"]["param"] == "prediction_id"
+    dotted = httpx.post(f"{graph.url}/predictions", json={**body, "id": ".."})
+    assert dotted.status_code == 422 and dotted.json()["error"]["param"] == "id"
 
 
 def test_a_finished_predictions_outputs_come_as_data_uris_when_asked(graph, reference):
