@@ -141,8 +141,9 @@ def test_a_cog_put_with_the_same_id_answers_the_same_prediction(graph):
     assert again.json()["status"] == "succeeded" and len(again.json()["output"]) == 1
     for bad_id in ("has spaces", "..", "."):
         bad = httpx.put(f"{graph.url}/predictions/{bad_id}", json=body)
-        assert bad.status_code in (404, 422), bad_id  # "." and ".." never reach the route
-        assert bad.status_code == 404 or bad.json()["error"]["param"] == "prediction_id"
+        # "." and ".." never reach the route: the client resolves them away (PUT /predictions/ or /)
+        assert bad.status_code in (404, 405, 422), bad_id
+        assert bad.status_code != 422 or bad.json()["error"]["param"] == "prediction_id"
     dotted = httpx.post(f"{graph.url}/predictions", json={**body, "id": ".."})
     assert dotted.status_code == 422 and dotted.json()["error"]["param"] == "id"
 
