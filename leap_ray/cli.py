@@ -163,7 +163,7 @@ def _generate(args: argparse.Namespace) -> None:
     if args.output == "-" and (args.images or 1) > 1:
         raise UsageError("-o - takes one output; write several images to files (-o name.png)")
     request = _request(args)
-    with LeapRayClient(args.url, api_key=args.api_key) as client:
+    with LeapRayClient(args.url, api_key=args.api_key, retries=CLI_RETRIES) as client:
         outputs = _outputs(client, args, request)
     written = []
     for (data, seed), path in zip(outputs, _paths(args.output, len(outputs)), strict=True):
@@ -219,6 +219,7 @@ def _loadtest(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}", file=sys.stderr)
 
 
+CLI_RETRIES = 3  # a person waits: an unreachable service is said within about 2 s
 DEFAULT_MIX = ["sdxl:1024x1024:30=3", "musicgen:10=1"]
 MAX_LOADTEST_S, MAX_RATE = 3600.0, 1000.0
 

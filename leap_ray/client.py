@@ -77,7 +77,8 @@ def _options(base_url: str, api_key: str | None, timeout: float, retries: int) -
         status_forcelist=[503],
         allowed_methods=["GET", "POST", "DELETE"],
         retry_on_exceptions=[httpx.ConnectError, httpx.ConnectTimeout],
-        backoff_factor=0.5,
+        backoff_factor=0.25,  # 0.25, 0.5, 1, 2, 2 s: a restarting service is back within seconds
+        max_backoff_wait=2.0,
     )
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     return {
