@@ -49,16 +49,14 @@ def _response(body: OpenAIImageRequest, data: list[dict[str, Any]]) -> dict[str,
 
 async def _by_job(jobs: Jobs, body: OpenAIImageRequest, request: Request) -> dict[str, Any]:
     """`response_format: url`: the images become a job's outputs, and their URLs the answer."""
-    first_seed = (await jobs.gateway.prepare("sdxl", body.sdxl_input())).seed
-    job_input = {**body.sdxl_input(), "seed": first_seed}
     client = client_of(request.scope) or ""
     base = base_url(request)
-    submitted = await jobs.submit(JobSubmission(service="sdxl", input=job_input), base, client=client)
-    job = await jobs.wait(submitted["id"])
+    submission = JobSubmission(service="sdxl", input=body.sdxl_input())
+    job = await jobs.wait((await jobs.submit(submission, base, client=client))["id"])
     if job.status != "succeeded":
         raise ModelError((job.error or {}).get("message", f"the job was {job.status}"))
     data = [
-        {"url": url, "revised_prompt": None, "seed": first_seed + index}
+        {"url": url, "revised_prompt": None, "seed": job.seed + index}
         for index, url in enumerate(job_view(job, base)["outputs"])
     ]
     return _response(body, data)

@@ -163,13 +163,15 @@ class Jobs:
                 "base": base,
             }
         max_queued = self.settings.max_queued_jobs
+        submitted_at = time.time()
         try:
             job = await self.store.call(
                 self.store.store.create, body.service, job_input, webhook, max_queued, job_id, client
             )
             if job.client != client:  # a client-chosen id that another key's job has
                 raise InvalidRequest(f"the id {job_id} is taken", param="id")
-            metrics.jobs().inc(tags={"status": "queued"})
+            if job.created_at >= submitted_at:  # not a job this id already named (an idempotent PUT)
+                metrics.jobs().inc(tags={"status": "queued"})
         except QueueFull:
             raise Overloaded(
                 "too many jobs are waiting; retry after a moment", code="job_queue_full"
