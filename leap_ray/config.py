@@ -28,6 +28,11 @@ class SDXLLimits(BaseModel):
     max_tensor_elements: int = Field(
         16 * 1024 * 1024, description="Most elements in one tensor sent with a request."
     )
+    max_image_bytes: int = Field(
+        16 * 1024 * 1024, description="Largest uploaded image or mask (img2img, inpainting), in bytes."
+    )
+    max_loras: int = Field(4, description="Most LoRA adapters one request may name.")
+    max_lora_scale: float = Field(4.0, description="Largest absolute LoRA scale.")
 
 
 class MusicGenLimits(BaseModel):

@@ -12,6 +12,9 @@ TINY_PREFIX = "tiny:"
 # name: (module, function) writing that tiny model into a folder; imported only when that one is built.
 TINY_BUILDERS = {
     "sdxl": ("leap_ray.tiny.sdxl", "write_tiny_sdxl"),
+    "sdxl-refiner": ("leap_ray.tiny.sdxl_refiner", "write_tiny_sdxl_refiner"),
+    "sdxl-lora": ("leap_ray.tiny.sdxl_lora", "write_tiny_sdxl_lora"),
+    "sdxl-lora-2": ("leap_ray.tiny.sdxl_lora", "write_tiny_sdxl_lora_2"),
     "musicgen": ("leap_ray.tiny.musicgen", "write_tiny_musicgen"),
     "musicgen-melody": ("leap_ray.tiny.musicgen", "write_tiny_musicgen_melody"),
 }

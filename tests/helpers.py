@@ -11,7 +11,7 @@ from diffusers import StableDiffusionXLPipeline
 from PIL import Image
 
 from leap_ray.api.sdxl import SDXLRequest
-from leap_ray.engines.sdxl import SCHEDULER_CLASSES
+from leap_ray.engines.sdxl import SCHEDULER_CLASSES, WORKFLOW_PIPELINES
 from leap_ray.engines.sdxl_steps import StepBatch
 
 SMALL = {"height": 64, "width": 64, "num_inference_steps": 3}  # an SDXL request that costs little
@@ -61,15 +61,28 @@ def with_total_samples(flac: bytes, total: int) -> bytes:
     return bytes(patched)
 
 
-def solo(reference: StableDiffusionXLPipeline, request: SDXLRequest, seeds: list[int]) -> np.ndarray:
-    """What a direct diffusers call with the request's parameters gives."""
-    if request.scheduler is not None:
-        reference = StableDiffusionXLPipeline.from_pipe(
-            reference, scheduler=SCHEDULER_CLASSES[request.scheduler].from_config(reference.scheduler.config)
-        )
+def solo(
+    reference: StableDiffusionXLPipeline, request: SDXLRequest, seeds: list[int], **overrides: object
+) -> np.ndarray:
+    """What a direct diffusers call with the request's parameters gives: the workflow's own pipeline
+    (text2img, img2img, inpaint) on the reference's modules, with the request's sampler."""
+    pipeline_class = WORKFLOW_PIPELINES.get(request.workflow, StableDiffusionXLPipeline)
+    if request.scheduler is not None or pipeline_class is not type(reference):
+        scheduler = reference.scheduler
+        if request.scheduler is not None:
+            scheduler = SCHEDULER_CLASSES[request.scheduler].from_config(reference.scheduler.config)
+        reference = pipeline_class.from_pipe(reference, scheduler=scheduler)
         reference.set_progress_bar_config(disable=True)
+    kwargs = request.to_pipeline_kwargs()
+    if request.workflow != "text2img":
+        del kwargs["latents"]
+        kwargs.update(image=request.image, strength=request.effective_strength())
+    if request.workflow == "img2img":
+        del kwargs["height"], kwargs["width"]
+    if request.workflow == "inpaint":
+        kwargs["mask_image"] = request.mask_image
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-    return reference(**request.to_pipeline_kwargs(), generator=generators, output_type="np").images
+    return reference(**kwargs | {"generator": generators, "output_type": "np"} | overrides).images
 
 
 def seeds_of(request: SDXLRequest) -> list[int]:

@@ -4,8 +4,6 @@ through a handle, as an array with its sample rate); results leave as encoded by
 Encoded audio is a client's bytes parsed by libsndfile, so its header (sample rate, channels, length)
 is checked before anything is decoded, and no more than the allowed duration is ever decoded."""
 
-import base64
-import binascii
 import io
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile
 import torch
+
+from leap_ray.api.uploads import upload_bytes
 
 AUDIO_FORMATS: dict[str, tuple[str, str, str]] = {
     # format: (libsndfile container, subtype, content type)
@@ -59,7 +59,7 @@ def decode_audio(value: object, limits: AudioLimits) -> DecodedAudio:
     elif isinstance(value, tuple) and len(value) == 2:
         audio = _from_array(*value, limits)
     elif isinstance(value, str | bytes):
-        audio = _from_encoded(_payload(value, limits.max_bytes), limits)
+        audio = _from_encoded(upload_bytes(value, limits.max_bytes, "audio"), limits)
     else:
         raise ValueError("must be base64 audio, a data: URI, or (samples, sample_rate)")
     _check_decoded(audio, limits)
@@ -108,26 +108,6 @@ def _from_array(samples: object, sample_rate: object, limits: AudioLimits) -> De
     except (TypeError, ValueError):  # e.g. None or strings among the samples
         raise ValueError("holds samples that are not numbers") from None
     return DecodedAudio(samples.mean(axis=0) if samples.ndim == 2 else samples, sample_rate)
-
-
-def _payload(value: str | bytes, max_bytes: int) -> bytes:
-    if len(value) > max_bytes * 4 // 3 + 1024:
-        raise ValueError(f"is larger than the limit of {max_bytes} bytes")
-    raw = _base64_payload(value) if isinstance(value, str) else value
-    if len(raw) > max_bytes:
-        raise ValueError(f"is larger than the limit of {max_bytes} bytes")
-    return raw
-
-
-def _base64_payload(text: str) -> bytes:
-    if text.startswith("data:"):
-        header, separator, text = text.partition(",")
-        if not separator or not header.endswith(";base64"):
-            raise ValueError("a data: URI must be base64-encoded (data:audio/...;base64,...)")
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("is not valid base64") from None
 
 
 @contextmanager

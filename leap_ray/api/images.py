@@ -1,10 +1,14 @@
-"""Images on the wire: float pixels in [0, 1] encoded as PNG, JPEG or WebP."""
+"""Images on the wire: float pixels in [0, 1] encoded as PNG, JPEG or WebP; uploaded images (img2img,
+inpainting) decoded within bounds."""
 
+import base64
 import io
 from typing import Literal
 
 import numpy as np
 from PIL import Image
+
+from leap_ray.api.uploads import upload_bytes
 
 ImageFormat = Literal["png", "jpeg", "webp"]
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -16,3 +20,43 @@ def encode_image(pixels: np.ndarray, image_format: str) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=image_format.upper(), **({"quality": 95} if image_format != "png" else {}))
     return buffer.getvalue()
+
+
+# What PIL calls the formats an uploaded image may be in.
+UPLOAD_FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
+_UNREADABLE = "is not an image in a format we read (png, jpeg, webp)"
+
+
+def decode_image(value: object, max_bytes: int, max_side: int, mode: str) -> Image.Image:
+    """An uploaded image (base64 or a data: URI of PNG, JPEG or WebP; a PIL image through a handle)
+    converted to `mode` ("RGB", or "L" for masks). Its header is checked (format, at most `max_side`
+    pixels a side) before any pixel is decoded. Raises ValueError saying what is wrong."""
+    if isinstance(value, Image.Image):
+        _check_side(value.size, max_side)
+        return value.convert(mode)
+    if not isinstance(value, str | bytes):
+        raise ValueError("must be a base64 string or a data: URI of a PNG, JPEG or WebP image")
+    raw = upload_bytes(value, max_bytes, "image")
+    try:
+        file = Image.open(io.BytesIO(raw), formats=list(UPLOAD_FORMATS))
+    except Exception:  # PIL raises many kinds on bytes a client chose: all mean unreadable
+        raise ValueError(_UNREADABLE) from None
+    with file:
+        _check_side(file.size, max_side)
+        try:
+            return file.convert(mode)
+        except Exception:
+            raise ValueError(_UNREADABLE) from None
+
+
+def _check_side(size: tuple[int, int], max_side: int) -> None:
+    width, height = size
+    if max(width, height) > max_side:
+        raise ValueError(f"is {width}×{height} pixels; the limit is {max_side} pixels a side")
+
+
+def image_data_uri(image: Image.Image) -> str:
+    """A PIL image as a PNG data: URI (how a request holding an image is written as JSON)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()

@@ -13,6 +13,7 @@ class StepProgress:
     total: int
     timestep: float
     preview: str | None = None  # base64 PNG of the first image's latents, every preview_every steps
+    stage: str | None = None  # with a refiner: "base" or "refiner", each stage counting its own steps
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, model_validator
-from pydantic.json_schema import SkipJsonSchema
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, model_validator
+from pydantic.json_schema import SkipJsonSchema, WithJsonSchema
 
 from leap_ray.api.common import MAX_SEED, FiniteFloat, capped, offset_seed, prompt_text
+from leap_ray.api.images import decode_image, image_data_uri
 from leap_ray.api.responses import SDXLImage, SDXLResponse
 from leap_ray.api.tensors import TensorInput
 from leap_ray.config import LIMITS
@@ -52,6 +54,8 @@ CALL_PARAMETERS = (
     "negative_target_size",
 )
 
+# What the refiner's call takes from the base request's CALL_PARAMETERS: not these.
+_BASE_ONLY = ("height", "width", "num_inference_steps", "denoising_end")
 
 PromptText = prompt_text(_LIMITS.max_prompt_chars)
 _DEFAULT_SIZE = int(capped(1024, _LIMITS.max_size)) // 8 * 8
@@ -70,15 +74,88 @@ def _callable_or_none(value: object) -> Callable[..., Any] | None:
     )
 
 
+def _uploaded(mode: str) -> Any:
+    """An uploaded image field: base64 or a data: URI in JSON (a PIL image through a handle),
+    decoded to `mode` within the operator's bounds, and written back as a PNG data: URI."""
+    return Annotated[
+        Image.Image,
+        PlainValidator(lambda value: decode_image(value, _LIMITS.max_image_bytes, _LIMITS.max_size, mode)),
+        PlainSerializer(image_data_uri, when_used="json"),
+        WithJsonSchema(
+            {
+                "type": "string",
+                "maxLength": _LIMITS.max_image_bytes * 4 // 3 + 1024,
+                "description": "Base64 or a data: URI of a PNG, JPEG or WebP image.",
+            }
+        ),
+    ]
+
+
+ImageInput = _uploaded("RGB")
+MaskInput = _uploaded("L")
+LoraName = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class LoraChoice(BaseModel):
+    """One LoRA adapter a request applies, by the name the operator gave it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: LoraName = Field(
+        description="The adapter's name in the service's config (GET /v1/sdxl/adapters lists them)."
+    )
+    scale: FiniteFloat = Field(
+        1.0,
+        ge=-_LIMITS.max_lora_scale,
+        le=_LIMITS.max_lora_scale,
+        description="How strongly the adapter acts: 0 is off, 1 as trained.",
+    )
+
+
+DEFAULT_HAND_OFF = 0.8  # diffusers' documented split of the base and refiner experts
+
+
+class RefinerOptions(BaseModel):
+    """The SDXL refiner's stage: the base model stops at `denoising_end` and hands its latents to the
+    refiner, which finishes them (diffusers' "ensemble of expert denoisers")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Whether to refine; false is as if `refiner` were absent.")
+    denoising_start: FiniteFloat | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="Where the refiner starts, a fraction of the denoising in (0, 1); default the "
+        "request's denoising_end (which itself defaults to 0.8 with a refiner).",
+    )
+    num_inference_steps: int | None = Field(
+        None,
+        ge=1,
+        le=_LIMITS.max_steps,
+        description="Steps of the refiner's full schedule (it runs the part after denoising_start); "
+        "default the request's num_inference_steps.",
+    )
+    aesthetic_score: FiniteFloat = Field(
+        6.0, ge=0.0, le=10.0, description="The refiner's aesthetic-score conditioning (LAION score)."
+    )
+    negative_aesthetic_score: FiniteFloat = Field(
+        2.5, ge=0.0, le=10.0, description="The aesthetic score of the negative side of guidance."
+    )
+
+
 @dataclass(frozen=True)
 class SDXLModelSpec:
-    """What a loaded model accepts, for checks that depend on it (tensor shapes)."""
+    """What a loaded model accepts, for checks that depend on it (tensor shapes), and what the graph
+    around it offers (a refiner, LoRA adapters)."""
 
     latent_channels: int
     vae_scale_factor: int
     text_embed_width: int
     pooled_embed_width: int
     text_tokens: int
+    refiner: bool = False
+    loras: tuple[str, ...] = ()
 
 
 SDXL_EXAMPLE = {
@@ -224,6 +301,33 @@ class SDXLRequest(BaseModel):
         description="Sampler: the model's own (Euler for SDXL base) when absent, or ddim, euler, "
         "euler_ancestral, dpmpp_2m. eta acts only under ddim.",
     )
+    image: ImageInput | None = Field(  # type: ignore[valid-type]
+        None,
+        description="img2img: the starting image (base64 or a data: URI of PNG, JPEG or WebP, at most "
+        f"{_LIMITS.max_image_bytes} bytes and {_LIMITS.max_size} pixels a side). The result keeps its "
+        "size, rounded down to a multiple of 8; height and width default to it.",
+    )
+    mask_image: MaskInput | None = Field(  # type: ignore[valid-type]
+        None,
+        description="Inpainting: with `image`, a mask of the same size; white is repainted, black kept.",
+    )
+    strength: FiniteFloat | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="With `image`: how much of it to repaint, in (0, 1]; 1 ignores it. Only the last "
+        "strength × num_inference_steps steps run. Default 0.3 (img2img), 0.9999 (inpainting).",
+    )
+    loras: list[LoraChoice] = Field(
+        [],
+        max_length=_LIMITS.max_loras,
+        description=f"LoRA adapters to apply, at most {_LIMITS.max_loras}, by the names the service lists.",
+    )
+    refiner: RefinerOptions | None = Field(
+        None,
+        description="Finish the image with the SDXL refiner: the base stops at denoising_end and the "
+        "refiner deployment denoises the rest.",
+    )
 
     @property
     def prompt_count(self) -> int:
@@ -235,8 +339,36 @@ class SDXLRequest(BaseModel):
     def image_count(self) -> int:
         return self.prompt_count * self.num_images_per_prompt
 
+    @property
+    def wants_refiner(self) -> bool:
+        return self.refiner is not None and self.refiner.enabled
+
+    @property
+    def workflow(self) -> Literal["text2img", "img2img", "inpaint"]:
+        """Which of diffusers' SDXL pipelines this request is a call of."""
+        if self.image is None:
+            return "text2img"
+        return "img2img" if self.mask_image is None else "inpaint"
+
+    def effective_strength(self) -> float:
+        """`strength`, or diffusers' default for the workflow."""
+        if self.strength is not None:
+            return self.strength
+        return 0.9999 if self.workflow == "inpaint" else 0.3
+
+    def lora_scales(self) -> tuple[tuple[str, float], ...]:
+        """The adapters and their scales, as the engine applies them."""
+        return tuple((lora.name, lora.scale) for lora in self.loras)
+
+    def adapter_set(self) -> str:
+        """The adapters this request needs loaded, as one id (Serve's multiplexed model id): "" for
+        none. Scales are not in it: they change nothing that must be loaded."""
+        return "+".join(sorted(lora.name for lora in self.loras))
+
     @model_validator(mode="after")
     def _check_combinations(self) -> "SDXLRequest":
+        self._check_image_inputs()
+        self._check_workflow_options()
         self._check_prompt_sources()
         self._check_list_lengths()
         self._check_embedding_shapes()
@@ -253,6 +385,58 @@ class SDXLRequest(BaseModel):
                 param="latents",
             )
         return self
+
+    def _check_image_inputs(self) -> None:
+        """img2img and inpainting: the image sets the size (as diffusers' image processor rounds it),
+        the mask must match it, and the steps kept by strength must be at least one."""
+        for name in ("strength", "mask_image"):
+            if getattr(self, name) is not None and self.image is None:
+                raise InvalidRequest(f"{name} acts only with an image (img2img, inpainting)", param=name)
+        if self.image is None:
+            return
+        width, height = (side - side % 8 for side in self.image.size)
+        if min(width, height) < _LIMITS.min_size:
+            raise InvalidRequest(
+                f"image is {self.image.width}×{self.image.height} pixels; each side must be at least "
+                f"{_LIMITS.min_size}",
+                param="image",
+            )
+        for name, side in (("height", height), ("width", width)):
+            if name in self.model_fields_set and getattr(self, name) != side:
+                raise InvalidRequest(
+                    f"{name} must be the image's {side} (its size rounded down to a multiple of 8), "
+                    f"or absent; got {getattr(self, name)}",
+                    param=name,
+                )
+        self.height, self.width = height, width
+        if self.mask_image is not None and self.mask_image.size != self.image.size:
+            raise InvalidRequest(
+                f"mask_image is {self.mask_image.width}×{self.mask_image.height} pixels but image is "
+                f"{self.image.width}×{self.image.height}; they must be the same size",
+                param="mask_image",
+            )
+        if self.latents is not None:
+            raise InvalidRequest("give latents or an image to start from, not both", param="latents")
+        if int(self.num_inference_steps * self.effective_strength()) < 1:
+            raise InvalidRequest(
+                f"strength × num_inference_steps must keep at least one step; "
+                f"{self.effective_strength()} × {self.num_inference_steps} keeps none",
+                param="strength",
+            )
+
+    def _check_workflow_options(self) -> None:
+        names = [lora.name for lora in self.loras]
+        if len(set(names)) != len(names):
+            raise InvalidRequest("each adapter may be named once in loras", param="loras")
+        if not self.wants_refiner:
+            return
+        if self.prompt_embeds is not None or self.negative_prompt_embeds is not None:
+            raise InvalidRequest(
+                "the refiner encodes text with its own encoder: give prompts as text, not embeddings",
+                param="refiner",
+            )
+        if self.denoising_end is None or self.denoising_end == 1.0:
+            self.denoising_end = DEFAULT_HAND_OFF
 
     def _check_prompt_sources(self) -> None:
         if self.prompt is None and self.prompt_embeds is None:
@@ -309,7 +493,14 @@ class SDXLRequest(BaseModel):
             )
 
     def check_against(self, spec: SDXLModelSpec) -> None:
-        """Raises InvalidRequest, naming the field, for tensors the loaded model would reject."""
+        """Raises InvalidRequest, naming the field, for tensors the loaded model would reject and for
+        what the graph does not offer (a refiner, an adapter)."""
+        if self.wants_refiner and not spec.refiner:
+            raise InvalidRequest("this service has no refiner deployed", param="refiner")
+        unknown = [lora.name for lora in self.loras if lora.name not in spec.loras]
+        if unknown:
+            offered = ", ".join(spec.loras) or "none"
+            raise InvalidRequest(f"no LoRA adapter named {unknown[0]!r}; offered: {offered}", param="loras")
         if self.latents is not None:
             expected = (
                 self.image_count,
@@ -361,6 +552,19 @@ class SDXLRequest(BaseModel):
                 if isinstance(kwargs[name], str):
                     kwargs[name] = [kwargs[name]] * len(self.prompt)
         return kwargs
+
+    def refiner_kwargs(self) -> dict[str, Any]:
+        """Arguments for the refiner's `StableDiffusionXLImg2ImgPipeline.__call__` that every image of
+        the request shares (not the texts, the latents or the generators)."""
+        options = self.refiner or RefinerOptions()
+        shared = {name: getattr(self, name) for name in CALL_PARAMETERS if name not in _BASE_ONLY}
+        return shared | {
+            "num_inference_steps": options.num_inference_steps or self.num_inference_steps,
+            "denoising_start": options.denoising_start or self.denoising_end,
+            "aesthetic_score": options.aesthetic_score,
+            "negative_aesthetic_score": options.negative_aesthetic_score,
+            "guidance_scale": self.guidance_scale,
+        }
 
     def prompt_texts(self) -> dict[str, list[str] | None] | None:
         """The texts the text encoders read, one entry per prompt, as the pipeline resolves them
@@ -431,6 +635,22 @@ class SDXLRequest(BaseModel):
         if self.latents is not None:
             update["latents"] = self.latents[image : image + images]
         return self.model_copy(update=update)
+
+
+@dataclass
+class RefineRequest:
+    """What the SDXL deployment sends the refiner deployment, through a handle (Ray's object store):
+    a request's latents where the base stopped, with the state of its generators."""
+
+    request: SDXLRequest
+    latents: torch.Tensor  # (images, channels, height/8, width/8), the base's, not decoded
+    generator_states: list[torch.Tensor]
+    seeds: list[int]
+    timings: dict[str, float]  # the base stage's
+
+    @property
+    def image_count(self) -> int:
+        return len(self.seeds)
 
 
 def seeds_for(request: SDXLRequest, seed: int) -> list[int]:

@@ -34,6 +34,8 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
 )
 from diffusers.utils.torch_utils import randn_tensor
@@ -41,10 +43,11 @@ from diffusers.utils.torch_utils import randn_tensor
 from leap_ray.api.common import draw_seed
 from leap_ray.api.images import encode_image
 from leap_ray.api.progress import StepProgress
-from leap_ray.api.sdxl import SDXLModelSpec, SDXLRequest, seeds_for
+from leap_ray.api.sdxl import CALLBACK_TENSOR_INPUTS, SDXLModelSpec, SDXLRequest, seeds_for
 from leap_ray.engines.device import placement
 from leap_ray.engines.failures import blame, collect_results, internal_error, request_error, run_shared
 from leap_ray.engines.sdxl_fast import LatentDecoder, SDXLSpeed, UNetRunner
+from leap_ray.engines.sdxl_lora import LoraAdapters
 from leap_ray.errors import InvalidRequest, LeapRayError
 
 SCHEDULER_CLASSES = {
@@ -52,6 +55,11 @@ SCHEDULER_CLASSES = {
     "euler": EulerDiscreteScheduler,
     "euler_ancestral": EulerAncestralDiscreteScheduler,
     "dpmpp_2m": DPMSolverMultistepScheduler,
+}
+# The diffusers pipeline of each workflow other than text2img, made from the loaded one (`from_pipe`).
+WORKFLOW_PIPELINES = {
+    "img2img": StableDiffusionXLImg2ImgPipeline,
+    "inpaint": StableDiffusionXLInpaintPipeline,
 }
 
 
@@ -67,13 +75,34 @@ class PerImageGuidancePipeline(StableDiffusionXLPipeline):
 
 @dataclass
 class SDXLResult:
-    """One request's images as float arrays (height, width, 3) in [0, 1], with their seeds."""
+    """One request's images as float arrays (height, width, 3) in [0, 1], with their seeds; or, for a
+    request the refiner finishes, its latents where the base stopped and its generators' states (the
+    refiner goes on with the same generators, as one process calling both pipelines would)."""
 
     images: list[np.ndarray]
     seeds: list[int]
     timings: dict[str, float]
     batch_size: int
     stopped_at_step: int | None = None
+    latents: torch.Tensor | None = None
+    generator_states: list[torch.Tensor] | None = None
+
+
+def finished(member: "_Member", images: Any, timings: dict[str, float], batch_size: int) -> SDXLResult:
+    """A member's result from its call's output rows: images, or latents for the refiner."""
+    result = SDXLResult(
+        images=[],
+        seeds=member.seeds,
+        timings=timings,
+        batch_size=batch_size,
+        stopped_at_step=member.stopped_at_step,
+    )
+    if member.request.wants_refiner:
+        result.latents = torch.as_tensor(images).detach().cpu()
+        result.generator_states = [generator.get_state() for generator in member.generators]
+    else:
+        result.images = list(images)
+    return result
 
 
 @dataclass
@@ -276,10 +305,13 @@ class SDXLEngine:
         device: str | None = None,
         dtype: str | None = None,
         threads: int | None = None,
+        loras: dict[str, str] | None = None,
+        max_loaded_loras: int = 4,
         **speed: Any,
     ) -> None:
-        """`speed`: the fast-path options (`SDXLSpeed`: compile, batch_buckets, channels_last, fuse_qkv,
-        warm_up_sizes); they act under step batching."""
+        """`loras`: adapter name -> source (hub id, folder, tiny:<name>), loaded on first use, at most
+        `max_loaded_loras` at once. `speed`: the fast-path options (`SDXLSpeed`: compile,
+        batch_buckets, channels_last, fuse_qkv, warm_up_sizes); they act under step batching."""
         self.device, self.dtype = placement(device, dtype, threads)
         self.model = model
         self.speed = SDXLSpeed(**speed)
@@ -288,7 +320,10 @@ class SDXLEngine:
         self.speed.apply(self._default)
         self.unet = UNetRunner(self._default.unet, self.speed)
         self.decoder = LatentDecoder(self._default, self.speed)
-        self._pipelines: dict[str | None, PerImageGuidancePipeline] = {None: self._default}
+        self._pipelines: dict[tuple[str, str | None], StableDiffusionXLPipeline] = {
+            ("text2img", None): self._default
+        }
+        self.adapters = LoraAdapters(self._default, loras or {}, max_loaded_loras)
 
     def spec(self) -> SDXLModelSpec:
         pipeline = self._default
@@ -298,16 +333,24 @@ class SDXLEngine:
             text_embed_width=pipeline.unet.config.cross_attention_dim,
             pooled_embed_width=pipeline.text_encoder_2.config.projection_dim,
             text_tokens=pipeline.tokenizer_2.model_max_length,
+            loras=self.adapters.names(),
+            refiner=True,  # it hands latents over; the deployment says whether a refiner takes them
         )
 
-    def _pipeline_for(self, scheduler: str | None) -> PerImageGuidancePipeline:
-        """A pipeline sharing the loaded modules with its own scheduler instance (schedulers hold state)."""
-        if scheduler not in self._pipelines:
-            scheduler_obj = SCHEDULER_CLASSES[scheduler].from_config(self._default.scheduler.config)
-            pipeline = PerImageGuidancePipeline.from_pipe(self._default, scheduler=scheduler_obj)
+    def pipeline_for(self, workflow: str, scheduler: str | None) -> StableDiffusionXLPipeline:
+        """The workflow's pipeline (text2img, img2img, inpaint), sharing the loaded modules, with its
+        own scheduler instance (schedulers hold state)."""
+        key = (workflow, scheduler)
+        if key not in self._pipelines:
+            pipeline_class = WORKFLOW_PIPELINES.get(workflow, PerImageGuidancePipeline)
+            config = self._default.scheduler.config
+            scheduler_obj = SCHEDULER_CLASSES[scheduler].from_config(config) if scheduler else None
+            pipeline = pipeline_class.from_pipe(
+                self._default, **({"scheduler": scheduler_obj} if scheduler_obj else {})
+            )
             pipeline.set_progress_bar_config(disable=True)
-            self._pipelines[scheduler] = pipeline
-        return self._pipelines[scheduler]
+            self._pipelines[key] = pipeline
+        return self._pipelines[key]
 
     @torch.inference_mode()
     def generate(
@@ -362,6 +405,8 @@ class SDXLEngine:
         """The request checked against the model and seeded; raises its error. Both batching modes
         take requests in here."""
         request.check_against(spec)
+        with blame("loras"):
+            self.adapters.ensure_loaded(name for name, _ in request.lora_scales())
         seed = request.seed if request.seed is not None else draw_seed()
         return _Member(
             request=request,
@@ -388,9 +433,11 @@ class SDXLEngine:
         texts = member.request.prompt_texts()
         if texts is None or (texts["negative_prompt"] is None) != (texts["negative_prompt_2"] is None):
             return ("alone", id(member))
-        return (member.request.guidance_is_on(), texts["negative_prompt"] is None)
+        request = member.request
+        return (request.guidance_is_on(), texts["negative_prompt"] is None, request.lora_scales())
 
     def _encode_group(self, members: list[_Member]) -> None:
+        self.adapters.activate(members[0].request.lora_scales())  # text-encoder layers of LoRAs act
         if len(members) == 1:
             self._encode(members[0])
             return
@@ -442,7 +489,9 @@ class SDXLEngine:
         request = member.request
         conditioning, negative = request.micro_conditioning()
         # With negative micro-conditioning, diffusers lays out time ids as [negative, positive] pairs
-        # per image, so an image's ids depend on its position in the call: such requests run alone.
+        # per image, so an image's ids depend on its position in the call: such requests run alone,
+        # as do img2img and inpainting requests (their own diffusers pipeline call, with their image).
+        alone = negative is not None or request.workflow != "text2img"
         return (
             (request.height, request.width),
             request.num_inference_steps,
@@ -453,7 +502,9 @@ class SDXLEngine:
             request.guidance_rescale,
             conditioning,
             member.embeds[0].shape[1],  # token count of the text embeddings
-            index if negative is not None else None,
+            request.lora_scales(),
+            request.wants_refiner,
+            index if alone else None,
         )
 
     def _initial_latents(self, member: _Member, pipeline: PerImageGuidancePipeline) -> torch.Tensor:
@@ -479,7 +530,23 @@ class SDXLEngine:
         """One pipeline call for the members whose initial latents could be drawn; each member gets
         its result, or its own error. A fault of the call itself is raised (see `run_shared`)."""
         started = time.perf_counter()
-        pipeline = self._pipeline_for(members[0].request.scheduler)
+        first = members[0].request
+        self.adapters.activate(first.lora_scales())
+        pipeline = self.pipeline_for(first.workflow, first.scheduler)
+        try:
+            if first.workflow == "text2img":
+                self._call_text2img(pipeline, members, started)
+            else:
+                self._call_image(pipeline, members[0], started)
+        except Exception:
+            # diffusers upcasts a float16 VAE to decode and casts it back only when decoding succeeds:
+            # undo it, or every later call would hand float16 latents to a float32 VAE and fail.
+            pipeline.vae.to(dtype=self.dtype)
+            raise
+
+    def _call_text2img(
+        self, pipeline: StableDiffusionXLPipeline, members: list[_Member], started: float
+    ) -> None:
         ready, latents = [], []
         for member in members:
             # Fresh generators on every call, so that a rerun draws exactly what a solo call draws.
@@ -490,64 +557,65 @@ class SDXLEngine:
                 member.error = request_error(error)
                 continue
             ready.append(member)
-        if not ready:
-            return
-        try:
-            self._call(pipeline, ready, torch.cat(latents), started)
-        except Exception:
-            # diffusers upcasts a float16 VAE to decode and casts it back only when decoding succeeds:
-            # undo it, or every later call would hand float16 latents to a float32 VAE and fail.
-            pipeline.vae.to(dtype=self.dtype)
-            raise
+        if ready:
+            self._call(pipeline, ready, started, latents=torch.cat(latents))
+
+    def _call_image(self, pipeline: StableDiffusionXLPipeline, member: _Member, started: float) -> None:
+        """An img2img or inpainting request: its own call of diffusers' pipeline for the workflow."""
+        request = member.request
+        member.generators = [torch.Generator().manual_seed(seed) for seed in member.seeds]
+        arguments: dict[str, Any] = {"image": request.image, "strength": request.effective_strength()}
+        if request.workflow == "inpaint":
+            arguments["mask_image"] = request.mask_image
+        self._call(pipeline, [member], started, **arguments)
 
     def _call(
-        self,
-        pipeline: PerImageGuidancePipeline,
-        members: list[_Member],
-        latents: torch.Tensor,
-        started: float,
+        self, pipeline: StableDiffusionXLPipeline, members: list[_Member], started: float, **inputs: Any
     ) -> None:
+        """One pipeline call over the members' rows (`inputs`: the starting latents or image)."""
         images = 0
         for member in members:
             member.start = images
             images += member.count
         first = members[0].request
         guidance_on = first.guidance_is_on()
+        scales = {member.request.guidance_scale for member in members}
         guidance: float | torch.Tensor = first.guidance_scale
-        if guidance_on:
+        if guidance_on and len(scales) > 1:
             per_image = [member.request.guidance_scale for member in members for _ in range(member.count)]
             guidance = torch.tensor(per_image, device=self.device, dtype=self.dtype).view(-1, 1, 1, 1)
         prompt_embeds, negative_embeds, pooled, negative_pooled = (
             torch.cat([member.embeds[i] for member in members]) if guidance_on or i in (0, 2) else None
             for i in range(4)
         )
+        call_kwargs = first.call_kwargs()
+        if first.workflow == "img2img":  # it keeps the image's size; it takes no height and width
+            del call_kwargs["height"], call_kwargs["width"]
         needs_fan_out = any(m.request.callback_on_step_end or m.should_stop or m.progress for m in members)
         output = pipeline(
             prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_embeds,
             pooled_prompt_embeds=pooled,
             negative_pooled_prompt_embeds=negative_pooled,
-            latents=latents,
             generator=[g for member in members for g in member.generators],
             guidance_scale=guidance,
             num_images_per_prompt=1,
-            output_type="np",
+            output_type="latent" if first.wants_refiner else "np",
             callback_on_step_end=_StepFanOut(members, images) if needs_fan_out else None,
-            # All of them, whatever each callback listed: diffusers applies a callback's returned
-            # tensors by name, listed or not, so the fan-out must be able to write back any of them.
-            callback_on_step_end_tensor_inputs=list(pipeline._callback_tensor_inputs),
-            **first.call_kwargs(),
+            # All the tensors the fan-out can hand on, whatever each callback listed: diffusers applies
+            # a callback's returned tensors by name, listed or not, so it must be able to write any.
+            callback_on_step_end_tensor_inputs=[
+                name for name in pipeline._callback_tensor_inputs if name in CALLBACK_TENSOR_INPUTS
+            ],
+            **inputs,
+            **call_kwargs,
         )
         call_s = time.perf_counter() - started
         for member in members:
             if member.error is None:
-                member.result = SDXLResult(
-                    images=list(output.images[member.start : member.start + member.count]),
-                    seeds=member.seeds,
-                    timings={"encode_s": member.encode_s, "generate_s": call_s},
-                    batch_size=images,
-                    stopped_at_step=member.stopped_at_step,
-                )
+                rows = output.images[member.start : member.start + member.count]
+                timings = {"encode_s": member.encode_s, "generate_s": call_s}
+                member.result = finished(member, rows, timings, images)
 
 
 def _on(tensor: torch.Tensor | None, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:

@@ -12,7 +12,10 @@ What it mirrors of `StableDiffusionXLPipeline.__call__` (diffusers 0.42), per re
 request's own generators, times `init_noise_sigma`); 6 `prepare_extra_step_kwargs`; 7
 `_get_add_time_ids` and the [negative; positive] rows of guidance; 8 the loop body (scale the model
 input, guidance, `rescale_noise_cfg`, `scheduler.step`, `callback_on_step_end`); and the VAE decode
-with its float16 upcast rule. Images equal a solo pipeline call with the same seeds (tests check)."""
+with its float16 upcast rule. img2img and inpainting requests start as their pipelines start them
+(leap_ray.engines.sdxl_images) and then step like any other. A request for the refiner is handed back
+as latents, undecoded. Runs with different LoRA adapter sets never share a UNet call. Images equal a
+solo pipeline call with the same seeds (tests check)."""
 
 import inspect
 import time
@@ -35,7 +38,9 @@ from leap_ray.engines.sdxl import (
     SDXLResult,
     _Member,
     _StepFanOut,
+    finished,
 )
+from leap_ray.engines.sdxl_images import InpaintRows, image_start
 from leap_ray.errors import LeapRayError
 
 
@@ -64,6 +69,7 @@ class _Run:
     time_ids: torch.Tensor
     extra_step_kwargs: dict[str, Any]
     admitted_at: float
+    inpaint: InpaintRows | None = None
     step: int = 0
     unet_calls: int = 0
     largest_batch: int = 0  # the most images in one UNet call this request was part of
@@ -78,8 +84,8 @@ class _Run:
 
     @property
     def shape(self) -> tuple:
-        """Runs of one shape can share a UNet call."""
-        return (*self.latents.shape[1:], self.prompt_embeds.shape[1])
+        """Runs of one shape (and one set of LoRA adapters) can share a UNet call."""
+        return (*self.latents.shape[1:], self.prompt_embeds.shape[1], self.request.lora_scales())
 
     @property
     def finished(self) -> bool:
@@ -171,11 +177,19 @@ class StepBatch:
         engine, pipeline, request = self.engine, self.pipeline, member.request
         scheduler = self._scheduler(request.scheduler)
         timesteps, _ = retrieve_timesteps(scheduler, request.num_inference_steps, engine.device)
-        timesteps = timesteps[: self._steps_before_end(scheduler, timesteps, request.denoising_end)]
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(0)
         member.generators = [torch.Generator().manual_seed(seed) for seed in member.seeds]
-        latents = engine._initial_latents(member, pipeline) * scheduler.init_noise_sigma
+        inpaint = None
+        if request.workflow == "text2img":
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(0)
+            latents = engine._initial_latents(member, pipeline) * scheduler.init_noise_sigma
+        else:
+            workflow_pipeline = engine.pipeline_for(request.workflow, None)
+            start = image_start(
+                workflow_pipeline, scheduler, request, member.generators, engine.device, engine.dtype
+            )
+            timesteps, latents, inpaint = start.timesteps, start.latents, start.inpaint
+        timesteps = timesteps[: self._steps_before_end(scheduler, timesteps, request.denoising_end)]
         prompt_embeds, negative_embeds, pooled, negative_pooled = member.embeds
         time_ids, negative_time_ids = self._time_ids(request, pooled)
         if request.guidance_is_on():
@@ -192,6 +206,7 @@ class StepBatch:
             time_ids=time_ids.to(engine.device).repeat(member.count, 1),
             extra_step_kwargs=self._extra_step_kwargs(scheduler, member.generators, request.eta),
             admitted_at=time.perf_counter(),
+            inpaint=inpaint,
         )
 
     def _scheduler(self, name: str | None) -> Any:
@@ -219,14 +234,28 @@ class StepBatch:
 
     def _time_ids(self, request: SDXLRequest, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The added time ids, and the negative ones (the positive ones unless the request's negative
-        micro-conditioning acts), as the pipeline's step 7 builds them."""
+        micro-conditioning acts), as the pipeline's step 7 builds them (img2img and inpainting by
+        their own pipeline's rule)."""
         width = self.pipeline.text_encoder_2.config.projection_dim
+        if request.workflow != "text2img":
+            return self._image_time_ids(request, pooled.dtype, width)
         positive, negative = request.micro_conditioning()
         time_ids, negative_time_ids = (
             self.pipeline._get_add_time_ids(*sizes, dtype=pooled.dtype, text_encoder_projection_dim=width)
             for sizes in (positive, negative or positive)
         )
         return time_ids, negative_time_ids
+
+    def _image_time_ids(
+        self, request: SDXLRequest, dtype: torch.dtype, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        (original, crop, target), _ = request.micro_conditioning()
+        pipeline = self.engine.pipeline_for(request.workflow, None)
+        return pipeline._get_add_time_ids(
+            original, crop, target, 6.0, 2.5,  # aesthetic scores: unused by the base model
+            request.negative_original_size or original, request.negative_crops_coords_top_left,
+            request.negative_target_size or target, dtype=dtype, text_encoder_projection_dim=width,
+        )  # fmt: skip
 
     @torch.inference_mode()
     def step(self) -> list[tuple[SDXLRequest, SDXLResult | LeapRayError]]:
@@ -239,7 +268,8 @@ class StepBatch:
                 self._denoise(group)
         done = [run for run in self.running if run.finished]
         self.running = [run for run in self.running if not run.finished]
-        images = self._decode_together([run for run in done if run.member.error is None])
+        decoded = [run for run in done if run.member.error is None and not run.request.wants_refiner]
+        images = self._decode_together(decoded)
         return failed + [(run.request, self._outcome(run, images.get(id(run)))) for run in done]
 
     def _decode_together(self, runs: list[_Run]) -> dict[int, Any]:
@@ -266,6 +296,7 @@ class StepBatch:
         """One UNet call over the runs' rows, each at its own timestep, then each run's own step. If the
         shared call fails, each run is stepped alone: only one that fails alone gets the error."""
         try:
+            self.engine.adapters.activate(runs[0].request.lora_scales())
             noise = self._unet(runs)
         except Exception as error:
             if len(runs) == 1:
@@ -309,6 +340,9 @@ class StepBatch:
             if request.guidance_rescale > 0.0:
                 noise = rescale_noise_cfg(noise, text, guidance_rescale=request.guidance_rescale)
         run.latents = run.scheduler.step(noise, t, run.latents, **run.extra_step_kwargs, return_dict=False)[0]
+        if run.inpaint is not None:
+            following = run.timesteps[run.step + 1] if run.step + 1 < len(run.timesteps) else None
+            run.latents = run.inpaint.blend(run.scheduler, run.latents, following)
         self._step_end(run, t)
         run.step += 1
 
@@ -336,13 +370,9 @@ class StepBatch:
             return member.error
         if isinstance(images, LeapRayError):
             return images
-        return SDXLResult(
-            images=list(images),
-            seeds=member.seeds,
-            timings={"encode_s": member.encode_s, "generate_s": time.perf_counter() - run.admitted_at},
-            batch_size=run.largest_batch,
-            stopped_at_step=member.stopped_at_step,
-        )
+        timings = {"encode_s": member.encode_s, "generate_s": time.perf_counter() - run.admitted_at}
+        rows = run.latents if run.request.wants_refiner else images
+        return finished(member, rows, timings, run.largest_batch)
 
 
 def _split(images: Any, counts: list[int]) -> list[Any]:

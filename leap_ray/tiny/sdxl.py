@@ -120,12 +120,17 @@ def _text_config(architecture: SDXLArchitecture, index: int) -> CLIPTextConfig:
     )
 
 
-def sdxl_modules(architecture: SDXLArchitecture) -> dict[str, torch.nn.Module]:
-    """The pipeline's networks with random weights (buildable on the meta device, to count them)."""
-    text_encoder = CLIPTextModel(_text_config(architecture, 0))
-    text_encoder_2 = CLIPTextModelWithProjection(_text_config(architecture, 1))
+def sdxl_unet(
+    architecture: SDXLArchitecture, cross_attention_dim: int | None = None, time_ids: int = 6
+) -> UNet2DConditionModel:
+    """SDXL's UNet with random weights. It attends to both text encoders' states (concatenated) unless
+    `cross_attention_dim` says otherwise, and embeds `time_ids` micro-conditioning numbers (the base's
+    6: original size, crop corner, target size) alongside the pooled text embedding."""
     blocks = len(architecture.unet_channels)
-    unet = UNet2DConditionModel(
+    if cross_attention_dim is None:
+        cross_attention_dim = sum(width for width, _, _ in architecture.text_encoders)
+    added_embedding_width = time_ids * architecture.time_embed_width + architecture.pooled_width
+    return UNet2DConditionModel(
         sample_size=128,  # latents of a 1024 px image, SDXL's native size
         in_channels=4,
         out_channels=4,
@@ -136,12 +141,19 @@ def sdxl_modules(architecture: SDXLArchitecture) -> dict[str, torch.nn.Module]:
         attention_head_dim=architecture.unet_head_dims,
         transformer_layers_per_block=architecture.unet_transformer_layers,
         use_linear_projection=True,
-        cross_attention_dim=sum(width for width, _, _ in architecture.text_encoders),
+        cross_attention_dim=cross_attention_dim,
         addition_embed_type="text_time",
         addition_time_embed_dim=architecture.time_embed_width,
-        projection_class_embeddings_input_dim=6 * architecture.time_embed_width + architecture.pooled_width,
+        projection_class_embeddings_input_dim=added_embedding_width,
         norm_num_groups=32,
     )
+
+
+def sdxl_modules(architecture: SDXLArchitecture) -> dict[str, torch.nn.Module]:
+    """The pipeline's networks with random weights (buildable on the meta device, to count them)."""
+    text_encoder = CLIPTextModel(_text_config(architecture, 0))
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(architecture, 1))
+    unet = sdxl_unet(architecture)
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,

@@ -1,0 +1,86 @@
+"""How an img2img or inpainting request starts in the step batch, by diffusers' own pipeline methods
+(`StableDiffusionXLImg2ImgPipeline` / `StableDiffusionXLInpaintPipeline`, diffusers 0.42) called with the
+request's own scheduler and generators, so its latents, noise and mask are exactly a solo call's:
+`get_timesteps` (the schedule starts at strength), the image preprocessed and VAE-encoded, noise added
+at the first timestep, and for inpainting the mask at latent size. The per-step mask blend is
+`InpaintRows.blend`, the loop body of the inpainting pipeline with a 4-channel UNet."""
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers import StableDiffusionXLPipeline
+
+from leap_ray.api.sdxl import SDXLRequest
+
+
+class _WithScheduler:
+    """A pipeline whose methods see one request's scheduler instead of the pipeline's."""
+
+    def __init__(self, pipeline: StableDiffusionXLPipeline, scheduler: Any) -> None:
+        self._pipeline = pipeline
+        self.scheduler = scheduler
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipeline, name)
+
+
+@dataclass
+class InpaintRows:
+    """What inpainting keeps outside the mask: the image's latents and the noise to bring them to
+    each next timestep, and the mask at latent size (1 where the image is repainted)."""
+
+    image_latents: torch.Tensor
+    noise: torch.Tensor
+    mask: torch.Tensor
+
+    def blend(
+        self, scheduler: Any, latents: torch.Tensor, next_timestep: torch.Tensor | None
+    ) -> torch.Tensor:
+        """After a scheduler step: the kept region is the image noised to the next timestep (the
+        image itself after the last step)."""
+        kept = self.image_latents
+        if next_timestep is not None:
+            kept = scheduler.add_noise(kept, self.noise, torch.tensor([next_timestep]))
+        return (1 - self.mask) * kept + self.mask * latents
+
+
+@dataclass
+class ImageStart:
+    timesteps: torch.Tensor
+    latents: torch.Tensor
+    inpaint: InpaintRows | None
+
+
+def image_start(
+    pipeline: StableDiffusionXLPipeline,
+    scheduler: Any,
+    request: SDXLRequest,
+    generators: list[torch.Generator],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> ImageStart:
+    """`pipeline` is the workflow's (img2img or inpaint); `scheduler` has its timesteps set."""
+    view: Any = _WithScheduler(pipeline, scheduler)
+    images, strength = len(generators), request.effective_strength()
+    timesteps, _ = type(pipeline).get_timesteps(view, request.num_inference_steps, strength, device)
+    first = timesteps[:1].repeat(images)
+    size = {"height": request.height, "width": request.width}
+    if request.workflow == "img2img":
+        image = pipeline.image_processor.preprocess(request.image, **size)
+        latents = type(pipeline).prepare_latents(view, image, first, 1, images, dtype, device, generators)
+        return ImageStart(timesteps, latents, None)
+    image = pipeline.image_processor.preprocess(request.image, **size).to(dtype=torch.float32)
+    mask = pipeline.mask_processor.preprocess(request.mask_image, **size)
+    latents, noise, image_latents = type(pipeline).prepare_latents(
+        view, images, pipeline.vae.config.latent_channels, request.height, request.width, dtype, device,
+        generators, image=image, timestep=first, is_strength_max=strength == 1.0, return_noise=True,
+        return_image_latents=True,
+    )  # fmt: skip
+    # The pipeline encodes the masked image too (a 4-channel UNet does not use it): it draws from the
+    # first generator, which later scheduler noise depends on.
+    mask, _ = type(pipeline).prepare_mask_latents(
+        view, mask, image * (mask < 0.5), images, request.height, request.width, dtype, device, generators,
+        False,
+    )  # fmt: skip
+    return ImageStart(timesteps, latents, InpaintRows(image_latents, noise, mask))

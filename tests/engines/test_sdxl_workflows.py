@@ -1,0 +1,257 @@
+"""img2img, inpainting, LoRA adapters and the refiner hand-off: every image equals its diffusers
+reference (the workflow's own pipeline; `load_lora_weights` + `set_adapters`; the base with
+`denoising_end` and `output_type="latent"` then the refiner with `denoising_start`, same generators),
+under both batching modes, while sharing batches with other requests."""
+
+import base64
+import io
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+from PIL import Image
+
+from leap_ray.api.sdxl import RefineRequest, SDXLRequest
+from leap_ray.engines.sdxl import SCHEDULER_CLASSES, SDXLEngine, SDXLResult
+from leap_ray.engines.sdxl_refiner import SDXLRefinerEngine
+from leap_ray.engines.sdxl_steps import StepBatch
+from leap_ray.errors import InvalidRequest
+from tests.helpers import run_steps, seeds_of, solo
+
+TOLERANCE = 1e-3  # on 0-1 pixel values, CPU float32
+SMALL = {"height": 64, "width": 64}
+
+
+def png(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+RANDOM = np.random.default_rng(0)
+PHOTO = png(RANDOM.integers(0, 256, (66, 70, 3), dtype=np.uint8))  # rounds down to 64 × 64... as diffusers
+SQUARE = png(RANDOM.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+MASK = png(np.where(np.arange(64)[None, :] < 32, 255, 0).repeat(64, axis=0).astype(np.uint8))
+
+TEXT = SDXLRequest(prompt="a lighthouse", seed=10, num_inference_steps=6, **SMALL)
+IMG2IMG = SDXLRequest(prompt="a boat", image=PHOTO, strength=0.6, num_inference_steps=5, seed=11)
+INPAINT = SDXLRequest(
+    prompt="a door", negative_prompt="rust", image=SQUARE, mask_image=MASK, num_inference_steps=4, seed=12
+)
+INPAINT_FULL = SDXLRequest(
+    prompt="a window",
+    image=SQUARE,
+    mask_image=MASK,
+    strength=1.0,
+    num_images_per_prompt=2,
+    num_inference_steps=3,
+    scheduler="euler_ancestral",
+    guidance_scale=1.0,
+    seed=13,
+)
+WORKFLOWS = [TEXT, IMG2IMG, INPAINT, INPAINT_FULL]
+
+
+def assert_solo(result: object, reference: StableDiffusionXLPipeline, request: SDXLRequest) -> None:
+    assert isinstance(result, SDXLResult), result
+    expected = solo(reference, request, seeds_of(request))
+    assert np.abs(np.stack(result.images) - expected).max() < TOLERANCE, request.prompt
+
+
+def test_img2img_and_inpainting_join_a_step_batch_and_equal_their_pipelines(engine, reference):
+    batch = StepBatch(engine)
+    outcomes = run_steps(batch, {0: [TEXT], 1: [IMG2IMG], 2: [INPAINT, INPAINT_FULL]})
+    for request in WORKFLOWS:
+        assert_solo(outcomes[request.seed], reference, request)
+    # They shared UNet calls with the text request (same latent shape): they joined its steps.
+    assert outcomes[INPAINT.seed].batch_size > INPAINT.image_count
+
+
+def test_the_request_level_engine_runs_img2img_and_inpainting_as_their_pipelines(engine, reference):
+    for request, result in zip(WORKFLOWS, engine.generate(WORKFLOWS), strict=True):
+        assert_solo(result, reference, request)
+
+
+def test_img2img_keeps_the_image_size_rounded_down_to_a_multiple_of_8():
+    assert (IMG2IMG.height, IMG2IMG.width) == (64, 64)
+
+
+def test_inpainting_changes_only_the_latents_inside_the_mask(engine):
+    final = {}
+
+    def keep(prompt: str):  # the latents after the last step, as the callback sees them
+        def callback(pipeline, step, timestep, tensors):
+            final[prompt] = tensors["latents"].clone()
+            return tensors
+
+        return callback
+
+    requests = [
+        INPAINT.model_copy(update={"prompt": prompt, "callback_on_step_end": keep(prompt)})
+        for prompt in ("a door", "a wall")
+    ]
+    run_steps(StepBatch(engine), {0: requests})
+    difference = (final["a door"] - final["a wall"]).abs()
+    # The mask is white (repainted) on the left half: latent columns 0-3 of 8.
+    assert difference[..., 4:].max() == 0 < difference[..., :4].mean()
+
+
+@pytest.fixture(scope="module")
+def lora_sources(tiny_models) -> dict[str, str]:
+    return {"ink": str(tiny_models["sdxl-lora"]), "paper": str(tiny_models["sdxl-lora-2"])}
+
+
+@pytest.fixture(scope="module")
+def lora_engine(tiny_models, lora_sources) -> SDXLEngine:
+    return SDXLEngine(str(tiny_models["sdxl"]), loras=lora_sources, max_loaded_loras=2)
+
+
+@pytest.fixture(scope="module")
+def lora_reference(tiny_models, lora_sources) -> StableDiffusionXLPipeline:
+    pipeline = StableDiffusionXLPipeline.from_pretrained(tiny_models["sdxl"])
+    pipeline.set_progress_bar_config(disable=True)
+    for name, source in lora_sources.items():
+        pipeline.load_lora_weights(source, adapter_name=name)
+    return pipeline
+
+
+LORA_REQUESTS = [
+    SDXLRequest(prompt="plain", seed=20, num_inference_steps=3, **SMALL),
+    SDXLRequest(prompt="inked", seed=21, num_inference_steps=3, loras=[{"name": "ink"}], **SMALL),
+    SDXLRequest(
+        prompt="both",
+        seed=22,
+        num_inference_steps=4,
+        loras=[{"name": "ink", "scale": 0.5}, {"name": "paper", "scale": 1.5}],
+        **SMALL,
+    ),
+]
+
+
+def lora_solo(reference: StableDiffusionXLPipeline, request: SDXLRequest) -> np.ndarray:
+    """diffusers' own way: set_adapters with the request's scales (or LoRA off)."""
+    if request.loras:
+        reference.enable_lora()
+        reference.set_adapters([lora.name for lora in request.loras], [lora.scale for lora in request.loras])
+    else:
+        reference.disable_lora()
+    return solo(reference, request, seeds_of(request))
+
+
+@pytest.mark.parametrize("mode", ["step", "request"])
+def test_lora_images_equal_diffusers_set_adapters_and_sets_never_share_a_unet_call(
+    mode, lora_engine, lora_reference
+):
+    if mode == "step":
+        outcomes = run_steps(StepBatch(lora_engine), {0: LORA_REQUESTS})
+        results = [outcomes[request.seed] for request in LORA_REQUESTS]
+    else:
+        results = lora_engine.generate(LORA_REQUESTS)
+    plain = None
+    for request, result in zip(LORA_REQUESTS, results, strict=True):
+        expected = lora_solo(lora_reference, request)
+        assert np.abs(np.stack(result.images) - expected).max() < TOLERANCE, request.prompt
+        assert result.batch_size == 1  # three adapter sets: three UNet calls per step
+        plain = expected if plain is None else plain
+    assert np.abs(np.stack(results[1].images) - plain).max() > 0.01  # the adapter acts
+
+
+def test_adapters_beyond_the_bound_are_evicted_least_recently_used(tiny_models, lora_sources):
+    engine = SDXLEngine(str(tiny_models["sdxl"]), loras=lora_sources, max_loaded_loras=1)
+    adapters = engine.adapters
+    adapters.activate((("ink", 1.0),))
+    adapters.activate((("paper", 1.0),))
+    assert list(adapters.loaded) == ["paper"]
+    assert engine._default.get_list_adapters() == {"unet": ["paper"]}
+    adapters.activate((("ink", 1.0),))
+    assert (list(adapters.loaded), adapters.loads) == (["ink"], 3)
+    (result,) = engine.generate([LORA_REQUESTS[2]])  # names two: more than this replica may hold
+    assert isinstance(result, InvalidRequest) and result.param == "loras"
+
+
+def test_an_unknown_adapter_is_refused_naming_loras(lora_engine):
+    request = SDXLRequest(prompt="x", loras=[{"name": "chalk"}], **SMALL)
+    with pytest.raises(InvalidRequest, match="chalk") as caught:
+        request.check_against(lora_engine.spec())
+    assert caught.value.param == "loras"
+    assert lora_engine.spec().loras == ("ink", "paper")
+
+
+@pytest.fixture(scope="module")
+def refiner(tiny_models) -> SDXLRefinerEngine:
+    return SDXLRefinerEngine(str(tiny_models["sdxl-refiner"]))
+
+
+@pytest.fixture(scope="module")
+def refiner_reference(tiny_models) -> StableDiffusionXLImg2ImgPipeline:
+    pipeline = StableDiffusionXLImg2ImgPipeline.from_pretrained(tiny_models["sdxl-refiner"])
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+# An ancestral sampler draws noise at every step: the refiner must go on with the base's generators.
+ENSEMBLE = SDXLRequest(
+    prompt=["a castle", "a field"],
+    negative_prompt="fog",
+    num_images_per_prompt=2,
+    num_inference_steps=8,
+    denoising_end=0.7,
+    scheduler="euler_ancestral",
+    refiner={"num_inference_steps": 10, "aesthetic_score": 7.0},
+    seed=30,
+    **SMALL,
+)
+PLAIN_ENSEMBLE = SDXLRequest(prompt="a hill", refiner={}, num_inference_steps=5, seed=40, **SMALL)
+
+
+def ensemble_reference(
+    base: StableDiffusionXLPipeline, refiner: StableDiffusionXLImg2ImgPipeline, request: SDXLRequest
+) -> np.ndarray:
+    """diffusers' documented two-pipeline call, one process, the same generators through both."""
+    if request.scheduler:
+        scheduler = SCHEDULER_CLASSES[request.scheduler]
+        base = StableDiffusionXLPipeline.from_pipe(base, scheduler=scheduler.from_config(base.scheduler.config))
+        refiner = StableDiffusionXLImg2ImgPipeline.from_pipe(
+            refiner, scheduler=scheduler.from_config(refiner.scheduler.config)
+        )
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds_of(request)]
+    latents = base(**request.to_pipeline_kwargs(), generator=generators, output_type="latent").images
+    options = request.refiner
+    return refiner(
+        prompt=request.prompt,
+        negative_prompt=request.to_pipeline_kwargs()["negative_prompt"],
+        image=latents,
+        generator=generators,
+        num_images_per_prompt=request.num_images_per_prompt,
+        num_inference_steps=options.num_inference_steps or request.num_inference_steps,
+        denoising_start=options.denoising_start or request.denoising_end,
+        guidance_scale=request.guidance_scale,
+        aesthetic_score=options.aesthetic_score,
+        negative_aesthetic_score=options.negative_aesthetic_score,
+        output_type="np",
+    ).images
+
+
+def hand_off(request: SDXLRequest, result: SDXLResult) -> RefineRequest:
+    assert result.images == [] and result.latents is not None, result
+    return RefineRequest(request, result.latents, result.generator_states, result.seeds, result.timings)
+
+
+@pytest.mark.parametrize("mode", ["step", "request"])
+def test_refined_images_equal_the_two_pipeline_ensemble_with_the_same_generators(
+    mode, engine, reference, refiner, refiner_reference
+):
+    requests = [ENSEMBLE, PLAIN_ENSEMBLE]
+    if mode == "step":
+        outcomes = run_steps(StepBatch(engine), {0: [TEXT, ENSEMBLE], 1: [PLAIN_ENSEMBLE]})
+        bases = [outcomes[request.seed] for request in requests]
+    else:
+        bases = engine.generate(requests)
+    refined = refiner.generate([hand_off(request, base) for request, base in zip(requests, bases, strict=True)])
+    for request, result in zip(requests, refined, strict=True):
+        assert isinstance(result, SDXLResult), result
+        expected = ensemble_reference(reference, refiner_reference, request)
+        assert np.abs(np.stack(result.images) - expected).max() < TOLERANCE, request.prompt
+        assert set(result.timings) >= {"encode_s", "generate_s", "refine_s"}
+    assert PLAIN_ENSEMBLE.denoising_end == 0.8  # with a refiner, the hand-off defaults to diffusers' 0.8
