@@ -28,7 +28,14 @@ def test_a_tiny_name_is_built_once_into_the_cache(tmp_path, monkeypatch):
 def test_an_unknown_tiny_name_says_which_there_are():
     with pytest.raises(ValueError, match="musicgen-melody"):
         resolve_model("tiny:nope")
-    assert set(TINY_BUILDERS) == {"sdxl", "sdxl-refiner", "sdxl-lora", "sdxl-lora-2", "musicgen", "musicgen-melody"}
+    assert set(TINY_BUILDERS) == {
+        "sdxl",
+        "sdxl-refiner",
+        "sdxl-lora",
+        "sdxl-lora-2",
+        "musicgen",
+        "musicgen-melody",
+    }
 
 
 def test_production_code_never_imports_the_testing_package():

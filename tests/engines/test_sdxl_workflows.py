@@ -211,7 +211,9 @@ def ensemble_reference(
     """diffusers' documented two-pipeline call, one process, the same generators through both."""
     if request.scheduler:
         scheduler = SCHEDULER_CLASSES[request.scheduler]
-        base = StableDiffusionXLPipeline.from_pipe(base, scheduler=scheduler.from_config(base.scheduler.config))
+        base = StableDiffusionXLPipeline.from_pipe(
+            base, scheduler=scheduler.from_config(base.scheduler.config)
+        )
         refiner = StableDiffusionXLImg2ImgPipeline.from_pipe(
             refiner, scheduler=scheduler.from_config(refiner.scheduler.config)
         )
@@ -248,7 +250,9 @@ def test_refined_images_equal_the_two_pipeline_ensemble_with_the_same_generators
         bases = [outcomes[request.seed] for request in requests]
     else:
         bases = engine.generate(requests)
-    refined = refiner.generate([hand_off(request, base) for request, base in zip(requests, bases, strict=True)])
+    refined = refiner.generate(
+        [hand_off(request, base) for request, base in zip(requests, bases, strict=True)]
+    )
     for request, result in zip(requests, refined, strict=True):
         assert isinstance(result, SDXLResult), result
         expected = ensemble_reference(reference, refiner_reference, request)
