@@ -85,6 +85,32 @@ class ModelSettings(BaseModel):
         default_factory=dict, description="Keyword arguments for the engine (device, dtype, threads, ...)."
     )
 
+    def engine_arguments(self) -> dict[str, Any]:
+        """The engine's keyword arguments."""
+        return dict(self.engine_kwargs)
+
+
+class SDXLSettings(ModelSettings):
+    """The SDXL base deployment's engine, with the LoRA adapters requests may name."""
+
+    loras: dict[str, str] = Field(
+        default_factory=dict,
+        description="LoRA adapters requests may name: name -> hub id, local folder or tiny:<name>. "
+        "Each is loaded on a replica the first time a request there names it.",
+    )
+    max_loaded_loras: int = Field(
+        4,
+        ge=1,
+        description="Most adapters one replica holds at once; the least recently used is unloaded. "
+        "Serve routes a request to a replica that holds its adapters when one can take it.",
+    )
+
+    def engine_arguments(self) -> dict[str, Any]:
+        """The engine's keyword arguments: engine_kwargs, and the adapters when there are any (an
+        injected engine without adapters need not take them)."""
+        adapters = {"loras": self.loras, "max_loaded_loras": self.max_loaded_loras} if self.loras else {}
+        return {**self.engine_kwargs, **adapters}
+
 
 class BatchingConfig(BaseModel):
     """A model deployment's `user_config`: dynamic batching, changeable without a restart."""
@@ -226,6 +252,11 @@ class AppConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    sdxl: ModelSettings = ModelSettings(model="tiny:sdxl")
+    sdxl: SDXLSettings = SDXLSettings(model="tiny:sdxl")
+    refiner: ModelSettings | None = Field(
+        None,
+        description="The SDXL refiner, its own deployment (named Refiner); without it, requests asking "
+        "for the refiner get 422. The local config serves tiny:sdxl-refiner.",
+    )
     musicgen: ModelSettings = ModelSettings(model="tiny:musicgen-melody")
     ingress: IngressSettings = IngressSettings()

@@ -1,5 +1,7 @@
-"""Test helpers shared by several test modules: decoded pixels, hostile audio files built by hand."""
+"""Test helpers shared by several test modules: decoded pixels, hostile audio files built by hand,
+the diffusers references of SDXL workflows (img2img, inpainting, LoRA, the refiner ensemble)."""
 
+import base64
 import io
 import struct
 
@@ -7,7 +9,7 @@ import numpy as np
 import psutil
 import soundfile
 import torch
-from diffusers import StableDiffusionXLPipeline
+from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
 from leap_ray.api.sdxl import SDXLRequest
@@ -98,3 +100,49 @@ def run_steps(batch: StepBatch, arrivals: dict[int, list[SDXLRequest]]) -> dict[
         outcomes.update((request.seed, outcome) for request, outcome in batch.step())
         step += 1
     return outcomes
+
+
+def png(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def lora_solo(reference: StableDiffusionXLPipeline, request: SDXLRequest) -> np.ndarray:
+    """diffusers' own way: set_adapters with the request's scales (or LoRA off)."""
+    if request.loras:
+        reference.enable_lora()
+        reference.set_adapters([lora.name for lora in request.loras], [lora.scale for lora in request.loras])
+    else:
+        reference.disable_lora()
+    return solo(reference, request, seeds_of(request))
+
+
+def ensemble_reference(
+    base: StableDiffusionXLPipeline, refiner: StableDiffusionXLImg2ImgPipeline, request: SDXLRequest
+) -> np.ndarray:
+    """diffusers' documented two-pipeline call, one process, the same generators through both."""
+    if request.scheduler:
+        scheduler = SCHEDULER_CLASSES[request.scheduler]
+        base = StableDiffusionXLPipeline.from_pipe(
+            base, scheduler=scheduler.from_config(base.scheduler.config)
+        )
+        refiner = StableDiffusionXLImg2ImgPipeline.from_pipe(
+            refiner, scheduler=scheduler.from_config(refiner.scheduler.config)
+        )
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds_of(request)]
+    latents = base(**request.to_pipeline_kwargs(), generator=generators, output_type="latent").images
+    options = request.refiner
+    return refiner(
+        prompt=request.prompt,
+        negative_prompt=request.to_pipeline_kwargs()["negative_prompt"],
+        image=latents,
+        generator=generators,
+        num_images_per_prompt=request.num_images_per_prompt,
+        num_inference_steps=options.num_inference_steps or request.num_inference_steps,
+        denoising_start=options.denoising_start or request.denoising_end,
+        guidance_scale=request.guidance_scale,
+        aesthetic_score=options.aesthetic_score,
+        negative_aesthetic_score=options.negative_aesthetic_score,
+        output_type="np",
+    ).images

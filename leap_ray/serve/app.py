@@ -6,14 +6,15 @@ from typing import Any
 from ray.serve import Application
 
 from leap_ray.config import AppConfig
-from leap_ray.serve.deployments import MusicGenDeployment, SDXLDeployment
+from leap_ray.serve.deployments import MusicGenDeployment, RefinerDeployment, SDXLDeployment
 from leap_ray.serve.ingress import Ingress
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
     config = AppConfig.model_validate(args or {})
+    refiner = RefinerDeployment.bind(config.refiner) if config.refiner else None
     return Ingress.bind(
-        SDXLDeployment.bind(config.sdxl),
+        SDXLDeployment.bind(config.sdxl, refiner),
         MusicGenDeployment.bind(config.musicgen),
         config.ingress,
     )

@@ -18,15 +18,16 @@ from typing import Any
 
 import numpy as np
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from leap_ray.api.audio import encode_audio
 from leap_ray.api.common import with_seed
 from leap_ray.api.images import encode_image
 from leap_ray.api.musicgen import MusicGenModelSpec, MusicGenOutput, MusicGenRequest
 from leap_ray.api.progress import Progress, StepProgress
-from leap_ray.api.sdxl import SDXLModelSpec, SDXLOutput, SDXLRequest
-from leap_ray.config import BatchingConfig, ModelSettings
-from leap_ray.errors import ModelError
+from leap_ray.api.sdxl import RefineRequest, SDXLModelSpec, SDXLOutput, SDXLRequest
+from leap_ray.config import BatchingConfig, ModelSettings, SDXLSettings
+from leap_ray.errors import InvalidRequest, ModelError
 from leap_ray.model_sources import resolve_model
 from leap_ray.serve.step_scheduler import RunningBatch, StepScheduler
 
@@ -58,7 +59,7 @@ class _ModelDeployment:
 
     def __init__(self, settings: ModelSettings) -> None:
         engine_class = _import(settings.engine or self.default_engine)
-        self.engine = engine_class(resolve_model(settings.model), **settings.engine_kwargs)
+        self.engine = engine_class(resolve_model(settings.model), **settings.engine_arguments())
         self.model_spec = self.engine.spec()
         self.requests_served = 0
         self.batches_served = 0
@@ -246,9 +247,76 @@ class _PartsProgress:
         return report
 
 
+def _adapter_set_holder() -> Callable[[str], Any]:
+    async def adapter_set(adapter_set: str) -> str:
+        """What Serve's multiplexing tracks per replica: the adapter sets it has served. The engine
+        loads the adapters themselves, on its own thread, when the request is admitted."""
+        return adapter_set
+
+    return adapter_set
+
+
+def _staged(progress: Callable[[Progress], None], stage: str) -> Callable[[Progress], None]:
+    """A progress hook that marks each event with its stage (base or refiner)."""
+    return lambda event: progress(replace(event, stage=stage))
+
+
 @serve.deployment(name="SDXL")
 class SDXLDeployment(_ModelDeployment):
+    """The SDXL base. A request for the refiner runs here to its `denoising_end`; its latents and
+    generator states then go to the Refiner deployment through its handle (Ray's object store), and
+    its answer is the refiner's. Requests naming LoRA adapters come with Serve's multiplexed model id
+    (their adapter set), so Serve routes them to replicas that already hold those adapters."""
+
     default_engine = "leap_ray.engines.sdxl:SDXLEngine"
+
+    def __init__(self, settings: SDXLSettings, refiner: DeploymentHandle | None = None) -> None:
+        super().__init__(settings)
+        self.refiner = refiner
+        self.model_spec = replace(self.model_spec, refiner=refiner is not None)
+        # Wired here, not by decorator, since the bound comes from the config; Serve keeps its state on
+        # the function, so each replica gets its own.
+        self._hold_adapters = serve.multiplexed(max_num_models_per_replica=settings.max_loaded_loras)(
+            _adapter_set_holder()
+        )
+
+    def stats(self) -> dict[str, int]:
+        """The model deployment's counters, and how many LoRA adapters this replica has loaded."""
+        adapters = getattr(self.engine, "adapters", None)
+        return super().stats() | {"adapter_loads": adapters.loads if adapters else 0}
+
+    async def _dispatch(self, pending: _Pending) -> Any:
+        if adapter_set := serve.get_multiplexed_model_id():
+            await self._hold_adapters(adapter_set)
+        progress = pending.progress
+        if pending.request.wants_refiner and progress is not None:
+            pending.progress = _staged(progress, "base")
+        output = await super()._dispatch(pending)
+        if not isinstance(output, RefineRequest):
+            return output
+        if self.refiner is None:  # the ingress refuses these; a direct handle call may not
+            return InvalidRequest("this service has no refiner deployed", param="refiner")
+        return await self._refine(output, progress)
+
+    async def _refine(self, job: RefineRequest, progress: Callable[[Progress], None] | None) -> Any:
+        """The refiner's output for the base's latents (its progress events marked "refiner")."""
+        if progress is None:
+            response = self.refiner.generate.remote(job)
+            try:
+                return await response
+            except asyncio.CancelledError:
+                response.cancel()
+                raise
+        stream = self.refiner.options(stream=True).generate_stream.remote(job)
+        try:
+            async for event in stream:
+                if not isinstance(event, StepProgress):
+                    return event
+                progress(replace(event, stage="refiner"))
+        except asyncio.CancelledError:
+            stream.cancel()
+            raise
+        raise ModelError("the refiner ended without an answer", code="model_error")
 
     def model_running_batch(self) -> RunningBatch:
         from leap_ray.engines.sdxl_steps import StepBatch  # diffusers: model replicas only
@@ -264,14 +332,45 @@ class SDXLDeployment(_ModelDeployment):
     def join(self, outputs: list[SDXLOutput]) -> SDXLOutput:
         return SDXLOutput.join(outputs)
 
-    def encode(self, request: SDXLRequest, result: Any) -> SDXLOutput:
-        return SDXLOutput(
-            images=[encode_image(pixels, request.output_format) for pixels in result.images],
-            format=request.output_format,
-            seeds=result.seeds,
-            timings=result.timings,
-            batch_size=result.batch_size,
-        )
+    def encode(self, request: SDXLRequest, result: Any) -> SDXLOutput | RefineRequest:
+        if result.latents is not None:  # for the refiner: it decodes and encodes the images
+            return RefineRequest(
+                request, result.latents, result.generator_states, result.seeds, result.timings
+            )
+        return encode_images(request, result)
+
+
+def encode_images(request: SDXLRequest, result: Any) -> SDXLOutput:
+    """An SDXL engine's result (base or refiner) as the deployment's output."""
+    return SDXLOutput(
+        images=[encode_image(pixels, request.output_format) for pixels in result.images],
+        format=request.output_format,
+        seeds=result.seeds,
+        timings=result.timings,
+        batch_size=result.batch_size,
+    )
+
+
+@serve.deployment(name="Refiner")
+class RefinerDeployment(_ModelDeployment):
+    """The SDXL refiner, autoscaled on its own; called by the SDXL deployment with a request's latents.
+    It batches whole requests (`batching: request`): a refining call is short, and requests that
+    agree on their call's settings share it."""
+
+    default_engine = "leap_ray.engines.sdxl_refiner:SDXLRefinerEngine"
+
+    def __init__(self, settings: ModelSettings) -> None:
+        super().__init__(settings)
+        self.batching = BatchingConfig(batching="request")
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        user_config = {"batching": "request", **(user_config or {})}
+        if user_config["batching"] != "request":
+            raise ValueError("the Refiner deployment batches whole requests: user_config.batching: request")
+        super().reconfigure(user_config)
+
+    def encode(self, request: RefineRequest, result: Any) -> SDXLOutput:
+        return encode_images(request.request, result)
 
 
 @serve.deployment(name="MusicGen")

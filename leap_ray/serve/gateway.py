@@ -69,6 +69,18 @@ class ModelGateway:
         """Each service's model deployment, as Serve names it."""
         return {service: handle.deployment_name for service, handle in self._handles.items()}
 
+    def _handle(self, service: str, request: Any) -> DeploymentHandle:
+        """The model's handle for this request: with its LoRA adapter set as Serve's multiplexed model
+        id, so that it goes to a replica already holding those adapters."""
+        handle = self._handles[service]
+        if isinstance(request, SDXLRequest) and (adapter_set := request.adapter_set()):
+            return handle.options(multiplexed_model_id=adapter_set)
+        return handle
+
+    async def spec(self, service: str) -> Any:
+        """The model's shape facts and what the graph offers (SDXL: its refiner, its adapters)."""
+        return await self._spec(service)
+
     async def _spec(self, service: str) -> Any:
         """The model's shape facts, fetched once from a replica (which may still be loading). One
         shared fetch: concurrent first requests must not each queue a call at the model."""
@@ -107,7 +119,7 @@ class ModelGateway:
         """Runs a prepared request, retrying it on another or restarted replica if its replica dies."""
         retries_left = self._settings.replica_failure_retries
         while True:
-            response = self._handles[service].generate.remote(request)
+            response = self._handle(service, request).generate.remote(request)
             try:
                 return _answered(service, await response)
             except asyncio.CancelledError:
@@ -125,7 +137,7 @@ class ModelGateway:
         retries_left = self._settings.replica_failure_retries
         started, first = time.perf_counter(), True
         while True:
-            stream = self._handles[service].options(stream=True).generate_stream.remote(request)
+            stream = self._handle(service, request).options(stream=True).generate_stream.remote(request)
             try:
                 async for event in stream:
                     if isinstance(event, Progress) and first:

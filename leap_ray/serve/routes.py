@@ -174,6 +174,12 @@ def generation_routes(gateway: ModelGateway) -> APIRouter:
             return Response(output.audio, media_type=content_type(audio_format), headers=headers)
         return JSONResponse(musicgen_response(output).model_dump())
 
+    @router.get("/v1/sdxl/adapters", summary="The LoRA adapters SDXL requests may name")
+    async def get_sdxl_adapters() -> dict[str, list[str]]:
+        """The names `loras` may use; the operator lists them in the config (`sdxl.loras`)."""
+        spec = await gateway.spec("sdxl")
+        return {"loras": list(spec.loras)}
+
     return router
 
 
@@ -193,7 +199,15 @@ def health_routes(gateway: ModelGateway) -> APIRouter:
         status = await asyncio.wait_for(asyncio.to_thread(serve.status), READY_TIMEOUT_S)
         application = status.applications[serve.get_replica_context().app_name]
         report = {}
-        for service, name in gateway.deployment_names().items():
+        services = gateway.deployment_names()
+        # Deployments that serve no route of their own (the refiner) count too.
+        behind = serve.get_replica_context().deployment
+        others = {
+            name.lower(): name
+            for name in application.deployments
+            if name not in services.values() and name != behind
+        }
+        for service, name in {**services, **others}.items():
             deployment = application.deployments.get(name)
             report[service] = (
                 {

@@ -75,6 +75,9 @@ def simulated_config(
     raw = yaml.safe_load(path.read_text())
     raw["http_options"].update(host=LOOPBACK, port=port)
     (application,) = raw["applications"]
+    # No refiner: the simulated engines hand no latents over (and it would take GPUs of its own).
+    application["args"].pop("refiner", None)
+    application["deployments"] = [d for d in application["deployments"] if d["name"] != "Refiner"]
     for part, engine in SIMULATED_ENGINES.items():
         kwargs = (engine_kwargs or {}).get(part, {})
         application["args"][part] = {"model": "simulated", "engine": engine, "engine_kwargs": kwargs}

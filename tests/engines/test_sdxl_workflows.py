@@ -3,30 +3,19 @@ reference (the workflow's own pipeline; `load_lora_weights` + `set_adapters`; th
 `denoising_end` and `output_type="latent"` then the refiner with `denoising_start`, same generators),
 under both batching modes, while sharing batches with other requests."""
 
-import base64
-import io
-
 import numpy as np
 import pytest
-import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
-from PIL import Image
 
 from leap_ray.api.sdxl import RefineRequest, SDXLRequest
-from leap_ray.engines.sdxl import SCHEDULER_CLASSES, SDXLEngine, SDXLResult
+from leap_ray.engines.sdxl import SDXLEngine, SDXLResult
 from leap_ray.engines.sdxl_refiner import SDXLRefinerEngine
 from leap_ray.engines.sdxl_steps import StepBatch
 from leap_ray.errors import InvalidRequest
-from tests.helpers import run_steps, seeds_of, solo
+from tests.helpers import ensemble_reference, lora_solo, png, run_steps, seeds_of, solo
 
 TOLERANCE = 1e-3  # on 0-1 pixel values, CPU float32
 SMALL = {"height": 64, "width": 64}
-
-
-def png(pixels: np.ndarray) -> str:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
 
 
 RANDOM = np.random.default_rng(0)
@@ -129,16 +118,6 @@ LORA_REQUESTS = [
 ]
 
 
-def lora_solo(reference: StableDiffusionXLPipeline, request: SDXLRequest) -> np.ndarray:
-    """diffusers' own way: set_adapters with the request's scales (or LoRA off)."""
-    if request.loras:
-        reference.enable_lora()
-        reference.set_adapters([lora.name for lora in request.loras], [lora.scale for lora in request.loras])
-    else:
-        reference.disable_lora()
-    return solo(reference, request, seeds_of(request))
-
-
 @pytest.mark.parametrize("mode", ["step", "request"])
 def test_lora_images_equal_diffusers_set_adapters_and_sets_never_share_a_unet_call(
     mode, lora_engine, lora_reference
@@ -203,36 +182,6 @@ ENSEMBLE = SDXLRequest(
     **SMALL,
 )
 PLAIN_ENSEMBLE = SDXLRequest(prompt="a hill", refiner={}, num_inference_steps=5, seed=40, **SMALL)
-
-
-def ensemble_reference(
-    base: StableDiffusionXLPipeline, refiner: StableDiffusionXLImg2ImgPipeline, request: SDXLRequest
-) -> np.ndarray:
-    """diffusers' documented two-pipeline call, one process, the same generators through both."""
-    if request.scheduler:
-        scheduler = SCHEDULER_CLASSES[request.scheduler]
-        base = StableDiffusionXLPipeline.from_pipe(
-            base, scheduler=scheduler.from_config(base.scheduler.config)
-        )
-        refiner = StableDiffusionXLImg2ImgPipeline.from_pipe(
-            refiner, scheduler=scheduler.from_config(refiner.scheduler.config)
-        )
-    generators = [torch.Generator().manual_seed(seed) for seed in seeds_of(request)]
-    latents = base(**request.to_pipeline_kwargs(), generator=generators, output_type="latent").images
-    options = request.refiner
-    return refiner(
-        prompt=request.prompt,
-        negative_prompt=request.to_pipeline_kwargs()["negative_prompt"],
-        image=latents,
-        generator=generators,
-        num_images_per_prompt=request.num_images_per_prompt,
-        num_inference_steps=options.num_inference_steps or request.num_inference_steps,
-        denoising_start=options.denoising_start or request.denoising_end,
-        guidance_scale=request.guidance_scale,
-        aesthetic_score=options.aesthetic_score,
-        negative_aesthetic_score=options.negative_aesthetic_score,
-        output_type="np",
-    ).images
 
 
 def hand_off(request: SDXLRequest, result: SDXLResult) -> RefineRequest:

@@ -35,7 +35,11 @@ class Graph:
         (self.main,) = raw.pop("applications")
         self.jobs_folder = jobs_folder
         self.main["args"] = {
-            "sdxl": {"model": str(tiny_models["sdxl"])},
+            "sdxl": {
+                "model": str(tiny_models["sdxl"]),
+                "loras": {"ink": str(tiny_models["sdxl-lora"]), "paper": str(tiny_models["sdxl-lora-2"])},
+            },
+            "refiner": {"model": str(tiny_models["sdxl-refiner"]), "engine_kwargs": {"threads": 1}},
             "musicgen": {"model": str(tiny_models["musicgen-melody"])},
             "ingress": {"jobs": self.jobs_settings(APP)},
         }
@@ -54,10 +58,14 @@ class Graph:
         deployments: dict[str, dict[str, Any]] | None = None,
         **args: Any,
     ) -> dict[str, Any]:
-        """Another application of the same graph at /<name>: its args changed, environment variables
-        for its replicas (e.g. limits), Serve options per deployment, half a CPU per model replica."""
+        """Another application of the same graph at /<name> (without the refiner and the adapters): its
+        args changed, environment variables for its replicas (e.g. limits), Serve options per
+        deployment, half a CPU per model replica."""
         application = copy.deepcopy(self.main)
         application.update(name=name, route_prefix=f"/{name}")
+        # Lighter than the main graph, and any engine may be swapped in: no refiner, no adapters.
+        del application["args"]["refiner"], application["args"]["sdxl"]["loras"]
+        application["deployments"] = [d for d in application["deployments"] if d["name"] != "Refiner"]
         application["args"]["ingress"] = {"jobs": self.jobs_settings(name)}
         if env:
             application["runtime_env"] = {"env_vars": env}

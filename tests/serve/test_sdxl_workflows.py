@@ -1,0 +1,155 @@
+"""SDXL workflows over HTTP on the local graph (tiny refiner and adapters included): img2img,
+inpainting, LoRA adapters and the refiner hand-off each give their diffusers reference's images while
+sharing the service with each other; the refiner's progress covers both stages; bad inputs get 422
+naming the field; adapter sets route to the replica that holds them."""
+
+import base64
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+from httpx_sse import connect_sse
+from ray import serve
+
+from leap_ray.api.sdxl import SDXLRequest
+from tests.helpers import ensemble_reference, lora_solo, pixels, png, seeds_of, solo
+
+RANDOM = np.random.default_rng(1)
+PHOTO = png(RANDOM.integers(0, 256, (64, 80, 3), dtype=np.uint8))
+MASK = png(np.where(np.arange(80)[None, :] < 40, 255, 0).repeat(64, axis=0).astype(np.uint8))
+STEPS = {"num_inference_steps": 4}
+BODIES = {
+    "img2img": {"prompt": "a harbour", "image": f"data:image/png;base64,{PHOTO}", "strength": 0.7, "seed": 1},
+    "inpaint": {"prompt": "a gate", "image": PHOTO, "mask_image": MASK, "seed": 2},
+    "lora": {"prompt": "ink", "loras": [{"name": "ink", "scale": 0.7}], "height": 64, "width": 64, "seed": 3},
+    "refiner": {"prompt": "a tower", "refiner": {"aesthetic_score": 7}, "height": 64, "width": 64, "seed": 4},
+}
+
+
+@pytest.fixture(scope="module")
+def references(tiny_models) -> dict[str, object]:
+    def load(pipeline_class, name):
+        pipeline = pipeline_class.from_pretrained(tiny_models[name])
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
+
+    with_adapters = load(StableDiffusionXLPipeline, "sdxl")
+    for name, folder in (("ink", "sdxl-lora"), ("paper", "sdxl-lora-2")):
+        with_adapters.load_lora_weights(tiny_models[folder], adapter_name=name)
+    return {
+        "base": load(StableDiffusionXLPipeline, "sdxl"),
+        "adapters": with_adapters,
+        "refiner": load(StableDiffusionXLImg2ImgPipeline, "sdxl-refiner"),
+    }
+
+
+def expected(kind: str, request: SDXLRequest, references: dict) -> np.ndarray:
+    if kind == "lora":
+        return lora_solo(references["adapters"], request)
+    if kind == "refiner":
+        return ensemble_reference(references["base"], references["refiner"], request)
+    return solo(references["base"], request, seeds_of(request))
+
+
+def test_each_workflow_served_together_equals_its_diffusers_reference(client, references):
+    bodies = [{**body, **STEPS} for body in BODIES.values()]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        responses = list(pool.map(lambda body: client.post("/v1/sdxl", json=body), bodies))
+    for kind, body, response in zip(BODIES, bodies, responses, strict=True):
+        assert response.status_code == 200, (kind, response.text)
+        (image,) = response.json()["images"]
+        served = pixels(base64.b64decode(image["data"]))
+        reference = np.round(expected(kind, SDXLRequest.model_validate(body), references)[0] * 255)
+        assert served.shape == reference.shape, kind
+        assert np.abs(served - reference).max() <= 1, kind  # equal up to rounding to 8 bits
+
+
+def test_refiner_progress_covers_both_stages_then_the_result(client):
+    body = {**BODIES["refiner"], "num_inference_steps": 10, "refiner": {"num_inference_steps": 10}}
+    events = []
+    with connect_sse(client, "POST", "/v1/sdxl", json=body) as source:
+        events = [(event.event, event.json()) for event in source.iter_sse()]
+    stages = [(data["stage"], data["step"], data["total"]) for name, data in events if name == "progress"]
+    # The base runs the steps before denoising_end (0.8 by default), the refiner those after it.
+    assert stages == [("base", step, 8) for step in range(1, 9)] + [("refiner", 1, 2), ("refiner", 2, 2)]
+    assert events[-1][0] == "result" and events[-1][1]["images"][0]["seed"] == 4
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"loras": [{"name": "chalk"}]}, "loras"),
+        ({"loras": [{"name": "ink", "scale": 9}]}, "loras"),
+        ({"image": PHOTO, "mask_image": png(np.zeros((64, 64), dtype=np.uint8))}, "mask_image"),
+        ({"image": base64.b64encode(b"GIF89a not an image").decode()}, "image"),
+        ({"image": "data:image/png;base64,@@@"}, "image"),
+        ({"image": PHOTO, "strength": 1.5}, "strength"),
+        ({"image": PHOTO, "strength": 0.0}, "strength"),
+        ({"strength": 0.5}, "strength"),
+        ({"mask_image": MASK}, "mask_image"),
+        ({"image": PHOTO, "height": 128}, "height"),
+        ({"refiner": {"denoising_start": 1.5}}, "refiner"),
+        ({"refiner": {"bogus": 1}}, "refiner"),
+    ],
+    ids=[
+        "unknown-adapter",
+        "scale-out-of-range",
+        "mask-of-another-size",
+        "not-an-image",
+        "not-base64",
+        "strength-over-1",
+        "strength-0",
+        "strength-without-image",
+        "mask-without-image",
+        "height-not-the-image's",
+        "refiner-start-out-of-range",
+        "refiner-unknown-field",
+    ],
+)
+def test_bad_workflow_input_is_a_422_naming_the_field(client, change, param):
+    size = {} if "image" in change else {"height": 64, "width": 64}  # an image gives its own
+    response = client.post("/v1/sdxl", json={"prompt": "x", **size, **change})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["param"] == param
+
+
+def test_the_adapters_are_listed(client):
+    assert client.get("/v1/sdxl/adapters").json() == {"loras": ["ink", "paper"]}
+
+
+def test_without_a_refiner_deployed_asking_for_it_is_a_422_naming_refiner(variants):
+    variants.deploy_with(variants.variant("plain"))
+    body = {"prompt": "x", "height": 64, "width": 64, "refiner": {}}
+    response = httpx.post(f"{variants.url}/plain/v1/sdxl", json=body, timeout=120)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["param"] == "refiner"
+    assert "refiner" not in httpx.get(f"{variants.url}/plain/readyz", timeout=30).json()["models"]
+    plain = httpx.post(
+        f"{variants.url}/plain/v1/sdxl", json={**body, "refiner": {"enabled": False}}, timeout=120
+    )
+    assert plain.status_code == 200, plain.text
+
+
+def test_the_readiness_report_includes_the_refiner(client):
+    assert client.get("/readyz").json()["models"]["refiner"]["running_replicas"] == 1
+
+
+def test_requests_naming_an_adapter_set_go_to_the_replica_that_holds_it(variants, tiny_models):
+    app = variants.variant(
+        "routed",
+        sdxl={"loras": {"ink": str(tiny_models["sdxl-lora"])}},
+        deployments={"SDXL": {"autoscaling_config": None, "num_replicas": 2}},
+    )
+    variants.deploy_with(app)
+    body = {"prompt": "x", "loras": [{"name": "ink"}], "seed": 1, "height": 64, "width": 64, **STEPS}
+    url = f"{variants.url}/routed/v1/sdxl"
+    assert httpx.post(url, json=body, timeout=120).status_code == 200
+    time.sleep(3)  # Serve pushes which replica holds which adapter set to the routers
+    for _ in range(6):
+        assert httpx.post(url, json=body, timeout=120).status_code == 200
+    holder = serve.get_deployment_handle("SDXL", "routed").options(multiplexed_model_id="ink")
+    stats = holder.stats.remote().result()
+    assert (stats["requests"], stats["adapter_loads"]) == (7, 1), stats
