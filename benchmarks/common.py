@@ -130,6 +130,8 @@ def application(
         "sdxl": {"model": model_folders["sdxl"]},
         "musicgen": {"model": model_folders["musicgen-melody"]},
     }
+    # The benchmarks measure the base and MusicGen: no refiner deployment (none in the args either).
+    app["deployments"] = [d for d in app["deployments"] if d["name"] != "Refiner"]
     # Up to four model replicas (two applications side by side) share one GPU in these benchmarks.
     gpus = 0.25 if torch.cuda.is_available() else 0
     for deployment in app["deployments"]:

@@ -120,13 +120,28 @@ def _request(args: argparse.Namespace) -> dict:
             scheduler=args.scheduler,
             num_images_per_prompt=args.images,
             output_format=_output_format(args),
+            strength=args.strength,
+            loras=[_lora(text) for text in args.lora] or None,
+            refiner={} if args.refiner else None,
         )
+        for name, path in (("image", args.image), ("mask_image", args.mask)):
+            if path:
+                flags[name] = base64.b64encode(Path(path).read_bytes()).decode()
     else:
         flags.update(duration=args.duration, format=_output_format(args))
         if args.melody:
             flags["melody"] = base64.b64encode(Path(args.melody).read_bytes()).decode()
         flags.pop("negative_prompt")
     return {"prompt": args.prompt, **{name: value for name, value in flags.items() if value is not None}}
+
+
+def _lora(text: str) -> dict:
+    """--lora NAME or NAME=SCALE."""
+    name, _, scale = text.partition("=")
+    try:
+        return {"name": name, "scale": float(scale)} if scale else {"name": name}
+    except ValueError:
+        raise UsageError(f"--lora {text}: the scale after '=' must be a number") from None
 
 
 def _outputs(client: LeapRayClient, args: argparse.Namespace, request: dict) -> list[tuple[bytes, int]]:
@@ -260,6 +275,17 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--steps", type=int, help="denoising steps (images)")
     generate.add_argument("--scheduler", help="the sampler, e.g. euler, ddim, dpm++ (images)")
     generate.add_argument("--images", type=int, help="images for the prompt; files name-0.png, name-1.png...")
+    generate.add_argument("--image", help="img2img: the image to start from (inpainting with --mask)")
+    generate.add_argument("--mask", help="inpainting: a mask the image's size, white where to repaint")
+    generate.add_argument("--strength", type=float, help="with --image: how much to repaint, 0-1")
+    generate.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="NAME[=SCALE]",
+        help="apply a LoRA adapter (repeatable)",
+    )
+    generate.add_argument("--refiner", action="store_true", help="finish the image with the SDXL refiner")
     generate.add_argument("--duration", type=float, help="seconds (music; the service's default: 10)")
     generate.add_argument("--melody", help="audio file whose melody guides the music")
     generate.add_argument("--job", action="store_true", help="submit as a job and wait for it")

@@ -59,6 +59,7 @@ def test_sigterm_stops_the_service_and_every_ray_process_it_started(tiny_models,
     (application,) = config["applications"]
     application["args"] = {
         "sdxl": {"model": str(tiny_models["sdxl"])},
+        "refiner": {"model": str(tiny_models["sdxl-refiner"])},
         "musicgen": {"model": str(tiny_models["musicgen-melody"])},
         "ingress": {"jobs": {"store_path": str(tmp_path / "jobs.db"), "output_dir": str(tmp_path / "out")}},
     }

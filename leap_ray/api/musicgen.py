@@ -36,7 +36,12 @@ MelodyInput = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "string", "maxLength": _LIMITS.max_melody_bytes * 4 // 3 + 1024},
+                {
+                    "type": "string",
+                    "contentEncoding": "base64",
+                    "contentMediaType": "audio/*",
+                    "maxLength": _LIMITS.max_melody_bytes * 4 // 3 + 1024,
+                },
                 {"type": "null"},
             ],
             "description": "Base64 or a data: URI of WAV, FLAC, OGG or MP3 audio.",

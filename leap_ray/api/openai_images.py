@@ -3,12 +3,15 @@ SDXL request: one validation (SDXLRequest's), one error shape. Our SDXL fields (
 num_inference_steps, negative_prompt, guidance_scale, ...) are accepted beside OpenAI's, which is
 where the official client puts `extra_body`."""
 
+import base64
 import re
 import time
 from typing import Any, Literal
 
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from leap_ray.api.images import decode_image, image_data_uri
 from leap_ray.config import LIMITS
 
 MODEL_IDS = ("sdxl", "stabilityai/stable-diffusion-xl-base-1.0")
@@ -81,6 +84,46 @@ class OpenAIImageRequest(BaseModel):
     def size_text(self) -> str:
         width, height = self.dimensions()
         return f"{width}x{height}"
+
+
+class OpenAIImageEditRequest(OpenAIImageRequest):
+    """POST /v1/images/edits, a multipart/form-data body as OpenAI's `client.images.edit` sends it:
+    img2img, or inpainting with a mask. Our SDXL fields (strength, seed, ...) may be form fields too."""
+
+    image: bytes = Field(description="The image to edit: PNG, JPEG or WebP.")
+    mask: bytes | None = Field(
+        None,
+        description="Where to edit: OpenAI's rule, its fully transparent pixels (a PNG with alpha); "
+        "a mask without transparency is read as ours, white repainted. The image's size.",
+    )
+    size: str = Field(
+        "auto",
+        description='"auto": the image\'s size; or "WIDTHxHEIGHT", which must be that size (rounded '
+        "down to a multiple of 8).",
+    )
+
+    def sdxl_input(self) -> dict[str, Any]:
+        data = super().sdxl_input()
+        if self.size == "auto":  # the image decides, as /v1/sdxl's img2img does
+            del data["width"], data["height"]
+        data["image"] = base64.b64encode(self.image).decode()
+        if self.mask is not None:
+            data["mask_image"] = image_data_uri(openai_mask(self.mask))
+        return data
+
+    def size_text(self) -> str:
+        return "auto" if self.size == "auto" else super().size_text()
+
+
+def openai_mask(raw: bytes) -> Image.Image:
+    """OpenAI's mask as ours: white (repainted) where it is fully transparent. Raises ValueError for
+    what is not an image."""
+    limits = LIMITS.sdxl
+    mask = decode_image(raw, limits.max_image_bytes, limits.max_size, "LA")
+    luminance, alpha = mask.split()
+    if alpha.getextrema()[0] == 255:  # no transparency at all: a mask drawn our way
+        return luminance
+    return alpha.point(lambda value: 255 if value == 0 else 0)
 
 
 def image_event(

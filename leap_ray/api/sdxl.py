@@ -84,6 +84,8 @@ def _uploaded(mode: str) -> Any:
         WithJsonSchema(
             {
                 "type": "string",
+                "contentEncoding": "base64",
+                "contentMediaType": "image/*",
                 "maxLength": _LIMITS.max_image_bytes * 4 // 3 + 1024,
                 "description": "Base64 or a data: URI of a PNG, JPEG or WebP image.",
             }

@@ -315,6 +315,8 @@ class SDXLEngine:
         self.device, self.dtype = placement(device, dtype, threads)
         self.model = model
         self.speed = SDXLSpeed(**speed)
+        if loras and self.speed.fuse_qkv:  # fused projections would bypass the adapters' q, k, v layers
+            raise ValueError("LoRA adapters need the separate q, k, v projections: set fuse_qkv false")
         self._default = PerImageGuidancePipeline.from_pretrained(model, dtype=self.dtype).to(self.device)
         self._default.set_progress_bar_config(disable=True)
         self.speed.apply(self._default)

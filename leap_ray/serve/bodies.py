@@ -4,9 +4,12 @@ Bodies no valid request could be are refused before the costly steps: too many J
 parsing, unknown fields before validation."""
 
 import json
+from io import BytesIO
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from python_multipart import parse_form
+from python_multipart.multipart import Field, File
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
@@ -64,3 +67,40 @@ async def read_body(request: Request, model: type[Model]) -> Model:
 async def validate_off_loop(model: type[Model], data: Any, prefix: str = "") -> Model:
     """`validated` on a worker thread (a handle's dict may hold a melody to decode)."""
     return await run_in_threadpool(validated, model, data, prefix)
+
+
+MAX_FORM_PARTS = 64  # a multipart body's fields and files; a valid request has a few dozen at most
+
+
+def parse_form_body(raw: bytes, content_type: str, model: type[Model]) -> Model:
+    """A multipart/form-data body (the guard lets no other type through) as a `model`: its fields as
+    strings, its files as bytes (a list field's `name[]` counted as `name`: the models take one file
+    each)."""
+    data: dict[str, Any] = {}
+
+    def keep(name: bytes | None, value: Any) -> None:
+        if len(data) >= MAX_FORM_PARTS:
+            raise PayloadTooLarge(f"the form holds more than {MAX_FORM_PARTS} parts", code="too_many_parts")
+        data[(name or b"").decode("utf-8", "replace").removesuffix("[]")] = value
+
+    def on_field(field: Field) -> None:
+        keep(field.field_name, (field.value or b"").decode("utf-8", "replace"))
+
+    def on_file(file: File) -> None:
+        file.file_object.seek(0)
+        keep(file.field_name, file.file_object.read())
+
+    headers = {"Content-Type": content_type.encode(), "Content-Length": str(len(raw)).encode()}
+    try:
+        parse_form(headers, BytesIO(raw), on_field, on_file)
+    except PayloadTooLarge:
+        raise
+    except Exception as error:
+        raise MalformedRequest(f"the form could not be read: {error}", code="malformed_form") from None
+    return validated(model, data)
+
+
+async def read_form(request: Request, model: type[Model]) -> Model:
+    """The request's multipart/form-data body as a `model`, parsed and validated on a worker thread."""
+    content_type = request.headers.get("content-type", "")
+    return await run_in_threadpool(parse_form_body, await request.body(), content_type, model)

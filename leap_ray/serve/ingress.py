@@ -15,7 +15,7 @@ from ray.serve.handle import DeploymentHandle
 
 from leap_ray.api.jobs import JobSubmission
 from leap_ray.api.musicgen import MusicGenOutput, MusicGenRequest
-from leap_ray.api.openai_images import OpenAIImageRequest
+from leap_ray.api.openai_images import OpenAIImageEditRequest, OpenAIImageRequest
 from leap_ray.api.predictions import PredictionRequest
 from leap_ray.api.sdxl import SDXLOutput, SDXLRequest
 from leap_ray.config import LIMITS, IngressSettings
@@ -31,7 +31,14 @@ from leap_ray.serve.predictions_routes import prediction_routes
 from leap_ray.serve.routes import generation_routes, health_routes
 
 # Request models of the routes that parse their own bodies (off the event loop), for /openapi.json.
-BODY_MODELS = (SDXLRequest, MusicGenRequest, JobSubmission, OpenAIImageRequest, PredictionRequest)
+BODY_MODELS = (
+    SDXLRequest,
+    MusicGenRequest,
+    JobSubmission,
+    OpenAIImageRequest,
+    OpenAIImageEditRequest,
+    PredictionRequest,
+)
 BEARER = {"bearer": {"type": "http", "scheme": "bearer", "description": "An API key of the service."}}
 
 

@@ -24,6 +24,7 @@ OPEN_PATHS = frozenset(
 )
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # guarded: size, rate, content type
 OPEN_PREFIXES = ("/docs/assets/",)  # the docs pages' JavaScript and CSS
+FORM_PATHS = frozenset({"/v1/images/edits"})  # take multipart/form-data (OpenAI's clients send files so)
 
 
 def _is_open(path: str) -> bool:
@@ -92,10 +93,15 @@ class ApiKeyAuth:
         return await self.app(scope, receive, send)
 
 
-def _media_type_error(content_type: str) -> LeapRayError | None:
-    """Why a Content-Type is refused: not JSON, or JSON in a charset other than UTF-8 (RFC 8259)."""
+def _media_type_error(content_type: str, path: str) -> LeapRayError | None:
+    """Why a Content-Type is refused: not JSON (nor a form where forms are taken), or JSON in a
+    charset other than UTF-8 (RFC 8259)."""
     media_type, _, parameters = content_type.partition(";")
     media_type = media_type.strip().lower()
+    if path in FORM_PATHS:
+        if media_type != "multipart/form-data":
+            return UnsupportedMediaType("send the request as Content-Type: multipart/form-data")
+        return None
     if media_type != "application/json" and not media_type.endswith("+json"):
         return UnsupportedMediaType("send the request as Content-Type: application/json")
     for parameter in parameters.split(";"):
@@ -106,12 +112,12 @@ def _media_type_error(content_type: str) -> LeapRayError | None:
 
 
 class RequestGuard:
-    """Reads each POST body here, refusing what is not JSON, larger than `max_body_bytes` (declared
-    or chunked, as soon as it passes the limit), or too slow: a gap of `idle_timeout_s` between
-    chunks, a body still arriving after idle_timeout_s + received / `min_rate` seconds (mod_reqtimeout's
-    rule: a byte every few seconds cannot hold a slot for long), or one still arriving after
-    `timeout_s` however steadily. The app then reads the body from memory; later receive() calls
-    still reach the client, so disconnects are still seen."""
+    """Reads each POST body here, refusing what is not JSON (or a form, on FORM_PATHS), larger than
+    `max_body_bytes` (declared or chunked, as soon as it passes the limit), or too slow: a gap of
+    `idle_timeout_s` between chunks, a body still arriving after idle_timeout_s + received /
+    `min_rate` seconds (mod_reqtimeout's rule: a byte every few seconds cannot hold a slot for long),
+    or one still arriving after `timeout_s` however steadily. The app then reads the body from
+    memory; later receive() calls still reach the client, so disconnects are still seen."""
 
     def __init__(
         self, app: ASGIApp, max_body_bytes: int, idle_timeout_s: float, min_rate: int, timeout_s: float
@@ -129,7 +135,8 @@ class RequestGuard:
         # A POST without a body (a cancel) needs no content type; one with a body must be JSON.
         content_type = _header(scope, b"content-type")
         has_body = declared not in ("", "0") or _header(scope, b"transfer-encoding")
-        if (content_type or has_body) and (wrong_type := _media_type_error(content_type)) is not None:
+        wrong_type = _media_type_error(content_type, _path(scope))
+        if (content_type or has_body) and wrong_type is not None:
             return await send_error(send, wrong_type)
         if declared.isdecimal() and int(declared) > self.max_body_bytes:
             return await send_error(send, self._too_large())

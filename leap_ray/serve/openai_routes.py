@@ -1,4 +1,5 @@
-"""OpenAI's Images API over the SDXL path (`POST /v1/images/generations`): the official `openai`
+"""OpenAI's Images API over the SDXL path (`POST /v1/images/generations`, and `/v1/images/edits` for
+img2img and inpainting): the official `openai`
 clients, and the workflow-engine nodes built on them, call it unchanged. A thin adapter: the request
 becomes an SDXL request (the gateway validates it as /v1/sdxl's), `url` answers are job outputs, and
 streams map our latent previews to OpenAI's `image_generation.partial_image` events."""
@@ -13,18 +14,18 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from leap_ray.api.common import EVENT_STREAM
 from leap_ray.api.jobs import JobSubmission
-from leap_ray.api.openai_images import NO_TOKENS, OpenAIImageRequest, image_event
+from leap_ray.api.openai_images import NO_TOKENS, OpenAIImageEditRequest, OpenAIImageRequest, image_event
 from leap_ray.api.progress import Progress
 from leap_ray.errors import LeapRayError, ModelError
-from leap_ray.serve.bodies import read_body
+from leap_ray.serve.bodies import read_body, read_form
 from leap_ray.serve.errors import as_leap_error
 from leap_ray.serve.gateway import ModelGateway
 from leap_ray.serve.jobs.service import Jobs, base_url, job_view
 from leap_ray.serve.middleware import client_of
-from leap_ray.serve.routes import ERROR_RESPONSES, json_body, sse
+from leap_ray.serve.routes import ERROR_RESPONSES, form_body, json_body, sse
 
 # SDXL's fields as OpenAI's clients name them, for the `param` of an error.
-OPENAI_PARAMS = {"width": "size", "height": "size", "num_images_per_prompt": "n"}
+OPENAI_PARAMS = {"width": "size", "height": "size", "num_images_per_prompt": "n", "mask_image": "mask"}
 
 
 def _as_openai(error: Exception) -> LeapRayError:
@@ -95,20 +96,40 @@ def openai_routes(gateway: ModelGateway, jobs: Jobs) -> APIRouter:
         where `seed` (ours) reproduces each image. With `stream: true`, Server-Sent Events:
         `image_generation.partial_image` (up to `partial_images` latent previews), then
         `image_generation.completed` per image. Our SDXL fields are accepted beside OpenAI's."""
-        body = await read_body(request, OpenAIImageRequest)
+        return await _answer(gateway, jobs, await read_body(request, OpenAIImageRequest), request)
+
+    @router.post(
+        "/v1/images/edits",
+        openapi_extra=form_body(OpenAIImageEditRequest),
+        summary="Edit an image (img2img, inpainting), OpenAI Images API style",
+        operation_id="openai_edit_image",
+    )
+    async def edit_image(request: Request) -> Response:
+        """OpenAI's `images.edit`, as multipart/form-data: `image` (and `mask` for inpainting: its
+        transparent pixels are repainted) with `prompt`. Answers as `images.generate` does; the size
+        is the image's. Our SDXL fields (strength, seed, num_inference_steps, ...) may be form fields."""
         try:
-            if body.response_format == "url" and not body.stream:
-                return JSONResponse(await _by_job(jobs, body, request))
-            prepared = await gateway.prepare("sdxl", body.sdxl_input())
-            if body.stream:
-                return StreamingResponse(_stream(gateway, body, prepared), media_type=EVENT_STREAM)
-            output = await gateway.generate("sdxl", prepared)
+            body = await read_form(request, OpenAIImageEditRequest)
         except Exception as error:
             raise _as_openai(error) from None
-        data = [
-            {"b64_json": base64.b64encode(image).decode(), "revised_prompt": None, "seed": seed}
-            for image, seed in zip(output.images, output.seeds, strict=True)
-        ]
-        return JSONResponse(_response(body, data))
+        return await _answer(gateway, jobs, body, request)
 
     return router
+
+
+async def _answer(gateway: ModelGateway, jobs: Jobs, body: OpenAIImageRequest, request: Request) -> Response:
+    """An Images API request answered: b64_json, url (by a job) or a stream."""
+    try:
+        if body.response_format == "url" and not body.stream:
+            return JSONResponse(await _by_job(jobs, body, request))
+        prepared = await gateway.prepare("sdxl", body.sdxl_input())
+        if body.stream:
+            return StreamingResponse(_stream(gateway, body, prepared), media_type=EVENT_STREAM)
+        output = await gateway.generate("sdxl", prepared)
+    except Exception as error:
+        raise _as_openai(error) from None
+    data = [
+        {"b64_json": base64.b64encode(image).decode(), "revised_prompt": None, "seed": seed}
+        for image, seed in zip(output.images, output.seeds, strict=True)
+    ]
+    return JSONResponse(_response(body, data))

@@ -38,10 +38,18 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def json_body(model: type) -> dict[str, Any]:
-    """OpenAPI's requestBody for a route that parses its own JSON body (off the event loop)."""
+def _own_body(model: type, media_type: str) -> dict[str, Any]:
+    """OpenAPI's requestBody for a route that parses its own body (off the event loop)."""
     schema = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+    return {"requestBody": {"required": True, "content": {media_type: {"schema": schema}}}}
+
+
+def json_body(model: type) -> dict[str, Any]:
+    return _own_body(model, "application/json")
+
+
+def form_body(model: type) -> dict[str, Any]:
+    return _own_body(model, "multipart/form-data")
 
 
 EVENTS = "events"

@@ -208,3 +208,8 @@ def test_refined_images_equal_the_two_pipeline_ensemble_with_the_same_generators
         assert np.abs(np.stack(result.images) - expected).max() < TOLERANCE, request.prompt
         assert set(result.timings) >= {"encode_s", "generate_s", "refine_s"}
     assert PLAIN_ENSEMBLE.denoising_end == 0.8  # with a refiner, the hand-off defaults to diffusers' 0.8
+
+
+def test_adapters_with_fused_attention_projections_are_refused_at_start(tiny_models, lora_sources):
+    with pytest.raises(ValueError, match="fuse_qkv"):
+        SDXLEngine(str(tiny_models["sdxl"]), loras=lora_sources, fuse_qkv=True)

@@ -1,12 +1,14 @@
 """The Python client (sync and async) and `leap-ray generate`, against the running graph."""
 
 import asyncio
+import base64
 import io
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import soundfile
@@ -108,6 +110,28 @@ def test_the_cli_takes_the_generation_flags_and_writes_to_stdout_or_several_file
     assert all(Image.open(item["path"]).size == (64, 64) for item in written)
     as_job = cli("image", "a", "-o", str(tmp_path / "job.png"), "--job", *flags)
     assert "seed 5" in as_job.stderr and Image.open(tmp_path / "job.png").format == "PNG"
+
+
+def test_the_cli_takes_an_image_a_mask_adapters_and_the_refiner(graph, tmp_path):
+    photo, mask = tmp_path / "photo.png", tmp_path / "mask.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(photo)
+    Image.fromarray(np.where(np.arange(64) < 32, 255, 0).astype(np.uint8)[None].repeat(64, 0)).save(mask)
+    flags = ["--image", str(photo), "--mask", str(mask), "--strength", "0.8", "--lora", "ink=0.5"]
+    flags += ["--lora", "paper", "--refiner", "--seed", "9", "--steps", "4", "--url", graph.url]
+    cli("image", "a gate", "-o", str(tmp_path / "edited.png"), *flags)
+    body = {
+        "prompt": "a gate",
+        "image": base64.b64encode(photo.read_bytes()).decode(),
+        "mask_image": base64.b64encode(mask.read_bytes()).decode(),
+        "strength": 0.8,
+        "loras": [{"name": "ink", "scale": 0.5}, {"name": "paper"}],
+        "refiner": {},
+        "seed": 9,
+        "num_inference_steps": 4,
+    }
+    direct = httpx.post(f"{graph.url}/v1/sdxl", json=body, headers={"Accept": "image/png"}, timeout=120)
+    assert direct.status_code == 200, direct.text
+    assert (tmp_path / "edited.png").read_bytes() == direct.content
 
 
 def test_the_cli_says_a_service_error_on_one_line_naming_the_field(graph, tmp_path):

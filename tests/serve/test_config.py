@@ -28,7 +28,7 @@ def test_config_is_well_formed_for_serve(path):
     AppConfig.model_validate(application.args)
     graph = build_serve_app(build_app(application.args), name=application.name)
     names = {deployment.name for deployment in graph.deployments}
-    assert names == {"Ingress", "SDXL", "MusicGen"}
+    assert names == {"Ingress", "SDXL", "Refiner", "MusicGen"}
     for deployment in application.deployments:
         assert deployment.name in names
         if deployment.name != "Ingress":
@@ -38,13 +38,13 @@ def test_config_is_well_formed_for_serve(path):
 
 @pytest.mark.parametrize("path", CONFIGS.values(), ids=CONFIGS.keys())
 def test_every_serve_option_comes_from_the_config_not_the_code(path):
-    from leap_ray.serve.deployments import MusicGenDeployment, SDXLDeployment
+    from leap_ray.serve.deployments import MusicGenDeployment, RefinerDeployment, SDXLDeployment
     from leap_ray.serve.ingress import Ingress
 
     def bare() -> None: ...
 
     defaults = serve.deployment(bare)
-    for deployment in (Ingress, SDXLDeployment, MusicGenDeployment):  # the decorators set names only
+    for deployment in (Ingress, SDXLDeployment, RefinerDeployment, MusicGenDeployment):  # names only
         assert deployment.user_config is None
         assert deployment.ray_actor_options == defaults.ray_actor_options
         assert deployment.max_ongoing_requests == defaults.max_ongoing_requests
@@ -56,7 +56,7 @@ def test_every_serve_option_comes_from_the_config_not_the_code(path):
 def test_production_puts_each_model_on_its_own_gpus_and_real_weights():
     (application,) = load_config(PRODUCTION).applications
     options = {deployment.name: deployment for deployment in application.deployments}
-    for name in ("SDXL", "MusicGen"):
+    for name in ("SDXL", "Refiner", "MusicGen"):
         assert options[name].ray_actor_options.num_gpus == 1
         assert (
             options[name].autoscaling_config["max_replicas"]
@@ -65,6 +65,7 @@ def test_production_puts_each_model_on_its_own_gpus_and_real_weights():
     assert options["Ingress"].ray_actor_options.num_gpus in (None, 0)
     assert application.args["sdxl"]["model"] == "stabilityai/stable-diffusion-xl-base-1.0"
     assert application.args["musicgen"]["model"].startswith("facebook/musicgen")
+    assert application.args["refiner"]["model"] == "stabilityai/stable-diffusion-xl-refiner-1.0"
 
 
 def test_local_runs_on_the_cpu():
@@ -94,6 +95,7 @@ def test_engine_kwargs_are_ones_the_engines_take(path):
     from leap_ray.engines.musicgen import MusicGenEngine
     from leap_ray.engines.sdxl import SDXLEngine
     from leap_ray.engines.sdxl_fast import SDXLSpeed
+    from leap_ray.engines.sdxl_refiner import SDXLRefinerEngine
 
     (application,) = load_config(path).applications
     settings = AppConfig.model_validate(application.args)
@@ -101,7 +103,8 @@ def test_engine_kwargs_are_ones_the_engines_take(path):
     for name in ("device", "dtype", "threads"):
         sdxl_kwargs.pop(name, None)
     SDXLSpeed(**sdxl_kwargs)  # raises TypeError on an option it does not have
-    inspect.signature(SDXLEngine).bind("model", **settings.sdxl.engine_kwargs)
+    inspect.signature(SDXLEngine).bind("model", **settings.sdxl.engine_arguments())
+    inspect.signature(SDXLRefinerEngine).bind("model", **settings.refiner.engine_arguments())
     inspect.signature(MusicGenEngine).bind("model", **settings.musicgen.engine_kwargs)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import openai
 import pytest
 
-from tests.helpers import pixels
+from tests.helpers import pixels, png
 
 OURS = {"seed": 5, "num_inference_steps": 4}
 
@@ -72,3 +72,61 @@ def test_bad_input_is_a_422_naming_the_openai_field(client, arguments, param):
     with pytest.raises(openai.UnprocessableEntityError) as caught:
         client.images.generate(prompt="a red fox", **arguments)
     assert caught.value.body["param"] == param
+
+
+RANDOM = np.random.default_rng(2)
+PHOTO = png(RANDOM.integers(0, 256, (64, 96, 3), dtype=np.uint8))
+HALF = np.arange(96)[None, :].repeat(64, axis=0) < 48  # the left half is edited
+EDIT = {"seed": 7, "num_inference_steps": 4, "strength": 0.8}
+
+
+def ours(body: dict, graph) -> np.ndarray:
+    response = httpx.post(f"{graph.url}/v1/sdxl", json=body, headers={"Accept": "image/png"}, timeout=120)
+    assert response.status_code == 200, response.text
+    return pixels(response.content)
+
+
+def test_an_edit_without_a_mask_is_img2img_as_the_sdxl_endpoint_does_it(client, graph):
+    result = client.images.edit(
+        model="sdxl", image=("photo.png", base64.b64decode(PHOTO)), prompt="a castle", extra_body=EDIT
+    )
+    (image,) = result.data
+    expected = ours({"prompt": "a castle", "image": PHOTO, **EDIT}, graph)
+    assert np.array_equal(pixels(base64.b64decode(image.b64_json)), expected)
+    assert result.size == "auto" and image.model_extra["seed"] == 7
+
+
+def test_an_edit_with_an_openai_mask_repaints_its_transparent_pixels(client, graph):
+    # OpenAI's mask: an RGBA PNG, transparent where the image is to be edited.
+    rgba = np.full((64, 96, 4), 255, dtype=np.uint8)
+    rgba[..., 3] = np.where(HALF, 0, 255)
+    result = client.images.edit(
+        image=("photo.png", base64.b64decode(PHOTO)),
+        mask=("mask.png", base64.b64decode(png(rgba))),
+        prompt="a castle",
+        extra_body=EDIT,
+    )
+    ours_mask = png(np.where(HALF, 255, 0).astype(np.uint8))  # ours: white is repainted
+    expected = ours({"prompt": "a castle", "image": PHOTO, "mask_image": ours_mask, **EDIT}, graph)
+    assert np.array_equal(pixels(base64.b64decode(result.data[0].b64_json)), expected)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "param"),
+    [
+        ({"mask": ("mask.png", base64.b64decode(png(np.zeros((8, 8), dtype=np.uint8))))}, "mask"),
+        ({"size": "512x512"}, "size"),
+        ({"extra_body": {"strength": 2}}, "strength"),
+    ],
+    ids=["mask-of-another-size", "size-not-the-image's", "strength-out-of-range"],
+)
+def test_a_bad_edit_is_a_422_naming_the_openai_field(client, arguments, param):
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        client.images.edit(image=("photo.png", base64.b64decode(PHOTO)), prompt="x", **arguments)
+    assert caught.value.body["param"] == param
+
+
+def test_an_edit_that_is_not_a_form_is_a_415(graph):
+    response = httpx.post(f"{graph.url}/v1/images/edits", json={"prompt": "x"}, timeout=30)
+    assert response.status_code == 415
+    assert "multipart/form-data" in response.json()["error"]["message"]

@@ -10,9 +10,11 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import replicate
 import soundfile
+from PIL import Image
 from replicate.exceptions import ReplicateError
 
 from leap_ray.serve.predictions_routes import _wait_s
@@ -38,6 +40,27 @@ def test_replicate_runs_sdxl_and_its_output_urls_give_the_seeds_image(client, re
     output = client.run("leap-ray/sdxl", input={**IMAGE, "num_images_per_prompt": 2})
     assert len(output) == 2
     assert httpx.get(str(output[0]), timeout=30).content == reference
+
+
+def test_replicate_sends_files_for_inpainting_with_adapters_and_the_refiner(client, graph, tmp_path):
+    photo, mask = tmp_path / "photo.png", tmp_path / "mask.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(photo)
+    Image.fromarray(np.where(np.arange(64) < 32, 255, 0).astype(np.uint8)[None].repeat(64, 0)).save(mask)
+    extras = {"loras": [{"name": "paper", "scale": 0.8}], "refiner": {}, "strength": 0.9, "seed": 3}
+    extras["num_inference_steps"] = 4
+    with photo.open("rb") as image, mask.open("rb") as mask_image:
+        files = {"image": image, "mask_image": mask_image}
+        output = client.run(  # the client sends files as data: URIs
+            "leap-ray/sdxl", input={"prompt": "a gate", **files, **extras}, file_encoding_strategy="base64"
+        )
+    body = {"prompt": "a gate", "image": png_of(photo), "mask_image": png_of(mask), **extras}
+    direct = httpx.post(f"{graph.url}/v1/sdxl", json=body, headers={"Accept": "image/png"}, timeout=120)
+    assert direct.status_code == 200, direct.text
+    assert httpx.get(str(output[0]), timeout=30).content == direct.content
+
+
+def png_of(path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
 
 
 def test_replicate_runs_musicgen(client):

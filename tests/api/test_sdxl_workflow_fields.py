@@ -1,0 +1,192 @@
+"""The SDXL workflow fields, validated before any model work: uploaded images within bounds, masks of
+the image's size, strength, adapters and the refiner's options; OpenAI's mask rule."""
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydantic import ValidationError
+
+from leap_ray.api.images import decode_image
+from leap_ray.api.openai_images import openai_mask
+from leap_ray.api.sdxl import SDXLModelSpec, SDXLRequest
+from leap_ray.config import LIMITS
+from leap_ray.errors import InvalidRequest, invalid_request_from
+
+SPEC = SDXLModelSpec(
+    latent_channels=4, vae_scale_factor=8, text_embed_width=96, pooled_embed_width=32, text_tokens=77
+)
+
+
+def encoded(image: Image.Image, image_format: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+PHOTO = base64.b64encode(encoded(Image.new("RGB", (100, 72), "red"))).decode()
+
+
+def refused(**fields: object) -> InvalidRequest:
+    with pytest.raises(ValidationError) as caught:
+        SDXLRequest(prompt="x", **fields)
+    error = invalid_request_from(caught.value.errors())
+    assert isinstance(error, InvalidRequest)
+    return error
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG", "WEBP"])
+def test_png_jpeg_and_webp_are_read_as_base64_or_data_uris(image_format):
+    raw = encoded(Image.new("RGB", (64, 64), "blue"), image_format)
+    for value in (base64.b64encode(raw).decode(), f"data:image/x;base64,{base64.b64encode(raw).decode()}"):
+        request = SDXLRequest(prompt="x", image=value)
+        assert (request.image.mode, request.image.size, request.workflow) == ("RGB", (64, 64), "img2img")
+
+
+def test_the_size_is_the_images_rounded_down_to_a_multiple_of_8():
+    request = SDXLRequest(prompt="x", image=PHOTO)
+    assert (request.width, request.height) == (96, 72)
+    assert request.effective_strength() == 0.3  # diffusers' img2img default
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (base64.b64encode(encoded(Image.new("RGB", (64, 64)), "GIF")).decode(), "not an image in a format"),
+        (base64.b64encode(b"\x89PNG\r\n\x1a\n truncated").decode(), "not an image in a format"),
+        ("not base64!", "not valid base64"),
+        ("data:image/png,raw", "must be base64-encoded"),
+        (12, "must be a base64 string"),
+    ],
+    ids=["gif", "truncated-png", "not-base64", "data-uri-without-base64", "a-number"],
+)
+def test_what_is_not_an_image_is_refused_naming_image(value, message):
+    error = refused(image=value)
+    assert error.param == "image" and message in error.message
+
+
+def test_an_image_over_the_byte_limit_is_refused_before_decoding():
+    too_big = "A" * (LIMITS.sdxl.max_image_bytes * 4 // 3 + 2048)
+    assert "larger than the limit" in refused(image=too_big).message
+
+
+def test_an_image_larger_than_max_size_a_side_is_refused_from_its_header():
+    # A 1-bit PNG of 3000 × 8 pixels is tiny in bytes; its header says it is too wide.
+    wide = base64.b64encode(encoded(Image.new("1", (LIMITS.sdxl.max_size + 8, 8)))).decode()
+    error = refused(image=wide)
+    assert error.param == "image" and "pixels a side" in error.message
+
+
+def test_an_image_smaller_than_min_size_is_refused():
+    tiny = base64.b64encode(encoded(Image.new("RGB", (40, 80)))).decode()
+    assert refused(image=tiny).param == "image"
+
+
+def test_the_mask_is_read_in_grey_and_must_match_the_image():
+    mask = base64.b64encode(encoded(Image.new("RGB", (100, 72), "white"))).decode()
+    request = SDXLRequest(prompt="x", image=PHOTO, mask_image=mask)
+    assert (request.mask_image.mode, request.workflow, request.effective_strength()) == (
+        "L",
+        "inpaint",
+        0.9999,
+    )
+    other = base64.b64encode(encoded(Image.new("L", (96, 72)))).decode()
+    assert refused(image=PHOTO, mask_image=other).param == "mask_image"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"strength": 0.5}, "strength"),
+        ({"mask_image": PHOTO}, "mask_image"),
+        ({"image": PHOTO, "strength": 0}, "strength"),
+        ({"image": PHOTO, "strength": 1.01}, "strength"),
+        ({"image": PHOTO, "strength": 0.1, "num_inference_steps": 5}, "strength"),
+        ({"image": PHOTO, "width": 100}, "width"),
+        ({"image": PHOTO, "latents": {"dtype": "float32", "shape": [1], "data": "AAAAAA=="}}, "latents"),
+        ({"loras": [{"name": "a"}, {"name": "a", "scale": 0.5}]}, "loras"),
+        ({"loras": [{"name": "a", "scale": 4.5}]}, "loras"),
+        ({"loras": [{"name": str(i)} for i in range(LIMITS.sdxl.max_loras + 1)]}, "loras"),
+        ({"refiner": {"denoising_start": 1}}, "refiner"),
+        ({"refiner": {"aesthetic_score": -1}}, "refiner"),
+    ],
+    ids=[
+        "strength-without-image",
+        "mask-without-image",
+        "strength-0",
+        "strength-over-1",
+        "strength-keeps-no-step",
+        "width-not-the-images",
+        "latents-and-an-image",
+        "an-adapter-twice",
+        "scale-out-of-range",
+        "too-many-adapters",
+        "refiner-start-1",
+        "negative-aesthetic-score",
+    ],
+)
+def test_bad_workflow_fields_are_refused_naming_the_field(fields, param):
+    assert refused(**fields).param == param
+
+
+def test_the_refiner_needs_text_prompts():
+    embeds = {"dtype": "float32", "shape": [1, 77, 96], "data": base64.b64encode(bytes(4 * 77 * 96)).decode()}
+    pooled = {"dtype": "float32", "shape": [1, 32], "data": base64.b64encode(bytes(4 * 32)).decode()}
+    with pytest.raises(ValidationError) as caught:
+        SDXLRequest(prompt_embeds=embeds, pooled_prompt_embeds=pooled, refiner={})
+    assert invalid_request_from(caught.value.errors()).param == "refiner"
+
+
+def test_the_refiner_hands_off_at_denoising_end_or_its_own_start():
+    request = SDXLRequest(prompt="x", refiner={"aesthetic_score": 7})
+    assert (request.denoising_end, request.refiner_kwargs()["denoising_start"]) == (0.8, 0.8)
+    own = SDXLRequest(
+        prompt="x", denoising_end=0.6, refiner={"denoising_start": 0.7, "num_inference_steps": 9}
+    )
+    kwargs = own.refiner_kwargs()
+    assert (kwargs["denoising_start"], kwargs["num_inference_steps"], kwargs["aesthetic_score"]) == (
+        0.7,
+        9,
+        6.0,
+    )
+    assert not SDXLRequest(prompt="x", refiner={"enabled": False}).wants_refiner
+
+
+def test_the_graph_must_offer_the_refiner_and_the_adapters():
+    for fields, param in (({"refiner": {}}, "refiner"), ({"loras": [{"name": "ink"}]}, "loras")):
+        with pytest.raises(InvalidRequest) as caught:
+            SDXLRequest(prompt="x", **fields).check_against(SPEC)
+        assert caught.value.param == param
+    offered = SDXLModelSpec(**{**SPEC.__dict__, "refiner": True, "loras": ("ink",)})
+    SDXLRequest(prompt="x", refiner={}, loras=[{"name": "ink"}]).check_against(offered)
+
+
+def test_the_adapter_set_names_the_adapters_not_their_scales():
+    request = SDXLRequest(prompt="x", loras=[{"name": "paper", "scale": 0.2}, {"name": "ink"}])
+    assert request.adapter_set() == "ink+paper"
+    assert request.lora_scales() == (("paper", 0.2), ("ink", 1.0))
+    assert SDXLRequest(prompt="x").adapter_set() == ""
+
+
+def test_a_request_with_images_writes_them_back_as_png_data_uris():
+    dumped = SDXLRequest(prompt="x", image=PHOTO).model_dump(mode="json")
+    assert dumped["image"].startswith("data:image/png;base64,")
+    assert SDXLRequest.model_validate(dumped).image.size == (100, 72)
+
+
+def test_openai_masks_repaint_their_transparent_pixels_or_are_read_as_ours():
+    rgba = np.full((8, 8, 4), 255, dtype=np.uint8)
+    rgba[:, :4, 3] = 0  # transparent on the left: edited
+    mask = np.asarray(openai_mask(encoded(Image.fromarray(rgba))))
+    assert (mask[:, :4] == 255).all() and (mask[:, 4:] == 0).all()
+    grey = np.zeros((8, 8), dtype=np.uint8)
+    grey[:, 6:] = 255  # no transparency: white is repainted, as ours
+    assert np.array_equal(np.asarray(openai_mask(encoded(Image.fromarray(grey)))), grey)
+
+
+def test_a_pil_image_through_a_handle_is_checked_too():
+    assert decode_image(Image.new("RGBA", (64, 64)), 1000, 64, "RGB").mode == "RGB"
+    with pytest.raises(ValueError, match="pixels a side"):
+        decode_image(Image.new("RGB", (65, 8)), 1000, 64, "RGB")
