@@ -41,7 +41,7 @@ def check_ray_tools_and_exposure(ray_processes: list[psutil.Process]) -> None:
     status = yaml.safe_load(serve_cli("status"))
     application = status["applications"]["leap_ray"]
     assert application["status"] == "RUNNING"
-    assert set(application["deployments"]) == {"Ingress", "SDXL", "MusicGen"}
+    assert set(application["deployments"]) == {"Ingress", "SDXL", "Refiner", "MusicGen"}
     (config,) = yaml.safe_load_all(serve_cli("config"))
     assert config["import_path"] == "leap_ray.serve.app:build_app"
     # Ray's token auth is on: without the token (which the CLI read from ~/.ray/auth_token) it refuses.
