@@ -4,6 +4,7 @@ the diffusers references of SDXL workflows (img2img, inpainting, LoRA, the refin
 import base64
 import io
 import struct
+from typing import Any
 
 import numpy as np
 import psutil
@@ -146,3 +147,10 @@ def ensemble_reference(
         negative_aesthetic_score=options.negative_aesthetic_score,
         output_type="np",
     ).images
+
+
+def reference_pipeline(pipeline_class: type, folder: object) -> Any:
+    """A diffusers pipeline loaded from a tiny model's folder, quiet, as the references use them."""
+    pipeline = pipeline_class.from_pretrained(folder)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from diffusers import (
     DDIMScheduler,
+    DiffusionPipeline,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
@@ -61,6 +62,16 @@ WORKFLOW_PIPELINES = {
     "img2img": StableDiffusionXLImg2ImgPipeline,
     "inpaint": StableDiffusionXLInpaintPipeline,
 }
+
+
+def derived_pipeline(loaded: DiffusionPipeline, pipeline_class: type, scheduler: str | None) -> Any:
+    """A `pipeline_class` sharing `loaded`'s modules, with a scheduler instance of its own (schedulers
+    hold state): the named one, or one like the loaded pipeline's."""
+    scheduler_class = SCHEDULER_CLASSES[scheduler] if scheduler else type(loaded.scheduler)
+    own_scheduler = scheduler_class.from_config(loaded.scheduler.config)
+    pipeline = pipeline_class.from_pipe(loaded, scheduler=own_scheduler)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
 
 
 class PerImageGuidancePipeline(StableDiffusionXLPipeline):
@@ -345,13 +356,7 @@ class SDXLEngine:
         key = (workflow, scheduler)
         if key not in self._pipelines:
             pipeline_class = WORKFLOW_PIPELINES.get(workflow, PerImageGuidancePipeline)
-            config = self._default.scheduler.config
-            scheduler_obj = SCHEDULER_CLASSES[scheduler].from_config(config) if scheduler else None
-            pipeline = pipeline_class.from_pipe(
-                self._default, **({"scheduler": scheduler_obj} if scheduler_obj else {})
-            )
-            pipeline.set_progress_bar_config(disable=True)
-            self._pipelines[key] = pipeline
+            self._pipelines[key] = derived_pipeline(self._default, pipeline_class, scheduler)
         return self._pipelines[key]
 
     @torch.inference_mode()

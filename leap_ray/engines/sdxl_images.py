@@ -14,12 +14,13 @@ from diffusers import StableDiffusionXLPipeline
 from leap_ray.api.sdxl import SDXLRequest
 
 
-class _WithScheduler:
-    """A pipeline whose methods see one request's scheduler instead of the pipeline's."""
+class PipelineView:
+    """A pipeline with some attributes of its own (a request's scheduler, its number of steps) and the
+    rest the pipeline's: what one request's pipeline methods and callbacks see in a step batch."""
 
-    def __init__(self, pipeline: StableDiffusionXLPipeline, scheduler: Any) -> None:
+    def __init__(self, pipeline: StableDiffusionXLPipeline, **own: Any) -> None:
         self._pipeline = pipeline
-        self.scheduler = scheduler
+        self.__dict__.update(own)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pipeline, name)
@@ -61,7 +62,7 @@ def image_start(
     dtype: torch.dtype,
 ) -> ImageStart:
     """`pipeline` is the workflow's (img2img or inpaint); `scheduler` has its timesteps set."""
-    view: Any = _WithScheduler(pipeline, scheduler)
+    view: Any = PipelineView(pipeline, scheduler=scheduler)
     images, strength = len(generators), request.effective_strength()
     timesteps, _ = type(pipeline).get_timesteps(view, request.num_inference_steps, strength, device)
     first = timesteps[:1].repeat(images)

@@ -22,7 +22,7 @@ from leap_ray.api.progress import StepProgress
 from leap_ray.api.sdxl import RefineRequest
 from leap_ray.engines.device import placement
 from leap_ray.engines.failures import collect_results, run_shared
-from leap_ray.engines.sdxl import SCHEDULER_CLASSES, SDXLResult, _Member, _StepFanOut, finished
+from leap_ray.engines.sdxl import SDXLResult, _Member, _StepFanOut, derived_pipeline, finished
 from leap_ray.errors import LeapRayError
 
 
@@ -62,11 +62,8 @@ class SDXLRefinerEngine:
 
     def _pipeline_for(self, scheduler: str | None) -> StableDiffusionXLImg2ImgPipeline:
         if scheduler not in self._pipelines:
-            default = self._pipelines[None]
-            scheduler_obj = SCHEDULER_CLASSES[scheduler].from_config(default.scheduler.config)
-            pipeline = StableDiffusionXLImg2ImgPipeline.from_pipe(default, scheduler=scheduler_obj)
-            pipeline.set_progress_bar_config(disable=True)
-            self._pipelines[scheduler] = pipeline
+            loaded = self._pipelines[None]
+            self._pipelines[scheduler] = derived_pipeline(loaded, StableDiffusionXLImg2ImgPipeline, scheduler)
         return self._pipelines[scheduler]
 
     @torch.inference_mode()

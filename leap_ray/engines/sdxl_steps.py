@@ -40,20 +40,8 @@ from leap_ray.engines.sdxl import (
     _StepFanOut,
     finished,
 )
-from leap_ray.engines.sdxl_images import InpaintRows, image_start
+from leap_ray.engines.sdxl_images import InpaintRows, PipelineView, image_start
 from leap_ray.errors import LeapRayError
-
-
-class _RunPipelineView:
-    """The pipeline as one request's callback sees it in a step batch: its own number of steps."""
-
-    def __init__(self, pipeline: Any, num_timesteps: int) -> None:
-        self._pipeline = pipeline
-        self.num_timesteps = num_timesteps
-        self._interrupt = False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._pipeline, name)
 
 
 @dataclass
@@ -356,7 +344,8 @@ class StepBatch:
             "add_text_embeds": run.text_embeds,
             "add_time_ids": run.time_ids,
         }
-        view = _RunPipelineView(self.pipeline, len(run.timesteps))
+        # Its own number of steps, and an interrupt flag of its own (the fan-out reads it).
+        view = PipelineView(self.pipeline, num_timesteps=len(run.timesteps), _interrupt=False)
         try:
             _StepFanOut([member], member.count)(view, run.step, t, tensors)
         except Exception as error:

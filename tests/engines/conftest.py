@@ -4,6 +4,7 @@ import pytest
 from diffusers import StableDiffusionXLPipeline
 
 from leap_ray.engines.sdxl import SDXLEngine
+from tests.helpers import reference_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -13,6 +14,4 @@ def engine(tiny_models) -> SDXLEngine:
 
 @pytest.fixture(scope="module")
 def reference(tiny_models) -> StableDiffusionXLPipeline:
-    pipeline = StableDiffusionXLPipeline.from_pretrained(tiny_models["sdxl"])
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
+    return reference_pipeline(StableDiffusionXLPipeline, tiny_models["sdxl"])

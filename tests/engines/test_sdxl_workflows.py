@@ -12,7 +12,7 @@ from leap_ray.engines.sdxl import SDXLEngine, SDXLResult
 from leap_ray.engines.sdxl_refiner import SDXLRefinerEngine
 from leap_ray.engines.sdxl_steps import StepBatch
 from leap_ray.errors import InvalidRequest
-from tests.helpers import ensemble_reference, lora_solo, png, run_steps, seeds_of, solo
+from tests.helpers import ensemble_reference, lora_solo, png, reference_pipeline, run_steps, seeds_of, solo
 
 TOLERANCE = 1e-3  # on 0-1 pixel values, CPU float32
 SMALL = {"height": 64, "width": 64}
@@ -98,8 +98,7 @@ def lora_engine(tiny_models, lora_sources) -> SDXLEngine:
 
 @pytest.fixture(scope="module")
 def lora_reference(tiny_models, lora_sources) -> StableDiffusionXLPipeline:
-    pipeline = StableDiffusionXLPipeline.from_pretrained(tiny_models["sdxl"])
-    pipeline.set_progress_bar_config(disable=True)
+    pipeline = reference_pipeline(StableDiffusionXLPipeline, tiny_models["sdxl"])
     for name, source in lora_sources.items():
         pipeline.load_lora_weights(source, adapter_name=name)
     return pipeline
@@ -164,9 +163,7 @@ def refiner(tiny_models) -> SDXLRefinerEngine:
 
 @pytest.fixture(scope="module")
 def refiner_reference(tiny_models) -> StableDiffusionXLImg2ImgPipeline:
-    pipeline = StableDiffusionXLImg2ImgPipeline.from_pretrained(tiny_models["sdxl-refiner"])
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
+    return reference_pipeline(StableDiffusionXLImg2ImgPipeline, tiny_models["sdxl-refiner"])
 
 
 # An ancestral sampler draws noise at every step: the refiner must go on with the base's generators.

@@ -4,6 +4,7 @@ sharing the service with each other; the refiner's progress covers both stages; 
 naming the field; adapter sets route to the replica that holds them."""
 
 import base64
+import io
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,10 +13,14 @@ import numpy as np
 import pytest
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 from httpx_sse import connect_sse
+from PIL import Image
 from ray import serve
 
 from leap_ray.api.sdxl import SDXLRequest
-from tests.helpers import ensemble_reference, lora_solo, pixels, png, seeds_of, solo
+from leap_ray.client import LeapRayClient
+from tests.helpers import ensemble_reference, lora_solo, pixels, png, reference_pipeline, seeds_of, solo
+
+from .conftest import APP
 
 RANDOM = np.random.default_rng(1)
 PHOTO = png(RANDOM.integers(0, 256, (64, 80, 3), dtype=np.uint8))
@@ -32,9 +37,7 @@ BODIES = {
 @pytest.fixture(scope="module")
 def references(tiny_models) -> dict[str, object]:
     def load(pipeline_class, name):
-        pipeline = pipeline_class.from_pretrained(tiny_models[name])
-        pipeline.set_progress_bar_config(disable=True)
-        return pipeline
+        return reference_pipeline(pipeline_class, tiny_models[name])
 
     with_adapters = load(StableDiffusionXLPipeline, "sdxl")
     for name, folder in (("ink", "sdxl-lora"), ("paper", "sdxl-lora-2")):
@@ -153,3 +156,17 @@ def test_requests_naming_an_adapter_set_go_to_the_replica_that_holds_it(variants
     holder = serve.get_deployment_handle("SDXL", "routed").options(multiplexed_model_id="ink")
     stats = holder.stats.remote().result()
     assert (stats["requests"], stats["adapter_loads"]) == (7, 1), stats
+
+
+def test_a_job_and_a_handle_give_the_same_workflow_images_as_http(graph, client):
+    body = {**BODIES["inpaint"], **STEPS, "loras": [{"name": "paper"}], "refiner": {}}
+    direct = client.post("/v1/sdxl", json=body, headers={"Accept": "image/png"})
+    assert direct.status_code == 200, direct.text
+    leap = LeapRayClient(graph.url)
+    job = leap.wait_job(leap.submit_job("sdxl", body).id)
+    assert job.status == "succeeded" and job.input["image"].startswith("<")  # the record summarises it
+    assert leap.job_output(job) == direct.content
+    # Through a handle an image may be a PIL image.
+    handled = {**body, "image": Image.open(io.BytesIO(base64.b64decode(PHOTO)))}
+    output = serve.get_app_handle(APP).sdxl.remote(handled).result()
+    assert output.images[0] == direct.content
