@@ -122,17 +122,20 @@ def lora_solo(reference: StableDiffusionXLPipeline, request: SDXLRequest) -> np.
 def ensemble_reference(
     base: StableDiffusionXLPipeline, refiner: StableDiffusionXLImg2ImgPipeline, request: SDXLRequest
 ) -> np.ndarray:
-    """diffusers' documented two-pipeline call, one process, the same generators through both."""
-    if request.scheduler:
-        scheduler = SCHEDULER_CLASSES[request.scheduler]
-        base = StableDiffusionXLPipeline.from_pipe(
-            base, scheduler=scheduler.from_config(base.scheduler.config)
-        )
-        refiner = StableDiffusionXLImg2ImgPipeline.from_pipe(
-            refiner, scheduler=scheduler.from_config(refiner.scheduler.config)
-        )
+    """diffusers' documented two-pipeline call, one process, the same generators through both: the
+    base (of the request's workflow) to denoising_end as latents, then the refiner from denoising_start
+    (an inpainting's refiner: the inpainting pipeline with the refiner's weights, image and mask)."""
     generators = [torch.Generator().manual_seed(seed) for seed in seeds_of(request)]
-    latents = base(**request.to_pipeline_kwargs(), generator=generators, output_type="latent").images
+    latents = solo(base, request, seeds_of(request), generator=generators, output_type="latent")
+    refiner_class = WORKFLOW_PIPELINES.get(request.workflow, StableDiffusionXLImg2ImgPipeline)
+    scheduler_class = SCHEDULER_CLASSES[request.scheduler] if request.scheduler else type(refiner.scheduler)
+    refiner = refiner_class.from_pipe(
+        refiner, scheduler=scheduler_class.from_config(refiner.scheduler.config)
+    )
+    refiner.set_progress_bar_config(disable=True)
+    inputs = {}
+    if request.workflow == "inpaint":
+        inputs = {"mask_image": request.mask_image, "height": request.height, "width": request.width}
     options = request.refiner
     return refiner(
         prompt=request.prompt,
@@ -146,6 +149,7 @@ def ensemble_reference(
         aesthetic_score=options.aesthetic_score,
         negative_aesthetic_score=options.negative_aesthetic_score,
         output_type="np",
+        **inputs,
     ).images
 
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from leap_ray.api.images import decode_image, image_data_uri
 from leap_ray.config import LIMITS
+from leap_ray.errors import InvalidRequest
 
 MODEL_IDS = ("sdxl", "stabilityai/stable-diffusion-xl-base-1.0")
 _SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
@@ -69,8 +70,8 @@ class OpenAIImageRequest(BaseModel):
         """The SDXL request: OpenAI's fields mapped, ours (the extras) passed as they are."""
         width, height = self.dimensions()
         extras = dict(self.model_extra or {})
-        if self.stream and self.partial_images:
-            steps = extras.get("num_inference_steps", 50)
+        steps = str(extras.get("num_inference_steps", 50))
+        if self.stream and self.partial_images and steps.isdecimal():  # else validation names it
             extras.setdefault("preview_every", max(1, -(-int(steps) // (self.partial_images + 1))))
         return {
             "prompt": self.prompt,
@@ -116,10 +117,13 @@ class OpenAIImageEditRequest(OpenAIImageRequest):
 
 
 def openai_mask(raw: bytes) -> Image.Image:
-    """OpenAI's mask as ours: white (repainted) where it is fully transparent. Raises ValueError for
-    what is not an image."""
+    """OpenAI's mask as ours: white (repainted) where it is fully transparent. Raises InvalidRequest
+    (mask) for what is not an image."""
     limits = LIMITS.sdxl
-    mask = decode_image(raw, limits.max_image_bytes, limits.max_size, "LA")
+    try:
+        mask = decode_image(raw, limits.max_image_bytes, limits.max_size, "LA")
+    except ValueError as error:
+        raise InvalidRequest(f"mask {error}", param="mask") from None
     luminance, alpha = mask.split()
     if alpha.getextrema()[0] == 255:  # no transparency at all: a mask drawn our way
         return luminance

@@ -9,7 +9,15 @@ from typing import Annotated, Any, Literal
 
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    PrivateAttr,
+    model_validator,
+)
 from pydantic.json_schema import SkipJsonSchema, WithJsonSchema
 
 from leap_ray.api.common import MAX_SEED, FiniteFloat, capped, offset_seed, prompt_text
@@ -129,7 +137,7 @@ class RefinerOptions(BaseModel):
         gt=0.0,
         lt=1.0,
         description="Where the refiner starts, a fraction of the denoising in (0, 1); default the "
-        "request's denoising_end (which itself defaults to 0.8 with a refiner).",
+        "request's denoising_end. When that is absent, the base stops here (0.8 when neither is given).",
     )
     num_inference_steps: int | None = Field(
         None,
@@ -341,6 +349,8 @@ class SDXLRequest(BaseModel):
     def image_count(self) -> int:
         return self.prompt_count * self.num_images_per_prompt
 
+    _image_encoding_seed: int | None = PrivateAttr(None)
+
     @property
     def wants_refiner(self) -> bool:
         return self.refiner is not None and self.refiner.enabled
@@ -437,8 +447,13 @@ class SDXLRequest(BaseModel):
                 "the refiner encodes text with its own encoder: give prompts as text, not embeddings",
                 param="refiner",
             )
-        if self.denoising_end is None or self.denoising_end == 1.0:
-            self.denoising_end = DEFAULT_HAND_OFF
+        if self.denoising_end == 1.0:
+            raise InvalidRequest(
+                "with a refiner the base must stop before the end: denoising_end below 1, or absent",
+                param="denoising_end",
+            )
+        if self.denoising_end is None:  # one hand-off point for both, as diffusers' ensemble uses
+            self.denoising_end = self.refiner.denoising_start or DEFAULT_HAND_OFF
 
     def _check_prompt_sources(self) -> None:
         if self.prompt is None and self.prompt_embeds is None:
@@ -636,7 +651,16 @@ class SDXLRequest(BaseModel):
                 update[name] = tensor[prompt : prompt + 1]
         if self.latents is not None:
             update["latents"] = self.latents[image : image + images]
-        return self.model_copy(update=update)
+        part = self.model_copy(update=update)
+        if self.workflow == "inpaint" and image > 0 and seed is not None:
+            part._image_encoding_seed = seed
+        return part
+
+    @property
+    def image_encoding_seed(self) -> int | None:
+        """For a part of a split inpainting request without its image 0: that image's seed. diffusers
+        draws the image's VAE sample from image 0's generator alone, so the part must too."""
+        return self._image_encoding_seed
 
 
 @dataclass

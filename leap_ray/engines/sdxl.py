@@ -23,7 +23,7 @@ group one request at a time, and only a request that faults alone fails (ModelEr
 import base64
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +48,7 @@ from leap_ray.api.sdxl import CALLBACK_TENSOR_INPUTS, SDXLModelSpec, SDXLRequest
 from leap_ray.engines.device import placement
 from leap_ray.engines.failures import blame, collect_results, internal_error, request_error, run_shared
 from leap_ray.engines.sdxl_fast import LatentDecoder, SDXLSpeed, UNetRunner
+from leap_ray.engines.sdxl_images import part_image_latents
 from leap_ray.engines.sdxl_lora import LoraAdapters
 from leap_ray.errors import InvalidRequest, LeapRayError
 
@@ -328,6 +329,8 @@ class SDXLEngine:
         self.speed = SDXLSpeed(**speed)
         if loras and self.speed.fuse_qkv:  # fused projections would bypass the adapters' q, k, v layers
             raise ValueError("LoRA adapters need the separate q, k, v projections: set fuse_qkv false")
+        if loras and self.speed.compile_kwargs is not None:  # every adapter set and scale recompiles
+            raise ValueError("LoRA adapters change the compiled UNet at every request: set compile false")
         self._default = PerImageGuidancePipeline.from_pretrained(model, dtype=self.dtype).to(self.device)
         self._default.set_progress_bar_config(disable=True)
         self.speed.apply(self._default)
@@ -408,12 +411,12 @@ class SDXLEngine:
         spec: SDXLModelSpec,
         should_stop: Callable[[], bool] | None,
         progress: Callable[[StepProgress], None] | None,
+        in_use: Iterable[str] = (),
     ) -> _Member:
-        """The request checked against the model and seeded; raises its error. Both batching modes
-        take requests in here."""
+        """The request checked against the model, its adapters loaded (never unloading those `in_use`
+        by running requests) and seeded; raises its error. Both batching modes take requests here."""
         request.check_against(spec)
-        with blame("loras"):
-            self.adapters.ensure_loaded(name for name, _ in request.lora_scales())
+        self.adapters.ensure_loaded((name for name, _ in request.lora_scales()), in_use)
         seed = request.seed if request.seed is not None else draw_seed()
         return _Member(
             request=request,
@@ -574,6 +577,8 @@ class SDXLEngine:
         arguments: dict[str, Any] = {"image": request.image, "strength": request.effective_strength()}
         if request.workflow == "inpaint":
             arguments["mask_image"] = request.mask_image
+            if (encoded := part_image_latents(pipeline, request, self.device, self.dtype)) is not None:
+                arguments["image"] = encoded
         self._call(pipeline, [member], started, **arguments)
 
     def _call(

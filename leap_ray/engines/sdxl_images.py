@@ -72,6 +72,8 @@ def image_start(
         latents = type(pipeline).prepare_latents(view, image, first, 1, images, dtype, device, generators)
         return ImageStart(timesteps, latents, None)
     image = pipeline.image_processor.preprocess(request.image, **size).to(dtype=torch.float32)
+    if (encoded := part_image_latents(pipeline, request, device, dtype)) is not None:
+        image = encoded  # as latents, diffusers draws no VAE sample from the part's generators
     mask = pipeline.mask_processor.preprocess(request.mask_image, **size)
     latents, noise, image_latents = type(pipeline).prepare_latents(
         view, images, pipeline.vae.config.latent_channels, request.height, request.width, dtype, device,
@@ -80,8 +82,21 @@ def image_start(
     )  # fmt: skip
     # The pipeline encodes the masked image too (a 4-channel UNet does not use it): it draws from the
     # first generator, which later scheduler noise depends on.
+    masked_image = None if encoded is not None else image * (mask < 0.5)
     mask, _ = type(pipeline).prepare_mask_latents(
-        view, mask, image * (mask < 0.5), images, request.height, request.width, dtype, device, generators,
-        False,
-    )  # fmt: skip
+        view, mask, masked_image, images, request.height, request.width, dtype, device, generators, False
+    )
     return ImageStart(timesteps, latents, InpaintRows(image_latents, noise, mask))
+
+
+def part_image_latents(
+    pipeline: StableDiffusionXLPipeline, request: SDXLRequest, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """For a part of a split inpainting request without its image 0, the image's latents as the whole
+    request's call makes them: sampled from image 0's generator (its first draw). None otherwise."""
+    if request.image_encoding_seed is None:
+        return None
+    size = {"height": request.height, "width": request.width}
+    image = pipeline.image_processor.preprocess(request.image, **size).to(device, torch.float32)
+    generator = torch.Generator().manual_seed(request.image_encoding_seed)
+    return type(pipeline)._encode_vae_image(pipeline, image.to(dtype), generator)

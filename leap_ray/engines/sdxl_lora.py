@@ -3,13 +3,17 @@ listed, at most `max_loaded` at once (the least recently used one not needed now
 the set a model call needs made active just before it (`set_adapters` with the request's scales).
 Requests with different adapter sets never share a UNet call: the step batch groups by the set."""
 
+import logging
 from collections import OrderedDict
 from collections.abc import Iterable
+from contextlib import suppress
 
 from diffusers import StableDiffusionXLPipeline
 
-from leap_ray.errors import InvalidRequest
+from leap_ray.errors import InvalidRequest, ModelError
 from leap_ray.model_sources import resolve_model
+
+logger = logging.getLogger(__name__)
 
 Scales = tuple[tuple[str, float], ...]
 
@@ -28,8 +32,14 @@ class LoraAdapters:
     def names(self) -> tuple[str, ...]:
         return tuple(self.sources)
 
-    def ensure_loaded(self, names: Iterable[str]) -> None:
-        """Loads the named adapters that are not loaded yet, evicting others to stay within the bound."""
+    def fits(self, names: Iterable[str]) -> bool:
+        """Whether these adapters can all be held at once."""
+        return len(set(names)) <= self.max_loaded
+
+    def ensure_loaded(self, names: Iterable[str], in_use: Iterable[str] = ()) -> None:
+        """Loads the named adapters that are not loaded yet, evicting others to stay within the bound
+        (never one `in_use` by a running request). Raises ModelError when an adapter's source cannot
+        be loaded; the adapter is then left out, as if never asked for."""
         needed = list(names)
         if len(needed) > self.max_loaded:
             raise InvalidRequest(
@@ -42,14 +52,27 @@ class LoraAdapters:
                 self.loaded.move_to_end(name)
                 continue
             if len(self.loaded) >= self.max_loaded:
-                self._evict(keep=set(needed))
+                self._evict(keep={*needed, *in_use})
+            self._load(name)
+
+    def _load(self, name: str) -> None:
+        self.active = None  # loading may change what acts, even when it fails
+        try:
             self.pipeline.load_lora_weights(resolve_model(self.sources[name]), adapter_name=name)
-            self.loaded[name] = None
-            self.loads += 1
-            self.active = None
+        except Exception as error:
+            logger.error("LoRA adapter %r could not be loaded", name, exc_info=error)
+            with suppress(Exception):  # whatever a failed load left in the modules
+                self.pipeline.delete_adapters(name)
+            raise ModelError(
+                f"the LoRA adapter {name!r} could not be loaded", code="adapter_unavailable"
+            ) from None
+        self.loaded[name] = None
+        self.loads += 1
 
     def _evict(self, keep: set[str]) -> None:
-        victim = next(name for name in self.loaded if name not in keep)
+        victim = next((name for name in self.loaded if name not in keep), None)
+        if victim is None:  # the step batch admits no more adapters than fit (`fits`)
+            raise ModelError("no LoRA adapter can be unloaded: all are in use", code="adapters_busy")
         self.pipeline.delete_adapters(victim)
         del self.loaded[victim]
         self.active = None

@@ -2,7 +2,8 @@
 (`denoising_end`), diffusers' "ensemble of expert denoisers": a `StableDiffusionXLImg2ImgPipeline` with
 the refiner's weights, called with `image=latents` and `denoising_start`, and the request's generators
 restored to where the base left them, so the images equal one process calling both pipelines with
-the same generators.
+the same generators. An inpainting is refined as diffusers documents it: the refiner's weights in the
+inpainting pipeline, with the request's image and mask.
 
 Requests whose calls agree on everything but their texts (steps, hand-off point, guidance, sizes,
 aesthetic scores, sampler) share one pipeline call, their texts listed per image. Failures stay with
@@ -17,12 +18,19 @@ from typing import Any
 
 import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline
+from diffusers import StableDiffusionXLInpaintPipeline as INPAINTING
 
 from leap_ray.api.progress import StepProgress
-from leap_ray.api.sdxl import RefineRequest
+from leap_ray.api.sdxl import RefineRequest, SDXLRequest
 from leap_ray.engines.device import placement
 from leap_ray.engines.failures import collect_results, run_shared
-from leap_ray.engines.sdxl import SDXLResult, _Member, _StepFanOut, derived_pipeline, finished
+from leap_ray.engines.sdxl import (
+    SDXLResult,
+    _Member,
+    _StepFanOut,
+    derived_pipeline,
+    finished,
+)
 from leap_ray.errors import LeapRayError
 
 
@@ -55,16 +63,25 @@ class SDXLRefinerEngine:
         self.model = model
         pipeline = StableDiffusionXLImg2ImgPipeline.from_pretrained(model, dtype=self.dtype).to(self.device)
         pipeline.set_progress_bar_config(disable=True)
-        self._pipelines: dict[str | None, StableDiffusionXLImg2ImgPipeline] = {None: pipeline}
+        self._pipelines: dict[tuple[type, str | None], StableDiffusionXLImg2ImgPipeline] = {
+            (StableDiffusionXLImg2ImgPipeline, None): pipeline
+        }
 
     def spec(self) -> RefinerSpec:
-        return RefinerSpec(latent_channels=self._pipelines[None].unet.config.in_channels)
+        loaded = self._pipelines[(StableDiffusionXLImg2ImgPipeline, None)]
+        return RefinerSpec(latent_channels=loaded.unet.config.in_channels)
 
-    def _pipeline_for(self, scheduler: str | None) -> StableDiffusionXLImg2ImgPipeline:
-        if scheduler not in self._pipelines:
-            loaded = self._pipelines[None]
-            self._pipelines[scheduler] = derived_pipeline(loaded, StableDiffusionXLImg2ImgPipeline, scheduler)
-        return self._pipelines[scheduler]
+    def _pipeline_for(self, request: SDXLRequest) -> Any:
+        """The refiner as the request's workflow needs it (diffusers refines an inpainting with the
+        inpainting pipeline, the image and the mask), with the request's sampler."""
+        key = (
+            INPAINTING if request.workflow == "inpaint" else StableDiffusionXLImg2ImgPipeline,
+            request.scheduler,
+        )
+        if key not in self._pipelines:
+            loaded = self._pipelines[(StableDiffusionXLImg2ImgPipeline, None)]
+            self._pipelines[key] = derived_pipeline(loaded, *key)
+        return self._pipelines[key]
 
     @torch.inference_mode()
     def generate(
@@ -108,12 +125,16 @@ class SDXLRefinerEngine:
         request = job.request
         shared = request.refiner_kwargs()
         negative = request.negative_prompt is not None
-        return (tuple(job.latents.shape[1:]), request.scheduler, negative, *sorted(shared.items()))
+        alone = id(job) if request.workflow == "inpaint" else None  # its own image and mask
+        return (tuple(job.latents.shape[1:]), request.scheduler, negative, alone, *sorted(shared.items()))
 
     def _call(self, members: list[_Refining]) -> None:
         started = time.perf_counter()
         first = members[0].job.request
-        pipeline = self._pipeline_for(first.scheduler)
+        pipeline = self._pipeline_for(first)
+        inputs = {}
+        if first.workflow == "inpaint":
+            inputs = {"mask_image": first.mask_image, "height": first.height, "width": first.width}
         texts = _texts_per_image([member.job for member in members])
         images = 0
         for member in members:
@@ -127,6 +148,7 @@ class SDXLRefinerEngine:
             num_images_per_prompt=1,
             output_type="np",
             callback_on_step_end=_StepFanOut(members, images) if needs_fan_out else None,
+            **inputs,
             **first.refiner_kwargs(),
         )
         refine_s = time.perf_counter() - started

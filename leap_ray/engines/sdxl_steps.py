@@ -109,9 +109,16 @@ class StepBatch:
     def cost(request: SDXLRequest) -> int:
         return request.image_count
 
-    @staticmethod
-    def can_join(request: SDXLRequest) -> bool:
-        return True
+    def can_join(self, request: SDXLRequest) -> bool:
+        """Besides its images: its LoRA adapters and those of the requests in the batch must all fit in
+        the replica at once (else one would be unloaded and reloaded at every step)."""
+        return self.engine.adapters.fits(
+            [*self._adapters_in_use(), *(name for name, _ in request.lora_scales())]
+        )
+
+    def _adapters_in_use(self) -> set[str]:
+        members = [*self.joining, *(run.member for run in self.running)]
+        return {name for member in members for name, _ in member.request.lora_scales()}
 
     def warm_up(self) -> None:
         """With a compiled engine, runs a step and a decode at every batch bucket and warm-up size, so
@@ -142,7 +149,10 @@ class StepBatch:
         """Adds the request to the batch, to join at the next step, or returns the error that it
         alone met (the model cannot take it)."""
         try:
-            self.joining.append(self.engine._admit(request, self.engine.spec(), should_stop, progress))
+            member = self.engine._admit(
+                request, self.engine.spec(), should_stop, progress, in_use=self._adapters_in_use()
+            )
+            self.joining.append(member)
         except Exception as error:
             return request_error(error)
         return None
@@ -179,11 +189,10 @@ class StepBatch:
             timesteps, latents, inpaint = start.timesteps, start.latents, start.inpaint
         timesteps = timesteps[: self._steps_before_end(scheduler, timesteps, request.denoising_end)]
         prompt_embeds, negative_embeds, pooled, negative_pooled = member.embeds
-        time_ids, negative_time_ids = self._time_ids(request, pooled)
+        time_ids = self._time_id_rows(request, pooled, member.count)
         if request.guidance_is_on():
             prompt_embeds = torch.cat([negative_embeds, prompt_embeds])
             pooled = torch.cat([negative_pooled, pooled])
-            time_ids = torch.cat([negative_time_ids, time_ids])
         return _Run(
             member=member,
             scheduler=scheduler,
@@ -191,11 +200,22 @@ class StepBatch:
             latents=latents,
             prompt_embeds=prompt_embeds.to(engine.device),
             text_embeds=pooled.to(engine.device),
-            time_ids=time_ids.to(engine.device).repeat(member.count, 1),
+            time_ids=time_ids.to(engine.device),
             extra_step_kwargs=self._extra_step_kwargs(scheduler, member.generators, request.eta),
             admitted_at=time.perf_counter(),
             inpaint=inpaint,
         )
+
+    def _time_id_rows(self, request: SDXLRequest, pooled: torch.Tensor, images: int) -> torch.Tensor:
+        """The UNet's added time ids, a row per image (two with guidance), laid out as the workflow's
+        pipeline lays them out: text2img pairs [negative, positive] and repeats the pair per image;
+        img2img and inpainting repeat each per image, then put the negatives first."""
+        time_ids, negative_time_ids = self._time_ids(request, pooled)
+        if not request.guidance_is_on():
+            return time_ids.repeat(images, 1)
+        if request.workflow == "text2img":
+            return torch.cat([negative_time_ids, time_ids]).repeat(images, 1)
+        return torch.cat([negative_time_ids.repeat(images, 1), time_ids.repeat(images, 1)])
 
     def _scheduler(self, name: str | None) -> Any:
         """A scheduler of the request's own (schedulers keep per-run state): the model's, or a named one."""

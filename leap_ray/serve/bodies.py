@@ -4,17 +4,21 @@ Bodies no valid request could be are refused before the costly steps: too many J
 parsing, unknown fields before validation."""
 
 import json
-from io import BytesIO
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from python_multipart import parse_form
-from python_multipart.multipart import Field, File
+from python_multipart.multipart import Field, File, FormParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from leap_ray.config import LIMITS
-from leap_ray.errors import InvalidRequest, MalformedRequest, PayloadTooLarge, invalid_request_from
+from leap_ray.errors import (
+    InvalidRequest,
+    LeapRayError,
+    MalformedRequest,
+    PayloadTooLarge,
+    invalid_request_from,
+)
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -74,14 +78,20 @@ MAX_FORM_PARTS = 64  # a multipart body's fields and files; a valid request has 
 
 def parse_form_body(raw: bytes, content_type: str, model: type[Model]) -> Model:
     """A multipart/form-data body (the guard lets no other type through) as a `model`: its fields as
-    strings, its files as bytes (a list field's `name[]` counted as `name`: the models take one file
-    each)."""
+    strings, its files as bytes (a list field's `name[]` read as `name`). Each name may come once (the
+    models take one image, one mask); files stay in memory (the body is bounded already)."""
     data: dict[str, Any] = {}
+    parts = 0
 
     def keep(name: bytes | None, value: Any) -> None:
-        if len(data) >= MAX_FORM_PARTS:
+        nonlocal parts
+        parts += 1
+        if parts > MAX_FORM_PARTS:
             raise PayloadTooLarge(f"the form holds more than {MAX_FORM_PARTS} parts", code="too_many_parts")
-        data[(name or b"").decode("utf-8", "replace").removesuffix("[]")] = value
+        field = (name or b"").decode("utf-8", "replace").removesuffix("[]")
+        if field in data:
+            raise InvalidRequest(f"{field} may be given once", param=field, code="repeated_field")
+        data[field] = value
 
     def on_field(field: Field) -> None:
         keep(field.field_name, (field.value or b"").decode("utf-8", "replace"))
@@ -89,11 +99,16 @@ def parse_form_body(raw: bytes, content_type: str, model: type[Model]) -> Model:
     def on_file(file: File) -> None:
         file.file_object.seek(0)
         keep(file.field_name, file.file_object.read())
+        file.close()
 
-    headers = {"Content-Type": content_type.encode(), "Content-Length": str(len(raw)).encode()}
+    media_type, options = parse_options_header(content_type)
+    in_memory = {"MAX_MEMORY_FILE_SIZE": len(raw) + 1}
     try:
-        parse_form(headers, BytesIO(raw), on_field, on_file)
-    except PayloadTooLarge:
+        boundary = options.get(b"boundary")
+        parser = FormParser(media_type.decode(), on_field, on_file, boundary=boundary, config=in_memory)
+        parser.write(raw)
+        parser.finalize()
+    except LeapRayError:
         raise
     except Exception as error:
         raise MalformedRequest(f"the form could not be read: {error}", code="malformed_form") from None

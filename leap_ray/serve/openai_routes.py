@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from leap_ray.api.common import EVENT_STREAM
 from leap_ray.api.jobs import JobSubmission
@@ -48,11 +49,13 @@ def _response(body: OpenAIImageRequest, data: list[dict[str, Any]]) -> dict[str,
     }
 
 
-async def _by_job(jobs: Jobs, body: OpenAIImageRequest, request: Request) -> dict[str, Any]:
+async def _by_job(
+    jobs: Jobs, body: OpenAIImageRequest, sdxl_input: dict[str, Any], request: Request
+) -> dict[str, Any]:
     """`response_format: url`: the images become a job's outputs, and their URLs the answer."""
     client = client_of(request.scope) or ""
     base = base_url(request)
-    submission = JobSubmission(service="sdxl", input=body.sdxl_input())
+    submission = JobSubmission(service="sdxl", input=sdxl_input)
     job = await jobs.wait((await jobs.submit(submission, base, client=client))["id"])
     if job.status != "succeeded":
         raise ModelError((job.error or {}).get("message", f"the job was {job.status}"))
@@ -120,9 +123,10 @@ def openai_routes(gateway: ModelGateway, jobs: Jobs) -> APIRouter:
 async def _answer(gateway: ModelGateway, jobs: Jobs, body: OpenAIImageRequest, request: Request) -> Response:
     """An Images API request answered: b64_json, url (by a job) or a stream."""
     try:
+        sdxl_input = await run_in_threadpool(body.sdxl_input)  # an edit's mask is decoded here
         if body.response_format == "url" and not body.stream:
-            return JSONResponse(await _by_job(jobs, body, request))
-        prepared = await gateway.prepare("sdxl", body.sdxl_input())
+            return JSONResponse(await _by_job(jobs, body, sdxl_input, request))
+        prepared = await gateway.prepare("sdxl", sdxl_input)
         if body.stream:
             return StreamingResponse(_stream(gateway, body, prepared), media_type=EVENT_STREAM)
         output = await gateway.generate("sdxl", prepared)

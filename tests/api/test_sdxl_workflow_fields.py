@@ -152,6 +152,9 @@ def test_the_refiner_hands_off_at_denoising_end_or_its_own_start():
         6.0,
     )
     assert not SDXLRequest(prompt="x", refiner={"enabled": False}).wants_refiner
+    alone = SDXLRequest(prompt="x", refiner={"denoising_start": 0.6})
+    assert alone.denoising_end == alone.refiner_kwargs()["denoising_start"] == 0.6  # one hand-off point
+    assert refused(denoising_end=1.0, refiner={}).param == "denoising_end"  # nothing left to refine
 
 
 def test_the_graph_must_offer_the_refiner_and_the_adapters():

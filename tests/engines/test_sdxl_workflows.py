@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
-from leap_ray.api.sdxl import RefineRequest, SDXLRequest
+from leap_ray.api.sdxl import RefineRequest, RefinerOptions, SDXLRequest
 from leap_ray.engines.sdxl import SDXLEngine, SDXLResult
 from leap_ray.engines.sdxl_refiner import SDXLRefinerEngine
 from leap_ray.engines.sdxl_steps import StepBatch
@@ -39,7 +39,17 @@ INPAINT_FULL = SDXLRequest(
     guidance_scale=1.0,
     seed=13,
 )
-WORKFLOWS = [TEXT, IMG2IMG, INPAINT, INPAINT_FULL]
+# In img2img and inpainting a negative size acts alone, and their time ids are laid out unlike text2img's.
+IMG2IMG_NEGATIVE = SDXLRequest(
+    prompt="a pier",
+    image=PHOTO,
+    num_images_per_prompt=2,
+    negative_original_size=(32, 32),
+    strength=0.8,
+    num_inference_steps=4,
+    seed=14,
+)
+WORKFLOWS = [TEXT, IMG2IMG, INPAINT, INPAINT_FULL, IMG2IMG_NEGATIVE]
 
 
 def assert_solo(result: object, reference: StableDiffusionXLPipeline, request: SDXLRequest) -> None:
@@ -50,7 +60,7 @@ def assert_solo(result: object, reference: StableDiffusionXLPipeline, request: S
 
 def test_img2img_and_inpainting_join_a_step_batch_and_equal_their_pipelines(engine, reference):
     batch = StepBatch(engine)
-    outcomes = run_steps(batch, {0: [TEXT], 1: [IMG2IMG], 2: [INPAINT, INPAINT_FULL]})
+    outcomes = run_steps(batch, {0: [TEXT], 1: [IMG2IMG, IMG2IMG_NEGATIVE], 2: [INPAINT, INPAINT_FULL]})
     for request in WORKFLOWS:
         assert_solo(outcomes[request.seed], reference, request)
     # They shared UNet calls with the text request (same latent shape): they joined its steps.
@@ -179,6 +189,7 @@ ENSEMBLE = SDXLRequest(
     **SMALL,
 )
 PLAIN_ENSEMBLE = SDXLRequest(prompt="a hill", refiner={}, num_inference_steps=5, seed=40, **SMALL)
+INPAINT_ENSEMBLE = INPAINT.model_copy(update={"refiner": RefinerOptions(), "denoising_end": 0.75, "seed": 41})
 
 
 def hand_off(request: SDXLRequest, result: SDXLResult) -> RefineRequest:
@@ -190,9 +201,9 @@ def hand_off(request: SDXLRequest, result: SDXLResult) -> RefineRequest:
 def test_refined_images_equal_the_two_pipeline_ensemble_with_the_same_generators(
     mode, engine, reference, refiner, refiner_reference
 ):
-    requests = [ENSEMBLE, PLAIN_ENSEMBLE]
+    requests = [ENSEMBLE, PLAIN_ENSEMBLE, INPAINT_ENSEMBLE]
     if mode == "step":
-        outcomes = run_steps(StepBatch(engine), {0: [TEXT, ENSEMBLE], 1: [PLAIN_ENSEMBLE]})
+        outcomes = run_steps(StepBatch(engine), {0: [TEXT, ENSEMBLE], 1: [PLAIN_ENSEMBLE, INPAINT_ENSEMBLE]})
         bases = [outcomes[request.seed] for request in requests]
     else:
         bases = engine.generate(requests)
@@ -210,3 +221,45 @@ def test_refined_images_equal_the_two_pipeline_ensemble_with_the_same_generators
 def test_adapters_with_fused_attention_projections_are_refused_at_start(tiny_models, lora_sources):
     with pytest.raises(ValueError, match="fuse_qkv"):
         SDXLEngine(str(tiny_models["sdxl"]), loras=lora_sources, fuse_qkv=True)
+
+
+def test_a_request_waits_while_its_adapters_and_the_running_ones_would_not_fit(tiny_models, lora_sources):
+    engine = SDXLEngine(str(tiny_models["sdxl"]), loras=lora_sources, max_loaded_loras=1)
+    batch = StepBatch(engine)
+    inked, papered = (
+        LORA_REQUESTS[1],
+        LORA_REQUESTS[2].model_copy(update={"loras": LORA_REQUESTS[2].loras[1:]}),
+    )
+    assert batch.admit(inked) is None
+    assert batch.can_join(LORA_REQUESTS[0]) and batch.can_join(inked) and not batch.can_join(papered)
+    while batch.load:
+        batch.step()
+    assert batch.can_join(papered)  # the ink request has left: paper may evict it
+    assert engine.adapters.loads == 1
+
+
+def test_an_adapter_that_cannot_be_loaded_fails_its_request_only(
+    tiny_models, lora_sources, reference, tmp_path
+):
+    broken = {**lora_sources, "broken": str(tmp_path)}  # an empty folder: no weights
+    engine = SDXLEngine(str(tiny_models["sdxl"]), loras=broken)
+    failing = SDXLRequest(prompt="x", seed=50, loras=[{"name": "broken"}], num_inference_steps=2, **SMALL)
+    plain = SDXLRequest(prompt="y", seed=51, num_inference_steps=2, **SMALL)
+    error, result = engine.generate([failing, plain])
+    assert error.code == "adapter_unavailable" and str(tmp_path) not in error.message
+    assert_solo(result, reference, plain)
+    assert list(engine.adapters.loaded) == [] and engine._default.get_list_adapters() == {}
+
+
+@pytest.mark.parametrize("mode", ["step", "request"])
+def test_an_inpainting_split_into_parts_gives_the_whole_requests_images(mode, engine, reference):
+    whole = INPAINT.model_copy(update={"num_images_per_prompt": 4, "prompt": ["a door", "a wall"]})
+    parts = whole.split(3)  # as a deployment splits a request bigger than its batch
+    assert [part.image_count for part in parts] == [3, 1, 3, 1]
+    if mode == "step":
+        outcomes = run_steps(StepBatch(engine), {0: parts})  # run_steps keys outcomes by seed
+        results = [outcomes[part.seed] for part in parts]
+    else:
+        results = engine.generate(parts)
+    images = np.stack([image for result in results for image in result.images])
+    assert np.abs(images - solo(reference, whole, seeds_of(whole))).max() < TOLERANCE
