@@ -32,27 +32,36 @@ def decode_image(value: object, max_bytes: int, max_side: int, mode: str) -> Ima
     converted to `mode` ("RGB", or "L" for masks). Its header is checked (format, at most `max_side`
     pixels a side) before any pixel is decoded. Raises ValueError saying what is wrong."""
     if isinstance(value, Image.Image):
-        _check_side(value.size, max_side)
+        _check_image(value, max_side)
         return value.convert(mode)
     if not isinstance(value, str | bytes):
         raise ValueError("must be a base64 string or a data: URI of a PNG, JPEG or WebP image")
     raw = upload_bytes(value, max_bytes, "image")
     try:
         file = Image.open(io.BytesIO(raw), formats=list(UPLOAD_FORMATS))
+    except Image.DecompressionBombError:
+        raise ValueError(f"is larger than {max_side} pixels a side") from None
     except Exception:  # PIL raises many kinds on bytes a client chose: all mean unreadable
         raise ValueError(_UNREADABLE) from None
     with file:
-        _check_side(file.size, max_side)
+        _check_image(file, max_side)
         try:
             return file.convert(mode)
         except Exception:
             raise ValueError(_UNREADABLE) from None
 
 
-def _check_side(size: tuple[int, int], max_side: int) -> None:
-    width, height = size
+# 16-bit and floating-point pixels: converting them to 8 bits clips them (most turn white).
+_WIDE_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+def _check_image(image: Image.Image, max_side: int) -> None:
+    """From the header: its size and its pixel format."""
+    width, height = image.size
     if max(width, height) > max_side:
         raise ValueError(f"is {width}×{height} pixels; the limit is {max_side} pixels a side")
+    if image.mode in _WIDE_MODES:
+        raise ValueError(f"has {image.mode} pixels; send 8 bits per channel (RGB, RGBA or grey)")
 
 
 def image_data_uri(image: Image.Image) -> str:

@@ -265,18 +265,18 @@ class SDXLRequest(BaseModel):
     )
     negative_original_size: tuple[Extent, Extent] | None = Field(
         None,
-        description="Negative micro-conditioning on resolution. "
-        "Acts only when negative_target_size is given too.",
+        description="Negative micro-conditioning on resolution. Acts only when negative_target_size is "
+        "given too (img2img and inpainting, as their pipelines: alone too).",
     )
     negative_crops_coords_top_left: tuple[Coordinate, Coordinate] = Field(
         (0, 0),
         description="Negative micro-conditioning on crop coordinates. Acts only when negative_original_size "
-        "and negative_target_size are both given.",
+        "and negative_target_size are both given (never in img2img and inpainting, as their pipelines).",
     )
     negative_target_size: tuple[Extent, Extent] | None = Field(
         None,
         description="Negative micro-conditioning on target resolution. Acts only when negative_original_size "
-        "is given too.",
+        "is given too (img2img and inpainting, as their pipelines: alone too).",
     )
     callback_on_step_end: SkipJsonSchema[
         Annotated[Callable[..., dict[str, torch.Tensor]] | None, PlainValidator(_callable_or_none)]
@@ -433,7 +433,7 @@ class SDXLRequest(BaseModel):
             raise InvalidRequest(
                 f"strength × num_inference_steps must keep at least one step; "
                 f"{self.effective_strength()} × {self.num_inference_steps} keeps none",
-                param="strength",
+                param="num_inference_steps" if self.strength is None else "strength",
             )
 
     def _check_workflow_options(self) -> None:
@@ -677,6 +677,16 @@ class RefineRequest:
     @property
     def image_count(self) -> int:
         return len(self.seeds)
+
+    def split(self, max_images: int) -> list["RefineRequest"]:
+        """This hand-off as hand-offs of at most `max_images` images each, in image order."""
+        parts, start = [], 0
+        for part in self.request.split(max_images):
+            rows = slice(start, start + part.image_count)
+            states = self.generator_states[rows]
+            parts.append(RefineRequest(part, self.latents[rows], states, self.seeds[rows], self.timings))
+            start += part.image_count
+        return parts
 
 
 def seeds_for(request: SDXLRequest, seed: int) -> list[int]:

@@ -48,7 +48,7 @@ from leap_ray.api.sdxl import CALLBACK_TENSOR_INPUTS, SDXLModelSpec, SDXLRequest
 from leap_ray.engines.device import placement
 from leap_ray.engines.failures import blame, collect_results, internal_error, request_error, run_shared
 from leap_ray.engines.sdxl_fast import LatentDecoder, SDXLSpeed, UNetRunner
-from leap_ray.engines.sdxl_images import part_image_latents
+from leap_ray.engines.sdxl_images import PipelineView, part_image_latents
 from leap_ray.engines.sdxl_lora import LoraAdapters
 from leap_ray.errors import InvalidRequest, LeapRayError
 
@@ -65,12 +65,16 @@ WORKFLOW_PIPELINES = {
 }
 
 
+def own_scheduler(loaded: DiffusionPipeline, name: str | None) -> Any:
+    """A scheduler instance of one's own (schedulers hold state): the named one, or one like the loaded
+    pipeline's, with its configuration."""
+    scheduler_class = SCHEDULER_CLASSES[name] if name else type(loaded.scheduler)
+    return scheduler_class.from_config(loaded.scheduler.config)
+
+
 def derived_pipeline(loaded: DiffusionPipeline, pipeline_class: type, scheduler: str | None) -> Any:
-    """A `pipeline_class` sharing `loaded`'s modules, with a scheduler instance of its own (schedulers
-    hold state): the named one, or one like the loaded pipeline's."""
-    scheduler_class = SCHEDULER_CLASSES[scheduler] if scheduler else type(loaded.scheduler)
-    own_scheduler = scheduler_class.from_config(loaded.scheduler.config)
-    pipeline = pipeline_class.from_pipe(loaded, scheduler=own_scheduler)
+    """A `pipeline_class` sharing `loaded`'s modules, with a scheduler of its own (`own_scheduler`)."""
+    pipeline = pipeline_class.from_pipe(loaded, scheduler=own_scheduler(loaded, scheduler))
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
@@ -145,17 +149,12 @@ class _Member:
         self.stopped_at_step, self.frozen_latents, self.result = None, None, None
 
 
-class _RequestPipelineView:
+class _RequestPipelineView(PipelineView):
     """What a request's callback sees as `pipeline`: the real pipeline, but with this request's
     guidance scale, and an `_interrupt` flag that stops this request only."""
 
     def __init__(self, pipeline: StableDiffusionXLPipeline, guidance_scale: float) -> None:
-        self._pipeline = pipeline
-        self._guidance_scale = guidance_scale
-        self._interrupt = False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._pipeline, name)
+        super().__init__(pipeline, _guidance_scale=guidance_scale, _interrupt=False)
 
     @property
     def guidance_scale(self) -> float:

@@ -33,12 +33,12 @@ from leap_ray.api.progress import StepProgress
 from leap_ray.api.sdxl import SDXLRequest
 from leap_ray.engines.failures import internal_error, model_error, request_error
 from leap_ray.engines.sdxl import (
-    SCHEDULER_CLASSES,
     SDXLEngine,
     SDXLResult,
     _Member,
     _StepFanOut,
     finished,
+    own_scheduler,
 )
 from leap_ray.engines.sdxl_images import InpaintRows, PipelineView, image_start
 from leap_ray.errors import LeapRayError
@@ -173,7 +173,7 @@ class StepBatch:
 
     def _run(self, member: _Member) -> _Run:
         engine, pipeline, request = self.engine, self.pipeline, member.request
-        scheduler = self._scheduler(request.scheduler)
+        scheduler = own_scheduler(self.pipeline, request.scheduler)
         timesteps, _ = retrieve_timesteps(scheduler, request.num_inference_steps, engine.device)
         member.generators = [torch.Generator().manual_seed(seed) for seed in member.seeds]
         inpaint = None
@@ -216,11 +216,6 @@ class StepBatch:
         if request.workflow == "text2img":
             return torch.cat([negative_time_ids, time_ids]).repeat(images, 1)
         return torch.cat([negative_time_ids.repeat(images, 1), time_ids.repeat(images, 1)])
-
-    def _scheduler(self, name: str | None) -> Any:
-        """A scheduler of the request's own (schedulers keep per-run state): the model's, or a named one."""
-        scheduler_class = SCHEDULER_CLASSES[name] if name else type(self.pipeline.scheduler)
-        return scheduler_class.from_config(self.pipeline.scheduler.config)
 
     @staticmethod
     def _extra_step_kwargs(scheduler: Any, generators: list[torch.Generator], eta: float) -> dict[str, Any]:

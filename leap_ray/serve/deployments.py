@@ -229,20 +229,27 @@ class _ModelDeployment:
 
 
 class _PartsProgress:
-    """One progress stream for a request run as parts: the parts' mean step, reported as it grows."""
+    """One progress stream for a request run as parts: the parts' mean step in the earliest stage any
+    part is in (a part past it counts all of that stage's steps), reported as it grows."""
 
     def __init__(self, parts: int, progress: Callable[[StepProgress], None]) -> None:
-        self.steps = [0] * parts
+        self.at = [(0, 0)] * parts  # each part's (stage, step): stage 0 the base (or the only), 1 the refiner
+        self.totals: dict[int, int] = {}  # each stage's steps
         self.progress = progress
-        self.reported = 0
+        self.reported = (0, 0)
 
     def part(self, index: int) -> Callable[[StepProgress], None]:
         def report(event: StepProgress) -> None:
-            self.steps[index] = event.step
-            step = sum(self.steps) // len(self.steps)
-            if step > self.reported or (index == 0 and event.preview):
-                self.reported = step
-                self.progress(replace(event, step=step, preview=event.preview if index == 0 else None))
+            own = int(event.stage == "refiner")
+            self.at[index], self.totals[own] = (own, event.step), event.total
+            stage = min(rank for rank, _ in self.at)
+            total = self.totals[stage]
+            step = sum(step if rank == stage else total for rank, step in self.at) // len(self.at)
+            preview = event.preview if index == 0 and own == stage else None
+            if (stage, step) > self.reported or preview:
+                self.reported = max(self.reported, (stage, step))
+                name = event.stage if own == stage else "base"
+                self.progress(replace(event, step=step, total=total, stage=name, preview=preview))
 
         return report
 
@@ -368,6 +375,12 @@ class RefinerDeployment(_ModelDeployment):
         if user_config["batching"] != "request":
             raise ValueError("the Refiner deployment batches whole requests: user_config.batching: request")
         super().reconfigure(user_config)
+
+    def split(self, job: RefineRequest) -> list[RefineRequest]:
+        return job.split(self.batching.max_batch_size)  # its batches may be smaller than the base's
+
+    def join(self, outputs: list[SDXLOutput]) -> SDXLOutput:
+        return SDXLOutput.join(outputs)
 
     def encode(self, request: RefineRequest, result: Any) -> SDXLOutput:
         return encode_images(request.request, result)

@@ -193,3 +193,14 @@ def test_a_pil_image_through_a_handle_is_checked_too():
     assert decode_image(Image.new("RGBA", (64, 64)), 1000, 64, "RGB").mode == "RGB"
     with pytest.raises(ValueError, match="pixels a side"):
         decode_image(Image.new("RGB", (65, 8)), 1000, 64, "RGB")
+
+
+def test_16_bit_and_float_images_are_refused_rather_than_clipped():
+    wide = np.full((64, 64), 40_000, dtype=np.uint16)
+    error = refused(image=base64.b64encode(encoded(Image.fromarray(wide))).decode())
+    assert error.param == "image" and "8 bits" in error.message
+
+
+def test_a_default_strength_that_keeps_no_step_names_the_steps():
+    mask = base64.b64encode(encoded(Image.new("L", (100, 72)))).decode()
+    assert refused(image=PHOTO, mask_image=mask, num_inference_steps=1).param == "num_inference_steps"
