@@ -8,21 +8,19 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import torch
-from PIL import Image
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PlainSerializer,
     PlainValidator,
     PrivateAttr,
     model_validator,
 )
-from pydantic.json_schema import SkipJsonSchema, WithJsonSchema
+from pydantic.json_schema import SkipJsonSchema
 
 from leap_ray.api.common import MAX_SEED, FiniteFloat, capped, offset_seed, prompt_text
-from leap_ray.api.images import decode_image, image_data_uri
 from leap_ray.api.responses import SDXLImage, SDXLResponse
+from leap_ray.api.sdxl_workflows import DEFAULT_HAND_OFF, ImageInput, LoraChoice, MaskInput, RefinerOptions
 from leap_ray.api.tensors import TensorInput
 from leap_ray.config import LIMITS
 from leap_ray.errors import InvalidRequest
@@ -79,78 +77,6 @@ def _callable_or_none(value: object) -> Callable[..., Any] | None:
     raise ValueError(
         "callback_on_step_end is a Python callable and is accepted only through a deployment handle; "
         "over HTTP it cannot be sent"
-    )
-
-
-def _uploaded(mode: str) -> Any:
-    """An uploaded image field: base64 or a data: URI in JSON (a PIL image through a handle),
-    decoded to `mode` within the operator's bounds, and written back as a PNG data: URI."""
-    return Annotated[
-        Image.Image,
-        PlainValidator(lambda value: decode_image(value, _LIMITS.max_image_bytes, _LIMITS.max_size, mode)),
-        PlainSerializer(image_data_uri, when_used="json"),
-        WithJsonSchema(
-            {
-                "type": "string",
-                "contentEncoding": "base64",
-                "contentMediaType": "image/*",
-                "maxLength": _LIMITS.max_image_bytes * 4 // 3 + 1024,
-                "description": "Base64 or a data: URI of a PNG, JPEG or WebP image.",
-            }
-        ),
-    ]
-
-
-ImageInput = _uploaded("RGB")
-MaskInput = _uploaded("L")
-LoraName = Annotated[str, Field(min_length=1, max_length=200)]
-
-
-class LoraChoice(BaseModel):
-    """One LoRA adapter a request applies, by the name the operator gave it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: LoraName = Field(
-        description="The adapter's name in the service's config (GET /v1/sdxl/adapters lists them)."
-    )
-    scale: FiniteFloat = Field(
-        1.0,
-        ge=-_LIMITS.max_lora_scale,
-        le=_LIMITS.max_lora_scale,
-        description="How strongly the adapter acts: 0 is off, 1 as trained.",
-    )
-
-
-DEFAULT_HAND_OFF = 0.8  # diffusers' documented split of the base and refiner experts
-
-
-class RefinerOptions(BaseModel):
-    """The SDXL refiner's stage: the base model stops at `denoising_end` and hands its latents to the
-    refiner, which finishes them (diffusers' "ensemble of expert denoisers")."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = Field(True, description="Whether to refine; false is as if `refiner` were absent.")
-    denoising_start: FiniteFloat | None = Field(
-        None,
-        gt=0.0,
-        lt=1.0,
-        description="Where the refiner starts, a fraction of the denoising in (0, 1); default the "
-        "request's denoising_end. When that is absent, the base stops here (0.8 when neither is given).",
-    )
-    num_inference_steps: int | None = Field(
-        None,
-        ge=1,
-        le=_LIMITS.max_steps,
-        description="Steps of the refiner's full schedule (it runs the part after denoising_start); "
-        "default the request's num_inference_steps.",
-    )
-    aesthetic_score: FiniteFloat = Field(
-        6.0, ge=0.0, le=10.0, description="The refiner's aesthetic-score conditioning (LAION score)."
-    )
-    negative_aesthetic_score: FiniteFloat = Field(
-        2.5, ge=0.0, le=10.0, description="The aesthetic score of the negative side of guidance."
     )
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
-from leap_ray.api.sdxl import RefineRequest, RefinerOptions, SDXLRequest
+from leap_ray.api.sdxl import RefineRequest, SDXLRequest
+from leap_ray.api.sdxl_workflows import RefinerOptions
 from leap_ray.engines.sdxl import SDXLEngine, SDXLResult
 from leap_ray.engines.sdxl_refiner import SDXLRefinerEngine
 from leap_ray.engines.sdxl_steps import StepBatch
