@@ -1,14 +1,16 @@
-"""LoRA adapters on one SDXL pipeline: loaded by name on first use from the sources the operator
-listed, at most `max_loaded` at once (the least recently used one not needed now is deleted), and
-the set a model call needs made active just before it (`set_adapters` with the request's scales).
-Requests with different adapter sets never share a UNet call: the step batch groups by the set."""
+"""LoRA adapters on one SDXL pipeline: fetched when the replica starts, loaded by name on first use,
+at most `max_loaded` at once (the least recently used one that no running request needs is deleted),
+and the set a model call needs made active just before it (`set_adapters` with the request's
+scales). Requests with different adapter sets never share a UNet call: the step batch groups by set."""
 
 import logging
 from collections import OrderedDict
 from collections.abc import Iterable
 from contextlib import suppress
+from pathlib import Path
 
 from diffusers import StableDiffusionXLPipeline
+from huggingface_hub import snapshot_download
 
 from leap_ray.errors import InvalidRequest, ModelError
 from leap_ray.model_sources import resolve_model
@@ -23,7 +25,9 @@ class LoraAdapters:
         if max_loaded < 1:
             raise ValueError("max_loaded_loras must be at least 1")
         self.pipeline = pipeline
-        self.sources = dict(sources)
+        # Downloaded now, before the replica is healthy: a download at a request's admission would
+        # stall every request of the replica's running batch.
+        self.sources = {name: local_source(source) for name, source in sources.items()}
         self.max_loaded = max_loaded
         self.loaded: OrderedDict[str, None] = OrderedDict()  # least recently used first
         self.active: Scales | None = ()  # None: unknown (after a load or an eviction)
@@ -58,7 +62,7 @@ class LoraAdapters:
     def _load(self, name: str) -> None:
         self.active = None  # loading may change what acts, even when it fails
         try:
-            self.pipeline.load_lora_weights(resolve_model(self.sources[name]), adapter_name=name)
+            self.pipeline.load_lora_weights(self.sources[name], adapter_name=name)
         except Exception as error:
             logger.error("LoRA adapter %r could not be loaded", name, exc_info=error)
             with suppress(Exception):  # whatever a failed load left in the modules
@@ -89,3 +93,12 @@ class LoraAdapters:
         elif self.loaded:
             self.pipeline.disable_lora()
         self.active = scales
+
+
+def local_source(source: str) -> str:
+    """A folder holding the adapter: a folder or tiny:<name> as resolved, a hub id's weights fetched
+    (only its safetensors and configs)."""
+    resolved = resolve_model(source)
+    if Path(resolved).exists():
+        return resolved
+    return snapshot_download(resolved, allow_patterns=["*.safetensors", "*.json"])

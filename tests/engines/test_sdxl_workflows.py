@@ -264,3 +264,16 @@ def test_an_inpainting_split_into_parts_gives_the_whole_requests_images(mode, en
         results = engine.generate(parts)
     images = np.stack([image for result in results for image in result.images])
     assert np.abs(images - solo(reference, whole, seeds_of(whole))).max() < TOLERANCE
+
+
+def test_hub_adapters_are_fetched_when_the_engine_starts(monkeypatch, tiny_models):
+    fetched = []
+
+    def snapshot_download(repo_id, allow_patterns):
+        fetched.append((repo_id, allow_patterns))
+        return str(tiny_models["sdxl-lora"])
+
+    monkeypatch.setattr("leap_ray.engines.sdxl_lora.snapshot_download", snapshot_download)
+    engine = SDXLEngine(str(tiny_models["sdxl"]), loras={"hub": "someone/some-lora"})
+    assert fetched == [("someone/some-lora", ["*.safetensors", "*.json"])]  # before any request
+    assert engine.adapters.sources == {"hub": str(tiny_models["sdxl-lora"])}
