@@ -5,6 +5,7 @@ request's own scheduler and generators, so its latents, noise and mask are exact
 at the first timestep, and for inpainting the mask at latent size. The per-step mask blend is
 `InpaintRows.blend`, the loop body of the inpainting pipeline with a 4-channel UNet."""
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,18 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 
 from leap_ray.api.sdxl import SDXLRequest
+
+
+class _QuietUpcast(logging.Filter):
+    """diffusers' img2img and inpainting pipelines move their VAE to float32 and back around every
+    image they encode, and each move logs a warning about modules kept in float32: a line per request
+    that tells an operator nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32" not in record.getMessage()
+
+
+logging.getLogger("diffusers.models.modeling_utils").addFilter(_QuietUpcast())
 
 
 class PipelineView:
