@@ -1,7 +1,7 @@
 """What SDXL's workflows cost, in-process on the engines, side by side in one run (no Ray):
 
-- LoRA adapter sets in one step batch: 8 requests with no adapter, all one set, 2 sets or 4 sets.
-  Requests with different sets never share a UNet call, so a step costs a call per set.
+- LoRA adapter sets in one step batch: 8 requests with no adapter, all one set, 2 sets or 4 sets,
+  the adapters acting per row (one UNet call for every set) and per set (a call per set per step).
 - img2img: strength s runs only the last s × steps steps of a request's schedule.
 - The refiner hand-off: the base to denoising_end 0.8, then the refiner, against the base alone for
   all its steps; and the bytes a hand-off carries per image (float16 latents at full size).
@@ -57,18 +57,27 @@ def loras(names: list[str]) -> list[dict]:
 
 
 def adapter_rows(engine: SDXLEngine, work: dict, repeats: int) -> list[dict]:
+    """Each mix of adapter sets, with the adapters acting per row (one UNet call for all) and as sets
+    (a call per set), side by side."""
     rows = []
     for label, sets in ADAPTER_SETS.items():
         requests = [
             SDXLRequest(**work, seed=index, loras=loras(sets[index % len(sets)]) if sets else [])
             for index in range(REQUESTS)
         ]
-        batch = StepBatch(engine)
-        seconds = best_of(repeats, lambda batch=batch, requests=requests: drain(batch, requests))
-        calls_before = batch.unet_calls
-        drain(batch, requests)
-        rows.append({"adapters": label, "seconds": seconds, "images_s": REQUESTS / seconds,
-                     "unet_calls": batch.unet_calls - calls_before})  # fmt: skip
+        for per_row in (True, False):
+            engine.per_row_adapters = per_row
+            batch = StepBatch(engine)
+            seconds = best_of(repeats, lambda batch=batch, requests=requests: drain(batch, requests))
+            calls_before = batch.unet_calls
+            drain(batch, requests)
+            acting = "per row" if per_row else "per set"
+            calls = batch.unet_calls - calls_before
+            rows.append(
+                {"adapters": label, "acting": acting, "seconds": seconds, "images_s": REQUESTS / seconds}
+            )
+            rows[-1]["unet_calls"] = calls
+    engine.per_row_adapters = True
     for row in rows:
         row["vs_none"] = rows[0]["seconds"] / row["seconds"]
     return rows

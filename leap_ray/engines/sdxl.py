@@ -318,11 +318,14 @@ class SDXLEngine:
         threads: int | None = None,
         loras: dict[str, str] | None = None,
         max_loaded_loras: int = 4,
+        per_row_adapters: bool = True,
         **speed: Any,
     ) -> None:
         """`loras`: adapter name -> source (hub id, folder, tiny:<name>), loaded on first use, at most
-        `max_loaded_loras` at once. `speed`: the fast-path options (`SDXLSpeed`: compile,
-        batch_buckets, channels_last, fuse_qkv, warm_up_sizes); they act under step batching."""
+        `max_loaded_loras` at once; with `per_row_adapters`, requests with different adapters share the
+        step batch's UNet calls (else a call per adapter set). `speed`: the fast-path options
+        (`SDXLSpeed`: compile, batch_buckets, channels_last, fuse_qkv, warm_up_sizes); they act under
+        step batching."""
         self.device, self.dtype = placement(device, dtype, threads)
         self.model = model
         self.speed = SDXLSpeed(**speed)
@@ -339,6 +342,7 @@ class SDXLEngine:
             ("text2img", None): self._default
         }
         self.adapters = LoraAdapters(self._default, loras or {}, max_loaded_loras)
+        self.per_row_adapters = per_row_adapters
 
     def spec(self) -> SDXLModelSpec:
         pipeline = self._default

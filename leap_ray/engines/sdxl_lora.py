@@ -1,23 +1,25 @@
 """LoRA adapters on one SDXL pipeline: fetched when the replica starts, loaded by name on first use,
-at most `max_loaded` at once (the least recently used one that no running request needs is deleted),
-and the set a model call needs made active just before it (`set_adapters` with the request's
-scales). Requests with different adapter sets never share a UNet call: the step batch groups by set."""
+at most `max_loaded` at once (the least recently used one that no running request needs is deleted).
+A model call acts with them in one of two ways: `activate` makes one set active with its scales
+(diffusers' `set_adapters`: the text encoders, and whole-request batches, a call per set); `per_row`
+gives each row of one UNet call its own adapters and scales (the step batch: requests with different
+sets share a call; leap_ray.engines.sdxl_lora_rows)."""
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable
-from contextlib import suppress
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
+import torch
 from diffusers import StableDiffusionXLPipeline
 from huggingface_hub import snapshot_download
 
+from leap_ray.engines.sdxl_lora_rows import RowAdapters, Scales, plain_lora_only
 from leap_ray.errors import InvalidRequest, ModelError
 from leap_ray.model_sources import resolve_model
 
 logger = logging.getLogger(__name__)
-
-Scales = tuple[tuple[str, float], ...]
 
 
 class LoraAdapters:
@@ -32,6 +34,8 @@ class LoraAdapters:
         self.loaded: OrderedDict[str, None] = OrderedDict()  # least recently used first
         self.active: Scales | None = ()  # None: unknown (after a load or an eviction)
         self.loads = 0  # adapters read from their source, for stats and tests
+        self._unet_adapters_on = False  # whether peft's own LoRA forward is on in the UNet
+        self._rows: RowAdapters | None = None  # made with the first adapter (peft wraps layers then)
 
     def names(self) -> tuple[str, ...]:
         return tuple(self.sources)
@@ -63,6 +67,9 @@ class LoraAdapters:
         self.active = None  # loading may change what acts, even when it fails
         try:
             self.pipeline.load_lora_weights(self.sources[name], adapter_name=name)
+            self._unet_adapters_on = True  # a loaded adapter is made active
+            if not plain_lora_only(self.pipeline.unet, name):
+                raise ValueError("only plain LoRA adapters are served (not DoRA or other variants)")
         except Exception as error:
             logger.error("LoRA adapter %r could not be loaded", name, exc_info=error)
             with suppress(Exception):  # whatever a failed load left in the modules
@@ -92,7 +99,22 @@ class LoraAdapters:
             self.pipeline.set_adapters([name for name, _ in scales], adapter_weights=[s for _, s in scales])
         elif self.loaded:
             self.pipeline.disable_lora()
+        self._unet_adapters_on = bool(scales)
         self.active = scales
+
+    @contextmanager
+    def per_row(self, row_scales: list[Scales], device: torch.device) -> Iterator[None]:
+        """Within: the UNet's next calls give each row of their batch its own adapters and scales."""
+        if not self.loaded:  # no adapter has ever been loaded: the UNet is the plain model
+            yield
+            return
+        self.ensure_loaded({name for scales in row_scales for name, _ in scales})
+        if self._unet_adapters_on:
+            self.pipeline.unet.disable_lora()  # the plain model, to which the rows' deltas are added
+            self._unet_adapters_on, self.active = False, None
+        self._rows = self._rows or RowAdapters(self.pipeline.unet)
+        with self._rows.acting(row_scales, device):
+            yield
 
 
 def local_source(source: str) -> str:

@@ -14,12 +14,14 @@ request's own generators, times `init_noise_sigma`); 6 `prepare_extra_step_kwarg
 input, guidance, `rescale_noise_cfg`, `scheduler.step`, `callback_on_step_end`); and the VAE decode
 with its float16 upcast rule. img2img and inpainting requests start as their pipelines start them
 (leap_ray.engines.sdxl_images) and then step like any other. A request for the refiner is handed back
-as latents, undecoded. Runs with different LoRA adapter sets never share a UNet call. Images equal a
-solo pipeline call with the same seeds (tests check)."""
+as latents, undecoded. Runs with different LoRA adapters share UNet calls: each row gets its own
+adapters and scales (leap_ray.engines.sdxl_lora_rows; `per_row_adapters=False`: a call per set).
+Images equal a solo pipeline call with the same seeds (tests check)."""
 
 import inspect
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,10 +72,11 @@ class _Run:
     def guided(self) -> bool:
         return self.request.guidance_is_on()
 
-    @property
-    def shape(self) -> tuple:
-        """Runs of one shape (and one set of LoRA adapters) can share a UNet call."""
-        return (*self.latents.shape[1:], self.prompt_embeds.shape[1], self.request.lora_scales())
+    def shape(self, per_row_adapters: bool) -> tuple:
+        """Runs of one shape can share a UNet call: whatever their LoRA adapters when they act per row,
+        else those of one adapter set."""
+        adapters = () if per_row_adapters else self.request.lora_scales()
+        return (*self.latents.shape[1:], self.prompt_embeds.shape[1], adapters)
 
     @property
     def finished(self) -> bool:
@@ -265,8 +268,9 @@ class StepBatch:
         """One denoising step of every running request (a UNet call per shape), then the outcome of
         each request that finished: its decoded images, or its own error."""
         failed = self._join()
-        for shape in dict.fromkeys(run.shape for run in self.running):
-            group = [run for run in self.running if run.shape == shape and not run.finished]
+        per_row = self.engine.per_row_adapters
+        for shape in dict.fromkeys(run.shape(per_row) for run in self.running):
+            group = [run for run in self.running if run.shape(per_row) == shape and not run.finished]
             if group:
                 self._denoise(group)
         done = [run for run in self.running if run.finished]
@@ -299,7 +303,6 @@ class StepBatch:
         """One UNet call over the runs' rows, each at its own timestep, then each run's own step. If the
         shared call fails, each run is stepped alone: only one that fails alone gets the error."""
         try:
-            self.engine.adapters.activate(runs[0].request.lora_scales())
             noise = self._unet(runs)
         except Exception as error:
             if len(runs) == 1:
@@ -321,19 +324,29 @@ class StepBatch:
             latents = torch.cat([run.latents] * 2) if run.guided else run.latents
             inputs.append(run.scheduler.scale_model_input(latents, t))
             timesteps.append(t.expand(latents.shape[0]))
-        noise = self.engine.unet(
-            torch.cat(inputs),
-            torch.cat(timesteps).to(torch.float32),  # one dtype whatever the schedulers: no recompiles
-            torch.cat([run.prompt_embeds for run in runs]),
-            torch.cat([run.text_embeds for run in runs]),
-            torch.cat([run.time_ids for run in runs]),
-        )
+        with self._adapters_acting(runs, inputs):
+            noise = self.engine.unet(
+                torch.cat(inputs),
+                torch.cat(timesteps).to(torch.float32),  # one dtype whatever the schedulers: no recompiles
+                torch.cat([run.prompt_embeds for run in runs]),
+                torch.cat([run.text_embeds for run in runs]),
+                torch.cat([run.time_ids for run in runs]),
+            )
         self.unet_calls += 1
         images = sum(run.member.count for run in runs)
         for run in runs:
             run.unet_calls += 1
             run.largest_batch = max(run.largest_batch, images)
         return list(noise.split([len(model_input) for model_input in inputs]))
+
+    def _adapters_acting(self, runs: list[_Run], inputs: list[torch.Tensor]) -> AbstractContextManager:
+        """The runs' LoRA adapters acting in the UNet call over `inputs`: per row, or as one set."""
+        adapters = self.engine.adapters
+        if not self.engine.per_row_adapters:
+            adapters.activate(runs[0].request.lora_scales())
+            return nullcontext()
+        row_scales = [run.request.lora_scales() for run, rows in zip(runs, inputs, strict=True) for _ in rows]
+        return adapters.per_row(row_scales, self.engine.device)
 
     def _scheduler_step(self, run: _Run, noise: torch.Tensor) -> None:
         request, t = run.request, run.timesteps[run.step]

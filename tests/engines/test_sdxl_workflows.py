@@ -129,7 +129,7 @@ LORA_REQUESTS = [
 
 
 @pytest.mark.parametrize("mode", ["step", "request"])
-def test_lora_images_equal_diffusers_set_adapters_and_sets_never_share_a_unet_call(
+def test_lora_images_equal_diffusers_set_adapters_whoever_shares_their_unet_calls(
     mode, lora_engine, lora_reference
 ):
     if mode == "step":
@@ -141,9 +141,29 @@ def test_lora_images_equal_diffusers_set_adapters_and_sets_never_share_a_unet_ca
     for request, result in zip(LORA_REQUESTS, results, strict=True):
         expected = lora_solo(lora_reference, request)
         assert np.abs(np.stack(result.images) - expected).max() < TOLERANCE, request.prompt
-        assert result.batch_size == 1  # three adapter sets: three UNet calls per step
+        # Step batching: one UNet call for the three sets (each row its own adapters); whole-request
+        # batching: a call per set.
+        assert result.batch_size == (3 if mode == "step" else 1)
         plain = expected if plain is None else plain
     assert np.abs(np.stack(results[1].images) - plain).max() > 0.01  # the adapter acts
+
+
+def test_per_row_adapters_act_on_their_own_rows_only_with_guidance_and_several_images(
+    lora_engine, lora_reference
+):
+    requests = [
+        SDXLRequest(
+            prompt="a", seed=60, num_images_per_prompt=2, loras=[{"name": "paper", "scale": -0.7}], **SMALL
+        ),
+        SDXLRequest(prompt="b", seed=62, guidance_scale=1.0, **SMALL),  # no guidance: one row per image
+        SDXLRequest(prompt="c", seed=63, loras=[{"name": "ink", "scale": 2.0}, {"name": "paper"}], **SMALL),
+    ]
+    requests = [request.model_copy(update={"num_inference_steps": 3}) for request in requests]
+    outcomes = run_steps(StepBatch(lora_engine), {0: requests})
+    for request in requests:
+        assert outcomes[request.seed].batch_size == 4
+        expected = lora_solo(lora_reference, request)
+        assert np.abs(np.stack(outcomes[request.seed].images) - expected).max() < TOLERANCE, request.prompt
 
 
 def test_adapters_beyond_the_bound_are_evicted_least_recently_used(tiny_models, lora_sources):

@@ -30,7 +30,9 @@ def test_progress_of_parts_is_the_mean_in_the_earliest_stage_and_never_goes_back
 
 
 def test_a_hand_off_splits_into_the_refiners_batches_in_image_order():
-    request = SDXLRequest(prompt=["a", "b"], num_images_per_prompt=3, seed=10, refiner={}, height=64, width=64)
+    request = SDXLRequest(
+        prompt=["a", "b"], num_images_per_prompt=3, seed=10, refiner={}, height=64, width=64
+    )
     latents = torch.arange(6.0).view(6, 1, 1, 1)
     states = [torch.tensor([index]) for index in range(6)]
     job = RefineRequest(request, latents, states, list(range(10, 16)), {"generate_s": 1.0})
