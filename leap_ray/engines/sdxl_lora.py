@@ -79,6 +79,8 @@ class LoraAdapters:
             ) from None
         self.loaded[name] = None
         self.loads += 1
+        if self._rows is not None:
+            self._rows.hook_new_layers()
 
     def _evict(self, keep: set[str]) -> None:
         victim = next((name for name in self.loaded if name not in keep), None)

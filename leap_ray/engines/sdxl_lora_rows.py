@@ -19,10 +19,11 @@ class RowAdapters:
         self.unet = unet
         self._rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # adapter: (rows, their scales)
         self._hooked: set[int] = set()
+        self.hook_new_layers()
 
-    def _hook_new_layers(self) -> None:
-        """Hooks the LoRA layers that appeared since (peft wraps layers when an adapter first targets
-        them); a hook stays, doing nothing outside `acting`."""
+    def hook_new_layers(self) -> None:
+        """Hooks the LoRA layers that appeared since (peft wraps a layer when an adapter first targets
+        it; call after each load); a hook stays, doing nothing outside `acting`."""
         for module in self.unet.modules():
             if isinstance(module, LoraLayer) and id(module) not in self._hooked:
                 module.register_forward_hook(self._add_deltas)
@@ -32,7 +33,6 @@ class RowAdapters:
     def acting(self, row_scales: RowScales, device: torch.device) -> Iterator[None]:
         """Within: each row of the next UNet calls gets its own adapters at its own scales. The caller
         has the UNet's LoRA layers disabled (the plain model) and every named adapter loaded."""
-        self._hook_new_layers()
         by_adapter: dict[str, tuple[list[int], list[float]]] = {}
         for row, scales in enumerate(row_scales):
             for name, scale in scales:
