@@ -450,7 +450,7 @@ class SDXLEngine:
         return (request.guidance_is_on(), texts["negative_prompt"] is None, request.lora_scales())
 
     def _encode_group(self, members: list[_Member]) -> None:
-        self.adapters.activate(members[0].request.lora_scales())  # text-encoder layers of LoRAs act
+        self.adapters.activate_text_encoders(members[0].request.lora_scales())  # LoRAs' text layers
         if len(members) == 1:
             self._encode(members[0])
             return

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionXLPipeline
+from diffusers.utils.peft_utils import set_adapter_layers, set_weights_and_activate_adapters
 from huggingface_hub import snapshot_download
 
 from leap_ray.engines.sdxl_lora_rows import RowAdapters, Scales, plain_lora_only
@@ -20,6 +21,7 @@ from leap_ray.errors import InvalidRequest, ModelError
 from leap_ray.model_sources import resolve_model
 
 logger = logging.getLogger(__name__)
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 
 
 class LoraAdapters:
@@ -32,7 +34,8 @@ class LoraAdapters:
         self.sources = {name: local_source(source) for name, source in sources.items()}
         self.max_loaded = max_loaded
         self.loaded: OrderedDict[str, None] = OrderedDict()  # least recently used first
-        self.active: Scales | None = ()  # None: unknown (after a load or an eviction)
+        self.active: Scales | None = ()  # acting in the whole pipeline; None: unknown
+        self.text_active: Scales | None = ()  # acting in the text encoders; None: unknown
         self.loads = 0  # adapters read from their source, for stats and tests
         self._unet_adapters_on = False  # whether peft's own LoRA forward is on in the UNet
         self._rows: RowAdapters | None = None  # made with the first adapter (peft wraps layers then)
@@ -64,12 +67,15 @@ class LoraAdapters:
             self._load(name)
 
     def _load(self, name: str) -> None:
-        self.active = None  # loading may change what acts, even when it fails
+        self._unknown_state()  # loading changes what acts (a loaded adapter is made active), even failing
         try:
             self.pipeline.load_lora_weights(self.sources[name], adapter_name=name)
-            self._unet_adapters_on = True  # a loaded adapter is made active
+            if not any(name in names for names in self.pipeline.get_list_adapters().values()):
+                raise ValueError("its weights match no layer of this model")
             if not plain_lora_only(self.pipeline.unet, name):
-                raise ValueError("only plain LoRA adapters are served (not DoRA or other variants)")
+                raise ValueError("only plain LoRA adapters are served (not DoRA, LoKr or other variants)")
+            for component in ("unet", *TEXT_ENCODERS):  # peft adds its dropout layers in training mode
+                getattr(self.pipeline, component).eval()
         except Exception as error:
             logger.error("LoRA adapter %r could not be loaded", name, exc_info=error)
             with suppress(Exception):  # whatever a failed load left in the modules
@@ -88,7 +94,7 @@ class LoraAdapters:
             raise ModelError("no LoRA adapter can be unloaded: all are in use", code="adapters_busy")
         self.pipeline.delete_adapters(victim)
         del self.loaded[victim]
-        self.active = None
+        self.active = self.text_active = None
 
     def activate(self, scales: Scales) -> None:
         """Makes exactly these adapters act, at these scales, in the pipeline's next model calls
@@ -96,13 +102,37 @@ class LoraAdapters:
         if scales == self.active:
             return
         self.ensure_loaded(name for name, _ in scales)
+        self._unknown_state()  # until all of it is done: a failure must not leave a state believed
         if scales:
             self.pipeline.enable_lora()
             self.pipeline.set_adapters([name for name, _ in scales], adapter_weights=[s for _, s in scales])
         elif self.loaded:
             self.pipeline.disable_lora()
         self._unet_adapters_on = bool(scales)
-        self.active = scales
+        self.active = self.text_active = scales
+
+    def activate_text_encoders(self, scales: Scales) -> None:
+        """Makes exactly these adapters act, at these scales, in the text encoders (encoding a request's
+        prompts), leaving the UNet as it is: in the step batch adapters act there per row."""
+        if scales == self.text_active:
+            return
+        self.ensure_loaded(name for name, _ in scales)
+        self.active, self.text_active = None, None
+        holding = self.pipeline.get_list_adapters()  # component: the adapters with layers in it
+        for component in TEXT_ENCODERS:
+            own = [(name, scale) for name, scale in scales if name in holding.get(component, ())]
+            if component not in holding:
+                continue
+            model = getattr(self.pipeline, component)
+            if own:
+                set_weights_and_activate_adapters(model, [name for name, _ in own], [s for _, s in own])
+            set_adapter_layers(model, enabled=bool(own))
+        self.text_active = scales
+
+    def _unknown_state(self) -> None:
+        """What acts where is not known for sure (a change is under way, or failed halfway)."""
+        self.active = self.text_active = None
+        self._unet_adapters_on = True  # so that per-row calls switch the UNet's own adapters off
 
     @contextmanager
     def per_row(self, row_scales: list[Scales], device: torch.device) -> Iterator[None]:
@@ -112,7 +142,7 @@ class LoraAdapters:
             return
         self.ensure_loaded({name for scales in row_scales for name, _ in scales})
         if self._unet_adapters_on:
-            self.pipeline.unet.disable_lora()  # the plain model, to which the rows' deltas are added
+            set_adapter_layers(self.pipeline.unet, enabled=False)  # the plain model, plus the rows' deltas
             self._unet_adapters_on, self.active = False, None
         self._rows = self._rows or RowAdapters(self.pipeline.unet)
         with self._rows.acting(row_scales, device):

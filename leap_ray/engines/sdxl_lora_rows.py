@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
 
 Scales = tuple[tuple[str, float], ...]  # adapters and their scales
@@ -17,7 +18,8 @@ RowScales = list[Scales]  # per row of the UNet's batch, the adapters and scales
 class RowAdapters:
     def __init__(self, unet: torch.nn.Module) -> None:
         self.unet = unet
-        self._rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # adapter: (rows, their scales)
+        # What acts in the next calls: (adapter, scale, its rows; None when that is every row).
+        self._acting: list[tuple[str, float, torch.Tensor | None]] = []
         self._hooked: set[int] = set()
         self.hook_new_layers()
 
@@ -33,33 +35,35 @@ class RowAdapters:
     def acting(self, row_scales: RowScales, device: torch.device) -> Iterator[None]:
         """Within: each row of the next UNet calls gets its own adapters at its own scales. The caller
         has the UNet's LoRA layers disabled (the plain model) and every named adapter loaded."""
-        by_adapter: dict[str, tuple[list[int], list[float]]] = {}
+        by_scale: dict[tuple[str, float], list[int]] = {}
         for row, scales in enumerate(row_scales):
             for name, scale in scales:
-                rows, values = by_adapter.setdefault(name, ([], []))
-                rows.append(row)
-                values.append(scale)
-        self._rows = {
-            name: (torch.tensor(rows, device=device), torch.tensor(values, device=device))
-            for name, (rows, values) in by_adapter.items()
-        }
+                by_scale.setdefault((name, scale), []).append(row)
+        every = len(row_scales)
+        self._acting = [
+            (name, scale, None if len(rows) == every else torch.tensor(rows, device=device))
+            for (name, scale), rows in by_scale.items()
+        ]
         try:
             yield
         finally:
-            self._rows = {}
+            self._acting = []
 
     def _add_deltas(self, layer: LoraLayer, args: tuple, result: torch.Tensor) -> torch.Tensor:
-        if not self._rows:
-            return result
+        """peft's LoRA forward, for the rows of each (adapter, scale): their x through A and B, times
+        the adapter's scaling and the scale. Rows past the batch (a bucket's padding) are dropped later:
+        an adapter of every row may act on them too."""
         x = args[0]
-        for name, (rows, scales) in self._rows.items():
+        for name, scale, rows in self._acting:
             if name not in layer.lora_A:
                 continue
             lora_a, lora_b = layer.lora_A[name], layer.lora_B[name]
-            part = x.index_select(0, rows).to(lora_a.weight.dtype)
-            scale = (scales * base_scaling(layer, name)).view(-1, *[1] * (part.ndim - 1))
-            delta = lora_b(lora_a(layer.lora_dropout[name](part))) * scale
-            result = result.index_add(0, rows, delta.to(result.dtype))
+            part = (x if rows is None else x.index_select(0, rows)).to(lora_a.weight.dtype)
+            delta = lora_b(lora_a(layer.lora_dropout[name](part))) * (scale * base_scaling(layer, name))
+            if rows is None:
+                result += delta.to(result.dtype)
+            else:
+                result.index_add_(0, rows, delta.to(result.dtype))
         return result
 
 
@@ -70,5 +74,9 @@ def base_scaling(layer: LoraLayer, name: str) -> float:
 
 
 def plain_lora_only(unet: torch.nn.Module, name: str) -> bool:
-    """Whether the adapter is plain LoRA in every layer (DoRA and other variants compute differently)."""
+    """Whether the adapter is plain LoRA in every layer (DoRA, LoKr and other variants compute
+    differently, and per-row deltas would leave them out)."""
+    config = getattr(unet, "peft_config", {}).get(name)
+    if config is not None and not isinstance(config, LoraConfig):
+        return False
     return not any(isinstance(m, LoraLayer) and name in m.lora_variant for m in unet.modules())

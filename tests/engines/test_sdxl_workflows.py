@@ -6,6 +6,7 @@ under both batching modes, while sharing batches with other requests."""
 import numpy as np
 import pytest
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+from safetensors.torch import load_file, save_file
 
 from leap_ray.api.sdxl import RefineRequest, SDXLRequest
 from leap_ray.api.sdxl_workflows import RefinerOptions
@@ -297,3 +298,24 @@ def test_hub_adapters_are_fetched_when_the_engine_starts(monkeypatch, tiny_model
     engine = SDXLEngine(str(tiny_models["sdxl"]), loras={"hub": "someone/some-lora"})
     assert fetched == [("someone/some-lora", ["*.safetensors", "*.json"])]  # before any request
     assert engine.adapters.sources == {"hub": str(tiny_models["sdxl-lora"])}
+
+
+def test_an_adapter_that_matches_no_layer_is_refused_and_leaves_the_others_exact(
+    tiny_models, lora_sources, lora_reference, tmp_path
+):
+    weights = load_file(tiny_models["sdxl-lora"] / "pytorch_lora_weights.safetensors")
+    renamed = {key.replace("unet.", "transformer.", 1): value for key, value in weights.items()}
+    save_file(renamed, tmp_path / "pytorch_lora_weights.safetensors")  # keys of another model
+    engine = SDXLEngine(str(tiny_models["sdxl"]), loras={**lora_sources, "odd": str(tmp_path)})
+    batch = StepBatch(engine)
+    assert batch.admit(LORA_REQUESTS[1]) is None  # "ink" is loaded first: the failure must not leave it on
+    odd = SDXLRequest(prompt="x", seed=70, loras=[{"name": "odd"}], num_inference_steps=2, **SMALL)
+    assert batch.admit(odd).code == "adapter_unavailable"
+    for request in (LORA_REQUESTS[0], LORA_REQUESTS[2]):
+        assert batch.admit(request) is None
+    outcomes = {}
+    while batch.load:
+        outcomes.update((request.seed, outcome) for request, outcome in batch.step())
+    for request in LORA_REQUESTS:
+        expected = lora_solo(lora_reference, request)
+        assert np.abs(np.stack(outcomes[request.seed].images) - expected).max() < TOLERANCE, request.prompt
