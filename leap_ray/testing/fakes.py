@@ -36,10 +36,10 @@ class DyingSDXLEngine(SDXLEngine):
         self.marker_dir = Path(marker_dir)
         self.deaths = deaths
 
-    def _admit(self, request: Any, *args: Any) -> Any:
+    def _admit(self, request: Any, *args: Any, **kwargs: Any) -> Any:
         self.marker_dir.mkdir(parents=True, exist_ok=True)
         died = len(list(self.marker_dir.iterdir()))
         if died < self.deaths:
             (self.marker_dir / f"death-{died}").touch()
             os.kill(os.getpid(), signal.SIGKILL)
-        return super()._admit(request, *args)
+        return super()._admit(request, *args, **kwargs)
