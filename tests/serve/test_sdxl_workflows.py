@@ -5,8 +5,12 @@ naming the field; adapter sets route to the replica that holds them."""
 
 import base64
 import io
+import os
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -170,3 +174,27 @@ def test_a_job_and_a_handle_give_the_same_workflow_images_as_http(graph, client)
     handled = {**body, "image": Image.open(io.BytesIO(base64.b64decode(PHOTO)))}
     output = serve.get_app_handle(APP).sdxl.remote(handled).result()
     assert output.images[0] == direct.content
+
+
+def readme_workflow_commands() -> str:
+    """The README's shell lines for the workflows: from `IMG=` to the `leap-ray generate` line."""
+    lines = (Path(__file__).parents[2] / "README.md").read_text().splitlines()
+    start = next(index for index, line in enumerate(lines) if line.startswith("IMG=$(base64"))
+    end = next(index for index in range(start, len(lines)) if lines[index].startswith("leap-ray generate"))
+    return "\n".join(lines[start : end + 1])
+
+
+def test_the_readmes_workflow_commands_work_as_written(graph, tmp_path):
+    Image.open(io.BytesIO(base64.b64decode(PHOTO))).save(tmp_path / "photo.png")
+    Image.open(io.BytesIO(base64.b64decode(MASK))).save(tmp_path / "mask.png")
+    script = readme_workflow_commands().replace("http://127.0.0.1:8000", graph.url)
+    curl, cli = script.rsplit("\n", 1)
+    environment = {
+        **os.environ,
+        "LEAP_RAY_URL": graph.url,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    for commands, written in ((curl, "by-curl.png"), (cli, "by-cli.png")):
+        commands = commands.replace("edited.png", written)
+        subprocess.run(["bash", "-ec", commands], cwd=tmp_path, env=environment, check=True, timeout=300)
+        assert Image.open(tmp_path / written).size == (80, 64)
