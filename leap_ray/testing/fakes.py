@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from leap_ray.engines.sdxl import SDXLEngine
+from leap_ray.engines.sdxl_refiner import SDXLRefinerEngine
 
 
 class SlowStartSDXLEngine(SDXLEngine):
@@ -25,11 +26,19 @@ class BrokenSDXLEngine:
         raise RuntimeError(f"cannot load weights from {model!r}: file is corrupt")
 
 
+def die_if_due(marker_dir: Path, deaths: int) -> None:
+    """SIGKILLs this process (as a GPU fault or the OOM killer would) the first `deaths` times any
+    replica comes here. The count is kept in files under `marker_dir`, so it survives restarts."""
+    marker_dir.mkdir(parents=True, exist_ok=True)
+    died = len(list(marker_dir.iterdir()))
+    if died < deaths:
+        (marker_dir / f"death-{died}").touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 class DyingSDXLEngine(SDXLEngine):
-    """The real engine, except that its replica process is SIGKILLed while it takes in a request (as
-    a GPU fault or the OOM killer would), the first `deaths` times any replica of it does. Both
-    batching modes take requests in through `_admit`. The count is kept in files under `marker_dir`,
-    so it survives the replica's restart."""
+    """The real engine, except that its replica dies while it takes in a request, the first `deaths`
+    times (`die_if_due`). Both batching modes take requests in through `_admit`."""
 
     def __init__(self, model: str, *, marker_dir: str, deaths: int, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
@@ -37,9 +46,18 @@ class DyingSDXLEngine(SDXLEngine):
         self.deaths = deaths
 
     def _admit(self, request: Any, *args: Any, **kwargs: Any) -> Any:
-        self.marker_dir.mkdir(parents=True, exist_ok=True)
-        died = len(list(self.marker_dir.iterdir()))
-        if died < self.deaths:
-            (self.marker_dir / f"death-{died}").touch()
-            os.kill(os.getpid(), signal.SIGKILL)
+        die_if_due(self.marker_dir, self.deaths)
         return super()._admit(request, *args, **kwargs)
+
+
+class DyingRefinerEngine(SDXLRefinerEngine):
+    """The real refiner, except that its replica dies as it starts a batch, the first `deaths` times."""
+
+    def __init__(self, model: str, *, marker_dir: str, deaths: int, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.marker_dir = Path(marker_dir)
+        self.deaths = deaths
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        die_if_due(self.marker_dir, self.deaths)
+        return super().generate(*args, **kwargs)

@@ -58,14 +58,17 @@ class Graph:
         deployments: dict[str, dict[str, Any]] | None = None,
         **args: Any,
     ) -> dict[str, Any]:
-        """Another application of the same graph at /<name> (without the refiner and the adapters): its
-        args changed, environment variables for its replicas (e.g. limits), Serve options per
+        """Another application of the same graph at /<name> (without the adapters, and without the
+        refiner unless `refiner` args are given): its args changed, environment variables for its replicas (e.g. limits), Serve options per
         deployment, half a CPU per model replica."""
         application = copy.deepcopy(self.main)
         application.update(name=name, route_prefix=f"/{name}")
-        # Lighter than the main graph, and any engine may be swapped in: no refiner, no adapters.
-        del application["args"]["refiner"], application["args"]["sdxl"]["loras"]
-        application["deployments"] = [d for d in application["deployments"] if d["name"] != "Refiner"]
+        # Lighter than the main graph, and any engine may be swapped in: no adapters, and no refiner
+        # unless its args are given.
+        del application["args"]["sdxl"]["loras"]
+        if "refiner" not in args:
+            del application["args"]["refiner"]
+            application["deployments"] = [d for d in application["deployments"] if d["name"] != "Refiner"]
         application["args"]["ingress"] = {"jobs": self.jobs_settings(name)}
         if env:
             application["runtime_env"] = {"env_vars": env}

@@ -22,11 +22,22 @@ def dying(variants, name: str, marker_dir, deaths: int) -> dict:
     return variants.variant(name, sdxl=engine)
 
 
+def dying_refiner(variants, tiny_models, marker_dir) -> dict:
+    refiner = {
+        "model": str(tiny_models["sdxl-refiner"]),
+        "engine": "leap_ray.testing.fakes:DyingRefinerEngine",
+        "engine_kwargs": {"marker_dir": str(marker_dir), "deaths": 1},
+    }
+    return variants.variant("refiner_dies", refiner=refiner)
+
+
 @pytest.fixture(scope="module")
-def faulty(variants, tmp_path_factory):
+def faulty(variants, tmp_path_factory, tiny_models):
     markers = tmp_path_factory.mktemp("deaths")
     variants.deploy_with(
-        dying(variants, "dying", markers / "once", 1), dying(variants, "doomed", markers / "twice", 2)
+        dying(variants, "dying", markers / "once", 1),
+        dying(variants, "doomed", markers / "twice", 2),
+        dying_refiner(variants, tiny_models, markers / "refiner"),
     )
     return markers
 
@@ -65,6 +76,17 @@ def test_a_request_whose_retry_also_dies_gets_a_clear_503(graph, faulty):
     assert response.json()["error"]["type"] == "model_unavailable_error"
     assert int(response.headers["retry-after"]) >= 1
     assert len(list((faulty / "twice").iterdir())) == 2
+
+
+def test_a_request_whose_refiner_replica_dies_is_retried_and_gives_the_right_image(graph, faulty):
+    body = {"prompt": "refined survivor", "seed": 44, "refiner": {}, **SMALL}
+    with httpx.Client(timeout=180) as client:
+        result = client.post(f"{graph.url}/refiner_dies/v1/sdxl", json=body)
+        assert result.status_code == 200, result.text
+        assert len(list((faulty / "refiner").iterdir())) == 1  # it did die, once
+        reference = client.post(f"{graph.url}/v1/sdxl", json=body).json()  # the main app's refiner
+    got, expected = (pixels(base64.b64decode(r["images"][0]["data"])) for r in (result.json(), reference))
+    assert np.abs(got - expected).max() <= 1
 
 
 def test_a_model_that_cannot_load_says_so_in_readyz(variants, faulty):
