@@ -1,5 +1,7 @@
 """The workflows benchmark's measurements run on the tiny models (its numbers are the README's)."""
 
+import pytest
+
 from benchmarks.workflows import adapter_rows, img2img_rows, refiner_rows
 from leap_ray.engines.sdxl import SDXLEngine
 from leap_ray.engines.sdxl_refiner import SDXLRefinerEngine
@@ -7,6 +9,7 @@ from leap_ray.engines.sdxl_refiner import SDXLRefinerEngine
 WORK = {"prompt": "a", "height": 64, "width": 64, "num_inference_steps": 4}  # strength 0.3 keeps 1
 
 
+@pytest.mark.integration  # three engines and a dozen timed batches: about 5 s, the benchmarks' tier
 def test_each_section_measures_and_counts_a_unet_call_per_adapter_set_and_step(tiny_models):
     sources = {"ink": str(tiny_models["sdxl-lora"]), "paper": str(tiny_models["sdxl-lora-2"])}
     engine = SDXLEngine(str(tiny_models["sdxl"]), loras=sources)
