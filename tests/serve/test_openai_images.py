@@ -96,6 +96,17 @@ def test_an_edit_without_a_mask_is_img2img_as_the_sdxl_endpoint_does_it(client, 
     assert result.size == "auto" and image.model_extra["seed"] == 7
 
 
+def test_an_edit_as_a_url_is_a_job_output_of_the_same_image(client, graph):
+    result = client.images.edit(
+        image=("photo.png", base64.b64decode(PHOTO)),
+        prompt="a castle",
+        response_format="url",
+        extra_body=EDIT,
+    )
+    expected = ours({"prompt": "a castle", "image": PHOTO, **EDIT}, graph)
+    assert np.array_equal(pixels(httpx.get(result.data[0].url, timeout=30).content), expected)
+
+
 def test_an_edit_with_an_openai_mask_repaints_its_transparent_pixels(client, graph):
     # OpenAI's mask: an RGBA PNG, transparent where the image is to be edited.
     rgba = np.full((64, 96, 4), 255, dtype=np.uint8)
