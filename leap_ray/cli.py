@@ -69,21 +69,25 @@ class Progress:
     tenth of the work otherwise (logs, pipes)."""
 
     def __init__(self, label: str) -> None:
-        self.label, self.bar, self.reported = label, None, -1
+        self.label, self.bar, self.reported, self.stage = label, None, -1, None
 
     def __call__(self, event: dict) -> None:
         done, total = (
             (event["step"], event["total"]) if "step" in event else (event["seconds"], event["total"])
         )
+        if event.get("stage") != self.stage:  # the refiner's steps: a line or a bar of their own
+            self.close()
+            self.bar, self.reported, self.stage = None, -1, event.get("stage")
+        label = f"{self.label} ({self.stage})" if self.stage else self.label
         if not sys.stderr.isatty():
             if (tenth := int(10 * done / total) if total else 10) > self.reported:
                 self.reported = tenth
-                print(f"{self.label}: {done:g}/{total:g}", file=sys.stderr, flush=True)
+                print(f"{label}: {done:g}/{total:g}", file=sys.stderr, flush=True)
             return
         from tqdm import tqdm
 
         if self.bar is None:
-            self.bar = tqdm(total=total, desc=self.label, unit="step" if "step" in event else "s")
+            self.bar = tqdm(total=total, desc=label, unit="step" if "step" in event else "s")
         self.bar.update(done - self.bar.n)
 
     def close(self) -> None:

@@ -50,3 +50,16 @@ def test_mistakes_and_an_unreachable_service_are_one_line(arguments, status, say
 def test_leap_ray_url_names_the_service():
     done = leap_ray("generate", "image", "a", "-o", "x.png", LEAP_RAY_URL="http://127.0.0.1:9")
     assert done.returncode == 1 and "http://127.0.0.1:9" in done.stderr
+
+
+def test_progress_lines_name_the_refiner_stage_and_count_its_own_steps(capsys):
+    from leap_ray.cli import Progress
+
+    progress = Progress("image")
+    for step in range(1, 9):
+        progress({"step": step, "total": 8, "stage": "base"})
+    for step in (1, 2):
+        progress({"step": step, "total": 2, "stage": "refiner"})
+    progress.close()
+    lines = capsys.readouterr().err.splitlines()  # stderr is not a terminal here: plain lines
+    assert lines[-1] == "image (refiner): 2/2" and "image (base): 8/8" in lines

@@ -6,7 +6,7 @@ import io
 from typing import Literal
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from leap_ray.api.uploads import upload_bytes
 
@@ -45,8 +45,8 @@ def decode_image(value: object, max_bytes: int, max_side: int, mode: str) -> Ima
         raise ValueError(_UNREADABLE) from None
     with file:
         _check_image(file, max_side)
-        try:
-            return file.convert(mode)
+        try:  # turned as its EXIF says, as cameras mean it and diffusers' load_image reads it
+            return ImageOps.exif_transpose(file).convert(mode)
         except Exception:
             raise ValueError(_UNREADABLE) from None
 

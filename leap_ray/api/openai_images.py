@@ -6,7 +6,7 @@ where the official client puts `extra_body`."""
 import base64
 import re
 import time
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -29,6 +29,8 @@ class OpenAIImageRequest(BaseModel):
             "examples": [{"model": "sdxl", "prompt": "a lighthouse at dawn", "size": "512x512", "seed": 42}]
         },
     )
+
+    EVENTS: ClassVar[str] = "image_generation"  # what its stream events are called
 
     prompt: str = Field(description="The prompt.", max_length=LIMITS.sdxl.max_prompt_chars)
     model: str = Field("sdxl", description=f"One of {', '.join(MODEL_IDS)}.")
@@ -89,7 +91,11 @@ class OpenAIImageRequest(BaseModel):
 
 class OpenAIImageEditRequest(OpenAIImageRequest):
     """POST /v1/images/edits, a multipart/form-data body as OpenAI's `client.images.edit` sends it:
-    img2img, or inpainting with a mask. Our SDXL fields (strength, seed, ...) may be form fields too."""
+    img2img, or inpainting with a mask (or the image's own transparency, as OpenAI reads it). Our SDXL
+    fields (strength, seed, ...) may be form fields too, nested ones in bracket form
+    (`loras[][name]`, `refiner[enabled]`), as the client writes them."""
+
+    EVENTS: ClassVar[str] = "image_edit"
 
     image: bytes = Field(description="The image to edit: PNG, JPEG or WebP.")
     mask: bytes | None = Field(
@@ -108,12 +114,24 @@ class OpenAIImageEditRequest(OpenAIImageRequest):
         if self.size == "auto":  # the image decides, as /v1/sdxl's img2img does
             del data["width"], data["height"]
         data["image"] = base64.b64encode(self.image).decode()
-        if self.mask is not None:
-            data["mask_image"] = image_data_uri(openai_mask(self.mask))
+        mask = openai_mask(self.mask) if self.mask is not None else transparency_mask(self.image)
+        if mask is not None:
+            data["mask_image"] = image_data_uri(mask)
         return data
 
     def size_text(self) -> str:
         return "auto" if self.size == "auto" else super().size_text()
+
+
+def transparency_mask(raw: bytes) -> Image.Image | None:
+    """OpenAI's rule for an edit without a mask: the image's fully transparent pixels are edited. None
+    for an image without any (an img2img). What is not an image is left for the image's own check."""
+    limits = LIMITS.sdxl
+    try:
+        alpha = decode_image(raw, limits.max_image_bytes, limits.max_size, "LA").getchannel("A")
+    except ValueError:
+        return None
+    return alpha.point(lambda value: 255 if value == 0 else 0) if alpha.getextrema()[0] == 0 else None
 
 
 def openai_mask(raw: bytes) -> Image.Image:
@@ -133,9 +151,10 @@ def openai_mask(raw: bytes) -> Image.Image:
 def image_event(
     kind: Literal["partial_image", "completed"], request: OpenAIImageRequest, b64: str, **fields: Any
 ) -> dict[str, Any]:
-    """An `image_generation.*` stream event, as OpenAI's client parses it."""
+    """An `image_generation.*` (or, for an edit, `image_edit.*`) stream event, as OpenAI's client
+    parses it."""
     return {
-        "type": f"image_generation.{kind}",
+        "type": f"{request.EVENTS}.{kind}",
         "b64_json": b64,
         "created_at": int(time.time()),
         "size": request.size_text(),

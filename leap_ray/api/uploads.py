@@ -21,6 +21,8 @@ def _base64_payload(text: str, media: str) -> bytes:
         header, separator, text = text.partition(",")
         if not separator or not header.endswith(";base64"):
             raise ValueError(f"a data: URI must be base64-encoded (data:{media}/...;base64,...)")
+    text = "".join(text.split())  # `base64` wraps its output at 76 columns
+    text += "=" * (-len(text) % 4)  # and some encoders leave the padding out
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):

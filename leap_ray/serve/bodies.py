@@ -4,6 +4,7 @@ Bodies no valid request could be are refused before the costly steps: too many J
 parsing, unknown fields before validation."""
 
 import json
+import re
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -74,31 +75,63 @@ async def validate_off_loop(model: type[Model], data: Any, prefix: str = "") -> 
 
 
 MAX_FORM_PARTS = 64  # a multipart body's fields and files; a valid request has a few dozen at most
+_FORM_KEY = re.compile(r"([^\[\]]+)((?:\[[^\[\]]*\]){0,3})")  # name, then up to 3 [key] or []
+
+
+def _put(container: dict[str, Any], name: str, path: list[str], value: Any) -> None:
+    """Puts a form field where its bracketed name says, as HTML forms and OpenAI's client write
+    nested fields: `a[b]` a key of object a, `a[]` an item of list a, `a[][b]` key b of the first of
+    list a's objects without one (OpenAI's client sends all the items' b, then all their c: when some
+    items lack a key, which item a value belongs to is lost). Each plain name may come once."""
+    if not path:
+        if name in container:
+            raise InvalidRequest(f"{name} may be given once", param=name, code="repeated_field")
+        container[name] = value
+        return
+    key, rest = path[0], path[1:]
+    kind = list if key == "" else dict
+    inner = container.setdefault(name, kind())
+    if not isinstance(inner, kind):
+        raise InvalidRequest(f"{name} is given both as a value and as a list or object", param=name)
+    if kind is dict:
+        _put(inner, key, rest, value)
+    elif not rest:
+        inner.append(value)
+    else:  # the n-th `a[][b]` is key b of item n, whether a client groups by item or by key
+        item = next((item for item in inner if isinstance(item, dict) and rest[0] not in item), None)
+        if item is None:
+            inner.append(item := {})
+        _put(item, rest[0], rest[1:], value)
 
 
 def parse_form_body(raw: bytes, content_type: str, model: type[Model]) -> Model:
     """A multipart/form-data body (the guard lets no other type through) as a `model`: its fields as
-    strings, its files as bytes (a list field's `name[]` read as `name`). Each name may come once (the
-    models take one image, one mask); files stay in memory (the body is bounded already)."""
+    strings, nested ones by their bracketed names (`_put`), its files as bytes (a file's `name[]`
+    read as `name`: the models take one image, one mask). Files stay in memory (the body is bounded)."""
     data: dict[str, Any] = {}
     parts = 0
 
-    def keep(name: bytes | None, value: Any) -> None:
+    def keep(name: bytes | None, value: Any, *, is_file: bool) -> None:
         nonlocal parts
         parts += 1
         if parts > MAX_FORM_PARTS:
             raise PayloadTooLarge(f"the form holds more than {MAX_FORM_PARTS} parts", code="too_many_parts")
-        field = (name or b"").decode("utf-8", "replace").removesuffix("[]")
-        if field in data:
-            raise InvalidRequest(f"{field} may be given once", param=field, code="repeated_field")
-        data[field] = value
+        text = (name or b"").decode("utf-8", "replace")
+        if is_file:
+            _put(data, text.removesuffix("[]"), [], value)
+        elif matched := _FORM_KEY.fullmatch(text):
+            _put(data, matched[1], re.findall(r"\[([^\[\]]*)\]", matched[2]), value)
+        else:
+            raise InvalidRequest(
+                f"{text!r} is not a field name this form takes", param=text, code="bad_field"
+            )
 
     def on_field(field: Field) -> None:
-        keep(field.field_name, (field.value or b"").decode("utf-8", "replace"))
+        keep(field.field_name, (field.value or b"").decode("utf-8", "replace"), is_file=False)
 
     def on_file(file: File) -> None:
         file.file_object.seek(0)
-        keep(file.field_name, file.file_object.read())
+        keep(file.field_name, file.file_object.read(), is_file=True)
         file.close()
 
     media_type, options = parse_options_header(content_type)

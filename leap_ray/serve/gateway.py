@@ -19,7 +19,7 @@ from leap_ray.api.progress import Progress
 from leap_ray.api.responses import MusicGenResponse, SDXLResponse
 from leap_ray.api.sdxl import SDXLOutput, SDXLRequest, sdxl_response
 from leap_ray.config import IngressSettings
-from leap_ray.errors import LeapRayError
+from leap_ray.errors import InvalidRequest, LeapRayError
 from leap_ray.serve import metrics
 from leap_ray.serve.bodies import read_body, validate_off_loop
 from leap_ray.serve.errors import REPLICA_FAILURES, as_leap_error
@@ -110,7 +110,13 @@ class ModelGateway:
         try:
             if not isinstance(request, request_type):  # HTTP bodies arrive validated already
                 request = await validate_off_loop(request_type, request, param_prefix)
-            request.check_against(await self._spec(service))
+            spec = await self._spec(service)
+            try:
+                request.check_against(spec)
+            except InvalidRequest as error:
+                if param_prefix and error.param:  # the model's checks name the field alone
+                    error.param = f"{param_prefix}.{error.param}"
+                raise
         except Exception as error:
             raise _counted(service, as_leap_error(error)) from None
         return with_seed(request)

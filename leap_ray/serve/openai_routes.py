@@ -74,13 +74,13 @@ async def _stream(gateway: ModelGateway, body: OpenAIImageRequest, prepared: Any
             if isinstance(event, Progress):
                 preview = getattr(event, "preview", None)
                 if preview and index < body.partial_images:
-                    kind = "image_generation.partial_image"
-                    yield sse(kind, image_event("partial_image", body, preview, partial_image_index=index))
+                    partial = image_event("partial_image", body, preview, partial_image_index=index)
+                    yield sse(partial["type"], partial)
                     index += 1
                 continue
             for image, seed in zip(event.images, event.seeds, strict=True):
                 completed = image_event("completed", body, base64.b64encode(image).decode(), usage=NO_TOKENS)
-                yield sse("image_generation.completed", {**completed, "seed": seed})
+                yield sse(completed["type"], {**completed, "seed": seed})
     except Exception as error:
         yield sse("error", _as_openai(error).body())
 

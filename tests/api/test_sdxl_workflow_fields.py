@@ -204,3 +204,19 @@ def test_16_bit_and_float_images_are_refused_rather_than_clipped():
 def test_a_default_strength_that_keeps_no_step_names_the_steps():
     mask = base64.b64encode(encoded(Image.new("L", (100, 72)))).decode()
     assert refused(image=PHOTO, mask_image=mask, num_inference_steps=1).param == "num_inference_steps"
+
+
+def test_wrapped_or_unpadded_base64_is_read():
+    raw = base64.b64encode(encoded(Image.new("RGB", (64, 64), "green"))).decode()
+    wrapped = "\n".join(raw[i : i + 76] for i in range(0, len(raw), 76))  # as `base64 photo.png` writes it
+    assert SDXLRequest(prompt="x", image=wrapped).image.size == (64, 64)
+    assert SDXLRequest(prompt="x", image=raw.rstrip("=")).image.size == (64, 64)
+
+
+def test_a_photo_is_turned_as_its_exif_orientation_says():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90°: stored 96 wide and 64 high, shown 64 wide and 96 high
+    buffer = io.BytesIO()
+    Image.new("RGB", (96, 64)).save(buffer, format="JPEG", exif=exif)
+    request = SDXLRequest(prompt="x", image=base64.b64encode(buffer.getvalue()).decode())
+    assert (request.width, request.height) == (64, 96)

@@ -141,3 +141,43 @@ def test_an_edit_that_is_not_a_form_is_a_415(graph):
     response = httpx.post(f"{graph.url}/v1/images/edits", json={"prompt": "x"}, timeout=30)
     assert response.status_code == 415
     assert "multipart/form-data" in response.json()["error"]["message"]
+
+
+def test_an_edit_takes_adapters_and_the_refiner_in_extra_body(client, graph):
+    # The client writes nested fields in bracket form (loras[][name], refiner[enabled]); an empty
+    # object it leaves out, so the refiner is asked for with {"enabled": True}.
+    nested = {"loras": [{"name": "ink", "scale": 0.7}, {"name": "paper"}], "refiner": {"enabled": True}}
+    result = client.images.edit(
+        image=("photo.png", base64.b64decode(PHOTO)), prompt="a castle", extra_body={**EDIT, **nested}
+    )
+    expected = ours({"prompt": "a castle", "image": PHOTO, **EDIT, **nested}, graph)
+    assert np.array_equal(pixels(base64.b64decode(result.data[0].b64_json)), expected)
+
+
+def test_an_edit_without_a_mask_repaints_the_images_transparent_pixels(client, graph):
+    rgba = np.concatenate([base_pixels(), np.full((64, 96, 1), 255, dtype=np.uint8)], axis=2)
+    rgba[..., 3] = np.where(HALF, 0, 255)  # OpenAI: without a mask, the image's transparency is it
+    result = client.images.edit(
+        image=("hole.png", base64.b64decode(png(rgba))), prompt="a castle", extra_body=EDIT
+    )
+    body = {
+        "prompt": "a castle",
+        "image": png(rgba),
+        "mask_image": png(np.where(HALF, 255, 0).astype(np.uint8)),
+    }
+    expected = ours({**body, **EDIT}, graph)
+    assert np.array_equal(pixels(base64.b64decode(result.data[0].b64_json)), expected)
+
+
+def test_an_edit_streams_openai_edit_events(client):
+    events = list(
+        client.images.edit(
+            image=("photo.png", base64.b64decode(PHOTO)), prompt="a castle", stream=True, partial_images=1,
+            extra_body=EDIT,
+        )
+    )  # fmt: skip
+    assert [event.type for event in events] == ["image_edit.partial_image", "image_edit.completed"]
+
+
+def base_pixels() -> np.ndarray:
+    return pixels(base64.b64decode(PHOTO)).astype(np.uint8)

@@ -198,3 +198,10 @@ def test_the_readmes_workflow_commands_work_as_written(graph, tmp_path):
         commands = commands.replace("edited.png", written)
         subprocess.run(["bash", "-ec", commands], cwd=tmp_path, env=environment, check=True, timeout=300)
         assert Image.open(tmp_path / written).size == (80, 64)
+
+
+def test_a_job_naming_an_unknown_adapter_is_a_422_naming_input_loras(client):
+    body = {"service": "sdxl", "input": {"prompt": "x", "loras": [{"name": "chalk"}]}}
+    response = client.post("/v1/jobs", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["param"] == "input.loras"
