@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainValidator,
@@ -254,10 +255,11 @@ class SDXLRequest(BaseModel):
         description="With `image`: how much of it to repaint, in (0, 1]; 1 ignores it. Only the last "
         "strength × num_inference_steps steps run. Default 0.3 (img2img), 0.9999 (inpainting).",
     )
-    loras: list[LoraChoice] = Field(
+    loras: Annotated[list[LoraChoice], BeforeValidator(lambda value: [] if value is None else value)] = Field(
         [],
         max_length=_LIMITS.max_loras,
-        description=f"LoRA adapters to apply, at most {_LIMITS.max_loras}, by the names the service lists.",
+        description=f"LoRA adapters to apply, at most {_LIMITS.max_loras}, by the names the service lists "
+        "(null: none, as clients that send every optional field write it).",
     )
     refiner: RefinerOptions | None = Field(
         None,

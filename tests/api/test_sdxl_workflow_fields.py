@@ -171,6 +171,7 @@ def test_the_adapter_set_names_the_adapters_not_their_scales():
     assert request.adapter_set() == "ink+paper"
     assert request.lora_scales() == (("paper", 0.2), ("ink", 1.0))
     assert SDXLRequest(prompt="x").adapter_set() == ""
+    assert SDXLRequest(prompt="x", loras=None).loras == []  # as clients sending every field write "none"
 
 
 def test_a_request_with_images_writes_them_back_as_png_data_uris():
