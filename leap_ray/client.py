@@ -96,7 +96,12 @@ def _result_of(events: Iterator[ServerSentEvent], on_progress: Progress | None) 
     raise ServiceError(502, {"error": {"message": "the event stream ended without a result"}})
 
 
-class LeapRayClient:
+class _Client:
+    """What both clients are made of: an httpx client (sync or async) for the service at `base_url`,
+    with its key, its timeout and retries of what the service did not take (`_options`)."""
+
+    http_class: type[httpx.Client] | type[httpx.AsyncClient]
+
     def __init__(
         self,
         base_url: str = "http://127.0.0.1:8000",
@@ -104,7 +109,12 @@ class LeapRayClient:
         timeout: float = 900,
         retries: int = 5,
     ) -> None:
-        self.http = httpx.Client(**_options(base_url, api_key, timeout, retries))
+        self.http = self.http_class(**_options(base_url, api_key, timeout, retries))
+
+
+class LeapRayClient(_Client):
+    http_class = httpx.Client
+    http: httpx.Client
 
     def __enter__(self) -> Self:
         return self
@@ -155,17 +165,11 @@ class LeapRayClient:
         return _checked(self.http.get(job.outputs[index])).content  # an absolute URL
 
 
-class AsyncLeapRayClient:
+class AsyncLeapRayClient(_Client):
     """LeapRayClient's methods, awaited."""
 
-    def __init__(
-        self,
-        base_url: str = "http://127.0.0.1:8000",
-        api_key: str | None = None,
-        timeout: float = 900,
-        retries: int = 5,
-    ) -> None:
-        self.http = httpx.AsyncClient(**_options(base_url, api_key, timeout, retries))
+    http_class = httpx.AsyncClient
+    http: httpx.AsyncClient
 
     async def __aenter__(self) -> Self:
         return self

@@ -580,8 +580,8 @@ class SDXLRequest(BaseModel):
         if self.latents is not None:
             update["latents"] = self.latents[image : image + images]
         part = self.model_copy(update=update)
-        if self.workflow == "inpaint" and image > 0 and seed is not None:
-            part._image_encoding_seed = seed
+        if self.workflow == "inpaint" and image > 0 and self._image_encoding_seed is None:
+            part._image_encoding_seed = seed  # a part of a part keeps the whole request's
         return part
 
     @property

@@ -221,3 +221,14 @@ def test_a_photo_is_turned_as_its_exif_orientation_says():
     Image.new("RGB", (96, 64)).save(buffer, format="JPEG", exif=exif)
     request = SDXLRequest(prompt="x", image=base64.b64encode(buffer.getvalue()).decode())
     assert (request.width, request.height) == (64, 96)
+
+
+def test_every_part_of_a_split_inpainting_encodes_the_image_with_image_0s_seed():
+    mask = base64.b64encode(encoded(Image.new("L", (100, 72)))).decode()
+    whole = SDXLRequest(prompt="x", image=PHOTO, mask_image=mask, num_images_per_prompt=4, seed=100)
+    parts = whole.split(3)
+    assert [(part.seed, part.image_encoding_seed) for part in parts] == [(100, None), (103, 100)]
+    # A part split again (a refiner's smaller batches) still names the whole request's image 0.
+    assert [part.image_encoding_seed for part in parts[0].split(2)] == [None, 100]
+    later = whole.model_copy(update={"num_images_per_prompt": 6}).split(4)[1]  # images 4 and 5
+    assert [part.image_encoding_seed for part in later.split(1)] == [100, 100]
