@@ -5,7 +5,16 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from leap_ray.api.sdxl import CALLBACK_TENSOR_INPUTS, SDXLModelSpec, SDXLRequest
+from leap_ray.api.sdxl import (
+    CALL_PARAMETERS,
+    CALLBACK_TENSOR_INPUTS,
+    EMBEDDING_FIELDS,
+    PROMPT_PARAMETERS,
+    TEXT_FIELDS,
+    SDXLModelSpec,
+    SDXLRequest,
+    guidance_is_on,
+)
 from leap_ray.api.tensors import encode_tensor
 from leap_ray.errors import InvalidRequest, invalid_request_from
 
@@ -38,6 +47,59 @@ def test_callback_tensor_inputs_are_the_pipelines():
     assert set(CALLBACK_TENSOR_INPUTS) == set(StableDiffusionXLPipeline._callback_tensor_inputs)
 
 
+def test_the_parameter_groups_name_the_requests_fields_and_the_specs_widths():
+    assert set(PROMPT_PARAMETERS) | set(CALL_PARAMETERS) <= SDXLRequest.model_fields.keys()
+    assert set(TEXT_FIELDS) | set(EMBEDDING_FIELDS) <= set(PROMPT_PARAMETERS)
+    for embedding in EMBEDDING_FIELDS.values():
+        assert isinstance(getattr(SPEC, embedding.width), int)
+        assert set(embedding.replaces) <= set(TEXT_FIELDS)
+        assert embedding.pooled is None or embedding.pooled in EMBEDDING_FIELDS
+
+
+GUIDANCE_SCALES = [
+    ("0", 0.0, False),
+    ("exactly-1", 1.0, False),
+    ("just-above-1", 1.01, True),
+    ("5", 5.0, True),
+]
+
+
+@pytest.mark.parametrize(
+    ("scale", "on"), [c[1:] for c in GUIDANCE_SCALES], ids=[c[0] for c in GUIDANCE_SCALES]
+)
+def test_guidance_is_on_only_above_1(scale, on):
+    assert guidance_is_on(scale) is on
+    assert SDXLRequest(prompt="a", guidance_scale=scale).guidance_is_on() is on
+
+
+def test_a_split_request_gives_each_part_its_prompts_rows_and_images_seeds():
+    latents = torch.randn(4, 4, 8, 8)
+    text = {"prompt": ["a", "b"], "negative_prompt": "n", "height": 64, "width": 64, "seed": 10}
+    whole = SDXLRequest(**text, num_images_per_prompt=2, latents=latents)
+    parts = whole.split(1)
+    assert [(part.prompt, part.seed, part.image_count) for part in parts] == [
+        (["a"], 10, 1),
+        (["a"], 11, 1),
+        (["b"], 12, 1),
+        (["b"], 13, 1),
+    ]
+    assert all(torch.equal(part.latents, latents[index : index + 1]) for index, part in enumerate(parts))
+    assert all(
+        part.negative_prompt == "n" and part.model_fields_set == whole.model_fields_set for part in parts
+    )
+    assert all(part.image_encoding_seed is None for part in parts)  # text-to-image encodes no image
+
+
+def test_a_split_request_of_embeddings_gives_each_part_its_prompts_rows():
+    embeds, pooled = torch.randn(2, 77, 96), torch.randn(2, 32)
+    parts = SDXLRequest(prompt_embeds=embeds, pooled_prompt_embeds=pooled, seed=3).split(1)
+    assert [part.seed for part in parts] == [3, 4]
+    for row, part in enumerate(parts):
+        assert torch.equal(part.prompt_embeds, embeds[row : row + 1])
+        assert torch.equal(part.pooled_prompt_embeds, pooled[row : row + 1])
+        assert part.negative_prompt_embeds is None
+
+
 def test_single_negative_prompt_is_repeated_for_a_prompt_list():
     kwargs = SDXLRequest(
         prompt=["a", "b", "c"], negative_prompt="blurry", prompt_2="oil"
@@ -54,10 +116,11 @@ def test_wire_tensors_decode_to_the_sent_values():
         assert torch.equal(request.latents, sent.to(dtype))
 
 
-def test_handles_may_send_real_tensors():
+def test_handles_may_send_real_tensors_and_the_request_keeps_their_values():
     embeds = torch.randn(2, 77, 96)
     request = SDXLRequest(prompt_embeds=embeds, pooled_prompt_embeds=torch.randn(2, 32))
-    assert request.prompt_embeds is not embeds or torch.equal(request.prompt_embeds, embeds)
+    # The request holds a detached CPU tensor, not necessarily the object sent: its values are what count.
+    assert torch.equal(request.prompt_embeds, embeds)
     assert request.prompt_count == 2
 
 
@@ -89,7 +152,7 @@ BAD_INPUTS = [
     ("prompt-of-1MB", {"prompt": "x" * 1_000_000}, "prompt"),
     ("empty-prompt-list", {"prompt": []}, "prompt"),
     ("prompt-not-text", {"prompt": 5}, "prompt"),
-    ("unknown-field", {"prompt": "a", "strength": 0.5}, "strength"),
+    ("unknown-field", {"prompt": "a", "sharpness": 0.5}, "sharpness"),
     ("width-negative", {"prompt": "a", "width": -8}, "width"),
     ("width-zero", {"prompt": "a", "width": 0}, "width"),
     ("width-100000", {"prompt": "a", "width": 100000}, "width"),
