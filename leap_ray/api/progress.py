@@ -10,10 +10,15 @@ class StepProgress:
     """SDXL: a denoising step of the request is done."""
 
     step: int
+    """Steps done, from 1 (with a refiner, of this stage)."""
     total: int
+    """Steps the request takes (with a refiner, this stage)."""
     timestep: float
-    preview: str | None = None  # base64 PNG of the first image's latents, every preview_every steps
-    stage: str | None = None  # with a refiner: "base" or "refiner", each stage counting its own steps
+    """The scheduler's timestep of the step just done."""
+    preview: str | None = None
+    """Base64 PNG of the first image's latents, every preview_every steps (a job's progress has none)."""
+    stage: str | None = None
+    """With a refiner: "base" or "refiner", each stage counting its own steps; absent without one."""
 
 
 @dataclass(frozen=True)
@@ -21,7 +26,9 @@ class AudioProgress:
     """MusicGen: another whole second of the track is generated."""
 
     seconds: float
+    """Seconds of the track generated so far."""
     total: float
+    """The track's length in seconds (the request's duration)."""
 
 
 Progress = StepProgress | AudioProgress

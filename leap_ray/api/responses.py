@@ -3,9 +3,10 @@ the light client (`leap_ray.client`) and the server share them."""
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from leap_ray.api.common import ErrorDetail
+from leap_ray.api.progress import Progress, progress_json
 
 AudioFormat = Literal["wav", "flac", "ogg", "mp3"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -35,6 +36,9 @@ class MusicGenResponse(BaseModel):
 
 
 class JobView(BaseModel):
+    # The progress events (dataclasses) describe their fields in attribute docstrings: into the schema.
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     id: str = Field(description="The job's id.")
     service: Literal["sdxl", "musicgen"] = Field(description="Which model runs the job.")
     status: JobStatus = Field(description="queued, running, succeeded, failed or cancelled.")
@@ -42,8 +46,10 @@ class JobView(BaseModel):
     created_at: float = Field(description="Unix time the job was accepted.")
     started_at: float | None = Field(description="Unix time a runner first started it.")
     finished_at: float | None = Field(description="Unix time it ended.")
-    progress: dict[str, Any] | None = Field(
-        description="The last progress: {step, total, timestep} for SDXL, {seconds, total} for MusicGen."
+    progress: Progress | None = Field(
+        description="The last progress event: {step, total, timestep} for SDXL, with `stage` (base or "
+        "refiner, each counting its own steps) when it has a refiner; {seconds, total} for MusicGen. "
+        "Never a preview image."
     )
     error: ErrorDetail | None = Field(description="Why it failed, in the service's error shape.")
     outputs: list[str] = Field(description="URLs of the outputs, once it succeeded.")
@@ -58,3 +64,9 @@ class JobView(BaseModel):
     seed: int | None = Field(
         None, description="The seed fixed at submission: the same input with it gives the same outputs."
     )
+
+    # Unannotated: a return type would replace the progress events' schema with a bare object.
+    @field_serializer("progress")
+    def _progress_as_streamed(self, progress: Progress | None):
+        """As the SSE progress events show it: no keys for what the event has not (no null stage)."""
+        return None if progress is None else progress_json(progress)

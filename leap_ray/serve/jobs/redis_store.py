@@ -13,7 +13,8 @@ from typing import Any
 
 import redis
 
-from leap_ray.serve.jobs.store import Job, QueueFull
+from leap_ray.api.progress import Progress
+from leap_ray.serve.jobs.store import Job, QueueFull, progress_record, read_progress
 
 # KEYS: queued, running, finished. ARGV: now, stale_before, owner, prefix.
 _CLAIM = """
@@ -172,7 +173,7 @@ class RedisJobStore:
             outputs=json.loads(row["outputs"]),
             cancel_requested=row["cancel_requested"] == "1",
             webhook=_optional_json(row["webhook"]),
-            progress=_optional_json(row["progress"]),
+            progress=read_progress(row["progress"]),
             client=row.get("client", ""),
             seed=int(row["seed"]) if row.get("seed") else None,
             input_summary=_optional_json(row.get("input_summary", "")),
@@ -221,9 +222,9 @@ class RedisJobStore:
         keys = [self._key(job_id), self._input_key(job_id), self.running, self.finished]
         return self._finish(keys=keys, args=[owner, status, time.time(), error, outputs, job_id]) == 1
 
-    def set_progress(self, job_id: str, owner: str, progress: dict[str, Any]) -> None:
+    def set_progress(self, job_id: str, owner: str, progress: Progress) -> None:
         if self.db.hget(self._key(job_id), "owner") == owner:
-            self.db.hset(self._key(job_id), "progress", json.dumps(progress))
+            self.db.hset(self._key(job_id), "progress", progress_record(progress))
 
     def expire(self, finished_before: float) -> list[Job]:
         expired = []

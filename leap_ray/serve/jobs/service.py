@@ -4,6 +4,8 @@ for the routes. Every store call runs off the event loop (StoreClient)."""
 
 import asyncio
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from leap_ray.api.audio import content_type
 from leap_ray.api.images import CONTENT_TYPES
 from leap_ray.api.jobs import JobSubmission
 from leap_ray.api.predictions import prediction_view
-from leap_ray.api.progress import Progress, progress_json
+from leap_ray.api.progress import AudioProgress, Progress, StepProgress
 from leap_ray.api.responses import FINISHED, JobView
 from leap_ray.api.sdxl import SDXLOutput
 from leap_ray.config import JobsSettings
@@ -76,11 +78,15 @@ class Jobs:
             retention_s=settings.retention_s,
         )
 
-    async def _run(self, service: str, job_input: dict[str, Any], report: Any) -> Outputs:
+    async def _run(
+        self, service: str, job_input: dict[str, Any], report: Callable[[Progress], None]
+    ) -> Outputs:
         request = await self.gateway.prepare(service, job_input, param_prefix="input")
         async for event in self.gateway.events(service, request):
-            if isinstance(event, Progress):  # kept small: a job's progress has no preview image
-                report({name: value for name, value in progress_json(event).items() if name != "preview"})
+            if isinstance(event, StepProgress):  # kept small: a job's progress has no preview image
+                report(replace(event, preview=None))
+            elif isinstance(event, AudioProgress):
+                report(event)
             else:
                 return encoded_outputs(event)
         raise RuntimeError("the model's event stream ended without a result")

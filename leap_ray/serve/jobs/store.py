@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from pydantic import TypeAdapter
+
+from leap_ray.api.progress import Progress, progress_json
 from leap_ray.api.responses import FINISHED, JobStatus
 
 
@@ -34,7 +37,7 @@ class Job:
     outputs: list[dict[str, str]] = field(default_factory=list)  # {"path", "content_type"}
     cancel_requested: bool = False
     webhook: dict[str, Any] | None = None  # {"url", "events", "prefix"}
-    progress: dict[str, Any] | None = None  # the model's last progress event
+    progress: Progress | None = None  # the model's last progress event (with no preview image)
     client: str = ""  # who created it: an API key's id ("" without keys); only they see it
     seed: int | None = None  # the seed fixed at submission (the input itself is dropped when done)
     input_summary: dict[str, Any] | None = None  # the input `summarised`, kept with the record
@@ -73,6 +76,19 @@ def summarised(value: Any) -> Any:
     return value
 
 
+_PROGRESS = TypeAdapter(Progress)
+
+
+def progress_record(progress: Progress) -> str:
+    """A progress event as the stores keep it: its JSON, as clients see it."""
+    return json.dumps(progress_json(progress))
+
+
+def read_progress(record: str | None) -> Progress | None:
+    """The progress event a store kept (`progress_record`); its keys tell SDXL's from MusicGen's."""
+    return _PROGRESS.validate_json(record) if record else None
+
+
 class QueueFull(Exception):
     """`create` found `max_queued` jobs already waiting."""
 
@@ -96,7 +112,7 @@ class JobStore(Protocol):
     def heartbeat(self, job_id: str, owner: str) -> bool: ...
     def finish(self, job_id: str, owner: str, status: str, **result: Any) -> bool: ...
     def cancel(self, job_id: str) -> Job | None: ...
-    def set_progress(self, job_id: str, owner: str, progress: dict[str, Any]) -> None: ...
+    def set_progress(self, job_id: str, owner: str, progress: Progress) -> None: ...
     def expire(self, finished_before: float) -> list[Job]: ...
 
 
@@ -147,7 +163,7 @@ class SQLiteJobStore:
             outputs=json.loads(row["outputs"]),
             cancel_requested=bool(row["cancel_requested"]),
             webhook=json.loads(row["webhook"]) if row["webhook"] else None,
-            progress=json.loads(row["progress"]) if row["progress"] else None,
+            progress=read_progress(row["progress"]),
             client=row["client"],
             seed=row["seed"],
             input_summary=json.loads(row["input_summary"]) if row["input_summary"] else None,
@@ -286,11 +302,11 @@ class SQLiteJobStore:
             db.execute("COMMIT")
         return updated == 1
 
-    def set_progress(self, job_id: str, owner: str, progress: dict[str, Any]) -> None:
+    def set_progress(self, job_id: str, owner: str, progress: Progress) -> None:
         with self._connect() as db:
             db.execute(
                 "UPDATE job_records SET progress = ? WHERE id = ? AND owner = ?",
-                (json.dumps(progress), job_id, owner),
+                (progress_record(progress), job_id, owner),
             )
 
     def expire(self, finished_before: float) -> list[Job]:

@@ -2,6 +2,7 @@ import asyncio
 import sqlite3
 import time
 
+from leap_ray.api.progress import StepProgress
 from leap_ray.serve.jobs.runner import JobRunner
 from leap_ray.serve.jobs.store import SQLiteJobStore
 
@@ -40,7 +41,7 @@ def test_the_runner_runs_a_job_and_stores_its_outputs_and_last_progress(tmp_path
     async def run(service, job_input, report):
         assert job_input == {"prompt": "a"}
         for step in range(1, 51):  # per-step progress: written with the heartbeat, not 50 times
-            report({"step": step, "total": 50})
+            report(StepProgress(step, 50, 1000.0 - 20 * step))
         return [(b"bytes", "png", "image/png")]
 
     async def main():
@@ -52,7 +53,7 @@ def test_the_runner_runs_a_job_and_stores_its_outputs_and_last_progress(tmp_path
         return store.get(job.id)
 
     done = asyncio.run(main())
-    assert done.progress == {"step": 50, "total": 50}
+    assert done.progress == StepProgress(50, 50, 0.0)
     assert (tmp_path / "outputs" / done.id / "0.png").read_bytes() == b"bytes"
     assert events == ["start", "progress", "completed"]
     assert store.input(done.id) is None  # dropped once finished

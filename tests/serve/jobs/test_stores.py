@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
+from leap_ray.api.progress import AudioProgress, StepProgress
 from leap_ray.serve.jobs.redis_store import RedisJobStore
 from leap_ray.serve.jobs.store import JobStore, QueueFull, SQLiteJobStore
 
@@ -99,9 +100,21 @@ def test_jobs_survive_a_new_store_on_the_same_data(store, reopen):
 def test_progress_is_kept_for_the_owner_only(store):
     job = store.create("sdxl", {})
     store.claim("r", 30)
-    store.set_progress(job.id, "someone-else", {"step": 9})
-    store.set_progress(job.id, "r", {"step": 1, "total": 2})
-    assert store.get(job.id).progress == {"step": 1, "total": 2}
+    store.set_progress(job.id, "someone-else", StepProgress(9, 9, 1.0))
+    store.set_progress(job.id, "r", StepProgress(1, 2, 999.0))
+    assert store.get(job.id).progress == StepProgress(1, 2, 999.0)
+
+
+@pytest.mark.parametrize(
+    "progress",
+    [StepProgress(1, 2, 999.0), StepProgress(3, 4, 250.0, stage="refiner"), AudioProgress(2.0, 5.0)],
+    ids=["sdxl", "sdxl-refiner-stage", "musicgen"],
+)
+def test_progress_is_read_back_as_the_event_it_was(store, progress):
+    job = store.create("sdxl", {})
+    store.claim("r", 30)
+    store.set_progress(job.id, "r", progress)
+    assert store.get(job.id).progress == progress
 
 
 def test_finished_jobs_expire_and_unfinished_ones_stay(store):
@@ -224,3 +237,20 @@ def test_a_sqlite_file_from_before_jobs_had_owners_opens_with_its_jobs_ownerless
     store = SQLiteJobStore(path)
     assert store.get("old").seed is None
     assert store.get("old").client == "" and [job.id for job in store.recent(client="")] == ["old"]
+
+
+def overwrite(store: JobStore, job_id: str, field: str, record: str) -> None:
+    """Writes one field of a job's record as an earlier release left it."""
+    if isinstance(store, SQLiteJobStore):
+        with sqlite3.connect(store.path) as db:
+            db.execute(f"UPDATE job_records SET {field} = ? WHERE id = ?", (record, job_id))
+    else:
+        store.db.hset(store._key(job_id), field, record)
+
+
+def test_progress_written_as_a_plain_dict_by_earlier_releases_is_read_as_its_event(store):
+    sdxl, musicgen = store.create("sdxl", {}), store.create("musicgen", {})
+    overwrite(store, sdxl.id, "progress", '{"step": 1, "total": 2, "timestep": 999.0, "stage": "base"}')
+    overwrite(store, musicgen.id, "progress", '{"seconds": 1.0, "total": 3.0}')
+    assert store.get(sdxl.id).progress == StepProgress(1, 2, 999.0, stage="base")
+    assert store.get(musicgen.id).progress == AudioProgress(1.0, 3.0)
