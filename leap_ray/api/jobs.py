@@ -11,6 +11,8 @@ from leap_ray.api.musicgen import MUSICGEN_EXAMPLE
 SERVICE_INPUT = {
     "anyOf": [{"$ref": "#/components/schemas/SDXLRequest"}, {"$ref": "#/components/schemas/MusicGenRequest"}]
 }
+# What happens to a job, as its webhooks report it (the `X-LeapRay-Event` header).
+JobEventKind = Literal["start", "progress", "completed"]
 
 
 class JobSubmission(BaseModel):
@@ -29,7 +31,7 @@ class JobSubmission(BaseModel):
         max_length=2048,
         description="Where to POST the job's JSON, signed in X-LeapRay-Signature (sha256=HMAC of the body).",
     )
-    webhook_events_filter: list[Literal["start", "progress", "completed"]] = Field(
+    webhook_events_filter: list[JobEventKind] = Field(
         ["completed"],
         min_length=1,
         description="Which events to send: start, progress (at most one a second), completed.",

@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from leap_ray.api.jobs import SERVICE_INPUT
+from leap_ray.api.jobs import SERVICE_INPUT, JobEventKind
 from leap_ray.api.responses import JobStatus
 from leap_ray.api.sdxl import SDXL_EXAMPLE
 
@@ -21,7 +21,12 @@ STATUSES: dict[JobStatus, str] = {
     "cancelled": "canceled",
 }
 # Replicate's webhook events, as our job events: output and logs are progress for us.
-WEBHOOK_EVENTS = {"start": "start", "output": "progress", "logs": "progress", "completed": "completed"}
+WEBHOOK_EVENTS: dict[str, JobEventKind] = {
+    "start": "start",
+    "output": "progress",
+    "logs": "progress",
+    "completed": "completed",
+}
 
 
 class PredictionRequest(BaseModel):
@@ -59,7 +64,7 @@ class PredictionRequest(BaseModel):
         description="Which events are sent; output and logs both mean progress here.",
     )
 
-    def job_events(self) -> list[str]:
+    def job_events(self) -> list[JobEventKind]:
         return sorted({WEBHOOK_EVENTS[event] for event in self.webhook_events_filter})
 
 

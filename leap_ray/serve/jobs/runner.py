@@ -11,10 +11,11 @@ import shutil
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from leap_ray.api.jobs import JobEventKind
 from leap_ray.api.progress import Progress
 from leap_ray.errors import StoreUnavailable
 from leap_ray.serve import metrics
@@ -26,8 +27,18 @@ logger = logging.getLogger("ray.serve")
 PROGRESS_EVENT_EVERY_S = 1.0  # progress webhooks: at most this often per job
 # Runs (service, input, report progress) and returns the outputs: (encoded bytes, extension, content type).
 RunJob = Callable[[str, dict, Callable[[Progress], None]], Awaitable[list[tuple[bytes, str, str]]]]
-# Told of a job's events ("start", "progress", "completed"), e.g. to send its webhook; must not block.
-Notify = Callable[[Job, str], None]
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """Something that happened to a job: it started, made progress, or ended (whatever its status)."""
+
+    job: Job  # as it was then: a progress event's job carries that progress
+    kind: JobEventKind
+
+
+# Told of a job's events, e.g. to send its webhook; must not block.
+Notify = Callable[[JobEvent], None]
 
 
 class JobRunner:
@@ -116,7 +127,7 @@ class JobRunner:
             shutil.rmtree(self.output_dir / job.id, ignore_errors=True)
 
     async def _execute(self, job: Job, job_input: dict | None) -> None:
-        self.notify(job, "start")
+        self.notify(JobEvent(job, "start"))
         last_event = 0.0
 
         def report(progress: Progress) -> None:
@@ -124,7 +135,7 @@ class JobRunner:
             self._progress[job.id] = progress
             if time.monotonic() - last_event >= PROGRESS_EVENT_EVERY_S:
                 last_event = time.monotonic()
-                self.notify(replace(job, progress=progress), "progress")
+                self.notify(JobEvent(replace(job, progress=progress), "progress"))
 
         try:
             if job_input is None:
@@ -165,7 +176,7 @@ class JobRunner:
                 await asyncio.sleep(self.poll_s)
         self._cancelled.discard(job_id)
         if job is not None:
-            self.notify(job, "completed")
+            self.notify(JobEvent(job, "completed"))
 
     def _record_end(
         self, job_id: str, status: str, progress: Progress | None, result: dict[str, Any]

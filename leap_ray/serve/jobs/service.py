@@ -24,7 +24,7 @@ from leap_ray.errors import InvalidRequest, NotFound, Overloaded
 from leap_ray.serve import metrics
 from leap_ray.serve.gateway import ModelGateway
 from leap_ray.serve.jobs import open_store, webhooks
-from leap_ray.serve.jobs.runner import JobRunner
+from leap_ray.serve.jobs.runner import JobEvent, JobRunner
 from leap_ray.serve.jobs.store import Job, QueueFull
 from leap_ray.serve.jobs.store_client import StoreClient
 
@@ -91,16 +91,17 @@ class Jobs:
                 return encoded_outputs(event)
         raise RuntimeError("the model's event stream ended without a result")
 
-    def _notify(self, job: Job, event: str) -> None:
+    def _notify(self, event: JobEvent) -> None:
         """Sends the job's webhook for this event, if it asked for one, as a task of its own. A job's
         deliveries go one at a time, in order (start, progress, completed); a progress event while
         an earlier delivery is still under way is dropped, so a slow target costs one task a job."""
-        if not job.webhook or event not in job.webhook["events"]:
+        job = event.job
+        if not job.webhook or event.kind not in job.webhook["events"]:
             return
         previous = self._deliveries.get(job.id)
-        if event == "progress" and previous is not None and not previous.done():
+        if event.kind == "progress" and previous is not None and not previous.done():
             return
-        task = asyncio.get_running_loop().create_task(self._deliver_after(previous, job, event))
+        task = asyncio.get_running_loop().create_task(self._deliver_after(previous, event))
         self._deliveries[job.id] = task  # kept until done: the loop holds tasks only weakly
         task.add_done_callback(partial(self._forget_delivery, job.id))
 
@@ -108,13 +109,13 @@ class Jobs:
         if self._deliveries.get(job_id) is task:
             del self._deliveries[job_id]
 
-    async def _deliver_after(self, previous: asyncio.Task | None, job: Job, event: str) -> None:
+    async def _deliver_after(self, previous: asyncio.Task | None, event: JobEvent) -> None:
         if previous is not None:
             await asyncio.wait([previous])
         await webhooks.deliver(
-            job.webhook["url"],
-            event,
-            self._webhook_payload(job),
+            event.job.webhook["url"],
+            event.kind,
+            self._webhook_payload(event.job),
             secret=self._webhook_secret,
             attempts=self.settings.webhook_attempts,
             backoff_s=self.settings.webhook_backoff_s,

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import httpx
 from standardwebhooks import Webhook
 
+from leap_ray.api.jobs import JobEventKind
 from leap_ray.errors import InvalidRequest
 from leap_ray.serve import metrics
 
@@ -195,7 +196,7 @@ def standard_headers(message_id: str, body: bytes, secret: bytes) -> dict[str, s
 
 async def deliver(
     url: str,
-    event: str,
+    event: JobEventKind,
     payload: dict[str, Any],
     *,
     secret: bytes,

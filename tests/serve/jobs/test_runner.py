@@ -3,7 +3,7 @@ import sqlite3
 import time
 
 from leap_ray.api.progress import StepProgress
-from leap_ray.serve.jobs.runner import JobRunner
+from leap_ray.serve.jobs.runner import JobEvent, JobRunner
 from leap_ray.serve.jobs.store import SQLiteJobStore
 
 
@@ -36,7 +36,7 @@ def wait_until(predicate, timeout_s: float = 5.0) -> None:
 
 def test_the_runner_runs_a_job_and_stores_its_outputs_and_last_progress(tmp_path):
     store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
-    events = []
+    events: list[JobEvent] = []
 
     async def run(service, job_input, report):
         assert job_input == {"prompt": "a"}
@@ -45,17 +45,21 @@ def test_the_runner_runs_a_job_and_stores_its_outputs_and_last_progress(tmp_path
         return [(b"bytes", "png", "image/png")]
 
     async def main():
-        runner = make_runner(store, tmp_path, run, lambda job, event: events.append(event))
+        runner = make_runner(store, tmp_path, run, events.append)
         job = store.create("sdxl", {"prompt": "a"})
         runner.ensure_started()
         # The completed event is sent after the job is stored as succeeded: wait for both.
-        await wait_until(lambda: store.get(job.id).status == "succeeded" and "completed" in events)
+        await wait_until(
+            lambda: store.get(job.id).status == "succeeded" and any(e.kind == "completed" for e in events)
+        )
         return store.get(job.id)
 
     done = asyncio.run(main())
     assert done.progress == StepProgress(50, 50, 0.0)
     assert (tmp_path / "outputs" / done.id / "0.png").read_bytes() == b"bytes"
-    assert events == ["start", "progress", "completed"]
+    assert [event.kind for event in events] == ["start", "progress", "completed"]
+    assert events[1].job.progress == StepProgress(1, 50, 980.0)  # the first step: one a second at most
+    assert (events[2].job.status, events[2].job.progress) == ("succeeded", done.progress)
     assert store.input(done.id) is None  # dropped once finished
 
 
@@ -69,7 +73,7 @@ def test_a_locked_store_neither_stalls_the_loop_nor_loses_the_job(tmp_path):
         return [(b"x", "png", "image/png")]
 
     async def main() -> float:
-        runner = make_runner(store, tmp_path, run, lambda job, event: None)
+        runner = make_runner(store, tmp_path, run, lambda event: None)
         locker = sqlite3.connect(tmp_path / "jobs.sqlite3", isolation_level=None)
         locker.execute("BEGIN EXCLUSIVE")
         runner.ensure_started()
@@ -111,10 +115,10 @@ def test_a_jobs_webhooks_go_in_order_one_at_a_time_dropping_progress_behind_a_sl
 
     async def main() -> None:
         jobs = service.Jobs(gateway=None, settings=settings)
-        jobs._notify(job, "start")
+        jobs._notify(JobEvent(job, "start"))
         for _ in range(5):
-            jobs._notify(job, "progress")  # the target is still busy with `start`: dropped
-        jobs._notify(job, "completed")
+            jobs._notify(JobEvent(job, "progress"))  # the target is still busy with `start`: dropped
+        jobs._notify(JobEvent(job, "completed"))
         await wait_until(lambda: len(sent) == 2 and not jobs._deliveries, timeout_s=5)
 
     asyncio.run(main())
