@@ -14,7 +14,14 @@ from typing import Any
 import redis
 
 from leap_ray.api.progress import Progress
-from leap_ray.serve.jobs.store import Job, QueueFull, progress_record, read_progress
+from leap_ray.serve.jobs.store import (
+    Job,
+    QueueFull,
+    WebhookSpec,
+    progress_record,
+    read_progress,
+    read_webhook,
+)
 
 # KEYS: queued, running, finished. ARGV: now, stale_before, owner, prefix.
 _CLAIM = """
@@ -121,7 +128,7 @@ class RedisJobStore:
         self,
         service: str,
         job_input: dict[str, Any],
-        webhook: dict[str, Any] | None = None,
+        webhook: WebhookSpec | None = None,
         max_queued: int | None = None,
         job_id: str | None = None,
         client: str = "",
@@ -141,7 +148,7 @@ class RedisJobStore:
             "cancel_requested": "0",
             "owner": "",
             "heartbeat_at": 0,
-            "webhook": json.dumps(webhook) if webhook else "",
+            "webhook": webhook.model_dump_json() if webhook else "",
             "progress": "",
             "client": client,
             "seed": "" if job.seed is None else job.seed,
@@ -172,7 +179,7 @@ class RedisJobStore:
             error=_optional_json(row["error"]),
             outputs=json.loads(row["outputs"]),
             cancel_requested=row["cancel_requested"] == "1",
-            webhook=_optional_json(row["webhook"]),
+            webhook=read_webhook(row["webhook"]),
             progress=read_progress(row["progress"]),
             client=row.get("client", ""),
             seed=int(row["seed"]) if row.get("seed") else None,

@@ -25,7 +25,7 @@ from leap_ray.serve import metrics
 from leap_ray.serve.gateway import ModelGateway
 from leap_ray.serve.jobs import open_store, webhooks
 from leap_ray.serve.jobs.runner import JobEvent, JobRunner
-from leap_ray.serve.jobs.store import Job, QueueFull
+from leap_ray.serve.jobs.store import Job, QueueFull, WebhookFormat, WebhookSpec
 from leap_ray.serve.jobs.store_client import StoreClient
 
 Outputs = list[tuple[bytes, str, str]]  # (encoded bytes, extension, content type)
@@ -96,12 +96,12 @@ class Jobs:
         deliveries go one at a time, in order (start, progress, completed); a progress event while
         an earlier delivery is still under way is dropped, so a slow target costs one task a job."""
         job = event.job
-        if not job.webhook or event.kind not in job.webhook["events"]:
+        if job.webhook is None or event.kind not in job.webhook.events:
             return
         previous = self._deliveries.get(job.id)
         if event.kind == "progress" and previous is not None and not previous.done():
             return
-        task = asyncio.get_running_loop().create_task(self._deliver_after(previous, event))
+        task = asyncio.get_running_loop().create_task(self._deliver_after(previous, job.webhook, event))
         self._deliveries[job.id] = task  # kept until done: the loop holds tasks only weakly
         task.add_done_callback(partial(self._forget_delivery, job.id))
 
@@ -109,13 +109,15 @@ class Jobs:
         if self._deliveries.get(job_id) is task:
             del self._deliveries[job_id]
 
-    async def _deliver_after(self, previous: asyncio.Task | None, event: JobEvent) -> None:
+    async def _deliver_after(
+        self, previous: asyncio.Task | None, webhook: WebhookSpec, event: JobEvent
+    ) -> None:
         if previous is not None:
             await asyncio.wait([previous])
         await webhooks.deliver(
-            event.job.webhook["url"],
+            webhook.url,
             event.kind,
-            self._webhook_payload(event.job),
+            self._webhook_payload(event.job, webhook),
             secret=self._webhook_secret,
             attempts=self.settings.webhook_attempts,
             backoff_s=self.settings.webhook_backoff_s,
@@ -129,10 +131,10 @@ class Jobs:
             raise NotFound(f"no job {job_id}", param="job_id")
         return job
 
-    def _webhook_payload(self, job: Job) -> dict[str, Any]:
-        if job.webhook.get("format") == "prediction":
-            return prediction_view(job, job.webhook["base"])
-        return job_view(job, job.webhook.get("base") or job.webhook.get("prefix", ""))
+    def _webhook_payload(self, job: Job, webhook: WebhookSpec) -> dict[str, Any]:
+        if webhook.format == "prediction":
+            return prediction_view(job, webhook.base)
+        return job_view(job, webhook.base)
 
     async def wait(self, job_id: str, timeout_s: float | None = None) -> Job:
         """The job once finished, or as it is when `timeout_s` runs out (polling the store, which
@@ -148,7 +150,7 @@ class Jobs:
         self,
         body: JobSubmission,
         base: str,
-        webhook_format: str = "job",
+        webhook_format: WebhookFormat = "job",
         job_id: str | None = None,
         client: str = "",
     ) -> dict[str, Any]:
@@ -163,12 +165,9 @@ class Jobs:
         if body.webhook_url is not None:
             allow = self.settings.webhook_allow_private_networks
             await asyncio.to_thread(webhooks.check_webhook_url, body.webhook_url, allow_private=allow)
-            webhook = {
-                "url": body.webhook_url,
-                "events": body.webhook_events_filter,
-                "format": webhook_format,
-                "base": base,
-            }
+            webhook = WebhookSpec(
+                url=body.webhook_url, events=body.webhook_events_filter, format=webhook_format, base=base
+            )
         max_queued = self.settings.max_queued_jobs
         submitted_at = time.time()
         try:

@@ -17,12 +17,35 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from pydantic import TypeAdapter
+from pydantic import BaseModel, ConfigDict, TypeAdapter, model_validator
 
+from leap_ray.api.jobs import JobEventKind
 from leap_ray.api.progress import Progress, progress_json
 from leap_ray.api.responses import FINISHED, JobStatus
+
+WebhookFormat = Literal["job", "prediction"]  # what a webhook POSTs: the job's JSON or the prediction's
+
+
+class WebhookSpec(BaseModel):
+    """A job's webhook, as its record keeps it (JSON in the record's `webhook` field)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    url: str
+    events: list[JobEventKind]  # the ones sent (the submission's `webhook_events_filter`)
+    format: WebhookFormat = "job"
+    base: str  # the service's URL, that the payload's URLs start with (see `service.base_url`)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_older_records(cls, record: Any) -> Any:
+        """Reads older records too: the first ones had `prefix` (the route prefix: their jobs' URLs stay
+        relative) and no `format` (a job's JSON); later ones kept `prefix` too, `base` empty for jobs."""
+        if isinstance(record, dict) and not record.get("base"):
+            record = {**record, "base": record.get("prefix", "")}
+        return record
 
 
 @dataclass
@@ -36,7 +59,7 @@ class Job:
     error: dict[str, Any] | None = None
     outputs: list[dict[str, str]] = field(default_factory=list)  # {"path", "content_type"}
     cancel_requested: bool = False
-    webhook: dict[str, Any] | None = None  # {"url", "events", "prefix"}
+    webhook: WebhookSpec | None = None
     progress: Progress | None = None  # the model's last progress event (with no preview image)
     client: str = ""  # who created it: an API key's id ("" without keys); only they see it
     seed: int | None = None  # the seed fixed at submission (the input itself is dropped when done)
@@ -44,7 +67,12 @@ class Job:
 
     @classmethod
     def new(
-        cls, service: str, job_input: dict[str, Any], webhook: Any, job_id: str | None, client: str
+        cls,
+        service: str,
+        job_input: dict[str, Any],
+        webhook: WebhookSpec | None,
+        job_id: str | None,
+        client: str,
     ) -> "Job":
         """A job just submitted: queued, its id the client's or a fresh one."""
         job_id = job_id or uuid.uuid4().hex
@@ -89,6 +117,12 @@ def read_progress(record: str | None) -> Progress | None:
     return _PROGRESS.validate_json(record) if record else None
 
 
+def read_webhook(record: str | None) -> WebhookSpec | None:
+    """The webhook a store kept; none is "" (Redis), NULL or, in older SQLite records, JSON null."""
+    kept = json.loads(record) if record else None
+    return None if kept is None else WebhookSpec.model_validate(kept)
+
+
 class QueueFull(Exception):
     """`create` found `max_queued` jobs already waiting."""
 
@@ -98,7 +132,7 @@ class JobStore(Protocol):
         self,
         service: str,
         job_input: dict[str, Any],
-        webhook: dict[str, Any] | None = None,
+        webhook: WebhookSpec | None = None,
         max_queued: int | None = None,
         job_id: str | None = None,
         client: str = "",
@@ -162,7 +196,7 @@ class SQLiteJobStore:
             error=json.loads(row["error"]) if row["error"] else None,
             outputs=json.loads(row["outputs"]),
             cancel_requested=bool(row["cancel_requested"]),
-            webhook=json.loads(row["webhook"]) if row["webhook"] else None,
+            webhook=read_webhook(row["webhook"]),
             progress=read_progress(row["progress"]),
             client=row["client"],
             seed=row["seed"],
@@ -173,7 +207,7 @@ class SQLiteJobStore:
         self,
         service: str,
         job_input: dict[str, Any],
-        webhook: dict[str, Any] | None = None,
+        webhook: WebhookSpec | None = None,
         max_queued: int | None = None,
         job_id: str | None = None,
         client: str = "",
@@ -199,7 +233,7 @@ class SQLiteJobStore:
                     service,
                     job.status,
                     job.created_at,
-                    json.dumps(webhook),
+                    webhook.model_dump_json() if webhook else None,
                     client,
                     job.seed,
                     json.dumps(job.input_summary),

@@ -4,7 +4,7 @@ import time
 
 from leap_ray.api.progress import StepProgress
 from leap_ray.serve.jobs.runner import JobEvent, JobRunner
-from leap_ray.serve.jobs.store import SQLiteJobStore
+from leap_ray.serve.jobs.store import SQLiteJobStore, WebhookSpec
 
 
 def make_runner(store, tmp_path, run=None, notify=None, **options) -> JobRunner:
@@ -110,7 +110,8 @@ def test_a_jobs_webhooks_go_in_order_one_at_a_time_dropping_progress_behind_a_sl
     settings = JobsSettings(store_path=str(tmp_path / "jobs.sqlite3"), output_dir=str(tmp_path / "out"))
     settings = settings.for_application("test")
     store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
-    webhook = {"url": "http://hooks.example/", "events": ["start", "progress", "completed"], "prefix": ""}
+    events = ["start", "progress", "completed"]
+    webhook = WebhookSpec(url="http://hooks.example/", events=events, base="")
     job = store.create("sdxl", {}, webhook)
 
     async def main() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from leap_ray.api.progress import AudioProgress, StepProgress
 from leap_ray.serve.jobs.redis_store import RedisJobStore
-from leap_ray.serve.jobs.store import JobStore, QueueFull, SQLiteJobStore
+from leap_ray.serve.jobs.store import JobStore, QueueFull, SQLiteJobStore, WebhookSpec
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -91,10 +91,12 @@ def test_failures_keep_the_error_and_listing_filters_by_status(store):
 
 
 def test_jobs_survive_a_new_store_on_the_same_data(store, reopen):
-    job = store.create("musicgen", {"prompt": "a"}, webhook={"url": "http://x", "events": ["completed"]})
+    webhook = WebhookSpec(url="http://x", events=["start", "completed"], format="prediction", base="http://h")
+    job = store.create("musicgen", {"prompt": "a"}, webhook=webhook)
     again = reopen()
     assert again.input(job.id) == {"prompt": "a"}
-    assert (again.get(job.id).webhook["url"], again.get(job.id).status) == ("http://x", "queued")
+    assert (again.get(job.id).webhook, again.get(job.id).status) == (webhook, "queued")
+    assert again.get(store.create("sdxl", {}).id).webhook is None
 
 
 def test_progress_is_kept_for_the_owner_only(store):
@@ -246,6 +248,38 @@ def overwrite(store: JobStore, job_id: str, field: str, record: str) -> None:
             db.execute(f"UPDATE job_records SET {field} = ? WHERE id = ?", (record, job_id))
     else:
         store.db.hset(store._key(job_id), field, record)
+
+
+OLD_WEBHOOK = WebhookSpec(url="http://x", events=["completed"], format="job", base="/app")
+
+
+@pytest.mark.parametrize(
+    ("record", "expected"),
+    [
+        ('{"url": "http://x", "events": ["completed"], "prefix": "/app"}', OLD_WEBHOOK),
+        (
+            '{"url": "http://x", "events": ["completed"], "prefix": "/app", "format": "job", "base": ""}',
+            OLD_WEBHOOK,
+        ),
+        (
+            '{"url": "http://x", "events": ["start"], "prefix": "", "format": "prediction", "base": "http://h"}',
+            WebhookSpec(url="http://x", events=["start"], format="prediction", base="http://h"),
+        ),
+        ('{"url": "http://x", "events": ["completed"], "format": "job", "base": "/app"}', OLD_WEBHOOK),
+        ("null", None),
+    ],
+    ids=[
+        "first-release-prefix",
+        "job-with-prefix-and-empty-base",
+        "prediction-with-base",
+        "current",
+        "none-as-json-null",
+    ],
+)
+def test_webhooks_written_by_earlier_releases_are_read(store, record, expected):
+    job = store.create("sdxl", {})
+    overwrite(store, job.id, "webhook", record)
+    assert store.get(job.id).webhook == expected
 
 
 def test_progress_written_as_a_plain_dict_by_earlier_releases_is_read_as_its_event(store):
