@@ -1,21 +1,36 @@
 """Test helpers shared by several test modules: decoded pixels, hostile audio files built by hand,
-the diffusers references of SDXL workflows (img2img, inpainting, LoRA, the refiner ensemble)."""
+the diffusers references of SDXL workflows (img2img, inpainting, LoRA, the refiner ensemble), and the
+ingress's HTTP app in-process with a stub model side (`StubGateway`, `make_app`, `in_process_app`)."""
 
+import asyncio
 import base64
 import io
 import struct
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import psutil
 import soundfile
 import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+from fastapi import FastAPI
 from PIL import Image
 
-from leap_ray.api.sdxl import SDXLRequest
+from leap_ray.api.musicgen import MusicGenModelSpec, MusicGenOutput, MusicGenRequest
+from leap_ray.api.progress import AudioProgress, Progress, StepProgress
+from leap_ray.api.sdxl import SDXLModelSpec, SDXLOutput, SDXLRequest
+from leap_ray.config import IngressSettings, JobsSettings
 from leap_ray.engines.sdxl import SCHEDULER_CLASSES, WORKFLOW_PIPELINES
 from leap_ray.engines.sdxl_steps import StepBatch
+from leap_ray.serve.gateway import ModelGateway
+from leap_ray.serve.ingress import build_http_app
+from leap_ray.serve.jobs.service import Jobs
 
 SMALL = {"height": 64, "width": 64, "num_inference_steps": 3}  # an SDXL request that costs little
 
@@ -158,3 +173,180 @@ def reference_pipeline(pipeline_class: type, folder: object) -> Any:
     pipeline = pipeline_class.from_pretrained(folder)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+# The ingress's HTTP app in-process, no Ray: the real routes, middleware, validation and jobs, with a
+# stub gateway for the model side.
+
+SPECS = {
+    "sdxl": SDXLModelSpec(
+        latent_channels=4,
+        vae_scale_factor=8,
+        text_embed_width=96,
+        pooled_embed_width=32,
+        text_tokens=77,
+        refiner=True,
+        loras=("ink", "paper"),
+    ),
+    "musicgen": MusicGenModelSpec(sample_rate=32000, frame_rate=50, supports_melody=True),
+}  # the tiny models' facts, with the main graph's refiner and adapters
+APP_URL = "http://testserver"
+
+
+def stub_image(seed: int) -> bytes:
+    """The stub model's image for a seed: a PNG of one grey level, so that each seed's differs."""
+    buffer = io.BytesIO()
+    Image.new("L", (8, 8), seed % 256).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def stub_output(request: SDXLRequest | MusicGenRequest) -> SDXLOutput | MusicGenOutput:
+    """What the stub model answers: one `stub_image` per image and seed; a track named by its seed."""
+    if isinstance(request, SDXLRequest):
+        seeds = [request.seed + index for index in range(request.image_count)]
+        images = [stub_image(seed) for seed in seeds]
+        return SDXLOutput(images=images, format="png", seeds=seeds, timings={}, batch_size=len(seeds))
+    return MusicGenOutput(
+        audio=b"track of seed %d" % request.seed,
+        format=request.format,
+        sample_rate=SPECS["musicgen"].sample_rate,
+        duration=request.duration,
+        seed=request.seed,
+        timings={},
+        batch_size=1,
+    )
+
+
+class StubGateway(ModelGateway):
+    """The real gateway's validation, model checks and seed rule (`prepare` is the real one), with the
+    tiny models' facts (`SPECS`) and `stub_output`s. `generated` records every request that reached the
+    model side, as the route made it; each model call takes `hold_s` (a job to cancel must run)."""
+
+    def __init__(self, settings: IngressSettings) -> None:
+        super().__init__({}, settings)
+        self.generated: list[SDXLRequest | MusicGenRequest] = []
+        self.hold_s = 0.0
+
+    async def _spec(self, service: str) -> object:
+        return SPECS[service]
+
+    async def generate(self, service: str, request: Any) -> SDXLOutput | MusicGenOutput:
+        self.generated.append(request)
+        await asyncio.sleep(self.hold_s)
+        return stub_output(request)
+
+    async def events(
+        self, service: str, request: Any
+    ) -> AsyncIterator[Progress | SDXLOutput | MusicGenOutput]:
+        """Progress per denoising step (a preview every `preview_every` steps), or a track's one
+        progress event; then the output."""
+        self.generated.append(request)
+        if isinstance(request, SDXLRequest):
+            total = request.num_inference_steps
+            for step in range(1, total + 1):
+                previewed = request.preview_every and step % request.preview_every == 0
+                preview = base64.b64encode(stub_image(step)).decode() if previewed else None
+                yield StepProgress(
+                    step=step, total=total, timestep=1000.0 * (1 - step / total), preview=preview
+                )
+        else:
+            yield AudioProgress(seconds=request.duration, total=request.duration)
+        await asyncio.sleep(self.hold_s)
+        yield stub_output(request)
+
+
+def make_app(tmp_path: Path, **settings: object) -> tuple[FastAPI, StubGateway]:
+    """The ingress's HTTP app with a `StubGateway`, its jobs in `tmp_path`; `settings` are the
+    ingress's (limits, keys, timeouts)."""
+    jobs = JobsSettings(store_path=str(tmp_path / "jobs.sqlite3"), output_dir=str(tmp_path / "out"))
+    jobs = jobs.for_application("test")
+    ingress = IngressSettings(jobs=jobs, **settings)
+    gateway = StubGateway(ingress)
+    return build_http_app(gateway, Jobs(gateway, jobs), ingress), gateway
+
+
+def call(app: FastAPI, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    """One request to the app, on an event loop of its own."""
+
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=APP_URL) as client:
+            return await client.request(method, path, **kwargs)
+
+    return asyncio.run(go())
+
+
+def assert_error(response: httpx.Response, status: int, param: str | None = None) -> dict:
+    """The response is `status` in the error shape, naming `param`; its error."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert error["param"] == param
+    return error
+
+
+class AppTransport(httpx.BaseTransport):
+    """A sync transport into an ASGI app that runs on an event loop of its own thread, as a server's
+    does: the loop goes on between requests (the job runner's tasks), so that synchronous clients
+    (`httpx.Client`, `openai.OpenAI`, `replicate.Client`) submit, poll and cancel jobs as over a network.
+    Each answer comes whole (a stream's events arrive once it ends)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self._app = httpx.ASGITransport(app=app)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="app-loop", daemon=True)
+        self._thread.start()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        async def answer() -> httpx.Response:
+            inner = httpx.Request(
+                request.method, request.url, headers=request.headers, content=request.read()
+            )
+            response = await self._app.handle_async_request(inner)
+            content = await response.aread()
+            return httpx.Response(response.status_code, headers=response.headers, content=content)
+
+        return asyncio.run_coroutine_threadsafe(answer(), self._loop).result(timeout=60)
+
+    def close(self) -> None:
+        """Cancels what still runs on the app's loop (the job runner) and stops it."""
+
+        async def stop() -> None:
+            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(stop(), self._loop).result(timeout=10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            self._loop.close()
+
+
+@dataclass
+class InProcessApp:
+    """The app with a `StubGateway`, and a sync client into it through an `AppTransport`."""
+
+    app: FastAPI
+    gateway: StubGateway
+    transport: AppTransport
+    http: httpx.Client  # base URL APP_URL
+
+    def model_request(self, path: str, body: dict[str, Any]) -> SDXLRequest | MusicGenRequest:
+        """What the model side gets of `body` sent to `path` (/v1/sdxl, /v1/musicgen): what another
+        entry point's request must equal."""
+        response = self.http.post(path, json=body)
+        assert response.status_code == 200, response.text
+        return self.gateway.generated.pop()
+
+
+@contextmanager
+def in_process_app(tmp_path: Path, **settings: object) -> Iterator[InProcessApp]:
+    app, gateway = make_app(tmp_path, **settings)
+    transport = AppTransport(app)
+    try:
+        with httpx.Client(transport=transport, base_url=APP_URL, timeout=60) as http:
+            yield InProcessApp(app, gateway, transport, http)
+    finally:
+        transport.close()

@@ -1,4 +1,5 @@
-"""One real local Ray and one Serve instance per test session, with the graph on the tiny models."""
+"""One real local Ray and one Serve instance per test session, with the graph on the tiny models; and
+the ingress's app in-process, with a stub model side, for the tests that need no Ray."""
 
 import copy
 import socket
@@ -14,6 +15,7 @@ from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
 from leap_ray.serve.launch import deploy, local_config_path, start_ray, wait_until_running
+from tests.helpers import InProcessApp, in_process_app
 
 APP = "leap_ray"
 
@@ -130,3 +132,11 @@ def variants(graph: Graph) -> Iterator[Graph]:
     """For a test module that deploys its own applications beside the main one: removes them after."""
     yield graph
     graph.deploy_with()
+
+
+@pytest.fixture
+def in_process(tmp_path) -> Iterator[InProcessApp]:
+    """The ingress's HTTP app with a stub model side (no Ray), served on an event loop of its own, and
+    a sync client into it; its jobs run as the ingress's do."""
+    with in_process_app(tmp_path) as app:
+        yield app

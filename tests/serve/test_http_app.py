@@ -4,47 +4,11 @@ body timeouts, open docs with keys on. The model side is a stub gateway: these t
 import asyncio
 import json
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from leap_ray.api.musicgen import MusicGenModelSpec
-from leap_ray.api.sdxl import SDXLModelSpec, SDXLOutput
-from leap_ray.config import IngressSettings, JobsSettings
-from leap_ray.serve.gateway import ModelGateway
-from leap_ray.serve.ingress import build_http_app
-from leap_ray.serve.jobs.service import Jobs
-
-SPECS = {
-    "sdxl": SDXLModelSpec(
-        latent_channels=4, vae_scale_factor=8, text_embed_width=96, pooled_embed_width=32, text_tokens=77
-    ),
-    "musicgen": MusicGenModelSpec(sample_rate=32000, frame_rate=50, supports_melody=True),
-}
-
-
-class StubGateway(ModelGateway):
-    """The real gateway's validation and seed rule, with canned model facts and outputs."""
-
-    def __init__(self, settings: IngressSettings) -> None:
-        super().__init__({}, settings)
-        self.generated: list = []
-
-    async def _spec(self, service: str) -> object:
-        return SPECS[service]
-
-    async def generate(self, service: str, request: object) -> SDXLOutput:
-        self.generated.append(request)
-        return SDXLOutput(images=[b"png"], format="png", seeds=[request.seed], timings={}, batch_size=1)
-
-
-def make_app(tmp_path: Path, **settings: object) -> tuple:
-    jobs = JobsSettings(store_path=str(tmp_path / "jobs.sqlite3"), output_dir=str(tmp_path / "out"))
-    jobs = jobs.for_application("test")
-    ingress = IngressSettings(jobs=jobs, **settings)
-    gateway = StubGateway(ingress)
-    return build_http_app(gateway, Jobs(gateway, jobs), ingress), gateway
+from tests.helpers import APP_URL, assert_error, call, make_app
 
 
 @pytest.fixture
@@ -52,25 +16,8 @@ def app(tmp_path):
     return make_app(tmp_path)[0]
 
 
-def call(app, method: str, path: str, **kwargs) -> httpx.Response:
-    async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            return await client.request(method, path, **kwargs)
-
-    return asyncio.run(go())
-
-
 def post_raw(app, body: bytes, content_type: str = "application/json") -> httpx.Response:
     return call(app, "POST", "/v1/sdxl", content=body, headers={"Content-Type": content_type})
-
-
-def assert_error(response: httpx.Response, status: int, param: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["message"]
-    assert error["param"] == param
-    return error
 
 
 @pytest.mark.parametrize(
@@ -136,7 +83,7 @@ def test_bodies_are_parsed_and_validated_off_the_event_loop(tmp_path, monkeypatc
 
     async def go() -> float:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url=APP_URL) as client:
             posts = [asyncio.create_task(client.post("/v1/sdxl", json={"prompt": "a"})) for _ in range(4)]
             await asyncio.sleep(0.1)
             started = time.perf_counter()
