@@ -1,11 +1,17 @@
 """Every bad input a workflow engine might send gets its exact 4xx, naming the field, and never
-reaches a model replica."""
+reaches a model. The whole catalogue runs in-process (the ingress's app, a stub model side): every
+check is the ingress's, the model's facts included (the tiny models', as the stub gives them). On the
+real graph: one case of each kind through Serve's proxy, with the checks against the loaded model's
+own facts, answered exactly as in-process; and the catalogue sent alongside valid requests, which
+still get exactly their own results."""
 
 import base64
 import io
 import json
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
+import httpx
 import numpy as np
 import pytest
 import soundfile
@@ -14,7 +20,7 @@ from ray import serve
 
 from leap_ray.config import LIMITS
 from leap_ray.errors import InvalidRequest
-from tests.helpers import flac_silence, pixels, wav_bytes, with_total_samples
+from tests.helpers import assert_error, call, flac_silence, make_app, pixels, wav_bytes, with_total_samples
 
 from .conftest import APP, stats
 
@@ -48,7 +54,7 @@ NON_FINITE = ["NaN", "Infinity", "-Infinity"]
 # (id, path, JSON body or raw text, status, param)
 CASES: list[tuple[str, str, object, int, str | None]] = [
     ("malformed-json", "/v1/sdxl", '{"prompt": "a",', 400, None),
-    ("unknown-field", "/v1/sdxl", {"prompt": "a", "strength": 0.3}, 422, "strength"),
+    ("unknown-field", "/v1/sdxl", {"prompt": "a", "no_such_field": 0.3}, 422, "no_such_field"),
     ("missing-prompt", "/v1/sdxl", {"width": 64}, 422, "prompt"),
     ("prompt-of-1MB", "/v1/sdxl", {"prompt": "x" * 1_000_000}, 422, "prompt"),
     ("body-not-an-object", "/v1/sdxl", [1, 2, 3], 422, None),
@@ -242,48 +248,106 @@ CASES: list[tuple[str, str, object, int, str | None]] = [
 ]
 
 
+class Case(NamedTuple):
+    """A request and the error it must get (`code`: checked where given)."""
+
+    name: str
+    path: str
+    body: bytes | None
+    status: int
+    param: str | None
+    method: str = "POST"
+    content_type: str | None = "application/json"
+    code: str | None = None
+
+    def send(self, client) -> httpx.Response:
+        """Sent through `client` (an httpx client, or the in-process app through `call`)."""
+        headers = {"Content-Type": self.content_type} if self.content_type else {}
+        if isinstance(client, httpx.Client):
+            return client.request(self.method, self.path, content=self.body, headers=headers)
+        return call(client, self.method, self.path, content=self.body, headers=headers)
+
+
+def as_case(case: tuple) -> Case:
+    name, path, body, status, param = case
+    content = body if isinstance(body, str) else json.dumps(body)
+    return Case(name, path, content.encode(), status, param)
+
+
+# What the middleware refuses before a body is read as a request.
+MIDDLEWARE_CASES = [
+    Case("invalid-utf8", "/v1/sdxl", b'{"prompt": "\xff"}', 400, None, code="invalid_utf8"),
+    Case(
+        "charset-latin-1",
+        "/v1/sdxl",
+        b'{"prompt": "a"}',
+        415,
+        "charset",
+        content_type="application/json; charset=latin-1",
+        code="charset",
+    ),
+    Case(
+        "form-urlencoded",
+        "/v1/sdxl",
+        b"prompt=a",
+        415,
+        None,
+        content_type="application/x-www-form-urlencoded",
+        code="unsupported_media_type",
+    ),
+    Case("no-route", "/nowhere", None, 404, None, method="GET", content_type=None),
+    Case("put-on-sdxl", "/v1/sdxl", None, 405, None, method="PUT", content_type=None),
+]
+TABLE = [as_case(case) for case in CASES] + MIDDLEWARE_CASES
+# Through Serve's proxy: one case of each kind, and every check against the loaded model's facts.
+THROUGH_THE_PROXY = {
+    "malformed-json",
+    "unknown-field",
+    "body-not-an-object",
+    "sdxl-guidance_scale-NaN",
+    "melody-not-audio",
+    "melody-flac-claiming-2^36-frames",
+    "nested-100k-deep",
+    "webhook-url-nat64-loopback",
+    "job-input-invalid",
+    "tensor-shape-the-model-rejects",
+    "embeds-width-the-model-rejects",
+    *(case.name for case in MIDDLEWARE_CASES),
+}
+
+
+@pytest.fixture(scope="module")
+def stub_app(tmp_path_factory):
+    """One in-process app for the whole table: no case may reach its model side."""
+    return make_app(tmp_path_factory.mktemp("bad-input"))
+
+
+@pytest.mark.parametrize("case", TABLE, ids=[case.name for case in TABLE])
+def test_bad_input(stub_app, case):
+    app, gateway = stub_app
+    generated = len(gateway.generated)
+    error = assert_error(case.send(app), case.status, case.param)
+    assert error["type"] == ("not_found_error" if case.status == 404 else "invalid_request_error")
+    assert case.code in (None, error["code"])
+    assert len(gateway.generated) == generated
+
+
 @pytest.fixture(scope="module")
 def counts_before(graph) -> dict[str, int]:
     return {name: stats(name)["requests"] for name in ("SDXL", "MusicGen")}
 
 
-@pytest.mark.parametrize(
-    ("path", "body", "status", "param"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
-)
-def test_bad_input(client, counts_before, path, body, status, param):
-    content = body if isinstance(body, str) else json.dumps(body)
-    response = client.post(path, content=content, headers={"Content-Type": "application/json"})
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["param"] == param
-    assert error["message"] and error["type"] == "invalid_request_error"
+PROXY_CASES = [case for case in TABLE if case.name in THROUGH_THE_PROXY]
 
 
-def test_invalid_utf8_and_other_charsets_are_refused_in_the_error_shape(client, counts_before):
-    response = client.post(
-        "/v1/sdxl", content=b'{"prompt": "\xff"}', headers={"Content-Type": "application/json"}
-    )
-    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_utf8"
-    latin = {"Content-Type": "application/json; charset=latin-1"}
-    response = client.post("/v1/sdxl", content=b'{"prompt": "a"}', headers=latin)
-    assert response.status_code == 415 and response.json()["error"]["param"] == "charset"
+@pytest.mark.parametrize("case", PROXY_CASES, ids=[case.name for case in PROXY_CASES])
+def test_through_serves_proxy_the_answer_is_the_in_process_apps(client, counts_before, stub_app, case):
+    response = case.send(client)
+    assert_error(response, case.status, case.param)
+    assert response.json() == case.send(stub_app[0]).json()
 
 
-@pytest.mark.parametrize(("method", "path", "status"), [("GET", "/nowhere", 404), ("PUT", "/v1/sdxl", 405)])
-def test_routing_errors_have_the_error_shape(client, method, path, status):
-    response = client.request(method, path)
-    assert response.status_code == status and response.json()["error"]["message"]
-
-
-def test_wrong_content_type_is_415(client, counts_before):
-    response = client.post(
-        "/v1/sdxl", content="prompt=a", headers={"Content-Type": "application/x-www-form-urlencoded"}
-    )
-    assert response.status_code == 415
-    assert response.json()["error"]["type"] == "invalid_request_error"
-
-
-def test_after_the_whole_table_no_replica_saw_a_request_and_a_valid_one_succeeds(client, counts_before):
+def test_after_the_proxy_cases_no_replica_saw_a_request_and_a_valid_one_succeeds(client, counts_before):
     assert {name: stats(name)["requests"] for name in ("SDXL", "MusicGen")} == counts_before
     assert client.post("/v1/sdxl", json={"prompt": "fine", **SMALL}).status_code == 200
     assert client.post("/v1/musicgen", json={"prompt": "fine", "duration": 0.5}).status_code == 200
