@@ -1,5 +1,9 @@
-"""The official `replicate` client, pointed at the graph, runs both models and cancels a prediction;
-cog-style calls (`POST /predictions`, `Prefer: respond-async`, cancel) work as the README shows."""
+"""The official `replicate` client and cog-style calls (`POST /predictions`, `Prefer: respond-async`,
+cancel, an idempotent PUT). In-process (the ingress's app, a stub model side, the real jobs): a
+prediction reaches the model as the same request as its /v1/sdxl or /v1/musicgen body, its outputs
+are the model's, it is created, polled and cancelled, and errors name the field under `input`. On the
+real graph, end to end: Replicate runs both models and its output URLs give the seed's image; the
+README's cog-style curl commands work as written."""
 
 import base64
 import io
@@ -18,8 +22,150 @@ from PIL import Image
 from replicate.exceptions import ReplicateError
 
 from leap_ray.serve.predictions_routes import _wait_s
+from tests.helpers import APP_URL, assert_error, stub_image
 
 IMAGE = {"prompt": "a red fox", "height": 64, "width": 64, "num_inference_steps": 3, "seed": 11}
+FINISHED = ("succeeded", "failed", "canceled")
+
+
+def test_the_prefer_header_is_read_as_rfc_7240_writes_it():
+    assert _wait_s('wait = "2"', None) == 2.0 and _wait_s("wait=5, respond-async", None) == 0.0
+    assert _wait_s("wait", 0.0) == 60.0 and _wait_s("handling=lenient", None) is None
+
+
+# In-process: the mapping of predictions onto our requests, their lifecycle and errors.
+
+
+@pytest.fixture
+def stub_client(in_process) -> replicate.Client:
+    client = replicate.Client(
+        api_token="not-checked-without-keys", base_url=APP_URL, transport=in_process.transport
+    )
+    client.poll_interval = 0.2
+    return client
+
+
+def test_replicate_runs_sdxl_as_the_sdxl_request_and_its_outputs_are_the_models(stub_client, in_process):
+    output = stub_client.run("leap-ray/sdxl", input={**IMAGE, "num_images_per_prompt": 2})
+    assert [in_process.http.get(str(url)).content for url in output] == [stub_image(11), stub_image(12)]
+    (request,) = in_process.gateway.generated
+    assert request == in_process.model_request("/v1/sdxl", {**IMAGE, "num_images_per_prompt": 2})
+
+
+def test_replicate_sends_files_for_inpainting_with_adapters_and_the_refiner(
+    stub_client, in_process, tmp_path
+):
+    photo, mask = tmp_path / "photo.png", tmp_path / "mask.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(photo)
+    Image.fromarray(np.where(np.arange(64) < 32, 255, 0).astype(np.uint8)[None].repeat(64, 0)).save(mask)
+    extras = {"loras": [{"name": "paper", "scale": 0.8}], "refiner": {}, "strength": 0.9, "seed": 3}
+    extras["num_inference_steps"] = 4
+    with photo.open("rb") as image, mask.open("rb") as mask_image:
+        files = {"image": image, "mask_image": mask_image}
+        stub_client.run(  # the client sends files as data: URIs
+            "leap-ray/sdxl", input={"prompt": "a gate", **files, **extras}, file_encoding_strategy="base64"
+        )
+    (request,) = in_process.gateway.generated
+    body = {"prompt": "a gate", "image": png_of(photo), "mask_image": png_of(mask), **extras}
+    assert request == in_process.model_request("/v1/sdxl", body)
+    assert request.workflow == "inpaint" and request.wants_refiner and request.loras[0].name == "paper"
+
+
+def png_of(path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def test_replicate_runs_musicgen_as_the_musicgen_request(stub_client, in_process):
+    body = {"prompt": "a drum loop", "duration": 1, "seed": 2}
+    output = stub_client.run("leap-ray/musicgen", input=body)
+    assert in_process.http.get(str(output)).content == b"track of seed 2"
+    (request,) = in_process.gateway.generated
+    assert request == in_process.model_request("/v1/musicgen", body)
+
+
+def test_a_replicate_prediction_is_created_polled_and_cancelled(stub_client, in_process):
+    in_process.gateway.hold_s = 60  # the model is still at work when the cancel comes
+    prediction = stub_client.models.predictions.create(model="leap-ray/sdxl", input=IMAGE)
+    assert prediction.status in ("starting", "processing") and prediction.model == "leap-ray/sdxl"
+    assert prediction.input["seed"] == IMAGE["seed"]
+    prediction.cancel()
+    prediction.wait()
+    assert prediction.status == "canceled" and prediction.output is None
+    assert prediction.input["seed"] == IMAGE["seed"]  # the record keeps the input, summarised
+
+
+def test_replicate_errors_name_the_field_or_the_model(stub_client, in_process):
+    with pytest.raises(ReplicateError) as caught:
+        stub_client.run("leap-ray/sdxl", input={**IMAGE, "height": 7})
+    assert caught.value.status == 422
+    with pytest.raises(ReplicateError) as caught:
+        stub_client.run("someone/else", input={})
+    assert caught.value.status == 404
+    assert in_process.gateway.generated == []
+
+
+def test_prediction_errors_name_the_field_under_input(in_process):
+    bad = in_process.http.post("/v1/models/leap-ray/sdxl/predictions", json={"input": {**IMAGE, "height": 7}})
+    assert_error(bad, 422, "input.height")
+    unknown = in_process.http.post("/v1/models/someone/else/predictions", json={"input": IMAGE})
+    assert_error(unknown, 404, "model")
+    cancel = in_process.http.post("/v1/predictions/no-such-id/cancel")  # no body, no content type
+    assert_error(cancel, 404, "job_id")
+
+
+def finished(http: httpx.Client, url: str) -> dict:
+    deadline = time.monotonic() + 30
+    while (prediction := http.get(url).json())["status"] not in FINISHED:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    return prediction
+
+
+def test_cog_style_predictions_answer_when_done_or_at_once_and_cancel(in_process):
+    http = in_process.http
+    done = http.post("/predictions", json={"input": IMAGE})
+    assert done.status_code == 200 and done.json()["status"] == "succeeded"
+    assert done.json()["metrics"]["predict_time"] > 0
+    assert http.get(done.json()["output"][0]).content == stub_image(11)
+    in_process.gateway.hold_s = 1  # not done before the answer
+    music = {"model": "leap-ray/musicgen", "input": {"prompt": "a drum loop", "duration": 1}}
+    started = http.post("/predictions", json=music, headers={"Prefer": "respond-async"})
+    assert started.status_code == 202, started.text
+    assert started.json()["status"] in ("starting", "processing")
+    prediction = finished(http, f"/predictions/{started.json()['id']}")
+    assert prediction["status"] == "succeeded" and prediction["output"].endswith("/outputs/0")
+    in_process.gateway.hold_s = 60
+    queued = http.post("/predictions", json={"input": IMAGE}, headers={"Prefer": "respond-async"}).json()
+    cancelled = http.post(f"/predictions/{queued['id']}/cancel").json()
+    assert cancelled["id"] == queued["id"]
+    assert finished(http, f"/predictions/{queued['id']}")["status"] == "canceled"
+
+
+def test_a_cog_put_with_the_same_id_answers_the_same_prediction(in_process):
+    http = in_process.http
+    body = {"input": {**IMAGE, "seed": 21}}
+    in_process.gateway.hold_s = 1  # not done before the first answer
+    first = http.put("/predictions/put-test", json=body, headers={"Prefer": "respond-async"})
+    again = http.put("/predictions/put-test", json=body)
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert first.json()["id"] == again.json()["id"] == "put-test"
+    assert again.json()["status"] == "succeeded" and len(again.json()["output"]) == 1
+    assert len(in_process.gateway.generated) == 1  # one prediction, run once
+    assert_error(http.put("/predictions/has spaces", json=body), 422, "prediction_id")
+    # "." and ".." never reach the route: the client resolves them away (PUT /predictions or /)
+    for dotted in ("..", "."):
+        assert_error(http.put(f"/predictions/{dotted}", json=body), 405)
+    assert_error(http.post("/predictions", json={**body, "id": ".."}), 422, "id")
+
+
+def test_a_finished_predictions_outputs_come_as_data_uris_when_asked(in_process):
+    answer = in_process.http.post("/predictions", json={"input": IMAGE, "data_uris": True})
+    (uri,) = answer.json()["output"]
+    assert uri.startswith("data:image/png;base64,")
+    assert base64.b64decode(uri.split(",", 1)[1]) == stub_image(11)
+
+
+# On the real graph: the models' outputs and the README's commands, end to end.
 
 
 @pytest.fixture(scope="module")
@@ -42,84 +188,10 @@ def test_replicate_runs_sdxl_and_its_output_urls_give_the_seeds_image(client, re
     assert httpx.get(str(output[0]), timeout=30).content == reference
 
 
-def test_replicate_sends_files_for_inpainting_with_adapters_and_the_refiner(client, graph, tmp_path):
-    photo, mask = tmp_path / "photo.png", tmp_path / "mask.png"
-    Image.fromarray(np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(photo)
-    Image.fromarray(np.where(np.arange(64) < 32, 255, 0).astype(np.uint8)[None].repeat(64, 0)).save(mask)
-    extras = {"loras": [{"name": "paper", "scale": 0.8}], "refiner": {}, "strength": 0.9, "seed": 3}
-    extras["num_inference_steps"] = 4
-    with photo.open("rb") as image, mask.open("rb") as mask_image:
-        files = {"image": image, "mask_image": mask_image}
-        output = client.run(  # the client sends files as data: URIs
-            "leap-ray/sdxl", input={"prompt": "a gate", **files, **extras}, file_encoding_strategy="base64"
-        )
-    body = {"prompt": "a gate", "image": png_of(photo), "mask_image": png_of(mask), **extras}
-    direct = httpx.post(f"{graph.url}/v1/sdxl", json=body, headers={"Accept": "image/png"}, timeout=120)
-    assert direct.status_code == 200, direct.text
-    assert httpx.get(str(output[0]), timeout=30).content == direct.content
-
-
-def png_of(path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
-
-
 def test_replicate_runs_musicgen(client):
     output = client.run("leap-ray/musicgen", input={"prompt": "a drum loop", "duration": 1, "seed": 2})
     samples, rate = soundfile.read(io.BytesIO(httpx.get(str(output), timeout=30).content))
     assert (len(samples), rate) == (32_000, 32_000)
-
-
-def test_a_replicate_prediction_is_created_polled_and_cancelled(client):
-    prediction = client.models.predictions.create(
-        model="leap-ray/sdxl", input={**IMAGE, "num_inference_steps": 150, "height": 512, "width": 512}
-    )
-    assert prediction.status in ("starting", "processing") and prediction.model == "leap-ray/sdxl"
-    assert prediction.input["seed"] == IMAGE["seed"]
-    prediction.cancel()
-    prediction.wait()
-    assert prediction.status == "canceled" and prediction.output is None
-    assert prediction.input["seed"] == IMAGE["seed"]  # the record keeps the input, summarised
-
-
-def test_replicate_errors_name_the_field_or_the_model(client):
-    with pytest.raises(ReplicateError) as caught:
-        client.run("leap-ray/sdxl", input={**IMAGE, "height": 7})
-    assert caught.value.status == 422
-    with pytest.raises(ReplicateError) as caught:
-        client.run("someone/else", input={})
-    assert caught.value.status == 404
-
-
-def test_prediction_errors_name_the_field_under_input(graph):
-    bad = httpx.post(
-        f"{graph.url}/v1/models/leap-ray/sdxl/predictions", json={"input": {**IMAGE, "height": 7}}
-    )
-    assert bad.status_code == 422 and bad.json()["error"]["param"] == "input.height"
-    cancel = httpx.post(f"{graph.url}/v1/predictions/no-such-id/cancel")  # no body, no content type
-    assert cancel.status_code == 404 and cancel.json()["error"]["param"] == "job_id"
-
-
-def test_cog_style_predictions_answer_when_done_or_at_once_and_cancel(graph, reference):
-    done = httpx.post(f"{graph.url}/predictions", json={"input": IMAGE}, timeout=120)
-    assert done.status_code == 200 and done.json()["status"] == "succeeded"
-    assert done.json()["metrics"]["predict_time"] > 0
-    assert httpx.get(done.json()["output"][0], timeout=30).content == reference
-    music = {"model": "leap-ray/musicgen", "input": {"prompt": "a drum loop", "duration": 1}}
-    started = httpx.post(
-        f"{graph.url}/predictions", json=music, headers={"Prefer": "respond-async"}, timeout=30
-    )
-    assert started.status_code == 202, started.text
-    assert started.json()["status"] in ("starting", "processing")
-    url = f"{graph.url}/predictions/{started.json()['id']}"
-    deadline = time.monotonic() + 120
-    while (prediction := httpx.get(url).json())["status"] not in ("succeeded", "failed", "canceled"):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    assert prediction["status"] == "succeeded" and prediction["output"].endswith("/outputs/0")
-    slow = {"input": {**IMAGE, "num_inference_steps": 150, "height": 512, "width": 512}}
-    queued = httpx.post(f"{graph.url}/predictions", json=slow, headers={"Prefer": "respond-async"}).json()
-    cancelled = httpx.post(f"{graph.url}/predictions/{queued['id']}/cancel").json()
-    assert cancelled["id"] == queued["id"]
 
 
 def readme_cog_commands() -> list[str]:
@@ -130,11 +202,6 @@ def readme_cog_commands() -> list[str]:
         for line in text.splitlines()
         if line.startswith("curl ") and "127.0.0.1:8000/predictions" in line
     ]
-
-
-def test_the_prefer_header_is_read_as_rfc_7240_writes_it():
-    assert _wait_s('wait = "2"', None) == 2.0 and _wait_s("wait=5, respond-async", None) == 0.0
-    assert _wait_s("wait", 0.0) == 60.0 and _wait_s("handling=lenient", None) is None
 
 
 def test_the_readmes_cog_curl_commands_work_as_written(graph):
@@ -152,27 +219,3 @@ def test_the_readmes_cog_curl_commands_work_as_written(graph):
     polled = run(commands[2].replace("ID", started["id"]))
     assert polled["id"] == started["id"] and polled["status"] in ("starting", "processing", "succeeded")
     assert run(commands[3].replace("ID", started["id"]))["id"] == started["id"]
-
-
-def test_a_cog_put_with_the_same_id_answers_the_same_prediction(graph):
-    body = {"input": {**IMAGE, "seed": 21}}
-    url = f"{graph.url}/predictions/put-test-{time.time_ns()}"
-    first = httpx.put(url, json=body, headers={"Prefer": "respond-async"}, timeout=30)
-    again = httpx.put(url, json=body, timeout=120)
-    assert (first.status_code, again.status_code) == (202, 200)
-    assert first.json()["id"] == again.json()["id"] == url.rsplit("/", 1)[1]
-    assert again.json()["status"] == "succeeded" and len(again.json()["output"]) == 1
-    for bad_id in ("has spaces", "..", "."):
-        bad = httpx.put(f"{graph.url}/predictions/{bad_id}", json=body)
-        # "." and ".." never reach the route: the client resolves them away (PUT /predictions/ or /)
-        assert bad.status_code in (404, 405, 422), bad_id
-        assert bad.status_code != 422 or bad.json()["error"]["param"] == "prediction_id"
-    dotted = httpx.post(f"{graph.url}/predictions", json={**body, "id": ".."})
-    assert dotted.status_code == 422 and dotted.json()["error"]["param"] == "id"
-
-
-def test_a_finished_predictions_outputs_come_as_data_uris_when_asked(graph, reference):
-    answer = httpx.post(f"{graph.url}/predictions", json={"input": IMAGE, "data_uris": True}, timeout=120)
-    (uri,) = answer.json()["output"]
-    assert uri.startswith("data:image/png;base64,")
-    assert base64.b64decode(uri.split(",", 1)[1]) == reference
