@@ -118,12 +118,15 @@ class BatchingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_batch_size: int = Field(8, ge=1, description="Most work in one batch (SDXL counts images).")
-    batch_wait_timeout_s: float = Field(0.02, ge=0.0, description="How long a batch waits to fill.")
+    batch_wait_timeout_s: float = Field(
+        0.02, ge=0.0, description="Under batching: request, how long an empty batch waits to fill."
+    )
     batching: Literal["request", "step"] = Field(
         "step",
         description="step: requests join and leave the running batch at every step (an SDXL denoising "
-        "step, a MusicGen token), so a short one never waits for a long one. request: batches of whole "
-        "requests, each run to its end (kept for comparison).",
+        "step, a MusicGen token), so a short one never waits for a long one. request: the same running "
+        "batch, but admitting only when it is empty, so batches of whole requests run to their end (the "
+        "baseline the benchmarks measure step batching against).",
     )
 
 

@@ -26,8 +26,8 @@ from leap_ray.api.musicgen import MusicGenModelSpec, MusicGenOutput, MusicGenReq
 from leap_ray.api.progress import AudioProgress, Progress, StepProgress
 from leap_ray.api.sdxl import SDXLModelSpec, SDXLOutput, SDXLRequest
 from leap_ray.config import IngressSettings, JobsSettings
-from leap_ray.engines.sdxl import SCHEDULER_CLASSES, WORKFLOW_PIPELINES
-from leap_ray.engines.sdxl_steps import StepBatch
+from leap_ray.engines.contract import RunningBatch
+from leap_ray.engines.sdxl_pipelines import SCHEDULER_CLASSES, WORKFLOW_PIPELINES
 from leap_ray.serve.gateway import ModelGateway
 from leap_ray.serve.ingress import build_http_app
 from leap_ray.serve.jobs.service import Jobs
@@ -107,13 +107,15 @@ def seeds_of(request: SDXLRequest) -> list[int]:
     return [request.seed + j for j in range(request.image_count)]
 
 
-def run_steps(batch: StepBatch, arrivals: dict[int, list[SDXLRequest]]) -> dict[int, object]:
-    """Steps the batch until it is empty, admitting `arrivals[k]` before step k; outcomes by seed."""
+def run_steps(batch: RunningBatch, arrivals: dict[int, list[Any]]) -> dict[int, object]:
+    """Steps the batch until it is empty, admitting `arrivals[k]` before step k; outcomes by seed (a
+    refiner's hand-off: its request's seed)."""
     outcomes, step = {}, 0
     while batch.load or any(k >= step for k in arrivals):
         for request in arrivals.get(step, []):
             assert batch.admit(request) is None
-        outcomes.update((request.seed, outcome) for request, outcome in batch.step())
+        for request, outcome in batch.step():
+            outcomes[getattr(request, "request", request).seed] = outcome
         step += 1
     return outcomes
 

@@ -6,7 +6,6 @@ import base64
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from pydantic import PrivateAttr, model_validator
 
 from leap_ray.api.common import offset_seed
@@ -164,32 +163,6 @@ class SDXLRequest(SDXLFields):
         """For a part of a split inpainting request without its image 0: that image's seed. diffusers
         draws the image's VAE sample from image 0's generator alone, so the part must too."""
         return self._image_encoding_seed
-
-
-@dataclass
-class RefineRequest:
-    """What the SDXL deployment sends the refiner deployment, through a handle (Ray's object store):
-    a request's latents where the base stopped, with the state of its generators."""
-
-    request: SDXLRequest
-    latents: torch.Tensor  # (images, channels, height/8, width/8), the base's, not decoded
-    generator_states: list[torch.Tensor]
-    seeds: list[int]
-    timings: dict[str, float]  # the base stage's
-
-    @property
-    def image_count(self) -> int:
-        return len(self.seeds)
-
-    def split(self, max_images: int) -> list["RefineRequest"]:
-        """This hand-off as hand-offs of at most `max_images` images each, in image order."""
-        parts, start = [], 0
-        for part in self.request.split(max_images):
-            rows = slice(start, start + part.image_count)
-            states = self.generator_states[rows]
-            parts.append(RefineRequest(part, self.latents[rows], states, self.seeds[rows], self.timings))
-            start += part.image_count
-        return parts
 
 
 def seeds_for(request: SDXLRequest, seed: int) -> list[int]:

@@ -22,7 +22,7 @@ class SDXLModelSpec:
     text_embed_width: int
     pooled_embed_width: int
     text_tokens: int
-    refiner: bool = False
+    refiner: bool | None = None  # None: not known here (an engine alone hands its latents back)
     loras: tuple[str, ...] = ()
 
 
@@ -156,7 +156,7 @@ def _check_embedding_shapes(request: SDXLFields) -> None:
 def check_against(request: SDXLFields, spec: SDXLModelSpec) -> None:
     """Raises InvalidRequest, naming the field, for tensors the loaded model would reject and for
     what the graph does not offer (a refiner, an adapter)."""
-    if request.wants_refiner and not spec.refiner:
+    if request.wants_refiner and spec.refiner is False:
         raise InvalidRequest("this service has no refiner deployed", param="refiner")
     unknown = [lora.name for lora in request.loras if lora.name not in spec.loras]
     if unknown:

@@ -1,49 +1,113 @@
 """The contract between a model engine and the deployment that serves it (`leap_ray.serve`): what a
 deployment may call, and what it may rely on. Engines are plain Python and never import Ray; a fake
-engine that keeps this contract can stand in for a real one."""
+or simulated engine that keeps this contract stands in for a real one.
 
+An engine is a loaded model and a factory of running batches. A running batch is driven by one
+thread (the deployment's step scheduler): between two steps it may `admit` requests, then `step`
+runs one step (an SDXL denoising step, a MusicGen token) of every request in it and hands back the
+outcome of each request that finished. Whole-request batches are the same thing with admission only
+into an empty batch (`run_to_end` below, and `batching: request` in a deployment's config)."""
+
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar, runtime_checkable
 
 from leap_ray.api.progress import Progress
 from leap_ray.errors import LeapRayError
 
-Request = TypeVar("Request", contravariant=True)
+Request = TypeVar("Request")
 Spec = TypeVar("Spec", covariant=True)
 Result = TypeVar("Result")
 
 StopCheck = Callable[[], bool]
-"""Asked after every step of one request; True makes that request leave its batch early."""
+"""Asked after every step of one request; True makes that request leave its batch (its cancellation)."""
 
 ProgressHook = Callable[[Progress], None]
 """Told about one request's progress: StepProgress (SDXL) or AudioProgress (MusicGen)."""
 
+Outcome = tuple[Request, Result | LeapRayError]
+"""A finished request and its result, or the error that this request alone met."""
+
 
 @runtime_checkable
-class Engine(Protocol[Request, Spec, Result]):
-    """A loaded model that runs batches of validated requests from different users.
+class RunningBatch(Protocol[Request, Result]):
+    """The requests a replica is running now, stepped together.
 
-    What a deployment may rely on:
-    - `spec()` describes what the loaded model accepts; requests check themselves against it.
-    - `generate` returns one entry per request, in order: its result, or the `LeapRayError` that this
-      request alone met. It raises nothing but BaseExceptions such as KeyboardInterrupt.
+    What a driver may rely on:
+    - `admit` checks the request against the model and takes it in, to join at the next step; it
+      returns the error this request alone met (the request is then not in the batch), else None.
+    - `step` runs one step of every request in the batch and returns the outcome of each request
+      that finished at it, in any order; each admitted request comes back exactly once.
     - One request never fails another. A request whose own input the model cannot use gets an
       `InvalidRequest` naming the parameter; a genuine model fault gets a `ModelError` (503, code
-      "model_error"). When a call shared by several requests faults, each is rerun alone (its
-      progress events and callbacks start that call again), so the innocent still get their results
-      and only the culprit fails.
-    - A seeded request gives the same output whatever else shares its batch (to within the rounding
-      of batched arithmetic), and exactly its solo output when it had to be rerun alone.
-    - `should_stop[i]` is asked after every step of request i: True ends that request early (its
-      result says so). `progress[i]` is told of request i's progress as it goes. A hook that raises
+      "model_error"). When a call shared by several requests faults, each is run alone for that step,
+      so the innocent go on and only the culprit fails. `step` raises only for a fault of the batch
+      itself; the driver then fails every request in it and calls `clear`.
+    - A seeded request gives the same output whatever joins or leaves the batch meanwhile (to within
+      the rounding of batched arithmetic).
+    - A request's stop check is asked after each of its steps: True makes it leave at that step (its
+      result says so). Its progress hook is told of its progress as it goes. A hook that raises
       fails its own request only, with an internal error (500).
     """
 
+    max_load: int
+    """The most `load` the driver will let in (max_batch_size); a batch may size caches by it."""
+
+    @property
+    def load(self) -> int:
+        """What the admitted requests hold against `max_load` (SDXL: images; MusicGen: tracks); 0: idle."""
+
+    def cost(self, request: Request) -> int:
+        """What the request would add to `load`."""
+
+    def can_join(self, request: Request) -> bool:
+        """Whether the request fits beside those running, besides its cost (e.g. a model's cache)."""
+
+    def admit(
+        self, request: Request, should_stop: StopCheck | None = None, progress: ProgressHook | None = None
+    ) -> LeapRayError | None: ...
+
+    def step(self) -> list[Outcome]: ...
+
+    def clear(self) -> None:
+        """Forgets every request (after a fault of the batch itself)."""
+
+
+@runtime_checkable
+class Engine(Protocol[Request, Spec, Result]):
+    """A loaded model. `spec()` describes what it accepts (requests check themselves against it);
+    `running_batch(max_load)` makes the running batch a replica drives (one per replica)."""
+
     def spec(self) -> Spec: ...
 
-    def generate(
-        self,
-        requests: Sequence[Request],
-        should_stop: Sequence[StopCheck | None] | None = None,
-        progress: Sequence[ProgressHook | None] | None = None,
-    ) -> list[Result | LeapRayError]: ...
+    def running_batch(self, max_load: int) -> RunningBatch[Request, Result]: ...
+
+
+def run_to_end(
+    batch: RunningBatch[Request, Result],
+    requests: Sequence[Request],
+    should_stop: Sequence[StopCheck | None] | None = None,
+    progress: Sequence[ProgressHook | None] | None = None,
+) -> list[Result | LeapRayError]:
+    """Runs the requests together to their end in `batch` (all admitted at once, whatever its
+    `max_load`): one entry per request, in order, its result or its own error. What plain-Python
+    callers (tests, benchmarks, notebooks) use in place of a deployment's scheduler."""
+    errors = [
+        batch.admit(request, should_stop[i] if should_stop else None, progress[i] if progress else None)
+        for i, request in enumerate(requests)
+    ]
+    finished: dict[int, list[Result | LeapRayError]] = defaultdict(list)  # by identity: one may come twice
+    while batch.load:
+        for request, outcome in batch.step():
+            finished[id(request)].append(outcome)
+    return [error or finished[id(request)].pop(0) for request, error in zip(requests, errors, strict=True)]
+
+
+def generate(
+    engine: Engine[Request, object, Result],
+    requests: Sequence[Request],
+    should_stop: Sequence[StopCheck | None] | None = None,
+    progress: Sequence[ProgressHook | None] | None = None,
+) -> list[Result | LeapRayError]:
+    """The engine's results for the requests, run together in a running batch of its own."""
+    return run_to_end(engine.running_batch(max(len(requests), 1)), requests, should_stop, progress)

@@ -13,18 +13,14 @@ tests) and on in serve_config.yaml. They act where a replica spends its time und
 - `warm_up_sizes`: with `compile`, the engine compiles every bucket at these sizes before it returns,
   so a replica reports healthy (and /readyz turns 200) only when no request will pay for compiling.
 
-The VAE keeps diffusers' rule for float16: a VAE that asks for it (`force_upcast`, as SDXL's does:
-it overflows in float16) decodes in float32. Diffusers casts the whole VAE up and back on every call;
-here a float32 copy of it is kept, which gives the same image without the casts.
+The VAE decoder that `compile` compiles is leap_ray.engines.sdxl_decode's `LatentDecoder`.
 """
 
-import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from diffusers import StableDiffusionXLPipeline
 
@@ -107,40 +103,3 @@ class UNetRunner:
         )[0]
         # A copy: with compile's CUDA graphs (mode reduce-overhead) the next call reuses the output.
         return noise[:rows].clone()
-
-
-class LatentDecoder:
-    """Latents to images as the pipeline's decode does (latent scaling, the VAE, the watermark, the
-    image processor), with diffusers' float32 rule kept on a float32 copy of the VAE. Compiled, it
-    decodes one image per call, so that the compiled VAE sees one shape per size."""
-
-    def __init__(self, pipeline: StableDiffusionXLPipeline, speed: SDXLSpeed) -> None:
-        self.pipeline = pipeline
-        vae = pipeline.vae
-        if vae.dtype == torch.float16 and vae.config.force_upcast:
-            vae = copy.deepcopy(vae).to(torch.float32)
-        self.vae = vae
-        kwargs = speed.compile_kwargs
-        self.per_image = kwargs is not None
-        self.decode_fn = vae.decode if kwargs is None else torch.compile(vae.decode, **kwargs)
-
-    def _unscale(self, latents: torch.Tensor) -> torch.Tensor:
-        config = self.vae.config
-        latents = latents.to(self.vae.dtype)
-        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
-        if mean is None or std is None:
-            return latents / config.scaling_factor
-        view = (1, len(mean), 1, 1)
-        mean = torch.tensor(mean).view(view).to(latents.device, latents.dtype)
-        std = torch.tensor(std).view(view).to(latents.device, latents.dtype)
-        return latents * std / config.scaling_factor + mean
-
-    def __call__(self, latents: torch.Tensor) -> np.ndarray:
-        """(images, height, width, 3) floats in [0, 1] for (images, channels, h, w) latents."""
-        latents = self._unscale(latents)
-        parts = latents.split(1) if self.per_image else [latents]
-        # Copies, as the UNet's: a graph replay would overwrite the previous part's output.
-        image = torch.cat([self.decode_fn(part, return_dict=False)[0].clone() for part in parts])
-        if self.pipeline.watermark is not None:
-            image = self.pipeline.watermark.apply_watermark(image)
-        return self.pipeline.image_processor.postprocess(image, output_type="np")

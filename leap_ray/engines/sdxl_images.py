@@ -1,9 +1,13 @@
-"""How an img2img or inpainting request starts in the step batch, by diffusers' own pipeline methods
+"""How an img2img, inpainting or refining request starts in the step batch, by diffusers' own pipeline methods
 (`StableDiffusionXLImg2ImgPipeline` / `StableDiffusionXLInpaintPipeline`, diffusers 0.42) called with the
 request's own scheduler and generators, so its latents, noise and mask are exactly a solo call's:
 `get_timesteps` (the schedule starts at strength), the image preprocessed and VAE-encoded, noise added
 at the first timestep, and for inpainting the mask at latent size. The per-step mask blend is
-`InpaintRows.blend`, the loop body of the inpainting pipeline with a 4-channel UNet."""
+`InpaintRows.blend`, the loop body of the inpainting pipeline with a 4-channel UNet.
+
+The refiner starts from the base's latents at `denoising_start` (`refine_start`), as its img2img (or,
+for an inpainting, its inpainting) pipeline does when it is handed latents: no noise is added, and
+the inpainting pipeline draws (and keeps, for its blend) a noise sample from each generator."""
 
 import logging
 from dataclasses import dataclass
@@ -13,6 +17,7 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 
 from leap_ray.api.sdxl import SDXLRequest
+from leap_ray.engines.sdxl_pipelines import PipelineView, encode_vae_image
 
 
 class _QuietUpcast(logging.Filter):
@@ -25,18 +30,6 @@ class _QuietUpcast(logging.Filter):
 
 
 logging.getLogger("diffusers.models.modeling_utils").addFilter(_QuietUpcast())
-
-
-class PipelineView:
-    """A pipeline with some attributes of its own (a request's scheduler, its number of steps) and the
-    rest the pipeline's: what one request's pipeline methods and callbacks see in a step batch."""
-
-    def __init__(self, pipeline: StableDiffusionXLPipeline, **own: Any) -> None:
-        self._pipeline = pipeline
-        self.__dict__.update(own)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._pipeline, name)
 
 
 @dataclass
@@ -112,4 +105,36 @@ def part_image_latents(
     size = {"height": request.height, "width": request.width}
     image = pipeline.image_processor.preprocess(request.image, **size).to(device, torch.float32)
     generator = torch.Generator().manual_seed(request.image_encoding_seed)
-    return type(pipeline)._encode_vae_image(pipeline, image.to(dtype), generator)
+    return encode_vae_image(pipeline, image.to(dtype), generator)
+
+
+def refine_start(
+    pipeline: StableDiffusionXLPipeline,
+    scheduler: Any,
+    request: SDXLRequest,
+    latents: torch.Tensor,
+    generators: list[torch.Generator],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> ImageStart:
+    """The refiner's start for the base's `latents` (`pipeline`: the refiner's img2img or inpainting
+    pipeline; `scheduler` has its timesteps set): the timesteps after `denoising_start`."""
+    view: Any = PipelineView(pipeline, scheduler=scheduler)
+    options = request.refiner_kwargs()
+    timesteps, _ = type(pipeline).get_timesteps(
+        view, options["num_inference_steps"], 0.3, device, denoising_start=options["denoising_start"]
+    )  # 0.3: the pipelines' default strength, which a denoising_start overrides
+    latents = latents.to(device, dtype)
+    if request.workflow != "inpaint":
+        return ImageStart(timesteps, latents, None)
+    images, size = len(generators), {"height": request.height, "width": request.width}
+    latents, noise, image_latents = type(pipeline).prepare_latents(
+        view, images, latents.shape[1], request.height, request.width, dtype, device, generators,
+        image=latents, timestep=timesteps[:1].repeat(images), is_strength_max=False, add_noise=False,
+        return_noise=True, return_image_latents=True,
+    )  # fmt: skip
+    mask = pipeline.mask_processor.preprocess(request.mask_image, **size)
+    mask, _ = type(pipeline).prepare_mask_latents(
+        view, mask, None, images, request.height, request.width, dtype, device, generators, False
+    )
+    return ImageStart(timesteps, latents, InpaintRows(image_latents, noise, mask))

@@ -1,41 +1,25 @@
-"""A model replica's step scheduler (`batching: step`): one thread drives a running batch (SDXL's
-StepBatch, a denoising step; MusicGen's DecodeBatch, a token), and at every step boundary admits
-waiting requests, oldest first, while they fit in `max_batch_size` (SDXL counts images, MusicGen
-tracks). A request is answered as soon as its own steps are done, so a short request never waits for
-a long one to finish; a cancelled one leaves at the next step."""
+"""A model replica's batcher: one thread drives the engine's running batch (leap_ray.engines.contract:
+SDXL's denoising steps, MusicGen's tokens, the refiner's steps) and admits waiting requests, oldest
+first, while they fit in `max_batch_size` (SDXL counts images, MusicGen tracks).
+
+Under `batching: step` (the default) it admits at every step boundary: a request is answered as soon
+as its own steps are done, so a short request never waits for a long one to finish. Under `batching:
+request` it admits only into an empty batch, after waiting up to `batch_wait_timeout_s` for one to
+fill, and runs those requests to their end: whole-request batches, the baseline the benchmarks
+measure step batching against. A cancelled request leaves at its next step in either mode."""
 
 import asyncio
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from leap_ray.api.progress import Progress
+from leap_ray.config import BatchingConfig
+from leap_ray.engines.contract import ProgressHook, RunningBatch, StopCheck
 from leap_ray.engines.failures import internal_error
-from leap_ray.errors import LeapRayError
 from leap_ray.serve import metrics
-
-
-class RunningBatch(Protocol):
-    """What the scheduler drives: `StepBatch` (SDXL) and `DecodeBatch` (MusicGen)."""
-
-    @property
-    def load(self) -> int: ...  # what the admitted requests hold against max_batch_size; 0: idle
-
-    def clear(self) -> None: ...  # forgets every request (after a fault of the batch itself)
-
-    def cost(self, request: Any) -> int: ...
-
-    def can_join(self, request: Any) -> bool: ...  # besides its cost (e.g. a model's cache size)
-
-    def admit(
-        self, request: Any, should_stop: Callable[[], bool], progress: Callable[[Progress], None] | None
-    ) -> LeapRayError | None: ...
-
-    def step(self) -> list[tuple[Any, Any]]: ...
 
 
 def _settle(outcome: Future, value: Any) -> None:
@@ -49,29 +33,33 @@ def _settle(outcome: Future, value: Any) -> None:
 @dataclass
 class _Waiting:
     request: Any
-    should_stop: Callable[[], bool]
-    progress: Callable[[Progress], None] | None
+    should_stop: StopCheck
+    progress: ProgressHook | None
     outcome: Future = field(default_factory=Future)
     arrived: float = field(default_factory=time.monotonic)
 
 
 class StepScheduler:
-    def __init__(self, batch: RunningBatch, max_load: int) -> None:
+    def __init__(self, batch: RunningBatch, batching: BatchingConfig) -> None:
         self.batch = batch
-        self.max_load = max_load
+        self.steps = 0
         self._waiting: deque[_Waiting] = deque()
         self._running: dict[int, _Waiting] = {}  # by id of the request
         self._wake = threading.Condition()
-        self._thread = threading.Thread(target=self._loop, name="sdxl-steps", daemon=True)
+        self.configure(batching)
+        self._thread = threading.Thread(target=self._loop, name="model-steps", daemon=True)
         self._thread.start()
 
-    async def generate(
-        self,
-        request: Any,
-        should_stop: Callable[[], bool],
-        progress: Callable[[Progress], None] | None,
-    ) -> Any:
-        """The request's engine outcome (its result or its error), once its steps are done."""
+    def configure(self, batching: BatchingConfig) -> None:
+        """Takes new batching settings (Serve's user_config), from the next admission on."""
+        with self._wake:
+            self.batching = batching
+            self.batch.max_load = batching.max_batch_size
+            self._wake.notify()
+
+    async def generate(self, request: Any, should_stop: StopCheck, progress: ProgressHook | None) -> Any:
+        """The request's engine outcome (its result or its error), once its steps are done; None when it
+        was cancelled before it ran."""
         waiting = _Waiting(request, should_stop, progress)
         with self._wake:
             self._waiting.append(waiting)
@@ -84,6 +72,7 @@ class StepScheduler:
             try:
                 load, started = self.batch.load, time.perf_counter()
                 finished = self.batch.step()
+                self.steps += 1
                 metrics.step_seconds().observe(time.perf_counter() - started)
                 metrics.batch_load().observe(load)
             except Exception as error:  # not one request's fault (those come back as outcomes)
@@ -98,6 +87,10 @@ class StepScheduler:
         with self._wake:
             while not self._waiting and not self.batch.load:
                 self._wake.wait()
+            if self.batching.batching == "request":
+                if self.batch.load:  # a whole-request batch takes no one until it is done
+                    return
+                self._wait_to_fill()
         while waiting := self._next_fitting():
             if waiting.should_stop():  # cancelled while it waited: it never runs
                 _settle(waiting.outcome, None)
@@ -108,6 +101,15 @@ class StepScheduler:
                 _settle(waiting.outcome, error)
             else:
                 self._running[id(waiting.request)] = waiting
+
+    def _wait_to_fill(self) -> None:
+        """Waits (holding the lock's condition) until the waiting requests would fill a batch or the
+        oldest has waited `batch_wait_timeout_s`."""
+        deadline = self._waiting[0].arrived + self.batching.batch_wait_timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            if sum(self.batch.cost(waiting.request) for waiting in self._waiting) >= self.batch.max_load:
+                return
+            self._wake.wait(left)
 
     def _next_fitting(self) -> _Waiting | None:
         """The oldest waiting request, if it fits now (only this thread touches the batch)."""
@@ -121,4 +123,4 @@ class StepScheduler:
         batch = self.batch
         if not batch.load:
             return True
-        return batch.load + batch.cost(request) <= self.max_load and batch.can_join(request)
+        return batch.load + batch.cost(request) <= batch.max_load and batch.can_join(request)

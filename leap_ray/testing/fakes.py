@@ -38,26 +38,26 @@ def die_if_due(marker_dir: Path, deaths: int) -> None:
 
 class DyingSDXLEngine(SDXLEngine):
     """The real engine, except that its replica dies while it takes in a request, the first `deaths`
-    times (`die_if_due`). Both batching modes take requests in through `_admit`."""
+    times (`die_if_due`)."""
 
     def __init__(self, model: str, *, marker_dir: str, deaths: int, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         self.marker_dir = Path(marker_dir)
         self.deaths = deaths
 
-    def _admit(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+    def admit(self, request: Any, *args: Any, **kwargs: Any) -> Any:
         die_if_due(self.marker_dir, self.deaths)
-        return super()._admit(request, *args, **kwargs)
+        return super().admit(request, *args, **kwargs)
 
 
 class DyingRefinerEngine(SDXLRefinerEngine):
-    """The real refiner, except that its replica dies as it starts a batch, the first `deaths` times."""
+    """The real refiner, except that its replica dies as it takes in a hand-off, the first `deaths` times."""
 
     def __init__(self, model: str, *, marker_dir: str, deaths: int, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         self.marker_dir = Path(marker_dir)
         self.deaths = deaths
 
-    def generate(self, *args: Any, **kwargs: Any) -> Any:
+    def admit(self, *args: Any, **kwargs: Any) -> Any:
         die_if_due(self.marker_dir, self.deaths)
-        return super().generate(*args, **kwargs)
+        return super().admit(*args, **kwargs)

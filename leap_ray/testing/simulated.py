@@ -2,8 +2,8 @@
 (many replicas, many "GPUs") on a laptop. Inject them with a model deployment's `engine` setting:
 `leap_ray.testing.simulated:SimulatedSDXLEngine` and `:SimulatedMusicGenEngine`.
 
-They keep the engine contract (`leap_ray.engines.contract`) and run under both batching modes (they
-bring their own running batch for `batching: step`): requests are admitted, stepped, reported,
+They keep the engine contract (`leap_ray.engines.contract`) with a running batch of their own:
+requests are admitted, stepped, reported,
 cancelled and answered as by the real engines, but a step sleeps for a latency model's time instead
 of computing, and outputs are seeded and of the right shape (images of flat blocks, audio noise).
 Cues, as engine kwargs: a prompt equal to `fail_prompt` fails its request alone (ModelError), as a
@@ -23,7 +23,7 @@ Latency defaults come from our own measurements on one NVIDIA H200
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,8 +33,7 @@ from leap_ray.api.common import draw_seed
 from leap_ray.api.musicgen import MusicGenModelSpec, MusicGenRequest
 from leap_ray.api.progress import AudioProgress, Progress, StepProgress
 from leap_ray.api.sdxl import SDXLModelSpec, SDXLRequest, seeds_for
-from leap_ray.engines.musicgen import MusicGenResult
-from leap_ray.engines.sdxl import SDXLResult
+from leap_ray.engines.results import MusicGenResult, SDXLResult
 from leap_ray.errors import LeapRayError, ModelError
 
 REFERENCE_PIXELS = 1024 * 1024
@@ -66,28 +65,12 @@ class _SimulatedEngine:
         self.fail_prompt, self.die_prompt = fail_prompt, die_prompt
         self.overhead_s = overhead_s
 
-    def running_batch(self) -> "SimulatedBatch":
-        """The deployment's running batch under `batching: step` (in place of StepBatch/DecodeBatch)."""
-        return SimulatedBatch(self)
+    def running_batch(self, max_load: int = 8) -> "SimulatedBatch":
+        """The replica's running batch (in place of StepBatch/DecodeBatch)."""
+        return SimulatedBatch(self, max_load)
 
     def spec(self) -> SDXLModelSpec | MusicGenModelSpec:
         raise NotImplementedError
-
-    def generate(
-        self,
-        requests: Sequence[Any],
-        should_stop: Sequence[Callable[[], bool] | None] | None = None,
-        progress: Sequence[Callable[[Progress], None] | None] | None = None,
-    ) -> list[Any]:
-        """Whole-request batching: the requests run together until the last one is done."""
-        batch, outcomes = SimulatedBatch(self), {}
-        errors = [
-            batch.admit(request, should_stop[i] if should_stop else None, progress[i] if progress else None)
-            for i, request in enumerate(requests)
-        ]
-        while batch.load:
-            outcomes.update((id(request), outcome) for request, outcome in batch.step())
-        return [error or outcomes[id(request)] for request, error in zip(requests, errors, strict=True)]
 
     # What each model defines:
     def steps(self, request: Any) -> int:
@@ -112,10 +95,10 @@ class _SimulatedEngine:
 class SimulatedBatch:
     """The simulated running batch (the `RunningBatch` the step scheduler drives)."""
 
-    def __init__(self, engine: _SimulatedEngine) -> None:
+    def __init__(self, engine: _SimulatedEngine, max_load: int) -> None:
         self.engine = engine
         self.running: list[_Job] = []
-        self.max_tracks = 0  # set by the MusicGen deployment; the simulation has no cache to size
+        self.max_load = max_load  # the simulation has no cache to size by it
 
     @property
     def load(self) -> int:

@@ -158,12 +158,16 @@ def test_the_refiner_hands_off_at_denoising_end_or_its_own_start():
 
 
 def test_the_graph_must_offer_the_refiner_and_the_adapters():
+    without = SDXLModelSpec(**{**SPEC.__dict__, "refiner": False})  # a graph without a refiner
     for fields, param in (({"refiner": {}}, "refiner"), ({"loras": [{"name": "ink"}]}, "loras")):
         with pytest.raises(InvalidRequest) as caught:
-            SDXLRequest(prompt="x", **fields).check_against(SPEC)
+            SDXLRequest(prompt="x", **fields).check_against(without)
         assert caught.value.param == param
     offered = SDXLModelSpec(**{**SPEC.__dict__, "refiner": True, "loras": ("ink",)})
     SDXLRequest(prompt="x", refiner={}, loras=[{"name": "ink"}]).check_against(offered)
+    # An engine alone does not know the graph: it hands a refiner's request back as latents.
+    assert SPEC.refiner is None
+    SDXLRequest(prompt="x", refiner={}).check_against(SPEC)
 
 
 def test_the_adapter_set_names_the_adapters_not_their_scales():

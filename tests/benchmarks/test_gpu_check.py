@@ -14,7 +14,7 @@ ROOT = Path(__file__).parents[2]
 
 @pytest.mark.integration  # a subprocess loading both tiny models: about 20 s
 def test_the_gpu_check_runs_on_the_cpu_with_the_tiny_models(tmp_path):
-    sections = "sdxl:eager,musicgen:eager,musicgen:step"
+    sections = "sdxl:eager,musicgen:eager,musicgen:cuda_graphs"  # graphs: eager on a CPU
     command = [sys.executable, "-m", "benchmarks.gpu_check", "--tiny", "--only", sections, "--steps", "2"]
     finished = subprocess.run(
         command,
@@ -27,6 +27,6 @@ def test_the_gpu_check_runs_on_the_cpu_with_the_tiny_models(tmp_path):
     assert finished.returncode == 0, finished.stderr[-2000:]
     results = json.loads((tmp_path / "gpu_check.json").read_text())
     rows = results["sdxl"] + results["musicgen"]
-    assert {row["variant"] for row in rows} == {"eager", "step"}
+    assert {row["variant"] for row in rows} == {"eager", "cuda_graphs"}
     assert all(row.get("finite") is True and row["seconds"] > 0 for row in rows), rows
-    assert results["musicgen_step_vs_eager_greedy_max_diff"] == 0.0
+    assert results["musicgen_cuda_graphs_vs_eager_greedy_max_diff"] == 0.0

@@ -7,15 +7,10 @@ import torch
 
 from leap_ray.api.audio import DecodedAudio, encode_audio
 from leap_ray.api.musicgen import MusicGenRequest
-from leap_ray.engines.contract import Engine
-from leap_ray.engines.musicgen import (
-    MusicGenEngine,
-    MusicGenResult,
-    delay_pattern,
-    sample_tokens,
-    window_schedule,
-)
-from leap_ray.engines.musicgen_decoder import StaticDecoder
+from leap_ray.engines.contract import Engine, generate
+from leap_ray.engines.musicgen import MusicGenEngine
+from leap_ray.engines.musicgen_tracks import delay_pattern, sample_tokens, window_schedule
+from leap_ray.engines.results import MusicGenResult
 from leap_ray.errors import InvalidRequest, LeapRayError, ModelError
 
 SAMPLE_RATE = 32_000
@@ -32,8 +27,8 @@ def melody_engine(tiny_models) -> MusicGenEngine:
 
 
 def generate_one(engine: MusicGenEngine, **fields) -> MusicGenResult:
-    (result,) = engine.generate(
-        [MusicGenRequest(**{"prompt": "lo-fi beat", "duration": 1, "seed": 3, **fields})]
+    (result,) = generate(
+        engine, [MusicGenRequest(**{"prompt": "lo-fi beat", "duration": 1, "seed": 3, **fields})]
     )
     assert isinstance(result, MusicGenResult)
     return result
@@ -68,13 +63,13 @@ def test_windows_follow_audiocrafts_rule():
 
 def test_sixty_seconds_run_three_windows_carrying_the_prompt(engine, monkeypatch):
     seen = []
-    run_window = engine._run_window
+    keep_codes = engine.keep_codes
 
-    def spy(tracks, round_index):
-        seen.append((round_index, None if tracks[0].prompt is None else tracks[0].prompt.shape[1]))
-        run_window(tracks, round_index)
+    def spy(track, sequence, window):  # at each window's end: the prompt that window carried in
+        seen.append((window, None if track.prompt is None else track.prompt.shape[1]))
+        keep_codes(track, sequence, window)
 
-    monkeypatch.setattr(engine, "_run_window", spy)
+    monkeypatch.setattr(engine, "keep_codes", spy)
     assert generate_one(engine, duration=60).waveform.shape == (60 * SAMPLE_RATE,)
     assert seen == [(0, None), (1, 600), (2, 600)]
 
@@ -83,12 +78,13 @@ def test_a_seed_reproduces_the_audio_solo_and_inside_a_mixed_batch(engine):
     alone = generate_one(engine, prompt="lo-fi beat", duration=1.5, seed=21)
     again = generate_one(engine, prompt="lo-fi beat", duration=1.5, seed=21)
     assert np.array_equal(alone.waveform, again.waveform)
-    batch = engine.generate(
+    batch = generate(
+        engine,
         [
             MusicGenRequest(prompt="an epic orchestral finale with brass", duration=2, seed=1, top_p=0.9),
             MusicGenRequest(prompt="lo-fi beat", duration=1.5, seed=21),
             MusicGenRequest(prompt="jazz", duration=0.5, seed=2, guidance_scale=1.0, temperature=0.5),
-        ]
+        ],
     )
     assert [r.batch_size for r in batch] == [3, 3, 3]
     assert [len(r.waveform) for r in batch] == [64_000, 48_000, 16_000]
@@ -115,7 +111,7 @@ def test_each_sampling_knob_changes_the_audio(engine, change):
 
 
 def test_a_seed_is_drawn_and_returned_when_absent(engine):
-    (first, second) = engine.generate([MusicGenRequest(prompt="a", duration=0.5)] * 2)
+    (first, second) = generate(engine, [MusicGenRequest(prompt="a", duration=0.5)] * 2)
     assert first.seed != second.seed
     assert np.array_equal(
         generate_one(engine, prompt="a", duration=0.5, seed=first.seed).waveform, first.waveform
@@ -133,22 +129,24 @@ def test_melody_changes_the_output_and_follows_its_pitch(melody_engine):
 
 def test_melody_reproduces_inside_a_batch(melody_engine):
     alone = generate_one(melody_engine, melody=a_melody(), duration=2)
-    batch = melody_engine.generate(
+    batch = generate(
+        melody_engine,
         [
             MusicGenRequest(prompt="drum and bass", duration=1, seed=9),
             MusicGenRequest(prompt="lo-fi beat", duration=2, seed=3, melody=a_melody()),
-        ]
+        ],
     )
     assert np.array_equal(batch[1].waveform, alone.waveform)
 
 
 def test_melody_on_a_text_only_model_is_refused_naming_melody(engine):
-    (error,) = engine.generate([MusicGenRequest(prompt="a", duration=1, melody=a_melody())])
+    (error,) = generate(engine, [MusicGenRequest(prompt="a", duration=1, melody=a_melody())])
     assert isinstance(error, InvalidRequest) and error.param == "melody"
 
 
 def test_should_stop_ends_the_track_early(engine):
-    stopped, finished = engine.generate(
+    stopped, finished = generate(
+        engine,
         [MusicGenRequest(prompt="a", duration=1, seed=1), MusicGenRequest(prompt="b", duration=1, seed=2)],
         should_stop=[lambda: True, None],
     )
@@ -236,83 +234,7 @@ SENTINEL = 1234.5
 
 
 def solo_waveforms(engine: MusicGenEngine, requests: list[MusicGenRequest]) -> list[np.ndarray]:
-    return [engine.generate([request])[0].waveform for request in requests]
-
-
-def decoder_faulting(engine, monkeypatch, fault_when) -> None:
-    """Makes the decoder raise when `fault_when(rows, prefill_length, text_states, step)` says so, where
-    step counts the decoder calls since the window began (its prefill is 0), the prefill spans the
-    window's carried-over prompt, and text_states are the window's cross-attention states."""
-    state = {}
-    set_cross, prefill, step = StaticDecoder.set_cross, StaticDecoder.prefill, StaticDecoder.step
-
-    def check() -> None:
-        if fault_when(state["rows"], state["length"], state["states"], state["step"]):
-            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
-
-    def faulty_set_cross(self, states, mask):
-        state["states"] = states
-        return set_cross(self, states, mask)
-
-    def faulty_prefill(self, embeds):
-        state.update(rows=embeds.shape[0], length=embeds.shape[1], step=0)
-        check()
-        return prefill(self, embeds)
-
-    def faulty_step(self, tokens, positions):
-        state["step"] += 1
-        check()
-        return step(self, tokens, positions)
-
-    monkeypatch.setattr(StaticDecoder, "set_cross", faulty_set_cross)
-    monkeypatch.setattr(StaticDecoder, "prefill", faulty_prefill)
-    monkeypatch.setattr(StaticDecoder, "step", faulty_step)
-
-
-def test_a_window_too_big_for_the_model_is_rerun_one_track_at_a_time(engine, monkeypatch):
-    alone = solo_waveforms(engine, TRACKS)
-
-    def batched_second_window_mid_way(rows, length, states, step):
-        return rows > 2 and length > 1 and step == 10  # a track has 2 rows: conditional, unconditional
-
-    decoder_faulting(engine, monkeypatch, batched_second_window_mid_way)
-    results = engine.generate(TRACKS)
-    assert [result.batch_size for result in results] == [3, 3, 3]  # the first window ran together
-    for result, expected in zip(results, alone, strict=True):
-        assert np.array_equal(result.waveform, expected)
-
-
-def test_a_model_fault_on_one_tracks_rows_fails_only_that_track_and_it_leaves(engine, monkeypatch):
-    alone = solo_waveforms(engine, TRACKS)
-    encode_text = engine._encode_text
-
-    def marked(prompt):
-        states = encode_text(prompt)
-        return states.index_fill(1, torch.tensor([0]), SENTINEL) if prompt == "poison" else states
-
-    def culprits_second_window_mid_way(rows, length, states, step):
-        return bool((states == SENTINEL).any()) and length > 1 and step == 10
-
-    monkeypatch.setattr(engine, "_encode_text", marked)
-    decoder_faulting(engine, monkeypatch, culprits_second_window_mid_way)
-    windows = spy_on_windows(engine, monkeypatch)
-    culprit = MusicGenRequest(prompt="poison", duration=50, seed=4)
-    first, second, error, third = engine.generate([*TRACKS[:2], culprit, TRACKS[2]])
-    assert isinstance(error, ModelError) and (error.status_code, error.code) == (503, "model_error")
-    for result, expected in zip((first, second, third), alone, strict=True):
-        assert np.array_equal(result.waveform, expected)
-    assert windows[-1] == (2, ["jazz"])  # the failed track ran no third window
-
-
-def spy_on_windows(engine, monkeypatch) -> list[tuple[int, list[str]]]:
-    seen, run_window = [], engine._run_window
-
-    def spy(tracks, round_index):
-        seen.append((round_index, [track.request.prompt for track in tracks]))
-        run_window(tracks, round_index)
-
-    monkeypatch.setattr(engine, "_run_window", spy)
-    return seen
+    return [generate(engine, [request])[0].waveform for request in requests]
 
 
 def unresamplable(waveform, source_rate, target_rate):
@@ -348,7 +270,7 @@ def test_a_melody_the_model_cannot_use_fails_its_request_alone_naming_melody(
     else:
         monkeypatch.setattr(target, replacement)
     culprit = MusicGenRequest(prompt="lo-fi beat", duration=1, seed=3, melody=a_melody())
-    first, error, second = melody_engine.generate([innocents[0], culprit, innocents[1]])
+    first, error, second = generate(melody_engine, [innocents[0], culprit, innocents[1]])
     assert type(error) is error_type
     if error_type is InvalidRequest:
         assert (error.status_code, error.param, error.code) == (422, "melody", "invalid_input")
@@ -356,15 +278,15 @@ def test_a_melody_the_model_cannot_use_fails_its_request_alone_naming_melody(
 
 
 def test_a_prompt_the_text_encoder_fails_on_fails_alone_with_a_model_error(engine, monkeypatch):
-    encode_text = engine._encode_text
+    encode_text = engine.encode_text
 
     def faulty(prompt):
         if prompt == "poison":
             raise RuntimeError("CUDA error: device-side assert triggered")
         return encode_text(prompt)
 
-    monkeypatch.setattr(engine, "_encode_text", faulty)
-    error, result = engine.generate([MusicGenRequest(prompt="poison", duration=1), TRACKS[2]])
+    monkeypatch.setattr(engine, "encode_text", faulty)
+    error, result = generate(engine, [MusicGenRequest(prompt="poison", duration=1), TRACKS[2]])
     assert isinstance(error, ModelError) and error.code == "model_error"
     assert np.array_equal(result.waveform, solo_waveforms(engine, [TRACKS[2]])[0])
 
@@ -379,7 +301,7 @@ def test_a_track_that_fails_to_decode_fails_alone(engine, monkeypatch):
 
     monkeypatch.setattr(engine.model.audio_encoder, "decode", faulty)
     requests = [MusicGenRequest(prompt="a", duration=0.5, seed=1), TRACKS[2]]
-    error, result = engine.generate(requests)
+    error, result = generate(engine, requests)
     assert isinstance(error, ModelError) and error.code == "model_error"
     assert np.array_equal(result.waveform, solo_waveforms(engine, [TRACKS[2]])[0])
 
@@ -389,7 +311,7 @@ def test_a_failing_progress_hook_fails_its_request_alone_as_an_internal_error(en
         raise RuntimeError("the event loop is closed")
 
     requests = [MusicGenRequest(prompt="a", duration=2, seed=1), TRACKS[2]]
-    error, result = engine.generate(requests, progress=[broken, None])
+    error, result = generate(engine, requests, progress=[broken, None])
     assert isinstance(error, LeapRayError) and (error.status_code, error.code) == (500, "internal_error")
     assert np.array_equal(result.waveform, solo_waveforms(engine, [TRACKS[2]])[0])
 
@@ -399,7 +321,7 @@ def test_a_fault_outside_any_request_fails_each_with_its_own_model_error(engine,
         raise RuntimeError("CUDA error: unspecified launch failure")
 
     monkeypatch.setattr(engine, "spec", broken)
-    first, second = engine.generate(TRACKS[:2])
+    first, second = generate(engine, TRACKS[:2])
     assert isinstance(first, ModelError) and isinstance(second, ModelError) and first is not second
 
 
@@ -407,5 +329,5 @@ def test_progress_is_a_typed_event_per_generated_second(engine):
     from leap_ray.api.progress import AudioProgress
 
     events = []
-    engine.generate([MusicGenRequest(prompt="a", duration=2, seed=1)], progress=[events.append])
+    generate(engine, [MusicGenRequest(prompt="a", duration=2, seed=1)], progress=[events.append])
     assert events == [AudioProgress(1.0, 2.0), AudioProgress(2.0, 2.0)]

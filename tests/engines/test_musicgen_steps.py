@@ -9,9 +9,11 @@ from transformers import AutoTokenizer, MusicgenForConditionalGeneration
 
 from leap_ray.api.audio import DecodedAudio
 from leap_ray.api.musicgen import MusicGenRequest
-from leap_ray.engines.musicgen import MusicGenEngine, MusicGenResult
+from leap_ray.engines.contract import generate
+from leap_ray.engines.musicgen import MusicGenEngine
 from leap_ray.engines.musicgen_decoder import StaticDecoder
 from leap_ray.engines.musicgen_steps import DecodeBatch
+from leap_ray.engines.results import MusicGenResult
 from leap_ray.errors import InvalidRequest, LeapRayError, ModelError
 
 # Windows of 4 s moving 2.4 s (audiocraft's 30 s and 18 s, scaled down), so a 9 s track runs four.
@@ -45,7 +47,7 @@ def run_tokens(batch: DecodeBatch, arrivals: dict[int, list], hooks: dict | None
 
 
 def solo(engine: MusicGenEngine, request: MusicGenRequest) -> np.ndarray:
-    (result,) = engine.generate([request])
+    (result,) = generate(engine, [request])
     return result.waveform
 
 

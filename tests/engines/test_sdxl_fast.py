@@ -66,8 +66,7 @@ def test_batches_of_any_size_within_the_buckets_never_recompile_after_warm_up(ti
         batch_buckets=[1, 2, 4],
         warm_up_sizes=[[64, 64]],
     )
-    batch = StepBatch(engine)
-    batch.warm_up()
+    batch = engine.running_batch()  # a compiled engine's batch has warmed up every bucket
     warmed = counter.frame_count
     assert warmed >= 4  # the UNet at three buckets, the VAE decoder at one image
     arrivals = {
@@ -87,8 +86,7 @@ def test_a_compiled_engine_gives_the_eager_images_within_2_of_255(tiny_models, e
     compiled = SDXLEngine(
         str(tiny_models["sdxl"]), compile=True, batch_buckets=[1], warm_up_sizes=[[64, 64]], fuse_qkv=True
     )
-    batch = StepBatch(compiled)
-    batch.warm_up()
+    batch = compiled.running_batch()
     request = SDXLRequest(prompt="a lighthouse", seed=7, num_inference_steps=3, **SMALL)
     fast = run_steps(batch, {0: [request]})[7].images[0]
     eager = run_steps(StepBatch(engine), {0: [request]})[7].images[0]

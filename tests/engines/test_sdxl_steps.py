@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from leap_ray.api.sdxl import SDXLRequest
-from leap_ray.engines.sdxl import SDXLResult
+from leap_ray.engines.results import SDXLResult
 from leap_ray.engines.sdxl_steps import StepBatch
 from leap_ray.errors import InvalidRequest, LeapRayError
 from tests.helpers import run_steps, seeds_of, solo
@@ -141,7 +141,7 @@ def test_requests_finishing_together_are_decoded_together_and_a_failing_decode_i
 def test_requests_joining_at_one_step_share_one_prompt_encoding_and_a_failing_one_fails_alone(
     engine, reference, monkeypatch
 ):
-    encode, calls = engine._default.encode_prompt, []
+    encode, calls = engine.pipeline.encode_prompt, []
 
     def counted(**kwargs):
         prompts = kwargs["prompt"] if isinstance(kwargs["prompt"], list) else [kwargs["prompt"]]
@@ -150,7 +150,7 @@ def test_requests_joining_at_one_step_share_one_prompt_encoding_and_a_failing_on
             raise RuntimeError("CUDA error: device-side assert triggered")
         return encode(**kwargs)
 
-    monkeypatch.setattr(engine._default, "encode_prompt", counted)
+    monkeypatch.setattr(engine.pipeline, "encode_prompt", counted)
     together = [
         SDXLRequest(prompt="a fox", seed=41, num_inference_steps=2, **SMALL),
         SDXLRequest(

@@ -1,16 +1,19 @@
 """img2img, inpainting, LoRA adapters and the refiner hand-off: every image equals its diffusers
 reference (the workflow's own pipeline; `load_lora_weights` + `set_adapters`; the base with
 `denoising_end` and `output_type="latent"` then the refiner with `denoising_start`, same generators),
-under both batching modes, while sharing batches with other requests."""
+while sharing step batches with other requests."""
 
 import numpy as np
 import pytest
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 from safetensors.torch import load_file, save_file
 
-from leap_ray.api.sdxl import RefineRequest, SDXLRequest
+from leap_ray.api.handoff import RefineRequest
+from leap_ray.api.sdxl import SDXLRequest
 from leap_ray.api.sdxl_workflows import RefinerOptions
-from leap_ray.engines.sdxl import SDXLEngine, SDXLResult
+from leap_ray.engines.contract import generate
+from leap_ray.engines.results import SDXLResult
+from leap_ray.engines.sdxl import SDXLEngine
 from leap_ray.engines.sdxl_refiner import SDXLRefinerEngine
 from leap_ray.engines.sdxl_steps import StepBatch
 from leap_ray.errors import InvalidRequest
@@ -69,11 +72,6 @@ def test_img2img_and_inpainting_join_a_step_batch_and_equal_their_pipelines(engi
     assert outcomes[INPAINT.seed].batch_size > INPAINT.image_count
 
 
-def test_the_request_level_engine_runs_img2img_and_inpainting_as_their_pipelines(engine, reference):
-    for request, result in zip(WORKFLOWS, engine.generate(WORKFLOWS), strict=True):
-        assert_solo(result, reference, request)
-
-
 def test_img2img_keeps_the_image_size_rounded_down_to_a_multiple_of_8():
     assert (IMG2IMG.height, IMG2IMG.width) == (64, 64)
 
@@ -129,22 +127,19 @@ LORA_REQUESTS = [
 ]
 
 
-@pytest.mark.parametrize("mode", ["step", "request"])
+@pytest.mark.parametrize("per_row", [True, False], ids=["per-row", "a-call-per-set"])
 def test_lora_images_equal_diffusers_set_adapters_whoever_shares_their_unet_calls(
-    mode, lora_engine, lora_reference
+    per_row, lora_engine, lora_reference, monkeypatch
 ):
-    if mode == "step":
-        outcomes = run_steps(StepBatch(lora_engine), {0: LORA_REQUESTS})
-        results = [outcomes[request.seed] for request in LORA_REQUESTS]
-    else:
-        results = lora_engine.generate(LORA_REQUESTS)
+    monkeypatch.setattr(lora_engine, "per_row_adapters", per_row)
+    outcomes = run_steps(StepBatch(lora_engine), {0: LORA_REQUESTS})
+    results = [outcomes[request.seed] for request in LORA_REQUESTS]
     plain = None
     for request, result in zip(LORA_REQUESTS, results, strict=True):
         expected = lora_solo(lora_reference, request)
         assert np.abs(np.stack(result.images) - expected).max() < TOLERANCE, request.prompt
-        # Step batching: one UNet call for the three sets (each row its own adapters); whole-request
-        # batching: a call per set.
-        assert result.batch_size == (3 if mode == "step" else 1)
+        # Per row: one UNet call for the three sets (each row its own adapters); else a call per set.
+        assert result.batch_size == (3 if per_row else 1)
         plain = expected if plain is None else plain
     assert np.abs(np.stack(results[1].images) - plain).max() > 0.01  # the adapter acts
 
@@ -173,10 +168,10 @@ def test_adapters_beyond_the_bound_are_evicted_least_recently_used(tiny_models, 
     adapters.activate((("ink", 1.0),))
     adapters.activate((("paper", 1.0),))
     assert list(adapters.loaded) == ["paper"]
-    assert engine._default.get_list_adapters() == {"unet": ["paper"]}
+    assert engine.pipeline.get_list_adapters() == {"unet": ["paper"]}
     adapters.activate((("ink", 1.0),))
     assert (list(adapters.loaded), adapters.loads) == (["ink"], 3)
-    (result,) = engine.generate([LORA_REQUESTS[2]])  # names two: more than this replica may hold
+    (result,) = generate(engine, [LORA_REQUESTS[2]])  # names two: more than this replica may hold
     assert isinstance(result, InvalidRequest) and result.param == "loras"
 
 
@@ -219,20 +214,16 @@ def hand_off(request: SDXLRequest, result: SDXLResult) -> RefineRequest:
     return RefineRequest(request, result.latents, result.generator_states, result.seeds, result.timings)
 
 
-@pytest.mark.parametrize("mode", ["step", "request"])
 def test_refined_images_equal_the_two_pipeline_ensemble_with_the_same_generators(
-    mode, engine, reference, refiner, refiner_reference
+    engine, reference, refiner, refiner_reference
 ):
     requests = [ENSEMBLE, PLAIN_ENSEMBLE, INPAINT_ENSEMBLE]
-    if mode == "step":
-        outcomes = run_steps(StepBatch(engine), {0: [TEXT, ENSEMBLE], 1: [PLAIN_ENSEMBLE, INPAINT_ENSEMBLE]})
-        bases = [outcomes[request.seed] for request in requests]
-    else:
-        bases = engine.generate(requests)
-    refined = refiner.generate(
-        [hand_off(request, base) for request, base in zip(requests, bases, strict=True)]
-    )
-    for request, result in zip(requests, refined, strict=True):
+    outcomes = run_steps(StepBatch(engine), {0: [TEXT, ENSEMBLE], 1: [PLAIN_ENSEMBLE, INPAINT_ENSEMBLE]})
+    handoffs = [hand_off(request, outcomes[request.seed]) for request in requests]
+    # The refinements join the refiner's step batch at different steps, and share its UNet calls.
+    refined = run_steps(refiner.running_batch(), {0: handoffs[:1], 2: handoffs[1:]})
+    for request in requests:
+        result = refined[request.seed]
         assert isinstance(result, SDXLResult), result
         expected = ensemble_reference(reference, refiner_reference, request)
         assert np.abs(np.stack(result.images) - expected).max() < TOLERANCE, request.prompt
@@ -267,22 +258,18 @@ def test_an_adapter_that_cannot_be_loaded_fails_its_request_only(
     engine = SDXLEngine(str(tiny_models["sdxl"]), loras=broken)
     failing = SDXLRequest(prompt="x", seed=50, loras=[{"name": "broken"}], num_inference_steps=2, **SMALL)
     plain = SDXLRequest(prompt="y", seed=51, num_inference_steps=2, **SMALL)
-    error, result = engine.generate([failing, plain])
+    error, result = generate(engine, [failing, plain])
     assert error.code == "adapter_unavailable" and str(tmp_path) not in error.message
     assert_solo(result, reference, plain)
-    assert list(engine.adapters.loaded) == [] and engine._default.get_list_adapters() == {}
+    assert list(engine.adapters.loaded) == [] and engine.pipeline.get_list_adapters() == {}
 
 
-@pytest.mark.parametrize("mode", ["step", "request"])
-def test_an_inpainting_split_into_parts_gives_the_whole_requests_images(mode, engine, reference):
+def test_an_inpainting_split_into_parts_gives_the_whole_requests_images(engine, reference):
     whole = INPAINT.model_copy(update={"num_images_per_prompt": 4, "prompt": ["a door", "a wall"]})
     parts = whole.split(3)  # as a deployment splits a request bigger than its batch
     assert [part.image_count for part in parts] == [3, 1, 3, 1]
-    if mode == "step":
-        outcomes = run_steps(StepBatch(engine), {0: parts})  # run_steps keys outcomes by seed
-        results = [outcomes[part.seed] for part in parts]
-    else:
-        results = engine.generate(parts)
+    outcomes = run_steps(StepBatch(engine), {0: parts[:2], 1: parts[2:]})  # run_steps keys outcomes by seed
+    results = [outcomes[part.seed] for part in parts]
     images = np.stack([image for result in results for image in result.images])
     assert np.abs(images - solo(reference, whole, seeds_of(whole))).max() < TOLERANCE
 

@@ -3,14 +3,15 @@ refiner stages, and a hand-off to the refiner splits to the refiner's own batch 
 
 import torch
 
+from leap_ray.api.handoff import RefineRequest
 from leap_ray.api.progress import StepProgress
-from leap_ray.api.sdxl import RefineRequest, SDXLRequest
-from leap_ray.serve.deployments import _PartsProgress
+from leap_ray.api.sdxl import SDXLRequest
+from leap_ray.serve.parts import PartsProgress
 
 
 def test_progress_of_parts_is_the_mean_in_the_earliest_stage_and_never_goes_back():
     told = []
-    parts = _PartsProgress(2, told.append)
+    parts = PartsProgress(2, told.append)
     first, second = parts.part(0), parts.part(1)
     first(StepProgress(4, 4, 1.0, stage="base"))
     first(StepProgress(1, 2, 1.0, stage="refiner"))  # part 0 refines while part 1 is still at its base

@@ -1,6 +1,7 @@
-"""The replica's step scheduler in-process: a short request that arrives while a long one runs is
-answered first, with the images it gets alone; requests beyond the image budget wait for room; a
-request cancelled while waiting never runs."""
+"""The replica's batcher in-process: under step batching a short request that arrives while a long one
+runs is answered first, with the images it gets alone, and under whole-request batching it waits for
+the long one; requests beyond the image budget wait for room; a request cancelled while waiting
+never runs."""
 
 import asyncio
 import threading
@@ -10,8 +11,10 @@ import numpy as np
 import pytest
 
 from leap_ray.api.sdxl import SDXLRequest
-from leap_ray.engines.sdxl import SDXLEngine, SDXLResult
-from leap_ray.engines.sdxl_steps import StepBatch
+from leap_ray.config import BatchingConfig
+from leap_ray.engines.contract import generate
+from leap_ray.engines.results import SDXLResult
+from leap_ray.engines.sdxl import SDXLEngine
 from leap_ray.serve.step_scheduler import StepScheduler
 
 SMALL = {"height": 64, "width": 64}
@@ -26,14 +29,18 @@ def never() -> bool:
     return False
 
 
-def test_a_short_request_behind_a_long_one_is_answered_first_with_its_own_images(engine):
-    long = SDXLRequest(prompt="long", seed=1, num_inference_steps=60, **SMALL)
+@pytest.mark.parametrize(("batching", "first"), [("step", "short"), ("request", "long")])
+def test_a_short_request_behind_a_long_one_is_answered_first_only_under_step_batching(
+    engine, batching, first
+):
+    long = SDXLRequest(prompt="long", seed=1, num_inference_steps=40, **SMALL)
     short = SDXLRequest(prompt="short", seed=2, num_inference_steps=3, **SMALL)
-    (alone,) = engine.generate([short])
+    (alone,) = generate(engine, [short])
     finished: list[str] = []
 
     async def main() -> dict[str, SDXLResult]:
-        scheduler = StepScheduler(StepBatch(engine), max_load=8)
+        settings = BatchingConfig(max_batch_size=8, batching=batching, batch_wait_timeout_s=0)
+        scheduler = StepScheduler(engine.running_batch(8), settings)
 
         async def one(name: str, request: SDXLRequest, delay: float) -> SDXLResult:
             await asyncio.sleep(delay)
@@ -45,9 +52,10 @@ def test_a_short_request_behind_a_long_one_is_answered_first_with_its_own_images
         return {"long": long_run, "short": short_run}
 
     outcomes = asyncio.run(main())
-    assert finished == ["short", "long"]
+    assert finished[0] == first
     assert np.abs(np.stack(outcomes["short"].images) - np.stack(alone.images)).max() < 1e-3
-    assert outcomes["short"].batch_size == 2  # it shared UNet calls with the long one
+    # Step batching: it shared UNet calls with the long one; whole requests: it ran after it, alone.
+    assert outcomes["short"].batch_size == (2 if batching == "step" else 1)
 
 
 def test_requests_beyond_the_image_budget_wait_and_a_cancelled_one_never_runs(engine):
@@ -57,7 +65,7 @@ def test_requests_beyond_the_image_budget_wait_and_a_cancelled_one_never_runs(en
     dropped = SDXLRequest(prompt="c", seed=3, num_inference_steps=2, **SMALL)
 
     async def main() -> list:
-        scheduler = StepScheduler(StepBatch(engine), max_load=2)
+        scheduler = StepScheduler(engine.running_batch(2), BatchingConfig(max_batch_size=2))
         started = time.perf_counter()
         tasks = [asyncio.create_task(scheduler.generate(first, never, None))]
         await asyncio.sleep(0.1)
@@ -73,16 +81,16 @@ def test_requests_beyond_the_image_budget_wait_and_a_cancelled_one_never_runs(en
     assert dropped_outcome is None
 
 
-def test_a_replica_keeps_the_batching_mode_it_started_with(tiny_models):
+def test_a_replica_takes_new_batching_settings_on_its_one_running_batch(tiny_models):
     from leap_ray.config import ModelSettings
     from leap_ray.serve.deployments import MusicGenDeployment
 
     replica = MusicGenDeployment.func_or_class(ModelSettings(model=str(tiny_models["musicgen"])))
     replica.reconfigure({"max_batch_size": 2, "batching": "step"})
-    replica.reconfigure({"max_batch_size": 4, "batching": "step"})  # other settings may change
-    assert replica._steps.max_load == 4 and replica._steps.batch.max_tracks == 4
-    with pytest.raises(ValueError, match="batching is fixed"):
-        replica.reconfigure({"max_batch_size": 4, "batching": "request"})
+    batch = replica.shim.scheduler.batch
+    replica.reconfigure({"max_batch_size": 4, "batching": "request"})  # both modes drive one batch
+    assert replica.shim.scheduler.batch is batch and batch.max_load == 4
+    assert replica.shim.scheduler.batching.batching == "request"
 
 
 def test_a_replica_without_user_config_makes_its_step_scheduler_at_its_first_request(tiny_models):
@@ -92,7 +100,7 @@ def test_a_replica_without_user_config_makes_its_step_scheduler_at_its_first_req
 
     # Serve calls reconfigure only when a user_config is set: the defaults (batching: step) apply.
     replica = MusicGenDeployment.func_or_class(ModelSettings(model=str(tiny_models["musicgen"])))
-    assert replica._steps is None
+    assert replica.shim.scheduler is None
     output = asyncio.run(replica.generate(MusicGenRequest(prompt="a", duration=1, seed=3)))
     assert isinstance(output, MusicGenOutput) and output.duration == 1.0
-    assert replica._steps is not None and replica._steps.max_load == 8
+    assert replica.shim.scheduler is not None and replica.shim.scheduler.batch.max_load == 8

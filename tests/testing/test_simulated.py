@@ -11,9 +11,8 @@ import numpy as np
 
 from leap_ray.api.musicgen import MusicGenRequest
 from leap_ray.api.sdxl import SDXLRequest
-from leap_ray.engines.contract import Engine
-from leap_ray.engines.musicgen import MusicGenResult
-from leap_ray.engines.sdxl import SDXLResult
+from leap_ray.engines.contract import Engine, generate
+from leap_ray.engines.results import MusicGenResult, SDXLResult
 from leap_ray.errors import ModelError
 from leap_ray.testing.simulated import SimulatedMusicGenEngine, SimulatedSDXLEngine
 
@@ -31,9 +30,9 @@ def test_sdxl_images_are_seeded_shaped_and_take_the_latency_models_time():
         prompt="a", height=64, width=96, num_images_per_prompt=2, num_inference_steps=25, seed=7
     )
     started = time.perf_counter()
-    (first,) = engine.generate([request])
+    (first,) = generate(engine, [request])
     assert time.perf_counter() - started >= 25 * 0.002
-    (second,) = engine.generate([request])
+    (second,) = generate(engine, [request])
     assert isinstance(first, SDXLResult) and first.seeds == [7, 8]
     assert [image.shape for image in first.images] == [(64, 96, 3)] * 2
     assert all(np.array_equal(a, b) for a, b in zip(first.images, second.images, strict=True))
@@ -66,8 +65,8 @@ def test_a_failure_on_cue_and_a_cancel_stay_with_their_request():
     good, bad, gone = (
         MusicGenRequest(prompt=p, duration=2, seed=s) for p, s in (("a", 1), ("poison", 2), ("b", 3))
     )
-    results = engine.generate(
-        [good, bad, gone], should_stop=[None, None, lambda: True], progress=[events.append] * 3
+    results = generate(
+        engine, [good, bad, gone], should_stop=[None, None, lambda: True], progress=[events.append] * 3
     )
     assert isinstance(results[0], MusicGenResult) and results[0].waveform.shape == (64_000,)
     assert isinstance(results[1], ModelError)
@@ -78,18 +77,19 @@ def test_a_failure_on_cue_and_a_cancel_stay_with_their_request():
 def test_musicgen_tracks_have_exact_sample_counts_and_seeded_audio():
     engine = SimulatedMusicGenEngine(**FAST_MUSICGEN)
     request = MusicGenRequest(prompt="a", duration=1.5, seed=4)
-    (first,), (second,) = engine.generate([request]), engine.generate([request])
+    (first,), (second,) = generate(engine, [request]), generate(engine, [request])
     assert first.waveform.shape == (48_000,) and np.array_equal(first.waveform, second.waveform)
 
 
 def test_a_die_prompt_kills_the_process_running_it_as_a_gpu_fault_would():
     code = (
         "from leap_ray.api.sdxl import SDXLRequest\n"
+        "from leap_ray.engines.contract import generate\n"
         "from leap_ray.testing.simulated import SimulatedSDXLEngine\n"
         "engine = SimulatedSDXLEngine(die_prompt='crash', step_s=0.0, image_step_s=0.0, overhead_s=0.0)\n"
-        "engine.generate([SDXLRequest(prompt='fine', height=64, width=64, num_inference_steps=2)])\n"
+        "generate(engine, [SDXLRequest(prompt='fine', height=64, width=64, num_inference_steps=2)])\n"
         "print('survived a fine request', flush=True)\n"
-        "engine.generate([SDXLRequest(prompt='crash', height=64, width=64, num_inference_steps=2)])\n"
+        "generate(engine, [SDXLRequest(prompt='crash', height=64, width=64, num_inference_steps=2)])\n"
         "print('survived the cue')\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

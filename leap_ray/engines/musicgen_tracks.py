@@ -1,0 +1,112 @@
+"""A MusicGen track's way through the running batch, and what it reproduces of audiocraft, the
+reference: the windows of a long track, the delay pattern over the codebooks, and the sampling.
+- sampling: classifier-free guidance uncond + (cond - uncond) * scale, then temperature, then top-p
+  (when > 0) or top-k, from the softmax; temperature 0 is greedy;
+- the delay pattern over the codebooks (transformers' `build_delay_pattern_mask`);
+- tracks longer than the 30 s window: keep the last 12 s of codes as the prompt of the next window,
+  move on 18 s (`extend_stride`), and slide the melody along; decode once at the end."""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from leap_ray.api.musicgen import MusicGenRequest
+from leap_ray.api.progress import AudioProgress
+from leap_ray.engines.failures import internal_error
+from leap_ray.errors import LeapRayError
+
+
+def window_schedule(total_frames: int, window_frames: int, stride_frames: int) -> list[tuple[int, int]]:
+    """(start frame, frames including the carried-over prompt) of each window, audiocraft's rule."""
+    windows: list[tuple[int, int]] = []
+    offset, prompt = 0, 0
+    while offset + prompt < total_frames:
+        length = min(total_frames - offset, window_frames)
+        windows.append((offset, length))
+        prompt = length - stride_frames
+        offset += stride_frames
+    return windows
+
+
+def delay_pattern(
+    prompt: torch.Tensor | None, frames: int, codebooks: int, start_token: int, pad_token: int
+) -> torch.Tensor:
+    """MusicGen's delay pattern for one track, (codebooks, frames + codebooks): codebook k's frame f
+    sits at position 1 + f + k; positions up to k hold the start token, those past its last frame
+    the padding token, prompt frames their codes, and -1 marks what is to be sampled. (transformers'
+    build_delay_pattern_mask skips the pattern for short lengths, hence our own.)"""
+    pattern = torch.full((codebooks, frames + codebooks), -1, dtype=torch.long)
+    prompt_frames = 0 if prompt is None else prompt.shape[1]
+    for k in range(codebooks):
+        pattern[k, : k + 1] = start_token
+        if prompt is not None:
+            pattern[k, k + 1 : k + 1 + prompt_frames] = prompt[k].cpu()
+        pattern[k, frames + k + 1 :] = pad_token
+    return pattern
+
+
+def sample_tokens(logits: torch.Tensor, request: MusicGenRequest, generator: torch.Generator) -> torch.Tensor:
+    """One token per row of (codebooks, vocabulary) logits, drawn from the request's own generator."""
+    if request.temperature <= 0:
+        return logits.argmax(dim=-1)
+    # Shifted by the maximum and divided in float64, so that a vanishing temperature (which float32
+    # rounds to 0) still gives a finite distribution rather than inf - inf = NaN.
+    shifted = (logits - logits.max(dim=-1, keepdim=True).values).double()
+    probs = torch.softmax(shifted / request.temperature, dim=-1)
+    if request.top_p > 0:
+        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+        beyond = sorted_probs.cumsum(dim=-1) - sorted_probs > request.top_p
+        sorted_probs = sorted_probs.masked_fill(beyond, 0.0)
+        sorted_probs /= sorted_probs.sum(dim=-1, keepdim=True)
+        picked = torch.multinomial(sorted_probs, 1, generator=generator)
+        return order.gather(-1, picked).squeeze(-1)
+    if request.top_k > 0:
+        k = min(request.top_k, probs.shape[-1])
+        threshold = probs.topk(k, dim=-1).values[..., -1:]
+        probs = probs * (probs >= threshold)
+        probs /= probs.sum(dim=-1, keepdim=True)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@dataclass(eq=False)
+class Track:
+    """One request on its way through the windows."""
+
+    request: MusicGenRequest
+    seed: int
+    windows: list[tuple[int, int]]
+    should_stop: Callable[[], bool] | None
+    progress: Callable[[AudioProgress], None] | None
+    text: torch.Tensor  # (tokens, hidden): projected text conditioning
+    chromas: list[torch.Tensor]  # melody model: each window's (chroma_length, 12) chroma; else empty
+    generator: torch.Generator = field(init=False)
+    prompt: torch.Tensor | None = None  # (codebooks, frames) carried into the next window
+    new_codes: list[torch.Tensor] = field(default_factory=list)
+    stopped: bool = False
+    error: LeapRayError | None = None
+    batch_size: int = 0
+    timings: dict[str, float] = field(default_factory=lambda: {"encode_s": 0.0, "generate_s": 0.0})
+
+    def __post_init__(self) -> None:
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    @property
+    def left(self) -> bool:
+        """Out of the batch: stopped by its caller, or failed."""
+        return self.stopped or self.error is not None
+
+    def check_stop(self) -> bool:
+        if not self.left and self.should_stop is not None:
+            try:
+                self.stopped = bool(self.should_stop())
+            except Exception as error:
+                self.error = internal_error(error)
+        return self.left
+
+    def report(self, event: AudioProgress) -> None:
+        if self.progress is not None and not self.left:
+            try:
+                self.progress(event)
+            except Exception as error:
+                self.error = internal_error(error)

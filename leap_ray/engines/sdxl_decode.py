@@ -1,0 +1,100 @@
+"""Decoding and previews for an SDXL step batch: latents to images as the pipeline's decode does, one
+VAE call for the images of one shape that finished at a step, and cheap latent previews.
+
+The VAE keeps diffusers' rule for float16: a VAE that asks for it (`force_upcast`, as SDXL's does:
+it overflows in float16) decodes in float32. Diffusers casts the whole VAE up and back on every call;
+here a float32 copy of it is kept, which gives the same image without the casts."""
+
+import base64
+import copy
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionXLPipeline
+
+from leap_ray.api.images import encode_image
+from leap_ray.engines.failures import request_error
+from leap_ray.engines.sdxl_fast import SDXLSpeed
+from leap_ray.errors import LeapRayError
+
+
+class LatentDecoder:
+    """Latents to images as the pipeline's decode does (latent scaling, the VAE, the watermark, the
+    image processor), with diffusers' float32 rule kept on a float32 copy of the VAE. Compiled, it
+    decodes one image per call, so that the compiled VAE sees one shape per size."""
+
+    def __init__(self, pipeline: StableDiffusionXLPipeline, speed: SDXLSpeed) -> None:
+        self.pipeline = pipeline
+        vae = pipeline.vae
+        if vae.dtype == torch.float16 and vae.config.force_upcast:
+            vae = copy.deepcopy(vae).to(torch.float32)
+        self.vae = vae
+        kwargs = speed.compile_kwargs
+        self.per_image = kwargs is not None
+        self.decode_fn = vae.decode if kwargs is None else torch.compile(vae.decode, **kwargs)
+
+    def unscale(self, latents: torch.Tensor) -> torch.Tensor:
+        config = self.vae.config
+        latents = latents.to(self.vae.dtype)
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        if mean is None or std is None:
+            return latents / config.scaling_factor
+        view = (1, len(mean), 1, 1)
+        mean = torch.tensor(mean).view(view).to(latents.device, latents.dtype)
+        std = torch.tensor(std).view(view).to(latents.device, latents.dtype)
+        return latents * std / config.scaling_factor + mean
+
+    def __call__(self, latents: torch.Tensor) -> np.ndarray:
+        """(images, height, width, 3) floats in [0, 1] for (images, channels, h, w) latents."""
+        latents = self.unscale(latents)
+        parts = latents.split(1) if self.per_image else [latents]
+        # Copies, as the UNet's: a graph replay would overwrite the previous part's output.
+        image = torch.cat([self.decode_fn(part, return_dict=False)[0].clone() for part in parts])
+        if self.pipeline.watermark is not None:
+            image = self.pipeline.watermark.apply_watermark(image)
+        return self.pipeline.image_processor.postprocess(image, output_type="np")
+
+
+def decode_together(
+    decode: Callable[[torch.Tensor], np.ndarray], latents: Sequence[torch.Tensor]
+) -> list[np.ndarray | LeapRayError]:
+    """Each entry's images (or its own error), with one `decode` call per latent shape. If a shared
+    call fails, each entry is decoded alone, and only one that fails alone gets its error."""
+    decoded: list[np.ndarray | LeapRayError | None] = [None] * len(latents)
+    for shape in dict.fromkeys(tensor.shape[1:] for tensor in latents):
+        group = [index for index, tensor in enumerate(latents) if tensor.shape[1:] == shape]
+        try:
+            images = decode(torch.cat([latents[index] for index in group]))
+        except Exception as error:
+            if len(group) == 1:
+                decoded[group[0]] = request_error(error)
+                continue
+            for index in group:
+                decoded[index] = decode_together(decode, [latents[index]])[0]
+            continue
+        start = 0
+        for index in group:
+            count = latents[index].shape[0]
+            decoded[index], start = images[start : start + count], start + count
+    return decoded
+
+
+# SDXL's 4 latent channels to RGB, a linear fit to its VAE (as ComfyUI's latent previews use): a preview
+# costs one small matrix product instead of a VAE decode.
+LATENT_RGB = torch.tensor(
+    [
+        [0.3651, 0.4232, 0.4341],
+        [-0.2533, -0.0042, 0.1068],
+        [0.1076, 0.1111, -0.0362],
+        [-0.3165, -0.2492, -0.2188],
+    ]
+)
+LATENT_RGB_BIAS = torch.tensor([0.1084, -0.0175, -0.0011])
+
+
+def latent_preview(latents: torch.Tensor) -> str:
+    """A (4, h, w) latent as a base64 PNG of h × w pixels."""
+    rgb = torch.einsum("chw,cr->hwr", latents.float().cpu(), LATENT_RGB) + LATENT_RGB_BIAS
+    pixels = ((rgb + 1) / 2).clamp(0, 1).numpy()
+    return base64.b64encode(encode_image(pixels, "png")).decode()
