@@ -1,6 +1,6 @@
 """The device check: the engines' fast paths against plain eager, directly (no Ray, no HTTP), on
-architecture-true random-weight SDXL base and MusicGen-melody built on the GPU. MusicGen runs eager,
-with CUDA graphs, and with graphs under token-level batching (`step`, as a replica runs it).
+architecture-true random-weight SDXL base and MusicGen-melody built on the GPU, each through its
+running batch (all requests admitted at once). MusicGen runs eager and with CUDA graphs.
 
     python -m benchmarks.gpu_check              # a GPU machine: full-size models, 1024², 10 s / 60 s
     python -m benchmarks.gpu_check --tiny       # anywhere: the tiny models, small sizes, same code
@@ -27,14 +27,13 @@ import torch
 from benchmarks.common import RESULTS, machine, print_table
 from leap_ray.api.musicgen import MusicGenRequest
 from leap_ray.api.sdxl import SDXLRequest
+from leap_ray.engines.contract import generate
 from leap_ray.engines.musicgen import MusicGenEngine
-from leap_ray.engines.musicgen_steps import DecodeBatch
 from leap_ray.engines.sdxl import SDXLEngine
-from leap_ray.engines.sdxl_steps import StepBatch
 
 # Sized from the H200 run of 2026-11-26 (benchmarks/recorded/) to about 7 minutes: compiling the
 # SDXL UNet takes about 1.5 minutes per batch bucket on a fresh machine, and eager MusicGen's 60 s
-# tracks took 2.6 minutes, so eager and step MusicGen run the short tracks only (`short_durations`).
+# tracks took 2.6 minutes, so eager MusicGen runs the short tracks only (`short_durations`).
 # --batches and --steps widen the SDXL grid.
 FULL = {
     "size": 1024,
@@ -104,19 +103,19 @@ def free(*objects: Any) -> None:
 
 def sdxl_batch(engine: SDXLEngine, images: int, steps: int, size: int) -> list[np.ndarray]:
     """`images` one-image requests run together through step batching, as a replica runs them."""
-    batch = StepBatch(engine)
-    for seed in range(images):
-        request = SDXLRequest(
-            prompt="a lighthouse", height=size, width=size, num_inference_steps=steps, seed=seed
-        )
-        assert batch.admit(request) is None
-    outcomes = {}
-    while batch.load:
-        outcomes.update((request.seed, outcome) for request, outcome in batch.step())
-    for outcome in outcomes.values():
+    requests = [
+        SDXLRequest(prompt="a lighthouse", height=size, width=size, num_inference_steps=steps, seed=seed)
+        for seed in range(images)
+    ]
+    return [result.images[0] for result in succeeded(generate(engine, requests))]
+
+
+def succeeded(outcomes: list[Any]) -> list[Any]:
+    """The outcomes, each a result: an error is raised."""
+    for outcome in outcomes:
         if isinstance(outcome, Exception):
             raise outcome
-    return [outcomes[seed].images[0] for seed in range(images)]
+    return outcomes
 
 
 def check_sdxl(check: Check, model: str, variant: str, options: dict[str, Any]) -> np.ndarray | None:
@@ -124,7 +123,7 @@ def check_sdxl(check: Check, model: str, variant: str, options: dict[str, Any]) 
     the fewest steps) for comparing variants."""
     plan = check.plan
     engine, load_s = timed(lambda: SDXLEngine(model, **options))
-    _, warm_s = timed(lambda: StepBatch(engine).warm_up())
+    _, warm_s = timed(lambda: engine.running_batch())  # a compiled engine's batch warms up its buckets
     print(f"sdxl {variant}: loaded in {load_s:.1f} s, warmed up in {warm_s:.1f} s", flush=True)
     reference = None
     for images in plan["batches"]:
@@ -153,29 +152,15 @@ def check_sdxl(check: Check, model: str, variant: str, options: dict[str, Any]) 
     return reference
 
 
-def tracks_together(engine: MusicGenEngine, requests: list[MusicGenRequest], step: bool) -> list[Any]:
-    """The requests' outcomes from one whole-request batch, or (`step`) from token-level batching
-    with all of them admitted at once, as a replica under `batching: step` runs them."""
-    if not step:
-        return engine.generate(requests)
-    batch, outcomes = DecodeBatch(engine, max_tracks=len(requests)), {}
-    for request in requests:
-        if (error := batch.admit(request)) is not None:
-            raise error
-    while batch.load:
-        outcomes.update((id(request), outcome) for request, outcome in batch.step())
-    return [outcomes[id(request)] for request in requests]
-
-
 def check_musicgen(
-    check: Check, model: str, variant: str, options: dict[str, Any], durations: str, step: bool = False
+    check: Check, model: str, variant: str, options: dict[str, Any], durations: str
 ) -> np.ndarray | None:
-    """One engine variant over the plan's `durations` × tracks, batched by whole requests or
-    (`step`) by tokens; a greedy 1 s track for comparing."""
+    """One engine variant over the plan's `durations` × tracks, together in its running batch; a
+    greedy 1 s track for comparing."""
     engine, load_s = timed(lambda: MusicGenEngine(model, **options))
     print(f"musicgen {variant}: loaded (and warmed up) in {load_s:.1f} s", flush=True)
     greedy_request = MusicGenRequest(prompt="a", duration=1.0, seed=0, top_k=1)
-    greedy, _ = timed(lambda: tracks_together(engine, [greedy_request], step))
+    greedy, _ = timed(lambda: succeeded(generate(engine, [greedy_request])))
     for tracks in check.plan["tracks"]:
         for duration in check.plan[durations]:
             row = {"variant": variant, "tracks": tracks, "duration_s": duration}
@@ -185,10 +170,7 @@ def check_musicgen(
             requests = [
                 MusicGenRequest(prompt="lo-fi beat", duration=duration, seed=s) for s in range(tracks)
             ]
-            results, seconds = timed(lambda: tracks_together(engine, requests, step))  # noqa: B023
-            for result in results:
-                if isinstance(result, Exception):
-                    raise result
+            results, seconds = timed(lambda: succeeded(generate(engine, requests)))  # noqa: B023
             check.add(
                 "musicgen",
                 {
@@ -262,11 +244,6 @@ def main() -> None:
             "cuda_graphs",
             lambda: check_musicgen(check, melody, "cuda_graphs", graphs, "durations"),
         ),
-        (
-            "musicgen",
-            "step",
-            lambda: check_musicgen(check, melody, "step", graphs, "short_durations", step=True),
-        ),
         ("sdxl", "compiled", lambda: check_sdxl(check, models["sdxl"], "compiled", fast)),
     ]
     outputs = {}
@@ -276,10 +253,9 @@ def main() -> None:
     check.results["sdxl_compiled_vs_eager_max_diff"] = max_difference(
         outputs.get(("sdxl", "eager")), outputs.get(("sdxl", "compiled"))
     )
-    for variant in ("cuda_graphs", "step"):
-        check.results[f"musicgen_{variant}_vs_eager_greedy_max_diff"] = max_difference(
-            outputs.get(("musicgen", "eager")), outputs.get(("musicgen", variant))
-        )
+    check.results["musicgen_cuda_graphs_vs_eager_greedy_max_diff"] = max_difference(
+        outputs.get(("musicgen", "eager")), outputs.get(("musicgen", "cuda_graphs"))
+    )
     check.save()
     report(check.results)
 
@@ -330,11 +306,10 @@ def report(results: dict[str, Any]) -> None:
         "\nSDXL compiled vs eager, max |difference| (0-1 pixels):",
         results.get("sdxl_compiled_vs_eager_max_diff"),
     )
-    for variant in ("cuda_graphs", "step"):
-        print(
-            f"MusicGen {variant} vs eager, greedy 1 s, max |difference|:",
-            results.get(f"musicgen_{variant}_vs_eager_greedy_max_diff"),
-        )
+    print(
+        "MusicGen cuda_graphs vs eager, greedy 1 s, max |difference|:",
+        results.get("musicgen_cuda_graphs_vs_eager_greedy_max_diff"),
+    )
 
 
 if __name__ == "__main__":

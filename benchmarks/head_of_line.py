@@ -48,6 +48,7 @@ def step_cost_ms(folders: dict[str, str]) -> dict[str, float]:
     (likewise, 3 s tracks against 1 s ones)."""
     from leap_ray.api.musicgen import MusicGenRequest
     from leap_ray.api.sdxl import SDXLRequest
+    from leap_ray.engines.contract import generate
     from leap_ray.engines.musicgen import MusicGenEngine
     from leap_ray.engines.sdxl import SDXLEngine
 
@@ -58,11 +59,11 @@ def step_cost_ms(folders: dict[str, str]) -> dict[str, float]:
         request = SDXLRequest(
             prompt="a", **SIZE, num_inference_steps=steps, num_images_per_prompt=images, seed=1
         )
-        return timed(lambda: sdxl.generate([request]))
+        return timed(lambda: generate(sdxl, [request]))
 
     def track_seconds(tracks: int, duration: float) -> float:
         requests = [MusicGenRequest(prompt="a", duration=duration, seed=seed) for seed in range(tracks)]
-        return timed(lambda: musicgen.generate(requests))
+        return timed(lambda: generate(musicgen, requests))
 
     image_seconds(1, 2), track_seconds(1, 1)  # warm up
     cost = {}

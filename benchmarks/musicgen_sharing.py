@@ -16,6 +16,7 @@ REPEATS = 3
 
 def main() -> None:
     from leap_ray.api.musicgen import MusicGenRequest
+    from leap_ray.engines.contract import generate
     from leap_ray.engines.musicgen import MusicGenEngine
 
     args = arguments(__doc__)
@@ -32,9 +33,9 @@ def main() -> None:
     rows = []
     for name, durations in MIXES.items():
         requests = [MusicGenRequest(prompt="lo-fi beat", duration=d, seed=i) for i, d in enumerate(durations)]
-        engine.generate(requests)  # warm up
-        shared = best_of(lambda r=requests: engine.generate(r))
-        split = best_of(lambda r=requests: [engine.generate([one]) for one in r])
+        generate(engine, requests)  # warm up
+        shared = best_of(lambda r=requests: generate(engine, r))
+        split = best_of(lambda r=requests: [generate(engine, [one]) for one in r])
         rows.append(
             {"durations": name, "shared_s": shared, "split_s": split, "split_over_shared": split / shared}
         )

@@ -51,6 +51,7 @@ def main() -> None:
         app["args"]["sdxl"].update(NULL_SDXL)
         engine = SimulatedSDXLEngine(**NULL_SDXL["engine_kwargs"])
     else:
+        from leap_ray.engines.contract import generate
         from leap_ray.engines.sdxl import SDXLEngine
 
         engine = SDXLEngine(folders["sdxl"], threads=MODEL_CPUS)
@@ -59,7 +60,7 @@ def main() -> None:
         model_handle = serve.get_deployment_handle("SDXL", "overhead")  # one hop: no ingress
 
         def direct() -> None:
-            (result,) = engine.generate([SDXLRequest(**body)])
+            (result,) = generate(engine, [SDXLRequest(**body)])
             encode_image(result.images[0], "png")  # the replica encodes too
 
         calls = {

@@ -20,10 +20,11 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.common import MODEL_CPUS, print_table, write_results
-from leap_ray.api.sdxl import RefineRequest, SDXLRequest
+from leap_ray.api.handoff import RefineRequest
+from leap_ray.api.sdxl import SDXLRequest
+from leap_ray.engines.contract import RunningBatch, generate
 from leap_ray.engines.sdxl import SDXLEngine
 from leap_ray.engines.sdxl_refiner import SDXLRefinerEngine
-from leap_ray.engines.sdxl_steps import StepBatch
 from leap_ray.model_sources import tiny_model
 
 REQUESTS = 8
@@ -32,7 +33,7 @@ ADAPTER_SETS["4 sets"] = [["ink"], ["paper"], ["ink", "paper"], ["paper@0.5"]]
 STRENGTHS = (0.3, 0.6, 1.0)
 
 
-def drain(batch: StepBatch, requests: list[SDXLRequest]) -> float:
+def drain(batch: RunningBatch, requests: list[SDXLRequest]) -> float:
     """Seconds for the batch to run these requests, all joining at the first step."""
     started = time.perf_counter()
     for request in requests:
@@ -67,7 +68,7 @@ def adapter_rows(engine: SDXLEngine, work: dict, repeats: int) -> list[dict]:
         ]
         for per_row in (True, False):
             engine.per_row_adapters = per_row
-            batch = StepBatch(engine)
+            batch = engine.running_batch()
             seconds = best_of(repeats, lambda batch=batch, requests=requests: drain(batch, requests))
             calls_before = batch.unet_calls
             drain(batch, requests)
@@ -92,7 +93,7 @@ def img2img_rows(engine: SDXLEngine, work: dict, repeats: int) -> list[dict]:
     for strength in (None, *STRENGTHS):
         extra = {} if strength is None else {"image": image, "strength": strength}
         requests = [SDXLRequest(**work, **extra, seed=index) for index in range(REQUESTS)]
-        batch = StepBatch(engine)
+        batch = engine.running_batch()
         seconds = best_of(repeats, lambda batch=batch, requests=requests: drain(batch, requests))
         rows.append(
             {"workflow": "text2img" if strength is None else f"img2img {strength}", "seconds": seconds}
@@ -107,16 +108,16 @@ def refiner_rows(engine: SDXLEngine, refiner: SDXLRefinerEngine, work: dict, rep
     refined = [SDXLRequest(**work, seed=index, refiner={}) for index in range(REQUESTS)]
 
     def ensemble() -> float:
-        started, batch, results = time.perf_counter(), StepBatch(engine), []
+        started, batch, results = time.perf_counter(), engine.running_batch(), []
         for request in refined:
             assert batch.admit(request) is None
         while batch.load:
             results += batch.step()
         jobs = [RefineRequest(r, o.latents, o.generator_states, o.seeds, o.timings) for r, o in results]
-        assert not any(isinstance(outcome, Exception) for outcome in refiner.generate(jobs))
+        assert not any(isinstance(outcome, Exception) for outcome in generate(refiner, jobs))
         return time.perf_counter() - started
 
-    base_alone = best_of(repeats, lambda: drain(StepBatch(engine), plain))
+    base_alone = best_of(repeats, lambda: drain(engine.running_batch(), plain))
     with_refiner = best_of(repeats, ensemble)
     return [
         {"run": "base, all steps", "seconds": base_alone, "vs_base": 1.0},
