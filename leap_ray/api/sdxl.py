@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import PrivateAttr, model_validator
 
-from leap_ray.api.common import offset_seed
+from leap_ray.api.common import draw_seed, offset_seed
 from leap_ray.api.responses import SDXLImage, SDXLResponse
 from leap_ray.api.sdxl_checks import SDXLModelSpec, check_against, check_combinations
 from leap_ray.api.sdxl_fields import (
@@ -125,22 +125,21 @@ class SDXLRequest(SDXLFields):
 
     def split(self, max_images: int) -> list["SDXLRequest"]:
         """This request as requests of at most `max_images` images each, in image order, that make
-        the same images: each takes one prompt's rows (text, embeddings, latents) and image j's seed."""
+        the same images: each takes one prompt's rows (text, embeddings, latents) and image j's seed
+        (the seed is drawn here when absent, so that the parts' images follow one another)."""
         if self.image_count <= max_images:
             return [self]
-        per_prompt, seed = self.num_images_per_prompt, self.seed
+        per_prompt = self.num_images_per_prompt
+        seed = self.seed if self.seed is not None else draw_seed()
         return [
             self._part(prompt, first, min(max_images, per_prompt - first), seed)
             for prompt in range(self.prompt_count)
             for first in range(0, per_prompt, max_images)
         ]
 
-    def _part(self, prompt: int, first: int, images: int, seed: int | None) -> "SDXLRequest":
+    def _part(self, prompt: int, first: int, images: int, seed: int) -> "SDXLRequest":
         image = prompt * self.num_images_per_prompt + first
-        update: dict[str, Any] = {
-            "num_images_per_prompt": images,
-            "seed": None if seed is None else offset_seed(seed, image),
-        }
+        update: dict[str, Any] = {"num_images_per_prompt": images, "seed": offset_seed(seed, image)}
         for name in TEXT_FIELDS:
             if isinstance(value := getattr(self, name), list):
                 update[name] = [value[prompt]]

@@ -47,7 +47,7 @@ EMBEDDING_FIELDS = {
     "negative_pooled_prompt_embeds": Embedding(2, "pooled_embed_width"),
 }
 # `StableDiffusionXLPipeline.__call__` arguments by role: the text (and its tensors) of each request,
-# and those that requests sharing one pipeline call must agree on (the engine groups by them).
+# and those that set up the call itself (sizes, steps, micro-conditioning).
 PROMPT_PARAMETERS = (*TEXT_FIELDS, "latents", *EMBEDDING_FIELDS, "guidance_scale")
 CALL_PARAMETERS = (
     "height",

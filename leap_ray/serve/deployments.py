@@ -16,7 +16,6 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from leap_ray.api.common import with_seed
 from leap_ray.api.handoff import RefineRequest
 from leap_ray.api.musicgen import MusicGenModelSpec
 from leap_ray.api.progress import StepProgress
@@ -116,8 +115,7 @@ class SDXLDeployment(ModelDeployment):
         return super().stats() | {"adapter_loads": adapters.loads if adapters else 0}
 
     def split(self, request: SDXLRequest) -> list[SDXLRequest]:
-        # The seed is fixed first, so that image j of every part gets seed + j (a direct call may have none).
-        return with_seed(request).split(self.shim.batching.max_batch_size)
+        return request.split(self.shim.batching.max_batch_size)
 
     async def run_part(self, part: SDXLRequest, progress: ProgressHook | None) -> Any:
         if adapter_set := serve.get_multiplexed_model_id():

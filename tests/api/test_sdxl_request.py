@@ -5,6 +5,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from leap_ray.api.common import MAX_SEED
 from leap_ray.api.sdxl import (
     CALL_PARAMETERS,
     CALLBACK_TENSOR_INPUTS,
@@ -88,6 +89,12 @@ def test_a_split_request_gives_each_part_its_prompts_rows_and_images_seeds():
         part.negative_prompt == "n" and part.model_fields_set == whole.model_fields_set for part in parts
     )
     assert all(part.image_encoding_seed is None for part in parts)  # text-to-image encodes no image
+
+
+def test_a_split_request_without_a_seed_draws_one_that_its_parts_follow():
+    parts = SDXLRequest(prompt="a", num_images_per_prompt=3, height=64, width=64).split(2)
+    first = parts[0].seed
+    assert first is not None and [part.seed for part in parts] == [first, (first + 2) % (MAX_SEED + 1)]
 
 
 def test_a_split_request_of_embeddings_gives_each_part_its_prompts_rows():
