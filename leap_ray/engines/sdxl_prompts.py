@@ -10,16 +10,9 @@ from collections.abc import Callable
 import torch
 from diffusers import StableDiffusionXLPipeline
 
+from leap_ray.api.sdxl_fields import EMBEDDING_FIELDS, TEXT_FIELDS
 from leap_ray.engines.failures import run_shared
 from leap_ray.engines.sdxl_runs import Admitted
-
-TEXT_NAMES = ("prompt", "prompt_2", "negative_prompt", "negative_prompt_2")
-EMBEDDING_NAMES = (
-    "prompt_embeds",
-    "negative_prompt_embeds",
-    "pooled_prompt_embeds",
-    "negative_pooled_prompt_embeds",
-)
 
 
 class PromptEncoder:
@@ -67,7 +60,7 @@ class PromptEncoder:
         texts = [each.request.prompt_texts() for each in group]
         joined = {
             name: None if texts[0][name] is None else [text for each in texts for text in each[name]]
-            for name in TEXT_NAMES
+            for name in TEXT_FIELDS
         }
         embeds = self.pipeline.encode_prompt(
             **joined,
@@ -91,8 +84,8 @@ class PromptEncoder:
         request = admitted.request
         kwargs = request.to_pipeline_kwargs()
         admitted.embeds = self.pipeline.encode_prompt(
-            **{name: kwargs[name] for name in TEXT_NAMES},
-            **{name: self.on_device(kwargs[name]) for name in EMBEDDING_NAMES},
+            **{name: kwargs[name] for name in TEXT_FIELDS},
+            **{name: self.on_device(kwargs[name]) for name in EMBEDDING_FIELDS},
             device=self.device,
             num_images_per_prompt=request.num_images_per_prompt,
             do_classifier_free_guidance=request.guidance_is_on(),

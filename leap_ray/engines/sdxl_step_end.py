@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from leap_ray.api.progress import StepProgress
-from leap_ray.api.sdxl import CALLBACK_TENSOR_INPUTS
+from leap_ray.api.sdxl import CALLBACK_TENSOR_INPUTS, guidance_is_on
 from leap_ray.engines.failures import internal_error
 from leap_ray.engines.sdxl_decode import latent_preview
 from leap_ray.engines.sdxl_pipelines import PipelineView
@@ -40,7 +40,7 @@ class RequestPipelineView(PipelineView):
 
     @property
     def do_classifier_free_guidance(self) -> bool:
-        return self._guidance_scale > 1
+        return guidance_is_on(self._guidance_scale)
 
     @property
     def interrupt(self) -> bool:
