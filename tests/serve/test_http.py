@@ -110,7 +110,7 @@ def test_a_melody_over_http_changes_the_music(client):
 
 BAD = [
     ("sdxl-width-not-multiple-of-8", "/v1/sdxl", {"prompt": "a", "width": 100}, "width"),
-    ("sdxl-unknown-field", "/v1/sdxl", {"prompt": "a", "strength": 1}, "strength"),
+    ("sdxl-unknown-field", "/v1/sdxl", {"prompt": "a", "sharpness": 1}, "sharpness"),
     (
         "sdxl-callback-over-http",
         "/v1/sdxl",
