@@ -56,36 +56,11 @@ def blame(param: str) -> Iterator[None]:
         ) from error
 
 
-def fail_unfinished(results: list, error: Exception) -> None:
-    """A fault outside any one request's work (e.g. reading the model's spec): every request still
-    without an entry fails with it, each with its own error object (Serve raises each one)."""
-    typed = request_error(error)
-    for index, result in enumerate(results):
-        if result is None:
-            results[index] = type(typed)(typed.message, param=typed.param, code=typed.code)
-
-
-def collect_results(count: int, fill: Callable[[list], None]) -> list:
-    """One entry per request, which `fill` sets; a fault outside any one request's work fails those
-    it left unset (`fail_unfinished`). Nothing but BaseExceptions escapes."""
-    results: list = [None] * count
-    try:
-        fill(results)
-    except Exception as error:
-        fail_unfinished(results, error)
-    return results
-
-
 class Rerunnable(Protocol):
-    """A request's state inside a shared model call."""
+    """A request inside a shared model call whose work starts from the request alone (a rerun repeats
+    it from the start)."""
 
     error: LeapRayError | None
-
-    def checkpoint(self) -> None:
-        """Remembers what a rerun must start again from."""
-
-    def rewind(self) -> None:
-        """Back to the last checkpoint, as if the failed call had not run."""
 
 
 Member = TypeVar("Member", bound=Rerunnable)
@@ -96,8 +71,6 @@ def run_shared(members: Sequence[Member], run: Callable[[list[Member]], None]) -
     failed on its own is rewound and run alone: the innocent get exactly their solo result, and only
     one that faults alone fails, with ModelError. (Retrying alone also answers out-of-memory for the
     batch as a whole.)"""
-    for member in members:
-        member.checkpoint()
     try:
         run(list(members))
     except Exception as error:
@@ -107,5 +80,4 @@ def run_shared(members: Sequence[Member], run: Callable[[list[Member]], None]) -
         logger.warning("a call of %d requests failed (%r); running them one at a time", len(members), error)
         for member in members:
             if member.error is None:
-                member.rewind()
                 run_shared([member], run)

@@ -1,5 +1,6 @@
 """A request's way through an SDXL step batch: `Admitted` (checked, seeded, waiting for its prompts to
-be encoded), `Run` (denoising: its own scheduler, latents and conditioning rows), and `SDXLResult`.
+be encoded), then `Run` (denoising: its own scheduler, latents and conditioning rows), then its
+`SDXLResult` (leap_ray.engines.results).
 
 A run starts as diffusers' pipeline call starts (diffusers 0.42, `StableDiffusionXLPipeline.__call__`):
 step 4 `retrieve_timesteps` and 8.1 the `denoising_end` cut; step 5 `prepare_latents` (noise drawn
@@ -49,12 +50,6 @@ class Admitted:
     def submitted(self) -> SDXLRequest | RefineRequest:
         """What was admitted, as its caller knows it (the hand-off, for the refiner)."""
         return self.handoff if self.handoff is not None else self.request
-
-    def checkpoint(self) -> None:
-        """Nothing to keep: encoding starts from the request alone (`failures.run_shared`)."""
-
-    def rewind(self) -> None:
-        """Nothing to undo (see `checkpoint`)."""
 
     def generators(self) -> list[torch.Generator]:
         """A CPU generator per image: seeded (seed + j), or as the base left them for the refiner."""
