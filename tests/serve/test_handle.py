@@ -8,6 +8,7 @@ from ray import serve
 
 from leap_ray.api.musicgen import MusicGenOutput
 from leap_ray.api.sdxl import SDXLOutput, SDXLRequest
+from leap_ray.engines.contract import generate
 from leap_ray.engines.sdxl import SDXLEngine
 from leap_ray.errors import InvalidRequest
 from tests.helpers import SMALL, pixels
@@ -53,7 +54,7 @@ def test_tensors_and_a_callback_through_the_handle_match_an_in_process_run(handl
     others = [handle.sdxl.remote({"prompt": f"other {i}", "seed": i, **SMALL}) for i in range(3)]
     output = handle.sdxl.remote(request).result()
     assert all(isinstance(other.result(), SDXLOutput) for other in others)
-    (expected,) = SDXLEngine(str(tiny_models["sdxl"])).generate([SDXLRequest(**request)])
+    (expected,) = generate(SDXLEngine(str(tiny_models["sdxl"])), [SDXLRequest(**request)])
     expected_pixels = (np.clip(expected.images[0], 0, 1) * 255).round()
     assert np.abs(pixels(output.images[0]) - expected_pixels).max() <= 1
 
