@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint system-packages gpu-wheels
+.PHONY: install serve test test-fast lint system-packages gpu-wheels
 
 # torch first, pinned: an unpinned torch (or one pulled in by another package) is a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -33,6 +33,11 @@ system-packages:
 test: $(STAMP) system-packages
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The in-process tier without its few slow tests, on both cores (one torch thread per worker: two
+# workers' thread pools on two cores would fight).
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not integration and not slow" -n 2 $(PYTEST_ARGS)
 
 # The wheels benchmarks/gpu_check needs on a bare offline GPU machine (Python 3.12, x86-64), into .whl/.
 gpu-wheels: $(STAMP)

@@ -1,7 +1,7 @@
 """Throughput, side by side in one run: the engines called in-process at batch sizes 1-8 (the
 ceiling), then the same work over HTTP from a closed-loop load generator at concurrency 1-16,
-with dynamic batching of whole requests ("batched"), with max_batch_size 1 ("unbatched") and with
-step-level batching ("step": SDXL denoising steps, MusicGen tokens). Prints served / ceiling.
+with batches of whole requests ("batched", `batching: request`), with max_batch_size 1 ("unbatched")
+and with step-level batching ("step": SDXL denoising steps, MusicGen tokens). Prints served / ceiling.
 
     python -m benchmarks.throughput [--full-size]
 """
@@ -40,6 +40,7 @@ def direct_ceiling(folders: dict[str, str]) -> dict[str, list[dict]]:
     from leap_ray.api.images import encode_image
     from leap_ray.api.musicgen import MusicGenRequest
     from leap_ray.api.sdxl import SDXLRequest
+    from leap_ray.engines.contract import generate
     from leap_ray.engines.musicgen import MusicGenEngine
     from leap_ray.engines.sdxl import SDXLEngine
 
@@ -48,13 +49,13 @@ def direct_ceiling(folders: dict[str, str]) -> dict[str, list[dict]]:
 
     def images(batch: int) -> float:
         requests = [SDXLRequest(**SDXL_WORK, seed=i) for i in range(batch)]
-        for result in sdxl.generate(requests):  # encoded, as the service does
+        for result in generate(sdxl, requests):  # encoded, as the service does
             [encode_image(pixels, "png") for pixels in result.images]
         return float(batch)
 
     def audio_seconds(batch: int) -> float:
         requests = [MusicGenRequest(**MUSIC_WORK, seed=i) for i in range(batch)]
-        for result in music.generate(requests):
+        for result in generate(music, requests):
             encode_audio(result.waveform, result.sample_rate, "wav")
         return batch * MUSIC_WORK["duration"]
 

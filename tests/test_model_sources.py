@@ -44,6 +44,7 @@ def test_production_code_never_imports_the_testing_package():
             assert "leap_ray.testing" not in path.read_text(), path
 
 
+@pytest.mark.slow  # a subprocess builds the tiny SDXL
 def test_resolving_a_tiny_sdxl_does_not_import_the_musicgen_builder(tmp_path):
     code = (
         "import sys; from leap_ray.model_sources import resolve_model; resolve_model('tiny:sdxl'); "

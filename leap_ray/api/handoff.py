@@ -8,6 +8,13 @@ import torch
 from leap_ray.api.sdxl import SDXLRequest
 
 
+@dataclass(frozen=True)
+class RefinerSpec:
+    """What the refiner's loaded model takes: latents of this many channels."""
+
+    latent_channels: int
+
+
 @dataclass
 class RefineRequest:
     """What the SDXL deployment sends the refiner deployment: a request's latents where the base

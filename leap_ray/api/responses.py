@@ -22,7 +22,7 @@ class SDXLImage(BaseModel):
 class SDXLResponse(BaseModel):
     images: list[SDXLImage] = Field(description="The images, in prompt order, each prompt's together.")
     timings: dict[str, float] = Field(description="Seconds spent encoding prompts and generating.")
-    batch_size: int = Field(description="Images in the pipeline call that served this request.")
+    batch_size: int = Field(description="The most images in one denoising step this request shared.")
 
 
 class MusicGenResponse(BaseModel):
@@ -32,7 +32,7 @@ class MusicGenResponse(BaseModel):
     duration: float = Field(description="Length in seconds.")
     seed: int = Field(description="The seed that reproduces this track.")
     timings: dict[str, float] = Field(description="Seconds spent per stage (e.g. generate_s, encode_s).")
-    batch_size: int = Field(description="Tracks generated together with this one.")
+    batch_size: int = Field(description="The most tracks in one decoder step this track shared.")
 
 
 class JobView(BaseModel):

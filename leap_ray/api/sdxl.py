@@ -12,7 +12,6 @@ from leap_ray.api.common import draw_seed, offset_seed
 from leap_ray.api.responses import SDXLImage, SDXLResponse
 from leap_ray.api.sdxl_checks import SDXLModelSpec, check_against, check_combinations
 from leap_ray.api.sdxl_fields import (
-    BASE_ONLY_PARAMETERS,
     CALL_PARAMETERS,
     EMBEDDING_FIELDS,
     PROMPT_PARAMETERS,
@@ -74,16 +73,14 @@ class SDXLRequest(SDXLFields):
         return kwargs
 
     def refiner_kwargs(self) -> dict[str, Any]:
-        """Arguments for the refiner's `StableDiffusionXLImg2ImgPipeline.__call__` that every image of
-        the request shares (not the texts, the latents or the generators)."""
+        """The refiner stage's own arguments of `StableDiffusionXLImg2ImgPipeline.__call__`, defaults
+        resolved; it takes the rest (guidance, eta, micro-conditioning, sampler) from the request."""
         options = self.refiner or RefinerOptions()
-        shared = {name: getattr(self, name) for name in CALL_PARAMETERS if name not in BASE_ONLY_PARAMETERS}
-        return shared | {
+        return {
             "num_inference_steps": options.num_inference_steps or self.num_inference_steps,
             "denoising_start": options.denoising_start or self.denoising_end,
             "aesthetic_score": options.aesthetic_score,
             "negative_aesthetic_score": options.negative_aesthetic_score,
-            "guidance_scale": self.guidance_scale,
         }
 
     def prompt_texts(self) -> dict[str, list[str] | None] | None:
@@ -101,7 +98,7 @@ class SDXLRequest(SDXLFields):
         return texts
 
     def call_kwargs(self) -> dict[str, Any]:
-        """The pipeline arguments that requests sharing one pipeline call must agree on."""
+        """The arguments that set up the pipeline call itself (sizes, steps, micro-conditioning)."""
         return {name: getattr(self, name) for name in CALL_PARAMETERS}
 
     def guidance_is_on(self) -> bool:

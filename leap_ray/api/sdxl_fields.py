@@ -1,7 +1,7 @@
 """The SDXL request's fields, as clients see them in `/openapi.json`: every parameter of diffusers'
 `StableDiffusionXLPipeline.__call__` that the service promises, with its bounds and description, plus
 seed, output format, scheduler and the workflows' fields. The groups the fields form (the texts, the
-embeddings, the arguments a pipeline call shares) are listed here once, for the rules and conversions
+embeddings, the arguments that set up the call) are listed here once, for the rules and conversions
 of `leap_ray.api.sdxl` and `leap_ray.api.sdxl_checks`."""
 
 from collections.abc import Callable
@@ -63,8 +63,6 @@ CALL_PARAMETERS = (
     "negative_crops_coords_top_left",
     "negative_target_size",
 )
-# What the refiner's call takes from the base request's CALL_PARAMETERS: not these.
-BASE_ONLY_PARAMETERS = ("height", "width", "num_inference_steps", "denoising_end")
 
 PromptText = prompt_text(_LIMITS.max_prompt_chars)
 _DEFAULT_SIZE = int(capped(1024, _LIMITS.max_size)) // 8 * 8

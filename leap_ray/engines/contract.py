@@ -8,7 +8,7 @@ runs one step (an SDXL denoising step, a MusicGen token) of every request in it 
 outcome of each request that finished. Whole-request batches are the same thing with admission only
 into an empty batch (`run_to_end` below, and `batching: request` in a deployment's config)."""
 
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar, runtime_checkable
 
@@ -89,18 +89,36 @@ def run_to_end(
     should_stop: Sequence[StopCheck | None] | None = None,
     progress: Sequence[ProgressHook | None] | None = None,
 ) -> list[Result | LeapRayError]:
-    """Runs the requests together to their end in `batch` (all admitted at once, whatever its
-    `max_load`): one entry per request, in order, its result or its own error. What plain-Python
-    callers (tests, benchmarks, notebooks) use in place of a deployment's scheduler."""
-    errors = [
-        batch.admit(request, should_stop[i] if should_stop else None, progress[i] if progress else None)
-        for i, request in enumerate(requests)
-    ]
-    finished: dict[int, list[Result | LeapRayError]] = defaultdict(list)  # by identity: one may come twice
-    while batch.load:
-        for request, outcome in batch.step():
-            finished[id(request)].append(outcome)
-    return [error or finished[id(request)].pop(0) for request, error in zip(requests, errors, strict=True)]
+    """Runs the requests to their end in `batch`, admitted in order as a replica admits them (while
+    they fit its `max_load` and `can_join`): one entry per request, in order, its result or its own
+    error. What plain-Python callers (tests, benchmarks, notebooks) use in place of a replica's
+    batcher. A fault of the batch itself is raised, the batch cleared."""
+    waiting = deque(enumerate(requests))
+    results: list[Result | LeapRayError | None] = [None] * len(requests)
+    running: dict[int, deque[int]] = defaultdict(deque)  # by identity: one object may come twice
+    while waiting or batch.load:
+        while waiting and fits(batch, waiting[0][1]):
+            index, request = waiting.popleft()
+            hooks = (should_stop[index] if should_stop else None, progress[index] if progress else None)
+            if (error := batch.admit(request, *hooks)) is not None:
+                results[index] = error
+            else:
+                running[id(request)].append(index)
+        try:
+            finished = batch.step() if batch.load else []
+        except Exception:
+            batch.clear()
+            raise
+        for request, outcome in finished:
+            results[running[id(request)].popleft()] = outcome
+    return results
+
+
+def fits(batch: RunningBatch[Request, Result], request: Request) -> bool:
+    """Whether the request may join the batch now: an empty batch takes any."""
+    if not batch.load:
+        return True
+    return batch.load + batch.cost(request) <= batch.max_load and batch.can_join(request)
 
 
 def generate(
@@ -109,5 +127,8 @@ def generate(
     should_stop: Sequence[StopCheck | None] | None = None,
     progress: Sequence[ProgressHook | None] | None = None,
 ) -> list[Result | LeapRayError]:
-    """The engine's results for the requests, run together in a running batch of its own."""
-    return run_to_end(engine.running_batch(max(len(requests), 1)), requests, should_stop, progress)
+    """The engine's results for the requests, run together in a running batch of its own, big enough
+    for all of them at once."""
+    batch = engine.running_batch(1)
+    batch.max_load = max(1, sum(batch.cost(request) for request in requests))
+    return run_to_end(batch, requests, should_stop, progress)

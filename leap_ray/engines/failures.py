@@ -68,14 +68,15 @@ Member = TypeVar("Member", bound=Rerunnable)
 
 def run_shared(members: Sequence[Member], run: Callable[[list[Member]], None]) -> None:
     """Runs `members` together in one call. If the call raises, each member that had not already
-    failed on its own is rewound and run alone: the innocent get exactly their solo result, and only
-    one that faults alone fails, with ModelError. (Retrying alone also answers out-of-memory for the
-    batch as a whole.)"""
+    failed on its own is run alone: the innocent get exactly their solo result, and only one that
+    faults alone fails (a typed error as raised, anything else as ModelError). Retrying alone also
+    answers out-of-memory for the batch as a whole. (The step batches apply the same rule to their
+    UNet and decoder steps, where a rerun is one step of the runs alone.)"""
     try:
         run(list(members))
     except Exception as error:
         if len(members) == 1:
-            members[0].error = model_error(error)
+            members[0].error = request_error(error)
             return
         logger.warning("a call of %d requests failed (%r); running them one at a time", len(members), error)
         for member in members:

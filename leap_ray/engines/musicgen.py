@@ -2,7 +2,7 @@
 It loads the model and makes the replica's running batch (`musicgen_steps.DecodeBatch`), where tracks
 join and leave at every token over one static KV cache (`musicgen_decoder.StaticDecoder`).
 
-It runs its own decoding rather than `generate()`, because the service needs what `generate()`
+It runs its own decoding rather than transformers' `generate()`, because the service needs what `generate()`
 cannot give: per-request random streams (a seeded request gives the same audio whatever shares its
 batch), per-request guidance and sampling settings, audiocraft's windowed continuation past 30 s on
 codes (leap_ray.engines.musicgen_tracks), and a stop check at every step. The melody model's
@@ -46,8 +46,8 @@ EXTEND_STRIDE_S = 18.0  # audiocraft's extend_stride
 
 
 class MusicGenEngine:
-    """Loads a MusicGen or MusicGen-melody model (model id or local folder) and generates batches; an
-    `Engine` (leap_ray.engines.contract)."""
+    """Loads a MusicGen or MusicGen-melody model (model id or local folder) and makes its running
+    batch; an `Engine` (leap_ray.engines.contract) and the `TrackModel` that batch runs."""
 
     def __init__(
         self,

@@ -80,6 +80,8 @@ class SDXLEngine:
         self.prompts = PromptEncoder(
             self.pipeline, self.device, self.dtype, self.adapters.activate_text_encoders
         )
+        if self.speed.compile_kwargs is not None:  # no request pays for compiling: it is done here
+            warm_up(StepBatch(self), self.speed)
 
     def spec(self) -> SDXLModelSpec:
         pipeline = self.pipeline
@@ -93,12 +95,7 @@ class SDXLEngine:
         )
 
     def running_batch(self, max_load: int = 8) -> StepBatch:
-        """The replica's step batch; compiled, it has run every bucket and warm-up size once, so that no
-        request pays for compiling (the deployment makes it before it reports healthy)."""
-        batch = StepBatch(self, max_load)
-        if self.speed.compile_kwargs is not None:
-            warm_up(batch, self.speed)
-        return batch
+        return StepBatch(self, max_load)
 
     def admit(
         self,

@@ -118,12 +118,13 @@ def refine_start(
     dtype: torch.dtype,
 ) -> ImageStart:
     """The refiner's start for the base's `latents` (`pipeline`: the refiner's img2img or inpainting
-    pipeline; `scheduler` has its timesteps set): the timesteps after `denoising_start`."""
+    pipeline; `scheduler` has its timesteps set): the timesteps after the hand-off point."""
     view: Any = PipelineView(pipeline, scheduler=scheduler)
     options = request.refiner_kwargs()
+    # The strength passed is ignored: a denoising_start sets where the schedule starts.
     timesteps, _ = type(pipeline).get_timesteps(
-        view, options["num_inference_steps"], 0.3, device, denoising_start=options["denoising_start"]
-    )  # 0.3: the pipelines' default strength, which a denoising_start overrides
+        view, options["num_inference_steps"], 1.0, device, denoising_start=options["denoising_start"]
+    )
     latents = latents.to(device, dtype)
     if request.workflow != "inpaint":
         return ImageStart(timesteps, latents, None)

@@ -1,7 +1,7 @@
 """LoRA adapters on one SDXL pipeline: fetched when the replica starts, loaded by name on first use,
 at most `max_loaded` at once (the least recently used one that no running request needs is deleted).
 A model call acts with them in one of two ways: `activate` makes one set active with its scales
-(diffusers' `set_adapters`: the text encoders, and whole-request batches, a call per set); `per_row`
+(diffusers' `set_adapters`: the text encoders, and UNet calls with `per_row_adapters` off); `per_row`
 gives each row of one UNet call its own adapters and scales (the step batch: requests with different
 sets share a call; leap_ray.engines.sdxl_lora_rows)."""
 

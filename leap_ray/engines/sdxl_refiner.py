@@ -5,17 +5,16 @@ request's generators restored to where the base left them, so the images equal o
 both pipelines with the same generators. An inpainting is refined as diffusers documents it: the
 refiner's weights in the inpainting pipeline, with the request's image and mask.
 
-Refinements run in the same step batch as the base's requests (`sdxl_steps.StepBatch`): they join
-at any step, and those of one latent shape share each UNet call, whatever their settings."""
+Refinements run in a step batch of their own (`sdxl_steps.StepBatch`, as the base's requests do):
+they join at any step, and those of one latent shape share each UNet call, whatever their settings."""
 
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 from diffusers import StableDiffusionXLImg2ImgPipeline
 from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import retrieve_timesteps
 
-from leap_ray.api.handoff import RefineRequest
+from leap_ray.api.handoff import RefineRequest, RefinerSpec
 from leap_ray.engines.contract import ProgressHook, StopCheck
 from leap_ray.engines.device import placement
 from leap_ray.engines.sdxl_decode import LatentDecoder
@@ -25,11 +24,6 @@ from leap_ray.engines.sdxl_pipelines import WorkflowPipelines, own_scheduler
 from leap_ray.engines.sdxl_prompts import PromptEncoder
 from leap_ray.engines.sdxl_runs import Admitted, Run, image_time_ids, start_run
 from leap_ray.engines.sdxl_steps import StepBatch
-
-
-@dataclass(frozen=True)
-class RefinerSpec:
-    latent_channels: int
 
 
 class SDXLRefinerEngine:
@@ -59,8 +53,8 @@ class SDXLRefinerEngine:
         self, job: RefineRequest, should_stop: StopCheck | None, progress: ProgressHook | None, in_use: Any
     ) -> Admitted:
         """The hand-off as a request of the refiner's own: the base's, without what acted in the base
-        stage alone (its callback)."""
-        request = job.request.model_copy(update={"refiner": None, "callback_on_step_end": None})
+        stage alone (its callback, its adapters)."""
+        request = job.request.model_copy(update={"refiner": None, "callback_on_step_end": None, "loras": []})
         return Admitted(request, job.seeds, should_stop, progress, handoff=job)
 
     def can_join(self, job: RefineRequest, in_use: set[str]) -> bool:
@@ -72,7 +66,7 @@ class SDXLRefinerEngine:
         job = admitted.handoff
         options, generators = job.request.refiner_kwargs(), admitted.generators()
         scheduler = own_scheduler(self.pipeline, job.request.scheduler)
-        retrieve_timesteps(scheduler, options["num_inference_steps"], self.device)
+        retrieve_timesteps(scheduler, options["num_inference_steps"], self.device)  # refine_start cuts it
         pipeline = self.pipelines.for_workflow(job.request.workflow)
         start = refine_start(
             pipeline, scheduler, job.request, job.latents, generators, self.device, self.dtype
@@ -91,4 +85,5 @@ class SDXLRefinerEngine:
 
     @staticmethod
     def timings(run: Run) -> dict[str, float]:
-        return run.admitted.handoff.timings | {"refine_s": run.elapsed()}
+        """The base stage's timings, and the refiner's whole stage (its prompt encoding included)."""
+        return run.admitted.handoff.timings | {"refine_s": run.admitted.encode_s + run.elapsed()}

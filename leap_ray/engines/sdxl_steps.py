@@ -1,6 +1,7 @@
 """Step-level (continuous) batching for SDXL: requests join and leave a running batch at every
 denoising step, so a short request never waits for a long one to finish. The base model and the
-refiner run the same batch; each brings its own way to admit and start a request (`Denoiser`).
+refiner each run one (in their own deployments); each engine brings its own way to admit and start a
+request (`Denoiser`), and the batch does the rest.
 
 Each request carries its own state (`sdxl_runs.Run`): its scheduler instance and timesteps, its
 latents, its text and micro-conditioning rows, its guidance. A step runs ONE UNet forward over every
@@ -139,7 +140,7 @@ class StepBatch:
         """One UNet call over the runs' rows, each at its own timestep, then each run's own step. If the
         shared call fails, each run is stepped alone: only one that fails alone gets the error."""
         try:
-            noise = self.unet(runs)
+            noise = self.predict_noise(runs)
         except Exception as error:
             if len(runs) == 1:
                 runs[0].error = model_error(error)
@@ -153,7 +154,7 @@ class StepBatch:
             except Exception as error:
                 run.error = request_error(error)
 
-    def unet(self, runs: list[Run]) -> list[torch.Tensor]:
+    def predict_noise(self, runs: list[Run]) -> list[torch.Tensor]:
         """The noise prediction of each run's rows, from one UNet call."""
         inputs, timesteps = [], []
         for run in runs:

@@ -16,7 +16,7 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from leap_ray.api.handoff import RefineRequest
+from leap_ray.api.handoff import RefineRequest, RefinerSpec
 from leap_ray.api.musicgen import MusicGenModelSpec
 from leap_ray.api.progress import StepProgress
 from leap_ray.api.sdxl import SDXLModelSpec, SDXLOutput, SDXLRequest
@@ -40,11 +40,15 @@ class ModelDeployment:
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self.shim.configure(BatchingConfig.model_validate(user_config or {}))
 
-    def spec(self) -> SDXLModelSpec | MusicGenModelSpec:
+    def spec(self) -> SDXLModelSpec | MusicGenModelSpec | RefinerSpec:
         return self.shim.spec
 
     def stats(self) -> dict[str, int]:
         return self.shim.stats()
+
+    def check_health(self) -> None:
+        """Serve's health check: a replica whose batcher has stopped is replaced."""
+        self.shim.check_health()
 
     async def generate(self, request: Any) -> Any:
         return await self.run(request, None)

@@ -42,15 +42,25 @@ class ModelShim:
         self.requests = self.cancelled = self.ongoing = 0
 
     def configure(self, batching: BatchingConfig) -> None:
-        """Takes the batching settings; the first call makes the running batch (before the replica is
-        healthy, when Serve passes a user_config: a compiled engine warms up here)."""
+        """Takes the batching settings (Serve's user_config), and starts the batcher if it has not."""
         with self.made:
             self.batching = batching
-            if self.scheduler is None:
-                batch = self.engine.running_batch(batching.max_batch_size)
-                self.scheduler = StepScheduler(batch, batching)
-            else:
+            if self.scheduler is not None:
                 self.scheduler.configure(batching)
+        self.start()
+
+    def start(self) -> None:
+        """Starts the batcher with the settings it has, unless it runs already. (Serve calls
+        reconfigure only when the config has a user_config; else the first request starts it.)"""
+        with self.made:
+            if self.scheduler is None:
+                batch = self.engine.running_batch(self.batching.max_batch_size)
+                self.scheduler = StepScheduler(batch, self.batching)
+
+    def check_health(self) -> None:
+        """Raises when the batcher's thread has died: the replica can serve nothing more."""
+        if self.scheduler is not None and not self.scheduler.alive:
+            raise RuntimeError("the thread that drives the running batch has stopped")
 
     def stats(self) -> dict[str, int]:
         """Requests run, requests cancelled by their callers, requests in this replica now, steps made."""
@@ -65,8 +75,8 @@ class ModelShim:
     async def run(self, request: Any, progress: ProgressHook | None) -> Any:
         """The request's output, or the error it alone met (returned, not raised); None when its caller
         went away. Cancelling the caller's task makes the request leave at its next step."""
-        if self.scheduler is None:  # Serve calls reconfigure only when the config has a user_config
-            await asyncio.to_thread(self.configure, self.batching)
+        if self.scheduler is None:
+            await asyncio.to_thread(self.start)
         cancelled = threading.Event()
         self.requests += 1
         self.ongoing += 1

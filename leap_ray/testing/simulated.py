@@ -33,6 +33,7 @@ from leap_ray.api.common import draw_seed
 from leap_ray.api.musicgen import MusicGenModelSpec, MusicGenRequest
 from leap_ray.api.progress import AudioProgress, Progress, StepProgress
 from leap_ray.api.sdxl import SDXLModelSpec, SDXLRequest, seeds_for
+from leap_ray.engines.failures import internal_error
 from leap_ray.engines.results import MusicGenResult, SDXLResult
 from leap_ray.errors import LeapRayError, ModelError
 
@@ -40,7 +41,7 @@ REFERENCE_PIXELS = 1024 * 1024
 SAMPLE_RATE, FRAME_RATE = 32_000, 50  # MusicGen's
 
 
-@dataclass
+@dataclass(eq=False)  # found by identity: comparing requests would compare their tensors
 class _Job:
     """A request in a simulated batch: its steps, its hooks, its outcome."""
 
@@ -139,15 +140,23 @@ class SimulatedBatch:
             job.largest_batch = max(job.largest_batch, len(self.running))
             if self.engine.fails(job.request):
                 job.error = ModelError("the simulated model failed on this request", code="model_error")
-            elif job.should_stop is not None and job.should_stop():
-                job.stopped = True
-            elif job.progress is not None and (event := self.engine.event(job)) is not None:
-                job.progress(event)
+            else:
+                self.end_step(job)
         finished = [job for job in self.running if job.error or job.stopped or job.done >= job.steps]
         self.running = [job for job in self.running if job not in finished]
         if any(not job.error and not job.stopped for job in finished):
             time.sleep(self.engine.overhead_s)
         return [(job.request, job.error or self.engine.result(job)) for job in finished]
+
+    def end_step(self, job: _Job) -> None:
+        """The job's stop check, then its progress; a hook that raises fails its own request."""
+        try:
+            if job.should_stop is not None and job.should_stop():
+                job.stopped = True
+            elif job.progress is not None and (event := self.engine.event(job)) is not None:
+                job.progress(event)
+        except Exception as error:
+            job.error = internal_error(error)
 
 
 class SimulatedSDXLEngine(_SimulatedEngine):

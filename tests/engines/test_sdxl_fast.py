@@ -9,7 +9,6 @@ from torch._dynamo.testing import CompileCounter
 
 from leap_ray.api.sdxl import SDXLRequest
 from leap_ray.engines.sdxl import SDXLEngine
-from leap_ray.engines.sdxl_steps import StepBatch
 from tests.helpers import run_steps, seeds_of, solo
 
 TOLERANCE = 1e-3  # on 0-1 pixel values, CPU float32
@@ -52,12 +51,13 @@ def test_step_batches_padded_to_buckets_equal_solo_diffusers(tiny_models, refere
         1: [SDXLRequest(prompt="no guidance", seed=2, num_inference_steps=3, guidance_scale=1.0, **SMALL)],
         2: [SDXLRequest(prompt="a tree", seed=3, num_inference_steps=3, scheduler="ddim", **SMALL)],
     }
-    outcomes = run_steps(StepBatch(engine), arrivals)
+    outcomes = run_steps(engine.running_batch(), arrivals)
     for request in (request for batch in arrivals.values() for request in batch):
         expected = solo(reference, request, seeds_of(request))
         assert np.abs(np.stack(outcomes[request.seed].images) - expected).max() < TOLERANCE
 
 
+@pytest.mark.slow  # dynamo traces the UNet at three buckets
 def test_batches_of_any_size_within_the_buckets_never_recompile_after_warm_up(tiny_models):
     counter = CompileCounter()  # counts the graphs dynamo compiles (and runs them eagerly)
     engine = SDXLEngine(
@@ -66,7 +66,7 @@ def test_batches_of_any_size_within_the_buckets_never_recompile_after_warm_up(ti
         batch_buckets=[1, 2, 4],
         warm_up_sizes=[[64, 64]],
     )
-    batch = engine.running_batch()  # a compiled engine's batch has warmed up every bucket
+    batch = engine.running_batch()  # the compiled engine warmed up every bucket as it loaded
     warmed = counter.frame_count
     assert warmed >= 4  # the UNet at three buckets, the VAE decoder at one image
     arrivals = {
@@ -89,5 +89,5 @@ def test_a_compiled_engine_gives_the_eager_images_within_2_of_255(tiny_models, e
     batch = compiled.running_batch()
     request = SDXLRequest(prompt="a lighthouse", seed=7, num_inference_steps=3, **SMALL)
     fast = run_steps(batch, {0: [request]})[7].images[0]
-    eager = run_steps(StepBatch(engine), {0: [request]})[7].images[0]
+    eager = run_steps(engine.running_batch(), {0: [request]})[7].images[0]
     assert np.abs(fast - eager).max() <= 2 / 255

@@ -15,7 +15,6 @@ from leap_ray.engines.contract import generate
 from leap_ray.engines.results import SDXLResult
 from leap_ray.engines.sdxl import SDXLEngine
 from leap_ray.engines.sdxl_refiner import SDXLRefinerEngine
-from leap_ray.engines.sdxl_steps import StepBatch
 from leap_ray.errors import InvalidRequest
 from tests.helpers import ensemble_reference, lora_solo, png, reference_pipeline, run_steps, seeds_of, solo
 
@@ -64,7 +63,7 @@ def assert_solo(result: object, reference: StableDiffusionXLPipeline, request: S
 
 
 def test_img2img_and_inpainting_join_a_step_batch_and_equal_their_pipelines(engine, reference):
-    batch = StepBatch(engine)
+    batch = engine.running_batch()
     outcomes = run_steps(batch, {0: [TEXT], 1: [IMG2IMG, IMG2IMG_NEGATIVE], 2: [INPAINT, INPAINT_FULL]})
     for request in WORKFLOWS:
         assert_solo(outcomes[request.seed], reference, request)
@@ -90,7 +89,7 @@ def test_inpainting_changes_only_the_latents_inside_the_mask(engine):
         INPAINT.model_copy(update={"prompt": prompt, "callback_on_step_end": keep(prompt)})
         for prompt in ("a door", "a wall")
     ]
-    run_steps(StepBatch(engine), {0: requests})
+    run_steps(engine.running_batch(), {0: requests})
     difference = (final["a door"] - final["a wall"]).abs()
     # The mask is white (repainted) on the left half: latent columns 0-3 of 8.
     assert difference[..., 4:].max() == 0 < difference[..., :4].mean()
@@ -132,7 +131,7 @@ def test_lora_images_equal_diffusers_set_adapters_whoever_shares_their_unet_call
     per_row, lora_engine, lora_reference, monkeypatch
 ):
     monkeypatch.setattr(lora_engine, "per_row_adapters", per_row)
-    outcomes = run_steps(StepBatch(lora_engine), {0: LORA_REQUESTS})
+    outcomes = run_steps(lora_engine.running_batch(), {0: LORA_REQUESTS})
     results = [outcomes[request.seed] for request in LORA_REQUESTS]
     plain = None
     for request, result in zip(LORA_REQUESTS, results, strict=True):
@@ -155,7 +154,7 @@ def test_per_row_adapters_act_on_their_own_rows_only_with_guidance_and_several_i
         SDXLRequest(prompt="c", seed=63, loras=[{"name": "ink", "scale": 2.0}, {"name": "paper"}], **SMALL),
     ]
     requests = [request.model_copy(update={"num_inference_steps": 3}) for request in requests]
-    outcomes = run_steps(StepBatch(lora_engine), {0: requests})
+    outcomes = run_steps(lora_engine.running_batch(), {0: requests})
     for request in requests:
         assert outcomes[request.seed].batch_size == 4
         expected = lora_solo(lora_reference, request)
@@ -218,7 +217,7 @@ def test_refined_images_equal_the_two_pipeline_ensemble_with_the_same_generators
     engine, reference, refiner, refiner_reference
 ):
     requests = [ENSEMBLE, PLAIN_ENSEMBLE, INPAINT_ENSEMBLE]
-    outcomes = run_steps(StepBatch(engine), {0: [TEXT, ENSEMBLE], 1: [PLAIN_ENSEMBLE, INPAINT_ENSEMBLE]})
+    outcomes = run_steps(engine.running_batch(), {0: [TEXT, ENSEMBLE], 1: [PLAIN_ENSEMBLE, INPAINT_ENSEMBLE]})
     handoffs = [hand_off(request, outcomes[request.seed]) for request in requests]
     # The refinements join the refiner's step batch at different steps, and share its UNet calls.
     refined = run_steps(refiner.running_batch(), {0: handoffs[:1], 2: handoffs[1:]})
@@ -238,7 +237,7 @@ def test_adapters_with_fused_attention_projections_are_refused_at_start(tiny_mod
 
 def test_a_request_waits_while_its_adapters_and_the_running_ones_would_not_fit(tiny_models, lora_sources):
     engine = SDXLEngine(str(tiny_models["sdxl"]), loras=lora_sources, max_loaded_loras=1)
-    batch = StepBatch(engine)
+    batch = engine.running_batch()
     inked, papered = (
         LORA_REQUESTS[1],
         LORA_REQUESTS[2].model_copy(update={"loras": LORA_REQUESTS[2].loras[1:]}),
@@ -268,7 +267,9 @@ def test_an_inpainting_split_into_parts_gives_the_whole_requests_images(engine, 
     whole = INPAINT.model_copy(update={"num_images_per_prompt": 4, "prompt": ["a door", "a wall"]})
     parts = whole.split(3)  # as a deployment splits a request bigger than its batch
     assert [part.image_count for part in parts] == [3, 1, 3, 1]
-    outcomes = run_steps(StepBatch(engine), {0: parts[:2], 1: parts[2:]})  # run_steps keys outcomes by seed
+    outcomes = run_steps(
+        engine.running_batch(), {0: parts[:2], 1: parts[2:]}
+    )  # run_steps keys outcomes by seed
     results = [outcomes[part.seed] for part in parts]
     images = np.stack([image for result in results for image in result.images])
     assert np.abs(images - solo(reference, whole, seeds_of(whole))).max() < TOLERANCE
@@ -294,7 +295,7 @@ def test_an_adapter_that_matches_no_layer_is_refused_and_leaves_the_others_exact
     renamed = {key.replace("unet.", "transformer.", 1): value for key, value in weights.items()}
     save_file(renamed, tmp_path / "pytorch_lora_weights.safetensors")  # keys of another model
     engine = SDXLEngine(str(tiny_models["sdxl"]), loras={**lora_sources, "odd": str(tmp_path)})
-    batch = StepBatch(engine)
+    batch = engine.running_batch()
     assert batch.admit(LORA_REQUESTS[1]) is None  # "ink" is loaded first: the failure must not leave it on
     odd = SDXLRequest(prompt="x", seed=70, loras=[{"name": "odd"}], num_inference_steps=2, **SMALL)
     assert batch.admit(odd).code == "adapter_unavailable"

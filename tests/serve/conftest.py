@@ -117,7 +117,7 @@ def client(graph) -> Iterator[httpx.Client]:
 
 
 def stats(deployment: str, app: str = APP) -> dict[str, int]:
-    """A model deployment's replica counters (requests, batches, cancelled, ongoing)."""
+    """A model deployment's replica counters (requests, cancelled, ongoing, steps)."""
     return serve.get_deployment_handle(deployment, app).stats.remote().result()
 
 

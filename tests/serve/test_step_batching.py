@@ -1,5 +1,5 @@
 """`batching: step` on a real graph: a short request behind a long one comes back first over HTTP
-with the images the request-level deployment gives; progress streams and cancellation still work."""
+with the images each gets alone; progress streams and cancellation still work."""
 
 import base64
 import time
@@ -46,7 +46,7 @@ def test_a_short_request_behind_a_long_one_comes_back_first_with_the_same_images
         short_image, long_image = image(short_response.result()), image(long_response.result())
     assert done["short"] < done["long"]
     for body, got in ((short, short_image), (long, long_image)):
-        expected = image(client.post("/v1/sdxl", json=body))  # the main app batches whole requests
+        expected = image(client.post("/v1/sdxl", json=body))  # alone, on the main application
         assert np.abs(got - expected).max() <= 1
 
 

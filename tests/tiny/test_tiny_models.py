@@ -63,6 +63,7 @@ def test_plain_transformers_loads_the_tiny_musicgen(tiny_models, name, model_cla
     assert audio.shape == (1, 1, 32_000)
 
 
+@pytest.mark.slow  # a subprocess builds every tiny model
 def test_cli_writes_the_tiny_models(tmp_path):
     subprocess.run([sys.executable, "-m", "leap_ray.cli", "tiny-models", str(tmp_path)], check=True)
     assert (tmp_path / "sdxl" / "model_index.json").exists()
