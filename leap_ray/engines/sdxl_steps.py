@@ -12,6 +12,7 @@ back at once (a request for the refiner: as latents, undecoded). Runs with diffe
 share UNet calls: each row gets its own adapters and scales (leap_ray.engines.sdxl_lora_rows).
 Images equal a solo diffusers call with the same seeds (tests check)."""
 
+from collections import defaultdict
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
@@ -114,10 +115,12 @@ class StepBatch:
         """One denoising step of every running request (a UNet call per shared shape), then the outcome
         of each request that finished: its images (or latents for the refiner), or its own error."""
         failed = self.join()
-        for key in dict.fromkeys(self.engine.sharing_key(run) for run in self.running):
-            group = [run for run in self.running if self.engine.sharing_key(run) == key and not run.finished]
-            if group:
-                self.denoise(group)
+        groups: dict[tuple, list[Run]] = defaultdict(list)  # one pass: a key per run, not per group
+        for run in self.running:
+            if not run.finished:
+                groups[self.engine.sharing_key(run)].append(run)
+        for group in groups.values():
+            self.denoise(group)
         done = [run for run in self.running if run.finished]
         self.running = [run for run in self.running if not run.finished]
         return failed + self.outcomes(done)
