@@ -122,3 +122,55 @@ def test_closing_the_stream_cancels_the_run():
         await asyncio.wait_for(cancelled.wait(), 2)
 
     asyncio.run(main())
+
+
+class FaultingBatch:
+    """A simulated running batch whose first `admit` or `step` raises (a fault of the batch itself, or
+    an engine breaking the contract)."""
+
+    def __init__(self, batch, method: str) -> None:
+        self.batch, self.method, self.faulted = batch, method, False
+
+    def __getattr__(self, name: str):
+        return getattr(self.batch, name)
+
+    def fault_once(self, method: str) -> None:
+        if method == self.method and not self.faulted:
+            self.faulted = True
+            raise RuntimeError("CUDA error: unspecified launch failure")
+
+    def admit(self, *args):
+        self.fault_once("admit")
+        return self.batch.admit(*args)
+
+    def step(self):
+        self.fault_once("step")
+        return self.batch.step()
+
+
+@pytest.mark.parametrize(("method", "code"), [("admit", "model_error"), ("step", "internal_error")])
+def test_a_fault_of_the_batch_fails_its_requests_and_the_batcher_serves_on(method, code):
+    shim = simulated_shim()
+    shim.start()
+    shim.scheduler.batch = FaultingBatch(shim.scheduler.batch, method)
+
+    async def main() -> tuple:
+        first = await shim.run(SDXLRequest(prompt="a", seed=1, **SMALL), None)
+        second = await shim.run(SDXLRequest(prompt="b", seed=2, **SMALL), None)
+        return first, second
+
+    first, second = asyncio.run(asyncio.wait_for(main(), 10))  # a dead batcher would never answer
+    assert first.code == code and isinstance(second, SDXLOutput)
+    shim.check_health()  # the thread still runs
+
+
+def test_whole_request_batching_sends_a_lone_request_at_once():
+    shim = simulated_shim()
+    shim.configure(BatchingConfig(batching="request", batch_wait_timeout_s=30))
+
+    async def main() -> float:
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(shim.run(SDXLRequest(prompt="a", seed=1, **SMALL), None), 10)
+        return asyncio.get_running_loop().time() - started
+
+    assert asyncio.run(main()) < 5  # not the 30 s a batch would wait for company
