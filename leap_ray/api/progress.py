@@ -31,7 +31,21 @@ class AudioProgress:
     """The track's length in seconds (the request's duration)."""
 
 
-Progress = StepProgress | AudioProgress
+@dataclass(frozen=True)
+class AudioDelta:
+    """MusicGen with `stream: true`: the next piece of the track's audio, sent as it is generated (the
+    complete track still comes at the end). The pieces, joined in order, are the whole track to within
+    the tolerance the engine states (leap_ray.engines.musicgen_stream)."""
+
+    audio: str
+    """Base64 of 16-bit little-endian mono PCM: the samples that follow the previous piece's."""
+    sample_rate: int
+    """Samples per second of `audio`."""
+    start: float
+    """Seconds into the track where this piece starts."""
+
+
+Progress = StepProgress | AudioProgress | AudioDelta
 
 
 def progress_json(progress: Progress) -> dict[str, Any]:
