@@ -33,8 +33,9 @@ from leap_ray.engines.chroma import ChromaExtractor, resample
 from leap_ray.engines.device import placement
 from leap_ray.engines.failures import blame, request_error
 from leap_ray.engines.musicgen_decoder import LENGTH_STEP, StaticDecoder
+from leap_ray.engines.musicgen_rows import TrackRows
 from leap_ray.engines.musicgen_steps import DecodeBatch
-from leap_ray.engines.musicgen_tracks import Track, window_schedule
+from leap_ray.engines.musicgen_tracks import Track, undelay, window_schedule
 from leap_ray.engines.results import MusicGenResult
 from leap_ray.errors import LeapRayError
 
@@ -83,6 +84,7 @@ class MusicGenEngine:
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self.batch_buckets = sorted(batch_buckets)
         self.decoder: StaticDecoder | None = None
+        self.rows: TrackRows | None = None
         if self.cuda_graphs:
             self._warm_up()
 
@@ -179,15 +181,17 @@ class MusicGenEngine:
         ):
             return decoder
         old_rows = decoder.rows if decoder else 0
-        self.decoder = decoder = None  # the old cache (and its graphs) freed before the new one is made
+        # The old cache, rows and graphs freed before the new ones are made.
+        self.decoder = self.rows = decoder = None
         self.decoder = StaticDecoder(
             self.model,
             rows=max(rows, 2 * max(self.batch_buckets, default=1), old_rows),
             capacity=max(length, self.prefix_tokens(TEXT_TOKENS) + self.window_frames + self.codebooks + 1),
             cross_capacity=0 if self.has_melody else max(cross_tokens, TEXT_TOKENS),
-            cuda_graphs=self.cuda_graphs,
-            row_buckets=tuple(2 * tracks for tracks in self.batch_buckets),
         )
+        window_length = self.window_frames + self.codebooks  # the longest window's delay pattern
+        buckets = self.batch_buckets if self.cuda_graphs else []
+        self.rows = TrackRows(self.decoder, self.pad_token, window_length, buckets)
         return self.decoder
 
     def prefix_tokens(self, text_tokens: int) -> int:
@@ -196,13 +200,12 @@ class MusicGenEngine:
 
     @torch.inference_mode()
     def _warm_up(self) -> None:
-        """Captures every (bucket, span) step graph of a whole window, so that no request waits for it."""
+        """Captures every (bucket, span) step graph of a whole window, so that no request waits for it.
+        (The rows it steps hold no track: what it draws there is overwritten when one joins.)"""
         decoder = self.decoder_for(2 * max(self.batch_buckets, default=1), 0, 0)
         for tracks in self.batch_buckets or [1]:
-            rows = 2 * tracks
-            tokens = torch.zeros(rows, self.codebooks, dtype=torch.long, device=self.device)
-            for span_end in range(0, decoder.capacity, LENGTH_STEP):
-                decoder.step(tokens, torch.full((rows,), span_end, device=self.device))
+            for span in range(LENGTH_STEP, decoder.capacity + 1, LENGTH_STEP):
+                self.rows.step(0, tracks, span, whole=True)
 
     def _project_chroma(self, chroma: torch.Tensor) -> torch.Tensor:
         chroma = chroma.to(self.device, self.dtype)
@@ -213,15 +216,16 @@ class MusicGenEngine:
     def keep_codes(self, track: Track, sequence: torch.Tensor, window: int) -> None:
         """Keeps a finished window's new codes from its (codebooks, positions) sequence, and its last
         codes as the next window's prompt."""
-        frames = track.windows[window][1]
+        codes = undelay(sequence, track.windows[window][1])
         prompt_frames = 0 if track.prompt is None else track.prompt.shape[1]
-        # Undo the delay: codebook k's frame f sits at position 1 + f + k.
-        codes = torch.stack([sequence[k, 1 + k : 1 + k + frames] for k in range(self.codebooks)])
         track.new_codes.append(codes[:, prompt_frames:])
         track.prompt = codes[:, self.stride_frames :]
 
-    def report_progress(self, track: Track, window: int, position: int) -> None:
-        """After each whole second of new audio (codebook 0 holds frame f at position 1 + f)."""
+    def report_progress(
+        self, track: Track, window: int, position: int, read: Callable[[], torch.Tensor]
+    ) -> None:
+        """After each whole second of new audio (codebook 0 holds frame f at position 1 + f): a count
+        the host keeps, so `read` (a wait for the device) is not called."""
         start, frames = track.windows[window]
         done = start + position
         if position <= frames and done % self.frame_rate == 0:

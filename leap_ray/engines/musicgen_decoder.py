@@ -9,9 +9,10 @@ between 5.17 and 5.24. Here:
   row's key and value at that row's own position (a tensor), so rows at different positions can
   share a step (what continuous batching needs);
 - a step attends over the first `length` cache positions, `length` rounded up to a multiple of
-  LENGTH_STEP, with positions past each row's own masked out: shapes repeat, so a step can be
-  captured in a CUDA graph per (rows, length) and replayed (MusicGen decoding is one small step per
-  token: eager PyTorch spends most of it launching kernels);
+  LENGTH_STEP, with positions past each row's own masked out: shapes repeat, so a step (with the
+  sampling around it: leap_ray.engines.musicgen_rows) can be captured in a CUDA graph per (rows,
+  length) and replayed (MusicGen decoding is one small step per token: eager PyTorch spends most
+  of it launching kernels);
 - `prefill` runs a whole prefix (the melody model's chroma + text, the window's carried codes but
   the last) for rows that start together, as the model's own forward would; `move_rows` keeps the
   rows in use first when a track in the middle of a running batch leaves.
@@ -26,7 +27,7 @@ LENGTH_STEP = 256  # attention spans are rounded up to this many positions (a gr
 
 class StaticDecoder:
     """The decoder of a `Musicgen(Melody)ForConditionalGeneration` over `rows` cache rows of
-    `capacity` positions; with `cuda_graphs`, steps are captured and replayed per (rows, span)."""
+    `capacity` positions."""
 
     def __init__(
         self,
@@ -35,8 +36,6 @@ class StaticDecoder:
         capacity: int,
         *,
         cross_capacity: int = 0,
-        cuda_graphs: bool = False,
-        row_buckets: tuple[int, ...] = (),
     ) -> None:
         causal_lm = model.decoder
         inner = causal_lm.model.decoder
@@ -66,12 +65,6 @@ class StaticDecoder:
             torch.zeros(cross_shape, device=self.device, dtype=self.dtype) for _ in self.layers
         ]
         self.cross_mask = self._zeros((rows, 1, 1, cross_capacity))
-        self.row_buckets = sorted(row_buckets)
-        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
-        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self._tokens = torch.zeros(rows, len(self.embed_tokens), dtype=torch.long, device=self.device)
-        self._at = torch.zeros(rows, dtype=torch.long, device=self.device)
-        self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
 
     def _zeros(self, shape: tuple[int, ...]) -> torch.Tensor:
         return torch.zeros(shape, device=self.device, dtype=self.dtype)
@@ -137,44 +130,16 @@ class StaticDecoder:
             hidden = residual + layer.self_attn.out_proj(attended.transpose(1, 2).reshape(hidden.shape))
             hidden = self._after_self_attention(index, layer, hidden, at)
 
-    def step(
-        self, tokens: torch.Tensor, positions: torch.Tensor, first_row: int = 0, may_pad: bool = True
-    ) -> torch.Tensor:
-        """One token per row: (rows, codebooks) codes, each row at its own position (rows,); the
-        logits (rows, codebooks, vocabulary). Rows are the cache rows from `first_row`. Graphs run
-        steps from the first row padded up to a bucket, when `may_pad` says no one's cache is in the
-        rows past these."""
-        rows, span = tokens.shape[0], self.span(int(positions.max()))
-        if not self.cuda_graphs or first_row or not may_pad:
-            return self._step(tokens, positions, span, first_row)
-        # Padded up to a bucket (rows past the real ones are unused cache rows; their logits dropped).
-        padded = next((bucket for bucket in self.row_buckets if bucket >= rows), rows)
-        self._tokens[:rows], self._at[:rows] = tokens, positions
-        self._tokens[rows:padded], self._at[rows:padded] = 0, 0
-        key = (padded, span)
-        if key not in self._graphs:
-            self._graphs[key] = self._capture(padded, span)
-        graph, logits = self._graphs[key]
-        graph.replay()
-        return logits[:rows]
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor, first_row: int = 0) -> torch.Tensor:
+        """`forward_step` over the span its positions need (read from the device: for tests and tools)."""
+        return self.forward_step(tokens, positions, self.span(int(positions.max())), first_row)
 
-    def _capture(self, rows: int, span: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        """A CUDA graph of a step of `rows` rows over `span` positions, reading the static inputs.
-        The warm-up runs write what the captured step writes (the same rows, positions and codes)."""
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self._step(self._tokens[:rows], self._at[:rows], span)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            logits = self._step(self._tokens[:rows], self._at[:rows], span)
-        return graph, logits
-
-    def _step(
+    def forward_step(
         self, tokens: torch.Tensor, positions: torch.Tensor, span: int, first_row: int = 0
     ) -> torch.Tensor:
+        """One token per row: (rows, codebooks) codes, each row at its own position (rows,), attending
+        over the first `span` positions; the logits (rows, codebooks, vocabulary). Rows are the cache
+        rows from `first_row`. Only tensor operations: it may run inside a captured CUDA graph."""
         rows = tokens.shape[0]
         at = slice(first_row, first_row + rows)
         row_index = torch.arange(first_row, first_row + rows, device=self.device)

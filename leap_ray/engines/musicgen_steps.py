@@ -1,22 +1,30 @@
 """Token-level (continuous) batching for MusicGen: tracks join and leave a running batch at every
 token, so a short track never waits for a long one.
 
-Design: the engine's `StaticDecoder` holds the cache, sized for `max_load` tracks; running track i
-owns cache rows 2i (its conditional row) and 2i + 1 (its unconditional row, for classifier-free
-guidance). Every row has its own position, so tracks at different tokens, of different windows, and
-of melody prefixes of different lengths share one decoder step. A track joins by prefilling its rows
-(conditioning, then its window's codes but the last); each `step` feeds every running track's last
-codes, samples each track's next codes from its own guidance, sampling settings and generator, and
-moves each on. A track whose window is done moves to its next window (its last 12 s of codes
-prefilled as the prompt, the melody sliding along, as audiocraft does) without holding anyone back;
-a track whose last window is done is decoded and handed back at once, and the last running track's
-rows move into its place, so the rows in use stay the first ones (the shapes CUDA graphs replay).
+Design: the engine's `StaticDecoder` holds the cache and its `TrackRows` the running tracks' codes,
+positions and sampling settings on the device, sized for `max_load` tracks; running track i owns row
+i there and cache rows 2i (its conditional row) and 2i + 1 (its unconditional row, for
+classifier-free guidance). Every row has its own position, so tracks at different tokens, of
+different windows, and of melody prefixes of different lengths share one decoder step. A track joins
+by prefilling its rows (conditioning, then its window's codes but the last); each `step` is one
+device step over every running track (its last codes in, its next codes drawn with its own
+guidance, sampling settings and random stream: leap_ray.engines.musicgen_sampling) that the host
+never waits for. The host counts positions itself: a track whose window is done has its codes read
+back and moves to its next window (its last 12 s of codes prefilled as the prompt, the melody
+sliding along, as audiocraft does) without holding anyone back; a track whose last window is done is
+decoded and handed back at once, and the last running track's rows move into its place, so the rows
+in use stay the first ones (the shapes CUDA graphs replay).
 
 Each track follows exactly the steps it would follow alone (the same prefill, the same step per
-token, the same sampling), so a seeded request gives its solo audio whatever joins or leaves.
+token, the same noise), so a seeded request gives its solo audio whatever joins or leaves.
+
+A prefill runs between two steps, all at once: a joining track's (its conditioning and nothing else
+for a first window) or a next window's (12 s of carried codes). `benchmarks/musicgen_prefill.py`
+measures what it costs in ordinary steps.
 """
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,7 +34,9 @@ from leap_ray.api.musicgen import MusicGenModelSpec, MusicGenRequest
 from leap_ray.engines.contract import Outcome, ProgressHook, StopCheck
 from leap_ray.engines.failures import model_error, request_error
 from leap_ray.engines.musicgen_decoder import StaticDecoder
-from leap_ray.engines.musicgen_tracks import Track, delay_pattern, sample_tokens
+from leap_ray.engines.musicgen_rows import TrackRows
+from leap_ray.engines.musicgen_sampling import noise_key
+from leap_ray.engines.musicgen_tracks import Track, delay_pattern
 from leap_ray.engines.results import MusicGenResult
 from leap_ray.errors import LeapRayError
 
@@ -42,6 +52,7 @@ class TrackModel(Protocol):
     start_token: int
     pad_token: int
     decoder: StaticDecoder | None  # the cache the running tracks share; made by `decoder_for`
+    rows: TrackRows | None  # the running tracks' codes and settings, made with the decoder
 
     def spec(self) -> MusicGenModelSpec: ...
 
@@ -59,7 +70,11 @@ class TrackModel(Protocol):
     def conditioning(self, tracks: list[Track], window: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The decoder's conditioning of [conditional rows; unconditional rows], and its mask."""
 
-    def report_progress(self, track: Track, window: int, position: int) -> None: ...
+    def report_progress(
+        self, track: Track, window: int, position: int, read: Callable[[], torch.Tensor]
+    ) -> None:
+        """After position `position` of window `window` is drawn; `read()` gives the window's codes
+        up to it (from the device: only where the report needs them)."""
 
     def keep_codes(self, track: Track, sequence: torch.Tensor, window: int) -> None:
         """Keeps a finished window's new codes, and its last codes as the next window's prompt."""
@@ -74,8 +89,8 @@ class _Running:
 
     track: Track
     window: int
-    codes: torch.Tensor  # (codebooks, frames + codebooks): the window's delay pattern, filled in
-    position: int  # the position in the window whose codes are sampled next
+    length: int  # positions of the window's delay pattern: codebooks + frames
+    position: int  # the position in the window whose codes are sampled next (the device's, counted)
     offset: int  # the decoder position of the window's first code (after a melody prefix)
     admitted_at: float
     decoder_calls: int = 0
@@ -153,8 +168,6 @@ class DecodeBatch:
         """The track's window `window` prefilled into the rows of running track `index`."""
         engine, decoder = self.engine, self.engine.decoder
         frames = track.windows[window][1]
-        # The pattern and codes stay on the CPU, where each track samples: a step moves one column of
-        # every track to the device together, not each track's on its own.
         pattern = delay_pattern(track.prompt, frames, engine.codebooks, engine.start_token, engine.pad_token)
         prompt_frames = 0 if track.prompt is None else track.prompt.shape[1]
         states, mask = engine.conditioning([track], window)
@@ -165,18 +178,14 @@ class DecodeBatch:
         else:
             decoder.set_cross(states, mask, first_row=2 * index)
         decoder.prefill(embeds, first_row=2 * index)
-        return _Running(
-            track=track,
-            window=window,
-            codes=pattern,
-            position=1 + prompt_frames,
-            offset=states.shape[1] if engine.has_melody else 0,
-            admitted_at=admitted_at,
-        )
+        offset = states.shape[1] if engine.has_melody else 0
+        key = noise_key(track.seed, window)
+        engine.rows.start(index, pattern, 1 + prompt_frames, offset, track.request, key)
+        return _Running(track, window, pattern.shape[1], 1 + prompt_frames, offset, admitted_at)
 
     @torch.inference_mode()
     def step(self) -> list[Outcome]:
-        """One token of every running track (one decoder step over all of them), then the outcome of
+        """One token of every running track (one device step over all of them), then the outcome of
         each request that finished: its audio, or its own error."""
         if self.running:
             self._decode(0, len(self.running))
@@ -189,17 +198,13 @@ class DecodeBatch:
         return outcomes[::-1]
 
     def _decode(self, first: int, count: int) -> None:
-        """One decoder step for running tracks first..first + count, then each one's sampling. If the
+        """One step for running tracks first..first + count, then each one's bookkeeping. If the
         shared step fails, each track is stepped alone: only one that fails alone gets the error."""
         group = self.running[first : first + count]
-        last = torch.stack([running.codes[:, running.position - 1] for running in group])
-        positions = torch.tensor([running.offset + running.position - 1 for running in group])
-        last = last.repeat_interleave(2, dim=0).to(self.engine.device)
-        at = positions.repeat_interleave(2).to(self.engine.device)
+        span = self.engine.decoder.span(max(running.offset + running.position - 1 for running in group))
         try:
             # Only a step over every running track may pad (padding writes to the rows past them).
-            whole = count == len(self.running)
-            logits = self.engine.decoder.step(last, at, first_row=2 * first, may_pad=whole).float().cpu()
+            self.engine.rows.step(first, count, span, whole=count == len(self.running))
         except Exception as error:
             if count == 1:
                 group[0].track.error = model_error(error)
@@ -208,32 +213,23 @@ class DecodeBatch:
                     self._decode(index, 1)
             return
         self.decoder_calls += 1
-        # Guidance for all the tracks at once (element by element, as each alone would compute it).
-        guidance = torch.tensor([running.track.request.guidance_scale for running in group]).view(-1, 1, 1)
-        conditional, unconditional = logits[0::2], logits[1::2]
-        guided = unconditional + (conditional - unconditional) * guidance
-        for index, running in enumerate(group):
+        for index, running in enumerate(group, start=first):
             running.decoder_calls += 1
             running.largest_batch = max(running.largest_batch, count)
             try:
-                self._advance(running, guided[index])
+                self._advance(index, running)
             except Exception as error:
                 running.track.error = request_error(error)
 
-    def _advance(self, running: _Running, guided: torch.Tensor) -> None:
-        """Samples the track's next codes from its guided logits, reports, and moves it on."""
-        track, position = running.track, running.position
-        tokens = sample_tokens(guided, track.request, track.generator)
-        column = running.codes[:, position]  # a view: filled in place where the pattern says -1
-        to_sample = column == -1
-        column[to_sample] = tokens[to_sample]
+    def _advance(self, index: int, running: _Running) -> None:
+        """Counts the track's drawn position, reports, and moves it on to its next window or its end."""
+        track, position, rows = running.track, running.position, self.engine.rows
         running.position += 1
-        self.engine.report_progress(track, running.window, position)
-        if track.check_stop() or running.position < running.codes.shape[1]:
+        self.engine.report_progress(track, running.window, position, lambda: rows.read(index, position + 1))
+        if track.check_stop() or running.position < running.length:
             return
-        self.engine.keep_codes(track, running.codes, running.window)
+        self.engine.keep_codes(track, rows.read(index, running.length), running.window)
         if running.window + 1 < len(track.windows):
-            index = next(i for i, entry in enumerate(self.running) if entry is running)
             following = self._begin_window(track, running.window + 1, index, running.admitted_at)
             following.decoder_calls, following.largest_batch = running.decoder_calls, running.largest_batch
             self.running[index] = following
@@ -251,5 +247,6 @@ class DecodeBatch:
         last = len(self.running) - 1
         if index != last:
             self.engine.decoder.move_rows(2 * last, 2 * index, 2)
+            self.engine.rows.move(last, index)
             self.running[index] = self.running[last]
         self.running.pop()

@@ -1,7 +1,6 @@
 """A MusicGen track's way through the running batch, and what it reproduces of audiocraft, the
-reference: the windows of a long track, the delay pattern over the codebooks, and the sampling.
-- sampling: classifier-free guidance uncond + (cond - uncond) * scale, then temperature, then top-p
-  (when > 0) or top-k, from the softmax; temperature 0 is greedy;
+reference: the windows of a long track and the delay pattern over the codebooks (the sampling is
+leap_ray.engines.musicgen_sampling's).
 - the delay pattern over the codebooks (transformers' `build_delay_pattern_mask`);
 - tracks longer than the 30 s window: keep the last 12 s of codes as the prompt of the next window,
   move on 18 s (`extend_stride`), and slide the melody along; decode once at the end."""
@@ -12,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from leap_ray.api.musicgen import MusicGenRequest
-from leap_ray.api.progress import AudioProgress
+from leap_ray.api.progress import AudioDelta, AudioProgress
 from leap_ray.engines.failures import internal_error
 from leap_ray.errors import LeapRayError
 
@@ -46,27 +45,10 @@ def delay_pattern(
     return pattern
 
 
-def sample_tokens(logits: torch.Tensor, request: MusicGenRequest, generator: torch.Generator) -> torch.Tensor:
-    """One token per row of (codebooks, vocabulary) logits, drawn from the request's own generator."""
-    if request.temperature <= 0:
-        return logits.argmax(dim=-1)
-    # Shifted by the maximum and divided in float64, so that a vanishing temperature (which float32
-    # rounds to 0) still gives a finite distribution rather than inf - inf = NaN.
-    shifted = (logits - logits.max(dim=-1, keepdim=True).values).double()
-    probs = torch.softmax(shifted / request.temperature, dim=-1)
-    if request.top_p > 0:
-        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
-        beyond = sorted_probs.cumsum(dim=-1) - sorted_probs > request.top_p
-        sorted_probs = sorted_probs.masked_fill(beyond, 0.0)
-        sorted_probs /= sorted_probs.sum(dim=-1, keepdim=True)
-        picked = torch.multinomial(sorted_probs, 1, generator=generator)
-        return order.gather(-1, picked).squeeze(-1)
-    if request.top_k > 0:
-        k = min(request.top_k, probs.shape[-1])
-        threshold = probs.topk(k, dim=-1).values[..., -1:]
-        probs = probs * (probs >= threshold)
-        probs /= probs.sum(dim=-1, keepdim=True)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+def undelay(sequence: torch.Tensor, frames: int) -> torch.Tensor:
+    """The first `frames` frames (codebooks, frames) of a (codebooks, positions) delay-pattern sequence:
+    codebook k's frame f sits at position 1 + f + k."""
+    return torch.stack([sequence[k, 1 + k : 1 + k + frames] for k in range(sequence.shape[0])])
 
 
 @dataclass(eq=False)
@@ -77,19 +59,15 @@ class Track:
     seed: int
     windows: list[tuple[int, int]]
     should_stop: Callable[[], bool] | None
-    progress: Callable[[AudioProgress], None] | None
+    progress: Callable[[AudioProgress | AudioDelta], None] | None
     text: torch.Tensor  # (tokens, hidden): projected text conditioning
     chromas: list[torch.Tensor]  # melody model: each window's (chroma_length, 12) chroma; else empty
-    generator: torch.Generator = field(init=False)
     prompt: torch.Tensor | None = None  # (codebooks, frames) carried into the next window
     new_codes: list[torch.Tensor] = field(default_factory=list)
     stopped: bool = False
     error: LeapRayError | None = None
     batch_size: int = 0
     timings: dict[str, float] = field(default_factory=lambda: {"encode_s": 0.0, "generate_s": 0.0})
-
-    def __post_init__(self) -> None:
-        self.generator = torch.Generator().manual_seed(self.seed)
 
     @property
     def left(self) -> bool:
@@ -104,7 +82,7 @@ class Track:
                 self.error = internal_error(error)
         return self.left
 
-    def report(self, event: AudioProgress) -> None:
+    def report(self, event: AudioProgress | AudioDelta) -> None:
         if self.progress is not None and not self.left:
             try:
                 self.progress(event)

@@ -80,15 +80,15 @@ def test_a_cancelled_a_failing_and_a_faulting_track_leave_the_others_unchanged(e
     def failing_progress(event):
         raise RuntimeError("the client's progress hook fails")
 
-    real_step = StaticDecoder.step
+    real_step = StaticDecoder.forward_step
 
-    def faulty_step(self, last, positions, first_row=0, **options):
+    def faulty_step(self, last, positions, span, first_row=0):
         tokens["now"] += 1
         if tokens["now"] == 30 and last.shape[0] > 2:
             raise RuntimeError("CUDA out of memory")  # a shared step fails once: each track reruns alone
-        return real_step(self, last, positions, first_row, **options)
+        return real_step(self, last, positions, span, first_row)
 
-    monkeypatch.setattr(StaticDecoder, "step", faulty_step)
+    monkeypatch.setattr(StaticDecoder, "forward_step", faulty_step)
     cancelled = MusicGenRequest(prompt="gone", duration=2, seed=21)
     failing = MusicGenRequest(prompt="bad hook", duration=2, seed=22)
     innocent = MusicGenRequest(prompt="innocent", duration=2, seed=23)
@@ -96,25 +96,25 @@ def test_a_cancelled_a_failing_and_a_faulting_track_leave_the_others_unchanged(e
     outcomes = run_tokens(engine.running_batch(), {0: [cancelled, failing, innocent]}, hooks)
     assert outcomes[21].stopped
     assert isinstance(outcomes[22], LeapRayError) and outcomes[22].status_code == 500
-    monkeypatch.setattr(StaticDecoder, "step", real_step)
+    monkeypatch.setattr(StaticDecoder, "forward_step", real_step)
     assert np.array_equal(outcomes[23].waveform, solo(engine, innocent))
 
 
 def test_a_track_whose_rows_fault_alone_fails_alone(engine, monkeypatch):
-    real_step = StaticDecoder.step
+    real_step = StaticDecoder.forward_step
 
-    def faulty_step(self, last, positions, first_row=0, **options):
+    def faulty_step(self, last, positions, span, first_row=0):
         if last.shape[0] == 2 and first_row == 2:  # the second track's rows, stepped alone
             raise RuntimeError("CUDA error: an illegal memory access")
         if last.shape[0] > 2:
             raise RuntimeError("CUDA out of memory")
-        return real_step(self, last, positions, first_row, **options)
+        return real_step(self, last, positions, span, first_row)
 
-    monkeypatch.setattr(StaticDecoder, "step", faulty_step)
+    monkeypatch.setattr(StaticDecoder, "forward_step", faulty_step)
     first, second = (MusicGenRequest(prompt=p, duration=1, seed=s) for p, s in (("a", 1), ("b", 2)))
     outcomes = run_tokens(engine.running_batch(), {0: [first, second]})
     assert isinstance(outcomes[2], ModelError)
-    monkeypatch.setattr(StaticDecoder, "step", real_step)
+    monkeypatch.setattr(StaticDecoder, "forward_step", real_step)
     assert np.array_equal(outcomes[1].waveform, solo(engine, first))
 
 
