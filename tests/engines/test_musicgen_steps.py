@@ -12,6 +12,7 @@ from leap_ray.api.musicgen import MusicGenRequest
 from leap_ray.engines.contract import RunningBatch, generate
 from leap_ray.engines.musicgen import MusicGenEngine
 from leap_ray.engines.musicgen_decoder import StaticDecoder
+from leap_ray.engines.musicgen_rows import TrackRows
 from leap_ray.engines.results import MusicGenResult
 from leap_ray.errors import InvalidRequest, LeapRayError, ModelError
 
@@ -162,3 +163,37 @@ def test_progress_comes_per_generated_second_across_windows_and_a_cancel_stops_a
             cancelled["at"] = tokens
     assert [event.seconds for event in events] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
     assert outcomes[2].stopped and cancelled["at"] == 10  # it left at the token it was cancelled at
+
+
+def test_the_host_reads_a_tracks_codes_only_when_it_finishes_a_window(engine, monkeypatch):
+    reads = []
+    real_read = TrackRows.read
+
+    def counted(self, row, positions):
+        reads.append((row, positions))
+        return real_read(self, row, positions)
+
+    monkeypatch.setattr(TrackRows, "read", counted)
+    batch = engine.running_batch()
+    tracks = [MusicGenRequest(prompt="a", duration=d, seed=s) for s, d in ((1, 9), (2, 2))]
+    outcomes = run_tokens(batch, {0: tracks[:1], 7: tracks[1:]})
+    assert all(isinstance(outcome, MusicGenResult) for outcome in outcomes.values())
+    windows = len(engine.start_track(tracks[0], None, None).windows) + 1  # four windows and one
+    assert len(reads) == windows and batch.decoder_calls > 400
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_steady_state_step_never_waits_for_the_device(tiny_models):
+    engine = MusicGenEngine(str(tiny_models["musicgen-melody"]), cuda_graphs=True, batch_buckets=[1, 2, 4])
+    batch = engine.running_batch(max_load=4)
+    for seed in range(3):
+        assert batch.admit(MusicGenRequest(prompt="a", duration=5, seed=seed)) is None
+    batch.step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(20):  # within the first window, between progress reports
+            batch.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert batch.load == 3
