@@ -5,8 +5,10 @@ ingress's HTTP app in-process with a stub model side (`StubGateway`, `make_app`,
 import asyncio
 import base64
 import io
+import json
 import struct
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,10 +20,12 @@ import numpy as np
 import psutil
 import soundfile
 import torch
+import uvicorn
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 from fastapi import FastAPI
 from PIL import Image
 
+from leap_ray.api.audio import audio_delta, encode_audio
 from leap_ray.api.musicgen import MusicGenModelSpec, MusicGenOutput, MusicGenRequest
 from leap_ray.api.progress import AudioProgress, Progress, StepProgress
 from leap_ray.api.sdxl import SDXLModelSpec, SDXLOutput, SDXLRequest
@@ -31,6 +35,7 @@ from leap_ray.engines.sdxl_pipelines import SCHEDULER_CLASSES, WORKFLOW_PIPELINE
 from leap_ray.serve.gateway import ModelGateway
 from leap_ray.serve.ingress import build_http_app
 from leap_ray.serve.jobs.service import Jobs
+from leap_ray.testing.simulated import simulated_track
 
 SMALL = {"height": 64, "width": 64, "num_inference_steps": 3}  # an SDXL request that costs little
 
@@ -202,16 +207,21 @@ def stub_image(seed: int) -> bytes:
     return buffer.getvalue()
 
 
+STUB_PIECE_S = 0.5  # the stub streams a track in pieces of this length, as the engine does
+
+
 def stub_output(request: SDXLRequest | MusicGenRequest) -> SDXLOutput | MusicGenOutput:
-    """What the stub model answers: one `stub_image` per image and seed; a track named by its seed."""
+    """What the stub model answers: one `stub_image` per image and seed; a track of the simulated
+    engine's seeded noise (`simulated_track`), encoded in the request's format."""
     if isinstance(request, SDXLRequest):
         seeds = [request.seed + index for index in range(request.image_count)]
         images = [stub_image(seed) for seed in seeds]
         return SDXLOutput(images=images, format="png", seeds=seeds, timings={}, batch_size=len(seeds))
+    sample_rate = SPECS["musicgen"].sample_rate
     return MusicGenOutput(
-        audio=b"track of seed %d" % request.seed,
+        audio=encode_audio(simulated_track(request.seed, request.duration), sample_rate, request.format),
         format=request.format,
-        sample_rate=SPECS["musicgen"].sample_rate,
+        sample_rate=sample_rate,
         duration=request.duration,
         seed=request.seed,
         timings={},
@@ -222,12 +232,14 @@ def stub_output(request: SDXLRequest | MusicGenRequest) -> SDXLOutput | MusicGen
 class StubGateway(ModelGateway):
     """The real gateway's validation, model checks and seed rule (`prepare` is the real one), with the
     tiny models' facts (`SPECS`) and `stub_output`s. `generated` records every request that reached the
-    model side, as the route made it; each model call takes `hold_s` (a job to cancel must run)."""
+    model side, as the route made it; each model call takes `hold_s` (a job to cancel must run);
+    `audio_always` streams a track's audio even without `stream` (a model that ignores it)."""
 
     def __init__(self, settings: IngressSettings) -> None:
         super().__init__({}, settings)
         self.generated: list[SDXLRequest | MusicGenRequest] = []
         self.hold_s = 0.0
+        self.audio_always = False
 
     async def _spec(self, service: str) -> object:
         return SPECS[service]
@@ -240,8 +252,8 @@ class StubGateway(ModelGateway):
     async def events(
         self, service: str, request: Any
     ) -> AsyncIterator[Progress | SDXLOutput | MusicGenOutput]:
-        """Progress per denoising step (a preview every `preview_every` steps), or a track's one
-        progress event; then the output."""
+        """Progress per denoising step (a preview every `preview_every` steps), or a track's audio in
+        half-second pieces (with `stream`) and its one progress event; then the output."""
         self.generated.append(request)
         if isinstance(request, SDXLRequest):
             total = request.num_inference_steps
@@ -252,6 +264,11 @@ class StubGateway(ModelGateway):
                     step=step, total=total, timestep=1000.0 * (1 - step / total), preview=preview
                 )
         else:
+            if request.stream or self.audio_always:
+                track, rate = simulated_track(request.seed, request.duration), SPECS["musicgen"].sample_rate
+                piece = round(STUB_PIECE_S * rate)
+                for start in range(0, len(track), piece):
+                    yield audio_delta(track[start : start + piece], rate, start)
             yield AudioProgress(seconds=request.duration, total=request.duration)
         await asyncio.sleep(self.hold_s)
         yield stub_output(request)
@@ -352,3 +369,41 @@ def in_process_app(tmp_path: Path, **settings: object) -> Iterator[InProcessApp]
             yield InProcessApp(app, gateway, transport, http)
     finally:
         transport.close()
+
+
+@contextmanager
+def served(app: FastAPI) -> Iterator[str]:
+    """The app served over HTTP by uvicorn on a free loopback port, on a thread of its own, for what
+    needs a real URL and answers as they stream (the CLI in a subprocess, a browser); its URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def sse_events(text: str) -> list[tuple[str, dict]]:
+    """A Server-Sent Events answer's (event, data) pairs, in order."""
+    events = []
+    for block in text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((fields["event"], json.loads(fields["data"])))
+    return events
+
+
+def pcm_samples(pcm: bytes) -> np.ndarray:
+    """16-bit little-endian PCM as int16 samples."""
+    return np.frombuffer(pcm, dtype="<i2")
+
+
+def wav_samples(data: bytes) -> np.ndarray:
+    """An encoded track's samples as int16 (a WAV holds them as they are)."""
+    return soundfile.read(io.BytesIO(data), dtype="int16")[0]

@@ -4,6 +4,7 @@ through a handle, as an array with its sample rate); results leave as encoded by
 Encoded audio is a client's bytes parsed by libsndfile, so its header (sample rate, channels, length)
 is checked before anything is decoded, and no more than the allowed duration is ever decoded."""
 
+import base64
 import io
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ import numpy as np
 import soundfile
 import torch
 
+from leap_ray.api.progress import AudioDelta
 from leap_ray.api.uploads import upload_bytes
 
 AUDIO_FORMATS: dict[str, tuple[str, str, str]] = {
@@ -154,6 +156,21 @@ def encode_audio(waveform: np.ndarray, sample_rate: int, audio_format: str) -> b
     buffer = io.BytesIO()
     soundfile.write(buffer, np.clip(waveform, -1.0, 1.0), sample_rate, format=container, subtype=subtype)
     return buffer.getvalue()
+
+
+def pcm16(waveform: np.ndarray, sample_rate: int) -> bytes:
+    """Headerless 16-bit little-endian mono PCM of the samples, converted by libsndfile as a wav
+    output's are: a streamed piece holds the very numbers the final track's WAV holds."""
+    buffer = io.BytesIO()
+    clipped = np.clip(waveform, -1.0, 1.0)
+    soundfile.write(buffer, clipped, sample_rate, format="RAW", subtype="PCM_16", endian="LITTLE")
+    return buffer.getvalue()
+
+
+def audio_delta(samples: np.ndarray, sample_rate: int, start: int) -> AudioDelta:
+    """The event that streams `samples`, the piece of a track from its sample `start` on."""
+    audio = base64.b64encode(pcm16(samples, sample_rate)).decode()
+    return AudioDelta(audio=audio, sample_rate=sample_rate, start=start / sample_rate)
 
 
 def content_type(audio_format: str) -> str:

@@ -87,7 +87,13 @@ class MusicGenRequest(BaseModel):
         "Mixed to mono and resampled; looped when shorter than the track. Needs a melody model.",
     )
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Sampling seed; random when absent.")
-    stream: bool = Field(False, description="Answer with progress events, as with Accept: text/event-stream.")
+    stream: bool = Field(
+        False,
+        description="Answer with Server-Sent Events (as Accept: text/event-stream also asks): the track's "
+        "audio as it is generated (`audio.delta`: base64 16-bit little-endian mono PCM with its "
+        "sample_rate and start, about every half second), `progress` each second, then `result` with "
+        "the complete track. Jobs ignore it (a job keeps no audio but its output).",
+    )
     guidance_scale: FiniteFloat = Field(3.0, ge=0.0, le=20.0, description="Classifier-free guidance scale.")
     temperature: FiniteFloat = Field(
         1.0,

@@ -1,6 +1,7 @@
 """Progress events: what an engine reports while a request runs, and what clients receive as SSE
 `progress` events, job progress and progress webhooks."""
 
+import base64
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -44,10 +45,22 @@ class AudioDelta:
     start: float
     """Seconds into the track where this piece starts."""
 
+    @property
+    def pcm(self) -> bytes:
+        """The piece's samples: 16-bit little-endian mono PCM."""
+        return base64.b64decode(self.audio)
+
 
 Progress = StepProgress | AudioProgress | AudioDelta
+JobProgress = StepProgress | AudioProgress  # what a job keeps and reports: never audio
+AUDIO_DELTA_FORMAT = "pcm16"  # what an `audio.delta` event's audio holds
 
 
 def progress_json(progress: Progress) -> dict[str, Any]:
     """The event as clients see it (no `preview` key when there is none)."""
     return {name: value for name, value in asdict(progress).items() if value is not None}
+
+
+def audio_delta_json(delta: AudioDelta) -> dict[str, Any]:
+    """An `audio.delta` event's data: the piece, its format (pcm16), its rate and its start."""
+    return {"format": AUDIO_DELTA_FORMAT, **asdict(delta)}

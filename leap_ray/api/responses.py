@@ -6,7 +6,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from leap_ray.api.common import ErrorDetail
-from leap_ray.api.progress import Progress, progress_json
+from leap_ray.api.progress import JobProgress, progress_json
 
 AudioFormat = Literal["wav", "flac", "ogg", "mp3"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -46,7 +46,7 @@ class JobView(BaseModel):
     created_at: float = Field(description="Unix time the job was accepted.")
     started_at: float | None = Field(description="Unix time a runner first started it.")
     finished_at: float | None = Field(description="Unix time it ended.")
-    progress: Progress | None = Field(
+    progress: JobProgress | None = Field(
         description="The last progress event: {step, total, timestep} for SDXL, with `stage` (base or "
         "refiner, each counting its own steps) when it has a refiner; {seconds, total} for MusicGen. "
         "Never a preview image."
@@ -67,6 +67,6 @@ class JobView(BaseModel):
 
     # Unannotated: a return type would replace the progress events' schema with a bare object.
     @field_serializer("progress")
-    def _progress_as_streamed(self, progress: Progress | None):
+    def _progress_as_streamed(self, progress: JobProgress | None):
         """As the SSE progress events show it: no keys for what the event has not (no null stage)."""
         return None if progress is None else progress_json(progress)

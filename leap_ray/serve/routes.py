@@ -13,7 +13,7 @@ from leap_ray.api.audio import AUDIO_FORMATS, content_type
 from leap_ray.api.common import EVENT_STREAM, ErrorResponse
 from leap_ray.api.images import CONTENT_TYPES
 from leap_ray.api.musicgen import MusicGenRequest, musicgen_response
-from leap_ray.api.progress import Progress, progress_json
+from leap_ray.api.progress import AudioDelta, Progress, audio_delta_json, progress_json
 from leap_ray.api.responses import MusicGenResponse, SDXLResponse
 from leap_ray.api.sdxl import SDXLRequest, sdxl_response
 from leap_ray.errors import NotAcceptable
@@ -100,10 +100,18 @@ def sse(event: str, data: dict[str, Any]) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
+def sse_of(event: Progress) -> str:
+    """A model's event as SSE: `audio.delta` for a piece of a track's audio, else `progress`."""
+    if isinstance(event, AudioDelta):
+        return sse("audio.delta", audio_delta_json(event))
+    return sse("progress", progress_json(event))
+
+
 async def event_stream(gateway: ModelGateway, service: str, request: Any) -> StreamingResponse:
     """Server-Sent Events: `progress` after each denoising step (SDXL: step, total, timestep) or
-    generated second (MusicGen: seconds, total), then `result` with the JSON response, or `error`.
-    Bad input is still a plain 422, before the stream starts."""
+    generated second (MusicGen: seconds, total), MusicGen's `audio.delta` pieces as they are generated
+    (when the request has `stream: true`), then `result` with the JSON response, or `error`. Bad input
+    is still a plain 422, before the stream starts."""
     request = await gateway.prepare(service, request)
     response = SERVICES[service].response
 
@@ -111,7 +119,7 @@ async def event_stream(gateway: ModelGateway, service: str, request: Any) -> Str
         try:
             async for event in gateway.events(service, request):
                 if isinstance(event, Progress):
-                    yield sse("progress", progress_json(event))
+                    yield sse_of(event)
                 else:
                     yield sse("result", response(event).model_dump())
         except Exception as error:
@@ -168,12 +176,16 @@ def generation_routes(gateway: ModelGateway) -> APIRouter:
     )
     async def post_musicgen(request: Request, accept: Annotated[str | None, ACCEPT] = None) -> Response:
         """JSON by default; with `Accept: audio/wav` (or flac, ogg, mpeg) the raw bytes, with the
-        seed in `X-Seed` and the sample rate in `X-Sample-Rate`; with `Accept: text/event-stream`, a
-        progress event per generated second and then the JSON result as Server-Sent Events."""
+        seed in `X-Seed` and the sample rate in `X-Sample-Rate`; with `stream: true` or `Accept:
+        text/event-stream`, Server-Sent Events: `audio.delta` events carrying the track as it is
+        generated (about every half second: base64 16-bit little-endian mono PCM, `format` pcm16,
+        `sample_rate`, `start` in seconds; joined in order they are the whole track), a `progress`
+        event per generated second, then `result` with the JSON answer (the complete track)."""
         body = await gateway.read(request, "musicgen")
         audio_format = negotiate(accept, AUDIO_FORMATS_BY_TYPE)
         if body.stream or audio_format == EVENTS:
-            return await event_stream(gateway, "musicgen", body)
+            # The model sends audio pieces only for a request that says stream (Accept may be all).
+            return await event_stream(gateway, "musicgen", body.model_copy(update={"stream": True}))
         if audio_format is not None:
             body = body.model_copy(update={"format": audio_format})
         output = await gateway.generate("musicgen", await gateway.prepare("musicgen", body))

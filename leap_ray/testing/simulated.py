@@ -6,6 +6,8 @@ They keep the engine contract (`leap_ray.engines.contract`) with a running batch
 requests are admitted, stepped, reported,
 cancelled and answered as by the real engines, but a step sleeps for a latency model's time instead
 of computing, and outputs are seeded and of the right shape (images of flat blocks, audio noise).
+A MusicGen request with `stream` also gets its track's audio as it is made (an AudioDelta every half
+second of audio: the final track's own samples, in 16-bit PCM).
 Cues, as engine kwargs: a prompt equal to `fail_prompt` fails its request alone (ModelError), as a
 model fault would; one equal to `die_prompt` kills the replica's process (SIGKILL) at its first
 step, as a GPU fault or the OOM killer would.
@@ -29,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from leap_ray.api.audio import audio_delta
 from leap_ray.api.common import draw_seed
 from leap_ray.api.musicgen import MusicGenModelSpec, MusicGenRequest
-from leap_ray.api.progress import AudioProgress, Progress, StepProgress
+from leap_ray.api.progress import AudioDelta, AudioProgress, Progress, StepProgress
 from leap_ray.api.sdxl import SDXLModelSpec, SDXLRequest, seeds_for
 from leap_ray.engines.failures import internal_error
 from leap_ray.engines.results import MusicGenResult, SDXLResult
@@ -39,6 +42,7 @@ from leap_ray.errors import LeapRayError, ModelError
 
 REFERENCE_PIXELS = 1024 * 1024
 SAMPLE_RATE, FRAME_RATE = 32_000, 50  # MusicGen's
+PIECE_FRAMES = FRAME_RATE // 2  # with `stream`: a piece of the track every half second of it
 
 
 @dataclass(eq=False)  # found by identity: comparing requests would compare their tensors
@@ -55,6 +59,8 @@ class _Job:
     stopped: bool = False
     largest_batch: int = 0
     error: LeapRayError | None = None
+    track: np.ndarray | None = None  # MusicGen: the request's waveform, made once
+    streamed: int = 0  # MusicGen: samples of it sent as AudioDelta
 
 
 class _SimulatedEngine:
@@ -80,7 +86,8 @@ class _SimulatedEngine:
     def step_s(self, jobs: list[_Job]) -> float:
         raise NotImplementedError
 
-    def event(self, job: _Job) -> Progress | None:
+    def events(self, job: _Job) -> list[Progress]:
+        """What the job reports after its step (in order)."""
         raise NotImplementedError
 
     def result(self, job: _Job) -> Any:
@@ -153,8 +160,9 @@ class SimulatedBatch:
         try:
             if job.should_stop is not None and job.should_stop():
                 job.stopped = True
-            elif job.progress is not None and (event := self.engine.event(job)) is not None:
-                job.progress(event)
+            elif job.progress is not None:
+                for event in self.engine.events(job):
+                    job.progress(event)
         except Exception as error:
             job.error = internal_error(error)
 
@@ -190,8 +198,8 @@ class SimulatedSDXLEngine(_SimulatedEngine):
         pixels = sum(job.request.image_count * job.request.height * job.request.width for job in jobs)
         return self.base_step_s + self.image_step_s * pixels / REFERENCE_PIXELS
 
-    def event(self, job: _Job) -> StepProgress:
-        return StepProgress(job.done, job.steps, float(1000 - 1000 * job.done // job.steps), None)
+    def events(self, job: _Job) -> list[Progress]:
+        return [StepProgress(job.done, job.steps, float(1000 - 1000 * job.done // job.steps), None)]
 
     def result(self, job: _Job) -> SDXLResult:
         request, seeds = job.request, seeds_for(job.request, job.seed)
@@ -234,14 +242,42 @@ class SimulatedMusicGenEngine(_SimulatedEngine):
     def step_s(self, jobs: list[_Job]) -> float:
         return self.token_s + self.track_token_s * len(jobs)
 
-    def event(self, job: _Job) -> AudioProgress | None:
-        if job.done % FRAME_RATE:
+    def events(self, job: _Job) -> list[Progress]:
+        """The audio made since the last piece (with `stream`, every PIECE_FRAMES and at the end), and
+        AudioProgress at each whole second."""
+        events: list[Progress] = []
+        if job.request.stream and (delta := self.next_piece(job)) is not None:
+            events.append(delta)
+        if job.done % FRAME_RATE == 0:
+            events.append(AudioProgress(job.done / FRAME_RATE, job.request.duration))
+        return events
+
+    def next_piece(self, job: _Job) -> AudioDelta | None:
+        """The track's samples after the last piece, when a piece is due (marked as sent)."""
+        last = job.done >= job.steps
+        if job.done % PIECE_FRAMES and not last:
             return None
-        return AudioProgress(job.done / FRAME_RATE, job.request.duration)
+        waveform = self.track(job)
+        end = len(waveform) if last else min(job.done * SAMPLE_RATE // FRAME_RATE, len(waveform))
+        if end <= job.streamed:
+            return None
+        start, job.streamed = job.streamed, end
+        return audio_delta(waveform[start:end], SAMPLE_RATE, start)
+
+    @staticmethod
+    def track(job: _Job) -> np.ndarray:
+        if job.track is None:
+            job.track = simulated_track(job.seed, job.request.duration)
+        return job.track
 
     def result(self, job: _Job) -> MusicGenResult:
-        samples = 0 if job.stopped else round(job.request.duration * SAMPLE_RATE)  # a stopped track: none
-        waveform = (np.random.default_rng(job.seed).standard_normal(samples) * 0.1).astype(np.float32)
+        waveform = np.zeros(0, np.float32) if job.stopped else self.track(job)  # a stopped track: none
         elapsed = time.perf_counter() - job.admitted_at
         timings = {"generate_s": elapsed}
         return MusicGenResult(waveform, SAMPLE_RATE, job.seed, timings, job.largest_batch, job.stopped)
+
+
+def simulated_track(seed: int, duration: float) -> np.ndarray:
+    """A simulated track: seeded noise, as many samples as `duration` holds."""
+    samples = round(duration * SAMPLE_RATE)
+    return (np.random.default_rng(seed).standard_normal(samples) * 0.1).astype(np.float32)

@@ -22,7 +22,7 @@ from PIL import Image
 from replicate.exceptions import ReplicateError
 
 from leap_ray.serve.predictions_routes import _wait_s
-from tests.helpers import APP_URL, assert_error, stub_image
+from tests.helpers import APP_URL, assert_error, stub_image, stub_output
 
 IMAGE = {"prompt": "a red fox", "height": 64, "width": 64, "num_inference_steps": 3, "seed": 11}
 FINISHED = ("succeeded", "failed", "canceled")
@@ -78,8 +78,8 @@ def png_of(path) -> str:
 def test_replicate_runs_musicgen_as_the_musicgen_request(stub_client, in_process):
     body = {"prompt": "a drum loop", "duration": 1, "seed": 2}
     output = stub_client.run("leap-ray/musicgen", input=body)
-    assert in_process.http.get(str(output)).content == b"track of seed 2"
     (request,) = in_process.gateway.generated
+    assert in_process.http.get(str(output)).content == stub_output(request).audio
     assert request == in_process.model_request("/v1/musicgen", body)
 
 

@@ -9,7 +9,9 @@ import time
 
 import numpy as np
 
+from leap_ray.api.audio import pcm16
 from leap_ray.api.musicgen import MusicGenRequest
+from leap_ray.api.progress import AudioDelta, AudioProgress
 from leap_ray.api.sdxl import SDXLRequest
 from leap_ray.engines.contract import Engine, generate
 from leap_ray.engines.results import MusicGenResult, SDXLResult
@@ -95,3 +97,26 @@ def test_a_die_prompt_kills_the_process_running_it_as_a_gpu_fault_would():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == -signal.SIGKILL, done.stderr[-1000:]
     assert done.stdout == "survived a fine request\n"
+
+
+def test_a_streamed_track_comes_in_half_second_pieces_of_its_own_pcm16_samples():
+    engine = SimulatedMusicGenEngine(**FAST_MUSICGEN)
+    streamed, plain = (MusicGenRequest(prompt="a", duration=1.3, seed=4, stream=s) for s in (True, False))
+    events: list = []
+    result, quiet = generate(engine, [streamed, plain], progress=[events.append, lambda event: None])
+    deltas = [event for event in events if isinstance(event, AudioDelta)]
+    assert [event.seconds for event in events if isinstance(event, AudioProgress)] == [1.0]
+    assert [delta.start for delta in deltas] == [0.0, 0.5, 1.0]  # the last: what is left (0.3 s)
+    joined = b"".join(delta.pcm for delta in deltas)
+    assert joined == pcm16(result.waveform, 32_000) and len(joined) == 2 * 41_600
+    assert np.array_equal(result.waveform, quiet.waveform)  # streaming changes nothing in the track
+
+
+def test_a_track_without_stream_reports_no_audio():
+    events: list = []
+    generate(
+        SimulatedMusicGenEngine(**FAST_MUSICGEN),
+        [MusicGenRequest(prompt="a", duration=1, seed=1)],
+        progress=[events.append],
+    )
+    assert events == [AudioProgress(1.0, 1.0)]

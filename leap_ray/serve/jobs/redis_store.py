@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from leap_ray.api.progress import Progress
+from leap_ray.api.progress import JobProgress
 from leap_ray.serve.jobs.store import (
     Job,
     QueueFull,
@@ -229,7 +229,7 @@ class RedisJobStore:
         keys = [self._key(job_id), self._input_key(job_id), self.running, self.finished]
         return self._finish(keys=keys, args=[owner, status, time.time(), error, outputs, job_id]) == 1
 
-    def set_progress(self, job_id: str, owner: str, progress: Progress) -> None:
+    def set_progress(self, job_id: str, owner: str, progress: JobProgress) -> None:
         if self.db.hget(self._key(job_id), "owner") == owner:
             self.db.hset(self._key(job_id), "progress", progress_record(progress))
 

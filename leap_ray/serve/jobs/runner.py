@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from leap_ray.api.jobs import JobEventKind
-from leap_ray.api.progress import Progress
+from leap_ray.api.progress import JobProgress
 from leap_ray.errors import StoreUnavailable
 from leap_ray.serve import metrics
 from leap_ray.serve.errors import as_leap_error
@@ -26,7 +26,7 @@ from leap_ray.serve.jobs.store_client import StoreClient
 logger = logging.getLogger("ray.serve")
 PROGRESS_EVENT_EVERY_S = 1.0  # progress webhooks: at most this often per job
 # Runs (service, input, report progress) and returns the outputs: (encoded bytes, extension, content type).
-RunJob = Callable[[str, dict, Callable[[Progress], None]], Awaitable[list[tuple[bytes, str, str]]]]
+RunJob = Callable[[str, dict, Callable[[JobProgress], None]], Awaitable[list[tuple[bytes, str, str]]]]
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class JobRunner:
         self._expired_at = 0.0
         self.owner = uuid.uuid4().hex
         self.tasks: dict[str, asyncio.Task] = {}
-        self._progress: dict[str, Progress] = {}  # reported since the last heartbeat
+        self._progress: dict[str, JobProgress] = {}  # reported since the last heartbeat
         self._cancelled: set[str] = set()  # jobs whose cancellation was asked for (a DELETE)
         self._loop_task: asyncio.Task | None = None
 
@@ -100,7 +100,7 @@ class JobRunner:
             self.tasks[job.id] = asyncio.get_running_loop().create_task(self._execute(job, job_input))
 
     def _beat_and_claim(
-        self, progress: dict[str, Progress | None], free: int
+        self, progress: dict[str, JobProgress | None], free: int
     ) -> tuple[list[str], list[tuple[Job, dict | None]]]:
         """One tick's store work, on the store's thread: expiry when due, heartbeats (with the latest
         progress) of running jobs, claims. Returns the jobs to stop (cancelled) and those claimed."""
@@ -130,7 +130,7 @@ class JobRunner:
         self.notify(JobEvent(job, "start"))
         last_event = 0.0
 
-        def report(progress: Progress) -> None:
+        def report(progress: JobProgress) -> None:
             nonlocal last_event
             self._progress[job.id] = progress
             if time.monotonic() - last_event >= PROGRESS_EVENT_EVERY_S:
@@ -179,7 +179,7 @@ class JobRunner:
             self.notify(JobEvent(job, "completed"))
 
     def _record_end(
-        self, job_id: str, status: str, progress: Progress | None, result: dict[str, Any]
+        self, job_id: str, status: str, progress: JobProgress | None, result: dict[str, Any]
     ) -> Job | None:
         """The finished job, or None when it was no longer ours to end (another runner took it over)."""
         store = self.store.store

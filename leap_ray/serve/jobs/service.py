@@ -16,7 +16,7 @@ from leap_ray.api.audio import content_type
 from leap_ray.api.images import CONTENT_TYPES
 from leap_ray.api.jobs import JobSubmission
 from leap_ray.api.predictions import prediction_view
-from leap_ray.api.progress import AudioProgress, Progress, StepProgress
+from leap_ray.api.progress import AudioProgress, JobProgress, Progress, StepProgress
 from leap_ray.api.responses import FINISHED, JobView
 from leap_ray.api.sdxl import SDXLOutput
 from leap_ray.config import JobsSettings
@@ -79,15 +79,18 @@ class Jobs:
         )
 
     async def _run(
-        self, service: str, job_input: dict[str, Any], report: Callable[[Progress], None]
+        self, service: str, job_input: dict[str, Any], report: Callable[[JobProgress], None]
     ) -> Outputs:
+        # A job keeps no audio but its output: the model is not asked for pieces of it (`stream`; its
+        # input was validated when the job was submitted).
+        job_input = {**job_input, "stream": False}
         request = await self.gateway.prepare(service, job_input, param_prefix="input")
         async for event in self.gateway.events(service, request):
             if isinstance(event, StepProgress):  # kept small: a job's progress has no preview image
                 report(replace(event, preview=None))
             elif isinstance(event, AudioProgress):
                 report(event)
-            else:
+            elif not isinstance(event, Progress):  # an AudioDelta, should one come, is dropped
                 return encoded_outputs(event)
         raise RuntimeError("the model's event stream ended without a result")
 

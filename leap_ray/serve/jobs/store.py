@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, TypeAdapter, model_validator
 
 from leap_ray.api.jobs import JobEventKind
-from leap_ray.api.progress import Progress, progress_json
+from leap_ray.api.progress import JobProgress, progress_json
 from leap_ray.api.responses import FINISHED, JobStatus
 
 WebhookFormat = Literal["job", "prediction"]  # what a webhook POSTs: the job's JSON or the prediction's
@@ -60,7 +60,7 @@ class Job:
     outputs: list[dict[str, str]] = field(default_factory=list)  # {"path", "content_type"}
     cancel_requested: bool = False
     webhook: WebhookSpec | None = None
-    progress: Progress | None = None  # the model's last progress event (with no preview image)
+    progress: JobProgress | None = None  # the model's last progress event (with no preview image)
     client: str = ""  # who created it: an API key's id ("" without keys); only they see it
     seed: int | None = None  # the seed fixed at submission (the input itself is dropped when done)
     input_summary: dict[str, Any] | None = None  # the input `summarised`, kept with the record
@@ -104,15 +104,15 @@ def summarised(value: Any) -> Any:
     return value
 
 
-_PROGRESS = TypeAdapter(Progress)
+_PROGRESS = TypeAdapter(JobProgress)
 
 
-def progress_record(progress: Progress) -> str:
+def progress_record(progress: JobProgress) -> str:
     """A progress event as the stores keep it: its JSON, as clients see it."""
     return json.dumps(progress_json(progress))
 
 
-def read_progress(record: str | None) -> Progress | None:
+def read_progress(record: str | None) -> JobProgress | None:
     """The progress event a store kept (`progress_record`); its keys tell SDXL's from MusicGen's."""
     return _PROGRESS.validate_json(record) if record else None
 
@@ -146,7 +146,7 @@ class JobStore(Protocol):
     def heartbeat(self, job_id: str, owner: str) -> bool: ...
     def finish(self, job_id: str, owner: str, status: str, **result: Any) -> bool: ...
     def cancel(self, job_id: str) -> Job | None: ...
-    def set_progress(self, job_id: str, owner: str, progress: Progress) -> None: ...
+    def set_progress(self, job_id: str, owner: str, progress: JobProgress) -> None: ...
     def expire(self, finished_before: float) -> list[Job]: ...
 
 
@@ -336,7 +336,7 @@ class SQLiteJobStore:
             db.execute("COMMIT")
         return updated == 1
 
-    def set_progress(self, job_id: str, owner: str, progress: Progress) -> None:
+    def set_progress(self, job_id: str, owner: str, progress: JobProgress) -> None:
         with self._connect() as db:
             db.execute(
                 "UPDATE job_records SET progress = ? WHERE id = ? AND owner = ?",
