@@ -7,14 +7,16 @@ import json
 import os
 import random
 import signal
+import struct
 import sys
 import threading
 from importlib.metadata import version
 from pathlib import Path
-from typing import NoReturn
+from typing import BinaryIO, NoReturn
 
 import httpx
 
+from leap_ray.api.progress import AudioDelta
 from leap_ray.client import LeapRayClient, ServiceError
 
 EXAMPLE_BODY = (
@@ -95,6 +97,47 @@ class Progress:
             self.bar.close()
 
 
+UNKNOWN_SIZE = 0xFFFFFFFF  # a WAV size field meaning "until the stream ends", for pipes
+
+
+def wav_stream_header(sample_rate: int) -> bytes:
+    """The header of a WAV stream of 16-bit mono PCM of unknown length: its RIFF and data sizes are
+    0xFFFFFFFF, which players reading a pipe (`ffplay -`, `aplay`) take as "until the end"."""
+    fmt = struct.pack("<HHIIHH", 1, 1, sample_rate, sample_rate * 2, 2, 16)
+    unknown = struct.pack("<I", UNKNOWN_SIZE)
+    return b"RIFF" + unknown + b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + unknown
+
+
+class WavStream:
+    """--play: a track's pieces, as they arrive, written to `out` as one WAV stream. A piece is placed
+    by its `start` (after a replica's failure the track starts again: what was written is skipped);
+    a reader that goes away (the player quit) ends the playing, not the generation."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out, self.samples, self.sample_rate, self.closed = out, 0, 0, False
+
+    def __call__(self, piece: AudioDelta) -> None:
+        if self.closed:
+            return
+        if not self.sample_rate:
+            self.sample_rate = piece.sample_rate
+            self._write(wav_stream_header(piece.sample_rate))
+        pcm = piece.pcm[2 * max(0, self.samples - round(piece.start * self.sample_rate)) :]
+        self.samples += len(pcm) // 2
+        self._write(pcm)
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self.out.write(data)
+            self.out.flush()
+        except BrokenPipeError:
+            self.closed = True
+            # Python's own flush of stdout at exit would fail again, noisily: point it at nothing.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.out.fileno())
+            os.close(devnull)
+
+
 IMAGE_FORMATS = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}
 AUDIO_FORMATS = {"wav": "wav", "flac": "flac", "ogg": "ogg", "mp3": "mp3"}
 
@@ -102,7 +145,9 @@ AUDIO_FORMATS = {"wav": "wav", "flac": "flac", "ogg": "ogg", "mp3": "mp3"}
 def _output_format(args: argparse.Namespace) -> str:
     """--format, else the output file's extension, else png / wav."""
     formats = IMAGE_FORMATS if args.kind == "image" else AUDIO_FORMATS
-    named = args.format or (Path(args.output).suffix.lower().lstrip(".") if args.output != "-" else "")
+    named = args.format or (
+        Path(args.output).suffix.lower().lstrip(".") if args.output not in (None, "-") else ""
+    )
     chosen = formats.get(named or next(iter(formats)))
     if chosen is None:
         raise UsageError(f"cannot write {args.kind}s as {named!r}; use one of: {', '.join(formats)}")
@@ -161,7 +206,10 @@ def _outputs(client: LeapRayClient, args: argparse.Namespace, request: dict) -> 
         if args.kind == "image":
             images = client.generate_image(request, on_progress=progress).images
             return [(base64.b64decode(image.data), image.seed) for image in images]
-        track = client.generate_music(request, on_progress=progress)
+        player = WavStream(sys.stdout.buffer) if args.play else None
+        track = client.generate_music(request, on_progress=progress, on_audio=player)
+        if player is not None and not player.sample_rate:
+            print("leap-ray: the service sent no audio while generating", file=sys.stderr)
         return [(base64.b64decode(track.audio), track.seed)]
     finally:
         progress.close()
@@ -181,9 +229,12 @@ def _generate(args: argparse.Namespace) -> None:
 
     if args.output == "-" and (args.images or 1) > 1:
         raise UsageError("-o - takes one output; write several images to files (-o name.png)")
+    _check_play(args)
     request = _request(args)
     with LeapRayClient(args.url, api_key=args.api_key, retries=CLI_RETRIES) as client:
         outputs = _outputs(client, args, request)
+    if args.output is None:  # --play alone: the audio went to stdout as it came
+        return
     written = []
     for (data, seed), path in zip(outputs, _paths(args.output, len(outputs)), strict=True):
         if path == "-":
@@ -193,11 +244,26 @@ def _generate(args: argparse.Namespace) -> None:
             Path(path).write_bytes(data)
         written.append({"path": path, "seed": seed, "bytes": len(data)})
     if args.json:
-        print(json.dumps({"outputs": written}), file=sys.stderr if args.output == "-" else sys.stdout)
+        to_stdout = args.output != "-" and not args.play
+        print(json.dumps({"outputs": written}), file=sys.stdout if to_stdout else sys.stderr)
     else:
         for item in written:
             seed = f" (seed {item['seed']})" if item["seed"] is not None else ""
             print(f"wrote {item['path']}{seed}", file=sys.stderr)
+
+
+def _check_play(args: argparse.Namespace) -> None:
+    """--play streams a direct music generation to stdout; -o is then optional, and not stdout."""
+    if not args.play:
+        if args.output is None:
+            raise UsageError("-o/--output is required (a file, or - for stdout), unless --play")
+        return
+    if args.kind != "music":
+        raise UsageError("--play plays music; images have nothing to play")
+    if args.job:
+        raise UsageError("--play streams a direct generation; a job (--job) sends no audio until done")
+    if args.output == "-":
+        raise UsageError("--play writes to stdout already; -o - would mix the final file into it")
 
 
 def _loadtest(args: argparse.Namespace) -> None:
@@ -268,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("kind", choices=["image", "music"])
     generate.add_argument("prompt")
     generate.add_argument(
-        "-o", "--output", required=True, help="file to write (its extension sets the format), or - for stdout"
+        "-o", "--output", help="file to write (its extension sets the format), or - for stdout"
     )
     generate.add_argument("--format", help="png, jpeg or webp; wav, flac, ogg or mp3 (default: from -o)")
     generate.add_argument("--seed", type=int)
@@ -292,6 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--refiner", action="store_true", help="finish the image with the SDXL refiner")
     generate.add_argument("--duration", type=float, help="seconds (music; the service's default: 10)")
     generate.add_argument("--melody", help="audio file whose melody guides the music")
+    generate.add_argument(
+        "--play",
+        action="store_true",
+        help="music: write the audio to stdout as it is generated, a WAV stream (| ffplay -nodisp -, "
+        "| aplay); -o still writes the final file",
+    )
     generate.add_argument("--job", action="store_true", help="submit as a job and wait for it")
     generate.add_argument("--json", action="store_true", help="print what was written as JSON")
     generate.add_argument(

@@ -4,6 +4,7 @@ It needs httpx, pydantic, httpx-sse and httpx-retries only (`pip install leap-ra
 
     with LeapRayClient("http://127.0.0.1:8000") as client:
         images = client.generate_image({"prompt": "a lighthouse", "seed": 1}, on_progress=print)
+        track = client.generate_music({"prompt": "lo-fi"}, on_audio=lambda piece: play(piece.pcm))
         job = client.wait_job(client.submit_job("musicgen", {"prompt": "lo-fi", "duration": 30}).id)
 
 A 503 (at capacity, a replica restarting) is retried after its `Retry-After`, up to `retries`
@@ -20,10 +21,12 @@ import httpx
 from httpx_retries import Retry, RetryTransport
 from httpx_sse import ServerSentEvent, aconnect_sse, connect_sse
 
+from leap_ray.api.progress import AudioDelta
 from leap_ray.api.responses import FINISHED, JobView, MusicGenResponse, SDXLResponse
 from leap_ray.errors import LeapRayError
 
 Progress = Callable[[dict[str, Any]], None]
+Audio = Callable[[AudioDelta], None]  # a piece of a track as it is generated (`.pcm`: 16-bit PCM)
 PATHS = {"sdxl": "/v1/sdxl", "musicgen": "/v1/musicgen"}
 
 
@@ -50,10 +53,15 @@ def _checked(response: httpx.Response) -> httpx.Response:
     raise ServiceError(response.status_code, body)
 
 
-def _outcome(event: ServerSentEvent, on_progress: Progress | None) -> dict[str, Any] | None:
-    """The result when the event carries it; reports progress; raises on an error event."""
+def _outcome(
+    event: ServerSentEvent, on_progress: Progress | None, on_audio: Audio | None = None
+) -> dict[str, Any] | None:
+    """The result when the event carries it; reports progress and audio; raises on an error event."""
     if event.event == "progress" and on_progress is not None:
         on_progress(event.json())
+    elif event.event == "audio.delta" and on_audio is not None:
+        data = event.json()
+        on_audio(AudioDelta(audio=data["audio"], sample_rate=data["sample_rate"], start=data["start"]))
     elif event.event == "error":  # after the 200 that started the stream: no status of its own
         try:
             body = event.json()
@@ -89,11 +97,17 @@ def _options(base_url: str, api_key: str | None, timeout: float, retries: int) -
     }
 
 
-def _result_of(events: Iterator[ServerSentEvent], on_progress: Progress | None) -> dict[str, Any]:
+def _no_result() -> ServiceError:
+    return ServiceError(502, {"error": {"message": "the event stream ended without a result"}})
+
+
+def _result_of(
+    events: Iterator[ServerSentEvent], on_progress: Progress | None, on_audio: Audio | None
+) -> dict[str, Any]:
     for event in events:
-        if (result := _outcome(event, on_progress)) is not None:
+        if (result := _outcome(event, on_progress, on_audio)) is not None:
             return result
-    raise ServiceError(502, {"error": {"message": "the event stream ended without a result"}})
+    raise _no_result()
 
 
 class _Client:
@@ -126,23 +140,30 @@ class LeapRayClient(_Client):
         self.http.close()
 
     def stream(self, service: str, request: Any) -> Iterator[ServerSentEvent]:
-        """The service's events as they come: `progress` ones, then `result` (or `error`)."""
+        """The service's events as they come: `progress` (and MusicGen's `audio.delta`) ones, then
+        `result` (or `error`)."""
         with connect_sse(self.http, "POST", PATHS[service], json=_body(request)) as source:
             if not source.response.is_success:
                 source.response.read()
                 _checked(source.response)
             yield from source.iter_sse()
 
-    def _generate(self, service: str, request: Any, on_progress: Progress | None) -> dict[str, Any]:
-        if on_progress is None:
+    def _generate(
+        self, service: str, request: Any, on_progress: Progress | None, on_audio: Audio | None = None
+    ) -> dict[str, Any]:
+        if on_progress is None and on_audio is None:
             return _checked(self.http.post(PATHS[service], json=_body(request))).json()
-        return _result_of(self.stream(service, request), on_progress)
+        return _result_of(self.stream(service, request), on_progress, on_audio)
 
     def generate_image(self, request: Any, on_progress: Progress | None = None) -> SDXLResponse:
         return SDXLResponse.model_validate(self._generate("sdxl", request, on_progress))
 
-    def generate_music(self, request: Any, on_progress: Progress | None = None) -> MusicGenResponse:
-        return MusicGenResponse.model_validate(self._generate("musicgen", request, on_progress))
+    def generate_music(
+        self, request: Any, on_progress: Progress | None = None, on_audio: Audio | None = None
+    ) -> MusicGenResponse:
+        """The track; `on_audio` gets its pieces as they are generated (16-bit PCM in `.pcm`, which
+        joined in order are the track), before the whole track is returned."""
+        return MusicGenResponse.model_validate(self._generate("musicgen", request, on_progress, on_audio))
 
     def submit_job(self, service: str, job_input: Any, **options: Any) -> JobView:
         body = {"service": service, "input": _body(job_input), **options}
@@ -188,19 +209,24 @@ class AsyncLeapRayClient(_Client):
             async for event in source.aiter_sse():
                 yield event
 
-    async def _generate(self, service: str, request: Any, on_progress: Progress | None) -> dict[str, Any]:
-        if on_progress is None:
+    async def _generate(
+        self, service: str, request: Any, on_progress: Progress | None, on_audio: Audio | None = None
+    ) -> dict[str, Any]:
+        if on_progress is None and on_audio is None:
             return _checked(await self.http.post(PATHS[service], json=_body(request))).json()
         async for event in self.stream(service, request):
-            if (result := _outcome(event, on_progress)) is not None:
+            if (result := _outcome(event, on_progress, on_audio)) is not None:
                 return result
-        raise ServiceError(502, {"error": {"message": "the event stream ended without a result"}})
+        raise _no_result()
 
     async def generate_image(self, request: Any, on_progress: Progress | None = None) -> SDXLResponse:
         return SDXLResponse.model_validate(await self._generate("sdxl", request, on_progress))
 
-    async def generate_music(self, request: Any, on_progress: Progress | None = None) -> MusicGenResponse:
-        return MusicGenResponse.model_validate(await self._generate("musicgen", request, on_progress))
+    async def generate_music(
+        self, request: Any, on_progress: Progress | None = None, on_audio: Audio | None = None
+    ) -> MusicGenResponse:
+        generated = await self._generate("musicgen", request, on_progress, on_audio)
+        return MusicGenResponse.model_validate(generated)
 
     async def submit_job(self, service: str, job_input: Any, **options: Any) -> JobView:
         body = {"service": service, "input": _body(job_input), **options}
