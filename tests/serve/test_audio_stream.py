@@ -171,15 +171,21 @@ def test_cli_play_writes_a_wav_stream_to_stdout_and_the_final_file(app_and_gatew
     assert "music: 2.3/2.3" in stderr and f"wrote {output} (seed 5)" in stderr
 
 
-def test_cli_play_alone_needs_no_output_file(app_and_gateway):
-    app, _ = app_and_gateway
+def test_cli_play_alone_plays_the_audio_before_the_track_is_done(app_and_gateway):
+    app, gateway = app_and_gateway
+    gateway.hold_s = 3.0  # the model holds its result back after the last piece
     arguments = ["generate", "music", "a", "--duration", "1", "--seed", "1", "--play"]
     with served(app) as url:
-        done = subprocess.run(
-            [sys.executable, "-m", "leap_ray.cli", *arguments, "--url", url], capture_output=True, timeout=120
+        process = subprocess.Popen(
+            [sys.executable, "-m", "leap_ray.cli", *arguments, "--url", url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
-    assert done.returncode == 0, done.stderr.decode()
-    assert len(wav_stream(done.stdout)[1]) == RATE
+        played = process.stdout.read(44 + 2 * RATE)  # no -o: the stream is all there is
+        still_running = process.poll() is None
+        rest, errors = process.communicate(timeout=60)
+    assert process.returncode == 0, errors.decode()
+    assert still_running and rest == b"" and len(wav_stream(played)[1]) == RATE
 
 
 def piece(samples: np.ndarray, start: int) -> AudioDelta:
