@@ -1,6 +1,7 @@
 """The playground at `/`, driven in a real headless browser (Debian's chromium and chromedriver, by
 selenium): its form is built from /openapi.json, a generation completes with live progress, the image
-appears with its seed, which the page can reuse; a screenshot is saved."""
+appears with its seed, which the page can reuse; a screenshot is saved. Music plays as it arrives
+(against the in-process app with the stub model, served by uvicorn: no Ray)."""
 
 import base64
 import os
@@ -16,6 +17,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.helpers import make_app, served, stub_output
 
 SCREENSHOTS = Path(__file__).parents[2] / "test-artifacts"
 
@@ -90,3 +93,30 @@ def test_the_playground_inpaints_an_uploaded_image_with_an_adapter_and_the_refin
 
 def png_of(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
+
+
+def test_the_playground_plays_music_as_it_arrives_then_shows_the_track(browser, tmp_path):
+    app, gateway = make_app(tmp_path)
+    gateway.hold_s = 3.0  # the track itself comes 3 s after its last piece
+    with served(app) as url:
+        browser.get(f"{url}/")
+        wait = WebDriverWait(browser, 60)
+        body = browser.find_element(By.TAG_NAME, "body")
+        wait.until(lambda driver: body.get_attribute("data-ready") == "true")
+        browser.find_element(By.CSS_SELECTOR, "[name=service][value=musicgen]").click()
+        form = browser.find_element(By.ID, "form-musicgen")
+        for name, value in {"prompt": "lo-fi", "duration": "2.3", "seed": "5"}.items():
+            form.find_element(By.NAME, name).send_keys(value)
+        browser.find_element(By.ID, "generate").click()
+        wait.until(lambda driver: body.get_attribute("data-scheduled-samples") == str(round(2.3 * 32_000)))
+        assert not browser.find_elements(By.CSS_SELECTOR, "audio.result")  # scheduled before the track came
+        audio = wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "audio.result")))
+        assert float(body.get_attribute("data-scheduled-seconds")) == pytest.approx(2.3, abs=1e-4)  # no gaps
+        (request,) = gateway.generated
+        assert request.stream  # the page's Accept: text/event-stream asks the model for audio
+        track = base64.b64encode(stub_output(request).audio).decode()
+        assert audio.get_attribute("src") == f"data:audio/wav;base64,{track}"
+        errors = [
+            e for e in browser.get_log("browser") if e["level"] == "SEVERE" and e["source"] != "network"
+        ]
+        assert errors == [], errors
