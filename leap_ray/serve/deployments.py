@@ -54,8 +54,8 @@ class ModelDeployment:
         return await self.run(request, None)
 
     async def generate_stream(self, request: Any) -> AsyncIterator[Any]:
-        """Progress events (StepProgress or AudioProgress) while the request runs, then its output.
-        Closing the stream cancels the request."""
+        """Progress events (StepProgress or AudioProgress, and a MusicGen request with `stream` its
+        AudioDelta pieces) while the request runs, then its output. Closing the stream cancels it."""
         async for item in events_then_output(lambda progress: self.run(request, progress)):
             yield item
 
