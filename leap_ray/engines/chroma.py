@@ -8,6 +8,8 @@ import torch
 from scipy.signal import resample_poly
 from transformers.audio_utils import chroma_filter_bank
 
+from leap_ray.api.audio import DecodedAudio
+
 
 class ChromaExtractor:
     def __init__(
@@ -53,3 +55,34 @@ def resample(waveform: np.ndarray, source_rate: int, target_rate: int) -> np.nda
         return waveform.astype(np.float32, copy=False)
     divisor = np.gcd(source_rate, target_rate)
     return resample_poly(waveform, target_rate // divisor, source_rate // divisor).astype(np.float32)
+
+
+class MelodyChromas:
+    """The melody model's conditioning chromas: for each window of a track, the chroma of 30 s of the
+    melody from the window's start (looped when shorter), as audiocraft slides it along; or the null
+    melody. Each is `chroma_length` frames, the length the model takes."""
+
+    def __init__(self, sample_rate: int, frame_rate: int, window_samples: int, chroma_length: int) -> None:
+        self.sample_rate, self.frame_rate = sample_rate, frame_rate
+        self.window_samples, self.length = window_samples, chroma_length
+        self.extract = ChromaExtractor(sample_rate)
+
+    def of_windows(self, melody: DecodedAudio, windows: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """Each window's (chroma_length, 12) chroma; windows are (start frame, frames)."""
+        waveform = resample(melody.waveform, melody.sample_rate, self.sample_rate)
+        chromas = []
+        for start_frame, _ in windows:
+            start = start_frame * self.sample_rate // self.frame_rate
+            positions = np.arange(start, start + self.window_samples) % len(waveform)
+            chromas.append(self._fit(self.extract(torch.from_numpy(waveform[positions]))))
+        return chromas
+
+    def null(self) -> torch.Tensor:
+        """The model's null melody: every frame in the first pitch class."""
+        null = torch.zeros(1, 12)
+        null[0, 0] = 1
+        return self._fit(null)
+
+    def _fit(self, chroma: torch.Tensor) -> torch.Tensor:
+        """Repeated or cut to the chroma_length frames the model takes."""
+        return chroma.repeat(-(-self.length // chroma.shape[0]), 1)[: self.length]

@@ -25,16 +25,16 @@ from transformers import (
     MusicgenMelodyForConditionalGeneration,
 )
 
-from leap_ray.api.audio import DecodedAudio
 from leap_ray.api.common import draw_seed
 from leap_ray.api.musicgen import MusicGenModelSpec, MusicGenRequest
 from leap_ray.api.progress import AudioProgress
-from leap_ray.engines.chroma import ChromaExtractor, resample
+from leap_ray.engines.chroma import MelodyChromas
 from leap_ray.engines.device import placement
 from leap_ray.engines.failures import blame, request_error
 from leap_ray.engines.musicgen_decoder import LENGTH_STEP, StaticDecoder
 from leap_ray.engines.musicgen_rows import TrackRows
 from leap_ray.engines.musicgen_steps import DecodeBatch
+from leap_ray.engines.musicgen_stream import AudioStream
 from leap_ray.engines.musicgen_tracks import Track, undelay, window_schedule
 from leap_ray.engines.results import MusicGenResult
 from leap_ray.errors import LeapRayError
@@ -44,6 +44,7 @@ WINDOW_S = 30.0  # audiocraft's max_duration
 # bigger cache. (For the melody model 256 costs nothing: its positions round up to 2,048 either way.)
 TEXT_TOKENS = 256
 EXTEND_STRIDE_S = 18.0  # audiocraft's extend_stride
+STREAM_EVERY_S = 0.5  # a streamed track's audio goes out every half second of it
 
 
 class MusicGenEngine:
@@ -79,8 +80,10 @@ class MusicGenEngine:
         self.start_token = self.model.generation_config.decoder_start_token_id
         self.window_frames = round(window_s * self.frame_rate)
         self.stride_frames = round(extend_stride_s * self.frame_rate)
-        self.window_samples = round(window_s * self.sample_rate)
-        self.chroma = ChromaExtractor(self.sample_rate) if self.has_melody else None
+        self.stream_frames = round(STREAM_EVERY_S * self.frame_rate)
+        window_samples = round(window_s * self.sample_rate)
+        chroma_length = getattr(config, "chroma_length", 0)
+        self.chromas = MelodyChromas(self.sample_rate, self.frame_rate, window_samples, chroma_length)
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self.batch_buckets = sorted(batch_buckets)
         self.decoder: StaticDecoder | None = None
@@ -110,10 +113,13 @@ class MusicGenEngine:
         chromas: list[torch.Tensor] = []
         if request.melody is not None:
             with blame("melody"):
-                chromas = self._melody_chromas(request.melody, windows)
+                chromas = self.chromas.of_windows(request.melody, windows)
         elif self.has_melody:
-            chromas = [self._null_chroma()] * len(windows)
+            chromas = [self.chromas.null()] * len(windows)
         track = Track(
+            stream=AudioStream(self.decode_codes, self.sample_rate // self.frame_rate)
+            if request.stream
+            else None,
             request=request,
             seed=request.seed if request.seed is not None else draw_seed(),
             windows=windows,
@@ -133,35 +139,13 @@ class MusicGenEngine:
             states = self.model.enc_to_dec_proj(states)
         return states[0]
 
-    def _melody_chromas(self, melody: DecodedAudio, windows: list[tuple[int, int]]) -> list[torch.Tensor]:
-        """Each window's (chroma_length, 12) chroma of 30 s of the melody from the window's start,
-        looping the melody."""
-        waveform = resample(melody.waveform, melody.sample_rate, self.sample_rate)
-        chromas = []
-        for start_frame, _ in windows:
-            start = start_frame * self.sample_rate // self.frame_rate
-            positions = np.arange(start, start + self.window_samples) % len(waveform)
-            chromas.append(self._fit_chroma(self.chroma(torch.from_numpy(waveform[positions]))))
-        return chromas
-
-    def _null_chroma(self) -> torch.Tensor:
-        """The model's null melody: every frame in the first pitch class."""
-        null = torch.zeros(1, 12)
-        null[0, 0] = 1
-        return self._fit_chroma(null)
-
-    def _fit_chroma(self, chroma: torch.Tensor) -> torch.Tensor:
-        """Repeated or cut to the chroma_length frames the model takes."""
-        length = self.model.config.chroma_length
-        return chroma.repeat(-(-length // chroma.shape[0]), 1)[:length]
-
     def conditioning(self, tracks: list[Track], round_index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The decoder's conditioning for [conditional rows; unconditional rows], as transformers builds
         it: the melody model's prefix (chroma, then text), or the text model's cross-attention states
         with their padding mask."""
         if self.has_melody:
             prefixes = [torch.cat([self._project_chroma(t.chromas[round_index]), t.text]) for t in tracks]
-            null_chroma = self._project_chroma(self._null_chroma())
+            null_chroma = self._project_chroma(self.chromas.null())
             unconditional = [torch.cat([null_chroma, torch.zeros_like(t.text)]) for t in tracks]
             return torch.stack(prefixes + unconditional), None
         states = torch.nn.utils.rnn.pad_sequence([t.text for t in tracks], batch_first=True)
@@ -224,12 +208,17 @@ class MusicGenEngine:
     def report_progress(
         self, track: Track, window: int, position: int, read: Callable[[], torch.Tensor]
     ) -> None:
-        """After each whole second of new audio (codebook 0 holds frame f at position 1 + f): a count
-        the host keeps, so `read` (a wait for the device) is not called."""
+        """After each whole second of new audio (codebook 0 holds frame f at position 1 + f), and for a
+        streamed track each `stream_frames` complete frames (its last codebook holds frame f at
+        position f + codebooks): counts the host keeps, so `read` (a wait for the device) runs only
+        for a piece of streamed audio."""
         start, frames = track.windows[window]
-        done = start + position
-        if position <= frames and done % self.frame_rate == 0:
-            track.report(AudioProgress(done / self.frame_rate, track.request.duration))
+        if position <= frames and (start + position) % self.frame_rate == 0:
+            track.report(AudioProgress((start + position) / self.frame_rate, track.request.duration))
+        complete = min(position - self.codebooks + 1, frames)
+        prompt_frames = 0 if track.prompt is None else track.prompt.shape[1]
+        if track.stream and complete > prompt_frames and (start + complete) % self.stream_frames == 0:
+            track.send_audio(track.codes_so_far(undelay(read(), complete)), self.sample_rate)
 
     def finish(self, track: Track) -> MusicGenResult | LeapRayError:
         if track.error is not None:
@@ -237,9 +226,13 @@ class MusicGenEngine:
         waveform = np.zeros(0, dtype=np.float32)
         if not track.stopped:
             try:
+                if track.stream:
+                    track.send_audio(track.codes_so_far(), self.sample_rate, last=True)
                 waveform = self._decode(track)
             except Exception as error:
                 return request_error(error)
+            if track.error is not None:  # its progress hook failed on the last piece
+                return track.error
         return MusicGenResult(
             waveform=waveform,
             sample_rate=self.sample_rate,
@@ -252,7 +245,12 @@ class MusicGenEngine:
     def _decode(self, track: Track) -> np.ndarray:
         """The track's codes to audio, alone: one track's failure cannot touch another's."""
         started = time.perf_counter()
-        codes = torch.cat(track.new_codes, dim=1).to(self.device)
-        audio = self.model.audio_encoder.decode(codes[None, None], audio_scales=[None]).audio_values
+        waveform = self.decode_codes(track.codes_so_far())
         track.timings["decode_s"] = time.perf_counter() - started
+        return waveform
+
+    def decode_codes(self, codes: torch.Tensor) -> np.ndarray:
+        """(codebooks, frames) codes to their waveform with EnCodec."""
+        codes = codes.to(self.device)
+        audio = self.model.audio_encoder.decode(codes[None, None], audio_scales=[None]).audio_values
         return audio[0, 0].float().cpu().numpy()

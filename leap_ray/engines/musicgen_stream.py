@@ -37,7 +37,6 @@ so a segment's length does not grow with the track; how often to push (each deco
 every N) is the caller's trade between latency and decode work.
 """
 
-import base64
 from collections.abc import Callable
 
 import numpy as np
@@ -114,12 +113,6 @@ class AudioStream:
                 f"decode gave {audio.shape[0]} samples for {codes.shape[-1]} frames, not {expected}"
             )
         return audio
-
-
-def pcm16_base64(samples: np.ndarray) -> str:
-    """Base64 of 16-bit little-endian mono PCM, the samples clipped to [-1, 1] (AudioDelta.audio)."""
-    scaled = np.round(np.clip(samples, -1.0, 1.0) * 32767.0)
-    return base64.b64encode(scaled.astype("<i2").tobytes()).decode("ascii")
 
 
 def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:

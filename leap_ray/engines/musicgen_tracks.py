@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from leap_ray.api.audio import audio_delta
 from leap_ray.api.musicgen import MusicGenRequest
 from leap_ray.api.progress import AudioDelta, AudioProgress
 from leap_ray.engines.failures import internal_error
+from leap_ray.engines.musicgen_stream import AudioStream
 from leap_ray.errors import LeapRayError
 
 
@@ -68,6 +70,22 @@ class Track:
     error: LeapRayError | None = None
     batch_size: int = 0
     timings: dict[str, float] = field(default_factory=lambda: {"encode_s": 0.0, "generate_s": 0.0})
+    stream: AudioStream | None = None  # with `stream: true`: the audio sent so far
+
+    def codes_so_far(self, window_codes: torch.Tensor | None = None) -> torch.Tensor:
+        """The track's new codes (codebooks, frames): its finished windows', then `window_codes`, the
+        current window's complete frames (its carried prompt included, which is dropped here)."""
+        kept = list(self.new_codes)
+        if window_codes is not None:
+            kept.append(window_codes[:, 0 if self.prompt is None else self.prompt.shape[1] :])
+        return torch.cat(kept, dim=1)
+
+    def send_audio(self, codes: torch.Tensor, sample_rate: int, last: bool = False) -> None:
+        """Sends the audio that the track's codes so far make final (all of it when `last`)."""
+        start = self.stream.emitted_samples
+        piece = self.stream.finish(codes) if last else self.stream.push(codes)
+        if len(piece):
+            self.report(audio_delta(piece, sample_rate, start))
 
     @property
     def left(self) -> bool:

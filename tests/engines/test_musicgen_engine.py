@@ -217,9 +217,9 @@ def out_of_memory(waveform, source_rate, target_rate):
 
 
 MELODY_FAULTS = [
-    ("resampling", ("leap_ray.engines.musicgen.resample", unresamplable), InvalidRequest),
+    ("resampling", ("leap_ray.engines.chroma.resample", unresamplable), InvalidRequest),
     ("chroma", ("chroma", chroma_fault), InvalidRequest),
-    ("out-of-memory", ("leap_ray.engines.musicgen.resample", out_of_memory), ModelError),
+    ("out-of-memory", ("leap_ray.engines.chroma.resample", out_of_memory), ModelError),
 ]
 
 
@@ -233,7 +233,7 @@ def test_a_melody_the_model_cannot_use_fails_its_request_alone_naming_melody(
     alone = solo_waveforms(melody_engine, innocents)
     target, replacement = fault
     if target == "chroma":
-        monkeypatch.setattr(melody_engine, "chroma", replacement)
+        monkeypatch.setattr(melody_engine.chromas, "extract", replacement)
     else:
         monkeypatch.setattr(target, replacement)
     culprit = MusicGenRequest(prompt="lo-fi beat", duration=1, seed=3, melody=a_melody())

@@ -2,6 +2,8 @@
 give exactly their solo audio, share decoder steps whatever their prompts, durations, guidance and
 sampling, and cannot change each other's audio by failing or being cancelled."""
 
+import base64
+
 import numpy as np
 import pytest
 import torch
@@ -9,10 +11,12 @@ from transformers import AutoTokenizer, MusicgenForConditionalGeneration
 
 from leap_ray.api.audio import DecodedAudio
 from leap_ray.api.musicgen import MusicGenRequest
+from leap_ray.api.progress import AudioDelta
 from leap_ray.engines.contract import RunningBatch, generate
 from leap_ray.engines.musicgen import MusicGenEngine
 from leap_ray.engines.musicgen_decoder import StaticDecoder
 from leap_ray.engines.musicgen_rows import TrackRows
+from leap_ray.engines.musicgen_stream import SNR_TOLERANCE_DB, snr_db
 from leap_ray.engines.results import MusicGenResult
 from leap_ray.errors import InvalidRequest, LeapRayError, ModelError
 
@@ -197,3 +201,23 @@ def test_a_steady_state_step_never_waits_for_the_device(tiny_models):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert batch.load == 3
+
+
+def test_a_streamed_track_sends_its_audio_in_pieces_that_join_to_its_final_track(engine):
+    events = []
+    streamed = MusicGenRequest(prompt="jazz", duration=6, seed=5, stream=True)  # two short windows
+    outcomes = run_tokens(
+        engine.running_batch(),
+        {0: [streamed], 30: [MusicGenRequest(prompt="rain", duration=1, seed=6)]},
+        {5: (None, events.append)},
+    )
+    pieces = [event for event in events if isinstance(event, AudioDelta)]
+    samples = [np.frombuffer(base64.b64decode(piece.audio), dtype="<i2") / 32767.0 for piece in pieces]
+    starts = np.cumsum([0] + [len(piece) for piece in samples[:-1]]) / 32_000
+    assert [piece.start for piece in pieces] == pytest.approx(list(starts))
+    assert len(pieces) >= 12  # a piece each half second, the last at the end
+    final = outcomes[5].waveform
+    joined = np.concatenate(samples)
+    assert joined.shape == final.shape
+    assert snr_db(np.clip(final, -1, 1), joined) >= SNR_TOLERANCE_DB
+    assert np.array_equal(final, solo(engine, streamed.model_copy(update={"stream": False})))

@@ -2,8 +2,6 @@
 the stated tolerance) however the codes arrive; a piece never holds samples that more codes would
 still change; and the check fails with less look-ahead or context than the decoder needs."""
 
-import base64
-
 import numpy as np
 import pytest
 import torch
@@ -13,7 +11,6 @@ from leap_ray.engines.musicgen_stream import (
     LOOKAHEAD_FRAMES,
     SNR_TOLERANCE_DB,
     AudioStream,
-    pcm16_base64,
     snr_db,
 )
 
@@ -114,10 +111,3 @@ def test_codes_that_shrink_are_refused(decode, codes):
     audio_stream.push(codes[:, :20])
     with pytest.raises(ValueError, match="pass all of them"):
         audio_stream.push(codes[:, 10:20])
-
-
-def test_pcm16_is_little_endian_clipped_and_scaled():
-    samples = np.array([0.0, 0.5, -0.5, 1.0, -1.0, 2.0, -3.0], dtype=np.float32)
-    decoded = np.frombuffer(base64.b64decode(pcm16_base64(samples)), dtype="<i2")
-    assert decoded.tolist() == [0, 16384, -16384, 32767, -32767, 32767, -32767]
-    assert pcm16_base64(np.zeros(0, dtype=np.float32)) == ""
