@@ -23,12 +23,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import AutoConfig
 
 from benchmarks.common import RESULTS, machine, print_table
+from benchmarks.musicgen_steps import prefill_rows, step_row
 from leap_ray.api.musicgen import MusicGenRequest
+from leap_ray.api.progress import AudioDelta
 from leap_ray.api.sdxl import SDXLRequest
-from leap_ray.engines.contract import generate
-from leap_ray.engines.musicgen import MusicGenEngine
+from leap_ray.engines.contract import generate, run_to_end
+from leap_ray.engines.musicgen import TEXT_TOKENS, WINDOW_S, MusicGenEngine
+from leap_ray.engines.musicgen_memory import CacheShape, model_on_meta, weight_bytes
+from leap_ray.engines.musicgen_memory import plan as memory_plan
+from leap_ray.engines.musicgen_stream import snr_db
 from leap_ray.engines.sdxl import SDXLEngine
 
 # Sized from the H200 run of 2026-11-26 (benchmarks/recorded/) to about 7 minutes: compiling the
@@ -41,7 +47,8 @@ FULL = {
     "batches": [1, 8],
     "durations": [10.0, 60.0],
     "short_durations": [10.0],
-    "tracks": [1, 16],
+    "tracks": [1, 16, 64],
+    "stream_s": 30.0,
 }
 TINY = {
     "size": 64,
@@ -49,7 +56,8 @@ TINY = {
     "batches": [1, 4],
     "durations": [1.0, 3.0],
     "short_durations": [1.0],
-    "tracks": [1, 4],
+    "tracks": [1, 4, 8],
+    "stream_s": 3.0,
 }
 
 
@@ -154,12 +162,14 @@ def check_sdxl(check: Check, model: str, variant: str, options: dict[str, Any]) 
 def check_musicgen(
     check: Check, model: str, variant: str, options: dict[str, Any], durations: str
 ) -> np.ndarray | None:
-    """One engine variant over the plan's `durations` × tracks, together in its running batch; a
-    greedy 1 s track for comparing."""
+    """One engine variant over the plan's `durations` × tracks, in its running batch (at most
+    `max_load` tracks at once, the rest joining as others finish); a greedy 1 s track for comparing;
+    with CUDA graphs also the streaming, host-sync and prefill rows."""
     engine, load_s = timed(lambda: MusicGenEngine(model, **options))
     print(f"musicgen {variant}: loaded (and warmed up) in {load_s:.1f} s", flush=True)
     greedy_request = MusicGenRequest(prompt="a", duration=1.0, seed=0, top_k=1)
     greedy, _ = timed(lambda: succeeded(generate(engine, [greedy_request])))
+    max_load = max(options.get("batch_buckets") or check.plan["tracks"])
     for tracks in check.plan["tracks"]:
         for duration in check.plan[durations]:
             row = {"variant": variant, "tracks": tracks, "duration_s": duration}
@@ -169,7 +179,8 @@ def check_musicgen(
             requests = [
                 MusicGenRequest(prompt="lo-fi beat", duration=duration, seed=s) for s in range(tracks)
             ]
-            results, seconds = timed(lambda: succeeded(generate(engine, requests)))  # noqa: B023
+            batch = engine.running_batch(max_load)
+            results, seconds = timed(lambda: succeeded(run_to_end(batch, requests)))  # noqa: B023
             check.add(
                 "musicgen",
                 {
@@ -181,8 +192,81 @@ def check_musicgen(
                     "peak_gib": peak_gib(),
                 },
             )
+    if variant == "cuda_graphs" and check.left_s() > 0:
+        check.results["musicgen_stream"] = stream_row(engine, check.plan["stream_s"])
+        check.results["musicgen_host_sync"] = host_sync_row(engine, max(check.plan["tracks"][:2]))
+        check.results["musicgen_prefill"] = prefill_row(engine, max(check.plan["tracks"][:2]))
+        check.save()
     free(engine)
     return greedy[0].waveform
+
+
+def stream_row(engine: MusicGenEngine, duration: float) -> dict[str, Any]:
+    """A track streamed alone: when its first piece of audio came, and how its pieces join."""
+    pieces: list[tuple[float, AudioDelta]] = []
+    started = time.perf_counter()
+
+    def keep(event: object) -> None:
+        if isinstance(event, AudioDelta):
+            pieces.append((time.perf_counter() - started, event))
+
+    request = MusicGenRequest(prompt="lo-fi beat", duration=duration, seed=1, stream=True)
+    (result,) = succeeded(generate(engine, [request], progress=[keep]))
+    whole_s = time.perf_counter() - started
+    joined = np.concatenate([np.frombuffer(piece.pcm, dtype="<i2") / 32768.0 for _, piece in pieces])
+    final = np.clip(result.waveform, -1, 1)
+    return {
+        "duration_s": duration,
+        "first_chunk_s": pieces[0][0],
+        "whole_s": whole_s,
+        "pieces": len(pieces),
+        "same_length": joined.shape == final.shape,
+        "snr_db": snr_db(final, joined) if joined.shape == final.shape else None,
+    }
+
+
+def host_sync_row(engine: MusicGenEngine, tracks: int) -> dict[str, Any]:
+    """Steady-state token steps of `tracks` tracks under torch's sync debug mode "error": any wait
+    for the device inside them raises. (Off CUDA there is no device to wait for.)"""
+    if engine.device.type != "cuda":
+        return {"tracks": tracks, "steps": 0, "host_syncs": "no CUDA device"}
+    batch = engine.running_batch(tracks)
+    for seed in range(tracks):
+        batch.admit(MusicGenRequest(prompt="lo-fi beat", duration=10, seed=seed))
+    batch.step()
+    synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(40):  # tokens 2-41: inside the first window, between progress reports
+            batch.step()
+        outcome = "none"
+    except RuntimeError as error:
+        outcome = str(error).splitlines()[0]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        batch.clear()
+    return {"tracks": tracks, "steps": 40, "host_syncs": outcome}
+
+
+def prefill_row(engine: MusicGenEngine, tracks: int) -> dict[str, Any]:
+    """A token step at `tracks` tracks, and the prefills that run between steps, in such steps."""
+    with torch.inference_mode():
+        steps = step_row(engine, tracks, steps=40)
+        return {
+            "tracks": tracks,
+            "step_ms": steps["step_ms"],
+            "prefills": prefill_rows(engine, steps["step_ms"]),
+        }
+
+
+def musicgen_fit(model: str, tracks: int) -> int:
+    """The most of `tracks` one batch holds on this GPU by the memory plan (all of them off CUDA)."""
+    if not torch.cuda.is_available():
+        return tracks
+    config = AutoConfig.from_pretrained(model)
+    shape = CacheShape.from_config(config, window_s=WINDOW_S, text_tokens=TEXT_TOKENS, dtype=torch.float16)
+    weights = weight_bytes(model_on_meta(config, torch.float16))
+    return min(tracks, memory_plan(shape, weights, torch.cuda.mem_get_info()[1]).tracks)
 
 
 def section(check: Check, model: str, variant: str, run: Callable[[], Any]) -> Any:
@@ -234,10 +318,13 @@ def main() -> None:
     # Compiling is the least predictable cost, so the compiled SDXL runs last: if it overruns the
     # budget, only it is cut short. A section that fails is recorded and the next one runs.
     only = [name for name in args.only.split(",") if name]
-    melody, graphs = models["musicgen-melody"], {"cuda_graphs": True, "batch_buckets": plan["tracks"]}
+    melody = models["musicgen-melody"]
+    fit = musicgen_fit(melody, max(plan["tracks"]))
+    eager = {"batch_buckets": [min(tracks, fit) for tracks in plan["tracks"]]}  # eager: the most at once
+    graphs = {"cuda_graphs": True, **eager}
     sections = [
         ("sdxl", "eager", lambda: check_sdxl(check, models["sdxl"], "eager", {})),
-        ("musicgen", "eager", lambda: check_musicgen(check, melody, "eager", {}, "short_durations")),
+        ("musicgen", "eager", lambda: check_musicgen(check, melody, "eager", eager, "short_durations")),
         (
             "musicgen",
             "cuda_graphs",

@@ -153,7 +153,7 @@ def tiny_rows() -> list[dict[str, Any]]:
             shape = shape_for(engine.model.config, engine.dtype)
             weights = weight_bytes(model_on_meta(engine.model.config, engine.dtype))
             for tracks in (1, 4, 16):  # growing: the engine keeps a bigger decoder than it is asked for
-                decoder = engine.decoder_for(2 * tracks, 0, 0)
+                decoder = engine.decoder_for(2 * tracks)
                 rows.append(
                     {
                         "model": f"tiny:{name}",

@@ -32,6 +32,7 @@ from leap_ray.engines.chroma import MelodyChromas
 from leap_ray.engines.device import placement
 from leap_ray.engines.failures import blame, request_error
 from leap_ray.engines.musicgen_decoder import LENGTH_STEP, StaticDecoder
+from leap_ray.engines.musicgen_memory import rounded_capacity, window_positions
 from leap_ray.engines.musicgen_rows import TrackRows
 from leap_ray.engines.musicgen_steps import DecodeBatch
 from leap_ray.engines.musicgen_stream import AudioStream
@@ -40,8 +41,8 @@ from leap_ray.engines.results import MusicGenResult
 from leap_ray.errors import LeapRayError
 
 WINDOW_S = 30.0  # audiocraft's max_duration
-# Prompt tokens the decoder's cache holds at least: a longer prompt waits for an empty batch to make a
-# bigger cache. (For the melody model 256 costs nothing: its positions round up to 2,048 either way.)
+# Prompt tokens the decoder's cache holds at least (the memory plan's shape; a longer prompt is refused,
+# naming `prompt`). For the melody model 256 costs nothing: its positions round up to 2,048 either way.
 TEXT_TOKENS = 256
 EXTEND_STRIDE_S = 18.0  # audiocraft's extend_stride
 STREAM_EVERY_S = 0.5  # a streamed track's audio goes out every half second of it
@@ -155,28 +156,34 @@ class MusicGenEngine:
         )
         return torch.cat([states, torch.zeros_like(states)]), torch.cat([mask, torch.zeros_like(mask)])
 
-    def decoder_for(self, rows: int, length: int, cross_tokens: int) -> StaticDecoder:
-        """The engine's static decoder, (re)made when a window needs more rows, positions or text
-        tokens than it holds; sized for at least a whole window of the largest bucket."""
-        decoder = self.decoder
-        holds = (decoder.rows, decoder.capacity, decoder.cross_capacity) if decoder else (0, 0, 0)
-        if decoder and all(
-            have >= need for have, need in zip(holds, (rows, length, cross_tokens), strict=True)
-        ):
-            return decoder
-        old_rows = decoder.rows if decoder else 0
+    def decoder_for(self, rows: int) -> StaticDecoder:
+        """The engine's static decoder, (re)made when the batch needs more rows than it holds (only
+        while the batch is empty); made for at least the largest bucket. Its positions are fixed: a
+        whole window with a prompt of up to `prompt_tokens_held` tokens, the memory plan's shape."""
+        if self.decoder and self.decoder.rows >= rows:
+            return self.decoder
+        old_rows = self.decoder.rows if self.decoder else 0
         # The old cache, rows and graphs freed before the new ones are made.
-        self.decoder = self.rows = decoder = None
+        self.decoder = self.rows = None
         self.decoder = StaticDecoder(
             self.model,
             rows=max(rows, 2 * max(self.batch_buckets, default=1), old_rows),
-            capacity=max(length, self.prefix_tokens(TEXT_TOKENS) + self.window_frames + self.codebooks + 1),
-            cross_capacity=0 if self.has_melody else max(cross_tokens, TEXT_TOKENS),
+            capacity=window_positions(self.prefix_tokens(TEXT_TOKENS), self.window_frames, self.codebooks),
+            cross_capacity=0 if self.has_melody else TEXT_TOKENS,
         )
         window_length = self.window_frames + self.codebooks  # the longest window's delay pattern
         buckets = self.batch_buckets if self.cuda_graphs else []
         self.rows = TrackRows(self.decoder, self.pad_token, window_length, buckets)
         return self.decoder
+
+    @property
+    def prompt_tokens_held(self) -> int:
+        """The longest prompt, in tokens, the decoder's cache holds (the melody model's prompt also
+        fills what rounding its positions up leaves)."""
+        if not self.has_melody:
+            return TEXT_TOKENS
+        positions = window_positions(self.prefix_tokens(TEXT_TOKENS), self.window_frames, self.codebooks)
+        return TEXT_TOKENS + rounded_capacity(positions) - positions
 
     def prefix_tokens(self, text_tokens: int) -> int:
         """Decoder positions taken before the codes: the melody model's chroma and text prefix."""
@@ -186,7 +193,7 @@ class MusicGenEngine:
     def _warm_up(self) -> None:
         """Captures every (bucket, span) step graph of a whole window, so that no request waits for it.
         (The rows it steps hold no track: what it draws there is overwritten when one joins.)"""
-        decoder = self.decoder_for(2 * max(self.batch_buckets, default=1), 0, 0)
+        decoder = self.decoder_for(2 * max(self.batch_buckets, default=1))
         for tracks in self.batch_buckets or [1]:
             for span in range(LENGTH_STEP, decoder.capacity + 1, LENGTH_STEP):
                 self.rows.step(0, tracks, span, whole=True)
@@ -196,14 +203,6 @@ class MusicGenEngine:
         if hasattr(self.model, "audio_enc_to_dec_proj"):
             return self.model.audio_enc_to_dec_proj(chroma)
         return chroma
-
-    def keep_codes(self, track: Track, sequence: torch.Tensor, window: int) -> None:
-        """Keeps a finished window's new codes from its (codebooks, positions) sequence, and its last
-        codes as the next window's prompt."""
-        codes = undelay(sequence, track.windows[window][1])
-        prompt_frames = 0 if track.prompt is None else track.prompt.shape[1]
-        track.new_codes.append(codes[:, prompt_frames:])
-        track.prompt = codes[:, self.stride_frames :]
 
     def report_progress(
         self, track: Track, window: int, position: int, read: Callable[[], torch.Tensor]

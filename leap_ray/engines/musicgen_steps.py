@@ -38,7 +38,7 @@ from leap_ray.engines.musicgen_rows import TrackRows
 from leap_ray.engines.musicgen_sampling import noise_key
 from leap_ray.engines.musicgen_tracks import Track, delay_pattern
 from leap_ray.engines.results import MusicGenResult
-from leap_ray.errors import LeapRayError
+from leap_ray.errors import InvalidRequest, LeapRayError
 
 
 class TrackModel(Protocol):
@@ -48,7 +48,7 @@ class TrackModel(Protocol):
     tokenizer: Any
     has_melody: bool
     codebooks: int
-    window_frames: int
+    stride_frames: int  # a long track's windows move on this many frames (audiocraft's extend_stride)
     start_token: int
     pad_token: int
     decoder: StaticDecoder | None  # the cache the running tracks share; made by `decoder_for`
@@ -56,11 +56,10 @@ class TrackModel(Protocol):
 
     def spec(self) -> MusicGenModelSpec: ...
 
-    def decoder_for(self, rows: int, length: int, cross_tokens: int) -> StaticDecoder:
-        """The decoder, (re)made when it holds fewer rows, positions or text tokens (only while idle)."""
+    prompt_tokens_held: int  # the longest prompt, in tokens, the decoder's cache holds
 
-    def prefix_tokens(self, text_tokens: int) -> int:
-        """Decoder positions taken before the codes (the melody model's chroma and text)."""
+    def decoder_for(self, rows: int) -> StaticDecoder:
+        """The decoder, (re)made when it holds fewer rows (only while the batch is empty)."""
 
     def start_track(
         self, request: MusicGenRequest, should_stop: StopCheck | None, progress: ProgressHook | None
@@ -75,9 +74,6 @@ class TrackModel(Protocol):
     ) -> None:
         """After position `position` of window `window` is drawn; `read()` gives the window's codes
         up to it (from the device: only where the report needs them)."""
-
-    def keep_codes(self, track: Track, sequence: torch.Tensor, window: int) -> None:
-        """Keeps a finished window's new codes, and its last codes as the next window's prompt."""
 
     def finish(self, track: Track) -> MusicGenResult | LeapRayError:
         """The track's audio (its codes decoded), or its error."""
@@ -125,25 +121,13 @@ class DecodeBatch:
         self.running.clear()
 
     def can_join(self, request: MusicGenRequest) -> bool:
-        """Whether the decoder's cache holds the request beside the running tracks (a bigger cache is
-        made only while the batch is empty)."""
+        """Whether the decoder's cache has rows for the request beside the running tracks (a bigger
+        cache is made only while the batch is empty)."""
         decoder = self.engine.decoder
-        if not self.running:
-            return True
-        rows, length, text_tokens = self._needs(request, len(self.running) + 1)
-        return (
-            decoder is not None
-            and decoder.rows >= rows
-            and decoder.capacity >= length
-            and (self.engine.has_melody or decoder.cross_capacity >= text_tokens)
-        )
+        return not self.running or (decoder is not None and decoder.rows >= self._rows(len(self.running) + 1))
 
-    def _needs(self, request: MusicGenRequest, tracks: int) -> tuple[int, int, int]:
-        """Cache rows, positions and text tokens for `tracks` tracks, this request among them."""
-        engine = self.engine
-        text_tokens = len(engine.tokenizer(request.prompt).input_ids)
-        length = engine.prefix_tokens(text_tokens) + engine.window_frames + engine.codebooks + 1
-        return 2 * max(tracks, self.max_load), length, text_tokens
+    def _rows(self, tracks: int) -> int:
+        return 2 * max(tracks, self.max_load)
 
     @torch.inference_mode()
     def admit(
@@ -156,13 +140,22 @@ class DecodeBatch:
         returns the error that it alone met."""
         try:
             request.check_against(self.engine.spec())
+            self._check_prompt(request.prompt)
             if not self.running:
-                self.engine.decoder_for(*self._needs(request, 1))
+                self.engine.decoder_for(self._rows(1))
             track = self.engine.start_track(request, should_stop, progress)
             self.running.append(self._begin_window(track, 0, len(self.running), time.perf_counter()))
         except Exception as error:
             return request_error(error)
         return None
+
+    def _check_prompt(self, prompt: str) -> None:
+        """A prompt longer than the cache holds is refused: a bigger cache would not fit the GPU."""
+        tokens, held = len(self.engine.tokenizer(prompt).input_ids), self.engine.prompt_tokens_held
+        if tokens > held:
+            raise InvalidRequest(
+                f"the prompt is {tokens} tokens; this model takes prompts of at most {held}", param="prompt"
+            )
 
     def _begin_window(self, track: Track, window: int, index: int, admitted_at: float) -> _Running:
         """The track's window `window` prefilled into the rows of running track `index`."""
@@ -228,7 +221,7 @@ class DecodeBatch:
         self.engine.report_progress(track, running.window, position, lambda: rows.read(index, position + 1))
         if track.check_stop() or running.position < running.length:
             return
-        self.engine.keep_codes(track, rows.read(index, running.length), running.window)
+        track.keep_window(rows.read(index, running.length), running.window, self.engine.stride_frames)
         if running.window + 1 < len(track.windows):
             following = self._begin_window(track, running.window + 1, index, running.admitted_at)
             following.decoder_calls, following.largest_batch = running.decoder_calls, running.largest_batch

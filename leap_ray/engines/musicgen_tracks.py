@@ -80,6 +80,14 @@ class Track:
             kept.append(window_codes[:, 0 if self.prompt is None else self.prompt.shape[1] :])
         return torch.cat(kept, dim=1)
 
+    def keep_window(self, sequence: torch.Tensor, window: int, stride_frames: int) -> None:
+        """Keeps a finished window's new codes from its (codebooks, positions) sequence, and its codes
+        from `stride_frames` on as the next window's prompt."""
+        codes = undelay(sequence, self.windows[window][1])
+        prompt_frames = 0 if self.prompt is None else self.prompt.shape[1]
+        self.new_codes.append(codes[:, prompt_frames:])
+        self.prompt = codes[:, stride_frames:]
+
     def send_audio(self, codes: torch.Tensor, sample_rate: int, last: bool = False) -> None:
         """Sends the audio that the track's codes so far make final (all of it when `last`)."""
         start = self.stream.emitted_samples

@@ -9,7 +9,7 @@ from leap_ray.api.audio import DecodedAudio, encode_audio
 from leap_ray.api.musicgen import MusicGenRequest
 from leap_ray.engines.contract import Engine, generate
 from leap_ray.engines.musicgen import MusicGenEngine
-from leap_ray.engines.musicgen_tracks import delay_pattern, window_schedule
+from leap_ray.engines.musicgen_tracks import Track, delay_pattern, window_schedule
 from leap_ray.engines.results import MusicGenResult
 from leap_ray.errors import InvalidRequest, LeapRayError, ModelError
 
@@ -64,13 +64,13 @@ def test_windows_follow_audiocrafts_rule():
 @pytest.mark.slow  # 3,000 tokens
 def test_sixty_seconds_run_three_windows_carrying_the_prompt_and_make_1_920_000_samples(engine, monkeypatch):
     seen = []
-    keep_codes = engine.keep_codes
+    keep_window = Track.keep_window
 
-    def spy(track, sequence, window):  # at each window's end: the prompt that window carried in
+    def spy(track, sequence, window, stride_frames):  # at each window's end: the prompt it carried in
         seen.append((window, None if track.prompt is None else track.prompt.shape[1]))
-        keep_codes(track, sequence, window)
+        keep_window(track, sequence, window, stride_frames)
 
-    monkeypatch.setattr(engine, "keep_codes", spy)
+    monkeypatch.setattr(Track, "keep_window", spy)
     assert generate_one(engine, duration=60).waveform.shape == (1_920_000,)
     assert seen == [(0, None), (1, 600), (2, 600)]
 

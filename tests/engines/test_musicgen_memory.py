@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from benchmarks.musicgen_memory import SERVED, served_plan
+from leap_ray.api.musicgen import MusicGenRequest
 from leap_ray.engines.musicgen import TEXT_TOKENS, WINDOW_S, MusicGenEngine
 from leap_ray.engines.musicgen_memory import (
     GIB,
@@ -18,7 +19,6 @@ from leap_ray.engines.musicgen_memory import (
     model_on_meta,
     plan,
     weight_bytes,
-    window_positions,
 )
 
 MODELS = ["musicgen", "musicgen-melody"]
@@ -47,7 +47,7 @@ def test_the_planned_cache_is_what_the_engines_decoder_allocates(tiny_models, na
     engine = MusicGenEngine(str(tiny_models[name]))
     shape = shape_of(engine)
     for tracks in (1, 3):  # growing: the engine keeps a bigger decoder than it is asked for
-        decoder = engine.decoder_for(2 * tracks, 0, 0)
+        decoder = engine.decoder_for(2 * tracks)
         assert (decoder.capacity, decoder.cross_capacity) == (shape.capacity, shape.cross_capacity)
         assert decoder_bytes(decoder, engine.model) == tracks * shape.track_bytes
 
@@ -61,30 +61,17 @@ def test_the_shape_reads_the_engines_window_and_prefix(tiny_models, name):
     assert shape.melody == engine.has_melody
 
 
-def test_the_melody_cache_holds_prompts_up_to_prompt_tokens_held(tiny_models):
-    engine = MusicGenEngine(str(tiny_models["musicgen-melody"]))
-    held = shape_of(engine).prompt_tokens_held
-    assert held >= TEXT_TOKENS
-    decoder = engine.decoder_for(2, 0, 0)
-
-    def positions(tokens: int) -> int:
-        return window_positions(engine.prefix_tokens(tokens), engine.window_frames, engine.codebooks)
-
-    assert engine.decoder_for(2, positions(held), 0) is decoder
-    assert engine.decoder_for(2, positions(held + 1), 0) is not decoder  # remade, bigger
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="decoder_for compares a melody prompt's tokens with the melody model's empty cross cache "
-    "(0 positions), so every admission into an empty batch remakes the cache and loses its CUDA graphs",
-)
-def test_a_melody_prompt_the_cache_holds_keeps_the_decoder(tiny_models):
-    engine = MusicGenEngine(str(tiny_models["musicgen-melody"]))
-    decoder = engine.decoder_for(2, 0, 0)
-    tokens = 5  # as DecodeBatch asks: rows, positions, the prompt's tokens
-    positions = window_positions(engine.prefix_tokens(tokens), engine.window_frames, engine.codebooks)
-    assert engine.decoder_for(2, positions, tokens) is decoder
+@pytest.mark.parametrize("name", MODELS)
+def test_the_engine_holds_the_prompts_the_plan_holds_and_keeps_its_decoder(tiny_models, name):
+    engine = MusicGenEngine(str(tiny_models[name]))
+    assert engine.prompt_tokens_held == shape_of(engine).prompt_tokens_held >= TEXT_TOKENS
+    batch = engine.running_batch(max_load=2)
+    decoders = []
+    for seed in range(3):  # each admitted into an empty batch, as a quiet replica admits
+        assert batch.admit(MusicGenRequest(prompt="lo-fi beat", duration=0.1, seed=seed)) is None
+        decoders.append(engine.decoder)
+        batch.clear()
+    assert decoders[0] is decoders[1] is decoders[2]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])

@@ -221,3 +221,15 @@ def test_a_streamed_track_sends_its_audio_in_pieces_that_join_to_its_final_track
     assert joined.shape == final.shape
     assert snr_db(np.clip(final, -1, 1), joined) >= SNR_TOLERANCE_DB
     assert np.array_equal(final, solo(engine, streamed.model_copy(update={"stream": False})))
+
+
+def test_a_prompt_longer_than_the_cache_holds_is_refused_naming_prompt_and_the_others_run_on(engine):
+    long_prompt = "la " * (engine.prompt_tokens_held + 10)
+    first, second = (MusicGenRequest(prompt="a", duration=1, seed=s) for s in (1, 2))
+    batch = engine.running_batch()
+    decoder = (batch.admit(first), engine.decoder)[1]
+    error = batch.admit(MusicGenRequest(prompt=long_prompt, duration=1, seed=3))
+    assert isinstance(error, InvalidRequest) and error.param == "prompt" and "tokens" in str(error)
+    outcomes = run_tokens(batch, {0: [second]})
+    assert engine.decoder is decoder
+    assert np.array_equal(outcomes[2].waveform, solo(engine, second))
