@@ -388,6 +388,15 @@ def report(results: dict[str, Any]) -> None:
                 for row in done
             ],
         )
+    if stream := results.get("musicgen_stream"):
+        print_table("MusicGen, a track streamed alone (CUDA graphs)", [stream])
+    if sync := results.get("musicgen_host_sync"):
+        print_table("MusicGen, steady-state steps under sync debug mode 'error'", [sync])
+    if prefill := results.get("musicgen_prefill"):
+        print_table(
+            f"MusicGen prefills, in {prefill['tracks']}-track steps of {prefill['step_ms']:.2f} ms",
+            prefill["prefills"],
+        )
     print(
         "\nSDXL compiled vs eager, max |difference| (0-1 pixels):",
         results.get("sdxl_compiled_vs_eager_max_diff"),

@@ -84,7 +84,7 @@ def step_row(engine: MusicGenEngine, tracks: int, steps: int) -> dict:
 
 
 def prefill_rows(engine: MusicGenEngine, step_ms: float) -> list[dict]:
-    """A prefill of `positions` positions into one track's two rows, in ordinary 16-track steps."""
+    """Prefills into one track's two rows, in steps of `step_ms` (ordinary token steps)."""
     hidden = engine.decoder.positions.shape[1]
     carried = round(CARRIED_S * engine.frame_rate)
     prefix = engine.prefix_tokens(16) if engine.has_melody else 0  # chroma + a 16-token prompt
@@ -107,7 +107,7 @@ def prefill_rows(engine: MusicGenEngine, step_ms: float) -> list[dict]:
                 "prefill": name,
                 "positions": positions,
                 "ms": prefill_ms,
-                "in_16_track_steps": prefill_ms / step_ms,
+                "in_steps": prefill_ms / step_ms,
             }
         )
     return rows

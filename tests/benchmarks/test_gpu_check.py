@@ -30,3 +30,9 @@ def test_the_gpu_check_runs_on_the_cpu_with_the_tiny_models(tmp_path):
     assert {row["variant"] for row in rows} == {"eager", "cuda_graphs"}
     assert all(row.get("finite") is True and row["seconds"] > 0 for row in rows), rows
     assert results["musicgen_cuda_graphs_vs_eager_greedy_max_diff"] == 0.0
+    stream = results["musicgen_stream"]
+    assert (
+        stream["same_length"] and stream["snr_db"] >= 30 and 0 < stream["first_chunk_s"] < stream["whole_s"]
+    )
+    assert results["musicgen_host_sync"]["host_syncs"] in ("none", "no CUDA device")
+    assert [row["prefill"] for row in results["musicgen_prefill"]["prefills"]][-1].startswith("next window")

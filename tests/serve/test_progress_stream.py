@@ -6,8 +6,11 @@ import io
 import json
 
 import httpx
+import numpy as np
+import soundfile
 from PIL import Image
 
+from leap_ray.engines.musicgen_stream import SNR_TOLERANCE_DB, snr_db
 from tests.helpers import SMALL, pixels
 
 
@@ -64,3 +67,17 @@ def test_stream_true_in_the_body_streams_too_with_previews(graph):
     assert [("preview" in event) for event in progress] == [False, True, False, True]
     preview = Image.open(io.BytesIO(base64.b64decode(progress[1]["preview"])))
     assert (preview.format, preview.size) == ("PNG", (8, 8))  # 1/8 of 64 px: the latents' size
+
+
+def test_musicgen_streams_its_audio_as_it_is_made_and_the_pieces_join_to_the_result(graph):
+    body = {"prompt": "lo-fi", "duration": 3, "seed": 4, "format": "wav"}
+    events = read_events(f"{graph.url}/v1/musicgen", body)
+    names = [name for name, _ in events]
+    deltas = [data for name, data in events if name == "audio.delta"]
+    assert len(deltas) >= 6 and names.index("audio.delta") < names.index("result")
+    joined = np.concatenate([np.frombuffer(base64.b64decode(d["audio"]), dtype="<i2") for d in deltas])
+    final, rate = soundfile.read(io.BytesIO(base64.b64decode(events[-1][1]["audio"])), dtype="int16")
+    assert rate == deltas[0]["sample_rate"] == 32_000 and joined.shape == final.shape == (96_000,)
+    assert snr_db(final.astype(np.float64), joined.astype(np.float64)) >= SNR_TOLERANCE_DB
+    plain = httpx.post(f"{graph.url}/v1/musicgen", json=body, timeout=120).json()
+    assert plain["audio"] == events[-1][1]["audio"]  # streaming leaves the track unchanged
