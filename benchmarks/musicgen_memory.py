@@ -15,6 +15,7 @@ facebook/musicgen-melody.
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +24,8 @@ import transformers
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import (
-    EncodecConfig,
     EncodecModel,
-    MusicgenConfig,
-    MusicgenDecoderConfig,
-    MusicgenMelodyConfig,
-    MusicgenMelodyDecoderConfig,
     PreTrainedConfig,
-    T5Config,
 )
 
 from benchmarks.common import print_table, write_results
@@ -48,7 +43,7 @@ from leap_ray.engines.musicgen_memory import (
 )
 from leap_ray.engines.musicgen_rows import TrackRows
 from leap_ray.model_sources import tiny_model
-from leap_ray.tiny.musicgen import MELODY, SAMPLE_RATE, UPSAMPLING_RATIOS
+from leap_ray.tiny.musicgen import MELODY, musicgen_config
 
 MIB = 1 << 20
 # Total memory as NVML (nvidia-smi) reports it: H100 SXM 80GB 81,559 MiB, H200 141GB 143,771 MiB.
@@ -79,26 +74,8 @@ RECORDED = Path(__file__).parent / "recorded" / "gpu_check_h200_2026-11-26.json"
 def real_config(model_id: str) -> PreTrainedConfig:
     """The checkpoint's config from the sizes above."""
     size, melody = MODELS[model_id]
-    text = T5Config(**MELODY.text)
-    audio = EncodecConfig(
-        sampling_rate=SAMPLE_RATE,
-        upsampling_ratios=UPSAMPLING_RATIOS,
-        use_causal_conv=False,
-        normalize=False,
-        **MELODY.audio,
-    )
-    special = 2048  # the pad and start token: one past the codebook
-    decoder = {"vocab_size": 2048, "num_codebooks": 4, "max_position_embeddings": 2048, **DECODERS[size]}
-    decoder |= {"pad_token_id": special, "bos_token_id": special}
-    if melody:
-        return MusicgenMelodyConfig(
-            text_encoder=text,
-            audio_encoder=audio,
-            decoder=MusicgenMelodyDecoderConfig(**decoder),
-            num_chroma=12,
-            chroma_length=235,
-        )
-    return MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=MusicgenDecoderConfig(**decoder))
+    architecture = replace(MELODY, decoder={**MELODY.decoder, **DECODERS[size]})
+    return musicgen_config(architecture, MELODY.text["vocab_size"], melody)
 
 
 def shape_for(config: PreTrainedConfig, dtype: torch.dtype) -> CacheShape:

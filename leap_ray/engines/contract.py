@@ -23,7 +23,8 @@ StopCheck = Callable[[], bool]
 """Asked after every step of one request; True makes that request leave its batch (its cancellation)."""
 
 ProgressHook = Callable[[Progress], None]
-"""Told about one request's progress: StepProgress (SDXL) or AudioProgress (MusicGen)."""
+"""Told about one request's progress: StepProgress (SDXL) or AudioProgress and, for a streamed track,
+AudioDelta (MusicGen)."""
 
 Outcome = tuple[Request, Result | LeapRayError]
 """A finished request and its result, or the error that this request alone met."""

@@ -214,9 +214,13 @@ class MusicGenEngine:
         start, frames = track.windows[window]
         if position <= frames and (start + position) % self.frame_rate == 0:
             track.report(AudioProgress((start + position) / self.frame_rate, track.request.duration))
-        complete = min(position - self.codebooks + 1, frames)
-        prompt_frames = 0 if track.prompt is None else track.prompt.shape[1]
-        if track.stream and complete > prompt_frames and (start + complete) % self.stream_frames == 0:
+        complete = position - self.codebooks + 1  # at most `frames`: the window's last position
+        if (
+            track.stream
+            and not track.left
+            and complete > track.prompt_frames
+            and (start + complete) % self.stream_frames == 0
+        ):
             track.send_audio(track.codes_so_far(undelay(read(), complete)), self.sample_rate)
 
     def finish(self, track: Track) -> MusicGenResult | LeapRayError:

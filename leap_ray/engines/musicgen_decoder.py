@@ -8,10 +8,10 @@ between 5.17 and 5.24. Here:
 - the cache is preallocated, (rows, heads, capacity, head_dim) per layer, and a step writes each
   row's key and value at that row's own position (a tensor), so rows at different positions can
   share a step (what continuous batching needs);
-- a step attends over the first `length` cache positions, `length` rounded up to a multiple of
+- a step attends over the first `span` cache positions, `span` rounded up to a multiple of
   LENGTH_STEP, with positions past each row's own masked out: shapes repeat, so a step (with the
   sampling around it: leap_ray.engines.musicgen_rows) can be captured in a CUDA graph per (rows,
-  length) and replayed (MusicGen decoding is one small step per token: eager PyTorch spends most
+  span) and replayed (MusicGen decoding is one small step per token: eager PyTorch spends most
   of it launching kernels);
 - `prefill` runs a whole prefix (the melody model's chroma + text, the window's carried codes but
   the last) for rows that start together, as the model's own forward would; `move_rows` keeps the
@@ -110,7 +110,8 @@ class StaticDecoder:
 
     def prefill(self, embeds: torch.Tensor, first_row: int = 0) -> None:
         """Runs (rows, length, hidden) embeddings at positions 0.. into the cache rows from
-        `first_row` (the logits of their last position come from the next `step`, fed that code)."""
+        `first_row` (the logits of their last position come from the next `forward_step`, fed that
+        code)."""
         rows, length, _ = embeds.shape
         if length == 0:
             return

@@ -108,8 +108,7 @@ class CacheShape:
     @property
     def prompt_tokens_held(self) -> int:
         """The longest prompt, in tokens, that this cache holds. The melody model's prompt may also
-        fill what the rounding of its capacity leaves. A longer prompt makes the engine remake the
-        cache bigger (while its batch is empty), which this plan does not cover."""
+        fill what the rounding of its capacity leaves. The engine refuses a longer prompt, naming it."""
         if not self.melody:
             return self.text_tokens
         return self.capacity - window_positions(self.chroma_length, self.window_frames, self.codebooks)

@@ -9,33 +9,38 @@ The host learns nothing from a step: positions move on by one per step, so it kn
 counts when a window ends, and reads a track's codes back only then (and, for a streamed track, at
 each piece of audio it sends)."""
 
+import logging
 from collections.abc import Callable
 
 import torch
 
 from leap_ray.api.musicgen import MusicGenRequest
 from leap_ray.engines.musicgen_decoder import StaticDecoder
-from leap_ray.engines.musicgen_sampling import SamplingRows, guide, sample
+from leap_ray.engines.musicgen_sampling import WORD, SamplingRows, guide, sample
+
+logger = logging.getLogger(__name__)
 
 
 class StepGraphs:
     """A step over fixed buffers captured as a CUDA graph once per key, then replayed; without CUDA
-    graphs the step simply runs. The step must be idempotent (its warm-up runs repeat it)."""
+    graphs the step simply runs. The step must be idempotent (its warm-up runs repeat it). A key whose
+    capture failed runs eagerly from then on: it is not captured again on every step."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph | None] = {}
         self.pool = torch.cuda.graph_pool_handle() if enabled else None
 
     def run(self, key: tuple[int, int], step: Callable[[], None]) -> None:
-        if not self.enabled:
+        if self.enabled and key not in self.graphs:
+            self.graphs[key] = self._capture(key, step)
+        graph = self.graphs.get(key) if self.enabled else None
+        if graph is None:
             step()
-            return
-        if key not in self.graphs:
-            self.graphs[key] = self._capture(step)
-        self.graphs[key].replay()
+        else:
+            graph.replay()
 
-    def _capture(self, step: Callable[[], None]) -> torch.cuda.CUDAGraph:
+    def _capture(self, key: tuple[int, int], step: Callable[[], None]) -> torch.cuda.CUDAGraph | None:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -43,8 +48,14 @@ class StepGraphs:
                 step()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            step()
+        try:
+            with torch.cuda.graph(graph, pool=self.pool):
+                step()
+        except Exception:
+            logger.exception(
+                "capturing the step of %s tracks over %s positions failed: it runs eagerly", *key
+            )
+            return None
         return graph
 
 
@@ -69,15 +80,21 @@ class TrackRows:
         self.settings = SamplingRows.empty(tracks, device)
         self.buckets = sorted(buckets)
         self.graphs = StepGraphs(bool(buckets) and device.type == "cuda")
+        vocabulary = decoder.heads[0].out_features
+        if window_length * self.codebooks * vocabulary > WORD:  # the sampler's counters must stay distinct
+            raise ValueError(f"a window of {window_length} positions is too long for the sampler's counters")
 
     def start(
         self, row: int, pattern: torch.Tensor, position: int, offset: int, request: MusicGenRequest, key: int
     ) -> None:
-        """Row `row` takes a window: its (codebooks, positions) delay pattern, next position, offset."""
-        self.codes[row] = -1
-        self.codes[row, :, : pattern.shape[1]] = pattern.to(self.codes.device)
+        """Row `row` takes a window: its (codebooks, positions) delay pattern, next position, offset.
+        The row's codes are written in one copy: a row half written (all -1) would feed the embedding
+        an invalid code in a padded step."""
+        codes = torch.full((self.codebooks, self.length), -1, dtype=torch.long)
+        codes[:, : pattern.shape[1]] = pattern
+        self.codes[row] = codes.to(self.codes.device)
         self.position[row], self.offset[row] = position, offset
-        self.settings.set(row, request.guidance_scale, request.temperature, request.top_k, request.top_p, key)
+        self.settings.set(row, request, key)
 
     def move(self, source: int, target: int) -> None:
         """Row `source`'s state (not its cache rows: the decoder moves those) to row `target`."""
@@ -91,9 +108,11 @@ class TrackRows:
 
     def step(self, first: int, count: int, span: int, whole: bool) -> None:
         """One token for rows first..first + count, attending over `span` positions. A step over every
-        running row (`whole`) runs padded to a bucket, replaying its graph on a GPU."""
-        if whole and self.graphs.enabled:
-            rows = next((bucket for bucket in self.buckets if bucket >= count), count)
+        running row (`whole`) runs padded to a bucket, replaying its graph on a GPU; more rows than the
+        largest bucket run eagerly."""
+        bucket = next((bucket for bucket in self.buckets if bucket >= count), None)
+        if whole and bucket is not None and self.graphs.enabled:
+            rows = bucket
             self.graphs.run((rows, span), lambda: self._draw(0, rows, span))
         else:
             rows = count
@@ -108,6 +127,7 @@ class TrackRows:
         at = slice(first, first + count)
         position = self.position[at]
         previous = self.codes[at].gather(2, (position - 1).view(-1, 1, 1).expand(-1, self.codebooks, 1))
+        previous = previous.clamp_(min=0)  # a guard: a real row never holds -1 there
         decoder_at = (self.offset[at] + position - 1).repeat_interleave(2)
         logits = self.decoder.forward_step(
             previous[:, :, 0].repeat_interleave(2, dim=0), decoder_at, span, 2 * first

@@ -9,22 +9,30 @@ Design:
 - Randomness is Gumbel-max: the token drawn is the argmax over the kept tokens of
   logits / temperature + Gumbel noise, which draws from the softmax of the kept logits, with no
   normalisation and no host generator.
-- The noise comes from a counter-based generator: a token's 32 random bits are a hash of (the row's
-  key, the counter) where the key hashes (seed, window) once per window and the counter is
-  ((position * codebooks + codebook) hashed, then xor the token). The hash is Chris Wellons'
-  `lowbias32` over 32-bit words, written with int64 tensor operations whose products never
-  overflow (a 32-bit multiply done on 16-bit halves), so the same seed gives the same noise on
-  any device and in any batch, whoever its batch-mates are.
-- Scaled logits and noise are float64: a vanishing temperature (which float32 rounds to 0) still
-  gives finite scaled logits, and 32 random bits give uniforms strictly inside (0, 1).
+- The noise comes from a counter-based generator: a token's 32 random bits are
+  hash(hash(counter ^ key) ^ key'), where the key hashes (seed, window) once per window, key' is a
+  hash of the key, and the counter ((position * codebooks + codebook) * vocabulary + token) is
+  distinct for every draw of a window (12.3 M for a 30 s window of musicgen, under 2**32). The hash
+  is Chris Wellons' `lowbias32` over 32-bit words (a bijection), written with int64 tensor
+  operations whose products never overflow (a 32-bit multiply done on 16-bit halves), so the same
+  seed gives the same noise on any device and in any batch, whoever its batch-mates are. A key has
+  32 bits: two different seeds share a window's noise with odds of 1 in 2**32 (about even odds
+  somewhere among 77,000 requests, the birthday bound), which costs nothing but that coincidence.
+- Scaled logits and noise are float64: a vanishing temperature (which float32 rounds to 0) gives
+  scaled logits of 0 and -inf, never NaN, and 32 random bits give uniforms strictly inside (0, 1)
+  (float32 would round the top 128 values to 1 and make infinite noise).
 """
 
 from dataclasses import dataclass
 
 import torch
 
+from leap_ray.api.musicgen import MusicGenRequest
+
 WORD = 0xFFFFFFFF
 HALF = 0xFFFF
+CHAIN_START = 0x9E3779B9  # the golden ratio's bits: any constant but 0
+SECOND_ROUND = 0x85EBCA6B  # tells a key's second-round key from the key
 
 
 def _times(words: torch.Tensor, factor: int) -> torch.Tensor:
@@ -44,22 +52,26 @@ def hash32(words: torch.Tensor) -> torch.Tensor:
 
 
 def noise_key(seed: int, window: int) -> int:
-    """The key of a track's window: its random stream depends on nothing else."""
-    words = torch.tensor([seed >> 32, seed & WORD, window], dtype=torch.long)
-    key = torch.tensor(0, dtype=torch.long)
-    for word in words:
+    """The key of a track's window: its random stream depends on nothing else. (The chain starts
+    from a constant, not 0, which `hash32` keeps at 0.)"""
+    key = torch.tensor(CHAIN_START, dtype=torch.long)
+    for word in (seed >> 32, seed & WORD, window):
         key = hash32(key ^ word)
     return int(key)
 
 
-def gumbel_noise(keys: torch.Tensor, positions: torch.Tensor, vocabulary: int) -> torch.Tensor:
-    """Gumbel noise (rows, codebooks, vocabulary) for rows of `keys` (rows,) at `positions`
-    (rows, codebooks holds positions broadcast per codebook), float64."""
-    codebooks = positions.shape[1]
-    codebook = torch.arange(codebooks, device=keys.device)
-    counters = hash32(keys[:, None] ^ ((positions * codebooks + codebook) & WORD))
-    tokens = torch.arange(vocabulary, device=keys.device)
-    bits = hash32(counters[:, :, None] ^ tokens)
+def gumbel_noise(
+    keys: torch.Tensor, positions: torch.Tensor, codebooks: int, vocabulary: int
+) -> torch.Tensor:
+    """Gumbel noise (rows, codebooks, vocabulary), float64, for rows of `keys` (rows,) at `positions`
+    (rows,). Each (position, codebook, token) of a window has its own counter below 2**32, so within
+    a row no two draws share a hash input (`hash32` is a bijection); the second round, keyed by a
+    hash of the key, keeps rows of different keys from sharing noise where their inputs meet."""
+    device = keys.device
+    draws = (positions[:, None] * codebooks + torch.arange(codebooks, device=device)) * vocabulary
+    counters = draws[:, :, None] + torch.arange(vocabulary, device=device)
+    second_keys = hash32(keys ^ SECOND_ROUND)[:, None, None]
+    bits = hash32(hash32(counters ^ keys[:, None, None]) ^ second_keys)
     uniform = (bits.double() + 0.5) / 2.0**32
     return -torch.log(-torch.log(uniform))
 
@@ -87,8 +99,9 @@ class SamplingRows:
             zeros(torch.long),
         )
 
-    def set(self, row: int, guidance: float, temperature: float, top_k: int, top_p: float, key: int) -> None:
-        values = (guidance, temperature, top_k, top_p, key)
+    def set(self, row: int, request: MusicGenRequest, key: int) -> None:
+        """Row `row` samples as `request` asks, from the stream of `key`."""
+        values = (request.guidance_scale, request.temperature, request.top_k, request.top_p, key)
         for tensor, value in zip(self.tensors(), values, strict=True):
             tensor[row] = value
 
@@ -124,7 +137,7 @@ def sample(guided: torch.Tensor, settings: SamplingRows, positions: torch.Tensor
     probabilities = ordered.softmax(dim=-1)
     keep_p = probabilities.cumsum(dim=-1) - probabilities <= settings.top_p[:, None, None]
     keep = torch.where((settings.top_p > 0)[:, None, None], keep_p, keep_k)
-    noise = gumbel_noise(settings.key, positions[:, None].expand(rows, codebooks), vocabulary)
+    noise = gumbel_noise(settings.key, positions, codebooks, vocabulary)
     perturbed = (ordered + noise.gather(-1, order)).masked_fill(~keep, -torch.inf)
     drawn = order.gather(-1, perturbed.argmax(dim=-1, keepdim=True)).squeeze(-1)
     return torch.where(greedy[:, None], guided.argmax(dim=-1), drawn)

@@ -19,8 +19,8 @@ Each track follows exactly the steps it would follow alone (the same prefill, th
 token, the same noise), so a seeded request gives its solo audio whatever joins or leaves.
 
 A prefill runs between two steps, all at once: a joining track's (its conditioning and nothing else
-for a first window) or a next window's (12 s of carried codes). `benchmarks/musicgen_prefill.py`
-measures what it costs in ordinary steps.
+for a first window) or a next window's (12 s of carried codes). `benchmarks/musicgen_steps.py`
+measures what it costs in ordinary steps (README: Performance).
 """
 
 import time
@@ -162,8 +162,8 @@ class DecodeBatch:
         engine, decoder = self.engine, self.engine.decoder
         frames = track.windows[window][1]
         pattern = delay_pattern(track.prompt, frames, engine.codebooks, engine.start_token, engine.pad_token)
-        prompt_frames = 0 if track.prompt is None else track.prompt.shape[1]
         states, mask = engine.conditioning([track], window)
+        prompt_frames = track.prompt_frames
         codes = pattern[None, :, :prompt_frames].repeat(2, 1, 1)  # all the first codes but the last
         embeds = decoder.embed(codes.to(engine.device))
         if engine.has_melody:

@@ -1,9 +1,9 @@
 """A MusicGen track's way through the running batch, and what it reproduces of audiocraft, the
-reference: the windows of a long track and the delay pattern over the codebooks (the sampling is
-leap_ray.engines.musicgen_sampling's).
+reference (the sampling is leap_ray.engines.musicgen_sampling's):
 - the delay pattern over the codebooks (transformers' `build_delay_pattern_mask`);
 - tracks longer than the 30 s window: keep the last 12 s of codes as the prompt of the next window,
-  move on 18 s (`extend_stride`), and slide the melody along; decode once at the end."""
+  move on 18 s (`extend_stride`), and slide the melody along; the track is decoded whole at the end
+  (a streamed track's pieces come from leap_ray.engines.musicgen_stream meanwhile)."""
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,15 +77,14 @@ class Track:
         current window's complete frames (its carried prompt included, which is dropped here)."""
         kept = list(self.new_codes)
         if window_codes is not None:
-            kept.append(window_codes[:, 0 if self.prompt is None else self.prompt.shape[1] :])
+            kept.append(window_codes[:, self.prompt_frames :])
         return torch.cat(kept, dim=1)
 
     def keep_window(self, sequence: torch.Tensor, window: int, stride_frames: int) -> None:
         """Keeps a finished window's new codes from its (codebooks, positions) sequence, and its codes
         from `stride_frames` on as the next window's prompt."""
         codes = undelay(sequence, self.windows[window][1])
-        prompt_frames = 0 if self.prompt is None else self.prompt.shape[1]
-        self.new_codes.append(codes[:, prompt_frames:])
+        self.new_codes.append(codes[:, self.prompt_frames :])
         self.prompt = codes[:, stride_frames:]
 
     def send_audio(self, codes: torch.Tensor, sample_rate: int, last: bool = False) -> None:
@@ -94,6 +93,11 @@ class Track:
         piece = self.stream.finish(codes) if last else self.stream.push(codes)
         if len(piece):
             self.report(audio_delta(piece, sample_rate, start))
+
+    @property
+    def prompt_frames(self) -> int:
+        """Frames the current window carries over from the previous one."""
+        return 0 if self.prompt is None else self.prompt.shape[1]
 
     @property
     def left(self) -> bool:

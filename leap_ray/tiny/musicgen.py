@@ -127,9 +127,13 @@ def build_t5_tokenizer() -> T5Tokenizer:
     return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
 
 
-def _config(architecture: MusicGenArchitecture, tokenizer: T5Tokenizer, melody: bool) -> PreTrainedConfig:
+def musicgen_config(
+    architecture: MusicGenArchitecture, text_vocabulary: int, melody: bool
+) -> PreTrainedConfig:
+    """The `Musicgen(Melody)Config` of these sizes (a `vocab_size` in `architecture.text` wins over
+    `text_vocabulary`, the tokenizer's)."""
     text = T5Config(
-        **{"vocab_size": len(tokenizer), **architecture.text},
+        **{"vocab_size": text_vocabulary, **architecture.text},
         pad_token_id=0,
         eos_token_id=1,
         decoder_start_token_id=0,
@@ -186,7 +190,7 @@ def build_musicgen(
 ) -> tuple[PreTrainedModel, T5Tokenizer]:
     """The model (text-only or melody) with random weights, and its tokenizer; the same every call."""
     tokenizer = build_t5_tokenizer()
-    config = _config(architecture, tokenizer, melody)
+    config = musicgen_config(architecture, len(tokenizer), melody)
     torch.manual_seed(0)
     model_class = MusicgenMelodyForConditionalGeneration if melody else MusicgenForConditionalGeneration
     return _finish(model_class(config), architecture.codebook_size), tokenizer

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from leap_ray.engines.musicgen_sampling import SamplingRows, guide, hash32, noise_key, sample
+from leap_ray.engines.musicgen_sampling import SamplingRows, guide, gumbel_noise, hash32, noise_key, sample
 
 LOGITS = torch.tensor([[0.0, 1.0, 5.0, 2.0], [3.0, 0.0, 0.0, 2.9]])  # (codebooks, vocabulary) of one row
 
@@ -132,3 +132,18 @@ def operations(rows: int) -> int:
 
 def test_sixteen_rows_take_the_operations_of_two():
     assert operations(16) == operations(2)
+
+
+def test_no_two_draws_of_a_window_share_their_noise():
+    # Each (position, codebook, token) of a window has its own counter, and the hash is a bijection:
+    # every noise value of a 1,505-position window is distinct (a counter of (position, codebook)
+    # xor the token made whole rows of noise repeat, permuted).
+    noise = gumbel_noise(torch.tensor([noise_key(0, 0)]), torch.arange(1505), codebooks=4, vocabulary=64)
+    assert noise.unique().numel() == noise.numel() == 1505 * 4 * 64
+    assert noise_key(0, 0) != 0
+
+
+def test_rows_of_different_keys_do_not_share_noise():
+    keys = torch.tensor([noise_key(seed, 0) for seed in range(64)])
+    noise = gumbel_noise(keys, torch.zeros(64, dtype=torch.long), codebooks=4, vocabulary=64)
+    assert noise.unique().numel() == noise.numel()
