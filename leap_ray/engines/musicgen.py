@@ -33,10 +33,10 @@ from leap_ray.engines.device import placement
 from leap_ray.engines.failures import blame, request_error
 from leap_ray.engines.musicgen_decoder import LENGTH_STEP, StaticDecoder
 from leap_ray.engines.musicgen_memory import rounded_capacity, window_positions
-from leap_ray.engines.musicgen_rows import TrackRows
+from leap_ray.engines.musicgen_rows import CopyOut, TrackRows
 from leap_ray.engines.musicgen_steps import DecodeBatch
-from leap_ray.engines.musicgen_stream import AudioStream
-from leap_ray.engines.musicgen_tracks import Track, undelay, window_schedule
+from leap_ray.engines.musicgen_stream import AudioStream, OffThread
+from leap_ray.engines.musicgen_tracks import Track, window_schedule
 from leap_ray.engines.results import MusicGenResult
 from leap_ray.errors import LeapRayError
 
@@ -82,6 +82,7 @@ class MusicGenEngine:
         self.window_frames = round(window_s * self.frame_rate)
         self.stride_frames = round(extend_stride_s * self.frame_rate)
         self.stream_frames = round(STREAM_EVERY_S * self.frame_rate)
+        self.pieces = OffThread(self.device)  # streamed audio is decoded there
         window_samples = round(window_s * self.sample_rate)
         chroma_length = getattr(config, "chroma_length", 0)
         self.chromas = MelodyChromas(self.sample_rate, self.frame_rate, window_samples, chroma_length)
@@ -204,13 +205,11 @@ class MusicGenEngine:
             return self.model.audio_enc_to_dec_proj(chroma)
         return chroma
 
-    def report_progress(
-        self, track: Track, window: int, position: int, read: Callable[[], torch.Tensor]
-    ) -> None:
+    def report_progress(self, track: Track, window: int, position: int, copy_out: CopyOut) -> None:
         """After each whole second of new audio (codebook 0 holds frame f at position 1 + f), and for a
         streamed track each `stream_frames` complete frames (its last codebook holds frame f at
-        position f + codebooks): counts the host keeps, so `read` (a wait for the device) runs only
-        for a piece of streamed audio."""
+        position f + codebooks): counts the host keeps. A piece of streamed audio is decoded off the
+        step thread (`self.pieces`) from codes copied out without waiting for the device."""
         start, frames = track.windows[window]
         if position <= frames and (start + position) % self.frame_rate == 0:
             track.report(AudioProgress((start + position) / self.frame_rate, track.request.duration))
@@ -221,7 +220,7 @@ class MusicGenEngine:
             and complete > track.prompt_frames
             and (start + complete) % self.stream_frames == 0
         ):
-            track.send_audio(track.codes_so_far(undelay(read(), complete)), self.sample_rate)
+            track.hand_off_piece(copy_out(), complete, self.pieces, self.sample_rate)
 
     def finish(self, track: Track) -> MusicGenResult | LeapRayError:
         if track.error is not None:
@@ -230,7 +229,7 @@ class MusicGenEngine:
         if not track.stopped:
             try:
                 if track.stream:
-                    track.send_audio(track.codes_so_far(), self.sample_rate, last=True)
+                    track.send_last_piece(self.sample_rate)
                 waveform = self._decode(track)
             except Exception as error:
                 return request_error(error)

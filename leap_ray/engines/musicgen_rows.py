@@ -19,6 +19,8 @@ from leap_ray.engines.musicgen_decoder import StaticDecoder
 from leap_ray.engines.musicgen_sampling import WORD, SamplingRows, guide, sample
 
 logger = logging.getLogger(__name__)
+CopyOut = Callable[[], Callable[[], torch.Tensor]]
+"""Starts copying a row's codes to the host; gives the call that waits for them (`TrackRows.copy_out`)."""
 
 
 class StepGraphs:
@@ -105,6 +107,24 @@ class TrackRows:
     def read(self, row: int, positions: int) -> torch.Tensor:
         """The row's first `positions` codes, on the host (this waits for the device)."""
         return self.codes[row, :, :positions].cpu()
+
+    def copy_out(self, row: int, positions: int) -> Callable[[], torch.Tensor]:
+        """The row's first `positions` codes as they are once the steps queued so far are done, copied
+        to the host without waiting for them: the returned call (from any thread) waits and gives them."""
+        codes = self.codes[row, :, :positions]
+        if codes.device.type != "cuda":
+            copied = codes.clone()
+            return lambda: copied
+        host = torch.empty(codes.shape, dtype=codes.dtype, pin_memory=True)
+        host.copy_(codes, non_blocking=True)
+        copied_event = torch.cuda.Event()
+        copied_event.record()
+
+        def wait() -> torch.Tensor:
+            copied_event.synchronize()
+            return host
+
+        return wait
 
     def step(self, first: int, count: int, span: int, whole: bool) -> None:
         """One token for rows first..first + count, attending over `span` positions. A step over every

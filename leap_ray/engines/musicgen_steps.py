@@ -24,7 +24,6 @@ measures what it costs in ordinary steps (README: Performance).
 """
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -34,7 +33,7 @@ from leap_ray.api.musicgen import MusicGenModelSpec, MusicGenRequest
 from leap_ray.engines.contract import Outcome, ProgressHook, StopCheck
 from leap_ray.engines.failures import model_error, request_error
 from leap_ray.engines.musicgen_decoder import StaticDecoder
-from leap_ray.engines.musicgen_rows import TrackRows
+from leap_ray.engines.musicgen_rows import CopyOut, TrackRows
 from leap_ray.engines.musicgen_sampling import noise_key
 from leap_ray.engines.musicgen_tracks import Track, delay_pattern
 from leap_ray.engines.results import MusicGenResult
@@ -69,11 +68,10 @@ class TrackModel(Protocol):
     def conditioning(self, tracks: list[Track], window: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The decoder's conditioning of [conditional rows; unconditional rows], and its mask."""
 
-    def report_progress(
-        self, track: Track, window: int, position: int, read: Callable[[], torch.Tensor]
-    ) -> None:
-        """After position `position` of window `window` is drawn; `read()` gives the window's codes
-        up to it (from the device: only where the report needs them)."""
+    def report_progress(self, track: Track, window: int, position: int, copy_out: CopyOut) -> None:
+        """After position `position` of window `window` is drawn; `copy_out()` starts copying the
+        window's codes up to it to the host and gives the call that waits for them (only where the
+        report needs them)."""
 
     def finish(self, track: Track) -> MusicGenResult | LeapRayError:
         """The track's audio (its codes decoded), or its error."""
@@ -218,7 +216,9 @@ class DecodeBatch:
         """Counts the track's drawn position, reports, and moves it on to its next window or its end."""
         track, position, rows = running.track, running.position, self.engine.rows
         running.position += 1
-        self.engine.report_progress(track, running.window, position, lambda: rows.read(index, position + 1))
+        self.engine.report_progress(
+            track, running.window, position, lambda: rows.copy_out(index, position + 1)
+        )
         if track.check_stop() or running.position < running.length:
             return
         track.keep_window(rows.read(index, running.length), running.window, self.engine.stride_frames)

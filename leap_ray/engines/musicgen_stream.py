@@ -38,6 +38,8 @@ every N) is the caller's trade between latency and decode work.
 """
 
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -113,6 +115,24 @@ class AudioStream:
                 f"decode gave {audio.shape[0]} samples for {codes.shape[-1]} frames, not {expected}"
             )
         return audio
+
+
+class OffThread:
+    """Runs jobs in order on a thread of their own, in inference mode and, on a GPU, on a CUDA stream of
+    their own: decoding a streamed piece of audio never holds up the running batch's steps (their CUDA
+    graphs and this stream's decodes overlap on the device). One thread keeps each track's pieces in
+    order; the jobs handle their own failures."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="musicgen-audio")
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def submit(self, job: Callable[[], None]) -> Future:
+        return self.executor.submit(self._run, job)
+
+    def _run(self, job: Callable[[], None]) -> None:
+        with torch.inference_mode(), torch.cuda.stream(self.stream) if self.stream else nullcontext():
+            job()
 
 
 def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:

@@ -6,6 +6,7 @@ reference (the sampling is leap_ray.engines.musicgen_sampling's):
   (a streamed track's pieces come from leap_ray.engines.musicgen_stream meanwhile)."""
 
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
@@ -13,8 +14,8 @@ import torch
 from leap_ray.api.audio import audio_delta
 from leap_ray.api.musicgen import MusicGenRequest
 from leap_ray.api.progress import AudioDelta, AudioProgress
-from leap_ray.engines.failures import internal_error
-from leap_ray.engines.musicgen_stream import AudioStream
+from leap_ray.engines.failures import internal_error, request_error
+from leap_ray.engines.musicgen_stream import AudioStream, OffThread
 from leap_ray.errors import LeapRayError
 
 
@@ -71,14 +72,11 @@ class Track:
     batch_size: int = 0
     timings: dict[str, float] = field(default_factory=lambda: {"encode_s": 0.0, "generate_s": 0.0})
     stream: AudioStream | None = None  # with `stream: true`: the audio sent so far
+    sending: Future | None = None  # the last piece of audio handed to be sent off the step thread
 
-    def codes_so_far(self, window_codes: torch.Tensor | None = None) -> torch.Tensor:
-        """The track's new codes (codebooks, frames): its finished windows', then `window_codes`, the
-        current window's complete frames (its carried prompt included, which is dropped here)."""
-        kept = list(self.new_codes)
-        if window_codes is not None:
-            kept.append(window_codes[:, self.prompt_frames :])
-        return torch.cat(kept, dim=1)
+    def codes_so_far(self) -> torch.Tensor:
+        """The track's new codes (codebooks, frames) of its finished windows."""
+        return torch.cat(self.new_codes, dim=1)
 
     def keep_window(self, sequence: torch.Tensor, window: int, stride_frames: int) -> None:
         """Keeps a finished window's new codes from its (codebooks, positions) sequence, and its codes
@@ -88,11 +86,36 @@ class Track:
         self.prompt = codes[:, stride_frames:]
 
     def send_audio(self, codes: torch.Tensor, sample_rate: int, last: bool = False) -> None:
-        """Sends the audio that the track's codes so far make final (all of it when `last`)."""
-        start = self.stream.emitted_samples
-        piece = self.stream.finish(codes) if last else self.stream.push(codes)
-        if len(piece):
-            self.report(audio_delta(piece, sample_rate, start))
+        """Sends the audio that the track's codes so far make final (all of it when `last`). Off the
+        step thread, a failure fails the track (its outcome, at its next step or its end)."""
+        try:
+            start = self.stream.emitted_samples
+            piece = self.stream.finish(codes) if last else self.stream.push(codes)
+            if len(piece):
+                self.report(audio_delta(piece, sample_rate, start))
+        except Exception as error:
+            if self.error is None:
+                self.error = request_error(error)
+
+    def hand_off_piece(
+        self, copied: Callable[[], torch.Tensor], complete: int, pieces: OffThread, sample_rate: int
+    ) -> None:
+        """Hands `pieces` the audio that the current window's first `complete` frames make final;
+        `copied()` gives the window's codes (from the device). What the track holds now is taken now:
+        its windows move on meanwhile."""
+        earlier, prompt_frames = list(self.new_codes), self.prompt_frames
+
+        def send() -> None:
+            window_codes = undelay(copied(), complete)[:, prompt_frames:]
+            self.send_audio(torch.cat([*earlier, window_codes], dim=1), sample_rate)
+
+        self.sending = pieces.submit(send)
+
+    def send_last_piece(self, sample_rate: int) -> None:
+        """Once the pieces handed off are sent, the rest of the track's audio."""
+        if self.sending is not None:
+            self.sending.result()
+        self.send_audio(self.codes_so_far(), sample_rate, last=True)
 
     @property
     def prompt_frames(self) -> int:

@@ -233,3 +233,22 @@ def test_a_prompt_longer_than_the_cache_holds_is_refused_naming_prompt_and_the_o
     outcomes = run_tokens(batch, {0: [second]})
     assert engine.decoder is decoder
     assert np.array_equal(outcomes[2].waveform, solo(engine, second))
+
+
+def test_a_streamed_track_whose_piece_fails_to_decode_fails_alone(engine, monkeypatch):
+    decode = engine.decode_codes
+
+    def faulty(codes):
+        if codes.shape[-1] < 50:  # a streamed piece's segment; whole tracks here are 50 frames or more
+            raise RuntimeError("CUDA out of memory")
+        return decode(codes)
+
+    monkeypatch.setattr(engine, "decode_codes", faulty)
+    streamed = MusicGenRequest(prompt="jazz", duration=3, seed=7, stream=True)
+    innocent = MusicGenRequest(prompt="rain", duration=1, seed=8)
+    events = []
+    outcomes = run_tokens(engine.running_batch(), {0: [streamed, innocent]}, {7: (None, events.append)})
+    assert isinstance(outcomes[7], ModelError)
+    assert not any(isinstance(event, AudioDelta) for event in events)
+    monkeypatch.setattr(engine, "decode_codes", decode)
+    assert np.array_equal(outcomes[8].waveform, solo(engine, innocent))
