@@ -16,7 +16,8 @@ decoded and handed back at once, and the last running track's rows move into its
 in use stay the first ones (the shapes CUDA graphs replay).
 
 Each track follows exactly the steps it would follow alone (the same prefill, the same step per
-token, the same noise), so a seeded request gives its solo audio whatever joins or leaves.
+token, the same noise), so a seeded request gives its solo audio whatever joins or leaves (on a GPU
+to float rounding: kernels chosen by the batch's shape may round its logits differently).
 
 A prefill runs between two steps, all at once: a joining track's (its conditioning and nothing else
 for a first window) or a next window's (12 s of carried codes). `benchmarks/musicgen_steps.py`
