@@ -1,8 +1,9 @@
 """What one MusicGen token step costs as the running batch grows, in-process (no Ray): torch
 operations per step (counted with a TorchDispatchMode around `step()`; the decoder's own share
-counted around a decoder step of the same rows) and milliseconds per step at 1, 4 and 16 tracks; and
+counted around a decoder step of the same rows) and milliseconds per step at 1, 4 and 16 tracks;
 what a prefill between two steps costs in ordinary steps at 16 tracks (a joining melody track's
-prefix; a long track's next window, 12 s of carried codes).
+prefix; a long track's next window, 12 s of carried codes); and token-level against whole-request
+batching on the same tracks, in-process, so the HTTP path's noise stays out of the ratio.
 
 It uses only the running-batch contract and the decoder's public step, so it runs unchanged on an
 older checkout (PYTHONPATH=<worktree>) for a side-by-side comparison.
@@ -25,6 +26,7 @@ if TYPE_CHECKING:  # the models load inside main(), after the arguments are read
     from leap_ray.engines.musicgen import MusicGenEngine
 
 TRACKS = (1, 4, 16)
+MAX_LOAD = 8  # the benchmarks' max_batch_size (benchmarks.throughput's)
 CARRIED_S = 12.0  # audiocraft's window minus its stride: the codes a next window prefills
 
 
@@ -113,6 +115,51 @@ def prefill_rows(engine: MusicGenEngine, step_ms: float) -> list[dict]:
     return rows
 
 
+def token_batching(engine: MusicGenEngine, requests: list, places: int) -> None:
+    """A track joins as soon as a place frees (`batching: step`)."""
+    from leap_ray.engines.contract import run_to_end
+
+    run_to_end(engine.running_batch(max_load=places), requests)
+
+
+def whole_request_batching(engine: MusicGenEngine, requests: list, places: int) -> None:
+    """A batch is admitted only once the last one is done (`batching: request`)."""
+    from leap_ray.engines.contract import generate
+
+    for first in range(0, len(requests), places):
+        generate(engine, requests[first : first + places])
+
+
+def token_vs_whole(engine: MusicGenEngine, rounds: int = 3) -> list[dict]:
+    """Audio seconds per second in-process, token-level against whole-request batching, for the same
+    tracks of 1, 2 and 3 s, up to MAX_LOAD at once; the modes alternate, best of `rounds`."""
+    from leap_ray.api.musicgen import MusicGenRequest
+
+    rows = []
+    for concurrency in (1, 2, 4, 8, 16):
+        places = min(concurrency, MAX_LOAD)
+        requests = [
+            MusicGenRequest(prompt="lo-fi beat", duration=1 + i % 3, seed=i) for i in range(4 * places)
+        ]
+        audio = sum(request.duration for request in requests)
+        best = {token_batching: 0.0, whole_request_batching: 0.0}
+        for _ in range(rounds):
+            for run in best:
+                started = time.perf_counter()
+                run(engine, requests, places)
+                best[run] = max(best[run], audio / (time.perf_counter() - started))
+        token, whole = best[token_batching], best[whole_request_batching]
+        rows.append(
+            {
+                "concurrency": concurrency,
+                "token_audio_s_per_s": token,
+                "whole_audio_s_per_s": whole,
+                "token_over_whole": token / whole,
+            }
+        )
+    return rows
+
+
 def main() -> None:
     from leap_ray.engines.musicgen import MusicGenEngine
 
@@ -121,6 +168,7 @@ def main() -> None:
     with torch.inference_mode():
         steps = [step_row(engine, tracks, steps=40) for tracks in TRACKS]
         prefills = prefill_rows(engine, steps[-1]["step_ms"])
+        batching = token_vs_whole(engine)
     first, last = steps[0], steps[-1]
     ratios = {
         "ops_16_over_1": last["ops_per_step"] / first["ops_per_step"],
@@ -128,8 +176,9 @@ def main() -> None:
     }
     print_table("MusicGen token step by running tracks", steps)
     print_table("Prefill between steps, in 16-track steps", prefills)
+    print_table("Token vs whole-request batching, in-process (audio s/s, best of 3)", batching)
     print(" ".join(f"{name} {value:.2f}" for name, value in ratios.items()))
-    write_results("musicgen_steps", {"steps": steps, "prefills": prefills, **ratios})
+    write_results("musicgen_steps", {"steps": steps, "prefills": prefills, "batching": batching, **ratios})
 
 
 if __name__ == "__main__":

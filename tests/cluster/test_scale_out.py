@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
+import yaml
 from ray import serve
 
 from leap_ray.testing.cluster import (
     FAST_AUTOSCALING,
     FAST_AUTOSCALING_CONFIG,
+    PRODUCTION_CONFIG,
     LocalCluster,
     deploy_and_wait,
     free_port,
@@ -158,10 +160,17 @@ def burst_scales_alone(
     assert running(other) == 1
 
 
+def clients_for_replicas(deployment: str, replicas: int) -> int:
+    """Clients that keep `replicas` replicas of the deployment at its autoscaling target."""
+    (app,) = yaml.safe_load(PRODUCTION_CONFIG.read_text())["applications"]
+    (options,) = [each for each in app["deployments"] if each["name"] == deployment]
+    return replicas * options["autoscaling_config"]["target_ongoing_requests"]
+
+
 def test_a_burst_scales_each_model_on_its_own_and_back(graph: Graph) -> None:
-    # SDXL's target is 8 ongoing requests per replica, MusicGen's 4: these bursts want 5 replicas.
-    burst_scales_alone(graph, "SDXL", "MusicGen", "/v1/sdxl", IMAGE, clients=40)
-    burst_scales_alone(graph, "MusicGen", "SDXL", "/v1/musicgen", TRACK, clients=20)
+    # Each burst wants 5 replicas, one more than the GPUs left beside the other model's replica.
+    burst_scales_alone(graph, "SDXL", "MusicGen", "/v1/sdxl", IMAGE, clients_for_replicas("SDXL", 5))
+    burst_scales_alone(graph, "MusicGen", "SDXL", "/v1/musicgen", TRACK, clients_for_replicas("MusicGen", 5))
 
 
 def expected_images(url: str) -> dict[int, bytes]:
