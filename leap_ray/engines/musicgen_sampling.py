@@ -10,8 +10,8 @@ Design:
   logits / temperature + Gumbel noise, which draws from the softmax of the kept logits, with no
   normalisation and no host generator.
 - The noise comes from a counter-based generator: a token's 32 random bits are
-  hash(hash(counter ^ key) ^ key'), where the key hashes (seed, window) once per window, key' is a
-  hash of the key, and the counter ((position * codebooks + codebook) * vocabulary + token) is
+  hash(hash(counter ^ key) ^ key), where the key hashes (seed, window) once per window and the
+  counter ((position * codebooks + codebook) * vocabulary + token) is
   distinct for every draw of a window (12.3 M for a 30 s window of musicgen, under 2**32). The hash
   is Chris Wellons' `lowbias32` over 32-bit words (a bijection), written with int64 tensor
   operations whose products never overflow (a 32-bit multiply done on 16-bit halves), so the same
@@ -32,14 +32,12 @@ from leap_ray.api.musicgen import MusicGenRequest
 WORD = 0xFFFFFFFF
 HALF = 0xFFFF
 CHAIN_START = 0x9E3779B9  # the golden ratio's bits: any constant but 0
-SECOND_ROUND = 0x85EBCA6B  # tells a key's second-round key from the key
 
 
 def _times(words: torch.Tensor, factor: int) -> torch.Tensor:
-    """words * factor mod 2**32 for int64 words in [0, 2**32), on 16-bit halves (no product
-    reaches 2**63, so no device's overflow behaviour matters)."""
-    low, high = words & HALF, words >> 16
-    return (low * factor + (((high * factor) & HALF) << 16)) & WORD
+    """words * factor mod 2**32 for int64 words in [0, 2**32), the factor taken in 16-bit halves (no
+    product reaches 2**63, so no device's overflow behaviour matters)."""
+    return (words * (factor & HALF) + (((words * (factor >> 16)) & HALF) << 16)) & WORD
 
 
 def hash32(words: torch.Tensor) -> torch.Tensor:
@@ -65,13 +63,13 @@ def gumbel_noise(
 ) -> torch.Tensor:
     """Gumbel noise (rows, codebooks, vocabulary), float64, for rows of `keys` (rows,) at `positions`
     (rows,). Each (position, codebook, token) of a window has its own counter below 2**32, so within
-    a row no two draws share a hash input (`hash32` is a bijection); the second round, keyed by a
-    hash of the key, keeps rows of different keys from sharing noise where their inputs meet."""
+    a row no two draws share a hash input (`hash32` is a bijection); the second round, keyed again,
+    keeps rows of different keys from sharing noise where their first-round inputs meet."""
     device = keys.device
     draws = (positions[:, None] * codebooks + torch.arange(codebooks, device=device)) * vocabulary
     counters = draws[:, :, None] + torch.arange(vocabulary, device=device)
-    second_keys = hash32(keys ^ SECOND_ROUND)[:, None, None]
-    bits = hash32(hash32(counters ^ keys[:, None, None]) ^ second_keys)
+    keys = keys[:, None, None]
+    bits = hash32(hash32(counters ^ keys) ^ keys)
     uniform = (bits.double() + 0.5) / 2.0**32
     return -torch.log(-torch.log(uniform))
 
