@@ -5,6 +5,7 @@ gateway (shared by HTTP, handles, streams and jobs) and the jobs.
 Python users reach the same paths through a handle: `serve.get_app_handle("leap_ray").sdxl.remote(r)`
 and `.musicgen.remote(r)`, with a request model or a dict (tensors and callables allowed)."""
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
@@ -17,6 +18,7 @@ from leap_ray.api.jobs import JobSubmission
 from leap_ray.api.musicgen import MusicGenOutput, MusicGenRequest
 from leap_ray.api.openai_images import OpenAIImageEditRequest, OpenAIImageRequest
 from leap_ray.api.predictions import PredictionRequest
+from leap_ray.api.progress import AudioDelta, AudioProgress
 from leap_ray.api.sdxl import SDXLOutput, SDXLRequest
 from leap_ray.config import LIMITS, IngressSettings
 from leap_ray.serve.docs import docs_routes
@@ -115,6 +117,15 @@ class Ingress:
     async def musicgen(self, request: MusicGenRequest | dict[str, Any]) -> MusicGenOutput:
         """Generates a track (handle API; HTTP goes through the same path)."""
         return await self._gateway.generate("musicgen", await self._gateway.prepare("musicgen", request))
+
+    async def musicgen_stream(
+        self, request: MusicGenRequest | dict[str, Any]
+    ) -> AsyncIterator[AudioProgress | AudioDelta | MusicGenOutput]:
+        """A track as it is generated (handle API, with `options(stream=True)`): AudioProgress each
+        second and AudioDelta pieces of its audio, then its MusicGenOutput, as HTTP's event stream."""
+        prepared = await self._gateway.prepare("musicgen", request)
+        async for event in self._gateway.events("musicgen", prepared.model_copy(update={"stream": True})):
+            yield event
 
     async def check_health(self) -> None:
         """Serve calls this every few seconds: it also starts the job runner after a restart, so that

@@ -1,14 +1,19 @@
 """The Python API: an application handle, with request models or dicts, tensors and callables."""
 
+import io
+
 import numpy as np
 import pytest
+import soundfile
 import torch
 from diffusers import StableDiffusionXLPipeline
 from ray import serve
 
 from leap_ray.api.musicgen import MusicGenOutput
+from leap_ray.api.progress import AudioDelta, AudioProgress
 from leap_ray.api.sdxl import SDXLOutput, SDXLRequest
 from leap_ray.engines.contract import generate
+from leap_ray.engines.musicgen_stream import SNR_TOLERANCE_DB, snr_db
 from leap_ray.engines.sdxl import SDXLEngine
 from leap_ray.errors import InvalidRequest
 from tests.helpers import SMALL, pixels
@@ -64,6 +69,20 @@ def test_music_with_an_array_melody_through_the_handle(handle):
     output = handle.musicgen.remote({"prompt": "a", "duration": 1, "seed": 2, "melody": melody}).result()
     assert isinstance(output, MusicGenOutput)
     assert output.sample_rate == 32_000 and output.duration == 1.0
+
+
+def test_a_track_streams_through_the_handle_as_it_is_generated(handle):
+    events = list(
+        handle.options(stream=True).musicgen_stream.remote({"prompt": "a", "duration": 2, "seed": 5})
+    )
+    *progress, output = events
+    pieces = [event for event in progress if isinstance(event, AudioDelta)]
+    assert [event.seconds for event in progress if isinstance(event, AudioProgress)] == [1.0, 2.0]
+    assert isinstance(output, MusicGenOutput) and len(pieces) >= 4
+    joined = np.concatenate([np.frombuffer(piece.pcm, dtype="<i2") for piece in pieces])
+    final, _ = soundfile.read(io.BytesIO(output.audio), dtype="int16")
+    assert joined.shape == final.shape == (64_000,)
+    assert snr_db(final.astype(np.float64), joined.astype(np.float64)) >= SNR_TOLERANCE_DB
 
 
 def test_invalid_input_through_the_handle_raises_naming_the_field(handle):
