@@ -196,6 +196,7 @@ def check_musicgen(
         check.results["musicgen_stream"] = stream_row(engine, check.plan["stream_s"])
         check.results["musicgen_host_sync"] = host_sync_row(engine, max(check.plan["tracks"][:2]))
         check.results["musicgen_prefill"] = prefill_row(engine, max(check.plan["tracks"][:2]))
+        check.results["musicgen_seeded_solo_vs_batched"] = seeded_row(engine, max(check.plan["tracks"][:2]))
         check.save()
     free(engine)
     return greedy[0].waveform
@@ -246,6 +247,20 @@ def host_sync_row(engine: MusicGenEngine, tracks: int) -> dict[str, Any]:
         torch.cuda.set_sync_debug_mode("default")
         batch.clear()
     return {"tracks": tracks, "steps": 40, "host_syncs": outcome}
+
+
+def seeded_row(engine: MusicGenEngine, tracks: int) -> dict[str, Any]:
+    """A seeded, sampled 2 s track alone and as one of `tracks`: on a GPU the same noise, but kernels
+    chosen by the batch's shape may round logits differently and flip a near-tie draw."""
+    request = MusicGenRequest(prompt="lo-fi beat", duration=2.0, seed=11)
+    (alone,) = succeeded(generate(engine, [request]))
+    others = [MusicGenRequest(prompt="a drum loop", duration=2.0, seed=100 + s) for s in range(tracks - 1)]
+    together = succeeded(generate(engine, [request, *others]))[0]
+    return {
+        "tracks": tracks,
+        "equal": bool(np.array_equal(alone.waveform, together.waveform)),
+        "max_difference": float(np.abs(alone.waveform - together.waveform).max()),
+    }
 
 
 def prefill_row(engine: MusicGenEngine, tracks: int) -> dict[str, Any]:
@@ -392,6 +407,8 @@ def report(results: dict[str, Any]) -> None:
         print_table("MusicGen, a track streamed alone (CUDA graphs)", [stream])
     if sync := results.get("musicgen_host_sync"):
         print_table("MusicGen, steady-state steps under sync debug mode 'error'", [sync])
+    if seeded := results.get("musicgen_seeded_solo_vs_batched"):
+        print_table("MusicGen, a seeded sampled track alone vs in a batch", [seeded])
     if prefill := results.get("musicgen_prefill"):
         print_table(
             f"MusicGen prefills, in {prefill['tracks']}-track steps of {prefill['step_ms']:.2f} ms",
