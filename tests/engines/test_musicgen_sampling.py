@@ -4,8 +4,8 @@ follow the softmax of the kept logits."""
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from benchmarks.musicgen_steps import OperationCount
 from leap_ray.engines.musicgen_sampling import SamplingRows, guide, gumbel_noise, hash32, noise_key, sample
 
 LOGITS = torch.tensor([[0.0, 1.0, 5.0, 2.0], [3.0, 0.0, 0.0, 2.9]])  # (codebooks, vocabulary) of one row
@@ -110,16 +110,6 @@ def test_guidance_is_per_row_and_cond_plus_scaled_difference():
     guided = guide(logits, torch.tensor([1.0, 3.0]))
     assert torch.allclose(guided[0], logits[0])  # scale 1: the conditional row
     assert torch.allclose(guided[1], logits[3] + (logits[2] - logits[3]) * 3.0)
-
-
-class OperationCount(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 def operations(rows: int) -> int:

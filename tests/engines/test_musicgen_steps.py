@@ -7,9 +7,9 @@ import base64
 import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoTokenizer, MusicgenForConditionalGeneration
 
+from benchmarks.musicgen_steps import OperationCount
 from leap_ray.api.audio import DecodedAudio
 from leap_ray.api.musicgen import MusicGenRequest
 from leap_ray.api.progress import AudioDelta
@@ -253,16 +253,6 @@ def test_a_streamed_track_whose_piece_fails_to_decode_fails_alone(engine, monkey
     assert not any(isinstance(event, AudioDelta) for event in events)
     monkeypatch.setattr(engine, "decode_codes", decode)
     assert np.array_equal(outcomes[8].waveform, solo(engine, innocent))
-
-
-class OperationCount(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 def operations_per_step(engine: MusicGenEngine, tracks: int) -> int:
