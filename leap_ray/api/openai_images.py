@@ -17,6 +17,7 @@ from leap_ray.errors import InvalidRequest
 
 MODEL_IDS = ("sdxl", "stabilityai/stable-diffusion-xl-base-1.0")
 _SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
+_STEPS = re.compile(r"[0-9]{1,6}")
 
 
 class OpenAIImageRequest(BaseModel):
@@ -73,7 +74,8 @@ class OpenAIImageRequest(BaseModel):
         width, height = self.dimensions()
         extras = dict(self.model_extra or {})
         steps = str(extras.get("num_inference_steps", 50))
-        if self.stream and self.partial_images and steps.isdecimal():  # else validation names it
+        # Only a plausible count: else validation names it (int() refuses over 4,300 digits).
+        if self.stream and self.partial_images and _STEPS.fullmatch(steps):
             extras.setdefault("preview_every", max(1, -(-int(steps) // (self.partial_images + 1))))
         return {
             "prompt": self.prompt,

@@ -37,7 +37,11 @@ class WireTensor(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dtype: Literal["float16", "float32", "bfloat16"] = Field(description="Element type.")
-    shape: list[Annotated[int, Field(ge=0)]] = Field(max_length=6, description="Size of each dimension.")
+    # Each dimension within the element limit too: an empty tensor (a 0 elsewhere) with a dimension
+    # of 2**63 passes any element count, and torch's reshape then overflows.
+    shape: list[Annotated[int, Field(ge=0, le=LIMITS.sdxl.max_tensor_elements)]] = Field(
+        max_length=6, description="Size of each dimension."
+    )
     data: str = Field(description="Base64 of the elements' raw bytes, little-endian, C order.")
 
 

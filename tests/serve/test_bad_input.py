@@ -41,6 +41,15 @@ def tensor(shape: list[int], dtype: str = "float32", data: str | None = None) ->
     }
 
 
+# No elements, so within every element limit, but a dimension no tensor can have (torch's reshape
+# overflows on it): found by hostile testing, a 500 before.
+EMPTY_HUGE_SHAPES = [("zero-beside-2^63", [0, 2**63]), ("zero-by-2^40-by-2^40", [0, 2**40, 2**40])]
+
+
+def empty_tensor(shape: list[int]) -> dict:
+    return {"dtype": "float32", "shape": shape, "data": ""}
+
+
 def wav(seconds: float, rate: int = 8000) -> str:
     buffer = io.BytesIO()
     soundfile.write(buffer, np.zeros(int(seconds * rate), dtype=np.float32), rate, format="WAV")
@@ -237,6 +246,30 @@ CASES: list[tuple[str, str, object, int, str | None]] = [
             ("nat64-loopback", "http://[64:ff9b::7f00:1]/"),
             ("6to4-loopback", "http://[2002:7f00:1::]/"),
         ]
+    ],
+    *[
+        (f"tensor-{name}", "/v1/sdxl", {"prompt": "a", "latents": empty_tensor(shape)}, 422, "latents")
+        for name, shape in EMPTY_HUGE_SHAPES
+    ],
+    *[
+        (
+            f"job-tensor-{name}",
+            "/v1/jobs",
+            {"service": "sdxl", "input": {"prompt": "a", "latents": empty_tensor(shape)}},
+            422,
+            "input.latents",
+        )
+        for name, shape in EMPTY_HUGE_SHAPES
+    ],
+    *[
+        (
+            f"openai-{route}-steps-of-5000-digits-streamed",
+            f"/v1/images/{route}",
+            {"prompt": "a", "stream": True, "partial_images": 2, "num_inference_steps": "9" * 5000},
+            422,
+            "num_inference_steps",
+        )
+        for route in ("generations",)
     ],
     (
         "job-input-invalid",
