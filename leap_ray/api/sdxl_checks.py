@@ -4,7 +4,7 @@ Each raises InvalidRequest naming the field at fault."""
 
 from dataclasses import dataclass
 
-from leap_ray.api.sdxl_fields import EMBEDDING_FIELDS, TEXT_FIELDS, SDXLFields
+from leap_ray.api.sdxl_fields import EMBEDDING_FIELDS, INPAINT_GUIDANCE_SCALE, TEXT_FIELDS, SDXLFields
 from leap_ray.api.sdxl_workflows import DEFAULT_HAND_OFF
 from leap_ray.config import LIMITS
 from leap_ray.errors import InvalidRequest
@@ -28,7 +28,10 @@ class SDXLModelSpec:
 
 def check_combinations(request: SDXLFields) -> None:
     """The rules between fields, in the order a client's first error is reported. Sets what they
-    settle: the size of an uploaded image, and the base's hand-off point to the refiner."""
+    settle: the workflow's default guidance, the size of an uploaded image, and the base's hand-off
+    point to the refiner."""
+    if request.workflow == "inpaint" and "guidance_scale" not in request.model_fields_set:
+        request.guidance_scale = INPAINT_GUIDANCE_SCALE  # diffusers' inpainting pipeline's default
     _check_image_inputs(request)
     _check_workflow_options(request)
     _check_prompt_sources(request)

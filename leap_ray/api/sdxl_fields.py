@@ -24,6 +24,10 @@ CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "add_text_embeds", "add_ti
 SCHEDULERS = ("ddim", "euler", "euler_ancestral", "dpmpp_2m")
 
 
+# diffusers' StableDiffusionXLInpaintPipeline's default guidance (its text2img and img2img take 5.0).
+INPAINT_GUIDANCE_SCALE = 7.5
+
+
 class Embedding(NamedTuple):
     """What an embedding field must be: its number of dimensions and the `SDXLModelSpec` attribute that
     gives the width of its last one; for the per-token ones, the text fields they stand in for and the
@@ -128,7 +132,8 @@ class SDXLFields(BaseModel):
         ge=0.0,
         le=_LIMITS.max_guidance_scale,
         description="Classifier-free guidance scale; guidance is off at 1 or below. "
-        "High values can hurt quality.",
+        f"High values can hurt quality. Default 5.0, or {INPAINT_GUIDANCE_SCALE} for inpainting "
+        "(as diffusers' pipelines).",
     )
     negative_prompt: Prompts | None = Field(
         None,

@@ -2,6 +2,7 @@
 the image's size, strength, adapters and the refiner's options; OpenAI's mask rule."""
 
 import base64
+import inspect
 import io
 
 import numpy as np
@@ -236,3 +237,41 @@ def test_every_part_of_a_split_inpainting_encodes_the_image_with_image_0s_seed()
     assert [part.image_encoding_seed for part in parts[0].split(2)] == [None, 100]
     later = whole.model_copy(update={"num_images_per_prompt": 6}).split(4)[1]  # images 4 and 5
     assert [part.image_encoding_seed for part in later.split(1)] == [100, 100]
+
+
+WORKFLOW_PIPELINES = {
+    "text2img": "StableDiffusionXLPipeline",
+    "img2img": "StableDiffusionXLImg2ImgPipeline",
+    "inpaint": "StableDiffusionXLInpaintPipeline",
+}
+
+
+@pytest.mark.parametrize("workflow", list(WORKFLOW_PIPELINES))
+def test_each_workflows_defaults_are_its_diffusers_pipelines(workflow):
+    # Found by hostile testing: inpainting took text2img's guidance 5.0, diffusers' inpainting 7.5.
+    import diffusers
+
+    images = {
+        "text2img": {},
+        "img2img": {"image": encoded(Image.new("RGB", (64, 64)))},
+        "inpaint": {
+            "image": encoded(Image.new("RGB", (64, 64))),
+            "mask_image": encoded(Image.new("L", (64, 64))),
+        },
+    }[workflow]
+    request = SDXLRequest(
+        prompt="a", **{name: base64.b64encode(data).decode() for name, data in images.items()}
+    )
+    assert request.workflow == workflow
+    call = inspect.signature(getattr(diffusers, WORKFLOW_PIPELINES[workflow]).__call__).parameters
+    compared = [
+        name
+        for name, parameter in call.items()
+        if name in SDXLRequest.model_fields
+        and parameter.default is not None
+        and parameter.default != parameter.empty
+    ]
+    assert "guidance_scale" in compared and "num_inference_steps" in compared
+    for name in compared:
+        ours = request.effective_strength() if name == "strength" else getattr(request, name)
+        assert ours == call[name].default, name
