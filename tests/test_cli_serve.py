@@ -91,3 +91,20 @@ def test_sigterm_stops_the_service_and_every_ray_process_it_started(tiny_models,
     finally:
         if server.poll() is None:
             server.kill()
+
+
+def test_without_an_address_the_service_starts_a_ray_of_its_own(monkeypatch):
+    # Found by hostile testing: Ray's discovery made `leap-ray serve` join another `ray start`
+    # cluster on the machine (its ray_current_cluster file) and deploy into it.
+    import ray
+
+    from leap_ray.serve import launch
+
+    calls = []
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv(launch.proxy.CALLBACK_ENV, raising=False)  # start_ray sets it; undone after
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **options: calls.append(options))
+    launch.start_ray(num_cpus=1)
+    launch.start_ray(address="ray://head:10001")
+    assert [call["address"] for call in calls] == ["local", "ray://head:10001"]

@@ -38,7 +38,8 @@ def load_config(path: str | Path | None = None, **http_options: Any) -> ServeDep
 
 def start_ray(num_cpus: int | None = None, dashboard: bool = True, address: str | None = None) -> None:
     """Connects to the Ray cluster at `address` (or $RAY_ADDRESS) when given. Otherwise starts a Ray
-    on this machine for the service (no-op when already connected), reachable from this
+    of its own on this machine for the service (no-op when already connected; never another
+    cluster `ray start` left on the machine, which Ray's own discovery would join), reachable from this
     machine only where Ray lets us choose: its node address and dashboard are on loopback. Ray 2.60's
     GCS and raylet listen on every interface whatever the node address, so Ray's token auth (its
     default; the token is ~/.ray/auth_token) stays on: it is what keeps other hosts from running code.
@@ -53,6 +54,7 @@ def start_ray(num_cpus: int | None = None, dashboard: bool = True, address: str 
         ray.init(address=address)
         return
     ray.init(
+        address="local",  # a new Ray, even where the machine has another (ray_current_cluster)
         num_cpus=num_cpus,
         include_dashboard=dashboard,
         dashboard_host=LOOPBACK,
