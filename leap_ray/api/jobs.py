@@ -29,7 +29,8 @@ class JobSubmission(BaseModel):
     webhook_url: str | None = Field(
         None,
         max_length=2048,
-        description="Where to POST the job's JSON, signed in X-LeapRay-Signature (sha256=HMAC of the body).",
+        description="Where to POST the job's JSON, signed as Standard Webhooks specify "
+        "(webhook-id, webhook-timestamp, webhook-signature).",
     )
     webhook_events_filter: list[JobEventKind] = Field(
         ["completed"],

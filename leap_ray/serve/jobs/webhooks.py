@@ -1,12 +1,12 @@
 """Job webhooks: the job's JSON POSTed to the client's URL, signed, retried with backoff, and never in
 the way of generation (each delivery is its own task).
 
-Signatures, both with the configured secret: Standard Webhooks' (the spec Replicate and Svix use;
+Signed with the configured secret as Standard Webhooks specify (the spec Replicate and Svix use;
 `webhook-id`, the same for every attempt of one delivery so receivers drop duplicates,
 `webhook-timestamp` of the attempt, so they drop replays, and `webhook-signature: v1,<base64
-HMAC-SHA256 of "id.timestamp.body">`, made by the `standardwebhooks` library), and, for one more
-release, our own `X-LeapRay-Signature: sha256=<hex HMAC-SHA256 of the body>`. The event is in
-`X-LeapRay-Event` (`start`, `progress` or `completed`).
+HMAC-SHA256 of "id.timestamp.body">`, made by the `standardwebhooks` library). The older
+`X-LeapRay-Signature` (an HMAC of the body alone, so a captured delivery could be replayed) is gone.
+The event is in `X-LeapRay-Event` (`start`, `progress` or `completed`).
 
 Unless the operator allows private networks, a webhook may only reach public addresses. The host is
 resolved at submission (a 422 at once) and again at every delivery attempt, and the request goes to the
@@ -14,8 +14,6 @@ address that was checked, so a name re-pointed at the service's own network late
 gets nothing."""
 
 import asyncio
-import hashlib
-import hmac
 import ipaddress
 import json
 import logging
@@ -36,7 +34,6 @@ from leap_ray.errors import InvalidRequest
 from leap_ray.serve import metrics
 
 logger = logging.getLogger("ray.serve")
-SIGNATURE_HEADER = "X-LeapRay-Signature"
 EVENT_HEADER = "X-LeapRay-Event"
 RESOLVE_TIMEOUT_S = 10.0
 
@@ -181,10 +178,6 @@ def check_webhook_url(url: str, *, allow_private: bool) -> None:
         raise _invalid("webhook_url points to a private, loopback or link-local address")
 
 
-def signature(body: bytes, secret: bytes) -> str:
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
-
-
 def standard_headers(message_id: str, body: bytes, secret: bytes) -> dict[str, str]:
     """Standard Webhooks' headers for one attempt (the signature only with a secret)."""
     now = datetime.fromtimestamp(int(time.time()), tz=UTC)
@@ -214,8 +207,6 @@ async def deliver(
         return False
     body = json.dumps(payload).encode()
     headers = {"Content-Type": "application/json", EVENT_HEADER: event, "Host": target.host_header}
-    if secret:
-        headers[SIGNATURE_HEADER] = signature(body, secret)
     message_id = f"msg_{uuid.uuid4().hex}"
     async with httpx.AsyncClient(timeout=10, follow_redirects=False) as client:
         for attempt in range(attempts):
