@@ -32,13 +32,13 @@ from leap_ray.engines.chroma import MelodyChromas
 from leap_ray.engines.device import placement
 from leap_ray.engines.failures import blame, request_error
 from leap_ray.engines.musicgen_decoder import LENGTH_STEP, StaticDecoder
-from leap_ray.engines.musicgen_memory import rounded_capacity, window_positions
+from leap_ray.engines.musicgen_memory import CacheShape
 from leap_ray.engines.musicgen_rows import CopyOut, TrackRows
 from leap_ray.engines.musicgen_steps import DecodeBatch
 from leap_ray.engines.musicgen_stream import AudioStream, OffThread
 from leap_ray.engines.musicgen_tracks import Track, window_schedule
 from leap_ray.engines.results import MusicGenResult
-from leap_ray.errors import LeapRayError
+from leap_ray.errors import InvalidRequest, LeapRayError
 
 WINDOW_S = 30.0  # audiocraft's max_duration
 # Prompt tokens the decoder's cache holds at least (the memory plan's shape; a longer prompt is refused,
@@ -88,6 +88,10 @@ class MusicGenEngine:
         self.chromas = MelodyChromas(self.sample_rate, self.frame_rate, window_samples, chroma_length)
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self.batch_buckets = sorted(batch_buckets)
+        # The decoder's cache has this one shape (the memory plan's); only its rows grow.
+        self.cache_shape = CacheShape.from_config(
+            config, window_s=window_s, text_tokens=TEXT_TOKENS, dtype=self.dtype
+        )
         self.decoder: StaticDecoder | None = None
         self.rows: TrackRows | None = None
         if self.cuda_graphs:
@@ -134,8 +138,14 @@ class MusicGenEngine:
         return track
 
     def encode_text(self, prompt: str) -> torch.Tensor:
-        """The prompt's T5 states projected to the decoder's width, encoded alone (no padding)."""
-        tokens = self.tokenizer([prompt], return_tensors="pt").to(self.device)
+        """The prompt's T5 states projected to the decoder's width, encoded alone (no padding). A
+        prompt longer than the cache holds is refused: a bigger cache would not fit a planned GPU."""
+        tokens, held = self.tokenizer([prompt], return_tensors="pt"), self.cache_shape.prompt_tokens_held
+        if (count := tokens.input_ids.shape[1]) > held:
+            raise InvalidRequest(
+                f"the prompt is {count} tokens; this model takes at most {held}", param="prompt"
+            )
+        tokens = tokens.to(self.device)
         states = self.model.text_encoder(**tokens).last_hidden_state
         if hasattr(self.model, "enc_to_dec_proj"):
             states = self.model.enc_to_dec_proj(states)
@@ -169,22 +179,13 @@ class MusicGenEngine:
         self.decoder = StaticDecoder(
             self.model,
             rows=max(rows, 2 * max(self.batch_buckets, default=1), old_rows),
-            capacity=window_positions(self.prefix_tokens(TEXT_TOKENS), self.window_frames, self.codebooks),
-            cross_capacity=0 if self.has_melody else TEXT_TOKENS,
+            capacity=self.cache_shape.capacity,
+            cross_capacity=self.cache_shape.cross_capacity,
         )
         window_length = self.window_frames + self.codebooks  # the longest window's delay pattern
         buckets = self.batch_buckets if self.cuda_graphs else []
         self.rows = TrackRows(self.decoder, self.pad_token, window_length, buckets)
         return self.decoder
-
-    @property
-    def prompt_tokens_held(self) -> int:
-        """The longest prompt, in tokens, the decoder's cache holds (the melody model's prompt also
-        fills what rounding its positions up leaves)."""
-        if not self.has_melody:
-            return TEXT_TOKENS
-        positions = window_positions(self.prefix_tokens(TEXT_TOKENS), self.window_frames, self.codebooks)
-        return TEXT_TOKENS + rounded_capacity(positions) - positions
 
     def prefix_tokens(self, text_tokens: int) -> int:
         """Decoder positions taken before the codes: the melody model's chroma and text prefix."""

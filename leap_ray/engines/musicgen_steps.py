@@ -26,7 +26,7 @@ measures what it costs in ordinary steps (README: Performance).
 
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
@@ -38,14 +38,13 @@ from leap_ray.engines.musicgen_rows import CopyOut, TrackRows
 from leap_ray.engines.musicgen_sampling import noise_key
 from leap_ray.engines.musicgen_tracks import Track, delay_pattern
 from leap_ray.engines.results import MusicGenResult
-from leap_ray.errors import InvalidRequest, LeapRayError
+from leap_ray.errors import LeapRayError
 
 
 class TrackModel(Protocol):
     """What the running batch needs of its engine (`MusicGenEngine`)."""
 
     device: torch.device
-    tokenizer: Any
     has_melody: bool
     codebooks: int
     stride_frames: int  # a long track's windows move on this many frames (audiocraft's extend_stride)
@@ -55,8 +54,6 @@ class TrackModel(Protocol):
     rows: TrackRows | None  # the running tracks' codes and settings, made with the decoder
 
     def spec(self) -> MusicGenModelSpec: ...
-
-    prompt_tokens_held: int  # the longest prompt, in tokens, the decoder's cache holds
 
     def decoder_for(self, rows: int) -> StaticDecoder:
         """The decoder, (re)made when it holds fewer rows (only while the batch is empty)."""
@@ -139,7 +136,6 @@ class DecodeBatch:
         returns the error that it alone met."""
         try:
             request.check_against(self.engine.spec())
-            self._check_prompt(request.prompt)
             if not self.running:
                 self.engine.decoder_for(self._rows(1))
             track = self.engine.start_track(request, should_stop, progress)
@@ -147,14 +143,6 @@ class DecodeBatch:
         except Exception as error:
             return request_error(error)
         return None
-
-    def _check_prompt(self, prompt: str) -> None:
-        """A prompt longer than the cache holds is refused: a bigger cache would not fit the GPU."""
-        tokens, held = len(self.engine.tokenizer(prompt).input_ids), self.engine.prompt_tokens_held
-        if tokens > held:
-            raise InvalidRequest(
-                f"the prompt is {tokens} tokens; this model takes prompts of at most {held}", param="prompt"
-            )
 
     def _begin_window(self, track: Track, window: int, index: int, admitted_at: float) -> _Running:
         """The track's window `window` prefilled into the rows of running track `index`."""

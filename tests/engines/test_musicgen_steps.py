@@ -225,7 +225,7 @@ def test_a_streamed_track_sends_its_audio_in_pieces_that_join_to_its_final_track
 
 
 def test_a_prompt_longer_than_the_cache_holds_is_refused_naming_prompt_and_the_others_run_on(engine):
-    long_prompt = "la " * (engine.prompt_tokens_held + 10)
+    long_prompt = "la " * (engine.cache_shape.prompt_tokens_held + 10)
     first, second = (MusicGenRequest(prompt="a", duration=1, seed=s) for s in (1, 2))
     batch = engine.running_batch()
     decoder = (batch.admit(first), engine.decoder)[1]
