@@ -43,7 +43,7 @@ def _serve(args: argparse.Namespace) -> None:
     config = load_config(args.config, host=args.host, port=args.port)
     stop = threading.Event()
     _stop_on_signals(stop)
-    start_ray(address=args.address)
+    start_ray(address=args.address, expose_metrics=args.expose_metrics)
     # Again after Ray's start: its core worker installs a crash handler for SIGTERM that ends in an
     # abort (exit 134); ours replaces it, so SIGTERM stops the service cleanly.
     _stop_on_signals(stop)
@@ -328,6 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--address",
         help="a running Ray cluster to deploy on (its head's host:port, as `ray start` printed it); "
         "default: $RAY_ADDRESS, else a Ray started on this machine",
+    )
+    serve.add_argument(
+        "--expose-metrics",
+        action="store_true",
+        help="the Ray it starts serves its metrics (Prometheus, no auth) on every interface, for a "
+        "Prometheus on another host; Ray's other ports then listen on every interface too (token auth "
+        "on). Default: all of them on 127.0.0.1. With --address, the cluster's own setup decides",
     )
     serve.set_defaults(run=_serve)
     generate = commands.add_parser("generate", help="generate with a running service")

@@ -1,6 +1,7 @@
 """`leap-ray serve` in the foreground: it serves, Ray's own `serve status` and `serve config` work
 against it, Ray listens on loopback with its token auth on, and SIGTERM stops it leaving no process
-behind."""
+behind (integration: a real Ray). In-process: the Ray it starts is its own, on loopback unless told
+to expose its metrics."""
 
 import os
 import signal
@@ -15,10 +16,11 @@ import psutil
 import pytest
 import yaml
 
+from leap_ray.serve import launch
 from leap_ray.serve.launch import is_ready, local_config_path
 
-pytestmark = pytest.mark.integration
 DASHBOARD = "http://127.0.0.1:8265"
+LOOPBACK_ADDRESSES = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 
 
 def free_port() -> int:
@@ -50,8 +52,14 @@ def check_ray_tools_and_exposure(ray_processes: list[psutil.Process]) -> None:
     pids = {process.pid for process in ray_processes}
     listening = [c for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.pid in pids]
     assert {c.laddr.ip for c in listening if c.laddr.port == 8265} == {"127.0.0.1"}
+    # Every port of the Ray it started is on loopback, its metrics endpoint among them, and so is
+    # Serve's proxy (this config's host is 127.0.0.1); but not Serve's replicas' inter-deployment gRPC
+    # server, which Serve 2.60 binds to [::] whatever the node's address (token auth guards it).
+    ray_ports = [c for c in listening if not psutil.Process(c.pid).name().startswith("ray::ServeReplica")]
+    assert {c.laddr.ip for c in ray_ports} <= LOOPBACK_ADDRESSES, sorted(c.laddr for c in ray_ports)
 
 
+@pytest.mark.integration
 def test_sigterm_stops_the_service_and_every_ray_process_it_started(tiny_models, tmp_path):
     config = yaml.safe_load(local_config_path().read_text())
     port = free_port()
@@ -93,18 +101,59 @@ def test_sigterm_stops_the_service_and_every_ray_process_it_started(tiny_models,
             server.kill()
 
 
-def test_without_an_address_the_service_starts_a_ray_of_its_own(monkeypatch):
-    # Found by hostile testing: Ray's discovery made `leap-ray serve` join another `ray start`
-    # cluster on the machine (its ray_current_cluster file) and deploy into it.
+@pytest.fixture
+def ray_inits(monkeypatch) -> list[dict]:
+    """What start_ray asks of ray.init, call by call (no Ray starts): its options, and the node
+    address and single-machine variable Ray would see while starting."""
     import ray
 
-    from leap_ray.serve import launch
-
     calls = []
+
+    def init(**options: object) -> None:
+        seen = {"node_ip": ray.util.get_node_ip_address(), "env": os.environ.get(launch.SINGLE_MACHINE_ENV)}
+        calls.append({**options, **seen})
+
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv(launch.proxy.CALLBACK_ENV, raising=False)  # start_ray sets it; undone after
+    monkeypatch.delenv(launch.SINGLE_MACHINE_ENV, raising=False)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **options: calls.append(options))
+    monkeypatch.setattr(ray, "init", init)
+    return calls
+
+
+def test_without_an_address_the_service_starts_a_ray_of_its_own(ray_inits):
+    # Found by hostile testing: Ray's discovery made `leap-ray serve` join another `ray start`
+    # cluster on the machine (its ray_current_cluster file) and deploy into it.
     launch.start_ray(num_cpus=1)
     launch.start_ray(address="ray://head:10001")
-    assert [call["address"] for call in calls] == ["local", "ray://head:10001"]
+    assert [call["address"] for call in ray_inits] == ["local", "ray://head:10001"]
+
+
+def test_the_ray_it_starts_is_on_loopback_unless_told_to_expose_its_metrics(ray_inits):
+    # Found by hostile testing: Ray's metrics endpoint (node and process metrics, the ray_leap_ray_*
+    # series; no auth) listened on every interface: ray.init replaces a `_node_ip_address` of
+    # 127.0.0.1 with the machine's address, and the endpoint binds loopback only on a loopback node.
+    import ray
+
+    machine_address = ray.util.get_node_ip_address()
+    launch.start_ray(num_cpus=1)
+    launch.start_ray(num_cpus=1, expose_metrics=True)
+    launch.start_ray(address="ray://head:10001")
+    own, exposed, joined = ray_inits
+    assert (own["node_ip"], own["env"], own["dashboard_host"]) == ("127.0.0.1", "0", "127.0.0.1")
+    assert (exposed["node_ip"], exposed["env"], exposed["dashboard_host"]) == (
+        machine_address,
+        None,
+        "127.0.0.1",
+    )
+    assert (joined["node_ip"], joined["env"]) == (machine_address, None)  # the cluster's own setup
+    # Nothing else in this process changes: the switch is undone once Ray has started.
+    assert ray.util.get_node_ip_address() == machine_address
+    assert launch.SINGLE_MACHINE_ENV not in os.environ
+
+
+def test_serve_takes_the_flag_that_exposes_rays_metrics():
+    from leap_ray.cli import build_parser
+
+    assert build_parser().parse_args(["serve"]).expose_metrics is False
+    assert build_parser().parse_args(["serve", "--expose-metrics"]).expose_metrics is True

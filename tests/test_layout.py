@@ -15,6 +15,7 @@ LIBRARY_PRIVATES = {
 }
 LIBRARY_PRIVATE_MODULES = {  # Ray's own startup steps, which `serve run` and `ray start` take
     "ray.serve._private": "serve/launch.py",
+    "ray._private": "serve/launch.py",  # ray_constants: the single-machine switch ray.init lacks
     "ray._private.authentication.authentication_token_setup": "testing/cluster.py",
     "ray._raylet": "testing/cluster.py",
 }

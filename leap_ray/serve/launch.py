@@ -5,6 +5,8 @@ all come from the file). Used by `leap-ray serve` and by the integration tests."
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import psutil
 import ray
 import yaml
 from ray import serve
+from ray._private import ray_constants
 from ray.serve._private import api as serve_api
 from ray.serve.config import gRPCOptions
 from ray.serve.schema import ServeDeploySchema
@@ -36,16 +39,48 @@ def load_config(path: str | Path | None = None, **http_options: Any) -> ServeDep
     return ServeDeploySchema.model_validate(raw)
 
 
-def start_ray(num_cpus: int | None = None, dashboard: bool = True, address: str | None = None) -> None:
+# Ray's single-machine mode (its default on macOS and Windows): the node's address is 127.0.0.1, so
+# every port Ray opens listens on loopback: GCS, raylet, workers, agents, and the metrics export
+# (Prometheus, no auth), which binds loopback only when the node's address is loopback. ray.init has
+# no argument for it (its `_node_ip_address="127.0.0.1"` is replaced by the machine's address); the
+# switch is this variable, which Ray reads into ray_constants when it is imported.
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextmanager
+def _single_machine_mode() -> Iterator[None]:
+    """Ray's single-machine mode while a Ray is started: for this process (its constant, read when
+    ray.init picks the node's address) and for the processes ray.init starts (the variable). Both are
+    restored after: the started Ray keeps its address, and nothing else in this process changes."""
+    saved_env, saved_flag = os.environ.get(SINGLE_MACHINE_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[SINGLE_MACHINE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[SINGLE_MACHINE_ENV] = saved_env
+
+
+def start_ray(
+    num_cpus: int | None = None,
+    dashboard: bool = True,
+    address: str | None = None,
+    expose_metrics: bool = False,
+) -> None:
     """Connects to the Ray cluster at `address` (or $RAY_ADDRESS) when given. Otherwise starts a Ray
     of its own on this machine for the service (no-op when already connected; never another
     cluster `ray start` left on the machine, which Ray's own discovery would join), reachable from this
-    machine only where Ray lets us choose: its node address and dashboard are on loopback. Ray 2.60's
-    GCS and raylet listen on every interface whatever the node address, so Ray's token auth (its
-    default; the token is ~/.ray/auth_token) stays on: it is what keeps other hosts from running code.
-    The dashboard (127.0.0.1:8265) is what `serve status` and `serve config` talk to. On a cluster
-    started with `ray start`, set RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH on every node (see
-    leap_ray.serve.proxy)."""
+    machine only: Ray's single-machine mode puts every port it opens on 127.0.0.1, its per-node metrics
+    endpoint among them. With `expose_metrics` the node takes the machine's address instead, as a
+    `ray start` node does, so that a Prometheus elsewhere can scrape it: the metrics endpoint then
+    listens on every interface, and so do Ray's other ports. Ray's token auth (its default; the token
+    is ~/.ray/auth_token) stays on either way. The dashboard (127.0.0.1:8265) is what `serve status`
+    and `serve config` talk to. On a cluster started with `ray start`, set
+    RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH on every node (see leap_ray.serve.proxy)."""
     if ray.is_initialized():
         return
     # Ray's processes, the HTTP proxies among them, inherit this: our error shape at the proxy.
@@ -53,14 +88,14 @@ def start_ray(num_cpus: int | None = None, dashboard: bool = True, address: str 
     if address or "RAY_ADDRESS" in os.environ:
         ray.init(address=address)
         return
-    ray.init(
-        address="local",  # a new Ray, even where the machine has another (ray_current_cluster)
-        num_cpus=num_cpus,
-        include_dashboard=dashboard,
-        dashboard_host=LOOPBACK,
-        _node_ip_address=LOOPBACK,
-        object_store_memory=256 * 1024 * 1024,
-    )
+    with nullcontext() if expose_metrics else _single_machine_mode():
+        ray.init(
+            address="local",  # a new Ray, even where the machine has another (ray_current_cluster)
+            num_cpus=num_cpus,
+            include_dashboard=dashboard,
+            dashboard_host=LOOPBACK,
+            object_store_memory=256 * 1024 * 1024,
+        )
 
 
 def stop_local_ray(grace_s: float = 5.0) -> None:
