@@ -75,8 +75,8 @@ def _iso(timestamp: float | None) -> str | None:
 def prediction_view(job: Any, base: str) -> dict[str, Any]:
     """The prediction of a job, with absolute URLs under `base` (the service's URL, with the
     application's route prefix when it has one), and its input as the job's record keeps it."""
-    url = f"{base}/v1/predictions/{job.id}"
-    outputs = [f"{base}/v1/jobs/{job.id}/outputs/{index}" for index in range(len(job.outputs))]
+    url = f"{base}/v1/predictions/{job.public_id}"
+    outputs = [f"{base}/v1/jobs/{job.public_id}/outputs/{index}" for index in range(len(job.outputs))]
     output: Any = None
     if job.status == "succeeded":
         output = outputs if job.service == "sdxl" else outputs[0]
@@ -86,7 +86,7 @@ def prediction_view(job: Any, base: str) -> dict[str, Any]:
         else None
     )
     return {
-        "id": job.id,
+        "id": job.public_id,
         "model": SERVICE_MODELS[job.service],
         "version": "latest",
         "status": STATUSES[job.status],

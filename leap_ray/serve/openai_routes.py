@@ -56,7 +56,7 @@ async def _by_job(
     client = client_of(request.scope) or ""
     base = base_url(request)
     submission = JobSubmission(service="sdxl", input=sdxl_input)
-    job = await jobs.wait((await jobs.submit(submission, base, client=client))["id"])
+    job = await jobs.wait((await jobs.submit(submission, base, client=client)).id)
     if job.status != "succeeded":
         raise ModelError((job.error or {}).get("message", f"the job was {job.status}"))
     data = [

@@ -17,6 +17,7 @@ from leap_ray.api.predictions import MODELS, PREDICTION_ID, PredictionRequest, p
 from leap_ray.errors import InvalidRequest, NotFound
 from leap_ray.serve.bodies import read_body
 from leap_ray.serve.jobs.service import Jobs, base_url
+from leap_ray.serve.jobs.store import Job
 from leap_ray.serve.middleware import client_of
 from leap_ray.serve.routes import ERROR_RESPONSES, json_body
 
@@ -59,30 +60,30 @@ class Predictions:
             webhook_url=body.webhook,
             webhook_events_filter=body.job_events(),
         )
+        base = base_url(request)
         created = await self.jobs.submit(
             submission,
-            base_url(request),
+            base,
             webhook_format="prediction",
             job_id=body.id,
             client=client_of(request.scope) or "",
         )
-        if wait_s != 0:
-            await self.jobs.wait(created["id"], wait_s)
-        view = await self.view(created["id"], request)
+        job = await self.jobs.wait(created.id, wait_s)  # wait_s 0: as it is now
+        view = prediction_view(job, base)
         if body.data_uris and view["status"] == "succeeded":
-            view["output"] = await self._data_uris(created["id"], view["output"])
+            view["output"] = await _data_uris(job, view["output"])
         return view, view["status"] in ("succeeded", "failed", "canceled")
 
-    async def _data_uris(self, job_id: str, output: list[str] | str) -> list[str] | str:
-        """The job's outputs as data: URIs, in the shape of `output` (a list, or one)."""
-        job = await self.jobs.get(job_id)  # made by this request's own client just now
 
-        def encode(stored: dict[str, str]) -> str:
-            data = base64.b64encode(FilePath(stored["path"]).read_bytes()).decode()
-            return f"data:{stored['content_type']};base64,{data}"
+async def _data_uris(job: Job, output: list[str] | str) -> list[str] | str:
+    """The job's outputs as data: URIs, in the shape of `output` (a list, or one)."""
 
-        uris = await asyncio.to_thread(lambda: [encode(stored) for stored in job.outputs])
-        return uris if isinstance(output, list) else uris[0]
+    def encode(stored: dict[str, str]) -> str:
+        data = base64.b64encode(FilePath(stored["path"]).read_bytes()).decode()
+        return f"data:{stored['content_type']};base64,{data}"
+
+    uris = await asyncio.to_thread(lambda: [encode(stored) for stored in job.outputs])
+    return uris if isinstance(output, list) else uris[0]
 
 
 def prediction_routes(jobs: Jobs) -> APIRouter:

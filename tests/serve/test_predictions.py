@@ -11,6 +11,7 @@ import json
 import shlex
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -22,7 +23,7 @@ from PIL import Image
 from replicate.exceptions import ReplicateError
 
 from leap_ray.serve.predictions_routes import _wait_s
-from tests.helpers import APP_URL, assert_error, stub_image, stub_output
+from tests.helpers import APP_URL, assert_error, in_process_app, stub_image, stub_output
 
 IMAGE = {"prompt": "a red fox", "height": 64, "width": 64, "num_inference_steps": 3, "seed": 11}
 FINISHED = ("succeeded", "failed", "canceled")
@@ -156,6 +157,59 @@ def test_a_cog_put_with_the_same_id_answers_the_same_prediction(in_process):
     for dotted in ("..", "."):
         assert_error(http.put(f"/predictions/{dotted}", json=body), 405)
     assert_error(http.post("/predictions", json={**body, "id": ".."}), 422, "id")
+
+
+KEYS = ("key-a-0123456789", "key-b-0123456789", "key-c-0123456789")
+
+
+@pytest.fixture
+def per_key(tmp_path) -> Iterator[list[httpx.Client]]:
+    """The app with API keys on, and a client per key."""
+    (tmp_path / "keys.txt").write_text("\n".join(KEYS))
+    with in_process_app(tmp_path, api_keys_file=str(tmp_path / "keys.txt")) as app:
+        clients = [
+            httpx.Client(
+                transport=app.transport, base_url=APP_URL, headers={"Authorization": f"Bearer {key}"}
+            )
+            for key in KEYS
+        ]
+        yield clients
+        for client in clients:
+            client.close()
+
+
+def refusal(response: httpx.Response, prediction_id: str) -> tuple[int, dict]:
+    """A refusal's status and error, the id it names written as <id>."""
+    return response.status_code, json.loads(response.text.replace(prediction_id, "<id>"))
+
+
+def test_prediction_ids_are_per_key_and_another_keys_id_reads_as_unused(per_key):
+    # Found by hostile testing: a PUT /predictions/{id} told one key that another key's id existed.
+    mine, theirs, stranger = per_key
+    respond_async = {"Prefer": "respond-async"}
+    for client, seed in ((mine, 1), (theirs, 2)):
+        created = client.put(
+            "/predictions/shared", json={"input": {**IMAGE, "seed": seed}}, headers=respond_async
+        )
+        assert (created.status_code, created.json()["id"]) == (202, "shared")
+    for client, seed in ((mine, 1), (theirs, 2)):  # each key sees its own, outputs and all
+        prediction = finished(client, "/v1/predictions/shared")
+        assert prediction["input"]["seed"] == seed
+        assert client.get(prediction["output"][0]).content == stub_image(seed)
+        again = client.put("/predictions/shared", json={"input": {**IMAGE, "seed": 9}})
+        assert again.json()["input"]["seed"] == seed  # idempotent, for the key that chose the id
+        assert [job["id"] for job in client.get("/v1/jobs").json()] == ["shared"]
+    for method, path in [
+        ("GET", "/v1/predictions/{}"),
+        ("POST", "/predictions/{}/cancel"),
+        ("GET", "/v1/jobs/{}"),
+    ]:
+        taken = stranger.request(method, path.format("shared"))
+        unused = stranger.request(method, path.format("never-used"))
+        assert refusal(taken, "shared") == refusal(unused, "never-used")
+        assert taken.status_code == 404
+    created = stranger.put("/predictions/shared", json={"input": IMAGE}, headers=respond_async)
+    assert (created.status_code, created.json()["id"]) == (202, "shared")  # as for an unused id
 
 
 def test_a_finished_predictions_outputs_come_as_data_uris_when_asked(in_process):

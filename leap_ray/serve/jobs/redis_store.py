@@ -134,7 +134,8 @@ class RedisJobStore:
         client: str = "",
     ) -> Job:
         """A new queued job; raises QueueFull when `max_queued` wait already (checked atomically).
-        With a `job_id` the client chose that exists already, that job, unchanged (idempotent)."""
+        With a `job_id` the client chose that this client's job has already, that job, unchanged
+        (idempotent); another client's job with the same id is another job (`scoped_id`)."""
         job = Job.new(service, job_input, webhook, job_id, client)
         fields = {
             "id": job.id,

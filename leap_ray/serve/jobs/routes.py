@@ -31,7 +31,8 @@ def job_routes(jobs: Jobs) -> APIRouter:
         Retry-After when `max_queued_jobs` are already waiting."""
         body = await read_body(request, JobSubmission)
         client = client_of(request.scope) or ""
-        return JSONResponse(await jobs.submit(body, base_url(request), client=client), status_code=202)
+        base = base_url(request)
+        return JSONResponse(job_view(await jobs.submit(body, base, client=client), base), status_code=202)
 
     @router.get("", response_model=list[JobView], summary="Recent jobs, newest first")
     async def list_jobs(

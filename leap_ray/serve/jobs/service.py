@@ -20,12 +20,12 @@ from leap_ray.api.progress import AudioProgress, JobProgress, Progress, StepProg
 from leap_ray.api.responses import FINISHED, JobView
 from leap_ray.api.sdxl import SDXLOutput
 from leap_ray.config import JobsSettings
-from leap_ray.errors import InvalidRequest, NotFound, Overloaded
+from leap_ray.errors import NotFound, Overloaded
 from leap_ray.serve import metrics
 from leap_ray.serve.gateway import ModelGateway
 from leap_ray.serve.jobs import open_store, webhooks
 from leap_ray.serve.jobs.runner import JobEvent, JobRunner
-from leap_ray.serve.jobs.store import Job, QueueFull, WebhookFormat, WebhookSpec
+from leap_ray.serve.jobs.store import Job, QueueFull, WebhookFormat, WebhookSpec, scoped_id
 from leap_ray.serve.jobs.store_client import StoreClient
 
 Outputs = list[tuple[bytes, str, str]]  # (encoded bytes, extension, content type)
@@ -39,14 +39,15 @@ def base_url(request: Request) -> str:
 
 def job_view(job: Job, base: str) -> dict[str, Any]:
     """The job as clients see it, its URLs absolute under `base` (see `base_url`)."""
-    url = f"{base}/v1/jobs/{job.id}"
+    url = f"{base}/v1/jobs/{job.public_id}"
     timings = {}
     if job.started_at is not None:
         timings["queued_s"] = job.started_at - job.created_at
         if job.finished_at is not None:
             timings["run_s"] = job.finished_at - job.started_at
-    computed = {"url", "outputs", "timings", "input"}
+    computed = {"id", "url", "outputs", "timings", "input"}
     return JobView(
+        id=job.public_id,
         url=url,
         outputs=[f"{url}/outputs/{index}" for index in range(len(job.outputs))],
         timings=timings,
@@ -128,11 +129,13 @@ class Jobs:
         )
 
     async def get(self, job_id: str, client: str | None = None) -> Job:
-        """The job, if `client` may see it (None: anyone's); a job of another key is not found."""
-        job = await self.store.call(self.store.store.get, job_id)
-        if job is None or client not in (None, job.client):
-            raise NotFound(f"no job {job_id}", param="job_id")
-        return job
+        """The job `job_id` names for `client` (None: an admin, who sees anyone's): a generated id, or
+        one the client chose (kept per client: `scoped_id`). Another key's job is not found."""
+        for stored_id in (job_id, scoped_id(job_id, client or "")):
+            job = await self.store.call(self.store.store.get, stored_id)
+            if job is not None and client in (None, job.client):
+                return job
+        raise NotFound(f"no job {job_id}", param="job_id")
 
     def _webhook_payload(self, job: Job, webhook: WebhookSpec) -> dict[str, Any]:
         if webhook.format == "prediction":
@@ -140,8 +143,8 @@ class Jobs:
         return job_view(job, webhook.base)
 
     async def wait(self, job_id: str, timeout_s: float | None = None) -> Job:
-        """The job once finished, or as it is when `timeout_s` runs out (polling the store, which
-        every ingress replica shares)."""
+        """The job with the store's id `job_id` (a Job's `id`) once finished, or as it is when
+        `timeout_s` runs out (polling the store, which every ingress replica shares)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while (job := await self.get(job_id)).status not in FINISHED:
             if deadline is not None and time.monotonic() >= deadline:
@@ -156,11 +159,11 @@ class Jobs:
         webhook_format: WebhookFormat = "job",
         job_id: str | None = None,
         client: str = "",
-    ) -> dict[str, Any]:
+    ) -> Job:
         """Validates the input as the synchronous endpoint would (422 at once when invalid), fixes a
         seed so that a job taken over after a restart gives the same outputs, and queues it. Its
         webhooks carry the job (`webhook_format: job`) or, for predictions, the prediction; URLs
-        start with `base`. A `job_id` chosen by the client that exists already gives that job."""
+        start with `base`. A `job_id` this client chose before gives that job (ids are per client)."""
         self.runner.ensure_started()
         validated = await self.gateway.prepare(body.service, body.input, param_prefix="input")
         job_input = {**body.input, "seed": validated.seed}
@@ -177,22 +180,20 @@ class Jobs:
             job = await self.store.call(
                 self.store.store.create, body.service, job_input, webhook, max_queued, job_id, client
             )
-            if job.client != client:  # a client-chosen id that another key's job has
-                raise InvalidRequest(f"the id {job_id} is taken", param="id")
             if job.created_at >= submitted_at:  # not a job this id already named (an idempotent PUT)
                 metrics.jobs().inc(tags={"status": "queued"})
         except QueueFull:
             raise Overloaded(
                 "too many jobs are waiting; retry after a moment", code="job_queue_full"
             ) from None
-        return job_view(job, base)
+        return job
 
     async def recent(self, status: str | None, limit: int, client: str | None = None) -> list[Job]:
         return await self.store.call(self.store.store.recent, status, limit, client)
 
     async def cancel(self, job_id: str, client: str | None = None) -> Job:
-        await self.get(job_id, client)
-        job = await self.store.call(self.store.store.cancel, job_id)
+        stored_id = (await self.get(job_id, client)).id
+        job = await self.store.call(self.store.store.cancel, stored_id)
         if job is None:
             raise NotFound(f"no job {job_id}", param="job_id")
         return job

@@ -48,6 +48,17 @@ class WebhookSpec(BaseModel):
         return record
 
 
+# A client-chosen id (PUT /predictions/{id}) is kept per client, as "<id>@<client>": two keys may
+# choose the same id, and what one key does with an id never depends on another's jobs (no existence
+# oracle). A chosen id has no "@" (PREDICTION_ID) and a generated one is hex, so none collide.
+CLIENT_SCOPE = "@"
+
+
+def scoped_id(job_id: str, client: str) -> str:
+    """The store's id of the job that `client` (an API key's id) named `job_id` when it chose the id."""
+    return f"{job_id}{CLIENT_SCOPE}{client}"
+
+
 @dataclass
 class Job:
     id: str
@@ -65,6 +76,11 @@ class Job:
     seed: int | None = None  # the seed fixed at submission (the input itself is dropped when done)
     input_summary: dict[str, Any] | None = None  # the input `summarised`, kept with the record
 
+    @property
+    def public_id(self) -> str:
+        """The id its client knows: a chosen id without the client it is kept under (`scoped_id`)."""
+        return self.id.partition(CLIENT_SCOPE)[0]
+
     @classmethod
     def new(
         cls,
@@ -74,8 +90,8 @@ class Job:
         job_id: str | None,
         client: str,
     ) -> "Job":
-        """A job just submitted: queued, its id the client's or a fresh one."""
-        job_id = job_id or uuid.uuid4().hex
+        """A job just submitted: queued, its id the client's (kept per client) or a fresh one."""
+        job_id = scoped_id(job_id, client) if job_id else uuid.uuid4().hex
         seed, summary = job_input.get("seed"), summarised(job_input)
         return cls(
             job_id,
@@ -213,7 +229,8 @@ class SQLiteJobStore:
         client: str = "",
     ) -> Job:
         """A new queued job; raises QueueFull when `max_queued` wait already (checked atomically).
-        With a `job_id` the client chose that exists already, that job, unchanged (idempotent)."""
+        With a `job_id` the client chose that this client's job has already, that job, unchanged
+        (idempotent); another client's job with the same id is another job (`scoped_id`)."""
         job = Job.new(service, job_input, webhook, job_id, client)
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")

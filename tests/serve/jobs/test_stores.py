@@ -186,7 +186,19 @@ def test_a_job_created_again_with_the_id_the_client_chose_is_the_same_job(store)
     again = store.create("musicgen", {"prompt": "b"}, job_id="client-chosen-1", max_queued=0)
     assert (again.id, again.service, again.status) == (first.id, "sdxl", "running")
     assert store.input(first.id) == {"prompt": "a", "seed": 1}
-    assert [job.id for job in store.recent()] == ["client-chosen-1"]
+    assert [job.public_id for job in store.recent()] == ["client-chosen-1"]
+
+
+def test_two_clients_that_choose_the_same_id_get_a_job_each(store):
+    # Found by hostile testing: a PUT /predictions/{id} told one key that another key's id existed.
+    mine = store.create("sdxl", {"prompt": "a"}, job_id="same-id", client="key-a")
+    theirs = store.create("musicgen", {"prompt": "b"}, job_id="same-id", client="key-b")
+    assert mine.id != theirs.id and mine.public_id == theirs.public_id == "same-id"
+    assert (store.get(mine.id).service, store.get(theirs.id).service) == ("sdxl", "musicgen")
+    assert (store.input(mine.id), store.input(theirs.id)) == ({"prompt": "a"}, {"prompt": "b"})
+    assert store.create("sdxl", {}, job_id="same-id", client="key-b").id == theirs.id  # idempotent
+    generated = store.create("sdxl", {}, client="key-a")
+    assert store.create("sdxl", {}, job_id=generated.id, client="key-b").id != generated.id
 
 
 def test_the_oldest_queued_job_is_known(store):
