@@ -9,8 +9,9 @@ import base64
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -216,6 +217,13 @@ class IngressSettings(BaseModel):
         "every key's jobs (a job is otherwise seen only with the key that created it).",
     )
     jobs: JobsSettings = JobsSettings()
+    public_url: str | None = Field(
+        None,
+        description="The service's URL as its clients reach it, e.g. https://images.example.com (with a "
+        "path when a proxy in front adds one): the links in answers and webhooks (jobs, predictions, "
+        "OpenAI `url` images) start with it and the application's route prefix. Without it they name "
+        "the address the connection reached, never the request's Host header, which clients write.",
+    )
     replica_failure_retries: int = Field(
         1, ge=0, le=3, description="Retries of a request whose model replica died (safe: seeds are fixed)."
     )
@@ -235,12 +243,38 @@ class IngressSettings(BaseModel):
         "per this many bytes received (slow-loris clients cannot hold ingress slots).",
     )
 
+    @field_validator("public_url")
+    @classmethod
+    def _base_url(cls, url: str | None) -> str | None:
+        if url is not None and not _is_base_url(url):
+            raise ValueError("must be an absolute http(s) URL with a host, and no user, query or fragment")
+        return None if url is None else url.rstrip("/")  # links add their own "/"
+
     def load_admin_keys(self) -> list[str]:
         return _keys_in([self.admin_api_keys_file])
 
     def load_api_keys(self) -> list[str]:
         """The keys of the config's file and of the file LEAP_RAY_API_KEYS_FILE names."""
         return _keys_in([self.api_keys_file, os.environ.get(API_KEYS_FILE_ENV)])
+
+
+def _is_base_url(url: str) -> bool:
+    """An absolute http(s) URL with a host (and a port in range, if any), and no user, query or
+    fragment: links are built by appending paths to it."""
+    parts = urlsplit(url)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # not a number, or out of range
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and port_ok
+        and "@" not in parts.netloc
+        and not any(mark in url for mark in "?#")
+        and url.isprintable()
+        and " " not in url
+    )
 
 
 def _keys_in(paths: list[str | None]) -> list[str]:

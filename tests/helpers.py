@@ -281,7 +281,7 @@ def make_app(tmp_path: Path, **settings: object) -> tuple[FastAPI, StubGateway]:
     jobs = jobs.for_application("test")
     ingress = IngressSettings(jobs=jobs, **settings)
     gateway = StubGateway(ingress)
-    return build_http_app(gateway, Jobs(gateway, jobs), ingress), gateway
+    return build_http_app(gateway, Jobs(gateway, jobs, ingress.public_url), ingress), gateway
 
 
 def call(app: FastAPI, method: str, path: str, **kwargs: Any) -> httpx.Response:

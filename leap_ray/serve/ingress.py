@@ -105,7 +105,7 @@ class Ingress:
         self._settings = settings
         self._gateway = ModelGateway({"sdxl": sdxl, "musicgen": musicgen}, settings)
         application = serve.get_replica_context().app_name
-        self._jobs = Jobs(self._gateway, settings.jobs.for_application(application))
+        self._jobs = Jobs(self._gateway, settings.jobs.for_application(application), settings.public_url)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_http_app(self._gateway, self._jobs, self._settings)

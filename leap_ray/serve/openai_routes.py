@@ -21,7 +21,7 @@ from leap_ray.errors import LeapRayError, ModelError
 from leap_ray.serve.bodies import read_body, read_form
 from leap_ray.serve.errors import as_leap_error
 from leap_ray.serve.gateway import ModelGateway
-from leap_ray.serve.jobs.service import Jobs, base_url, job_view
+from leap_ray.serve.jobs.service import Jobs, job_view
 from leap_ray.serve.middleware import client_of
 from leap_ray.serve.routes import ERROR_RESPONSES, form_body, json_body, sse
 
@@ -54,7 +54,7 @@ async def _by_job(
 ) -> dict[str, Any]:
     """`response_format: url`: the images become a job's outputs, and their URLs the answer."""
     client = client_of(request.scope) or ""
-    base = base_url(request)
+    base = jobs.base_url(request)
     submission = JobSubmission(service="sdxl", input=sdxl_input)
     job = await jobs.wait((await jobs.submit(submission, base, client=client)).id)
     if job.status != "succeeded":

@@ -16,7 +16,7 @@ from leap_ray.api.jobs import JobSubmission
 from leap_ray.api.predictions import MODELS, PREDICTION_ID, PredictionRequest, prediction_view
 from leap_ray.errors import InvalidRequest, NotFound
 from leap_ray.serve.bodies import read_body
-from leap_ray.serve.jobs.service import Jobs, base_url
+from leap_ray.serve.jobs.service import Jobs
 from leap_ray.serve.jobs.store import Job
 from leap_ray.serve.middleware import client_of
 from leap_ray.serve.routes import ERROR_RESPONSES, json_body
@@ -48,7 +48,7 @@ class Predictions:
 
     async def view(self, job_id: str, request: Request) -> dict[str, Any]:
         job = await self.jobs.get(job_id, client_of(request.scope))
-        return prediction_view(job, base_url(request))
+        return prediction_view(job, self.jobs.base_url(request))
 
     async def create(
         self, service: str, body: PredictionRequest, request: Request, wait_s: float | None
@@ -60,7 +60,7 @@ class Predictions:
             webhook_url=body.webhook,
             webhook_events_filter=body.job_events(),
         )
-        base = base_url(request)
+        base = self.jobs.base_url(request)
         created = await self.jobs.submit(
             submission,
             base,

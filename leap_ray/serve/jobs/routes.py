@@ -9,7 +9,7 @@ from leap_ray.api.jobs import JobSubmission
 from leap_ray.api.responses import JobStatus, JobView
 from leap_ray.errors import NotFound
 from leap_ray.serve.bodies import read_body
-from leap_ray.serve.jobs.service import Jobs, base_url, job_view
+from leap_ray.serve.jobs.service import Jobs, job_view
 from leap_ray.serve.middleware import client_of
 from leap_ray.serve.routes import ERROR_RESPONSES, json_body
 
@@ -31,7 +31,7 @@ def job_routes(jobs: Jobs) -> APIRouter:
         Retry-After when `max_queued_jobs` are already waiting."""
         body = await read_body(request, JobSubmission)
         client = client_of(request.scope) or ""
-        base = base_url(request)
+        base = jobs.base_url(request)
         return JSONResponse(job_view(await jobs.submit(body, base, client=client), base), status_code=202)
 
     @router.get("", response_model=list[JobView], summary="Recent jobs, newest first")
@@ -42,14 +42,16 @@ def job_routes(jobs: Jobs) -> APIRouter:
     ) -> JSONResponse:
         return JSONResponse(
             [
-                job_view(job, base_url(request))
+                job_view(job, jobs.base_url(request))
                 for job in await jobs.recent(status, limit, client_of(request.scope))
             ]
         )
 
     @router.get("/{job_id}", response_model=JobView, summary="A job's state")
     async def get_job(request: Request, job_id: str = JOB_ID) -> JSONResponse:
-        return JSONResponse(job_view(await jobs.get(job_id, client_of(request.scope)), base_url(request)))
+        return JSONResponse(
+            job_view(await jobs.get(job_id, client_of(request.scope)), jobs.base_url(request))
+        )
 
     @router.get("/{job_id}/outputs/{index}", summary="One output's bytes")
     async def get_job_output(
@@ -63,6 +65,8 @@ def job_routes(jobs: Jobs) -> APIRouter:
     @router.delete("/{job_id}", response_model=JobView, summary="Cancel a job")
     async def cancel_job(request: Request, job_id: str = JOB_ID) -> JSONResponse:
         """A queued job never runs; a running one stops at its next step and frees its batch slot."""
-        return JSONResponse(job_view(await jobs.cancel(job_id, client_of(request.scope)), base_url(request)))
+        return JSONResponse(
+            job_view(await jobs.cancel(job_id, client_of(request.scope)), jobs.base_url(request))
+        )
 
     return router

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
+from starlette.types import Scope
 
 from leap_ray.api.audio import content_type
 from leap_ray.api.images import CONTENT_TYPES
@@ -32,13 +33,27 @@ Outputs = list[tuple[bytes, str, str]]  # (encoded bytes, extension, content typ
 WAIT_POLL_S = 0.2
 
 
-def base_url(request: Request) -> str:
-    """The service's absolute URL, with the application's route prefix: jobs carry whole URLs."""
-    return str(request.base_url).rstrip("/")
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def link_base(scope: Scope, public_url: str | None) -> str:
+    """Where the links of a request's answer start (jobs, predictions and their webhooks carry whole
+    URLs): the operator's public URL, else the address this connection reached (ASGI's `server`), and
+    then the application's route prefix. Never the Host header: a client writes it, and
+    `Host: evil.example` would put the links others follow on a site of its choosing."""
+    prefix = scope.get("root_path", "")
+    if public_url:
+        return public_url + prefix
+    if scope.get("server") is None:  # a Unix socket: no address to name, so links relative to the host
+        return prefix
+    host, port = scope["server"]
+    literal = f"[{host}]" if ":" in host else host  # an IPv6 address
+    netloc = literal if port in (None, DEFAULT_PORTS.get(scope["scheme"])) else f"{literal}:{port}"
+    return f"{scope['scheme']}://{netloc}{prefix}"
 
 
 def job_view(job: Job, base: str) -> dict[str, Any]:
-    """The job as clients see it, its URLs absolute under `base` (see `base_url`)."""
+    """The job as clients see it, its URLs absolute under `base` (see `link_base`)."""
     url = f"{base}/v1/jobs/{job.public_id}"
     timings = {}
     if job.started_at is not None:
@@ -63,9 +78,10 @@ def encoded_outputs(output: Any) -> Outputs:
 
 
 class Jobs:
-    def __init__(self, gateway: ModelGateway, settings: JobsSettings) -> None:
+    def __init__(self, gateway: ModelGateway, settings: JobsSettings, public_url: str | None = None) -> None:
         self.gateway = gateway
         self.settings = settings
+        self.public_url = public_url  # IngressSettings.public_url: where links start
         self.store = StoreClient(open_store(settings), settings.store_timeout_s)
         self._webhook_secret = settings.webhook_secret()
         self._deliveries: dict[str, asyncio.Task] = {}  # each job's latest webhook delivery
@@ -127,6 +143,10 @@ class Jobs:
             backoff_s=self.settings.webhook_backoff_s,
             allow_private=self.settings.webhook_allow_private_networks,
         )
+
+    def base_url(self, request: Request) -> str:
+        """Where the links of this request's answer start (`link_base`)."""
+        return link_base(request.scope, self.public_url)
 
     async def get(self, job_id: str, client: str | None = None) -> Job:
         """The job `job_id` names for `client` (None: an admin, who sees anyone's): a generated id, or

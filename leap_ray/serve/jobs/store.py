@@ -36,7 +36,7 @@ class WebhookSpec(BaseModel):
     url: str
     events: list[JobEventKind]  # the ones sent (the submission's `webhook_events_filter`)
     format: WebhookFormat = "job"
-    base: str  # the service's URL, that the payload's URLs start with (see `service.base_url`)
+    base: str  # the service's URL, that the payload's URLs start with (see `service.link_base`)
 
     @model_validator(mode="before")
     @classmethod
