@@ -39,7 +39,7 @@ from leap_ray.engines.sdxl_runs import (
     steps_before_end,
     text_time_ids,
 )
-from leap_ray.engines.sdxl_steps import StepBatch
+from leap_ray.engines.sdxl_steps import OWN_LANE_ABOVE, StepBatch
 
 
 class SDXLEngine:
@@ -56,12 +56,15 @@ class SDXLEngine:
         loras: dict[str, str] | None = None,
         max_loaded_loras: int = 4,
         per_row_adapters: bool = True,
+        own_lane_above: int | None = OWN_LANE_ABOVE,
         **speed: Any,
     ) -> None:
         """`loras`: adapter name -> source (hub id, folder, tiny:<name>), loaded on first use, at most
         `max_loaded_loras` at once; with `per_row_adapters`, requests with different adapters share the
-        step batch's UNet calls (else a call per adapter set). `speed`: the fast-path options
-        (`SDXLSpeed`: compile, batch_buckets, channels_last, fuse_qkv, warm_up_sizes)."""
+        step batch's UNet calls (else a call per adapter set). `own_lane_above`: images of more pixels
+        step in a lane of their own (leap_ray.engines.sdxl_own_lane; None: every image in one lane).
+        `speed`: the fast-path options (`SDXLSpeed`: compile, batch_buckets, channels_last, fuse_qkv,
+        warm_up_sizes)."""
         self.device, self.dtype = placement(device, dtype, threads)
         self.model = model
         self.speed = SDXLSpeed(**speed)
@@ -77,6 +80,9 @@ class SDXLEngine:
         self.decoder = LatentDecoder(self.pipeline, self.speed)
         self.adapters = LoraAdapters(self.pipeline, loras or {}, max_loaded_loras)
         self.per_row_adapters = per_row_adapters
+        # Adapters switched per request set change the UNet for every call: one lane only.
+        self.own_lane_above = own_lane_above if per_row_adapters or not loras else None
+        self.model_lock = self.adapters.lock
         self.prompts = PromptEncoder(
             self.pipeline, self.device, self.dtype, self.adapters.activate_text_encoders
         )

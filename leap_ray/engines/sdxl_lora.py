@@ -6,6 +6,7 @@ gives each row of one UNet call its own adapters and scales (the step batch: req
 sets share a call; leap_ray.engines.sdxl_lora_rows)."""
 
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -39,6 +40,9 @@ class LoraAdapters:
         self.loads = 0  # adapters read from their source, for stats and tests
         self._unet_adapters_on = False  # whether peft's own LoRA forward is on in the UNet
         self._rows: RowAdapters | None = None  # made with the first adapter (peft wraps layers then)
+        # Held while what the UNet's modules compute changes (an adapter loads, goes, is switched on or
+        # off), and by a step batch's own lane for each of its steps (sdxl_own_lane).
+        self.lock = threading.RLock()
 
     def names(self) -> tuple[str, ...]:
         return tuple(self.sources)
@@ -62,9 +66,10 @@ class LoraAdapters:
             if name in self.loaded:
                 self.loaded.move_to_end(name)
                 continue
-            if len(self.loaded) >= self.max_loaded:
-                self._evict(keep={*needed, *in_use})
-            self._load(name)
+            with self.lock:
+                if len(self.loaded) >= self.max_loaded:
+                    self._evict(keep={*needed, *in_use})
+                self._load(name)
 
     def _load(self, name: str) -> None:
         self._unknown_state()  # loading changes what acts (a loaded adapter is made active), even failing
@@ -85,8 +90,7 @@ class LoraAdapters:
             ) from None
         self.loaded[name] = None
         self.loads += 1
-        if self._rows is not None:
-            self._rows.hook_new_layers()
+        self._plain_unet()  # at once, under the lock: a per-row call on another lane needs no change
 
     def _evict(self, keep: set[str]) -> None:
         victim = next((name for name in self.loaded if name not in keep), None)
@@ -95,12 +99,17 @@ class LoraAdapters:
         self.pipeline.delete_adapters(victim)
         del self.loaded[victim]
         self.active = self.text_active = None
+        self._unet_adapters_on = True  # deleting one may switch the others' layers back on
 
     def activate(self, scales: Scales) -> None:
         """Makes exactly these adapters act, at these scales, in the pipeline's next model calls
         (none: the plain model)."""
         if scales == self.active:
             return
+        with self.lock:
+            self._switch(scales)
+
+    def _switch(self, scales: Scales) -> None:
         self.ensure_loaded(name for name, _ in scales)
         self._unknown_state()  # until all of it is done: a failure must not leave a state believed
         if scales:
@@ -134,6 +143,16 @@ class LoraAdapters:
         self.active = self.text_active = None
         self._unet_adapters_on = True  # so that per-row calls switch the UNet's own adapters off
 
+    def _plain_unet(self) -> None:
+        """The UNet as the plain model, its LoRA layers hooked to add the deltas of per-row calls
+        (`per_row`). Under the lock."""
+        set_adapter_layers(self.pipeline.unet, enabled=False)
+        self._unet_adapters_on, self.active = False, None
+        if self._rows is None:
+            self._rows = RowAdapters(self.pipeline.unet)
+        else:
+            self._rows.hook_new_layers()
+
     @contextmanager
     def per_row(self, row_scales: list[Scales], device: torch.device) -> Iterator[None]:
         """Within: the UNet's next calls give each row of their batch its own adapters and scales."""
@@ -141,10 +160,9 @@ class LoraAdapters:
             yield
             return
         self.ensure_loaded({name for scales in row_scales for name, _ in scales})
-        if self._unet_adapters_on:
-            set_adapter_layers(self.pipeline.unet, enabled=False)  # the plain model, plus the rows' deltas
-            self._unet_adapters_on, self.active = False, None
-        self._rows = self._rows or RowAdapters(self.pipeline.unet)
+        if self._unet_adapters_on:  # `activate` switched them on, or an eviction did
+            with self.lock:
+                self._plain_unet()
         with self._rows.acting(row_scales, device):
             yield
 

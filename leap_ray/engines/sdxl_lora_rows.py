@@ -4,6 +4,7 @@ adapter's requests only, that adapter's low-rank delta times the row's scale: B(
 scaling × scale, as peft's mixed-batch forward computes it (peft's own takes one adapter per row and
 one scale per adapter; requests here name several, at scales of their own)."""
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -18,8 +19,9 @@ RowScales = list[Scales]  # per row of the UNet's batch, the adapters and scales
 class RowAdapters:
     def __init__(self, unet: torch.nn.Module) -> None:
         self.unet = unet
-        # What acts in the next calls: (adapter, scale, its rows; None when that is every row).
-        self._acting: list[tuple[str, float, torch.Tensor | None]] = []
+        # What acts in this thread's next calls: (adapter, scale, its rows; None when that is every
+        # row). Per thread: a step batch's own lane calls the UNet beside its main lane.
+        self._calls = threading.local()
         self._hooked: set[int] = set()
         self.hook_new_layers()
 
@@ -40,21 +42,21 @@ class RowAdapters:
             for name, scale in scales:
                 by_scale.setdefault((name, scale), []).append(row)
         every = len(row_scales)
-        self._acting = [
+        self._calls.acting = [
             (name, scale, None if len(rows) == every else torch.tensor(rows, device=device))
             for (name, scale), rows in by_scale.items()
         ]
         try:
             yield
         finally:
-            self._acting = []
+            self._calls.acting = []
 
     def _add_deltas(self, layer: LoraLayer, args: tuple, result: torch.Tensor) -> torch.Tensor:
         """peft's LoRA forward, for the rows of each (adapter, scale): their x through A and B, times
         the adapter's scaling and the scale. Rows past the batch (a bucket's padding) are dropped later:
         an adapter of every row may act on them too."""
         x = args[0]
-        for name, scale, rows in self._acting:
+        for name, scale, rows in getattr(self._calls, "acting", ()):
             if name not in layer.lora_A:
                 continue
             lora_a, lora_b = layer.lora_A[name], layer.lora_B[name]

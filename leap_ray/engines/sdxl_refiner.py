@@ -8,6 +8,7 @@ refiner's weights in the inpainting pipeline, with the request's image and mask.
 Refinements run in a step batch of their own (`sdxl_steps.StepBatch`, as the base's requests do):
 they join at any step, and those of one latent shape share each UNet call, whatever their settings."""
 
+import threading
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -23,7 +24,7 @@ from leap_ray.engines.sdxl_images import refine_start
 from leap_ray.engines.sdxl_pipelines import WorkflowPipelines, own_scheduler
 from leap_ray.engines.sdxl_prompts import PromptEncoder
 from leap_ray.engines.sdxl_runs import Admitted, Run, image_time_ids, start_run
-from leap_ray.engines.sdxl_steps import StepBatch
+from leap_ray.engines.sdxl_steps import OWN_LANE_ABOVE, StepBatch
 
 
 class SDXLRefinerEngine:
@@ -31,10 +32,19 @@ class SDXLRefinerEngine:
     `RefineRequest`s and the `Denoiser` its step batch runs."""
 
     def __init__(
-        self, model: str, *, device: str | None = None, dtype: str | None = None, threads: int | None = None
+        self,
+        model: str,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        threads: int | None = None,
+        own_lane_above: int | None = OWN_LANE_ABOVE,
     ) -> None:
+        """`own_lane_above`: as the base engine's (`SDXLEngine`)."""
         self.device, self.dtype = placement(device, dtype, threads)
         self.model = model
+        self.own_lane_above = own_lane_above
+        self.model_lock = threading.RLock()  # nothing changes the refiner's modules: never contended
         pipeline = StableDiffusionXLImg2ImgPipeline.from_pretrained(model, dtype=self.dtype).to(self.device)
         pipeline.set_progress_bar_config(disable=True)
         self.pipeline = pipeline

@@ -1,64 +1,26 @@
 """Step-level (continuous) batching for SDXL: requests join and leave a running batch at every
 denoising step, so a short request never waits for a long one to finish. The base model and the
 refiner each run one (in their own deployments); each engine brings its own way to admit and start a
-request (`Denoiser`), and the batch does the rest.
+request (`sdxl_lane.Denoiser`), and the batch does the rest.
 
-Each request carries its own state (`sdxl_runs.Run`): its scheduler instance and timesteps, its
-latents, its text and micro-conditioning rows, its guidance. A step runs ONE UNet forward over every
-running image of the same latent shape and text length, each row at its own timestep (the UNet takes
-a per-sample timestep), then applies each request's guidance, rescale and scheduler step to its own
-rows, and its step end (`sdxl_step_end`). A request whose timesteps are done is decoded and handed
-back at once (a request for the refiner: as latents, undecoded). Runs with different LoRA adapters
-share UNet calls: each row gets its own adapters and scales (leap_ray.engines.sdxl_lora_rows).
-Images equal a solo diffusers call with the same seeds (tests check)."""
+The batch has two lanes (`sdxl_lane.Lane`): the main one, stepped by the thread that drives the
+batch, and an own lane for images of more than the engine's `own_lane_above` pixels, stepped on a
+thread of its own (`sdxl_own_lane.OwnLane`), so that a small request never waits for a big image's
+UNet call or decode."""
 
-from collections import defaultdict
-from collections.abc import Callable
-from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import torch
-from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import rescale_noise_cfg
 
 from leap_ray.engines.contract import Outcome, ProgressHook, StopCheck
-from leap_ray.engines.failures import model_error, request_error
-from leap_ray.engines.results import SDXLResult
-from leap_ray.engines.sdxl_decode import decode_together
-from leap_ray.engines.sdxl_prompts import PromptEncoder
-from leap_ray.engines.sdxl_runs import Admitted, Run
-from leap_ray.engines.sdxl_step_end import end_step
+from leap_ray.engines.failures import request_error
+from leap_ray.engines.sdxl_lane import Denoiser, Lane
+from leap_ray.engines.sdxl_own_lane import OwnLane
+from leap_ray.engines.sdxl_runs import Admitted
 from leap_ray.errors import LeapRayError
 
-
-class Denoiser(Protocol):
-    """What a step batch needs of its engine: the SDXL base (`SDXLEngine`) or the refiner."""
-
-    pipeline: Any  # the loaded pipeline: what a request's callback sees, with its own attributes
-    prompts: PromptEncoder
-    unet: Callable[..., torch.Tensor]  # sdxl_fast.UNetRunner
-    decoder: Callable[[torch.Tensor], np.ndarray]  # sdxl_decode.LatentDecoder
-
-    def admit(
-        self, request: Any, should_stop: StopCheck | None, progress: ProgressHook | None, in_use: set[str]
-    ) -> Admitted:
-        """The request checked against the model and seeded (its adapters loaded, never unloading those
-        `in_use` by running requests); raises its error."""
-
-    def can_join(self, request: Any, in_use: set[str]) -> bool:
-        """Whether the request's adapters fit in the replica beside those `in_use`."""
-
-    def start(self, admitted: Admitted) -> Run:
-        """The admitted request's run, its prompts encoded; raises its error."""
-
-    def sharing_key(self, run: Run) -> tuple:
-        """Runs with equal keys share a UNet call."""
-
-    def adapters_acting(self, runs: list[Run], rows: list[int]) -> AbstractContextManager:
-        """The runs' adapters acting in a UNet call where run i has `rows[i]` rows."""
-
-    def timings(self, run: Run) -> dict[str, float]:
-        """A finished run's timings."""
+# SDXL's own size: its trained aspect buckets (1152×896, 1216×832, ...) have at most as many pixels.
+OWN_LANE_ABOVE = 1024 * 1024
 
 
 class StepBatch:
@@ -71,19 +33,24 @@ class StepBatch:
         self.engine = engine
         self.max_load = max_load
         self.joining: list[Admitted] = []
-        self.running: list[Run] = []
-        self.unet_calls = 0
+        self.lane = Lane(engine)
+        self.own_lane = OwnLane(Lane(engine)) if engine.own_lane_above is not None else None
 
     @property
     def load(self) -> int:
         """What the batch holds against max_batch_size: its images, joining or running."""
-        return sum(admitted.count for admitted in self.joining) + sum(
-            run.admitted.count for run in self.running
-        )
+        own = self.own_lane.load if self.own_lane is not None else 0
+        return sum(admitted.count for admitted in self.joining) + self.lane.load + own
+
+    @property
+    def unet_calls(self) -> int:
+        return self.lane.unet_calls + (self.own_lane.lane.unet_calls if self.own_lane is not None else 0)
 
     def clear(self) -> None:
         self.joining.clear()
-        self.running.clear()
+        self.lane.runs.clear()
+        if self.own_lane is not None:
+            self.own_lane.clear()
 
     @staticmethod
     def cost(request: Any) -> int:
@@ -95,7 +62,9 @@ class StepBatch:
         return self.engine.can_join(request, self.adapters_in_use())
 
     def adapters_in_use(self) -> set[str]:
-        admitted = [*self.joining, *(run.admitted for run in self.running)]
+        admitted = [*self.joining, *(run.admitted for run in self.lane.runs)]
+        if self.own_lane is not None:
+            admitted += self.own_lane.admitted()
         return {name for each in admitted for name, _ in each.request.lora_scales()}
 
     @torch.inference_mode()
@@ -112,99 +81,34 @@ class StepBatch:
 
     @torch.inference_mode()
     def step(self) -> list[Outcome]:
-        """One denoising step of every running request (a UNet call per shared shape), then the outcome
-        of each request that finished: its images (or latents for the refiner), or its own error."""
-        failed = self.join()
-        groups: dict[tuple, list[Run]] = defaultdict(list)  # one pass: a key per run, not per group
-        for run in self.running:
-            if not run.finished:
-                groups[self.engine.sharing_key(run)].append(run)
-        for group in groups.values():
-            self.denoise(group)
-        done = [run for run in self.running if run.finished]
-        self.running = [run for run in self.running if not run.finished]
-        return failed + self.outcomes(done)
+        """One denoising step of every request in the main lane (a UNet call per shared shape), then
+        the outcome of each request that finished, in either lane: its images (or latents for the
+        refiner), or its own error. With nothing in the main lane, it waits a moment for the own lane."""
+        finished = self.join()
+        if self.lane.runs:
+            finished += self.lane.step()
+        if self.own_lane is not None:
+            finished += self.own_lane.take(wait=not self.lane.runs and not finished)
+        return finished
 
     def join(self) -> list[Outcome]:
-        """The joining requests start running: their prompts encoded together, their start made.
-        Returns the outcomes of those that failed."""
+        """The joining requests start running, big images in the own lane: their prompts encoded
+        together, their start made. Returns the outcomes of those that failed."""
         joining, self.joining, failed = self.joining, [], []
         self.engine.prompts.encode(joining)
         for admitted in joining:
+            if self.own_lane is not None and admitted.error is None and self.is_big(admitted):
+                self.own_lane.hand(admitted)
+                continue
             try:
                 if admitted.error is not None:
                     raise admitted.error
-                self.running.append(self.engine.start(admitted))
+                self.lane.runs.append(self.engine.start(admitted))
             except Exception as error:
                 failed.append((admitted.submitted, request_error(error)))
         return failed
 
-    def denoise(self, runs: list[Run]) -> None:
-        """One UNet call over the runs' rows, each at its own timestep, then each run's own step. If the
-        shared call fails, each run is stepped alone: only one that fails alone gets the error."""
-        try:
-            noise = self.predict_noise(runs)
-        except Exception as error:
-            if len(runs) == 1:
-                runs[0].error = model_error(error)
-            else:
-                for run in runs:
-                    self.denoise([run])
-            return
-        for run, prediction in zip(runs, noise, strict=True):
-            try:
-                self.scheduler_step(run, prediction)
-            except Exception as error:
-                run.error = request_error(error)
-
-    def predict_noise(self, runs: list[Run]) -> list[torch.Tensor]:
-        """The noise prediction of each run's rows, from one UNet call."""
-        inputs, timesteps = [], []
-        for run in runs:
-            t = run.timesteps[run.step]
-            latents = torch.cat([run.latents] * 2) if run.guided else run.latents
-            inputs.append(run.scheduler.scale_model_input(latents, t))
-            timesteps.append(t.expand(latents.shape[0]))
-        with self.engine.adapters_acting(runs, [len(rows) for rows in inputs]):
-            noise = self.engine.unet(
-                torch.cat(inputs),
-                torch.cat(timesteps).to(torch.float32),  # one dtype whatever the schedulers: no recompiles
-                torch.cat([run.prompt_embeds for run in runs]),
-                torch.cat([run.text_embeds for run in runs]),
-                torch.cat([run.time_ids for run in runs]),
-            )
-        self.unet_calls += 1
-        images = sum(run.admitted.count for run in runs)
-        for run in runs:
-            run.unet_calls += 1
-            run.largest_batch = max(run.largest_batch, images)
-        return list(noise.split([len(rows) for rows in inputs]))
-
-    def scheduler_step(self, run: Run, noise: torch.Tensor) -> None:
-        """The run's guidance, rescale and scheduler step, its inpainting blend, then its step end."""
-        request, t = run.request, run.timesteps[run.step]
-        if run.guided:
-            unconditional, text = noise.chunk(2)
-            noise = unconditional + request.guidance_scale * (text - unconditional)
-            if request.guidance_rescale > 0.0:
-                noise = rescale_noise_cfg(noise, text, guidance_rescale=request.guidance_rescale)
-        run.latents = run.scheduler.step(noise, t, run.latents, **run.extra_step_kwargs, return_dict=False)[0]
-        if run.inpaint is not None:
-            following = run.timesteps[run.step + 1] if run.step + 1 < len(run.timesteps) else None
-            run.latents = run.inpaint.blend(run.scheduler, run.latents, following)
-        end_step(run, self.engine.pipeline, t)
-        run.step += 1
-
-    def outcomes(self, done: list[Run]) -> list[Outcome]:
-        """The finished runs' outcomes: the images of those to decode, decoded together by shape."""
-        to_decode = [run for run in done if run.error is None and not run.request.wants_refiner]
-        images = decode_together(self.engine.decoder, [run.latents for run in to_decode])
-        decoded = {id(run): rows for run, rows in zip(to_decode, images, strict=True)}
-        return [(run.admitted.submitted, self.outcome(run, decoded.get(id(run), []))) for run in done]
-
-    def outcome(self, run: Run, images: Any) -> SDXLResult | LeapRayError:
-        if run.error is not None:
-            return run.error
-        if isinstance(images, LeapRayError):
-            return images
-        return run.result(images, self.engine.timings(run))
+    def is_big(self, admitted: Admitted) -> bool:
+        """Whether the request's images have more pixels than the main lane takes."""
+        request = admitted.request
+        return request.width * request.height > self.engine.own_lane_above

@@ -15,3 +15,17 @@ def engine(tiny_models) -> SDXLEngine:
 @pytest.fixture(scope="module")
 def reference(tiny_models) -> StableDiffusionXLPipeline:
     return reference_pipeline(StableDiffusionXLPipeline, tiny_models["sdxl"])
+
+
+@pytest.fixture(scope="module")
+def lora_sources(tiny_models) -> dict[str, str]:
+    return {"ink": str(tiny_models["sdxl-lora"]), "paper": str(tiny_models["sdxl-lora-2"])}
+
+
+@pytest.fixture(scope="module")
+def lora_reference(tiny_models, lora_sources) -> StableDiffusionXLPipeline:
+    """diffusers' pipeline on the tiny model with both tiny adapters loaded."""
+    pipeline = reference_pipeline(StableDiffusionXLPipeline, tiny_models["sdxl"])
+    for name, source in lora_sources.items():
+        pipeline.load_lora_weights(source, adapter_name=name)
+    return pipeline

@@ -96,21 +96,8 @@ def test_inpainting_changes_only_the_latents_inside_the_mask(engine):
 
 
 @pytest.fixture(scope="module")
-def lora_sources(tiny_models) -> dict[str, str]:
-    return {"ink": str(tiny_models["sdxl-lora"]), "paper": str(tiny_models["sdxl-lora-2"])}
-
-
-@pytest.fixture(scope="module")
 def lora_engine(tiny_models, lora_sources) -> SDXLEngine:
     return SDXLEngine(str(tiny_models["sdxl"]), loras=lora_sources, max_loaded_loras=2)
-
-
-@pytest.fixture(scope="module")
-def lora_reference(tiny_models, lora_sources) -> StableDiffusionXLPipeline:
-    pipeline = reference_pipeline(StableDiffusionXLPipeline, tiny_models["sdxl"])
-    for name, source in lora_sources.items():
-        pipeline.load_lora_weights(source, adapter_name=name)
-    return pipeline
 
 
 LORA_REQUESTS = [

@@ -1,0 +1,132 @@
+"""The step batch's own lane for big images: their runs step on a thread of their own (on a GPU, on a
+CUDA stream of their own), so that no step of the main lane waits for one of theirs.
+
+Why a lane and not a smaller slice: a UNet call or a VAE decode cannot be cut without changing the
+image (a tiled decode blends its tiles), and one call at 2048² costs as much as hundreds of steps at
+512² (attention grows with the square of the pixels). In one lane, every request behind such a call
+waits for the whole of it; in two, the big runs share the hardware with the others instead of
+holding them. Big runs still share UNet calls among themselves, in their lane.
+
+What the two lanes share is made safe as follows. The UNet and VAE are only read by a forward pass.
+LoRA rows act per thread (`sdxl_lora_rows`). What changes the modules (loading, evicting or switching
+adapters) takes the engine's `model_lock`, which this lane holds for each of its steps: a change waits
+for the big step in flight, and the main lane's plain steps never wait on it. An engine whose adapters
+act per request set rather than per row has no own lane (`own_lane_above` None)."""
+
+import logging
+import threading
+from contextlib import nullcontext
+
+import torch
+
+from leap_ray.engines.contract import Outcome
+from leap_ray.engines.failures import request_error
+from leap_ray.engines.sdxl_lane import Lane
+from leap_ray.engines.sdxl_runs import Admitted
+from leap_ray.errors import LeapRayError
+
+logger = logging.getLogger(__name__)
+
+IDLE_WAIT_S = 0.02  # how long the main lane, with nothing of its own to step, waits for this one
+
+
+class OwnLane:
+    """Runs handed over (`hand`) start and step here, on the lane's thread; their outcomes are taken
+    (`take`) by the thread that drives the step batch, which settles them as its own."""
+
+    def __init__(self, lane: Lane) -> None:
+        self.lane = lane
+        engine = lane.engine
+        self.stream = torch.cuda.Stream(engine.device) if engine.device.type == "cuda" else None
+        self._changed = threading.Condition()
+        self._arrived: list[Admitted] = []
+        self._finished: list[tuple[Outcome, int]] = []  # each outcome with the images it held
+        self._held = 0  # images handed over whose outcomes were not taken yet
+        self._generation = 0  # `clear` starts a new one: outcomes of the old are dropped
+        self._thread: threading.Thread | None = None
+
+    @property
+    def load(self) -> int:
+        return self._held
+
+    def admitted(self) -> list[Admitted]:
+        """The requests in the lane, arrived or running (a snapshot)."""
+        with self._changed:
+            return [*self._arrived, *(run.admitted for run in list(self.lane.runs))]
+
+    def hand(self, admitted: Admitted) -> None:
+        """Takes the admitted request (its prompts encoded) to start and step here."""
+        if self.stream is not None:  # its embeddings were made on the driving thread's stream
+            self.stream.wait_stream(torch.cuda.current_stream(self.lane.engine.device))
+            for tensor in admitted.embeds:
+                if tensor is not None:
+                    tensor.record_stream(self.stream)
+        with self._changed:
+            self._arrived.append(admitted)
+            self._held += admitted.count
+            self._changed.notify_all()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="own-lane-steps", daemon=True)
+                self._thread.start()
+
+    def take(self, wait: bool) -> list[Outcome]:
+        """The outcomes finished since the last call; with `wait`, waits up to IDLE_WAIT_S for one."""
+        with self._changed:
+            if wait and not self._finished and self._held:
+                self._changed.wait(IDLE_WAIT_S)
+            finished, self._finished = self._finished, []
+            self._held -= sum(images for _, images in finished)
+            return [outcome for outcome, _ in finished]
+
+    def clear(self) -> None:
+        """Forgets every request (the driver failed them all); a step in flight is dropped when done."""
+        with self._changed:
+            self._generation += 1
+            self._arrived.clear()
+            self.lane.runs = []
+            self._finished.clear()
+            self._held = 0
+
+    def _loop(self) -> None:
+        stream = torch.cuda.stream(self.stream) if self.stream is not None else nullcontext()
+        with torch.inference_mode(), stream:  # both are per thread
+            while True:
+                with self._changed:
+                    while not self._arrived and not self.lane.runs:
+                        self._changed.wait()
+                    arrived, self._arrived, generation = self._arrived, [], self._generation
+                self._finish(self._step(arrived), generation)
+
+    def _step(self, arrived: list[Admitted]) -> list[tuple[Outcome, int]]:
+        """Starts the arrived runs, then steps the lane; a fault of the lane fails its own requests."""
+        held = [*arrived, *(run.admitted for run in self.lane.runs)]
+        try:
+            with self.lane.engine.model_lock:
+                failed = [self._start(admitted) for admitted in arrived]
+                finished = [outcome for outcome in failed if outcome is not None] + self.lane.step()
+        except Exception as error:
+            logger.error("the own lane's step failed; its requests fail with it", exc_info=error)
+            self.lane.runs = []
+            failure = LeapRayError("internal error", code="internal_error")
+            return [((each.submitted, failure), each.count) for each in held]
+        counts = {id(each.submitted): each.count for each in held}
+        return [(outcome, counts[id(outcome[0])]) for outcome in finished]
+
+    def _start(self, admitted: Admitted) -> Outcome | None:
+        """Starts the admitted request's run in the lane, or returns its failure."""
+        try:
+            if admitted.error is not None:
+                raise admitted.error
+            self.lane.runs.append(self.lane.engine.start(admitted))
+        except Exception as error:
+            return admitted.submitted, request_error(error)
+        return None
+
+    def _finish(self, finished: list[tuple[Outcome, int]], generation: int) -> None:
+        with self._changed:
+            if generation == self._generation:
+                self._finished += finished
+            else:  # cleared meanwhile: what it stepped was failed already
+                self.lane.runs = []
+            if finished:
+                self._changed.notify_all()
