@@ -8,6 +8,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageOps
 
+from leap_ray.api.image_limits import check_exif, check_structure
 from leap_ray.api.uploads import upload_bytes
 
 ImageFormat = Literal["png", "jpeg", "webp"]
@@ -29,14 +30,16 @@ _UNREADABLE = "is not an image in a format we read (png, jpeg, webp)"
 
 def decode_image(value: object, max_bytes: int, max_side: int, mode: str) -> Image.Image:
     """An uploaded image (base64 or a data: URI of PNG, JPEG or WebP; a PIL image through a handle)
-    converted to `mode` ("RGB", or "L" for masks). Its header is checked (format, at most `max_side`
-    pixels a side) before any pixel is decoded. Raises ValueError saying what is wrong."""
+    converted to `mode` ("RGB", or "L" for masks). The structure of its file (`check_structure`) and
+    its header (format, at most `max_side` pixels a side) are checked before any pixel is decoded.
+    Raises ValueError saying what is wrong."""
     if isinstance(value, Image.Image):
         _check_image(value, max_side)
         return value.convert(mode)
     if not isinstance(value, str | bytes):
         raise ValueError("must be a base64 string or a data: URI of a PNG, JPEG or WebP image")
     raw = upload_bytes(value, max_bytes, "image")
+    check_structure(raw)
     try:
         file = Image.open(io.BytesIO(raw), formats=list(UPLOAD_FORMATS))
     except Image.DecompressionBombError:
@@ -45,6 +48,11 @@ def decode_image(value: object, max_bytes: int, max_side: int, mode: str) -> Ima
         raise ValueError(_UNREADABLE) from None
     with file:
         _check_image(file, max_side)
+        try:
+            file.load()
+        except Exception:
+            raise ValueError(_UNREADABLE) from None
+        check_exif(file)  # a PNG's may follow its pixels; PIL parses it to turn the image
         try:  # turned as its EXIF says, as cameras mean it and diffusers' load_image reads it
             return ImageOps.exif_transpose(file).convert(mode)
         except Exception:

@@ -1,0 +1,164 @@
+"""Uploaded images are bounded before PIL decodes a pixel: files built to cost the decoder far more
+than their size (repeated JPEG scans, empty PNG chunks, fill bytes, inflating chunks, EXIF of
+thousands of tags, WebP of thousands of frames) are refused with a 422 naming the field; legitimate
+files decode exactly as PIL reads them."""
+
+import base64
+import io
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps, PngImagePlugin
+from pydantic import ValidationError
+
+from leap_ray.api import image_limits
+from leap_ray.api.image_limits import MAX_JPEG_SCANS, check_structure, max_chunks
+from leap_ray.api.images import decode_image
+from leap_ray.api.sdxl import SDXLRequest
+from leap_ray.config import LIMITS
+from leap_ray.errors import InvalidRequest, invalid_request_from
+from leap_ray.testing import hostile_images as hostile
+
+MAX_BYTES, MAX_SIDE = LIMITS.sdxl.max_image_bytes, LIMITS.sdxl.max_size
+HEADER_STEPS = f"is a JPEG with more than {image_limits.MAX_JPEG_HEADER_STEPS} markers, fill or stray bytes before its first scan"
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def refused(**fields: object) -> InvalidRequest:
+    with pytest.raises(ValidationError) as caught:
+        SDXLRequest(prompt="x", **fields)
+    error = invalid_request_from(caught.value.errors())
+    assert isinstance(error, InvalidRequest)
+    return error
+
+
+def zero_padded_jpeg() -> bytes:
+    """Stray zero bytes between two segments, which PIL's reader skips one at a time."""
+    return hostile.padded_jpeg(8_000, b"\0")
+
+
+def chunked_png(raw: bytes, chunk_size: int) -> bytes:
+    """`raw` (a PNG with one data chunk run) with its image data split into chunks of `chunk_size`."""
+    first = raw.find(b"IDAT") - 4
+    data, position = b"", first
+    while raw[position + 4 : position + 8] == b"IDAT":
+        length = struct.unpack(">I", raw[position : position + 4])[0]
+        data += raw[position + 8 : position + 8 + length]
+        position += 12 + length
+    pieces = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
+    return raw[:first] + b"".join(hostile.png_chunk(b"IDAT", piece) for piece in pieces) + raw[position:]
+
+
+def hostile_cases() -> list[tuple[str, bytes, str]]:
+    webp = hostile.many_frame_webp(60_000)
+    chunks = hostile.empty_chunk_png(3_000)
+    exif = hostile.exif_png(6_000)
+    return [
+        (
+            "jpeg-repeated-scan",
+            hostile.repeated_scan_jpeg(200, side=64),
+            "is a JPEG of more than 100 scans",
+        ),
+        ("jpeg-fill-bytes", hostile.padded_jpeg(8_000, b"\xff"), HEADER_STEPS),
+        ("jpeg-empty-comments", hostile.padded_jpeg(8_000, b"\xff\xfe\x00\x02"), HEADER_STEPS),
+        ("jpeg-stray-bytes", zero_padded_jpeg(), HEADER_STEPS),
+        (
+            "png-empty-chunks",
+            chunks,
+            f"is a PNG of more than {max_chunks(len(chunks))} chunks (1,024 and one per 4 KB)",
+        ),
+        (
+            "png-inflating-chunks",
+            hostile.inflating_chunk_png(20_000),
+            "is a PNG with more than 16 compressed metadata chunks (ICC profiles, compressed text)",
+        ),
+        (
+            "png-exif-of-6000-tags",
+            exif,
+            f"has {6 + 8 + 2 + 12 * 6_000 + 4} bytes of EXIF; the limit is 65536",
+        ),
+        (
+            "webp-many-frames",
+            webp,
+            f"is a WebP of more than {max_chunks(len(webp))} chunks or frames (1,024 and one per 4 KB)",
+        ),
+    ]
+
+
+HOSTILE = hostile_cases()
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"), [case[1:] for case in HOSTILE], ids=[case[0] for case in HOSTILE]
+)
+def test_each_hostile_family_is_refused_with_its_limit(raw, message):
+    with pytest.raises(ValueError) as caught:
+        decode_image(raw, MAX_BYTES, MAX_SIDE, "RGB")
+    assert str(caught.value) == message
+    for field in ("image", "mask_image"):
+        error = refused(
+            **{field: b64(raw)}, **({"image": b64(hostile.small_png())} if field == "mask_image" else {})
+        )
+        assert (error.param, error.message) == (field, f"{field}: {message}")
+
+
+@pytest.mark.parametrize(
+    "family",
+    ["jpeg-repeated-scan", "jpeg-fill-bytes", "png-empty-chunks", "png-inflating-chunks", "webp-many-frames"],
+)
+def test_structural_limits_are_checked_before_pil_opens_the_file(family):
+    raw = next(raw for name, raw, _ in HOSTILE if name == family)
+    with pytest.raises(ValueError):
+        check_structure(raw)
+
+
+def test_a_jpeg_at_the_scan_limit_is_read_and_one_past_it_is_not():
+    at_limit = hostile.repeated_scan_jpeg(MAX_JPEG_SCANS, side=64)
+    assert decode_image(at_limit, MAX_BYTES, MAX_SIDE, "RGB").size == (64, 64)
+    with pytest.raises(ValueError, match=f"more than {MAX_JPEG_SCANS} scans"):
+        decode_image(hostile.repeated_scan_jpeg(MAX_JPEG_SCANS + 1, side=64), MAX_BYTES, MAX_SIDE, "RGB")
+
+
+def as_pil_reads_it(raw: bytes, mode: str) -> np.ndarray:
+    """What the decode was before the limits: PIL's, turned as EXIF says, converted."""
+    return np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(raw))).convert(mode))
+
+
+def texts() -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", "a painter")
+    info.add_text("parameters", "a long prompt " * 100, zip=True)
+    info.add_itxt("Description", "une description", lang="fr")
+    return info
+
+
+LEGITIMATE = {
+    "progressive-jpeg": hostile.encoded(hostile.noise(256), "JPEG", progressive=True, quality=90),
+    "cmyk-progressive-jpeg": hostile.largest_jpeg(128),
+    "png-of-1KB-data-chunks": chunked_png(hostile.encoded(hostile.noise(256), "PNG"), 1024),
+    "png-with-a-profile-and-texts": hostile.encoded(
+        hostile.noise(96, "RGBA"), "PNG", icc_profile=bytes(4000), pnginfo=texts()
+    ),
+    "animated-webp": hostile.many_frame_webp(3_000),
+    "lossy-webp": hostile.encoded(hostile.noise(128), "WEBP", quality=80),
+}
+
+
+@pytest.mark.parametrize("name", list(LEGITIMATE))
+def test_legitimate_files_decode_exactly_as_pil_reads_them(name):
+    raw = LEGITIMATE[name]
+    check_structure(raw)
+    for mode in ("RGB", "L"):
+        assert np.array_equal(
+            np.asarray(decode_image(raw, MAX_BYTES, MAX_SIDE, mode)), as_pil_reads_it(raw, mode)
+        )
+
+
+def test_the_largest_png_in_libpngs_8KB_data_chunks_keeps_the_chunk_limit():
+    raw = chunked_png(hostile.largest_png(), 8192)  # 12.6 MB in about 1,540 chunks
+    check_structure(raw)
+    assert raw.count(b"IDAT") > 1500
