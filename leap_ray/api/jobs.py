@@ -4,7 +4,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from leap_ray.api.musicgen import MUSICGEN_EXAMPLE
+from leap_ray.api.musicgen import MUSICGEN_EXAMPLE, MusicGenRequest
+from leap_ray.api.sdxl import SDXLRequest
 
 # A job's input is one service's request, validated as that service's endpoint does: in the schema,
 # either request (the ingress adds both to the spec's components).
@@ -37,3 +38,11 @@ class JobSubmission(BaseModel):
         min_length=1,
         description="Which events to send: start, progress (at most one a second), completed.",
     )
+
+    def stored_input(self, request: SDXLRequest | MusicGenRequest) -> dict[str, Any]:
+        """What the job keeps of its input, which the runner validates again: the client's fields with
+        `request`'s seed (fixed, so that a job taken over gives the same outputs), and its uploaded
+        images as PNG of the pixels `request` decoded. The client's bytes were the costly decode (a
+        file of 400 k scans); ours is bounded and cheap. Encodes PNG: for a worker thread."""
+        uploads = request.uploads_as_png() if isinstance(request, SDXLRequest) else {}
+        return {**self.input, **uploads, "seed": request.seed}

@@ -51,6 +51,11 @@ class SDXLRequest(SDXLFields):
         what the graph does not offer (a refiner, an adapter)."""
         check_against(self, spec)
 
+    def uploads_as_png(self) -> dict[str, str | None]:
+        """The uploaded images it was given (image, mask_image) as PNG data: URIs of their decoded
+        pixels."""
+        return self.model_dump(mode="json", include={"image", "mask_image"} & self.model_fields_set)
+
     def lora_scales(self) -> tuple[tuple[str, float], ...]:
         """The adapters and their scales, as the engine applies them."""
         return tuple((lora.name, lora.scale) for lora in self.loras)

@@ -1,7 +1,8 @@
 """Uploaded images are bounded before PIL decodes a pixel: files built to cost the decoder far more
 than their size (repeated JPEG scans, empty PNG chunks, fill bytes, inflating chunks, EXIF of
 thousands of tags, WebP of thousands of frames) are refused with a 422 naming the field; legitimate
-files decode exactly as PIL reads them."""
+files decode exactly as PIL reads them; a job keeps our PNG of the decoded pixels, not the client's
+bytes."""
 
 import base64
 import io
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 from leap_ray.api import image_limits
 from leap_ray.api.image_limits import MAX_JPEG_SCANS, check_structure, max_chunks
 from leap_ray.api.images import decode_image
+from leap_ray.api.jobs import JobSubmission
 from leap_ray.api.sdxl import SDXLRequest
 from leap_ray.config import LIMITS
 from leap_ray.errors import InvalidRequest, invalid_request_from
@@ -162,3 +164,28 @@ def test_the_largest_png_in_libpngs_8KB_data_chunks_keeps_the_chunk_limit():
     raw = chunked_png(hostile.largest_png(), 8192)  # 12.6 MB in about 1,540 chunks
     check_structure(raw)
     assert raw.count(b"IDAT") > 1500
+
+
+def test_a_job_keeps_our_png_of_the_decoded_pixels_not_the_clients_bytes():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 96 wide, shown 64 wide: the stored PNG is the turned image
+    photo = hostile.encoded(hostile.noise(96).crop((0, 0, 96, 64)), "JPEG", exif=exif)
+    mask = hostile.encoded(Image.new("L", (64, 96), 255), "PNG")
+    submission = JobSubmission(
+        service="sdxl", input={"prompt": "a", "image": b64(photo), "mask_image": b64(mask)}
+    )
+    request = SDXLRequest.model_validate(submission.input).model_copy(update={"seed": 3})
+    kept = submission.stored_input(request)
+    assert kept["image"].startswith("data:image/png;base64,") and kept["mask_image"].startswith(
+        "data:image/png;base64,"
+    )
+    assert (kept["prompt"], kept["seed"]) == ("a", 3)
+    again = SDXLRequest.model_validate(kept)
+    for name in ("image", "mask_image"):
+        assert np.array_equal(np.asarray(getattr(again, name)), np.asarray(getattr(request, name)))
+    assert (again.width, again.height) == (64, 96)
+
+
+def test_a_job_without_images_keeps_its_input_and_the_seed():
+    submission = JobSubmission(service="sdxl", input={"prompt": "a"})
+    assert submission.stored_input(SDXLRequest(prompt="a", seed=9)) == {"prompt": "a", "seed": 9}

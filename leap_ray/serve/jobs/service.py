@@ -186,7 +186,8 @@ class Jobs:
         start with `base`. A `job_id` this client chose before gives that job (ids are per client)."""
         self.runner.ensure_started()
         validated = await self.gateway.prepare(body.service, body.input, param_prefix="input")
-        job_input = {**body.input, "seed": validated.seed}
+        # Its images as our PNG of the decoded pixels: the runner validates the input again.
+        job_input = await asyncio.to_thread(body.stored_input, validated)
         webhook = None
         if body.webhook_url is not None:
             allow = self.settings.webhook_allow_private_networks
