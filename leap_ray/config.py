@@ -50,6 +50,44 @@ class MusicGenLimits(BaseModel):
     max_melody_channels: int = Field(8, description="Most channels in a melody (they are mixed to mono).")
 
 
+class UploadLimits(BaseModel):
+    """How request bodies may arrive. Serve's HTTP proxy reads each body whole before the request takes
+    an ingress slot (leap_ray.serve.client_gate), so these hold there; the ingress applies them too."""
+
+    idle_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="A body that stops arriving for this long gets 408; so does one arriving slower than "
+        "min_rate_bytes_s after the first idle_timeout_s.",
+    )
+    min_rate_bytes_s: int = Field(
+        1024,
+        gt=0,
+        description="Slowest accepted upload rate: a body's deadline is idle_timeout_s plus one second per "
+        "this many bytes received.",
+    )
+    timeout_s: float = Field(120.0, gt=0, description="Longest any body may take to arrive; then 408.")
+    per_client: int = Field(
+        16,
+        ge=1,
+        description="Bodies one client (its API key, else its IP address) may be sending at once; "
+        "more get 429.",
+    )
+    buffered_bytes: int = Field(
+        1024**3,
+        ge=1,
+        description="Bytes of bodies a proxy holds at once, from everyone; an upload past it gets 503. "
+        "A slow body costs the proxy a connection and its bytes so far, never an ingress slot.",
+    )
+
+
+class RateLimits(BaseModel):
+    """Requests per client (its API key, else its IP address) at each HTTP proxy: a token bucket."""
+
+    requests_per_s: float = Field(100.0, ge=0, description="Sustained requests a second (0: no limit).")
+    burst: int = Field(400, ge=1, description="Requests a client may send at once above the rate.")
+
+
 class Limits(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEAP_RAY_", env_nested_delimiter="__", extra="ignore")
 
@@ -62,6 +100,8 @@ class Limits(BaseSettings):
 
     sdxl: SDXLLimits = SDXLLimits()
     musicgen: MusicGenLimits = MusicGenLimits()
+    uploads: UploadLimits = UploadLimits()
+    rate: RateLimits = RateLimits()
 
 
 LIMITS = Limits()
@@ -226,21 +266,6 @@ class IngressSettings(BaseModel):
     )
     replica_failure_retries: int = Field(
         1, ge=0, le=3, description="Retries of a request whose model replica died (safe: seeds are fixed)."
-    )
-    body_idle_timeout_s: float = Field(
-        15.0,
-        gt=0,
-        description="A request body that stops arriving for this long gets 408; so does one arriving "
-        "slower than body_min_rate_bytes_s after the first body_idle_timeout_s.",
-    )
-    body_timeout_s: float = Field(
-        120.0, gt=0, description="Longest any request body may take to arrive, however steadily; then 408."
-    )
-    body_min_rate_bytes_s: int = Field(
-        1024,
-        gt=0,
-        description="Slowest accepted upload rate: a body's deadline is body_idle_timeout_s plus one second "
-        "per this many bytes received (slow-loris clients cannot hold ingress slots).",
     )
 
     @field_validator("public_url")

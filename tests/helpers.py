@@ -29,7 +29,7 @@ from leap_ray.api.audio import audio_delta, encode_audio
 from leap_ray.api.musicgen import MusicGenModelSpec, MusicGenOutput, MusicGenRequest
 from leap_ray.api.progress import AudioProgress, Progress, StepProgress
 from leap_ray.api.sdxl import SDXLModelSpec, SDXLOutput, SDXLRequest
-from leap_ray.config import IngressSettings, JobsSettings
+from leap_ray.config import LIMITS, IngressSettings, JobsSettings, UploadLimits
 from leap_ray.engines.contract import RunningBatch
 from leap_ray.engines.sdxl_pipelines import SCHEDULER_CLASSES, WORKFLOW_PIPELINES
 from leap_ray.serve.gateway import ModelGateway
@@ -274,14 +274,16 @@ class StubGateway(ModelGateway):
         yield stub_output(request)
 
 
-def make_app(tmp_path: Path, **settings: object) -> tuple[FastAPI, StubGateway]:
+def make_app(
+    tmp_path: Path, uploads: UploadLimits = LIMITS.uploads, **settings: object
+) -> tuple[FastAPI, StubGateway]:
     """The ingress's HTTP app with a `StubGateway`, its jobs in `tmp_path`; `settings` are the
-    ingress's (limits, keys, timeouts)."""
+    ingress's (limits, keys, timeouts), `uploads` how bodies may arrive."""
     jobs = JobsSettings(store_path=str(tmp_path / "jobs.sqlite3"), output_dir=str(tmp_path / "out"))
     jobs = jobs.for_application("test")
     ingress = IngressSettings(jobs=jobs, **settings)
     gateway = StubGateway(ingress)
-    return build_http_app(gateway, Jobs(gateway, jobs, ingress.public_url), ingress), gateway
+    return build_http_app(gateway, Jobs(gateway, jobs, ingress.public_url), ingress, uploads), gateway
 
 
 def call(app: FastAPI, method: str, path: str, **kwargs: Any) -> httpx.Response:

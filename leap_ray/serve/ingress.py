@@ -20,7 +20,7 @@ from leap_ray.api.openai_images import OpenAIImageEditRequest, OpenAIImageReques
 from leap_ray.api.predictions import PredictionRequest
 from leap_ray.api.progress import AudioDelta, AudioProgress
 from leap_ray.api.sdxl import SDXLOutput, SDXLRequest
-from leap_ray.config import LIMITS, IngressSettings
+from leap_ray.config import LIMITS, IngressSettings, UploadLimits
 from leap_ray.serve.docs import docs_routes
 from leap_ray.serve.errors import install_error_handlers
 from leap_ray.serve.gateway import ModelGateway
@@ -66,7 +66,9 @@ def openapi_schema(app: FastAPI, auth_on: bool) -> dict[str, Any]:
     return app.openapi_schema
 
 
-def build_http_app(gateway: ModelGateway, jobs: Jobs, settings: IngressSettings) -> FastAPI:
+def build_http_app(
+    gateway: ModelGateway, jobs: Jobs, settings: IngressSettings, uploads: UploadLimits = LIMITS.uploads
+) -> FastAPI:
     app = FastAPI(
         generate_unique_id_function=lambda route: route.name,  # operation ids: the handlers' names
         docs_url=None,  # served by docs_routes, from packaged files rather than a CDN
@@ -87,13 +89,7 @@ def build_http_app(gateway: ModelGateway, jobs: Jobs, settings: IngressSettings)
     keys, admin_keys = settings.load_api_keys(), settings.load_admin_keys()
     app.openapi = lambda: openapi_schema(app, auth_on=bool(keys or admin_keys))  # type: ignore[method-assign]
     # The last added runs first: keys are checked before any body is read.
-    app.add_middleware(
-        RequestGuard,
-        max_body_bytes=LIMITS.max_body_bytes,
-        idle_timeout_s=settings.body_idle_timeout_s,
-        min_rate=settings.body_min_rate_bytes_s,
-        timeout_s=settings.body_timeout_s,
-    )
+    app.add_middleware(RequestGuard, max_body_bytes=LIMITS.max_body_bytes, uploads=uploads)
     app.add_middleware(ApiKeyAuth, keys=keys, admin_keys=admin_keys)
     return app
 

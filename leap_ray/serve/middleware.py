@@ -1,6 +1,7 @@
 """Two small ASGI middlewares in front of the ingress app: API-key authentication, and a guard that
 reads every POST body itself: JSON only (UTF-8), at most `max_body_bytes` (refused before reading past
-the limit), and arriving at a sane pace (slow-loris clients get 408 instead of holding a slot)."""
+the limit), and arriving at a sane pace (slow-loris clients get 408 instead of holding a slot). The
+body reading is shared with the HTTP proxy's gate (leap_ray.serve.client_gate)."""
 
 import asyncio
 import hashlib
@@ -10,6 +11,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
+from leap_ray.config import UploadLimits
 from leap_ray.errors import LeapRayError, PayloadTooLarge, RequestTimeout, Unauthorized, UnsupportedMediaType
 
 Scope = MutableMapping[str, Any]
@@ -35,7 +37,7 @@ def _path(scope: Scope) -> str:
     return scope["path"].removeprefix(scope.get("root_path", "")) or "/"
 
 
-def _header(scope: Scope, name: bytes) -> str:
+def header(scope: Scope, name: bytes) -> str:
     for key, value in scope.get("headers", ()):
         if key.lower() == name:
             return value.decode("latin-1")
@@ -85,7 +87,7 @@ class ApiKeyAuth:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.keys or _is_open(_path(scope)):
             return await self.app(scope, receive, send)
-        key = self._matching(_header(scope, b"authorization"))
+        key = self._matching(header(scope, b"authorization"))
         if key is None:
             error = Unauthorized("a valid API key is required: Authorization: Bearer <key>")
             return await send_error(send, error, [(b"www-authenticate", b'Bearer realm="leap_ray"')])
@@ -112,68 +114,84 @@ def _media_type_error(content_type: str, path: str) -> LeapRayError | None:
 
 
 class RequestGuard:
-    """Reads each POST body here, refusing what is not JSON (or a form, on FORM_PATHS), larger than
-    `max_body_bytes` (declared or chunked, as soon as it passes the limit), or too slow: a gap of
-    `idle_timeout_s` between chunks, a body still arriving after idle_timeout_s + received /
-    `min_rate` seconds (mod_reqtimeout's rule: a byte every few seconds cannot hold a slot for long),
-    or one still arriving after `timeout_s` however steadily. The app then reads the body from
-    memory; later receive() calls still reach the client, so disconnects are still seen."""
+    """Reads each POST body here (`read_whole_body`), refusing what is not JSON (or a form, on
+    FORM_PATHS), larger than `max_body_bytes`, or too slow (`uploads`). The app then reads the body
+    from memory; later receive() calls still reach the client, so disconnects are still seen. Under
+    Serve the proxy has read the body already (leap_ray.serve.client_gate): this guard is what holds
+    without it."""
 
-    def __init__(
-        self, app: ASGIApp, max_body_bytes: int, idle_timeout_s: float, min_rate: int, timeout_s: float
-    ) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, uploads: UploadLimits) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.idle_timeout_s = idle_timeout_s
-        self.min_rate = min_rate
-        self.timeout_s = timeout_s
+        self.uploads = uploads
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
             return await self.app(scope, receive, send)
-        declared = _header(scope, b"content-length")
+        declared = header(scope, b"content-length")
         # A POST without a body (a cancel) needs no content type; one with a body must be JSON.
-        content_type = _header(scope, b"content-type")
-        has_body = declared not in ("", "0") or _header(scope, b"transfer-encoding")
+        content_type = header(scope, b"content-type")
         wrong_type = _media_type_error(content_type, _path(scope))
-        if (content_type or has_body) and wrong_type is not None:
+        if (content_type or has_body(scope)) and wrong_type is not None:
             return await send_error(send, wrong_type)
         if declared.isdecimal() and int(declared) > self.max_body_bytes:
-            return await send_error(send, self._too_large())
+            return await send_error(send, too_large(self.max_body_bytes))
         try:
-            body = await self._read_body(receive)
+            body = await read_whole_body(receive, self.uploads, self.max_body_bytes)
         except LeapRayError as error:
             return await send_error(send, error)
         if body is None:  # the client went away
             return None
-        replayed = False
+        return await self.app(scope, replaying(body, receive), send)
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
 
-        return await self.app(scope, replay, send)
+def has_body(scope: Scope) -> bool:
+    declared = header(scope, b"content-length")
+    return declared not in ("", "0") or bool(header(scope, b"transfer-encoding"))
 
-    def _too_large(self) -> PayloadTooLarge:
-        return PayloadTooLarge(f"the request body is larger than {self.max_body_bytes} bytes")
 
-    async def _read_body(self, receive: Receive) -> bytearray | None:
-        body = bytearray()
-        started = time.monotonic()
-        while True:
-            by_rate = self.idle_timeout_s + len(body) / self.min_rate
-            allowed = started + min(by_rate, self.timeout_s) - time.monotonic()
-            try:
-                message = await asyncio.wait_for(receive(), min(self.idle_timeout_s, max(allowed, 0.0)))
-            except TimeoutError:
-                raise RequestTimeout("the request body arrived too slowly", code="body_timeout") from None
-            if message["type"] == "http.disconnect":
-                return None
-            body += message.get("body", b"")
-            if len(body) > self.max_body_bytes:
-                raise self._too_large()
-            if not message.get("more_body", False):
-                return body
+def too_large(max_body_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the request body is larger than {max_body_bytes} bytes")
+
+
+def replaying(body: bytes | bytearray, receive: Receive) -> Receive:
+    """A receive() that gives the body read already, then passes on to the client's (a disconnect)."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+    return replay
+
+
+async def read_whole_body(
+    receive: Receive, uploads: UploadLimits, max_bytes: int, on_chunk: Callable[[int], None] | None = None
+) -> bytearray | None:
+    """The whole body, or None when the client went away. Raises RequestTimeout after a gap of
+    `idle_timeout_s` between chunks, when the body is still arriving after idle_timeout_s + received /
+    `min_rate_bytes_s` seconds (mod_reqtimeout's rule: a byte every few seconds cannot hold a slot
+    for long) or after `timeout_s` however steadily; PayloadTooLarge as soon as it passes `max_bytes`.
+    `on_chunk` is told each chunk's size (and may raise)."""
+    body = bytearray()
+    started = time.monotonic()
+    while True:
+        by_rate = uploads.idle_timeout_s + len(body) / uploads.min_rate_bytes_s
+        allowed = started + min(by_rate, uploads.timeout_s) - time.monotonic()
+        try:
+            message = await asyncio.wait_for(receive(), min(uploads.idle_timeout_s, max(allowed, 0.0)))
+        except TimeoutError:
+            raise RequestTimeout("the request body arrived too slowly", code="body_timeout") from None
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        body += chunk
+        if len(body) > max_bytes:
+            raise too_large(max_bytes)
+        if on_chunk is not None:
+            on_chunk(len(chunk))
+        if not message.get("more_body", False):
+            return body

@@ -4,11 +4,13 @@ finished its work), a 503 when the ingress queue is full, a 404 for paths no app
 This middleware, installed into every proxy through Serve's proxy callback
 (RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=leap_ray.serve.proxy:proxy_middlewares, which `leap-ray serve`
 sets), turns them into `{"error": ...}` JSON; a dead ingress becomes 503 with Retry-After, so clients
-retry (requests are not retried here: the body is gone and a seedless request would change)."""
+retry (requests are not retried here: the body is gone and a seedless request would change). Inside
+it, the client gate reads bodies whole and limits each client before a request takes an ingress slot."""
 
 from starlette.middleware import Middleware
 
 from leap_ray.errors import LeapRayError, ModelUnavailable, NotFound, Overloaded, RequestTimeout
+from leap_ray.serve.client_gate import ClientGate
 from leap_ray.serve.middleware import ASGIApp, Message, Receive, Scope, Send, send_error
 
 CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
@@ -19,7 +21,8 @@ PROXY_STATUSES = frozenset({404, 408, 429, 500, 503})
 
 
 def proxy_middlewares() -> list[Middleware]:
-    return [Middleware(ProxyErrorShape)]
+    """Our error shape outermost, then the client gate (leap_ray.serve.client_gate)."""
+    return [Middleware(ProxyErrorShape), Middleware(ClientGate)]
 
 
 def proxy_error(status: int) -> LeapRayError:

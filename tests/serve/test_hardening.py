@@ -26,7 +26,7 @@ def hardened(variants, redis_url, tmp_path_factory) -> str:
         "max_queued_jobs": 2,
         "max_concurrent_jobs": 1,
     }
-    ingress = {"jobs": jobs, "body_idle_timeout_s": 2.0}
+    ingress = {"jobs": jobs}
     application = variants.variant(APP, ingress=ingress, deployments={"Ingress": {"max_ongoing_requests": 8}})
     variants.deploy_with(application)
     return f"{variants.url}/{APP}"

@@ -8,6 +8,7 @@ import time
 import httpx
 import pytest
 
+from leap_ray.config import UploadLimits
 from tests.helpers import APP_URL, assert_error, call, make_app
 
 
@@ -157,7 +158,7 @@ def run_slow(app, body: bytes, gap_s: float) -> tuple[int, dict, float]:
 
 
 def test_a_body_that_stops_arriving_gets_408(tmp_path):
-    app, _ = make_app(tmp_path, body_idle_timeout_s=0.3)
+    app, _ = make_app(tmp_path, uploads=UploadLimits(idle_timeout_s=0.3))
     status, body, elapsed = run_slow(app, b'{"prompt": "a"}', gap_s=1.0)
     assert status == 408 and body["error"]["code"] == "body_timeout"
     assert elapsed < 1.0
@@ -165,20 +166,22 @@ def test_a_body_that_stops_arriving_gets_408(tmp_path):
 
 def test_a_slow_loris_body_gets_408_though_no_gap_exceeds_the_idle_timeout(tmp_path):
     # A byte every 0.1 s never trips a 0.5 s idle timeout, but falls behind 100 bytes a second.
-    app, gateway = make_app(tmp_path, body_idle_timeout_s=0.5, body_min_rate_bytes_s=100)
+    app, gateway = make_app(tmp_path, uploads=UploadLimits(idle_timeout_s=0.5, min_rate_bytes_s=100))
     status, _, elapsed = run_slow(app, b'{"prompt": "' + b"a" * 200 + b'"}', gap_s=0.1)
     assert status == 408 and elapsed < 5 and not gateway.generated
 
 
 def test_a_slow_but_steady_body_is_accepted(tmp_path):
-    app, gateway = make_app(tmp_path, body_idle_timeout_s=0.5, body_min_rate_bytes_s=1000)
+    app, gateway = make_app(tmp_path, uploads=UploadLimits(idle_timeout_s=0.5, min_rate_bytes_s=1000))
     status, _, _ = run_slow(app, b'{"prompt": "a", "seed": 9}', gap_s=0.01)
     assert status == 200 and gateway.generated[0].seed == 9
 
 
 def test_a_steady_body_past_the_total_body_timeout_gets_408(tmp_path):
     # Fast enough for the rate rule (1 byte per 10 ms against 1 byte a second), too long in all.
-    app, gateway = make_app(tmp_path, body_idle_timeout_s=5, body_min_rate_bytes_s=1, body_timeout_s=0.5)
+    app, gateway = make_app(
+        tmp_path, uploads=UploadLimits(idle_timeout_s=5, min_rate_bytes_s=1, timeout_s=0.5)
+    )
     status, _, elapsed = run_slow(app, b'{"prompt": "' + b"a" * 200 + b'"}', gap_s=0.01)
     assert status == 408 and elapsed < 1.5 and not gateway.generated
 
