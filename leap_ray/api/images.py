@@ -1,8 +1,9 @@
 """Images on the wire: float pixels in [0, 1] encoded as PNG, JPEG or WebP; uploaded images (img2img,
-inpainting) decoded within bounds."""
+inpainting) opened within bounds (`open_image`) and decoded later, once (`PendingImage`)."""
 
 import base64
 import io
+from abc import ABC, abstractmethod
 from typing import Literal
 
 import numpy as np
@@ -28,14 +29,64 @@ UPLOAD_FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
 _UNREADABLE = "is not an image in a format we read (png, jpeg, webp)"
 
 
-def decode_image(value: object, max_bytes: int, max_side: int, mode: str) -> Image.Image:
+class PendingImage(ABC):
+    """An image a request holds between the validation of its fields and the decoding of its pixels:
+    the size its header gives, and the pixels when the request's rules that need none have held
+    (`leap_ray.api.sdxl_checks`), so that a request they refuse costs no decode."""
+
+    @property
+    @abstractmethod
+    def size(self) -> tuple[int, int]:
+        """(width, height) as stored: EXIF may turn the image, which keeps its sides' lengths."""
+
+    @abstractmethod
+    def decode(self, mode: str) -> Image.Image | None:
+        """The pixels in `mode`, without metadata; None: no image after all (OpenAI's rule for a mask
+        found no transparent pixel). Raises ValueError saying what is wrong."""
+
+
+class UploadedImage(PendingImage):
+    """An uploaded image opened within bounds (`open_image`): its bytes kept the limits on their
+    structure and its header was read; its pixels are decoded on the first `pixels()`, once, however
+    many views (`decode`) are asked of them."""
+
+    def __init__(self, file: Image.Image, *, decoded: bool = False) -> None:
+        self._file = file
+        self._pixels: Image.Image | None = file if decoded else None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self._file.size
+
+    def may_be_transparent(self) -> bool:
+        """Whether the header leaves room for transparent pixels: an alpha band or a transparent colour."""
+        return "A" in self._file.mode or "transparency" in self._file.info
+
+    def pixels(self) -> Image.Image:
+        """The decoded image, turned as its EXIF says (as cameras mean it and diffusers' load_image
+        reads it). Raises ValueError for what cannot be decoded."""
+        if self._pixels is None:
+            self._pixels = _read_pixels(self._file)
+        return self._pixels
+
+    def decode(self, mode: str) -> Image.Image:
+        pixels = self.pixels()
+        try:
+            image = pixels.convert(mode)
+        except Exception:  # a pixel format PIL reads but cannot convert
+            raise ValueError(_UNREADABLE) from None
+        image.info = {}  # pixels only: its text and profiles would travel with it to the model
+        return image
+
+
+def open_image(value: object, max_bytes: int, max_side: int) -> UploadedImage:
     """An uploaded image (base64 or a data: URI of PNG, JPEG or WebP; a PIL image through a handle)
-    converted to `mode` ("RGB", or "L" for masks). The structure of its file (`check_structure`) and
-    its header (format, at most `max_side` pixels a side) are checked before any pixel is decoded.
-    Raises ValueError saying what is wrong."""
+    opened within bounds: its size in bytes, the structure of its file (`check_structure`), then its
+    header (format, at most `max_side` pixels a side, 8 bits a channel). No pixel is decoded. Raises
+    ValueError saying what is wrong."""
     if isinstance(value, Image.Image):
         _check_image(value, max_side)
-        return value.convert(mode)
+        return UploadedImage(value, decoded=True)
     if not isinstance(value, str | bytes):
         raise ValueError("must be a base64 string or a data: URI of a PNG, JPEG or WebP image")
     raw = upload_bytes(value, max_bytes, "image")
@@ -46,15 +97,24 @@ def decode_image(value: object, max_bytes: int, max_side: int, mode: str) -> Ima
         raise ValueError(f"is larger than {max_side} pixels a side") from None
     except Exception:  # PIL raises many kinds on bytes a client chose: all mean unreadable
         raise ValueError(_UNREADABLE) from None
+    _check_image(file, max_side)
+    return UploadedImage(file)
+
+
+def decode_image(value: object, max_bytes: int, max_side: int, mode: str) -> Image.Image:
+    """`open_image`, decoded to `mode` ("RGB", or "L" for masks)."""
+    return open_image(value, max_bytes, max_side).decode(mode)
+
+
+def _read_pixels(file: Image.Image) -> Image.Image:
     with file:
-        _check_image(file, max_side)
         try:
             file.load()
         except Exception:
             raise ValueError(_UNREADABLE) from None
         check_exif(file)  # a PNG's may follow its pixels; PIL parses it to turn the image
-        try:  # turned as its EXIF says, as cameras mean it and diffusers' load_image reads it
-            return ImageOps.exif_transpose(file).convert(mode)
+        try:
+            return ImageOps.exif_transpose(file)
         except Exception:
             raise ValueError(_UNREADABLE) from None
 

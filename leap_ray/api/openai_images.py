@@ -3,7 +3,6 @@ SDXL request: one validation (SDXLRequest's), one error shape. Our SDXL fields (
 num_inference_steps, negative_prompt, guidance_scale, ...) are accepted beside OpenAI's, which is
 where the official client puts `extra_body`."""
 
-import base64
 import re
 import time
 from typing import Any, ClassVar, Literal
@@ -11,7 +10,7 @@ from typing import Any, ClassVar, Literal
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from leap_ray.api.images import decode_image, image_data_uri
+from leap_ray.api.images import PendingImage, UploadedImage, open_image
 from leap_ray.config import LIMITS
 from leap_ray.errors import InvalidRequest
 
@@ -112,42 +111,65 @@ class OpenAIImageEditRequest(OpenAIImageRequest):
     )
 
     def sdxl_input(self) -> dict[str, Any]:
+        """The SDXL request, its image and mask opened (bytes, structure, header) but not decoded: the
+        SDXL request's validation decodes each once, after its rules that need no pixels."""
         data = super().sdxl_input()
         if self.size == "auto":  # the image decides, as /v1/sdxl's img2img does
             del data["width"], data["height"]
-        data["image"] = base64.b64encode(self.image).decode()
-        mask = openai_mask(self.mask) if self.mask is not None else transparency_mask(self.image)
-        if mask is not None:
-            data["mask_image"] = image_data_uri(mask)
+        image = data["image"] = _opened(self.image, "image")
+        if self.mask is not None:
+            data["mask_image"] = OpenAIMask(_opened(self.mask, "mask"))
+        elif image.may_be_transparent():  # else no pixel can be transparent: an img2img
+            data["mask_image"] = TransparencyMask(image)
         return data
 
     def size_text(self) -> str:
         return "auto" if self.size == "auto" else super().size_text()
 
 
-def transparency_mask(raw: bytes) -> Image.Image | None:
-    """OpenAI's rule for an edit without a mask: the image's fully transparent pixels are edited. None
-    for an image without any (an img2img). What is not an image is left for the image's own check."""
+def _opened(raw: bytes, param: str) -> UploadedImage:
     limits = LIMITS.sdxl
     try:
-        alpha = decode_image(raw, limits.max_image_bytes, limits.max_size, "LA").getchannel("A")
-    except ValueError:
-        return None
-    return alpha.point(lambda value: 255 if value == 0 else 0) if alpha.getextrema()[0] == 0 else None
-
-
-def openai_mask(raw: bytes) -> Image.Image:
-    """OpenAI's mask as ours: white (repainted) where it is fully transparent. Raises InvalidRequest
-    (mask) for what is not an image."""
-    limits = LIMITS.sdxl
-    try:
-        mask = decode_image(raw, limits.max_image_bytes, limits.max_size, "LA")
+        return open_image(raw, limits.max_image_bytes, limits.max_size)
     except ValueError as error:
-        raise InvalidRequest(f"mask {error}", param="mask") from None
-    luminance, alpha = mask.split()
-    if alpha.getextrema()[0] == 255:  # no transparency at all: a mask drawn our way
-        return luminance
+        raise InvalidRequest(f"{param}: {error}", param=param) from None
+
+
+def _edited_where_transparent(alpha: Image.Image) -> Image.Image:
     return alpha.point(lambda value: 255 if value == 0 else 0)
+
+
+class OpenAIMask(PendingImage):
+    """OpenAI's mask, decoded as ours: white (repainted) where it is fully transparent. A mask without
+    any transparency was drawn our way: its grey is read as it is."""
+
+    def __init__(self, upload: UploadedImage) -> None:
+        self.upload = upload
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.upload.size
+
+    def decode(self, mode: str) -> Image.Image:
+        luminance, alpha = self.upload.decode("LA").split()
+        mask = luminance if alpha.getextrema()[0] == 255 else _edited_where_transparent(alpha)
+        return mask.convert(mode)
+
+
+class TransparencyMask(PendingImage):
+    """OpenAI's rule for an edit without a mask: the image's fully transparent pixels are edited; no
+    mask (an img2img) when it has none. Reads the image's own pixels, decoded once for both."""
+
+    def __init__(self, image: UploadedImage) -> None:
+        self.image = image
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.size
+
+    def decode(self, mode: str) -> Image.Image | None:
+        alpha = self.image.decode("LA").getchannel("A")
+        return _edited_where_transparent(alpha).convert(mode) if alpha.getextrema()[0] == 0 else None
 
 
 def image_event(

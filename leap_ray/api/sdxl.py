@@ -53,7 +53,7 @@ class SDXLRequest(SDXLFields):
 
     def uploads_as_png(self) -> dict[str, str | None]:
         """The uploaded images it was given (image, mask_image) as PNG data: URIs of their decoded
-        pixels."""
+        pixels (None for a mask that OpenAI's transparency rule found empty)."""
         return self.model_dump(mode="json", include={"image", "mask_image"} & self.model_fields_set)
 
     def lora_scales(self) -> tuple[tuple[str, float], ...]:

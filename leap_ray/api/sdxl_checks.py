@@ -4,6 +4,7 @@ Each raises InvalidRequest naming the field at fault."""
 
 from dataclasses import dataclass
 
+from leap_ray.api.images import PendingImage
 from leap_ray.api.sdxl_fields import EMBEDDING_FIELDS, INPAINT_GUIDANCE_SCALE, TEXT_FIELDS, SDXLFields
 from leap_ray.api.sdxl_workflows import DEFAULT_HAND_OFF
 from leap_ray.config import LIMITS
@@ -27,22 +28,16 @@ class SDXLModelSpec:
 
 
 def check_combinations(request: SDXLFields) -> None:
-    """The rules between fields, in the order a client's first error is reported. Sets what they
-    settle: the workflow's default guidance, the size of an uploaded image, and the base's hand-off
-    point to the refiner."""
-    if request.workflow == "inpaint" and "guidance_scale" not in request.model_fields_set:
-        request.guidance_scale = INPAINT_GUIDANCE_SCALE  # diffusers' inpainting pipeline's default
-    _check_image_inputs(request)
+    """The rules between fields, in the order a client's first error is reported: first every rule
+    that needs no pixels, then (the uploaded images decoded, once) those that compare the image's size.
+    Sets what they settle: the workflow's default guidance, the size of an uploaded image, and the
+    base's hand-off point to the refiner."""
+    _check_image_fields(request)
     _check_workflow_options(request)
     _check_prompt_sources(request)
     _check_list_lengths(request)
     _check_embedding_shapes(request)
-    pixels = request.height * request.width * request.image_count
-    if pixels > _LIMITS.max_pixels:
-        raise InvalidRequest(
-            f"height × width × images = {pixels} pixels exceeds the budget of {_LIMITS.max_pixels}",
-            param="num_images_per_prompt" if request.image_count > 1 else "height",
-        )
+    _check_pixel_budget(request)
     latents = request.latents
     if latents is not None and (latents.ndim != 4 or latents.shape[0] != request.image_count):
         raise InvalidRequest(
@@ -50,14 +45,66 @@ def check_combinations(request: SDXLFields) -> None:
             f"got {tuple(latents.shape)}",
             param="latents",
         )
+    _decode_uploads(request)
+    if request.workflow == "inpaint" and "guidance_scale" not in request.model_fields_set:
+        request.guidance_scale = INPAINT_GUIDANCE_SCALE  # diffusers' inpainting pipeline's default
+    _check_image_size(request)
+    _check_kept_steps(request)  # again: OpenAI's transparency rule may have found no mask
 
 
-def _check_image_inputs(request: SDXLFields) -> None:
-    """img2img and inpainting: the image sets the size (as diffusers' image processor rounds it),
-    the mask must match it, and the steps kept by strength must be at least one."""
+def _check_image_fields(request: SDXLFields) -> None:
+    """img2img and inpainting, before any pixel: what needs an image has one, an image is not given
+    with latents, and the steps kept by strength are at least one."""
     for name in ("strength", "mask_image"):
         if getattr(request, name) is not None and request.image is None:
             raise InvalidRequest(f"{name} acts only with an image (img2img, inpainting)", param=name)
+    if request.image is not None and request.latents is not None:
+        raise InvalidRequest("give latents or an image to start from, not both", param="latents")
+    _check_kept_steps(request)
+
+
+def _check_kept_steps(request: SDXLFields) -> None:
+    if request.image is None:
+        return
+    strength, steps = request.effective_strength(), request.num_inference_steps
+    if int(steps * strength) < 1:
+        raise InvalidRequest(
+            f"strength × num_inference_steps must keep at least one step; {strength} × {steps} keeps none",
+            param="num_inference_steps" if request.strength is None else "strength",
+        )
+
+
+def _check_pixel_budget(request: SDXLFields) -> None:
+    """height × width × images within the budget; an uploaded image's size from its header (EXIF
+    turns an image by quarter turns, which keep its area)."""
+    height, width = request.height, request.width
+    if request.image is not None:
+        width, height = (side - side % 8 for side in request.image.size)
+    pixels = height * width * request.image_count
+    if pixels > _LIMITS.max_pixels:
+        raise InvalidRequest(
+            f"height × width × images = {pixels} pixels exceeds the budget of {_LIMITS.max_pixels}",
+            param="num_images_per_prompt" if request.image_count > 1 else "height",
+        )
+
+
+# How the pipelines read each uploaded image: the image in colour (diffusers' load_image), the mask in grey.
+UPLOAD_MODES = {"image": "RGB", "mask_image": "L"}
+
+
+def _decode_uploads(request: SDXLFields) -> None:
+    """The one decode of the uploaded images (opened by their fields' validation)."""
+    for name, mode in UPLOAD_MODES.items():
+        value = getattr(request, name)
+        if isinstance(value, PendingImage):
+            try:
+                setattr(request, name, value.decode(mode))
+            except ValueError as error:
+                raise InvalidRequest(f"{name}: {error}", param=name) from None
+
+
+def _check_image_size(request: SDXLFields) -> None:
+    """The image sets the size (as diffusers' image processor rounds it); the mask must match it."""
     image = request.image
     if image is None:
         return
@@ -81,14 +128,6 @@ def _check_image_inputs(request: SDXLFields) -> None:
             f"mask_image is {mask.width}×{mask.height} pixels but image is "
             f"{image.width}×{image.height}; they must be the same size",
             param="mask_image",
-        )
-    if request.latents is not None:
-        raise InvalidRequest("give latents or an image to start from, not both", param="latents")
-    strength, steps = request.effective_strength(), request.num_inference_steps
-    if int(steps * strength) < 1:
-        raise InvalidRequest(
-            f"strength × num_inference_steps must keep at least one step; {strength} × {steps} keeps none",
-            param="num_inference_steps" if request.strength is None else "strength",
         )
 
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidat
 from pydantic.json_schema import SkipJsonSchema
 
 from leap_ray.api.common import MAX_SEED, FiniteFloat, capped, prompt_text
-from leap_ray.api.sdxl_workflows import ImageInput, LoraChoice, MaskInput, RefinerOptions
+from leap_ray.api.sdxl_workflows import ImageInput, LoraChoice, RefinerOptions
 from leap_ray.api.tensors import TensorInput
 from leap_ray.config import LIMITS
 
@@ -228,13 +228,13 @@ class SDXLFields(BaseModel):
         description="Sampler: the model's own (Euler for SDXL base) when absent, or ddim, euler, "
         "euler_ancestral, dpmpp_2m. eta acts only under ddim.",
     )
-    image: ImageInput | None = Field(  # type: ignore[valid-type]
+    image: ImageInput | None = Field(
         None,
         description="img2img: the starting image (base64 or a data: URI of PNG, JPEG or WebP, at most "
         f"{_LIMITS.max_image_bytes} bytes and {_LIMITS.max_size} pixels a side). The result keeps its "
         "size, rounded down to a multiple of 8; height and width default to it.",
     )
-    mask_image: MaskInput | None = Field(  # type: ignore[valid-type]
+    mask_image: ImageInput | None = Field(
         None,
         description="Inpainting: with `image`, a mask of the same size; white is repainted, black kept.",
     )

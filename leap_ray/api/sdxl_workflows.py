@@ -2,40 +2,45 @@
 inpainting), LoRA adapters by name, and the refiner's options. Bounds come from the operator's limits
 and appear in `/openapi.json`."""
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator
 from pydantic.json_schema import WithJsonSchema
 
 from leap_ray.api.common import FiniteFloat
-from leap_ray.api.images import decode_image, image_data_uri
+from leap_ray.api.images import PendingImage, image_data_uri, open_image
 from leap_ray.config import LIMITS
 
 _LIMITS = LIMITS.sdxl
 
 
-def _uploaded(mode: str) -> Any:
-    """An uploaded image field: base64 or a data: URI in JSON (a PIL image through a handle),
-    decoded to `mode` within the operator's bounds, and written back as a PNG data: URI."""
-    return Annotated[
-        Image.Image,
-        PlainValidator(lambda value: decode_image(value, _LIMITS.max_image_bytes, _LIMITS.max_size, mode)),
-        PlainSerializer(image_data_uri, when_used="json"),
-        WithJsonSchema(
-            {
-                "type": "string",
-                "contentEncoding": "base64",
-                "contentMediaType": "image/*",
-                "maxLength": _LIMITS.max_image_bytes * 4 // 3 + 1024,
-                "description": "Base64 or a data: URI of a PNG, JPEG or WebP image.",
-            }
-        ),
-    ]
+def _opened(value: object) -> PendingImage:
+    """An image field's value opened within the operator's bounds (bytes, structure, header: no
+    pixels); an adapter's image that is open already (OpenAI's edits) as it is."""
+    if isinstance(value, PendingImage):
+        return value
+    return open_image(value, _LIMITS.max_image_bytes, _LIMITS.max_size)
 
 
-ImageInput = _uploaded("RGB")
-MaskInput = _uploaded("L")
+# An uploaded image field: base64 or a data: URI in JSON (a PIL image through a handle), written back
+# as a PNG data: URI. Validating the field opens it; the request decodes it (image in RGB, mask in
+# grey: `leap_ray.api.sdxl_checks`) once its rules that need no pixels hold, so a validated request
+# holds a PIL image.
+ImageInput = Annotated[
+    Image.Image,
+    PlainValidator(_opened),
+    PlainSerializer(image_data_uri, when_used="json"),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "contentEncoding": "base64",
+            "contentMediaType": "image/*",
+            "maxLength": _LIMITS.max_image_bytes * 4 // 3 + 1024,
+            "description": "Base64 or a data: URI of a PNG, JPEG or WebP image.",
+        }
+    ),
+]
 LoraName = Annotated[str, Field(min_length=1, max_length=200)]
 
 

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from leap_ray.api.images import decode_image
-from leap_ray.api.openai_images import openai_mask
+from leap_ray.api.images import decode_image, open_image
+from leap_ray.api.openai_images import OpenAIMask
 from leap_ray.api.sdxl import SDXLModelSpec, SDXLRequest
 from leap_ray.config import LIMITS
 from leap_ray.errors import InvalidRequest, invalid_request_from
@@ -183,6 +183,10 @@ def test_a_request_with_images_writes_them_back_as_png_data_uris():
     dumped = SDXLRequest(prompt="x", image=PHOTO).model_dump(mode="json")
     assert dumped["image"].startswith("data:image/png;base64,")
     assert SDXLRequest.model_validate(dumped).image.size == (100, 72)
+
+
+def openai_mask(raw: bytes) -> Image.Image:
+    return OpenAIMask(open_image(raw, LIMITS.sdxl.max_image_bytes, LIMITS.sdxl.max_size)).decode("L")
 
 
 def test_openai_masks_repaint_their_transparent_pixels_or_are_read_as_ours():

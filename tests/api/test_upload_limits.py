@@ -1,8 +1,8 @@
 """Uploaded images are bounded before PIL decodes a pixel: files built to cost the decoder far more
 than their size (repeated JPEG scans, empty PNG chunks, fill bytes, inflating chunks, EXIF of
 thousands of tags, WebP of thousands of frames) are refused with a 422 naming the field; legitimate
-files decode exactly as PIL reads them; a job keeps our PNG of the decoded pixels, not the client's
-bytes."""
+files decode exactly as PIL reads them; a request's rules that need no pixels run before the one
+decode, and a job keeps our PNG of the decoded pixels, not the client's bytes."""
 
 import base64
 import io
@@ -15,8 +15,9 @@ from pydantic import ValidationError
 
 from leap_ray.api import image_limits
 from leap_ray.api.image_limits import MAX_JPEG_SCANS, check_structure, max_chunks
-from leap_ray.api.images import decode_image
+from leap_ray.api.images import decode_image, open_image
 from leap_ray.api.jobs import JobSubmission
+from leap_ray.api.openai_images import OpenAIImageEditRequest
 from leap_ray.api.sdxl import SDXLRequest
 from leap_ray.config import LIMITS
 from leap_ray.errors import InvalidRequest, invalid_request_from
@@ -122,7 +123,7 @@ def test_a_jpeg_at_the_scan_limit_is_read_and_one_past_it_is_not():
     at_limit = hostile.repeated_scan_jpeg(MAX_JPEG_SCANS, side=64)
     assert decode_image(at_limit, MAX_BYTES, MAX_SIDE, "RGB").size == (64, 64)
     with pytest.raises(ValueError, match=f"more than {MAX_JPEG_SCANS} scans"):
-        decode_image(hostile.repeated_scan_jpeg(MAX_JPEG_SCANS + 1, side=64), MAX_BYTES, MAX_SIDE, "RGB")
+        open_image(hostile.repeated_scan_jpeg(MAX_JPEG_SCANS + 1, side=64), MAX_BYTES, MAX_SIDE)
 
 
 def as_pil_reads_it(raw: bytes, mode: str) -> np.ndarray:
@@ -164,6 +165,108 @@ def test_the_largest_png_in_libpngs_8KB_data_chunks_keeps_the_chunk_limit():
     raw = chunked_png(hostile.largest_png(), 8192)  # 12.6 MB in about 1,540 chunks
     check_structure(raw)
     assert raw.count(b"IDAT") > 1500
+
+
+def test_the_decoded_image_carries_no_metadata():
+    raw = hostile.encoded(Image.new("RGB", (64, 64)), "PNG", icc_profile=bytes(2000))
+    assert SDXLRequest(prompt="x", image=b64(raw)).image.info == {}
+
+
+@pytest.fixture
+def decodes(monkeypatch) -> list[int]:
+    """Counts the decodes of uploaded images (each turns its image as EXIF says, once)."""
+    counted: list[int] = []
+    transpose = ImageOps.exif_transpose
+
+    def counting(image, **kwargs):
+        counted.append(1)
+        return transpose(image, **kwargs)
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", counting)
+    return counted
+
+
+def broken_png() -> bytes:
+    """A valid header and signature, then image data that does not inflate: only decoding tells."""
+    raw = hostile.encoded(Image.new("RGB", (64, 64), "red"), "PNG")
+    at = raw.find(b"IDAT") - 4
+    length = struct.unpack(">I", raw[at : at + 4])[0]
+    return raw[:at] + hostile.png_chunk(b"IDAT", b"\x00" * length) + raw[at + 12 + length :]
+
+
+def test_rules_that_need_no_pixels_are_checked_before_the_image_is_decoded(decodes):
+    mask = b64(hostile.encoded(Image.new("L", (64, 64)), "PNG"))
+    error = refused(image=b64(broken_png()), mask_image=mask, strength=0.1, num_inference_steps=5)
+    assert error.param == "strength" and decodes == []
+    assert (
+        refused(image=b64(broken_png()), num_inference_steps=2, num_images_per_prompt=0).param
+        == "num_images_per_prompt"
+    )
+    assert decodes == []
+    error = refused(image=b64(broken_png()), strength=0.5)
+    assert (error.param, error.message) == (
+        "image",
+        "image: is not an image in a format we read (png, jpeg, webp)",
+    )
+
+
+def test_an_uploads_pixel_budget_is_its_headers():
+    big = b64(hostile.encoded(Image.new("1", (2048, 2048)), "PNG"))
+    assert refused(image=big, num_images_per_prompt=2).param == "num_images_per_prompt"
+
+
+def edit(raw: bytes, **fields: str) -> SDXLRequest:
+    form = OpenAIImageEditRequest.model_validate(
+        {"prompt": "a", "image": raw, "num_inference_steps": "4", **fields}
+    )
+    return SDXLRequest.model_validate(form.sdxl_input())
+
+
+def transparent_left(side: int = 64) -> bytes:
+    pixels = np.full((side, side, 4), 200, dtype=np.uint8)
+    pixels[:, : side // 2, 3] = 0
+    return hostile.encoded(Image.fromarray(pixels, "RGBA"), "PNG")
+
+
+def test_an_edit_decodes_its_image_once_for_the_image_and_its_transparency_mask(decodes):
+    request = edit(transparent_left())
+    assert request.workflow == "inpaint" and len(decodes) == 1
+    mask = np.asarray(request.mask_image)
+    assert (mask[:, :32] == 255).all() and (mask[:, 32:] == 0).all()
+    assert request.guidance_scale == 7.5  # diffusers' inpainting default, the workflow settled by the decode
+
+
+def test_an_edit_of_an_opaque_image_with_alpha_is_an_img2img():
+    opaque = hostile.encoded(Image.new("RGBA", (64, 64), (1, 2, 3, 255)), "PNG")
+    request = edit(opaque, strength="0.5")
+    assert (request.workflow, request.mask_image, request.guidance_scale) == ("img2img", None, 5.0)
+
+
+def test_an_edit_that_keeps_no_step_is_refused_before_any_decode(decodes):
+    with pytest.raises(ValidationError) as caught:
+        edit(transparent_left(), strength="0.1", num_inference_steps="5")
+    assert invalid_request_from(caught.value.errors()).param == "strength" and decodes == []
+
+
+def test_an_edit_whose_transparency_mask_is_empty_has_its_steps_checked_as_an_img2img():
+    opaque = hostile.encoded(Image.new("RGBA", (64, 64), (1, 2, 3, 255)), "PNG")
+    # 2 steps keep one at inpainting's default strength (0.9999) but none at img2img's (0.3).
+    with pytest.raises(ValidationError) as caught:
+        edit(opaque, num_inference_steps="2")
+    assert invalid_request_from(caught.value.errors()).param == "num_inference_steps"
+
+
+@pytest.mark.parametrize(("field", "param"), [("image", "image"), ("mask", "mask")])
+def test_a_hostile_edit_upload_is_refused_naming_the_openai_field(field, param):
+    raw = hostile.repeated_scan_jpeg(200, side=64)
+    fields = {"image": hostile.small_png(), field: raw}
+    form = OpenAIImageEditRequest.model_validate({"prompt": "a", **fields})
+    with pytest.raises(InvalidRequest) as caught:
+        form.sdxl_input()
+    assert (caught.value.param, caught.value.message) == (
+        param,
+        f"{param}: is a JPEG of more than 100 scans",
+    )
 
 
 def test_a_job_keeps_our_png_of_the_decoded_pixels_not_the_clients_bytes():

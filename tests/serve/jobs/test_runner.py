@@ -124,3 +124,44 @@ def test_a_jobs_webhooks_go_in_order_one_at_a_time_dropping_progress_behind_a_sl
 
     asyncio.run(main())
     assert sent == ["start", "completed"]
+
+
+def test_a_job_cancelled_while_its_image_is_decoded_never_reaches_the_model(tmp_path, monkeypatch):
+    """The runner validates a job's input again, on a worker thread. A decode cannot be interrupted
+    (it is bounded by the upload limits): a cancel that comes during it ends the job at once, and the
+    decode's result is dropped without a model call."""
+    import threading
+
+    import numpy as np
+
+    from leap_ray.api.images import UploadedImage
+    from leap_ray.config import IngressSettings, JobsSettings
+    from leap_ray.serve.jobs.service import Jobs
+    from tests.helpers import StubGateway, png
+
+    decoding, release = threading.Event(), threading.Event()
+    read_pixels = UploadedImage.pixels
+
+    def slow_pixels(self):
+        decoding.set()
+        release.wait(10)
+        return read_pixels(self)
+
+    monkeypatch.setattr(UploadedImage, "pixels", slow_pixels)
+    settings = JobsSettings(store_path=str(tmp_path / "jobs.sqlite3"), output_dir=str(tmp_path / "out"))
+    settings = settings.for_application("test")
+    gateway = StubGateway(IngressSettings(jobs=settings))
+
+    async def main() -> str:
+        jobs = Jobs(gateway, settings)
+        job = jobs.store.store.create("sdxl", {"prompt": "a", "image": png(np.zeros((64, 64, 3), np.uint8))})
+        jobs.runner.ensure_started()
+        assert await asyncio.to_thread(decoding.wait, 10)
+        jobs.store.store.cancel(job.id)
+        await wait_until(lambda: jobs.store.store.get(job.id).status == "cancelled")
+        release.set()
+        await asyncio.sleep(0.2)  # the decode ends; nothing is left to take its result
+        return jobs.store.store.get(job.id).status
+
+    assert asyncio.run(main()) == "cancelled"
+    assert gateway.generated == []
