@@ -20,6 +20,7 @@ from ray import serve
 
 from leap_ray.config import LIMITS
 from leap_ray.errors import InvalidRequest
+from leap_ray.testing import hostile_images as hostile
 from tests.helpers import assert_error, call, flac_silence, make_app, pixels, wav_bytes, with_total_samples
 
 from .conftest import APP, stats
@@ -55,6 +56,21 @@ def wav(seconds: float, rate: int = 8000) -> str:
     soundfile.write(buffer, np.zeros(int(seconds * rate), dtype=np.float32), rate, format="WAV")
     return b64(buffer.getvalue())
 
+
+# Round 3: uploads built to cost the decoder far more than their size (found by hostile testing: 150 s
+# of ingress CPU for one 16 MB JPEG, a stalled event loop for a PNG of 1.3 M chunks), refused from
+# their structure before a pixel is decoded (EXIF, once the pixels are read but before it is parsed).
+HOSTILE_UPLOADS = [
+    ("jpeg-of-repeated-scans", hostile.repeated_scan_jpeg_of(256_000)),
+    ("jpeg-of-fill-bytes", hostile.padded_jpeg(256_000, b"\xff")),
+    ("jpeg-of-empty-comments", hostile.padded_jpeg(256_000, b"\xff\xfe\x00\x02")),
+    ("png-of-20000-empty-chunks", hostile.empty_chunk_png(20_000)),
+    ("png-of-inflating-chunks", hostile.inflating_chunk_png(256_000)),
+    ("png-of-64000-exif-tags", hostile.exif_png(64_000)),
+    ("webp-of-many-frames", hostile.many_frame_webp(256_000)),
+]
+# Cheap rules come before the one decode: this image is never decoded.
+KEEPS_NO_STEP = {"strength": 0.1, "num_inference_steps": 5}
 
 SDXL_FLOATS = ["denoising_end", "guidance_scale", "eta", "guidance_rescale"]
 MUSICGEN_FLOATS = ["duration", "guidance_scale", "temperature", "top_p"]
@@ -278,6 +294,37 @@ CASES: list[tuple[str, str, object, int, str | None]] = [
         422,
         "input.width",
     ),
+    *[
+        (f"image-{name}", "/v1/sdxl", {"prompt": "a", "image": b64(raw)}, 422, "image")
+        for name, raw in HOSTILE_UPLOADS
+    ],
+    *[
+        (
+            f"mask-{name}",
+            "/v1/sdxl",
+            {"prompt": "a", "image": b64(hostile.small_png()), "mask_image": b64(raw)},
+            422,
+            "mask_image",
+        )
+        for name, raw in HOSTILE_UPLOADS
+    ],
+    *[
+        (
+            f"job-image-{name}",
+            "/v1/jobs",
+            {"service": "sdxl", "input": {"prompt": "a", "image": b64(raw)}},
+            422,
+            "input.image",
+        )
+        for name, raw in HOSTILE_UPLOADS
+    ],
+    (
+        "image-whose-strength-keeps-no-step",
+        "/v1/sdxl",
+        {"prompt": "a", "image": b64(hostile.largest_png(512)), **KEEPS_NO_STEP},
+        422,
+        "strength",
+    ),
 ]
 
 
@@ -307,6 +354,21 @@ def as_case(case: tuple) -> Case:
     return Case(name, path, content.encode(), status, param)
 
 
+def edit_case(name: str, param: str, image: bytes, mask: bytes | None = None, **fields: object) -> Case:
+    """An OpenAI edit (multipart/form-data, as the official client sends it) that must get a 422."""
+    files = {"image": ("image", image), **({"mask": ("mask", mask)} if mask is not None else {})}
+    data = {"prompt": "a", **{key: str(value) for key, value in fields.items()}}
+    form = httpx.Request("POST", "http://x", data=data, files=files)
+    return Case(name, "/v1/images/edits", form.read(), 422, param, content_type=form.headers["content-type"])
+
+
+# The edits decoded the image twice before their cheap checks (298 s to a 422 for a hostile JPEG).
+EDIT_CASES = [
+    *[edit_case(f"edit-image-{name}", "image", raw) for name, raw in HOSTILE_UPLOADS],
+    *[edit_case(f"edit-mask-{name}", "mask", hostile.small_png(), raw) for name, raw in HOSTILE_UPLOADS],
+    edit_case("edit-whose-strength-keeps-no-step", "strength", hostile.transparent_png(512), **KEEPS_NO_STEP),
+]
+
 # What the middleware refuses before a body is read as a request.
 MIDDLEWARE_CASES = [
     Case("invalid-utf8", "/v1/sdxl", b'{"prompt": "\xff"}', 400, None, code="invalid_utf8"),
@@ -331,7 +393,7 @@ MIDDLEWARE_CASES = [
     Case("no-route", "/nowhere", None, 404, None, method="GET", content_type=None),
     Case("put-on-sdxl", "/v1/sdxl", None, 405, None, method="PUT", content_type=None),
 ]
-TABLE = [as_case(case) for case in CASES] + MIDDLEWARE_CASES
+TABLE = [as_case(case) for case in CASES] + EDIT_CASES + MIDDLEWARE_CASES
 # Through Serve's proxy: one case of each kind, and every check against the loaded model's facts.
 THROUGH_THE_PROXY = {
     "malformed-json",
@@ -345,6 +407,8 @@ THROUGH_THE_PROXY = {
     "job-input-invalid",
     "tensor-shape-the-model-rejects",
     "embeds-width-the-model-rejects",
+    "image-jpeg-of-repeated-scans",
+    "edit-image-png-of-20000-empty-chunks",
     *(case.name for case in MIDDLEWARE_CASES),
 }
 
@@ -403,14 +467,12 @@ def test_the_catalogue_sent_alongside_valid_requests_leaves_them_unchanged(clien
     def wrong_shape(pipeline, step, timestep, tensors):
         return {"latents": torch.zeros(3, 3)}
 
-    def send(case: tuple) -> int:
-        _, path, body, _, _ = case
-        content = body if isinstance(body, str) else json.dumps(body)
-        return client.post(path, content=content, headers={"Content-Type": "application/json"}).status_code
+    def send(case: Case) -> int:
+        return case.send(client).status_code
 
     big = {"prompt": ["x", "y", "z"], "num_images_per_prompt": 3, "seed": 1, **SMALL}  # 9 images, batch 8
     with ThreadPoolExecutor(16) as pool:
-        bad = [pool.submit(send, case) for case in CASES]
+        bad = [pool.submit(send, case) for case in TABLE]
         callbacks = [
             handle.sdxl.remote({"prompt": "cb", "seed": 5, "callback_on_step_end": callback, **SMALL})
             for callback in (raising, wrong_shape)
@@ -418,7 +480,7 @@ def test_the_catalogue_sent_alongside_valid_requests_leaves_them_unchanged(clien
         oversized = pool.submit(client.post, "/v1/sdxl", json=big)
         sdxl = [pool.submit(client.post, "/v1/sdxl", json=body) for body in valid]
         track = pool.submit(client.post, "/v1/musicgen", json=music)
-        assert [future.result() for future in bad] == [case[3] for case in CASES]
+        assert [future.result() for future in bad] == [case.status for case in TABLE]
         for response in callbacks:
             with pytest.raises(InvalidRequest) as caught:
                 response.result()
