@@ -18,12 +18,14 @@ from typing import Any
 import httpx
 import numpy as np
 import psutil
+import pytest
 import soundfile
 import torch
 import uvicorn
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 from fastapi import FastAPI
 from PIL import Image
+from pydantic import ValidationError
 
 from leap_ray.api.audio import audio_delta, encode_audio
 from leap_ray.api.musicgen import MusicGenModelSpec, MusicGenOutput, MusicGenRequest
@@ -32,6 +34,7 @@ from leap_ray.api.sdxl import SDXLModelSpec, SDXLOutput, SDXLRequest
 from leap_ray.config import LIMITS, IngressSettings, JobsSettings, UploadLimits
 from leap_ray.engines.contract import RunningBatch
 from leap_ray.engines.sdxl_pipelines import SCHEDULER_CLASSES, WORKFLOW_PIPELINES
+from leap_ray.errors import InvalidRequest, invalid_request_from
 from leap_ray.serve.gateway import ModelGateway
 from leap_ray.serve.ingress import build_http_app
 from leap_ray.serve.jobs.service import Jobs
@@ -106,6 +109,15 @@ def solo(
         kwargs["mask_image"] = request.mask_image
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     return reference(**kwargs | {"generator": generators, "output_type": "np"} | overrides).images
+
+
+def refused_sdxl(**fields: object) -> InvalidRequest:
+    """The error an SDXLRequest with these fields (and a prompt) is refused with."""
+    with pytest.raises(ValidationError) as caught:
+        SDXLRequest(prompt="x", **fields)
+    error = invalid_request_from(caught.value.errors())
+    assert isinstance(error, InvalidRequest)
+    return error
 
 
 def seeds_of(request: SDXLRequest) -> list[int]:

@@ -15,6 +15,7 @@ from leap_ray.api.openai_images import OpenAIMask
 from leap_ray.api.sdxl import SDXLModelSpec, SDXLRequest
 from leap_ray.config import LIMITS
 from leap_ray.errors import InvalidRequest, invalid_request_from
+from tests.helpers import refused_sdxl as refused
 
 SPEC = SDXLModelSpec(
     latent_channels=4, vae_scale_factor=8, text_embed_width=96, pooled_embed_width=32, text_tokens=77
@@ -28,14 +29,6 @@ def encoded(image: Image.Image, image_format: str = "PNG") -> bytes:
 
 
 PHOTO = base64.b64encode(encoded(Image.new("RGB", (100, 72), "red"))).decode()
-
-
-def refused(**fields: object) -> InvalidRequest:
-    with pytest.raises(ValidationError) as caught:
-        SDXLRequest(prompt="x", **fields)
-    error = invalid_request_from(caught.value.errors())
-    assert isinstance(error, InvalidRequest)
-    return error
 
 
 @pytest.mark.parametrize("image_format", ["PNG", "JPEG", "WEBP"])

@@ -22,6 +22,7 @@ from leap_ray.api.sdxl import SDXLRequest
 from leap_ray.config import LIMITS
 from leap_ray.errors import InvalidRequest, invalid_request_from
 from leap_ray.testing import hostile_images as hostile
+from tests.helpers import refused_sdxl as refused
 
 MAX_BYTES, MAX_SIDE = LIMITS.sdxl.max_image_bytes, LIMITS.sdxl.max_size
 HEADER_STEPS = f"is a JPEG with more than {image_limits.MAX_JPEG_HEADER_STEPS} markers, fill or stray bytes before its first scan"
@@ -29,14 +30,6 @@ HEADER_STEPS = f"is a JPEG with more than {image_limits.MAX_JPEG_HEADER_STEPS} m
 
 def b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
-
-
-def refused(**fields: object) -> InvalidRequest:
-    with pytest.raises(ValidationError) as caught:
-        SDXLRequest(prompt="x", **fields)
-    error = invalid_request_from(caught.value.errors())
-    assert isinstance(error, InvalidRequest)
-    return error
 
 
 def zero_padded_jpeg() -> bytes:
