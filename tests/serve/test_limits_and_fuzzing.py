@@ -14,6 +14,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from leap_ray.config import LIMITS as NODES_LIMITS
+
 MAX_BODY = 65_536
 LIMITS_ENV = {
     "LEAP_RAY_MAX_BODY_BYTES": str(MAX_BODY),
@@ -66,15 +68,17 @@ def test_a_body_over_the_limit_is_413(limited):
     assert response.json()["error"]["type"] == "invalid_request_error"
 
 
-def test_a_chunked_body_is_refused_at_the_limit_before_it_ends(graph, limited):
-    """The body never ends (no final chunk); the 413 must come anyway."""
+def test_a_chunked_body_is_refused_at_the_proxys_limit_before_it_ends(graph, limited):
+    """The body never ends (no final chunk); the 413 must come anyway. The proxy reads bodies before
+    the application does: its limit is the nodes' (this process's environment), the application's
+    (lower) one applies once the body is whole (test_a_body_over_the_limit_is_413)."""
     with socket.create_connection(("127.0.0.1", graph.port), timeout=30) as sock:
         sock.sendall(
             b"POST /limited/v1/sdxl HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n"
         )
-        chunk = b"x" * 8192
-        for _ in range(MAX_BODY // len(chunk) + 2):
+        chunk = b"x" * 65_536
+        for _ in range(NODES_LIMITS.max_body_bytes // len(chunk) + 2):
             sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         status_line = sock.recv(4096).split(b"\r\n")[0]
     assert b" 413 " in status_line
