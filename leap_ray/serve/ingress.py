@@ -26,6 +26,7 @@ from leap_ray.serve.errors import install_error_handlers
 from leap_ray.serve.gateway import ModelGateway
 from leap_ray.serve.jobs.routes import job_routes
 from leap_ray.serve.jobs.service import Jobs
+from leap_ray.serve.memory import return_big_buffers
 from leap_ray.serve.middleware import OPEN_PATHS, ApiKeyAuth, RequestGuard
 from leap_ray.serve.openai_routes import openai_routes
 from leap_ray.serve.playground import playground_routes
@@ -98,6 +99,7 @@ def build_http_app(
 @serve.ingress()
 class Ingress:
     def __init__(self, sdxl: DeploymentHandle, musicgen: DeploymentHandle, settings: IngressSettings) -> None:
+        return_big_buffers()  # bodies and uploads are freed back to the system, not kept (issue 25)
         self._settings = settings
         self._gateway = ModelGateway({"sdxl": sdxl, "musicgen": musicgen}, settings)
         application = serve.get_replica_context().app_name
