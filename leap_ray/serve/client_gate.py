@@ -34,6 +34,7 @@ from leap_ray.serve.middleware import (
     read_whole_body,
     replaying,
     send_error,
+    too_large,
 )
 
 RETRY_AFTER = [(b"retry-after", b"1")]
@@ -103,6 +104,9 @@ class ClientGate:
             return await send_error(send, error, RETRY_AFTER)
         if scope["method"] not in BODY_METHODS or not has_body(scope):
             return await self.app(scope, receive, send)
+        declared = header(scope, b"content-length")
+        if declared.isdecimal() and int(declared) > self.limits.max_body_bytes:
+            return await send_error(send, too_large(self.limits.max_body_bytes))
         refusal = self.upload_refusal(client)
         if refusal is not None:
             return await send_error(send, refusal, RETRY_AFTER)

@@ -11,6 +11,7 @@ from starlette.middleware import Middleware
 
 from leap_ray.errors import LeapRayError, ModelUnavailable, NotFound, Overloaded, RequestTimeout
 from leap_ray.serve.client_gate import ClientGate
+from leap_ray.serve.memory import return_big_buffers
 from leap_ray.serve.middleware import ASGIApp, Message, Receive, Scope, Send, send_error
 
 CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
@@ -21,7 +22,9 @@ PROXY_STATUSES = frozenset({404, 408, 429, 500, 503})
 
 
 def proxy_middlewares() -> list[Middleware]:
-    """Our error shape outermost, then the client gate (leap_ray.serve.client_gate)."""
+    """Our error shape outermost, then the client gate (leap_ray.serve.client_gate). The proxy reads
+    whole bodies now: like the ingress, it gives their buffers back when freed (leap_ray.serve.memory)."""
+    return_big_buffers()
     return [Middleware(ProxyErrorShape), Middleware(ClientGate)]
 
 

@@ -140,3 +140,10 @@ def test_serves_own_routes_pass_untouched(path):
     ingress = Ingress()
     asyncio.run(request(ClientGate(ingress, limits()), scope_of("GET", path, length=0), chunks()))
     assert ingress.reached == [(path, b"")]
+
+
+def test_a_declared_length_past_the_limit_gets_413_before_any_byte_is_read():
+    ingress = Ingress()
+    gate = ClientGate(ingress, Limits(max_body_bytes=10, rate=RateLimits(requests_per_s=0)))
+    status, answer = asyncio.run(asyncio.wait_for(request(gate, scope_of(), chunks(then_stall=True)), 1.0))
+    assert status == 413 and answer["error"]["type"] == "invalid_request_error" and not ingress.reached
