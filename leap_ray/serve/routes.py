@@ -33,6 +33,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (413, "Request body too large, or holding too many JSON items"),
         (415, "The body is not application/json in UTF-8"),
         (422, "Invalid request: the error's param names the field"),
+        (429, "Too many requests, or request bodies at once, from this client; retry after Retry-After"),
         (503, "At capacity, model unavailable or failed; retry after Retry-After seconds"),
     ]
 }
