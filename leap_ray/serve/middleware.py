@@ -154,16 +154,22 @@ def too_large(max_body_bytes: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"the request body is larger than {max_body_bytes} bytes")
 
 
-def replaying(body: bytes | bytearray, receive: Receive) -> Receive:
-    """A receive() that gives the body read already, then passes on to the client's (a disconnect)."""
-    replayed = False
+def replaying(
+    body: bytes | bytearray, receive: Receive, on_replayed: Callable[[], None] | None = None
+) -> Receive:
+    """A receive() that gives the body read already (then lets it go, telling `on_replayed`), then
+    passes on to the client's (a disconnect)."""
+    held: bytes | bytearray | None = body
 
     async def replay() -> Message:
-        nonlocal replayed
-        if replayed:
+        nonlocal held
+        if held is None:
             return await receive()
-        replayed = True
-        return {"type": "http.request", "body": bytes(body), "more_body": False}
+        message = {"type": "http.request", "body": bytes(held), "more_body": False}
+        held = None
+        if on_replayed is not None:
+            on_replayed()
+        return message
 
     return replay
 

@@ -83,13 +83,15 @@ def test_a_client_sending_too_many_bodies_at_once_gets_429_while_others_go_on():
             for _ in range(2)
         ]
         await asyncio.sleep(0.05)  # both are being read
-        third = await request(gate, scope_of(key="k1"), chunks(BODY))
-        other_key = await request(gate, scope_of(key="k2"), chunks(BODY))
-        return [third, other_key, *await asyncio.gather(*stalled)]
+        third = await request(gate, scope_of(key="k1", address="10.0.0.9"), chunks(BODY))
+        same_address = await request(gate, scope_of(key="k2"), chunks(BODY))
+        other = await request(gate, scope_of(key="k2", address="10.0.0.2"), chunks(BODY))
+        return [third, same_address, other, *await asyncio.gather(*stalled)]
 
-    third, other_key, *stalled = asyncio.run(go())
-    assert third[0] == 429 and third[1]["error"]["code"] == "too_many_uploads"
-    assert other_key[0] == 200 and ingress.reached == [("/v1/sdxl", BODY)]
+    third, same_address, other, *stalled = asyncio.run(go())
+    for refused in (third, same_address):  # its key's, or its address's, two bodies are arriving
+        assert refused[0] == 429 and refused[1]["error"]["code"] == "too_many_uploads"
+    assert other[0] == 200 and ingress.reached == [("/v1/sdxl", BODY)]
     assert [status for status, _ in stalled] == [408, 408] and not gate.uploading
 
 
@@ -113,26 +115,59 @@ def test_healthz_is_answered_at_the_proxy_even_when_the_ingress_would_never_answ
 def test_each_client_has_its_own_token_bucket_that_refills_at_its_rate():
     now = [0.0]
     buckets = TokenBuckets(rate=2.0, burst=3, clock=lambda: now[0])
-    assert [buckets.take("a") for _ in range(4)] == [True, True, True, False]
-    assert buckets.take("b")  # another client's allowance is its own
+    assert [buckets.take(["a"]) for _ in range(4)] == [True, True, True, False]
+    assert buckets.take(["b"])  # another client's allowance is its own
     now[0] = 0.5  # one token back
-    assert [buckets.take("a"), buckets.take("a")] == [True, False]
-    assert TokenBuckets(rate=0, burst=1).take("a") and TokenBuckets(rate=0, burst=1).take("a")
+    assert [buckets.take(["a"]), buckets.take(["a"])] == [True, False]
+    assert all(TokenBuckets(rate=0, burst=1).take(["a"]) for _ in range(3))
 
 
-def test_a_rate_limited_request_gets_429_in_our_shape_and_idle_clients_are_forgotten():
+def test_a_request_needs_a_token_of_its_address_and_of_its_key():
+    now = [0.0]
+    buckets = TokenBuckets(rate=1.0, burst=2, clock=lambda: now[0])
+    assert buckets.take(["ip:1", "key:a"]) and buckets.take(["ip:1", "key:b"])
+    assert not buckets.take(["ip:1", "key:c"])  # a made-up key brings no fresh allowance
+    assert buckets.take(["ip:2", "key:a"])  # key a's second token, from another address
+    assert not buckets.take(["ip:3", "key:a"])  # and no third, from any address
+    assert buckets.buckets["key:b"][0] == 1.0  # a refused request takes no token
+
+
+def test_a_rate_limited_request_gets_429_whatever_authorization_it_makes_up_and_clients_stay_bounded():
     gate = ClientGate(Ingress(), Limits(rate=RateLimits(requests_per_s=1, burst=1)))
     statuses = [
-        asyncio.run(request(gate, scope_of("GET", "/v1/jobs", length=0), chunks()))[0] for _ in range(2)
+        asyncio.run(request(gate, scope_of("GET", "/v1/jobs", key=f"junk-{n}", length=0), chunks()))[0]
+        for n in range(3)
     ]
-    assert statuses == [200, 429]
-    now = [0.0]
-    buckets = TokenBuckets(rate=1.0, burst=1, clock=lambda: now[0])
-    for client in range(MAX_BUCKETS):
-        buckets.take(str(client))
-    now[0] = 5.0  # every bucket full again
-    buckets.take("new")
-    assert len(buckets.buckets) == 1
+    assert statuses == [200, 429, 429]
+    buckets = TokenBuckets(rate=1.0, burst=1, clock=lambda: 0.0)
+    for client in range(MAX_BUCKETS + 10):
+        buckets.take([str(client)])
+    assert len(buckets.buckets) == MAX_BUCKETS and "0" not in buckets.buckets  # the oldest forgotten
+
+
+def test_counts_come_back_when_the_request_is_cancelled_mid_body():
+    gate = ClientGate(Ingress(), limits(idle_timeout_s=5))
+
+    async def cancelled() -> None:
+        task = asyncio.ensure_future(request(gate, scope_of(), chunks(b"{", then_stall=True)))
+        await asyncio.sleep(0.05)
+        assert gate.buffered == 1 and gate.uploading
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(cancelled())
+    assert gate.buffered == 0 and not gate.uploading
+
+
+def test_a_body_on_a_get_is_refused_and_paths_under_serves_prefix_are_gated_too():
+    ingress = Ingress()
+    gate = ClientGate(ingress, limits(idle_timeout_s=0.2))
+    status, answer = asyncio.run(request(gate, scope_of("GET", "/v1/jobs"), chunks(BODY)))
+    assert status == 400 and answer["error"]["code"] == "unexpected_body"
+    status, _ = asyncio.run(request(gate, scope_of("POST", "/-/x"), chunks(b"{", then_stall=True)))
+    assert status == 408 and not ingress.reached  # read at the proxy like any other body
+    status, _ = asyncio.run(request(gate, scope_of("HEAD", "/healthz", length=0), chunks()))
+    assert status == 200 and not ingress.reached
 
 
 @pytest.mark.parametrize("path", ["/-/healthz", "/-/routes"])
