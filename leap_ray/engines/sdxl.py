@@ -13,6 +13,7 @@ The engine's core, each part in its own module:
 
 Failures stay with their request (the `RunningBatch` contract, leap_ray.engines.contract)."""
 
+import threading
 from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -83,6 +84,9 @@ class SDXLEngine:
         # Adapters switched per request set change the UNet for every call: one lane only.
         self.own_lane_above = own_lane_above if per_row_adapters or not loras else None
         self.model_lock = self.adapters.lock
+        # diffusers' image preparation casts the shared VAE up and back (float16 with force_upcast) as it
+        # encodes: one image start at a time, whichever lane it is in.
+        self.encoding = threading.Lock()
         self.prompts = PromptEncoder(
             self.pipeline, self.device, self.dtype, self.adapters.activate_text_encoders
         )
@@ -134,7 +138,8 @@ class SDXLEngine:
             start = ImageStart(timesteps, latents * scheduler.init_noise_sigma, None)
             time_ids = text_time_ids(pipeline, request, admitted.embeds[2].dtype)
         else:
-            start = image_start(pipeline, scheduler, request, generators, self.device, self.dtype)
+            with self.encoding:
+                start = image_start(pipeline, scheduler, request, generators, self.device, self.dtype)
             time_ids = image_time_ids(pipeline, request, admitted.embeds[2].dtype)
         start.timesteps = start.timesteps[
             : steps_before_end(scheduler, start.timesteps, request.denoising_end)

@@ -93,7 +93,8 @@ class LoraAdapters:
         self._plain_unet()  # at once, under the lock: a per-row call on another lane needs no change
 
     def _evict(self, keep: set[str]) -> None:
-        victim = next((name for name in self.loaded if name not in keep), None)
+        # A snapshot: a step batch's own lane may reorder `loaded` (move_to_end) meanwhile.
+        victim = next((name for name in list(self.loaded) if name not in keep), None)
         if victim is None:  # the step batch admits no more adapters than fit (`fits`)
             raise ModelError("no LoRA adapter can be unloaded: all are in use", code="adapters_busy")
         self.pipeline.delete_adapters(victim)
@@ -159,7 +160,9 @@ class LoraAdapters:
         if not self.loaded:  # no adapter has ever been loaded: the UNet is the plain model
             yield
             return
-        self.ensure_loaded({name for scales in row_scales for name, _ in scales})
+        named = {name for scales in row_scales for name, _ in scales}
+        if not named <= self.loaded.keys():  # admission loaded them; a step batch never gets here
+            self.ensure_loaded(named)
         if self._unet_adapters_on:  # `activate` switched them on, or an eviction did
             with self.lock:
                 self._plain_unet()

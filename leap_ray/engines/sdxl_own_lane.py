@@ -40,6 +40,7 @@ class OwnLane:
         self.stream = torch.cuda.Stream(engine.device) if engine.device.type == "cuda" else None
         self._changed = threading.Condition()
         self._arrived: list[Admitted] = []
+        self._starting: list[Admitted] = []  # taken from _arrived, not yet in lane.runs
         self._finished: list[tuple[Outcome, int]] = []  # each outcome with the images it held
         self._held = 0  # images handed over whose outcomes were not taken yet
         self._generation = 0  # `clear` starts a new one: outcomes of the old are dropped
@@ -52,7 +53,8 @@ class OwnLane:
     def admitted(self) -> list[Admitted]:
         """The requests in the lane, arrived or running (a snapshot)."""
         with self._changed:
-            return [*self._arrived, *(run.admitted for run in list(self.lane.runs))]
+            # Those starting too: their adapters must not be evicted while they wait for the lock.
+            return [*self._arrived, *self._starting, *(run.admitted for run in list(self.lane.runs))]
 
     def hand(self, admitted: Admitted) -> None:
         """Takes the admitted request (its prompts encoded) to start and step here."""
@@ -95,6 +97,7 @@ class OwnLane:
                     while not self._arrived and not self.lane.runs:
                         self._changed.wait()
                     arrived, self._arrived, generation = self._arrived, [], self._generation
+                    self._starting = arrived
                 self._finish(self._step(arrived), generation)
 
     def _step(self, arrived: list[Admitted]) -> list[tuple[Outcome, int]]:
@@ -124,6 +127,7 @@ class OwnLane:
 
     def _finish(self, finished: list[tuple[Outcome, int]], generation: int) -> None:
         with self._changed:
+            self._starting = []
             if generation == self._generation:
                 self._finished += finished
             else:  # cleared meanwhile: what it stepped was failed already

@@ -45,6 +45,7 @@ class SDXLRefinerEngine:
         self.model = model
         self.own_lane_above = own_lane_above
         self.model_lock = threading.RLock()  # nothing changes the refiner's modules: never contended
+        self.encoding = threading.Lock()
         pipeline = StableDiffusionXLImg2ImgPipeline.from_pretrained(model, dtype=self.dtype).to(self.device)
         pipeline.set_progress_bar_config(disable=True)
         self.pipeline = pipeline
@@ -78,9 +79,10 @@ class SDXLRefinerEngine:
         scheduler = own_scheduler(self.pipeline, job.request.scheduler)
         retrieve_timesteps(scheduler, options["num_inference_steps"], self.device)  # refine_start cuts it
         pipeline = self.pipelines.for_workflow(job.request.workflow)
-        start = refine_start(
-            pipeline, scheduler, job.request, job.latents, generators, self.device, self.dtype
-        )
+        with self.encoding:  # as the base engine's: an inpainting's start encodes with the shared VAE
+            start = refine_start(
+                pipeline, scheduler, job.request, job.latents, generators, self.device, self.dtype
+            )
         aesthetic = (options["aesthetic_score"], options["negative_aesthetic_score"])
         time_ids = image_time_ids(pipeline, job.request, admitted.embeds[2].dtype, aesthetic)
         return start_run(admitted, scheduler, generators, start, time_ids, paired_time_ids=False)
