@@ -12,7 +12,7 @@ Images equal a solo diffusers call with the same seeds (tests check)."""
 
 from collections import defaultdict
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol
 
 import numpy as np
@@ -66,8 +66,11 @@ class Lane:
     """Runs that step together, on one thread: at each step a UNet call per sharing key (latent shape,
     text length), then each run's own step; finished runs are decoded together by shape."""
 
-    def __init__(self, engine: Denoiser) -> None:
+    def __init__(self, engine: Denoiser, unet_lock: AbstractContextManager | None = None) -> None:
+        """`unet_lock`: held for each UNet call (a lane beside the main one holds the engine's
+        `model_lock`, so that no adapter changes the modules under its call)."""
         self.engine = engine
+        self.unet_lock = unet_lock if unet_lock is not None else nullcontext()
         self.runs: list[Run] = []
         self.unet_calls = 0
 
@@ -114,7 +117,7 @@ class Lane:
             latents = torch.cat([run.latents] * 2) if run.guided else run.latents
             inputs.append(run.scheduler.scale_model_input(latents, t))
             timesteps.append(t.expand(latents.shape[0]))
-        with self.engine.adapters_acting(runs, [len(rows) for rows in inputs]):
+        with self.unet_lock, self.engine.adapters_acting(runs, [len(rows) for rows in inputs]):
             noise = self.engine.unet(
                 torch.cat(inputs),
                 torch.cat(timesteps).to(torch.float32),  # one dtype whatever the schedulers: no recompiles

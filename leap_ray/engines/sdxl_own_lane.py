@@ -9,9 +9,11 @@ holding them. Big runs still share UNet calls among themselves, in their lane.
 
 What the two lanes share is made safe as follows. The UNet and VAE are only read by a forward pass.
 LoRA rows act per thread (`sdxl_lora_rows`). What changes the modules (loading, evicting or switching
-adapters) takes the engine's `model_lock`, which this lane holds for each of its steps: a change waits
-for the big step in flight, and the main lane's plain steps never wait on it. An engine whose adapters
-act per request set rather than per row has no own lane (`own_lane_above` None)."""
+adapters) takes the engine's `model_lock`, which this lane holds for each of its UNet calls (not its
+starts, callbacks or decodes): a change waits for the big UNet call in flight, and the main lane's
+plain steps never wait on it. Image starts take the engine's `encoding` lock (diffusers casts the
+shared VAE as it encodes). An engine whose adapters act per request set rather than per row has no
+own lane (`own_lane_above` None)."""
 
 import logging
 import threading
@@ -104,9 +106,8 @@ class OwnLane:
         """Starts the arrived runs, then steps the lane; a fault of the lane fails its own requests."""
         held = [*arrived, *(run.admitted for run in self.lane.runs)]
         try:
-            with self.lane.engine.model_lock:
-                failed = [self._start(admitted) for admitted in arrived]
-                finished = [outcome for outcome in failed if outcome is not None] + self.lane.step()
+            failed = [self._start(admitted) for admitted in arrived]
+            finished = [outcome for outcome in failed if outcome is not None] + self.lane.step()
         except Exception as error:
             logger.error("the own lane's step failed; its requests fail with it", exc_info=error)
             self.lane.runs = []

@@ -34,7 +34,9 @@ class StepBatch:
         self.max_load = max_load
         self.joining: list[Admitted] = []
         self.lane = Lane(engine)
-        self.own_lane = OwnLane(Lane(engine)) if engine.own_lane_above is not None else None
+        self.own_lane = (
+            OwnLane(Lane(engine, unet_lock=engine.model_lock)) if engine.own_lane_above is not None else None
+        )
 
     @property
     def load(self) -> int:
