@@ -4,7 +4,8 @@ them (SQLite for one machine, Redis for a cluster)."""
 from pathlib import Path
 
 from leap_ray.config import JobsSettings
-from leap_ray.serve.jobs.store import JobStore, SQLiteJobStore
+from leap_ray.serve.jobs.sqlite_store import SQLiteJobStore
+from leap_ray.serve.jobs.store import JobStore
 
 
 def open_store(settings: JobsSettings) -> JobStore:

@@ -1,20 +1,23 @@
 """The job store on Redis, for ingress replicas on many nodes. Same behaviour as the SQLite store:
-a job is a hash and its input a string of its own; sorted sets hold all jobs by creation, the queued
-ones, the running ones by heartbeat and the finished ones by finish time, so that claiming, counting
-and expiring never walk every job. The state changes that must be atomic (claim, heartbeat, finish,
-cancel) are Lua scripts, which Redis runs one at a time.
+a job is a hash and its input a string of its own; sorted sets hold all jobs by creation (and each
+client's), the queued ones (per service, and per service and client, for turns and limits), the
+running ones by heartbeat and the finished ones by finish time, so that claiming, counting, listing a
+client's jobs and expiring never walk every job. The state changes that must be atomic (create,
+claim, heartbeat, finish, cancel) are Lua scripts, which Redis runs one at a time.
 
 Redis keeps data in memory: without persistence (AOF or RDB snapshots) a Redis restart loses every
 job. Turn on `appendonly yes` for a job store."""
 
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import redis
 
 from leap_ray.api.progress import JobProgress
 from leap_ray.serve.jobs.store import (
+    ClientQueueFull,
     Job,
     QueueFull,
     WebhookSpec,
@@ -23,40 +26,125 @@ from leap_ray.serve.jobs.store import (
     read_webhook,
 )
 
-# KEYS: queued, running, finished. ARGV: now, stale_before, owner, prefix.
-_CLAIM = """
+# Keys the scripts build from the prefix (ARGV): a job's hash 'job:<id>' and input 'input:<id>'; the
+# queued ones of a service 'queued:<service>' and of a service and client 'queued:<service>:<client>',
+# a client's queued ones 'client-queued:<client>' and all its jobs 'client-jobs:<client>'; the clients
+# with queued jobs by turn 'turns', the services ever queued 'services', running jobs per service
+# 'running-count'. Scripts that build keys run on one Redis (not a Redis Cluster).
+_KEYS = """
+local function queued_of(prefix, service, client) return prefix .. 'queued:' .. service .. ':' .. client end
+local function unqueue(prefix, id, service, client)
+  redis.call('ZREM', prefix .. 'queued', id)
+  redis.call('ZREM', prefix .. 'queued:' .. service, id)
+  redis.call('ZREM', queued_of(prefix, service, client), id)
+  redis.call('ZREM', prefix .. 'client-queued:' .. client, id)
+end
+local function stop_running(prefix, id, service)
+  redis.call('ZREM', prefix .. 'running', id)
+  if redis.call('HINCRBY', prefix .. 'running-count', service, -1) < 0 then
+    redis.call('HSET', prefix .. 'running-count', service, 0)
+  end
+end
+"""
+# ARGV: now, stale_before, owner, prefix, then (service, most running) pairs.
+_CLAIM = (
+    _KEYS
+    + """
 local now, stale_before, owner, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', stale_before)) do
+local running, turns = prefix .. 'running', prefix .. 'turns'
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', running, '-inf', stale_before)) do
   local key = prefix .. 'job:' .. id
-  redis.call('ZREM', KEYS[2], id)
   if redis.call('HGET', key, 'cancel_requested') == '1' then
+    stop_running(prefix, id, redis.call('HGET', key, 'service'))
     redis.call('HSET', key, 'status', 'cancelled', 'finished_at', now)
     redis.call('DEL', prefix .. 'input:' .. id)
-    redis.call('ZADD', KEYS[3], now, id)
+    redis.call('ZADD', prefix .. 'finished', now, id)
   else
     redis.call('HSET', key, 'owner', owner, 'heartbeat_at', now)
-    redis.call('ZADD', KEYS[2], now, id)
+    redis.call('ZADD', running, now, id)
     return id
   end
 end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
-if not oldest then return false end
-local key = prefix .. 'job:' .. oldest
-redis.call('ZREM', KEYS[1], oldest)
-redis.call('HSET', key, 'status', 'running', 'owner', owner, 'heartbeat_at', now)
-if redis.call('HGET', key, 'started_at') == '' then redis.call('HSET', key, 'started_at', now) end
-redis.call('ZADD', KEYS[2], now, oldest)
-return oldest
+local full = {}
+for i = 5, #ARGV, 2 do
+  if tonumber(redis.call('HGET', prefix .. 'running-count', ARGV[i]) or '0') >= tonumber(ARGV[i + 1]) then
+    full[ARGV[i]] = true
+  end
+end
+local services = redis.call('SMEMBERS', prefix .. 'services')
+for _, client in ipairs(redis.call('ZRANGE', turns, 0, -1)) do
+  local chosen, oldest, chosen_service, waiting = nil, nil, nil, false
+  for _, service in ipairs(services) do
+    local head = redis.call('ZRANGE', queued_of(prefix, service, client), 0, 0, 'WITHSCORES')
+    if head[1] then
+      waiting = true
+      if not full[service] and (oldest == nil or tonumber(head[2]) < oldest) then
+        chosen, oldest, chosen_service = head[1], tonumber(head[2]), service
+      end
+    end
+  end
+  if chosen then
+    local last = redis.call('ZRANGE', turns, -1, -1, 'WITHSCORES')
+    redis.call('ZADD', turns, tonumber(last[2]) + 1, client)
+    unqueue(prefix, chosen, chosen_service, client)
+    local key = prefix .. 'job:' .. chosen
+    redis.call('HSET', key, 'status', 'running', 'owner', owner, 'heartbeat_at', now)
+    if redis.call('HGET', key, 'started_at') == '' then redis.call('HSET', key, 'started_at', now) end
+    redis.call('ZADD', running, now, chosen)
+    redis.call('HINCRBY', prefix .. 'running-count', chosen_service, 1)
+    return chosen
+  end
+  if not waiting then redis.call('ZREM', turns, client) end
+end
+return false
 """
-# KEYS: job, input, all, queued. ARGV: max queued (0: no bound), id, created_at, input, then the
-# job's fields as name, value pairs.
-_CREATE = """
+)
+# KEYS: job, input. ARGV: prefix, max queued, max queued per client (0: no bound), id, created_at,
+# service, client, input, then the job's fields as name, value pairs. Returns 1 (created), 2 (the id
+# exists already), 0 (the queue is full) or 3 (the client's queue is full).
+_CREATE = (
+    _KEYS
+    + """
+local prefix, id, created_at, service, client = ARGV[1], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 if redis.call('EXISTS', KEYS[1]) == 1 then return 2 end
-if tonumber(ARGV[1]) > 0 and redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
-redis.call('SET', KEYS[2], ARGV[4])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
-redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
+if tonumber(ARGV[2]) > 0 and redis.call('ZCARD', prefix .. 'queued') >= tonumber(ARGV[2]) then return 0 end
+local client_queued = redis.call('ZCARD', prefix .. 'client-queued:' .. client)
+if tonumber(ARGV[3]) > 0 and client_queued >= tonumber(ARGV[3]) then return 3 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 9))
+redis.call('SET', KEYS[2], ARGV[8])
+redis.call('ZADD', prefix .. 'jobs', created_at, id)
+redis.call('ZADD', prefix .. 'client-jobs:' .. client, created_at, id)
+redis.call('ZADD', prefix .. 'queued', created_at, id)
+redis.call('ZADD', prefix .. 'queued:' .. service, created_at, id)
+redis.call('ZADD', queued_of(prefix, service, client), created_at, id)
+redis.call('ZADD', prefix .. 'client-queued:' .. client, created_at, id)
+redis.call('ZADD', prefix .. 'turns', 'NX', 0, client)
+redis.call('SADD', prefix .. 'services', service)
+return 1
+"""
+)
+# Data written before the per-client and per-service sets: indexed into them once. ARGV: prefix.
+_INDEX_OLDER_JOBS = """
+local prefix = ARGV[1]
+if redis.call('GET', prefix .. 'layout') == '2' then return 0 end
+local jobs = redis.call('ZRANGE', prefix .. 'jobs', 0, -1, 'WITHSCORES')
+for i = 1, #jobs, 2 do
+  local id, created_at = jobs[i], jobs[i + 1]
+  local key = prefix .. 'job:' .. id
+  local service, client = redis.call('HGET', key, 'service'), redis.call('HGET', key, 'client') or ''
+  local status = redis.call('HGET', key, 'status')
+  redis.call('ZADD', prefix .. 'client-jobs:' .. client, created_at, id)
+  if status == 'queued' then
+    redis.call('ZADD', prefix .. 'queued:' .. service, created_at, id)
+    redis.call('ZADD', prefix .. 'queued:' .. service .. ':' .. client, created_at, id)
+    redis.call('ZADD', prefix .. 'client-queued:' .. client, created_at, id)
+    redis.call('ZADD', prefix .. 'turns', 'NX', 0, client)
+    redis.call('SADD', prefix .. 'services', service)
+  elseif status == 'running' then
+    redis.call('HINCRBY', prefix .. 'running-count', service, 1)
+  end
+end
+redis.call('SET', prefix .. 'layout', '2')
 return 1
 """
 # KEYS: job, running. ARGV: now, owner, id.
@@ -69,30 +157,36 @@ if redis.call('HGET', KEYS[1], 'owner') == ARGV[2] and redis.call('HGET', KEYS[1
 end
 return 0
 """
-# KEYS: job, input, running, finished. ARGV: owner, status, now, error, outputs, id.
-_FINISH = """
+# KEYS: job, input, finished. ARGV: owner, status, now, error, outputs, id, prefix.
+_FINISH = (
+    _KEYS
+    + """
 if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] and redis.call('HGET', KEYS[1], 'status') == 'running' then
   redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[3], 'error', ARGV[4], 'outputs', ARGV[5])
   redis.call('DEL', KEYS[2])
-  redis.call('ZREM', KEYS[3], ARGV[6])
-  redis.call('ZADD', KEYS[4], ARGV[3], ARGV[6])
+  stop_running(ARGV[7], ARGV[6], redis.call('HGET', KEYS[1], 'service'))
+  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[6])
   return 1
 end
 return 0
 """
-# KEYS: job, input, queued, finished. ARGV: now, id.
-_CANCEL = """
+)
+# KEYS: job, input, finished. ARGV: now, id, prefix.
+_CANCEL = (
+    _KEYS
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1], 'cancel_requested', '1')
   redis.call('DEL', KEYS[2])
-  redis.call('ZREM', KEYS[3], ARGV[2])
-  redis.call('ZADD', KEYS[4], ARGV[1], ARGV[2])
+  unqueue(ARGV[3], ARGV[2], redis.call('HGET', KEYS[1], 'service'), redis.call('HGET', KEYS[1], 'client'))
+  redis.call('ZADD', KEYS[3], ARGV[1], ARGV[2])
 elseif status == 'running' then
   redis.call('HSET', KEYS[1], 'cancel_requested', '1')
 end
 return status
 """
+)
 
 
 def _optional_float(value: str) -> float | None:
@@ -117,6 +211,7 @@ class RedisJobStore:
         self._heartbeat = self.db.register_script(_HEARTBEAT)
         self._finish = self.db.register_script(_FINISH)
         self._cancel = self.db.register_script(_CANCEL)
+        self.db.register_script(_INDEX_OLDER_JOBS)(keys=[], args=[prefix])
 
     def _key(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}"
@@ -132,8 +227,10 @@ class RedisJobStore:
         max_queued: int | None = None,
         job_id: str | None = None,
         client: str = "",
+        max_queued_per_client: int | None = None,
     ) -> Job:
-        """A new queued job; raises QueueFull when `max_queued` wait already (checked atomically).
+        """A new queued job; raises QueueFull when `max_queued` wait already, ClientQueueFull when
+        `max_queued_per_client` of this client's do (both checked atomically).
         With a `job_id` the client chose that this client's job has already, that job, unchanged
         (idempotent); another client's job with the same id is another job (`scoped_id`)."""
         job = Job.new(service, job_input, webhook, job_id, client)
@@ -155,12 +252,15 @@ class RedisJobStore:
             "seed": "" if job.seed is None else job.seed,
             "input_summary": json.dumps(job.input_summary),
         }
-        keys = [self._key(job.id), self._input_key(job.id), self.all, self.queued]
+        keys = [self._key(job.id), self._input_key(job.id)]
         pairs = [item for name, value in fields.items() for item in (name, value)]
-        arguments = [max_queued or 0, job.id, job.created_at, json.dumps(job_input), *pairs]
-        created = self._create(keys=keys, args=arguments)
+        bounds = [max_queued or 0, max_queued_per_client or 0]
+        arguments = [self.prefix, *bounds, job.id, job.created_at, service, client, json.dumps(job_input)]
+        created = self._create(keys=keys, args=[*arguments, *pairs])
         if created == 0:
             raise QueueFull
+        if created == 3:
+            raise ClientQueueFull
         return job if created == 1 else self.get(job.id)
 
     def get(self, job_id: str) -> Job | None:
@@ -191,12 +291,13 @@ class RedisJobStore:
         return _optional_json(self.db.get(self._input_key(job_id)) or "")
 
     def recent(self, status: str | None = None, limit: int = 100, client: str | None = None) -> list[Job]:
-        """Newest first (only `status` ones and `client`'s when given), a page at a time, each page's
-        records fetched in one round trip."""
+        """Newest first (only `status` ones and `client`'s when given: a client's from its own index),
+        a page at a time, each page's records fetched in one round trip."""
         jobs: list[Job] = []
-        for start in range(0, self.db.zcard(self.all), 256):
+        index = self.all if client is None else f"{self.prefix}client-jobs:{client}"
+        for start in range(0, self.db.zcard(index), 256):
             with self.db.pipeline(transaction=False) as pipe:
-                for job_id in self.db.zrevrange(self.all, start, start + 255):
+                for job_id in self.db.zrevrange(index, start, start + 255):
                     pipe.hgetall(self._key(job_id))
                 rows = pipe.execute()
             for job in map(self._job, rows):
@@ -206,18 +307,24 @@ class RedisJobStore:
                         return jobs
         return jobs
 
-    def queued_count(self) -> int:
-        return self.db.zcard(self.queued)
+    def queued_by_service(self) -> dict[str, int]:
+        """How many jobs of each service wait (services with none left out)."""
+        services = sorted(self.db.smembers(f"{self.prefix}services"))
+        with self.db.pipeline(transaction=False) as pipe:
+            for service in services:
+                pipe.zcard(f"{self.prefix}queued:{service}")
+            counts = pipe.execute()
+        return {service: count for service, count in zip(services, counts, strict=True) if count}
 
     def oldest_queued_at(self) -> float | None:
         """When the longest-waiting queued job was submitted (None: none waits)."""
         oldest = self.db.zrange(self.queued, 0, 0, withscores=True)
         return oldest[0][1] if oldest else None
 
-    def claim(self, owner: str, stale_after_s: float) -> Job | None:
+    def claim(self, owner: str, stale_after_s: float, limits: Mapping[str, int] | None = None) -> Job | None:
         now = time.time()
-        keys = [self.queued, self.running, self.finished]
-        job_id = self._claim(keys=keys, args=[now, now - stale_after_s, owner, self.prefix])
+        bounds = [item for service, limit in (limits or {}).items() for item in (service, limit)]
+        job_id = self._claim(keys=[], args=[now, now - stale_after_s, owner, self.prefix, *bounds])
         return self.get(job_id) if job_id else None
 
     def heartbeat(self, job_id: str, owner: str) -> bool:
@@ -227,8 +334,9 @@ class RedisJobStore:
     def finish(self, job_id: str, owner: str, status: str, **result: Any) -> bool:
         error = json.dumps(result["error"]) if result.get("error") else ""
         outputs = json.dumps(result.get("outputs", []))
-        keys = [self._key(job_id), self._input_key(job_id), self.running, self.finished]
-        return self._finish(keys=keys, args=[owner, status, time.time(), error, outputs, job_id]) == 1
+        keys = [self._key(job_id), self._input_key(job_id), self.finished]
+        arguments = [owner, status, time.time(), error, outputs, job_id, self.prefix]
+        return self._finish(keys=keys, args=arguments) == 1
 
     def set_progress(self, job_id: str, owner: str, progress: JobProgress) -> None:
         if self.db.hget(self._key(job_id), "owner") == owner:
@@ -241,6 +349,8 @@ class RedisJobStore:
             with self.db.pipeline() as pipe:
                 pipe.delete(self._key(job_id), self._input_key(job_id))
                 pipe.zrem(self.all, job_id)
+                if job is not None:
+                    pipe.zrem(f"{self.prefix}client-jobs:{job.client}", job_id)
                 pipe.zrem(self.finished, job_id)
                 pipe.execute()
             if job is not None:
@@ -248,6 +358,6 @@ class RedisJobStore:
         return expired
 
     def cancel(self, job_id: str) -> Job | None:
-        keys = [self._key(job_id), self._input_key(job_id), self.queued, self.finished]
-        self._cancel(keys=keys, args=[time.time(), job_id])
+        keys = [self._key(job_id), self._input_key(job_id), self.finished]
+        self._cancel(keys=keys, args=[time.time(), job_id, self.prefix])
         return self.get(job_id)

@@ -1,9 +1,14 @@
-"""Durable job records behind one small interface. SQLite is the embedded default: one file, no
-server, shared by every ingress replica on the machine (its locking makes claims atomic).
+"""Durable job records behind one small interface, kept by SQLite (one machine:
+leap_ray.serve.jobs.sqlite_store) or Redis (many nodes: leap_ray.serve.jobs.redis_store).
 
 A job is claimed by one runner at a time; the runner beats a heartbeat while it works, so a job whose
 runner died (its ingress replica was killed) is claimed again by another once the heartbeat is stale.
 Cancellation is a flag that the owning runner polls, since the DELETE may reach another replica.
+
+Claims take turns between clients (API keys): the client served longest ago goes next, its oldest job
+first, so that one key's thousands of queued jobs delay another key's job by one claim, not by them
+all. A claim may be bounded per service (`limits`: the most jobs of a service running at once, over
+every runner), so that jobs wait in the store, in their turns, rather than in a model's queue.
 
 A job's input (which may hold a 20 MB melody) is stored apart from its record: reads of the record
 (polling, listing) never load it, and it is deleted once the job has finished.
@@ -12,18 +17,17 @@ The stores are blocking: the ingress calls them through `StoreClient` (leap_ray.
 off its event loop and with a deadline."""
 
 import json
-import sqlite3
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, model_validator
 
 from leap_ray.api.jobs import JobEventKind
 from leap_ray.api.progress import JobProgress, progress_json
-from leap_ray.api.responses import FINISHED, JobStatus
+from leap_ray.api.responses import JobStatus
 
 WebhookFormat = Literal["job", "prediction"]  # what a webhook POSTs: the job's JSON or the prediction's
 
@@ -143,6 +147,10 @@ class QueueFull(Exception):
     """`create` found `max_queued` jobs already waiting."""
 
 
+class ClientQueueFull(QueueFull):
+    """`create` found `max_queued_per_client` of this client's jobs already waiting."""
+
+
 class JobStore(Protocol):
     def create(
         self,
@@ -152,242 +160,18 @@ class JobStore(Protocol):
         max_queued: int | None = None,
         job_id: str | None = None,
         client: str = "",
+        max_queued_per_client: int | None = None,
     ) -> Job: ...
     def get(self, job_id: str) -> Job | None: ...
     def input(self, job_id: str) -> dict[str, Any] | None: ...
     def recent(self, status: str | None = None, limit: int = 100, client: str | None = None) -> list[Job]: ...
-    def queued_count(self) -> int: ...
+    def queued_by_service(self) -> dict[str, int]: ...
     def oldest_queued_at(self) -> float | None: ...
-    def claim(self, owner: str, stale_after_s: float) -> Job | None: ...
+    def claim(
+        self, owner: str, stale_after_s: float, limits: Mapping[str, int] | None = None
+    ) -> Job | None: ...
     def heartbeat(self, job_id: str, owner: str) -> bool: ...
     def finish(self, job_id: str, owner: str, status: str, **result: Any) -> bool: ...
     def cancel(self, job_id: str) -> Job | None: ...
     def set_progress(self, job_id: str, owner: str, progress: JobProgress) -> None: ...
     def expire(self, finished_before: float) -> list[Job]: ...
-
-
-# (Version 1 kept inputs inside a `jobs` table; these tables leave such a file's old jobs alone.)
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS job_records (
-    id TEXT PRIMARY KEY, service TEXT NOT NULL, status TEXT NOT NULL,
-    created_at REAL NOT NULL, started_at REAL, finished_at REAL, error TEXT, outputs TEXT NOT NULL,
-    cancel_requested INTEGER NOT NULL DEFAULT 0, owner TEXT, heartbeat_at REAL, webhook TEXT,
-    progress TEXT, client TEXT NOT NULL DEFAULT '', seed INTEGER, input_summary TEXT
-);
-CREATE INDEX IF NOT EXISTS job_records_by_status ON job_records (status, created_at);
-CREATE INDEX IF NOT EXISTS job_records_by_creation ON job_records (created_at);
-CREATE TABLE IF NOT EXISTS job_inputs (id TEXT PRIMARY KEY, input TEXT NOT NULL);
-"""
-# Columns added since the first release: older files get them, their old jobs with no owner or seed.
-_ADDED_COLUMNS = {"client": "TEXT NOT NULL DEFAULT ''", "seed": "INTEGER", "input_summary": "TEXT"}
-_FINISHED_SQL = ", ".join(f"'{status}'" for status in FINISHED)
-
-
-class SQLiteJobStore:
-    def __init__(self, path: str | Path, timeout_s: float = 5.0) -> None:
-        self.path = Path(path)
-        self.timeout_s = timeout_s  # how long a call waits for another's lock before failing
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
-            columns = {row["name"] for row in db.execute("PRAGMA table_info(job_records)")}
-            for column, declaration in _ADDED_COLUMNS.items():  # a file from before they existed
-                if column not in columns:
-                    db.execute(f"ALTER TABLE job_records ADD COLUMN {column} {declaration}")
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)  # explicit BEGINs
-        db.row_factory = sqlite3.Row
-        return db
-
-    @staticmethod
-    def _job(row: sqlite3.Row) -> Job:
-        return Job(
-            id=row["id"],
-            service=row["service"],
-            status=row["status"],
-            created_at=row["created_at"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            error=json.loads(row["error"]) if row["error"] else None,
-            outputs=json.loads(row["outputs"]),
-            cancel_requested=bool(row["cancel_requested"]),
-            webhook=read_webhook(row["webhook"]),
-            progress=read_progress(row["progress"]),
-            client=row["client"],
-            seed=row["seed"],
-            input_summary=json.loads(row["input_summary"]) if row["input_summary"] else None,
-        )
-
-    def create(
-        self,
-        service: str,
-        job_input: dict[str, Any],
-        webhook: WebhookSpec | None = None,
-        max_queued: int | None = None,
-        job_id: str | None = None,
-        client: str = "",
-    ) -> Job:
-        """A new queued job; raises QueueFull when `max_queued` wait already (checked atomically).
-        With a `job_id` the client chose that this client's job has already, that job, unchanged
-        (idempotent); another client's job with the same id is another job (`scoped_id`)."""
-        job = Job.new(service, job_input, webhook, job_id, client)
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            existing = db.execute("SELECT * FROM job_records WHERE id = ?", (job.id,)).fetchone()
-            if existing is not None:
-                db.execute("ROLLBACK")
-                return self._job(existing)
-            if max_queued is not None and self._queued(db) >= max_queued:
-                db.execute("ROLLBACK")
-                raise QueueFull
-            db.execute(
-                "INSERT INTO job_records "
-                "(id, service, status, created_at, outputs, webhook, client, seed, input_summary) "
-                "VALUES (?, ?, ?, ?, '[]', ?, ?, ?, ?)",
-                (
-                    job.id,
-                    service,
-                    job.status,
-                    job.created_at,
-                    webhook.model_dump_json() if webhook else None,
-                    client,
-                    job.seed,
-                    json.dumps(job.input_summary),
-                ),
-            )
-            db.execute("INSERT INTO job_inputs (id, input) VALUES (?, ?)", (job.id, json.dumps(job_input)))
-            db.execute("COMMIT")
-        return job
-
-    def get(self, job_id: str) -> Job | None:
-        with self._connect() as db:
-            row = db.execute("SELECT * FROM job_records WHERE id = ?", (job_id,)).fetchone()
-        return self._job(row) if row else None
-
-    def input(self, job_id: str) -> dict[str, Any] | None:
-        with self._connect() as db:
-            row = db.execute("SELECT input FROM job_inputs WHERE id = ?", (job_id,)).fetchone()
-        return json.loads(row["input"]) if row else None
-
-    def recent(self, status: str | None = None, limit: int = 100, client: str | None = None) -> list[Job]:
-        """Newest first; only `status` ones and `client`'s when given."""
-        conditions = {"status = ?": status, "client = ?": client}
-        chosen = {condition: value for condition, value in conditions.items() if value is not None}
-        where = f" WHERE {' AND '.join(chosen)}" if chosen else ""
-        with self._connect() as db:
-            query = f"SELECT * FROM job_records{where} ORDER BY created_at DESC LIMIT ?"
-            rows = db.execute(query, (*chosen.values(), limit)).fetchall()
-        return [self._job(row) for row in rows]
-
-    def queued_count(self) -> int:
-        with self._connect() as db:
-            return self._queued(db)
-
-    def oldest_queued_at(self) -> float | None:
-        """When the longest-waiting queued job was submitted (None: none waits)."""
-        with self._connect() as db:
-            return db.execute("SELECT MIN(created_at) FROM job_records WHERE status = 'queued'").fetchone()[0]
-
-    @staticmethod
-    def _queued(db: sqlite3.Connection) -> int:
-        return db.execute("SELECT COUNT(*) FROM job_records WHERE status = 'queued'").fetchone()[0]
-
-    def claim(self, owner: str, stale_after_s: float) -> Job | None:
-        """The oldest queued job, or a running one whose runner went silent, now owned by `owner`."""
-        now = time.time()
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")  # one claimer at a time across processes
-            orphans = db.execute(  # cancelled while its runner was dying: nobody is left to finish it
-                "SELECT id FROM job_records "
-                "WHERE status = 'running' AND cancel_requested = 1 AND heartbeat_at < ?",
-                (now - stale_after_s,),
-            ).fetchall()
-            for orphan in orphans:
-                db.execute(
-                    "UPDATE job_records SET status = 'cancelled', finished_at = ? WHERE id = ?",
-                    (now, orphan["id"]),
-                )
-                db.execute("DELETE FROM job_inputs WHERE id = ?", (orphan["id"],))
-            row = db.execute(
-                "SELECT id FROM job_records WHERE cancel_requested = 0 AND (status = 'queued' OR "
-                "(status = 'running' AND heartbeat_at < ?)) ORDER BY created_at LIMIT 1",
-                (now - stale_after_s,),
-            ).fetchone()
-            if row is not None:
-                db.execute(
-                    "UPDATE job_records SET status = 'running', owner = ?, heartbeat_at = ?, "
-                    "started_at = COALESCE(started_at, ?) WHERE id = ?",
-                    (owner, now, now, row["id"]),
-                )
-            db.execute("COMMIT")
-        return self.get(row["id"]) if row is not None else None
-
-    def heartbeat(self, job_id: str, owner: str) -> bool:
-        """Keeps the claim; False when the job should stop (cancel requested, or no longer ours)."""
-        with self._connect() as db:
-            updated = db.execute(
-                "UPDATE job_records SET heartbeat_at = ? WHERE id = ? AND owner = ? AND status = 'running' "
-                "AND cancel_requested = 0",
-                (time.time(), job_id, owner),
-            ).rowcount
-        return updated == 1
-
-    def finish(self, job_id: str, owner: str, status: str, **result: Any) -> bool:
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            updated = db.execute(
-                "UPDATE job_records SET status = ?, finished_at = ?, error = ?, outputs = ? "
-                "WHERE id = ? AND owner = ? AND status = 'running'",
-                (
-                    status,
-                    time.time(),
-                    json.dumps(result["error"]) if result.get("error") else None,
-                    json.dumps(result.get("outputs", [])),
-                    job_id,
-                    owner,
-                ),
-            ).rowcount
-            if updated:
-                db.execute("DELETE FROM job_inputs WHERE id = ?", (job_id,))
-            db.execute("COMMIT")
-        return updated == 1
-
-    def set_progress(self, job_id: str, owner: str, progress: JobProgress) -> None:
-        with self._connect() as db:
-            db.execute(
-                "UPDATE job_records SET progress = ? WHERE id = ? AND owner = ?",
-                (progress_record(progress), job_id, owner),
-            )
-
-    def expire(self, finished_before: float) -> list[Job]:
-        """Deletes the jobs that finished before the given time and returns them."""
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            rows = db.execute(
-                f"SELECT * FROM job_records WHERE finished_at < ? AND status IN ({_FINISHED_SQL})",
-                (finished_before,),
-            ).fetchall()
-            ids = [(row["id"],) for row in rows]
-            db.executemany("DELETE FROM job_records WHERE id = ?", ids)
-            db.executemany("DELETE FROM job_inputs WHERE id = ?", ids)
-            db.execute("COMMIT")
-        return [self._job(row) for row in rows]
-
-    def cancel(self, job_id: str) -> Job | None:
-        """A queued job is cancelled at once (and its input dropped); a running one is flagged for
-        its runner."""
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            cancelled = db.execute(
-                "UPDATE job_records SET status = 'cancelled', finished_at = ?, cancel_requested = 1 "
-                "WHERE id = ? AND status = 'queued'",
-                (time.time(), job_id),
-            ).rowcount
-            if cancelled:
-                db.execute("DELETE FROM job_inputs WHERE id = ?", (job_id,))
-            db.execute(
-                "UPDATE job_records SET cancel_requested = 1 WHERE id = ? AND status = 'running'", (job_id,)
-            )
-            db.execute("COMMIT")
-        return self.get(job_id)

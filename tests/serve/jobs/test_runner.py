@@ -4,7 +4,8 @@ import time
 
 from leap_ray.api.progress import StepProgress
 from leap_ray.serve.jobs.runner import JobEvent, JobRunner
-from leap_ray.serve.jobs.store import SQLiteJobStore, WebhookSpec
+from leap_ray.serve.jobs.sqlite_store import SQLiteJobStore
+from leap_ray.serve.jobs.store import WebhookSpec
 
 
 def make_runner(store, tmp_path, run=None, notify=None, **options) -> JobRunner:

@@ -9,7 +9,8 @@ import pytest
 
 from leap_ray.api.progress import AudioProgress, StepProgress
 from leap_ray.serve.jobs.redis_store import RedisJobStore
-from leap_ray.serve.jobs.store import JobStore, QueueFull, SQLiteJobStore, WebhookSpec
+from leap_ray.serve.jobs.sqlite_store import SQLiteJobStore
+from leap_ray.serve.jobs.store import ClientQueueFull, JobStore, QueueFull, WebhookSpec
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -136,7 +137,7 @@ def test_queued_jobs_are_counted(store):
     jobs = [store.create("sdxl", {}) for _ in range(3)]
     store.claim("r", 30)
     store.cancel(jobs[2].id)
-    assert store.queued_count() == 1
+    assert store.queued_by_service() == {"sdxl": 1}
 
 
 def test_a_full_queue_refuses_new_jobs_and_frees_up_as_they_run(store):
@@ -145,7 +146,7 @@ def test_a_full_queue_refuses_new_jobs_and_frees_up_as_they_run(store):
         store.create("sdxl", {}, max_queued=2)
     assert store.claim("r", 30).id == first.id
     store.create("sdxl", {}, max_queued=2)
-    assert store.queued_count() == 2
+    assert store.queued_by_service() == {"sdxl": 2}
 
 
 def test_a_job_cancelled_while_its_runner_died_drops_its_input(store):
@@ -300,3 +301,88 @@ def test_progress_written_as_a_plain_dict_by_earlier_releases_is_read_as_its_eve
     overwrite(store, musicgen.id, "progress", '{"seconds": 1.0, "total": 3.0}')
     assert store.get(sdxl.id).progress == StepProgress(1, 2, 999.0, stage="base")
     assert store.get(musicgen.id).progress == AudioProgress(1.0, 3.0)
+
+
+def test_claims_take_turns_between_clients(store):
+    flood = [store.create("sdxl", {}, client="key-a") for _ in range(5)]
+    lone = store.create("sdxl", {}, client="key-b")
+    claimed = [store.claim("r", 30).id for _ in range(3)]
+    assert claimed == [flood[0].id, lone.id, flood[1].id]
+
+
+def test_a_client_new_to_the_queue_goes_next(store):
+    flood = [store.create("sdxl", {}, client="key-a") for _ in range(4)]
+    assert store.claim("r", 30).id == flood[0].id
+    assert store.claim("r", 30).id == flood[1].id
+    newcomer = store.create("musicgen", {}, client="key-c")
+    assert store.claim("r", 30).id == newcomer.id
+
+
+def test_a_service_at_its_limit_is_skipped_until_a_job_of_it_ends(store):
+    images = [store.create("sdxl", {}, client="key-a") for _ in range(2)]
+    track = store.create("musicgen", {}, client="key-a")
+    limits = {"sdxl": 1, "musicgen": 5}
+    assert store.claim("r", 30, limits).id == images[0].id
+    assert store.claim("r", 30, limits).id == track.id  # sdxl is full: key-a's next claimable job
+    assert store.claim("r", 30, limits) is None
+    store.finish(images[0].id, "r", "succeeded")
+    assert store.claim("r", 30, limits).id == images[1].id
+
+
+def test_a_cancelled_running_job_frees_its_place(store):
+    job = store.create("sdxl", {})
+    waiting = store.create("sdxl", {})
+    store.claim("dead", 30, {"sdxl": 1})
+    store.cancel(job.id)
+    time.sleep(0.05)
+    assert store.claim("other", 0.01, {"sdxl": 1}).id == waiting.id
+
+
+def test_a_client_over_its_quota_is_refused_and_others_are_not(store):
+    for _ in range(2):
+        store.create("sdxl", {}, client="key-a", max_queued_per_client=2)
+    with pytest.raises(ClientQueueFull):
+        store.create("sdxl", {}, client="key-a", max_queued_per_client=2)
+    store.create("sdxl", {}, client="key-b", max_queued_per_client=2)
+    store.claim("r", 30)  # key-a's first: a place in its quota again
+    store.create("sdxl", {}, client="key-a", max_queued_per_client=2)
+
+
+def test_queued_jobs_are_counted_per_service(store):
+    store.create("sdxl", {}, client="a")
+    store.create("sdxl", {}, client="b")
+    store.create("musicgen", {}, client="a")
+    store.claim("r", 30)
+    assert store.queued_by_service() == {"sdxl": 1, "musicgen": 1}
+
+
+def test_a_clients_listing_holds_its_jobs_only(store):
+    mine = [store.create("sdxl", {}, client="key-a") for _ in range(3)]
+    store.create("sdxl", {}, client="key-b")
+    assert [job.id for job in store.recent(client="key-a")] == [job.id for job in reversed(mine)]
+    assert [job.id for job in store.recent(client="key-a", limit=1)] == [mine[-1].id]
+
+
+def test_queued_jobs_of_a_sqlite_file_from_before_turns_are_claimed(tmp_path):
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+    job = store.create("sdxl", {}, client="key-a")
+    with sqlite3.connect(store.path) as db:
+        db.execute("DROP TABLE job_turns")  # as the release before turns left the file
+    again = SQLiteJobStore(store.path)
+    assert again.claim("r", 30, {"sdxl": 1}).id == job.id
+
+
+def test_queued_and_running_jobs_of_a_redis_from_before_turns_are_claimed_and_counted(redis_url):
+    store = RedisJobStore(redis_url, prefix=f"test-{uuid.uuid4().hex}:")
+    running, queued = store.create("sdxl", {}, client="key-a"), store.create("sdxl", {}, client="key-b")
+    store.claim("r", 30)
+    # As the release before turns left Redis: only the global sets.
+    newer = ["layout", "turns", "services", "running-count", "queued:sdxl", "queued:sdxl:key-b"]
+    newer += ["client-queued:key-b", "client-jobs:key-a", "client-jobs:key-b"]
+    store.db.delete(*(store.prefix + key for key in newer))
+    again = RedisJobStore(redis_url, prefix=store.prefix)
+    assert again.queued_by_service() == {"sdxl": 1}
+    assert again.claim("r", 30, {"sdxl": 1}) is None  # the running one counts against the limit
+    again.finish(running.id, "r", "succeeded")
+    assert again.claim("r", 30, {"sdxl": 1}).id == queued.id
+    assert [job.id for job in again.recent(client="key-a")] == [running.id]
