@@ -46,6 +46,14 @@ class Unauthorized(LeapRayError):
     default_code = "invalid_api_key"
 
 
+class Forbidden(LeapRayError):
+    """A link that does not hold: expired, or its path, expiry or signature altered."""
+
+    status_code = 403
+    error_type = "permission_error"
+    default_code = "forbidden"
+
+
 class NotFound(LeapRayError):
     status_code = 404
     error_type = "not_found_error"

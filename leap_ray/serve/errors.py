@@ -11,6 +11,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.exceptions import HTTPException
 
 from leap_ray.errors import (
+    Forbidden,
     LeapRayError,
     MalformedRequest,
     MethodNotAllowed,
@@ -47,7 +48,7 @@ def as_leap_error(error: BaseException) -> LeapRayError:
 
 
 # Starlette's own errors (no route, wrong method, other 4xx) in our shape.
-HTTP_ERRORS: dict[int, type[LeapRayError]] = {404: NotFound, 405: MethodNotAllowed}
+HTTP_ERRORS: dict[int, type[LeapRayError]] = {403: Forbidden, 404: NotFound, 405: MethodNotAllowed}
 
 
 def error_response(error: LeapRayError) -> JSONResponse:
