@@ -72,6 +72,14 @@ class UnsupportedMediaType(LeapRayError):
     default_code = "unsupported_media_type"
 
 
+class TooManyRequests(LeapRayError):
+    """Over a per-client limit (requests a second, bodies at once, queued jobs): 429 + Retry-After."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    default_code = "rate_limited"
+
+
 class Overloaded(LeapRayError):
     status_code = 503
     error_type = "overloaded_error"

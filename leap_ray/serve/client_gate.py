@@ -23,7 +23,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 
 from leap_ray.config import LIMITS, Limits
-from leap_ray.errors import LeapRayError, MalformedRequest, Overloaded
+from leap_ray.errors import LeapRayError, MalformedRequest, Overloaded, TooManyRequests
 from leap_ray.serve.middleware import (
     BODY_METHODS,
     ASGIApp,
@@ -42,12 +42,6 @@ RETRY_AFTER = [(b"retry-after", b"1")]
 HEALTHY = json.dumps({"status": "ok"}).encode()
 MAX_BUCKETS = 4096  # clients tracked; past it the least recently seen is forgotten (a full bucket)
 SERVE_ROUTES = frozenset({"/-/healthz", "/-/routes"})  # Serve's own, answered by the proxy
-
-
-class TooManyRequests(LeapRayError):
-    status_code = 429
-    error_type = "rate_limit_error"
-    default_code = "rate_limited"
 
 
 def clients_of_request(scope: Scope) -> list[str]:

@@ -30,7 +30,7 @@ from leap_ray.serve.streams import events_then_output
 
 
 class ModelDeployment:
-    """What every model deployment answers: `generate`, `generate_stream`, `spec`, `stats`."""
+    """What every model deployment answers: `generate`, `generate_stream`, `spec`, `stats`, `capacity`."""
 
     default_engine: str
 
@@ -45,6 +45,10 @@ class ModelDeployment:
 
     def stats(self) -> dict[str, int]:
         return self.shim.stats()
+
+    def capacity(self) -> int:
+        """How many requests this replica runs at once: its batch (`max_batch_size`)."""
+        return self.shim.batching.max_batch_size
 
     def check_health(self) -> None:
         """Serve's health check: a replica whose batcher has stopped is replaced."""

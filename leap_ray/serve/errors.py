@@ -52,7 +52,7 @@ HTTP_ERRORS: dict[int, type[LeapRayError]] = {403: Forbidden, 404: NotFound, 405
 
 
 def error_response(error: LeapRayError) -> JSONResponse:
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if error.status_code == 503 else None
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if error.status_code in (429, 503) else None
     return JSONResponse(error.body(), status_code=error.status_code, headers=headers)
 
 

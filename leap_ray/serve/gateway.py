@@ -69,6 +69,10 @@ class ModelGateway:
         """Each service's model deployment, as Serve names it."""
         return {service: handle.deployment_name for service, handle in self._handles.items()}
 
+    async def batch_capacity(self, service: str) -> int:
+        """How many requests one replica of the service's model runs at once (its batch)."""
+        return await self._handles[service].capacity.remote()
+
     def _handle(self, service: str, request: Any) -> DeploymentHandle:
         """The model's handle for this request: with its LoRA adapter set as Serve's multiplexed model
         id, so that it goes to a replica already holding those adapters."""

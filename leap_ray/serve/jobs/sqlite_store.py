@@ -43,6 +43,74 @@ _ADDED_COLUMNS = {"client": "TEXT NOT NULL DEFAULT ''", "seed": "INTEGER", "inpu
 _FINISHED_SQL = ", ".join(f"'{status}'" for status in FINISHED)
 
 
+def _full(
+    db: sqlite3.Connection, client: str, max_queued: int | None, max_queued_per_client: int | None
+) -> QueueFull | None:
+    """Why a new job of `client` may not queue now, if it may not."""
+    if max_queued is not None:
+        queued = db.execute("SELECT COUNT(*) FROM job_records WHERE status = 'queued'").fetchone()[0]
+        if queued >= max_queued:
+            return QueueFull()
+    if max_queued_per_client is not None:
+        queued = db.execute(
+            "SELECT COUNT(*) FROM job_records WHERE client = ? AND status = 'queued'", (client,)
+        ).fetchone()[0]
+        if queued >= max_queued_per_client:
+            return ClientQueueFull()
+    return None
+
+
+def _cancel_orphans(db: sqlite3.Connection, stale_before: float, now: float) -> None:
+    """Jobs cancelled while their runner was dying: nobody is left to finish them."""
+    orphans = db.execute(
+        "SELECT id FROM job_records WHERE status = 'running' AND cancel_requested = 1 AND heartbeat_at < ?",
+        (stale_before,),
+    ).fetchall()
+    for orphan in orphans:
+        cancelled = "UPDATE job_records SET status = 'cancelled', finished_at = ? WHERE id = ?"
+        db.execute(cancelled, (now, orphan["id"]))
+        db.execute("DELETE FROM job_inputs WHERE id = ?", (orphan["id"],))
+
+
+def _full_services(db: sqlite3.Connection, limits: Mapping[str, int] | None) -> list[str]:
+    """The services running as many jobs as their limit allows."""
+    if not limits:
+        return []
+    running = dict(
+        db.execute(
+            "SELECT service, COUNT(*) FROM job_records WHERE status = 'running' GROUP BY service"
+        ).fetchall()
+    )
+    return [service for service, limit in limits.items() if running.get(service, 0) >= limit]
+
+
+def _next_in_turn(db: sqlite3.Connection, full_services: list[str]) -> str | None:
+    """The oldest claimable job of the client whose turn it is (served longest ago); clients with
+    nothing queued lose their turn row (a new job gives them one back, at the front)."""
+    skip = ", ".join("?" * len(full_services))
+    for turn in db.execute("SELECT client FROM job_turns ORDER BY turn, client").fetchall():
+        client = turn["client"]
+        row = db.execute(
+            "SELECT id FROM job_records WHERE client = ? AND status = 'queued' "
+            f"AND service NOT IN ({skip}) ORDER BY created_at LIMIT 1",
+            (client, *full_services),
+        ).fetchone()
+        if row is not None:
+            db.execute(
+                "UPDATE job_turns SET turn = (SELECT MAX(turn) + 1 FROM job_turns) WHERE client = ?",
+                (client,),
+            )
+            return row["id"]
+        if (
+            not full_services
+            or not db.execute(
+                "SELECT 1 FROM job_records WHERE client = ? AND status = 'queued' LIMIT 1", (client,)
+            ).fetchone()
+        ):
+            db.execute("DELETE FROM job_turns WHERE client = ?", (client,))
+    return None
+
+
 class SQLiteJobStore:
     def __init__(self, path: str | Path, timeout_s: float = 5.0) -> None:
         self.path = Path(path)
@@ -106,7 +174,7 @@ class SQLiteJobStore:
             if existing is not None:
                 db.execute("ROLLBACK")
                 return self._job(existing)
-            full = self._full(db, client, max_queued, max_queued_per_client)
+            full = _full(db, client, max_queued, max_queued_per_client)
             if full is not None:
                 db.execute("ROLLBACK")
                 raise full
@@ -150,23 +218,6 @@ class SQLiteJobStore:
             rows = db.execute(query, (*chosen.values(), limit)).fetchall()
         return [self._job(row) for row in rows]
 
-    @staticmethod
-    def _full(
-        db: sqlite3.Connection, client: str, max_queued: int | None, max_queued_per_client: int | None
-    ) -> QueueFull | None:
-        """Why a new job of `client` may not queue now, if it may not."""
-        if max_queued is not None:
-            queued = db.execute("SELECT COUNT(*) FROM job_records WHERE status = 'queued'").fetchone()[0]
-            if queued >= max_queued:
-                return QueueFull()
-        if max_queued_per_client is not None:
-            queued = db.execute(
-                "SELECT COUNT(*) FROM job_records WHERE client = ? AND status = 'queued'", (client,)
-            ).fetchone()[0]
-            if queued >= max_queued_per_client:
-                return ClientQueueFull()
-        return None
-
     def queued_by_service(self) -> dict[str, int]:
         """How many jobs of each service wait (services with none left out)."""
         with self._connect() as db:
@@ -186,13 +237,13 @@ class SQLiteJobStore:
         now = time.time()
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")  # one claimer at a time across processes
-            self._cancel_orphans(db, now - stale_after_s, now)
+            _cancel_orphans(db, now - stale_after_s, now)
             row = db.execute(
                 "SELECT id FROM job_records WHERE cancel_requested = 0 AND status = 'running' "
                 "AND heartbeat_at < ? ORDER BY created_at LIMIT 1",
                 (now - stale_after_s,),
             ).fetchone()
-            job_id = row["id"] if row is not None else self._next_in_turn(db, self._full_services(db, limits))
+            job_id = row["id"] if row is not None else _next_in_turn(db, _full_services(db, limits))
             if job_id is not None:
                 db.execute(
                     "UPDATE job_records SET status = 'running', owner = ?, heartbeat_at = ?, "
@@ -201,58 +252,6 @@ class SQLiteJobStore:
                 )
             db.execute("COMMIT")
         return self.get(job_id) if job_id is not None else None
-
-    @staticmethod
-    def _cancel_orphans(db: sqlite3.Connection, stale_before: float, now: float) -> None:
-        """Jobs cancelled while their runner was dying: nobody is left to finish them."""
-        orphans = db.execute(
-            "SELECT id FROM job_records "
-            "WHERE status = 'running' AND cancel_requested = 1 AND heartbeat_at < ?",
-            (stale_before,),
-        ).fetchall()
-        for orphan in orphans:
-            cancelled = "UPDATE job_records SET status = 'cancelled', finished_at = ? WHERE id = ?"
-            db.execute(cancelled, (now, orphan["id"]))
-            db.execute("DELETE FROM job_inputs WHERE id = ?", (orphan["id"],))
-
-    @staticmethod
-    def _full_services(db: sqlite3.Connection, limits: Mapping[str, int] | None) -> list[str]:
-        """The services running as many jobs as their limit allows."""
-        if not limits:
-            return []
-        running = dict(
-            db.execute(
-                "SELECT service, COUNT(*) FROM job_records WHERE status = 'running' GROUP BY service"
-            ).fetchall()
-        )
-        return [service for service, limit in limits.items() if running.get(service, 0) >= limit]
-
-    @staticmethod
-    def _next_in_turn(db: sqlite3.Connection, full_services: list[str]) -> str | None:
-        """The oldest claimable job of the client whose turn it is (served longest ago); clients with
-        nothing queued lose their turn row (a new job gives them one back, at the front)."""
-        skip = ", ".join("?" * len(full_services))
-        for turn in db.execute("SELECT client FROM job_turns ORDER BY turn, client").fetchall():
-            client = turn["client"]
-            row = db.execute(
-                "SELECT id FROM job_records WHERE client = ? AND status = 'queued' "
-                f"AND service NOT IN ({skip}) ORDER BY created_at LIMIT 1",
-                (client, *full_services),
-            ).fetchone()
-            if row is not None:
-                db.execute(
-                    "UPDATE job_turns SET turn = (SELECT MAX(turn) + 1 FROM job_turns) WHERE client = ?",
-                    (client,),
-                )
-                return row["id"]
-            if (
-                not full_services
-                or not db.execute(
-                    "SELECT 1 FROM job_records WHERE client = ? AND status = 'queued' LIMIT 1", (client,)
-                ).fetchone()
-            ):
-                db.execute("DELETE FROM job_turns WHERE client = ?", (client,))
-        return None
 
     def heartbeat(self, job_id: str, owner: str) -> bool:
         """Keeps the claim; False when the job should stop (cancel requested, or no longer ours)."""
