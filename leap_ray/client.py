@@ -125,6 +125,16 @@ class _Client:
     ) -> None:
         self.http = self.http_class(**_options(base_url, api_key, timeout, retries))
 
+    def output_request(self, url: str) -> httpx.Request:
+        """A GET of an output's link (signed, so it needs no key). The key goes to the service only: a
+        presigned link names an object store, which must never see it (S3 refuses a request that has
+        both), and a redirect to one is followed without it (httpx drops it across origins)."""
+        request = self.http.build_request("GET", url)
+        own = self.http.base_url
+        if (request.url.scheme, request.url.host, request.url.port) != (own.scheme, own.host, own.port):
+            request.headers.pop("Authorization", None)
+        return request
+
 
 class LeapRayClient(_Client):
     http_class = httpx.Client
@@ -182,8 +192,8 @@ class LeapRayClient(_Client):
         return job
 
     def job_output(self, job: JobView, index: int = 0) -> bytes:
-        # Output URLs are absolute paths on the service's host (they include any route prefix).
-        return _checked(self.http.get(job.outputs[index])).content  # an absolute URL
+        request = self.output_request(job.outputs[index])
+        return _checked(self.http.send(request, follow_redirects=True)).content
 
 
 class AsyncLeapRayClient(_Client):
@@ -245,4 +255,5 @@ class AsyncLeapRayClient(_Client):
         return job
 
     async def job_output(self, job: JobView, index: int = 0) -> bytes:
-        return _checked(await self.http.get(job.outputs[index])).content
+        request = self.output_request(job.outputs[index])
+        return _checked(await self.http.send(request, follow_redirects=True)).content

@@ -6,12 +6,15 @@ of `/openapi.json`. In a Serve config, set them in `runtime_env.env_vars`.
 """
 
 import base64
+import hashlib
+import hmac
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -107,6 +110,24 @@ class Limits(BaseSettings):
 LIMITS = Limits()
 API_KEYS_FILE_ENV = "LEAP_RAY_API_KEYS_FILE"
 WHSEC_PREFIX = b"whsec_"
+# output_dir URLs that name an object store (obstore's schemes for S3, Google Cloud Storage, Azure).
+OBJECT_STORE_SCHEMES = ("s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "adl")
+# Option names that hold credentials: those come from the environment, never the config Serve logs.
+SECRET_OPTION_WORDS = ("secret", "token", "password", "access_key", "account_key", "service_account", "sas")
+OUTPUT_LINK_CONTEXT = b"leap_ray output links"  # what the derived signing key is for (`output_url_secret`)
+
+
+def is_object_store_url(output_dir: str) -> bool:
+    return urlsplit(output_dir).scheme in OBJECT_STORE_SCHEMES
+
+
+def read_secret(path: str | None) -> bytes:
+    """A secret file's key: its bytes, or, for a Standard Webhooks secret (`whsec_<base64>`, what
+    receivers' libraries take), the bytes it encodes; empty without a file."""
+    secret = Path(path).read_bytes().strip() if path else b""
+    if secret.startswith(WHSEC_PREFIX):
+        return base64.b64decode(secret.removeprefix(WHSEC_PREFIX) + b"==")
+    return secret
 
 
 class ModelSettings(BaseModel):
@@ -187,13 +208,46 @@ class JobsSettings(BaseModel):
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="The Redis server, with store: redis.")
     output_dir: str | None = Field(
         None,
-        description="Folder of the jobs' outputs; on many nodes, a filesystem they all mount. Default: "
-        "~/.cache/leap_ray/jobs/<application>/outputs.",
+        description="Where the jobs' outputs go: a folder (on many nodes, a filesystem they all mount) or an "
+        "object store's URL, s3://bucket/prefix (also gs://, az://), its credentials and endpoint from the "
+        "environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL, ...). "
+        "Default: ~/.cache/leap_ray/jobs/<application>/outputs.",
+    )
+    output_store_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="Options of an object-store output_dir, as obstore names them (endpoint, region, "
+        "virtual_hosted_style_request, ...; an http:// endpoint is allowed plain HTTP). Never credentials: "
+        "Serve logs this config, so they come from the environment.",
+    )
+    output_urls: Literal["ingress", "presigned"] = Field(
+        "ingress",
+        description="How clients fetch outputs: ingress, through this service by signed links; presigned, "
+        "straight from the object store by its presigned links (output_dir must be an object store's URL).",
+    )
+    output_url_ttl_s: float = Field(
+        24 * 3600.0,
+        gt=0,
+        description="How long an output's link works, never past the job's retention (a presigned S3 link: "
+        "at most 7 days).",
+    )
+    output_url_secret_file: str | None = Field(
+        None,
+        description="A file holding the key that signs output links (`whsec_<base64>` or raw bytes), the "
+        "same for every ingress replica. Default: a key derived from the webhook secret and the API keys.",
     )
     redis_prefix: str | None = Field(
         None, description="Prefix of the job keys in Redis; default: leap_ray:<application>:."
     )
-    max_concurrent_jobs: int = Field(16, ge=1, description="Jobs one ingress replica runs at once.")
+    max_concurrent_jobs: int = Field(
+        256,
+        ge=1,
+        description="Most jobs one ingress replica runs at once. Over the cluster, as many jobs of a "
+        "model run at once as its running replicas batch (their max_batch_size each); the rest wait "
+        "in the store, taking turns between API keys, and count towards the model's autoscaling.",
+    )
+    capacity_refresh_s: float = Field(
+        1.0, gt=0, description="How often the job runner reads how many replicas each model runs."
+    )
     stale_after_s: float = Field(
         30.0, gt=0, description="A running job whose runner is silent this long is taken over by another."
     )
@@ -217,7 +271,15 @@ class JobsSettings(BaseModel):
         "the client gets 503 with Retry-After.",
     )
     max_queued_jobs: int = Field(
-        256, ge=1, description="Jobs waiting to run, over all ingress replicas; more get 503 + Retry-After."
+        10_000,
+        ge=1,
+        description="Jobs waiting to run, over all ingress replicas; more get 503 + Retry-After.",
+    )
+    max_queued_jobs_per_key: int = Field(
+        1_000,
+        ge=1,
+        description="Jobs of one API key waiting to run (without keys: of everyone); more get 429 "
+        "quota_exceeded + Retry-After.",
     )
 
     def for_application(self, name: str) -> "JobsSettings":
@@ -231,13 +293,33 @@ class JobsSettings(BaseModel):
         }
         return self.model_copy(update={key: getattr(self, key) or value for key, value in defaults.items()})
 
+    @field_validator("output_store_options")
+    @classmethod
+    def _no_credentials(cls, options: dict[str, str]) -> dict[str, str]:
+        for name in options:
+            if any(word in name.lower() for word in SECRET_OPTION_WORDS):
+                raise ValueError(f"{name}: credentials come from the environment, not the config Serve logs")
+        return options
+
+    @model_validator(mode="after")
+    def _presigned_needs_an_object_store(self) -> "JobsSettings":
+        if self.output_urls == "presigned" and not is_object_store_url(self.output_dir or ""):
+            raise ValueError("output_urls presigned needs an object store's output_dir (s3://, gs://, az://)")
+        return self
+
     def webhook_secret(self) -> bytes:
-        """The key: the file's bytes, or, for a Standard Webhooks secret (`whsec_<base64>`, what
-        receivers' libraries take), the bytes it encodes."""
-        secret = Path(self.webhook_secret_file).read_bytes().strip() if self.webhook_secret_file else b""
-        if secret.startswith(WHSEC_PREFIX):
-            return base64.b64decode(secret.removeprefix(WHSEC_PREFIX) + b"==")
-        return secret
+        """The key that signs webhooks (`read_secret`)."""
+        return read_secret(self.webhook_secret_file)
+
+    def output_url_secret(self, api_keys: Iterable[str]) -> bytes:
+        """The key that signs output links: the file's, else one derived from the webhook secret and
+        `api_keys`, which every ingress replica reads from the same files, so that each verifies the
+        others' links (a per-process key would not); changing a key ends the links made before. With
+        none of these the service has no keys: every route is open, and the links guard nothing more."""
+        if self.output_url_secret_file:
+            return read_secret(self.output_url_secret_file)
+        material = b"\n".join([self.webhook_secret(), *sorted(key.encode() for key in api_keys)])
+        return hmac.new(OUTPUT_LINK_CONTEXT, material, hashlib.sha256).digest()
 
 
 class IngressSettings(BaseModel):
@@ -277,6 +359,10 @@ class IngressSettings(BaseModel):
 
     def load_admin_keys(self) -> list[str]:
         return _keys_in([self.admin_api_keys_file])
+
+    def output_url_secret(self) -> bytes:
+        """The key that signs output links (`JobsSettings.output_url_secret`), with this service's keys."""
+        return self.jobs.output_url_secret([*self.load_api_keys(), *self.load_admin_keys()])
 
     def load_api_keys(self) -> list[str]:
         """The keys of the config's file and of the file LEAP_RAY_API_KEYS_FILE names."""

@@ -1,6 +1,7 @@
 """Test helpers shared by several test modules: decoded pixels, hostile audio files built by hand,
-the diffusers references of SDXL workflows (img2img, inpainting, LoRA, the refiner ensemble), and the
-ingress's HTTP app in-process with a stub model side (`StubGateway`, `make_app`, `in_process_app`)."""
+the diffusers references of SDXL workflows (img2img, inpainting, LoRA, the refiner ensemble), the
+ingress's HTTP app in-process with a stub model side (`StubGateway`, `make_app`, `in_process_app`), and
+a webhook receiver (`Receiver`)."""
 
 import asyncio
 import base64
@@ -12,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -287,15 +289,20 @@ class StubGateway(ModelGateway):
 
 
 def make_app(
-    tmp_path: Path, uploads: UploadLimits = LIMITS.uploads, **settings: object
+    tmp_path: Path,
+    uploads: UploadLimits = LIMITS.uploads,
+    jobs_options: dict[str, Any] | None = None,
+    **settings: object,
 ) -> tuple[FastAPI, StubGateway]:
-    """The ingress's HTTP app with a `StubGateway`, its jobs in `tmp_path`; `settings` are the
-    ingress's (limits, keys, timeouts), `uploads` how bodies may arrive."""
-    jobs = JobsSettings(store_path=str(tmp_path / "jobs.sqlite3"), output_dir=str(tmp_path / "out"))
+    """The ingress's HTTP app with a `StubGateway`, its jobs in `tmp_path` (with `jobs_options`, more
+    JobsSettings); `settings` are the ingress's (limits, keys, timeouts), `uploads` how bodies may arrive."""
+    where = {"store_path": str(tmp_path / "jobs.sqlite3"), "output_dir": str(tmp_path / "out")}
+    jobs = JobsSettings(**{**where, **(jobs_options or {})})
     jobs = jobs.for_application("test")
     ingress = IngressSettings(jobs=jobs, **settings)
     gateway = StubGateway(ingress)
-    return build_http_app(gateway, Jobs(gateway, jobs, ingress.public_url), ingress, uploads), gateway
+    jobs_of_app = Jobs(gateway, jobs, ingress.public_url, ingress.output_url_secret())
+    return build_http_app(gateway, jobs_of_app, ingress, uploads), gateway
 
 
 def call(app: FastAPI, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -383,6 +390,34 @@ def in_process_app(tmp_path: Path, **settings: object) -> Iterator[InProcessApp]
             yield InProcessApp(app, gateway, transport, http)
     finally:
         transport.close()
+
+
+class Receiver:
+    """A loopback HTTP server that fails its first `failures` deliveries, then records the rest
+    (`received`); `attempts_seen` has every attempt."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.attempts, self.received, self.attempts_seen = failures, 0, [], []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.attempts += 1
+                receiver.attempts_seen.append((dict(self.headers), body))
+                if receiver.attempts <= receiver.failures:
+                    self.send_response(503)
+                else:
+                    receiver.received.append((dict(self.headers), body))
+                    self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
 
 
 @contextmanager

@@ -72,11 +72,11 @@ def _iso(timestamp: float | None) -> str | None:
     return None if timestamp is None else datetime.fromtimestamp(timestamp, tz=UTC).isoformat()
 
 
-def prediction_view(job: Any, base: str) -> dict[str, Any]:
+def prediction_view(job: Any, base: str, outputs: list[str]) -> dict[str, Any]:
     """The prediction of a job, with absolute URLs under `base` (the service's URL, with the
-    application's route prefix when it has one), and its input as the job's record keeps it."""
+    application's route prefix when it has one), its outputs' links as given (signed or presigned),
+    and its input as the job's record keeps it."""
     url = f"{base}/v1/predictions/{job.public_id}"
-    outputs = [f"{base}/v1/jobs/{job.public_id}/outputs/{index}" for index in range(len(job.outputs))]
     output: Any = None
     if job.status == "succeeded":
         output = outputs if job.service == "sdxl" else outputs[0]

@@ -21,9 +21,11 @@ from leap_ray.api.predictions import PredictionRequest
 from leap_ray.api.progress import AudioDelta, AudioProgress
 from leap_ray.api.sdxl import SDXLOutput, SDXLRequest
 from leap_ray.config import LIMITS, IngressSettings, UploadLimits
+from leap_ray.serve.autoscaling import QUEUED_JOBS
 from leap_ray.serve.docs import docs_routes
 from leap_ray.serve.errors import install_error_handlers
 from leap_ray.serve.gateway import ModelGateway
+from leap_ray.serve.jobs.capacity import ModelCapacity
 from leap_ray.serve.jobs.routes import job_routes
 from leap_ray.serve.jobs.service import Jobs
 from leap_ray.serve.memory import return_big_buffers
@@ -91,7 +93,7 @@ def build_http_app(
     app.openapi = lambda: openapi_schema(app, auth_on=bool(keys or admin_keys))  # type: ignore[method-assign]
     # The last added runs first: keys are checked before any body is read.
     app.add_middleware(RequestGuard, max_body_bytes=LIMITS.max_body_bytes, uploads=uploads)
-    app.add_middleware(ApiKeyAuth, keys=keys, admin_keys=admin_keys)
+    app.add_middleware(ApiKeyAuth, keys=keys, admin_keys=admin_keys, check_link=jobs.links.signer.verify)
     return app
 
 
@@ -103,7 +105,11 @@ class Ingress:
         self._settings = settings
         self._gateway = ModelGateway({"sdxl": sdxl, "musicgen": musicgen}, settings)
         application = serve.get_replica_context().app_name
-        self._jobs = Jobs(self._gateway, settings.jobs.for_application(application), settings.public_url)
+        jobs = settings.jobs.for_application(application)
+        capacity = ModelCapacity(self._gateway, application, jobs.capacity_refresh_s)
+        self._jobs = Jobs(
+            self._gateway, jobs, settings.public_url, settings.output_url_secret(), limits=capacity.limits
+        )
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_http_app(self._gateway, self._jobs, self._settings)
@@ -124,6 +130,15 @@ class Ingress:
         prepared = await self._gateway.prepare("musicgen", request)
         async for event in self._gateway.events("musicgen", prepared.model_copy(update={"stream": True})):
             yield event
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Queued jobs per model deployment, for the application's autoscaling policy
+        (leap_ray.serve.autoscaling), which counts them as that model's ongoing requests."""
+        backlog = self._jobs.runner.backlog
+        return {
+            QUEUED_JOBS + deployment: float(backlog.get(service, 0))
+            for service, deployment in self._gateway.deployment_names().items()
+        }
 
     async def check_health(self) -> None:
         """Serve calls this every few seconds: it also starts the job runner after a restart, so that

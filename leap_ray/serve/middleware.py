@@ -1,4 +1,5 @@
-"""Two small ASGI middlewares in front of the ingress app: API-key authentication, and a guard that
+"""Two small ASGI middlewares in front of the ingress app: API-key authentication (or a signed output
+link, which needs no key), and a guard that
 reads every POST body itself: JSON only (UTF-8), at most `max_body_bytes` (refused before reading past
 the limit), and arriving at a sane pace (slow-loris clients get 408 instead of holding a slot). The
 body reading is shared with the HTTP proxy's gate (leap_ray.serve.client_gate)."""
@@ -19,6 +20,9 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# Whether a request (method, path, query string) is a signed link's that holds; raises Forbidden for
+# one that does not (`leap_ray.serve.jobs.links.LinkSigner.verify`).
+LinkCheck = Callable[[str, str, bytes], bool]
 
 # Health checks and the API docs stay open with keys on: probes and people reading the docs have none.
 OPEN_PATHS = frozenset(
@@ -68,10 +72,18 @@ def key_id(key: bytes) -> str:
 class ApiKeyAuth:
     """`Authorization: Bearer <key>` on every path but the open ones; keys compared in constant time.
     The key's id goes into the scope (`client_of`): jobs belong to the key that made them, and
-    admin keys see every job."""
+    admin keys see every job. A request by a signed output link (`check_link`) needs no key; one whose
+    link does not hold (expired, altered) is refused whatever key it has."""
 
-    def __init__(self, app: ASGIApp, keys: Iterable[str], admin_keys: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: Iterable[str],
+        admin_keys: Iterable[str] = (),
+        check_link: LinkCheck | None = None,
+    ) -> None:
         self.app = app
+        self.check_link = check_link
         self.admin_keys = {key.encode() for key in admin_keys if key}
         self.keys = [key.encode() for key in keys if key] + sorted(self.admin_keys)
 
@@ -85,7 +97,20 @@ class ApiKeyAuth:
         return matches[0] if matches else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or _is_open(_path(scope)):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        try:
+            linked = self.check_link is not None and self.check_link(
+                scope["method"], _path(scope), scope.get("query_string", b"")
+            )
+        except LeapRayError as error:
+            return await send_error(send, error)
+        if linked:
+            # The link opens one output of one job (its path names the job's store id): whoever made
+            # it could see that job, so its fetch is not held to a key's jobs.
+            scope[CLIENT] = None
+            return await self.app(scope, receive, send)
+        if not self.keys or _is_open(_path(scope)):
             return await self.app(scope, receive, send)
         key = self._matching(header(scope, b"authorization"))
         if key is None:

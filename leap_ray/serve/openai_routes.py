@@ -21,7 +21,7 @@ from leap_ray.errors import LeapRayError, ModelError
 from leap_ray.serve.bodies import read_body, read_form
 from leap_ray.serve.errors import as_leap_error
 from leap_ray.serve.gateway import ModelGateway
-from leap_ray.serve.jobs.service import Jobs, job_view
+from leap_ray.serve.jobs.service import Jobs
 from leap_ray.serve.middleware import client_of
 from leap_ray.serve.routes import ERROR_RESPONSES, form_body, json_body, sse
 
@@ -52,7 +52,8 @@ def _response(body: OpenAIImageRequest, data: list[dict[str, Any]]) -> dict[str,
 async def _by_job(
     jobs: Jobs, body: OpenAIImageRequest, sdxl_input: dict[str, Any], request: Request
 ) -> dict[str, Any]:
-    """`response_format: url`: the images become a job's outputs, and their URLs the answer."""
+    """`response_format: url`: the images become a job's outputs, and their links (signed, expiring:
+    `OutputLinks`) the answer."""
     client = client_of(request.scope) or ""
     base = jobs.base_url(request)
     submission = JobSubmission(service="sdxl", input=sdxl_input)
@@ -61,7 +62,7 @@ async def _by_job(
         raise ModelError((job.error or {}).get("message", f"the job was {job.status}"))
     data = [
         {"url": url, "revised_prompt": None, "seed": job.seed + index}
-        for index, url in enumerate(job_view(job, base)["outputs"])
+        for index, url in enumerate(await jobs.links.urls(job, base))
     ]
     return _response(body, data)
 

@@ -6,16 +6,16 @@ once the prediction is done (or the wait is over); cog's `Prefer: respond-async`
 import asyncio
 import base64
 import re
-from pathlib import Path as FilePath
 from typing import Any
 
 from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import JSONResponse
 
 from leap_ray.api.jobs import JobSubmission
-from leap_ray.api.predictions import MODELS, PREDICTION_ID, PredictionRequest, prediction_view
+from leap_ray.api.predictions import MODELS, PREDICTION_ID, PredictionRequest
 from leap_ray.errors import InvalidRequest, NotFound
 from leap_ray.serve.bodies import read_body
+from leap_ray.serve.jobs.outputs import StoredOutput
 from leap_ray.serve.jobs.service import Jobs
 from leap_ray.serve.jobs.store import Job
 from leap_ray.serve.middleware import client_of
@@ -48,7 +48,7 @@ class Predictions:
 
     async def view(self, job_id: str, request: Request) -> dict[str, Any]:
         job = await self.jobs.get(job_id, client_of(request.scope))
-        return prediction_view(job, self.jobs.base_url(request))
+        return await self.jobs.prediction(job, self.jobs.base_url(request))
 
     async def create(
         self, service: str, body: PredictionRequest, request: Request, wait_s: float | None
@@ -69,21 +69,20 @@ class Predictions:
             client=client_of(request.scope) or "",
         )
         job = await self.jobs.wait(created.id, wait_s)  # wait_s 0: as it is now
-        view = prediction_view(job, base)
+        view = await self.jobs.prediction(job, base)
         if body.data_uris and view["status"] == "succeeded":
-            view["output"] = await _data_uris(job, view["output"])
+            view["output"] = await self.data_uris(job, view["output"])
         return view, view["status"] in ("succeeded", "failed", "canceled")
 
+    async def data_uris(self, job: Job, output: list[str] | str) -> list[str] | str:
+        """The job's outputs as data: URIs, in the shape of `output` (a list, or one)."""
 
-async def _data_uris(job: Job, output: list[str] | str) -> list[str] | str:
-    """The job's outputs as data: URIs, in the shape of `output` (a list, or one)."""
+        def encode(stored: StoredOutput) -> str:
+            data = base64.b64encode(self.jobs.outputs.read(stored)).decode()
+            return f"data:{stored['content_type']};base64,{data}"
 
-    def encode(stored: dict[str, str]) -> str:
-        data = base64.b64encode(FilePath(stored["path"]).read_bytes()).decode()
-        return f"data:{stored['content_type']};base64,{data}"
-
-    uris = await asyncio.to_thread(lambda: [encode(stored) for stored in job.outputs])
-    return uris if isinstance(output, list) else uris[0]
+        uris = await asyncio.to_thread(lambda: [encode(stored) for stored in job.outputs])
+        return uris if isinstance(output, list) else uris[0]
 
 
 def prediction_routes(jobs: Jobs) -> APIRouter:

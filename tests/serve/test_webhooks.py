@@ -4,9 +4,7 @@ the operator allows it (the tests allow loopback to reach their receiver)."""
 import asyncio
 import base64
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -17,6 +15,7 @@ from leap_ray.config import JobsSettings
 from leap_ray.errors import InvalidRequest
 from leap_ray.serve.jobs import webhooks
 from leap_ray.serve.jobs.webhooks import check_webhook_url, deliver
+from tests.helpers import Receiver
 
 SECRET = b"webhook-secret-for-tests"
 
@@ -44,34 +43,6 @@ def test_an_operator_may_allow_private_addresses_but_never_other_schemes():
     check_webhook_url("http://127.0.0.1:9/hook", allow_private=True)
     with pytest.raises(InvalidRequest):
         check_webhook_url("file:///etc/passwd", allow_private=True)
-
-
-class Receiver:
-    """A loopback HTTP server that fails its first `failures` deliveries, then records the rest
-    (`received`); `attempts_seen` has every attempt."""
-
-    def __init__(self, failures: int) -> None:
-        self.failures, self.attempts, self.received, self.attempts_seen = failures, 0, [], []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.attempts += 1
-                receiver.attempts_seen.append((dict(self.headers), body))
-                if receiver.attempts <= receiver.failures:
-                    self.send_response(503)
-                else:
-                    receiver.received.append((dict(self.headers), body))
-                    self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
 
 
 def delivered(receiver: Receiver, secret: bytes = SECRET) -> bool:

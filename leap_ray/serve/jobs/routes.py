@@ -1,19 +1,28 @@
 """The job routes: submit, poll, list, fetch outputs, cancel (thin, over `Jobs`)."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 
+from leap_ray.api.common import ErrorResponse
 from leap_ray.api.jobs import JobSubmission
 from leap_ray.api.responses import JobStatus, JobView
 from leap_ray.errors import NotFound
 from leap_ray.serve.bodies import read_body
-from leap_ray.serve.jobs.service import Jobs, job_view
+from leap_ray.serve.jobs.service import Jobs
 from leap_ray.serve.middleware import client_of
 from leap_ray.serve.routes import ERROR_RESPONSES, json_body
 
 JOB_ID = Path(description="The job's id, as POST /v1/jobs answered it.")
+OUTPUT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/*": {}, "audio/*": {}}, "description": "The output's bytes"},
+    307: {"description": "With output_urls: presigned, to the object store's presigned link"},
+    403: {
+        "model": ErrorResponse,
+        "description": "A signed link expired, or its path, expiry or signature altered",
+    },
+}
 
 
 def job_routes(jobs: Jobs) -> APIRouter:
@@ -27,12 +36,15 @@ def job_routes(jobs: Jobs) -> APIRouter:
         summary="Submit a job",
     )
     async def submit_job(request: Request) -> JSONResponse:
-        """Validates the input at once (422 naming `input.<field>`), then queues the job; 503 with
-        Retry-After when `max_queued_jobs` are already waiting."""
+        """Validates the input at once (422 naming `input.<field>`), then queues the job; 429
+        `quota_exceeded` when this key's `max_queued_jobs_per_key` are already waiting, 503 when
+        `max_queued_jobs` are (both with Retry-After). Jobs start in turns between keys."""
         body = await read_body(request, JobSubmission)
         client = client_of(request.scope) or ""
         base = jobs.base_url(request)
-        return JSONResponse(job_view(await jobs.submit(body, base, client=client), base), status_code=202)
+        return JSONResponse(
+            await jobs.view(await jobs.submit(body, base, client=client), base), status_code=202
+        )
 
     @router.get("", response_model=list[JobView], summary="Recent jobs, newest first")
     async def list_jobs(
@@ -40,33 +52,41 @@ def job_routes(jobs: Jobs) -> APIRouter:
         status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
         limit: int = Query(100, ge=1, le=1000, description="Most jobs listed (1-1000), newest first."),
     ) -> JSONResponse:
+        base = jobs.base_url(request)
         return JSONResponse(
-            [
-                job_view(job, jobs.base_url(request))
-                for job in await jobs.recent(status, limit, client_of(request.scope))
-            ]
+            [await jobs.view(job, base) for job in await jobs.recent(status, limit, client_of(request.scope))]
         )
 
     @router.get("/{job_id}", response_model=JobView, summary="A job's state")
     async def get_job(request: Request, job_id: str = JOB_ID) -> JSONResponse:
         return JSONResponse(
-            job_view(await jobs.get(job_id, client_of(request.scope)), jobs.base_url(request))
+            await jobs.view(await jobs.get(job_id, client_of(request.scope)), jobs.base_url(request))
         )
 
-    @router.get("/{job_id}/outputs/{index}", summary="One output's bytes")
+    @router.get("/{job_id}/outputs/{index}", responses=OUTPUT_RESPONSES, summary="One output's bytes")
     async def get_job_output(
-        request: Request, job_id: str = JOB_ID, index: int = Path(ge=0, description="Which output, from 0.")
-    ) -> FileResponse:
-        outputs = (await jobs.get(job_id, client_of(request.scope))).outputs
-        if not 0 <= index < len(outputs):
+        request: Request,
+        job_id: str = JOB_ID,
+        index: int = Path(ge=0, description="Which output, from 0."),
+        # For the schema: the auth middleware checks a link (`LinkSigner.verify`) before the route runs.
+        expires: int | None = Query(None, description="A signed link's expiry, in Unix seconds."),
+        signature: str | None = Query(None, description="A signed link's signature (HMAC-SHA256, hex)."),
+    ) -> Response:
+        """Fetched by the link a job's `outputs` give, which needs no API key until it expires (403
+        after, or when altered); without a link's parameters, with the key that made the job."""
+        job = await jobs.get(job_id, client_of(request.scope))
+        if not 0 <= index < len(job.outputs):
             raise NotFound(f"job {job_id} has no output {index}", param="index")
-        return FileResponse(outputs[index]["path"], media_type=outputs[index]["content_type"])
+        if (presigned := await jobs.links.presigned_url(job, index)) is not None:
+            return RedirectResponse(presigned, status_code=307)
+        stored = job.outputs[index]
+        return Response(await jobs.read_output(stored), media_type=stored["content_type"])
 
     @router.delete("/{job_id}", response_model=JobView, summary="Cancel a job")
     async def cancel_job(request: Request, job_id: str = JOB_ID) -> JSONResponse:
         """A queued job never runs; a running one stops at its next step and frees its batch slot."""
         return JSONResponse(
-            job_view(await jobs.cancel(job_id, client_of(request.scope)), jobs.base_url(request))
+            await jobs.view(await jobs.cancel(job_id, client_of(request.scope)), jobs.base_url(request))
         )
 
     return router

@@ -1,18 +1,17 @@
 """Runs jobs inside the ingress: a background loop claims jobs from the store, runs each through the
-same path as the synchronous endpoints, writes its outputs to files, and keeps a heartbeat so that
+same path as the synchronous endpoints, writes its outputs to the output store, and keeps a heartbeat so that
 another ingress replica takes over the jobs of one that died.
 
 Every store call goes through the StoreClient (off the event loop). Progress is kept in memory and
 written with the next heartbeat, so a job's per-step progress costs the store one write per tick."""
 
 import asyncio
+import contextlib
 import logging
-import shutil
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from leap_ray.api.jobs import JobEventKind
@@ -20,6 +19,7 @@ from leap_ray.api.progress import JobProgress
 from leap_ray.errors import StoreUnavailable
 from leap_ray.serve import metrics
 from leap_ray.serve.errors import as_leap_error
+from leap_ray.serve.jobs.outputs import OutputStore
 from leap_ray.serve.jobs.store import Job, JobStore
 from leap_ray.serve.jobs.store_client import StoreClient
 
@@ -39,13 +39,16 @@ class JobEvent:
 
 # Told of a job's events, e.g. to send its webhook; must not block.
 Notify = Callable[[JobEvent], None]
+# The most jobs of each service to run at once over every runner (None: no bound), e.g. what the model
+# deployments' running replicas hold (leap_ray.serve.jobs.capacity).
+Limits = Callable[[], Awaitable[Mapping[str, int] | None]]
 
 
 class JobRunner:
     def __init__(
         self,
         store: JobStore,
-        output_dir: Path,
+        outputs: OutputStore,
         run: RunJob,
         notify: Notify,
         *,
@@ -54,11 +57,12 @@ class JobRunner:
         retention_s: float,
         poll_s: float = 0.5,
         expire_every_s: float = 60.0,
+        limits: Limits | None = None,
     ) -> None:
         # One thread, no deadline: ticks and ends are recorded one at a time, each awaited to its end,
         # so a slow store delays the runner but never makes two ticks claim at once.
         self.store = StoreClient(store, timeout_s=None, threads=1)
-        self.output_dir = output_dir
+        self.outputs = outputs
         self.run = run
         self.notify = notify
         self.max_concurrent = max_concurrent
@@ -66,33 +70,45 @@ class JobRunner:
         self.retention_s = retention_s
         self.poll_s = poll_s
         self.expire_every_s = expire_every_s
+        self.limits = limits
+        self.backlog: dict[str, int] = {}  # queued jobs per service, as the last tick read them
         self._expired_at = 0.0
         self.owner = uuid.uuid4().hex
         self.tasks: dict[str, asyncio.Task] = {}
         self._progress: dict[str, JobProgress] = {}  # reported since the last heartbeat
         self._cancelled: set[str] = set()  # jobs whose cancellation was asked for (a DELETE)
         self._loop_task: asyncio.Task | None = None
+        self._ended = asyncio.Event()  # a job of this runner ended: its place may go to the next one
 
     def ensure_started(self) -> None:
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.get_running_loop().create_task(self._loop())
 
     async def _loop(self) -> None:
+        """Ticks every `poll_s`, and at once when one of its jobs ends (so that its place in the model
+        is not left empty until the next tick); heartbeats go with the `poll_s` ticks only."""
+        beaten_at = 0.0
         while True:
+            beat = time.monotonic() - beaten_at >= self.poll_s
             try:
-                await self._tick()
+                await self._tick(beat)
             except StoreUnavailable:
                 pass  # logged by the store client; the next tick tries again
             except Exception:
                 logger.exception("job runner tick failed")
-            await asyncio.sleep(self.poll_s)
+            if beat:
+                beaten_at = time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ended.wait(), self.poll_s)
+            self._ended.clear()
 
-    async def _tick(self) -> None:
+    async def _tick(self, beat: bool = True) -> None:
         for job_id in [job_id for job_id, task in self.tasks.items() if task.done()]:
             del self.tasks[job_id]
-        progress = {job_id: self._progress.pop(job_id, None) for job_id in self.tasks}
+        progress = {job_id: self._progress.pop(job_id, None) for job_id in self.tasks} if beat else {}
         free = self.max_concurrent - len(self.tasks)
-        stop, claimed = await self.store.call(self._beat_and_claim, progress, free)
+        limits = await self.limits() if self.limits is not None else None
+        stop, claimed = await self.store.call(self._beat_and_claim, progress, free, limits)
         for job_id in stop:
             self._cancelled.add(job_id)
             self.tasks[job_id].cancel()
@@ -100,10 +116,11 @@ class JobRunner:
             self.tasks[job.id] = asyncio.get_running_loop().create_task(self._execute(job, job_input))
 
     def _beat_and_claim(
-        self, progress: dict[str, JobProgress | None], free: int
+        self, progress: dict[str, JobProgress | None], free: int, limits: Mapping[str, int] | None
     ) -> tuple[list[str], list[tuple[Job, dict | None]]]:
         """One tick's store work, on the store's thread: expiry when due, heartbeats (with the latest
-        progress) of running jobs, claims. Returns the jobs to stop (cancelled) and those claimed."""
+        progress) of running jobs, claims (within `limits`), the backlog. Returns the jobs to stop
+        (cancelled) and those claimed."""
         store = self.store.store
         if time.time() - self._expired_at > self.expire_every_s:
             self.expire_old_jobs()
@@ -114,17 +131,21 @@ class JobRunner:
             if not store.heartbeat(job_id, self.owner):  # cancel requested
                 stop.append(job_id)
         claimed = []
-        while len(claimed) < free and (job := store.claim(self.owner, self.stale_after_s)) is not None:
+        while len(claimed) < free and (job := store.claim(self.owner, self.stale_after_s, limits)):
             claimed.append((job, store.input(job.id)))
+        self.backlog = store.queued_by_service()
         oldest = store.oldest_queued_at()
         metrics.oldest_queued_job_seconds().set(0.0 if oldest is None else time.time() - oldest)
         return stop, claimed
 
     def expire_old_jobs(self) -> None:
-        """Deletes finished jobs past their retention, with their output files (blocking)."""
+        """Deletes finished jobs past their retention, with their outputs (blocking)."""
         self._expired_at = time.time()
         for job in self.store.store.expire(self._expired_at - self.retention_s):
-            shutil.rmtree(self.output_dir / job.id, ignore_errors=True)
+            try:
+                self.outputs.delete(job.id)
+            except StoreUnavailable as error:  # the record is gone: the next jobs' outputs still go
+                logger.warning("outputs of expired job %s not deleted: %s", job.id, error.message)
 
     async def _execute(self, job: Job, job_input: dict | None) -> None:
         self.notify(JobEvent(job, "start"))
@@ -141,7 +162,7 @@ class JobRunner:
             if job_input is None:
                 raise StoreUnavailable("the job's input is no longer in the store")
             outputs = await self.run(job.service, job_input, report)
-            files = await asyncio.to_thread(self._write_outputs, job.id, outputs)
+            files = await asyncio.to_thread(self.outputs.write, job.id, outputs)
             await self._finish(job.id, "succeeded", outputs=files)
         except asyncio.CancelledError:
             if job.id not in self._cancelled:
@@ -149,16 +170,6 @@ class JobRunner:
             await self._finish(job.id, "cancelled")  # a DELETE: the model call was cancelled too
         except Exception as error:
             await self._finish(job.id, "failed", error=as_leap_error(error).body()["error"])
-
-    def _write_outputs(self, job_id: str, outputs: list[tuple[bytes, str, str]]) -> list[dict[str, str]]:
-        folder = self.output_dir / job_id
-        folder.mkdir(parents=True, exist_ok=True)
-        files = []
-        for index, (data, extension, content_type) in enumerate(outputs):
-            path = folder / f"{index}.{extension}"
-            path.write_bytes(data)
-            files.append({"path": str(path), "content_type": content_type})
-        return files
 
     async def _finish(self, job_id: str, status: str, **result: Any) -> None:
         """Records the end (with the last progress) and sends `completed`. A store that is down is
@@ -175,6 +186,7 @@ class JobRunner:
                     return
                 await asyncio.sleep(self.poll_s)
         self._cancelled.discard(job_id)
+        self._ended.set()
         if job is not None:
             self.notify(JobEvent(job, "completed"))
 

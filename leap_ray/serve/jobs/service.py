@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
@@ -21,12 +20,14 @@ from leap_ray.api.progress import AudioProgress, JobProgress, Progress, StepProg
 from leap_ray.api.responses import FINISHED, JobView
 from leap_ray.api.sdxl import SDXLOutput
 from leap_ray.config import JobsSettings
-from leap_ray.errors import NotFound, Overloaded
+from leap_ray.errors import NotFound, Overloaded, TooManyRequests
 from leap_ray.serve import metrics
 from leap_ray.serve.gateway import ModelGateway
 from leap_ray.serve.jobs import open_store, webhooks
-from leap_ray.serve.jobs.runner import JobEvent, JobRunner
-from leap_ray.serve.jobs.store import Job, QueueFull, WebhookFormat, WebhookSpec, scoped_id
+from leap_ray.serve.jobs.links import LinkSigner, OutputLinks
+from leap_ray.serve.jobs.outputs import StoredOutput, open_output_store
+from leap_ray.serve.jobs.runner import JobEvent, JobRunner, Limits
+from leap_ray.serve.jobs.store import ClientQueueFull, Job, QueueFull, WebhookFormat, WebhookSpec, scoped_id
 from leap_ray.serve.jobs.store_client import StoreClient
 
 Outputs = list[tuple[bytes, str, str]]  # (encoded bytes, extension, content type)
@@ -52,8 +53,9 @@ def link_base(scope: Scope, public_url: str | None) -> str:
     return f"{scope['scheme']}://{netloc}{prefix}"
 
 
-def job_view(job: Job, base: str) -> dict[str, Any]:
-    """The job as clients see it, its URLs absolute under `base` (see `link_base`)."""
+def job_view(job: Job, base: str, outputs: list[str]) -> dict[str, Any]:
+    """The job as clients see it, its URLs absolute under `base` (see `link_base`), with its outputs'
+    links (`OutputLinks.urls`)."""
     url = f"{base}/v1/jobs/{job.public_id}"
     timings = {}
     if job.started_at is not None:
@@ -64,7 +66,7 @@ def job_view(job: Job, base: str) -> dict[str, Any]:
     return JobView(
         id=job.public_id,
         url=url,
-        outputs=[f"{url}/outputs/{index}" for index in range(len(job.outputs))],
+        outputs=outputs,
         timings=timings,
         input=job.input_summary,
         **{name: getattr(job, name) for name in JobView.model_fields if name not in computed},
@@ -78,21 +80,35 @@ def encoded_outputs(output: Any) -> Outputs:
 
 
 class Jobs:
-    def __init__(self, gateway: ModelGateway, settings: JobsSettings, public_url: str | None = None) -> None:
+    def __init__(
+        self,
+        gateway: ModelGateway,
+        settings: JobsSettings,
+        public_url: str | None = None,
+        url_secret: bytes | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        """`url_secret` signs output links: the ingress passes `IngressSettings.output_url_secret()`,
+        derived with its API keys; without it, the key is derived from `settings` alone. `limits`:
+        the most jobs of each service to run at once (the ingress passes the models' capacity)."""
         self.gateway = gateway
         self.settings = settings
         self.public_url = public_url  # IngressSettings.public_url: where links start
         self.store = StoreClient(open_store(settings), settings.store_timeout_s)
+        self.outputs = open_output_store(settings)
+        secret = settings.output_url_secret(()) if url_secret is None else url_secret
+        self.links = OutputLinks(LinkSigner(secret), self.outputs, settings)
         self._webhook_secret = settings.webhook_secret()
         self._deliveries: dict[str, asyncio.Task] = {}  # each job's latest webhook delivery
         self.runner = JobRunner(
             self.store.store,
-            Path(settings.output_dir).expanduser(),
+            self.outputs,
             self._run,
             self._notify,
             max_concurrent=settings.max_concurrent_jobs,
             stale_after_s=settings.stale_after_s,
             retention_s=settings.retention_s,
+            limits=limits,
         )
 
     async def _run(
@@ -137,7 +153,7 @@ class Jobs:
         await webhooks.deliver(
             webhook.url,
             event.kind,
-            self._webhook_payload(event.job, webhook),
+            await self._webhook_payload(event.job, webhook),
             secret=self._webhook_secret,
             attempts=self.settings.webhook_attempts,
             backoff_s=self.settings.webhook_backoff_s,
@@ -157,10 +173,22 @@ class Jobs:
                 return job
         raise NotFound(f"no job {job_id}", param="job_id")
 
-    def _webhook_payload(self, job: Job, webhook: WebhookSpec) -> dict[str, Any]:
+    async def _webhook_payload(self, job: Job, webhook: WebhookSpec) -> dict[str, Any]:
         if webhook.format == "prediction":
-            return prediction_view(job, webhook.base)
-        return job_view(job, webhook.base)
+            return await self.prediction(job, webhook.base)
+        return await self.view(job, webhook.base)
+
+    async def view(self, job: Job, base: str) -> dict[str, Any]:
+        """The job as clients see it (`job_view`), its output links made now."""
+        return job_view(job, base, await self.links.urls(job, base))
+
+    async def prediction(self, job: Job, base: str) -> dict[str, Any]:
+        """The job as a prediction (`prediction_view`), its output links made now."""
+        return prediction_view(job, base, await self.links.urls(job, base))
+
+    async def read_output(self, stored: StoredOutput) -> bytes:
+        """An output's bytes, from wherever it is kept (NotFound when it is gone)."""
+        return await asyncio.to_thread(self.outputs.read, stored)
 
     async def wait(self, job_id: str, timeout_s: float | None = None) -> Job:
         """The job with the store's id `job_id` (a Job's `id`) once finished, or as it is when
@@ -195,14 +223,19 @@ class Jobs:
             webhook = WebhookSpec(
                 url=body.webhook_url, events=body.webhook_events_filter, format=webhook_format, base=base
             )
-        max_queued = self.settings.max_queued_jobs
+        max_queued, per_key = self.settings.max_queued_jobs, self.settings.max_queued_jobs_per_key
         submitted_at = time.time()
+        create = partial(self.store.store.create, max_queued_per_client=per_key)
         try:
-            job = await self.store.call(
-                self.store.store.create, body.service, job_input, webhook, max_queued, job_id, client
-            )
+            job = await self.store.call(create, body.service, job_input, webhook, max_queued, job_id, client)
             if job.created_at >= submitted_at:  # not a job this id already named (an idempotent PUT)
                 metrics.jobs().inc(tags={"status": "queued"})
+        except ClientQueueFull:
+            raise TooManyRequests(
+                f"this API key has {per_key} jobs waiting already (max_queued_jobs_per_key); retry once "
+                "some have started",
+                code="quota_exceeded",
+            ) from None
         except QueueFull:
             raise Overloaded(
                 "too many jobs are waiting; retry after a moment", code="job_queue_full"

@@ -29,7 +29,7 @@ from leap_ray.serve.jobs.store import Job
 )
 def test_a_jobs_progress_is_sent_as_the_progress_event_is_streamed(progress, wire):
     job = Job("j1", "sdxl", "running", 1.0, started_at=2.0, progress=progress)
-    view = job_view(job, "http://h")
+    view = job_view(job, "http://h", [])
     assert view["progress"] == wire
     assert JobView.model_validate_json(json.dumps(view)).progress == progress  # as the client reads it
 

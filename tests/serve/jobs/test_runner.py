@@ -3,6 +3,7 @@ import sqlite3
 import time
 
 from leap_ray.api.progress import StepProgress
+from leap_ray.serve.jobs.outputs import FolderOutputs
 from leap_ray.serve.jobs.runner import JobEvent, JobRunner
 from leap_ray.serve.jobs.sqlite_store import SQLiteJobStore
 from leap_ray.serve.jobs.store import WebhookSpec
@@ -10,7 +11,7 @@ from leap_ray.serve.jobs.store import WebhookSpec
 
 def make_runner(store, tmp_path, run=None, notify=None, **options) -> JobRunner:
     settings = {"max_concurrent": 2, "stale_after_s": 30, "retention_s": 3600, "poll_s": 0.01, **options}
-    return JobRunner(store, tmp_path / "outputs", run, notify, **settings)
+    return JobRunner(store, FolderOutputs(tmp_path / "outputs"), run, notify, **settings)
 
 
 def test_expiry_removes_finished_jobs_and_their_output_files(tmp_path):
@@ -166,3 +167,75 @@ def test_a_job_cancelled_while_its_image_is_decoded_never_reaches_the_model(tmp_
 
     assert asyncio.run(main()) == "cancelled"
     assert gateway.generated == []
+
+
+def test_jobs_run_within_the_limits_and_the_next_starts_as_soon_as_one_ends(tmp_path):
+    """At most `limits()[service]` jobs of a service run at once, over the claims of every runner;
+    a job's end lets the next one start without waiting for the next tick."""
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+    running: list[str] = []
+    most_at_once = 0
+
+    async def run(service, job_input, report):
+        nonlocal most_at_once
+        running.append(service)
+        most_at_once = max(most_at_once, running.count("sdxl"))
+        await asyncio.sleep(0.05)
+        running.remove(service)
+        return [(b"x", "png", "image/png")]
+
+    async def limits():
+        return {"sdxl": 2, "musicgen": 1}
+
+    async def main() -> float:
+        options = {"max_concurrent": 50, "poll_s": 5.0, "limits": limits}
+        runner = make_runner(store, tmp_path, run, lambda event: None, **options)
+        jobs = [store.create("sdxl", {}) for _ in range(6)]
+        started = time.monotonic()
+        runner.ensure_started()
+        await wait_until(lambda: all(store.get(job.id).status == "succeeded" for job in jobs))
+        return time.monotonic() - started
+
+    elapsed = asyncio.run(main())
+    assert most_at_once == 2
+    assert elapsed < 2.0  # 3 rounds of 0.05 s; waiting for ticks would take 3 polls of 5 s
+
+
+def test_the_runner_reads_the_backlog_per_service(tmp_path):
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+    for service in ("sdxl", "sdxl", "musicgen"):
+        store.create(service, {})
+
+    async def limits():
+        return {"sdxl": 0, "musicgen": 0}  # nothing may start: all of it stays queued
+
+    async def main() -> dict[str, int]:
+        runner = make_runner(store, tmp_path, None, None, limits=limits)
+        await runner._tick()
+        return runner.backlog
+
+    assert asyncio.run(main()) == {"sdxl": 2, "musicgen": 1}
+
+
+def test_a_keys_lone_job_starts_at_the_next_free_place_behind_another_keys_backlog(tmp_path):
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+    started: list[str] = []
+
+    async def run(service, job_input, report):
+        started.append(job_input["tenant"])
+        await asyncio.sleep(0.02)
+        return [(b"x", "png", "image/png")]
+
+    async def limits():
+        return {"sdxl": 2}
+
+    async def main() -> None:
+        runner = make_runner(store, tmp_path, run, lambda event: None, max_concurrent=50, limits=limits)
+        backlog = [store.create("sdxl", {"tenant": "a"}, client="key-a") for _ in range(20)]
+        runner.ensure_started()
+        await wait_until(lambda: len(started) == 2)
+        lone = store.create("sdxl", {"tenant": "b"}, client="key-b")
+        await wait_until(lambda: all(store.get(job.id).status == "succeeded" for job in [*backlog, lone]))
+
+    asyncio.run(main())
+    assert started.index("b") == 2  # behind the two of key-a's that were running, not its 18 others
