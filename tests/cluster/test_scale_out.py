@@ -173,6 +173,30 @@ def test_a_burst_scales_each_model_on_its_own_and_back(graph: Graph) -> None:
     burst_scales_alone(graph, "MusicGen", "SDXL", "/v1/musicgen", TRACK, clients_for_replicas("MusicGen", 5))
 
 
+def submit_jobs(url: str, job_input: dict, seeds: list[int]) -> dict[str, int]:
+    """A job per seed: {job id: seed}."""
+    jobs = {}
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for seed in seeds:
+            job = http.post("/v1/jobs", json={"service": "sdxl", "input": {**job_input, "seed": seed}})
+            assert job.status_code == 202, job.text
+            jobs[job.json()["id"]] = seed
+    return jobs
+
+
+def test_a_backlog_of_jobs_raises_the_replicas_it_needs_and_drains(graph: Graph) -> None:
+    """Jobs run only as many at once as the running replicas batch; the rest wait in the store, and
+    the autoscaling policy counts them: SDXL takes every free GPU, as as many requests would make it,
+    every job succeeds, and SDXL returns to one replica."""
+    gpus = GPUS_PER_NODE * len(graph.nodes)
+    jobs = submit_jobs(graph.url, IMAGE, list(range(120)))
+    wait_for(lambda: running("SDXL") == gpus - 1, 90, "SDXL on every free GPU for the backlog")
+    assert running("MusicGen") == 1
+    outputs = job_outputs(graph.url, list(jobs), timeout_s=180)
+    assert set(outputs) == set(jobs)
+    wait_for(lambda: running("SDXL") == 1 and len(replicas()["SDXL"]) == 1, 60, "back to one replica")
+
+
 def expected_images(url: str) -> dict[int, bytes]:
     with httpx.Client(base_url=url, timeout=60) as http:
         return {
@@ -181,11 +205,11 @@ def expected_images(url: str) -> dict[int, bytes]:
         }
 
 
-def job_outputs(url: str, job_ids: list[str]) -> dict[str, bytes]:
+def job_outputs(url: str, job_ids: list[str], timeout_s: float = 120) -> dict[str, bytes]:
     """Each job's image once it succeeded (waiting for every job to finish)."""
     outputs = {}
     with httpx.Client(base_url=url, timeout=60) as http:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + timeout_s
         while len(outputs) < len(job_ids) and time.monotonic() < deadline:
             for job_id in set(job_ids) - set(outputs):
                 job = http.get(f"/v1/jobs/{job_id}").json()
@@ -200,13 +224,9 @@ def test_losing_a_node_under_load_loses_no_request_and_no_job(graph: Graph) -> N
     expected = expected_images(graph.url)
     (ingress,) = replicas()["Ingress"]
     doomed = ingress["node_id"]  # the node running the ingress, and so its jobs
-    jobs = {}
     with Load(graph.url, "/v1/sdxl", IMAGE, clients=12) as load:
-        for seed in range(8):
-            body = {"service": "sdxl", "input": {**IMAGE, "seed": seed, "num_inference_steps": 60}}
-            job = httpx.post(f"{graph.url}/v1/jobs", json=body, timeout=30)
-            assert job.status_code == 202, job.text
-            jobs[job.json()["id"]] = seed
+        # A backlog: more jobs than the running replicas batch, most of them still queued in the store.
+        jobs = submit_jobs(graph.url, {**IMAGE, "num_inference_steps": 60}, [n % 8 for n in range(40)])
         time.sleep(1)
         graph.cluster.kill_node(doomed)
         wait_for(lambda: running("Ingress") == 1 and running("SDXL") >= 1, 90, "the graph back on one node")
@@ -218,7 +238,7 @@ def test_losing_a_node_under_load_loses_no_request_and_no_job(graph: Graph) -> N
     print(f"node loss under load: {dict(load.statuses)} over {len(load.answers)} requests")
     wrong = [seed for seed, image in load.answers if image != expected[seed]]
     assert len(load.answers) > 20 and wrong == []
-    outputs = job_outputs(graph.url, list(jobs))
+    outputs = job_outputs(graph.url, list(jobs), timeout_s=240)
     assert set(outputs) == set(jobs)
     assert all(outputs[job_id] == expected[seed] for job_id, seed in jobs.items())
     # the cluster recovered: every deployment healthy, the new node's proxy answering

@@ -2,7 +2,8 @@
 replicas times what one replica runs at once (its batch, `max_batch_size`). A job claimed beyond that
 would only wait in the model's queue, where it no longer takes turns with other API keys' jobs (and a
 queued job counts towards the model's autoscaling from the store just as it would from there); a job
-claimed as soon as a place frees keeps the batches full. Read from Serve every `refresh_s`."""
+claimed as soon as a place frees keeps the batches full. Read from Serve every `refresh_s` while jobs
+wait or run, every IDLE_REFRESH_S otherwise (a reading asks the controller for the whole Serve state)."""
 
 import asyncio
 import logging
@@ -15,6 +16,7 @@ from leap_ray.serve.gateway import ModelGateway
 logger = logging.getLogger("ray.serve")
 ASK_TIMEOUT_S = 10.0  # a replica's batch size: asked once, of a replica that may be busy
 RUNNING = "RUNNING"  # a replica state in serve.status()
+IDLE_REFRESH_S = 30.0
 
 
 class ModelCapacity:
@@ -26,9 +28,10 @@ class ModelCapacity:
         self._limits: dict[str, int] | None = None  # None until read: no bound
         self._read_at = -float("inf")
 
-    async def limits(self) -> dict[str, int] | None:
-        """The most jobs of each service to run at once, as last read (read again when due)."""
-        if time.monotonic() - self._read_at >= self.refresh_s:
+    async def limits(self, busy: bool = True) -> dict[str, int] | None:
+        """The most jobs of each service to run at once, as last read (read again when due: `busy`,
+        jobs wait or run, makes it due sooner)."""
+        if time.monotonic() - self._read_at >= (self.refresh_s if busy else IDLE_REFRESH_S):
             self._read_at = time.monotonic()
             try:
                 self._limits = await self._read()

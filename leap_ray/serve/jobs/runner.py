@@ -40,8 +40,8 @@ class JobEvent:
 # Told of a job's events, e.g. to send its webhook; must not block.
 Notify = Callable[[JobEvent], None]
 # The most jobs of each service to run at once over every runner (None: no bound), e.g. what the model
-# deployments' running replicas hold (leap_ray.serve.jobs.capacity).
-Limits = Callable[[], Awaitable[Mapping[str, int] | None]]
+# deployments' running replicas hold (leap_ray.serve.jobs.capacity); told whether jobs wait or run.
+Limits = Callable[[bool], Awaitable[Mapping[str, int] | None]]
 
 
 class JobRunner:
@@ -98,8 +98,11 @@ class JobRunner:
                 logger.exception("job runner tick failed")
             if beat:
                 beaten_at = time.monotonic()
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for may swallow a cancellation that
+            # comes as the wait ends, and the loop would outlive its replica's shutdown.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ended.wait(), self.poll_s)
+                async with asyncio.timeout(self.poll_s):
+                    await self._ended.wait()
             self._ended.clear()
 
     async def _tick(self, beat: bool = True) -> None:
@@ -107,7 +110,8 @@ class JobRunner:
             del self.tasks[job_id]
         progress = {job_id: self._progress.pop(job_id, None) for job_id in self.tasks} if beat else {}
         free = self.max_concurrent - len(self.tasks)
-        limits = await self.limits() if self.limits is not None else None
+        busy = bool(self.backlog or self.tasks)
+        limits = await self.limits(busy) if self.limits is not None else None
         stop, claimed = await self.store.call(self._beat_and_claim, progress, free, limits)
         for job_id in stop:
             self._cancelled.add(job_id)

@@ -184,7 +184,7 @@ def test_jobs_run_within_the_limits_and_the_next_starts_as_soon_as_one_ends(tmp_
         running.remove(service)
         return [(b"x", "png", "image/png")]
 
-    async def limits():
+    async def limits(busy):
         return {"sdxl": 2, "musicgen": 1}
 
     async def main() -> float:
@@ -206,7 +206,7 @@ def test_the_runner_reads_the_backlog_per_service(tmp_path):
     for service in ("sdxl", "sdxl", "musicgen"):
         store.create(service, {})
 
-    async def limits():
+    async def limits(busy):
         return {"sdxl": 0, "musicgen": 0}  # nothing may start: all of it stays queued
 
     async def main() -> dict[str, int]:
@@ -226,7 +226,7 @@ def test_a_keys_lone_job_starts_at_the_next_free_place_behind_another_keys_backl
         await asyncio.sleep(0.02)
         return [(b"x", "png", "image/png")]
 
-    async def limits():
+    async def limits(busy):
         return {"sdxl": 2}
 
     async def main() -> None:
