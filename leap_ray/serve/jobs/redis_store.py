@@ -72,7 +72,7 @@ for i = 5, #ARGV, 2 do
   end
 end
 local services = redis.call('SMEMBERS', prefix .. 'services')
-for _, client in ipairs(redis.call('ZRANGE', turns, 0, -1)) do
+local function head_of(client)
   local chosen, oldest, chosen_service, waiting = nil, nil, nil, false
   for _, service in ipairs(services) do
     local head = redis.call('ZRANGE', queued_of(prefix, service, client), 0, 0, 'WITHSCORES')
@@ -82,6 +82,15 @@ for _, client in ipairs(redis.call('ZRANGE', turns, 0, -1)) do
         chosen, oldest, chosen_service = head[1], tonumber(head[2]), service
       end
     end
+  end
+  return chosen, chosen_service, waiting
+end
+for _, client in ipairs(redis.call('ZRANGE', turns, 0, -1)) do
+  local chosen, chosen_service, waiting = head_of(client)
+  -- An entry whose job is no longer queued: an older release claimed or cancelled it.
+  while chosen and redis.call('HGET', prefix .. 'job:' .. chosen, 'status') ~= 'queued' do
+    unqueue(prefix, chosen, chosen_service, client)
+    chosen, chosen_service, waiting = head_of(client)
   end
   if chosen then
     local last = redis.call('ZRANGE', turns, -1, -1, 'WITHSCORES')
@@ -147,6 +156,36 @@ end
 redis.call('SET', prefix .. 'layout', '2')
 return 1
 """
+# Brings the per-service and per-client sets and the running counts in step with the jobs, for what
+# another release's replicas did to the same Redis during a rolling upgrade (they keep the global sets
+# only). Runs when a store opens and with each expiry. ARGV: prefix.
+_REPAIR = (
+    _KEYS
+    + """
+local prefix = ARGV[1]
+for _, id in ipairs(redis.call('ZRANGE', prefix .. 'queued', 0, -1)) do
+  local key = prefix .. 'job:' .. id
+  local service, client = redis.call('HGET', key, 'service'), redis.call('HGET', key, 'client') or ''
+  if redis.call('HGET', key, 'status') ~= 'queued' then
+    if service then unqueue(prefix, id, service, client) else redis.call('ZREM', prefix .. 'queued', id) end
+  else
+    local created_at = redis.call('HGET', key, 'created_at')
+    redis.call('ZADD', prefix .. 'queued:' .. service, created_at, id)
+    redis.call('ZADD', queued_of(prefix, service, client), created_at, id)
+    redis.call('ZADD', prefix .. 'client-queued:' .. client, created_at, id)
+    redis.call('ZADD', prefix .. 'client-jobs:' .. client, created_at, id)
+    redis.call('ZADD', prefix .. 'turns', 'NX', 0, client)
+    redis.call('SADD', prefix .. 'services', service)
+  end
+end
+redis.call('DEL', prefix .. 'running-count')
+for _, id in ipairs(redis.call('ZRANGE', prefix .. 'running', 0, -1)) do
+  local service = redis.call('HGET', prefix .. 'job:' .. id, 'service')
+  if service then redis.call('HINCRBY', prefix .. 'running-count', service, 1) end
+end
+return 1
+"""
+)
 # KEYS: job, running. ARGV: now, owner, id.
 _HEARTBEAT = """
 if redis.call('HGET', KEYS[1], 'owner') == ARGV[2] and redis.call('HGET', KEYS[1], 'status') == 'running'
@@ -212,6 +251,12 @@ class RedisJobStore:
         self._finish = self.db.register_script(_FINISH)
         self._cancel = self.db.register_script(_CANCEL)
         self.db.register_script(_INDEX_OLDER_JOBS)(keys=[], args=[prefix])
+        self._repair = self.db.register_script(_REPAIR)
+        self.repair()
+
+    def repair(self) -> None:
+        """Brings the indexes in step with the jobs (another release's replicas may share the data)."""
+        self._repair(keys=[], args=[self.prefix])
 
     def _key(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}"

@@ -21,7 +21,7 @@ from leap_ray.serve import metrics
 from leap_ray.serve.errors import as_leap_error
 from leap_ray.serve.jobs.outputs import OutputStore
 from leap_ray.serve.jobs.store import Job, JobStore
-from leap_ray.serve.jobs.store_client import StoreClient
+from leap_ray.serve.jobs.store_client import STORE_ERRORS, StoreClient
 
 logger = logging.getLogger("ray.serve")
 PROGRESS_EVENT_EVERY_S = 1.0  # progress webhooks: at most this often per job
@@ -79,6 +79,7 @@ class JobRunner:
         self._cancelled: set[str] = set()  # jobs whose cancellation was asked for (a DELETE)
         self._loop_task: asyncio.Task | None = None
         self._ended = asyncio.Event()  # a job of this runner ended: its place may go to the next one
+        self._upkeep: asyncio.Task | None = None
 
     def ensure_started(self) -> None:
         if self._loop_task is None or self._loop_task.done():
@@ -98,6 +99,7 @@ class JobRunner:
                 logger.exception("job runner tick failed")
             if beat:
                 beaten_at = time.monotonic()
+            self._keep_up()
             # asyncio.timeout, not wait_for: Python 3.11's wait_for may swallow a cancellation that
             # comes as the wait ends, and the loop would outlive its replica's shutdown.
             with contextlib.suppress(TimeoutError):
@@ -119,15 +121,29 @@ class JobRunner:
         for job, job_input in claimed:
             self.tasks[job.id] = asyncio.get_running_loop().create_task(self._execute(job, job_input))
 
+    def _keep_up(self) -> None:
+        """Starts the store's upkeep when due (expiry, repair), on a thread of its own: deleting many
+        outputs from a slow bucket must never hold up the heartbeats, or another runner would take
+        the running jobs over and run them again."""
+        due = time.time() - self._expired_at > self.expire_every_s
+        if due and (self._upkeep is None or self._upkeep.done()):
+            self._expired_at = time.time()
+            self._upkeep = asyncio.get_running_loop().create_task(asyncio.to_thread(self._upkeep_store))
+
+    def _upkeep_store(self) -> None:
+        try:
+            self.expire_old_jobs()
+            self.store.store.repair()
+        except STORE_ERRORS as error:
+            logger.warning("job store upkeep failed (%s: %s)", type(error).__name__, error)
+
     def _beat_and_claim(
         self, progress: dict[str, JobProgress | None], free: int, limits: Mapping[str, int] | None
     ) -> tuple[list[str], list[tuple[Job, dict | None]]]:
-        """One tick's store work, on the store's thread: expiry when due, heartbeats (with the latest
-        progress) of running jobs, claims (within `limits`), the backlog. Returns the jobs to stop
-        (cancelled) and those claimed."""
+        """One tick's store work, on the store's thread: heartbeats (with the latest progress) of
+        running jobs, claims (within `limits`), the backlog. Returns the jobs to stop (cancelled) and
+        those claimed (a store error after a claim keeps the claims made)."""
         store = self.store.store
-        if time.time() - self._expired_at > self.expire_every_s:
-            self.expire_old_jobs()
         stop = []
         for job_id, latest in progress.items():
             if latest is not None:
@@ -135,17 +151,19 @@ class JobRunner:
             if not store.heartbeat(job_id, self.owner):  # cancel requested
                 stop.append(job_id)
         claimed = []
-        while len(claimed) < free and (job := store.claim(self.owner, self.stale_after_s, limits)):
-            claimed.append((job, store.input(job.id)))
-        self.backlog = store.queued_by_service()
-        oldest = store.oldest_queued_at()
-        metrics.oldest_queued_job_seconds().set(0.0 if oldest is None else time.time() - oldest)
+        try:
+            while len(claimed) < free and (job := store.claim(self.owner, self.stale_after_s, limits)):
+                claimed.append((job, store.input(job.id)))  # a job whose input failed: taken over later
+            self.backlog = store.queued_by_service()
+            oldest = store.oldest_queued_at()
+            metrics.oldest_queued_job_seconds().set(0.0 if oldest is None else time.time() - oldest)
+        except STORE_ERRORS as error:
+            logger.warning("the job store failed mid-tick (%s: %s)", type(error).__name__, error)
         return stop, claimed
 
     def expire_old_jobs(self) -> None:
         """Deletes finished jobs past their retention, with their outputs (blocking)."""
-        self._expired_at = time.time()
-        for job in self.store.store.expire(self._expired_at - self.retention_s):
+        for job in self.store.store.expire(time.time() - self.retention_s):
             try:
                 self.outputs.delete(job.id)
             except StoreUnavailable as error:  # the record is gone: the next jobs' outputs still go

@@ -225,9 +225,11 @@ class Jobs:
             )
         max_queued, per_key = self.settings.max_queued_jobs, self.settings.max_queued_jobs_per_key
         submitted_at = time.time()
-        create = partial(self.store.store.create, max_queued_per_client=per_key)
+        create = self.store.store.create
         try:
-            job = await self.store.call(create, body.service, job_input, webhook, max_queued, job_id, client)
+            job = await self.store.call(
+                create, body.service, job_input, webhook, max_queued, job_id, client, per_key
+            )
             if job.created_at >= submitted_at:  # not a job this id already named (an idempotent PUT)
                 metrics.jobs().inc(tags={"status": "queued"})
         except ClientQueueFull:

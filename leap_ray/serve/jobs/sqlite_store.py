@@ -123,7 +123,12 @@ class SQLiteJobStore:
                 if column not in columns:
                     db.execute(f"ALTER TABLE job_records ADD COLUMN {column} {declaration}")
             db.executescript(_CLIENT_INDEXES)
-            # Queued jobs of a file from before turns (or of a client whose turn row went): a turn each.
+        self.repair()
+
+    def repair(self) -> None:
+        """A turn for every client with queued jobs: a file from before turns, or jobs another
+        release's replicas queued during a rolling upgrade, would have none (and never be claimed)."""
+        with self._connect() as db:
             db.execute(
                 "INSERT OR IGNORE INTO job_turns SELECT DISTINCT client, 0 FROM job_records "
                 "WHERE status = 'queued'"

@@ -36,7 +36,8 @@ class StoreClient:
         try:
             return await (work if self.timeout_s is None else asyncio.wait_for(work, self.timeout_s))
         except TimeoutError:
-            logger.warning("the job store did not answer %s within %.1f s", method.__name__, self.timeout_s)
+            name = getattr(method, "__name__", repr(method))  # a partial has none
+            logger.warning("the job store did not answer %s within %.1f s", name, self.timeout_s)
             raise StoreUnavailable("the job store is not answering; retry after a moment") from None
         except STORE_ERRORS as error:
             logger.warning("the job store failed (%s: %s)", type(error).__name__, error)

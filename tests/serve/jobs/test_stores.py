@@ -386,3 +386,34 @@ def test_queued_and_running_jobs_of_a_redis_from_before_turns_are_claimed_and_co
     again.finish(running.id, "r", "succeeded")
     assert again.claim("r", 30, {"sdxl": 1}).id == queued.id
     assert [job.id for job in again.recent(client="key-a")] == [running.id]
+
+
+def test_what_another_releases_replicas_did_during_an_upgrade_is_repaired_on_redis(redis_url):
+    """The release before turns kept only the global sets: its claims, cancels and finishes must not
+    make the new one run a job twice or a cancelled one, nor lose its place."""
+    store = RedisJobStore(redis_url, prefix=f"test-{uuid.uuid4().hex}:")
+    taken, cancelled = store.create("sdxl", {}, client="a"), store.create("sdxl", {}, client="a")
+    for job in (taken, cancelled):  # as the older release claimed and cancelled them
+        store.db.zrem(store.queued, job.id)
+    store.db.hset(store._key(taken.id), mapping={"status": "running", "owner": "old"})
+    store.db.hset(store._key(cancelled.id), "status", "cancelled")
+    assert store.claim("new", 30) is None  # neither runs again
+    # A job the older release created (global sets only), and a running count it left behind.
+    old = store.create("sdxl", {}, client="b")
+    keep = ["job", "input", "queued", "jobs"]
+    for key in store.db.keys(f"{store.prefix}*"):
+        if key.removeprefix(store.prefix).split(":")[0] not in keep:
+            store.db.delete(key)
+    store.db.hset(f"{store.prefix}running-count", "sdxl", 5)
+    store.repair()
+    assert store.claim("new", 30, {"sdxl": 1}).id == old.id
+
+
+def test_a_job_queued_without_a_turn_is_claimed_after_a_repair_on_sqlite(tmp_path):
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+    job = store.create("sdxl", {}, client="a")
+    with sqlite3.connect(store.path) as db:
+        db.execute("DELETE FROM job_turns")  # as the release before turns queued it
+    assert store.claim("r", 30) is None
+    store.repair()
+    assert store.claim("r", 30).id == job.id
