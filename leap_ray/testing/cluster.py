@@ -44,6 +44,7 @@ FAST_AUTOSCALING = {
     "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
 }
 # Autoscaling a test can watch: decisions from the last 2 s of load, acted on within seconds.
+METRICS_WINDOW = ("metrics_interval_s", "look_back_period_s")
 FAST_AUTOSCALING_CONFIG = {
     "metrics_interval_s": 0.5,
     "look_back_period_s": 2,
@@ -86,6 +87,10 @@ def simulated_config(
     for deployment in application["deployments"]:
         if deployment["name"] in MODEL_DEPLOYMENTS and autoscaling:
             deployment["autoscaling_config"].update(autoscaling)
+        elif deployment["name"] == "Ingress" and autoscaling:
+            # The ingress reports the queued jobs the policy adds to a model's load: over the same window.
+            window = {key: autoscaling[key] for key in METRICS_WINDOW if key in autoscaling}
+            deployment["autoscaling_config"].update(window)
         deployment.update(copy.deepcopy((deployments or {}).get(deployment["name"], {})))
     return ServeDeploySchema.model_validate(raw)
 
