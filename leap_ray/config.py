@@ -115,6 +115,7 @@ OBJECT_STORE_SCHEMES = ("s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "adl"
 # Option names that hold credentials: those come from the environment, never the config Serve logs.
 SECRET_OPTION_WORDS = ("secret", "token", "password", "access_key", "account_key", "service_account", "sas")
 OUTPUT_LINK_CONTEXT = b"leap_ray output links"  # what the derived signing key is for (`output_url_secret`)
+SHORTEST_LINK_KEY = 32  # bytes of an output_url_secret_file's key: an HMAC-SHA256 key as long as its hash
 
 
 def is_object_store_url(output_dir: str) -> bool:
@@ -232,8 +233,9 @@ class JobsSettings(BaseModel):
     )
     output_url_secret_file: str | None = Field(
         None,
-        description="A file holding the key that signs output links (`whsec_<base64>` or raw bytes), the "
-        "same for every ingress replica. Default: a key derived from the webhook secret and the API keys.",
+        description="A file holding the key that signs output links (`whsec_<base64>` or raw bytes, at least "
+        "32 bytes), the same for every ingress replica. Default: a key derived from the webhook secret and "
+        "the API keys.",
     )
     redis_prefix: str | None = Field(
         None, description="Prefix of the job keys in Redis; default: leap_ray:<application>:."
@@ -315,9 +317,17 @@ class JobsSettings(BaseModel):
         """The key that signs output links: the file's, else one derived from the webhook secret and
         `api_keys`, which every ingress replica reads from the same files, so that each verifies the
         others' links (a per-process key would not); changing a key ends the links made before. With
-        none of these the service has no keys: every route is open, and the links guard nothing more."""
+        none of these the service has no keys: every route is open, and the links guard nothing more.
+        ValueError for a file whose key (stripped, `whsec_` decoded) is under 32 bytes."""
         if self.output_url_secret_file:
-            return read_secret(self.output_url_secret_file)
+            secret = read_secret(self.output_url_secret_file)
+            if len(secret) < SHORTEST_LINK_KEY:
+                # An empty file would sign with b"", which anyone can: refused at startup instead.
+                raise ValueError(
+                    f"output_url_secret_file {self.output_url_secret_file}: its key is {len(secret)} bytes, "
+                    f"at least {SHORTEST_LINK_KEY} are needed (e.g. `openssl rand -hex 32`)"
+                )
+            return secret
         material = b"\n".join([self.webhook_secret(), *sorted(key.encode() for key in api_keys)])
         return hmac.new(OUTPUT_LINK_CONTEXT, material, hashlib.sha256).digest()
 

@@ -73,7 +73,8 @@ class ApiKeyAuth:
     """`Authorization: Bearer <key>` on every path but the open ones; keys compared in constant time.
     The key's id goes into the scope (`client_of`): jobs belong to the key that made them, and
     admin keys see every job. A request by a signed output link (`check_link`) needs no key; one whose
-    link does not hold (expired, altered) is refused whatever key it has."""
+    link does not hold (expired, altered) is refused (403) unless it carries a valid key, which then
+    holds it to that key's jobs as any keyed request."""
 
     def __init__(
         self,
@@ -104,7 +105,12 @@ class ApiKeyAuth:
                 scope["method"], _path(scope), scope.get("query_string", b"")
             )
         except LeapRayError as error:
-            return await send_error(send, error)
+            # A job view older than its links' lifetime, fetched with the key that made the job (the
+            # light client's job_output) works as an unsigned keyed fetch would; without a key, 403.
+            key = self._matching(header(scope, b"authorization"))
+            if key is None:
+                return await send_error(send, error)
+            return await self._as_key(key, scope, receive, send)
         if linked:
             # The link opens one output of one job (its path names the job's store id): whoever made
             # it could see that job, so its fetch is not held to a key's jobs.
@@ -116,6 +122,9 @@ class ApiKeyAuth:
         if key is None:
             error = Unauthorized("a valid API key is required: Authorization: Bearer <key>")
             return await send_error(send, error, [(b"www-authenticate", b'Bearer realm="leap_ray"')])
+        return await self._as_key(key, scope, receive, send)
+
+    async def _as_key(self, key: bytes, scope: Scope, receive: Receive, send: Send) -> None:
         scope[CLIENT] = None if key in self.admin_keys else key_id(key)
         return await self.app(scope, receive, send)
 

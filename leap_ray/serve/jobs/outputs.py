@@ -52,6 +52,16 @@ class OutputStore(Protocol):
         has none (a folder, an output kept before the store changed)."""
         ...
 
+    def local_file(self, stored: StoredOutput) -> Path | None:
+        """The file an output is kept in on this machine (which may be gone), or None for an object:
+        a route serves a file as a file (Range requests, ETag) and an object by its bytes."""
+        ...
+
+
+def gone() -> NotFound:
+    """The error of an output no longer kept (expired, deleted): a 404 naming `index`."""
+    return NotFound("this output is no longer kept", param="index")
+
 
 def read_file(stored: StoredOutput) -> bytes:
     """An output kept as a file (by a folder store, or before object stores)."""
@@ -61,7 +71,7 @@ def read_file(stored: StoredOutput) -> bytes:
             raise FileNotFoundError(stored["path"])
         return path.read_bytes()
     except FileNotFoundError:
-        raise NotFound("this output is no longer kept", param="index") from None
+        raise gone() from None
 
 
 class FolderOutputs:
@@ -88,6 +98,9 @@ class FolderOutputs:
 
     def presigned_url(self, stored: StoredOutput, expires_in: timedelta) -> str | None:
         return None
+
+    def local_file(self, stored: StoredOutput) -> Path | None:
+        return Path(stored["path"])
 
 
 class ObjectOutputs:
@@ -126,7 +139,7 @@ class ObjectOutputs:
             with unavailable_on_failure("read"):
                 return bytes(obstore.get(self.store, key).bytes())
         except FileNotFoundError:
-            raise NotFound("this output is no longer kept", param="index") from None
+            raise gone() from None
 
     def delete(self, job_id: str) -> None:
         with unavailable_on_failure("delete"):
@@ -140,6 +153,9 @@ class ObjectOutputs:
             return None
         with unavailable_on_failure("sign a link in"):
             return obstore.sign(self.store, "GET", key, min(expires_in, LONGEST_PRESIGNED))
+
+    def local_file(self, stored: StoredOutput) -> Path | None:
+        return Path(stored["path"]) if self.key(stored) is None else None
 
 
 @contextmanager

@@ -1,15 +1,20 @@
 """The job routes: submit, poll, list, fetch outputs, cancel (thin, over `Jobs`)."""
 
+import asyncio
+import os
+import stat
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
 from leap_ray.api.common import ErrorResponse
 from leap_ray.api.jobs import JobSubmission
 from leap_ray.api.responses import JobStatus, JobView
 from leap_ray.errors import NotFound
 from leap_ray.serve.bodies import read_body
+from leap_ray.serve.jobs.outputs import StoredOutput, gone
 from leap_ray.serve.jobs.service import Jobs
 from leap_ray.serve.middleware import client_of
 from leap_ray.serve.routes import ERROR_RESPONSES, json_body
@@ -17,10 +22,12 @@ from leap_ray.serve.routes import ERROR_RESPONSES, json_body
 JOB_ID = Path(description="The job's id, as POST /v1/jobs answered it.")
 OUTPUT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"image/*": {}, "audio/*": {}}, "description": "The output's bytes"},
+    206: {"description": "Part of an output kept in a folder (a Range request)"},
     307: {"description": "With output_urls: presigned, to the object store's presigned link"},
     403: {
         "model": ErrorResponse,
-        "description": "A signed link expired, or its path, expiry or signature altered",
+        "description": "A signed link expired, or its path, expiry or signature altered, and no valid "
+        "API key sent",
     },
 }
 
@@ -63,7 +70,10 @@ def job_routes(jobs: Jobs) -> APIRouter:
             await jobs.view(await jobs.get(job_id, client_of(request.scope)), jobs.base_url(request))
         )
 
+    # HEAD too (players and downloaders ask for the size first), as its own route: one route with
+    # both methods would give the schema one operation id twice.
     @router.get("/{job_id}/outputs/{index}", responses=OUTPUT_RESPONSES, summary="One output's bytes")
+    @router.head("/{job_id}/outputs/{index}", include_in_schema=False)
     async def get_job_output(
         request: Request,
         job_id: str = JOB_ID,
@@ -73,13 +83,19 @@ def job_routes(jobs: Jobs) -> APIRouter:
         signature: str | None = Query(None, description="A signed link's signature (HMAC-SHA256, hex)."),
     ) -> Response:
         """Fetched by the link a job's `outputs` give, which needs no API key until it expires (403
-        after, or when altered); without a link's parameters, with the key that made the job."""
+        after, or when altered, unless the request carries a valid key); without a link's parameters,
+        with the key that made the job. An output kept in a folder answers Range requests (206, which
+        browsers' `<audio>` players need), HEAD, ETag and Last-Modified; one kept in an object store
+        comes whole (200: Range is not supported there; HEAD reads it too) unless `output_urls:
+        presigned` redirects to the store's link, which takes Range."""
         job = await jobs.get(job_id, client_of(request.scope))
         if not 0 <= index < len(job.outputs):
             raise NotFound(f"job {job_id} has no output {index}", param="index")
         if (presigned := await jobs.links.presigned_url(job, index)) is not None:
             return RedirectResponse(presigned, status_code=307)
         stored = job.outputs[index]
+        if (file := jobs.outputs.local_file(stored)) is not None:
+            return await file_response(file, stored)
         return Response(await jobs.read_output(stored), media_type=stored["content_type"])
 
     @router.delete("/{job_id}", response_model=JobView, summary="Cancel a job")
@@ -90,3 +106,18 @@ def job_routes(jobs: Jobs) -> APIRouter:
         )
 
     return router
+
+
+async def file_response(file: FilePath, stored: StoredOutput) -> FileResponse:
+    """An output kept as a file, answered as Starlette's FileResponse (Range, HEAD, ETag), which
+    reads it off the event loop; the file is looked at here, off the loop too, so that one gone
+    (expired) is a 404 in the error shape rather than FileResponse's RuntimeError."""
+    try:
+        if not file.is_absolute():
+            raise FileNotFoundError(file)
+        found = await asyncio.to_thread(os.stat, file)
+    except FileNotFoundError:
+        raise gone() from None
+    if not stat.S_ISREG(found.st_mode):
+        raise gone()
+    return FileResponse(file, media_type=stored["content_type"], stat_result=found)

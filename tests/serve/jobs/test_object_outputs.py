@@ -95,6 +95,15 @@ def test_a_jobs_outputs_go_to_the_bucket_and_come_back_through_the_route(tmp_pat
     assert not (tmp_path / "out").exists()  # nothing on the local disk
 
 
+def test_a_range_on_an_objects_output_is_not_supported_and_gets_the_whole_body(tmp_path, s3):
+    """Range is served for outputs in a folder only (the route's docstring says so): an object's comes
+    whole, a 200 that players take as well."""
+    with in_process_app(tmp_path, jobs_options=s3) as app:
+        fetched = app.http.get(submitted(app)["outputs"][0], headers={"Range": "bytes=4-19"})
+    assert (fetched.status_code, fetched.content) == (200, stub_image(3))
+    assert "content-range" not in fetched.headers
+
+
 def test_a_webhooks_link_fetches_the_output_from_the_bucket(tmp_path, s3):
     receiver = Receiver(failures=0)
     with in_process_app(tmp_path, jobs_options=s3) as app:
@@ -183,6 +192,8 @@ def test_an_output_kept_as_a_file_before_still_serves(tmp_path, s3):
         (link,) = app.http.get(f"/v1/jobs/{job.id}").json()["outputs"]
         assert link.startswith(f"{APP_URL}/v1/jobs/{job.id}/outputs/0?expires=")  # no presigned link for it
         assert app.http.get(link).content == stub_image(9)
+        part = app.http.get(link, headers={"Range": "bytes=1-3"})  # a file: Range holds
+        assert (part.status_code, part.content) == (206, stub_image(9)[1:4])
 
 
 def test_a_job_whose_outputs_cannot_be_written_fails_naming_the_store(tmp_path, s3):
