@@ -111,6 +111,26 @@ def _next_in_turn(db: sqlite3.Connection, full_services: list[str]) -> str | Non
     return None
 
 
+def _job(row: sqlite3.Row) -> Job:
+    """A job as its record's row holds it."""
+    return Job(
+        id=row["id"],
+        service=row["service"],
+        status=row["status"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        error=json.loads(row["error"]) if row["error"] else None,
+        outputs=json.loads(row["outputs"]),
+        cancel_requested=bool(row["cancel_requested"]),
+        webhook=read_webhook(row["webhook"]),
+        progress=read_progress(row["progress"]),
+        client=row["client"],
+        seed=row["seed"],
+        input_summary=json.loads(row["input_summary"]) if row["input_summary"] else None,
+    )
+
+
 class SQLiteJobStore:
     def __init__(self, path: str | Path, timeout_s: float = 5.0) -> None:
         self.path = Path(path)
@@ -139,25 +159,6 @@ class SQLiteJobStore:
         db.row_factory = sqlite3.Row
         return db
 
-    @staticmethod
-    def _job(row: sqlite3.Row) -> Job:
-        return Job(
-            id=row["id"],
-            service=row["service"],
-            status=row["status"],
-            created_at=row["created_at"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            error=json.loads(row["error"]) if row["error"] else None,
-            outputs=json.loads(row["outputs"]),
-            cancel_requested=bool(row["cancel_requested"]),
-            webhook=read_webhook(row["webhook"]),
-            progress=read_progress(row["progress"]),
-            client=row["client"],
-            seed=row["seed"],
-            input_summary=json.loads(row["input_summary"]) if row["input_summary"] else None,
-        )
-
     def create(
         self,
         service: str,
@@ -178,7 +179,7 @@ class SQLiteJobStore:
             existing = db.execute("SELECT * FROM job_records WHERE id = ?", (job.id,)).fetchone()
             if existing is not None:
                 db.execute("ROLLBACK")
-                return self._job(existing)
+                return _job(existing)
             full = _full(db, client, max_queued, max_queued_per_client)
             if full is not None:
                 db.execute("ROLLBACK")
@@ -206,7 +207,7 @@ class SQLiteJobStore:
     def get(self, job_id: str) -> Job | None:
         with self._connect() as db:
             row = db.execute("SELECT * FROM job_records WHERE id = ?", (job_id,)).fetchone()
-        return self._job(row) if row else None
+        return _job(row) if row else None
 
     def input(self, job_id: str) -> dict[str, Any] | None:
         with self._connect() as db:
@@ -221,7 +222,7 @@ class SQLiteJobStore:
         with self._connect() as db:
             query = f"SELECT * FROM job_records{where} ORDER BY created_at DESC LIMIT ?"
             rows = db.execute(query, (*chosen.values(), limit)).fetchall()
-        return [self._job(row) for row in rows]
+        return [_job(row) for row in rows]
 
     def queued_by_service(self) -> dict[str, int]:
         """How many jobs of each service wait (services with none left out)."""
@@ -307,7 +308,7 @@ class SQLiteJobStore:
             db.executemany("DELETE FROM job_records WHERE id = ?", ids)
             db.executemany("DELETE FROM job_inputs WHERE id = ?", ids)
             db.execute("COMMIT")
-        return [self._job(row) for row in rows]
+        return [_job(row) for row in rows]
 
     def cancel(self, job_id: str) -> Job | None:
         """A queued job is cancelled at once (and its input dropped); a running one is flagged for

@@ -31,7 +31,8 @@ def capacity_of(models: Models, replicas) -> ModelCapacity:
 
 async def read(reader: ModelCapacity) -> dict[str, int]:
     await reader.limits()
-    await asyncio.sleep(0.05)  # the reading, in its own task
+    while not reader._reading.done():  # the reading, in its own task
+        await asyncio.sleep(0.01)
     return await reader.limits()
 
 
