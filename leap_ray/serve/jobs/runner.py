@@ -88,6 +88,7 @@ class JobRunner:
     async def _loop(self) -> None:
         """Ticks every `poll_s`, and at once when one of its jobs ends (so that its place in the model
         is not left empty until the next tick); heartbeats go with the `poll_s` ticks only."""
+        self._ended = asyncio.Event()  # of this loop: a runner restarted on another loop gets its own
         beaten_at = 0.0
         while True:
             beat = time.monotonic() - beaten_at >= self.poll_s
