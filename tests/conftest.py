@@ -6,10 +6,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
+from moto.server import ThreadedMotoServer
 
 from leap_ray.tiny import write_tiny_models
+from tests.helpers import BUCKET
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -57,3 +60,15 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield url
     process.terminate()
     process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server (a real S3 API over HTTP) on a free loopback port, with one bucket; its URL."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    assert httpx.put(f"{endpoint}/{BUCKET}").status_code == 200  # CreateBucket
+    yield endpoint
+    server.stop()

@@ -42,6 +42,9 @@ from leap_ray.serve.ingress import build_http_app
 from leap_ray.serve.jobs.service import Jobs
 from leap_ray.testing.simulated import simulated_track
 
+BUCKET = "leap-outputs"  # the bucket the tests' moto server (conftest's s3_endpoint) starts with
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "moto", "AWS_SECRET_ACCESS_KEY": "moto", "AWS_REGION": "us-east-1"}
+
 SMALL = {"height": 64, "width": 64, "num_inference_steps": 3}  # an SDXL request that costs little
 
 

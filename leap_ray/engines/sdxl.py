@@ -8,7 +8,8 @@ The engine's core, each part in its own module:
 - sdxl_runs and sdxl_images: admission (seeds, adapters) and how a run starts (initial latents,
   timesteps, added time ids) for text2img, img2img, inpainting and the refiner;
 - sdxl_steps and sdxl_step_end: the step batch, and each request's callback, stop check and progress;
-- sdxl_decode: decoding and previews; sdxl_fast: the GPU fast path (compile, buckets);
+- sdxl_decode: decoding and previews; sdxl_fast: the GPU fast path (compile, buckets); sdxl_warm_up:
+  compiling as a replica starts, with the compile cache;
 - sdxl_lora and sdxl_lora_rows: LoRA adapters, per row of a UNet call.
 
 Failures stay with their request (the `RunningBatch` contract, leap_ray.engines.contract)."""
@@ -23,7 +24,7 @@ from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import
 
 from leap_ray.api.common import draw_seed
 from leap_ray.api.sdxl import SDXLModelSpec, SDXLRequest, seeds_for
-from leap_ray.engines.contract import ProgressHook, StopCheck, run_to_end
+from leap_ray.engines.contract import ProgressHook, StopCheck
 from leap_ray.engines.device import placement
 from leap_ray.engines.sdxl_decode import LatentDecoder
 from leap_ray.engines.sdxl_fast import SDXLSpeed, UNetRunner
@@ -41,6 +42,7 @@ from leap_ray.engines.sdxl_runs import (
     text_time_ids,
 )
 from leap_ray.engines.sdxl_steps import OWN_LANE_ABOVE, StepBatch
+from leap_ray.engines.sdxl_warm_up import warm_up
 
 
 class SDXLEngine:
@@ -64,8 +66,8 @@ class SDXLEngine:
         `max_loaded_loras` at once; with `per_row_adapters`, requests with different adapters share the
         step batch's UNet calls (else a call per adapter set). `own_lane_above`: images of more pixels
         step in a lane of their own (leap_ray.engines.sdxl_own_lane; None: every image in one lane).
-        `speed`: the fast-path options (`SDXLSpeed`: compile, batch_buckets, channels_last, fuse_qkv,
-        warm_up_sizes)."""
+        `speed`: the fast-path options (`SDXLSpeed`: compile, regional_compile, compile_cache,
+        batch_buckets, channels_last, fuse_qkv, warm_up_sizes)."""
         self.device, self.dtype = placement(device, dtype, threads)
         self.model = model
         self.speed = SDXLSpeed(**speed)
@@ -90,8 +92,8 @@ class SDXLEngine:
         self.prompts = PromptEncoder(
             self.pipeline, self.device, self.dtype, self.adapters.activate_text_encoders
         )
-        if self.speed.compile_kwargs is not None:  # no request pays for compiling: it is done here
-            warm_up(StepBatch(self), self.speed)
+        # No request pays for compiling: the smallest bucket compiles here, the others on `compiling`.
+        self.compiling = warm_up(self, "sdxl", warm_up_requests)
 
     def spec(self) -> SDXLModelSpec:
         pipeline = self.pipeline
@@ -166,14 +168,9 @@ class SDXLEngine:
         return {"encode_s": run.admitted.encode_s, "generate_s": run.elapsed()}
 
 
-def warm_up(batch: StepBatch, speed: SDXLSpeed) -> None:
-    """A step and a decode at every batch bucket and warm-up size (each compiles its shapes)."""
-    for height, width in speed.warm_up_sizes:
-        for images in speed.batch_buckets or [1]:
-            requests = [
-                SDXLRequest(prompt="warm-up", height=height, width=width, num_inference_steps=1, seed=seed)
-                for seed in range(images)
-            ]
-            for outcome in run_to_end(batch, requests):
-                if isinstance(outcome, Exception):
-                    raise outcome
+def warm_up_requests(height: int, width: int, images: int) -> list[SDXLRequest]:
+    """Requests of one step each, `images` images in all, at one size: they compile its shapes."""
+    return [
+        SDXLRequest(prompt="warm-up", height=height, width=width, num_inference_steps=1, seed=seed)
+        for seed in range(images)
+    ]

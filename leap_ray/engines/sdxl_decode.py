@@ -15,7 +15,7 @@ from diffusers import StableDiffusionXLPipeline
 
 from leap_ray.api.images import encode_image
 from leap_ray.engines.failures import request_error
-from leap_ray.engines.sdxl_fast import SDXLSpeed
+from leap_ray.engines.sdxl_fast import SDXLSpeed, compiled_decode
 from leap_ray.errors import LeapRayError
 
 
@@ -30,9 +30,8 @@ class LatentDecoder:
         if vae.dtype == torch.float16 and vae.config.force_upcast:
             vae = copy.deepcopy(vae).to(torch.float32)
         self.vae = vae
-        kwargs = speed.compile_kwargs
-        self.per_image = kwargs is not None
-        self.decode_fn = vae.decode if kwargs is None else torch.compile(vae.decode, **kwargs)
+        self.per_image = speed.compile_kwargs is not None
+        self.decode_fn = compiled_decode(vae, speed)
 
     def unscale(self, latents: torch.Tensor) -> torch.Tensor:
         config = self.vae.config

@@ -4,25 +4,36 @@ tests) and on in serve_config.yaml. They act where a replica spends its time und
 
 - `compile`: torch.compile of the UNet and of the VAE decoder (`True`, or torch.compile's keyword
   arguments such as `{mode: max-autotune-no-cudagraphs}`), with static shapes.
+- `regional_compile` (on by default, with `compile`): only the repeated blocks are compiled (the UNet's
+  transformer blocks, as diffusers' `compile_repeated_blocks`, and the VAE decoder's ResNet blocks),
+  each block's code once per shape instead of the whole model per bucket: cold compiles 2.6-2.9x
+  shorter on the tiny model (benchmarks/compile_start.py), images within 2/255 (tests).
+- `compile_cache`: where compiled code is saved and loaded (leap_ray.engines.compile_cache): a
+  folder or an object-store URL; None turns it off.
 - `batch_buckets`: a step's UNet batch is padded up to the next bucket (in images; an image under
   guidance is two UNet rows), so shapes repeat and a compiled UNet never recompiles. Padded rows are
   copies of a real row whose outputs are dropped: each row of a UNet call is computed on its own, so
   they cannot change anyone's image (tests check).
 - `channels_last`, `fuse_qkv`: the memory layout and fused attention projections of diffusers'
   speed-up guide (`unet.fuse_qkv_projections()`).
-- `warm_up_sizes`: with `compile`, the engine compiles every bucket at these sizes before it returns,
-  so a replica reports healthy (and /readyz turns 200) only when no request will pay for compiling.
+- `warm_up_sizes`: with `compile`, the engine compiles its smallest bucket at these sizes before it
+  returns (a replica reports healthy, and /readyz turns 200, only then), and the other buckets on a
+  thread of its own (leap_ray.engines.sdxl_warm_up). Meanwhile a step batch uses the compiled buckets
+  only: a bigger one runs as several calls. No request waits for a compile.
 
 The VAE decoder that `compile` compiles is leap_ray.engines.sdxl_decode's `LatentDecoder`.
 """
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from diffusers import StableDiffusionXLPipeline
+from diffusers.models.resnet import ResnetBlock2D
+
+from leap_ray.engines.compile_cache import DEFAULT_LOCATION
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +47,8 @@ class SDXLSpeed:
     channels_last: bool = False
     fuse_qkv: bool = False
     warm_up_sizes: Sequence[Sequence[int]] = field(default_factory=lambda: [(1024, 1024)])
+    regional_compile: bool = True
+    compile_cache: str | None = DEFAULT_LOCATION
 
     @property
     def compile_kwargs(self) -> dict[str, Any] | None:
@@ -54,6 +67,39 @@ class SDXLSpeed:
             pipeline.vae.to(memory_format=torch.channels_last)
 
 
+def compile_blocks(blocks: list[torch.nn.Module], kwargs: dict[str, Any]) -> None:
+    """Compiles each block in place (`nn.Module.compile`). Every block shares one code object (the
+    module call), so each (block, shape) counts toward dynamo's one recompile limit: raised here, or
+    past 8 the rest would silently run eager."""
+    dynamo = torch._dynamo.config
+    dynamo.recompile_limit = max(dynamo.recompile_limit, dynamo.accumulated_recompile_limit)
+    for block in blocks:
+        block.compile(**kwargs)
+
+
+def compiled_unet(unet: torch.nn.Module, speed: SDXLSpeed) -> Callable[..., Any]:
+    """The UNet's forward as the options compile it: whole, by its repeated blocks, or not at all."""
+    kwargs = speed.compile_kwargs
+    if kwargs is None:
+        return unet
+    if not speed.regional_compile:
+        return torch.compile(unet, **kwargs)
+    names = set(getattr(unet, "_repeated_blocks", ()))  # diffusers' list (its compile_repeated_blocks)
+    compile_blocks([block for block in unet.modules() if type(block).__name__ in names], kwargs)
+    return unet
+
+
+def compiled_decode(vae: torch.nn.Module, speed: SDXLSpeed) -> Callable[..., Any]:
+    """The VAE's decode as the options compile it: whole, by its decoder's ResNet blocks, or not."""
+    kwargs = speed.compile_kwargs
+    if kwargs is None:
+        return vae.decode
+    if not speed.regional_compile:
+        return torch.compile(vae.decode, **kwargs)
+    compile_blocks([block for block in vae.decoder.modules() if isinstance(block, ResnetBlock2D)], kwargs)
+    return vae.decode
+
+
 def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
     """The tensor with copies of its last row appended up to `rows` rows."""
     missing = rows - tensor.shape[0]
@@ -63,22 +109,43 @@ def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 class UNetRunner:
-    """One UNet forward over a step's rows, padded to the next bucket, compiled when asked."""
+    """One UNet forward over a step's rows, padded to the next bucket, compiled when asked.
+
+    While a replica compiles its buckets (`compile_bucket`), calls use those compiled so far (`usable`):
+    a call past the largest runs as several calls of it, which gives each row what one call would
+    (each row of a UNet call is computed on its own)."""
 
     def __init__(self, unet: torch.nn.Module, speed: SDXLSpeed) -> None:
         self.unet = unet
-        kwargs = speed.compile_kwargs
-        self.forward = unet if kwargs is None else torch.compile(unet, **kwargs)
+        self.forward = compiled_unet(unet, speed)
         self.row_buckets = sorted(2 * images for images in speed.batch_buckets)
+        self.usable = list(self.row_buckets)
+        self.shapes_seen: dict[tuple, list[torch.Tensor]] = {}  # a row of each input shape, while compiling
         self._warned_rows: set[int] = set()
 
+    @property
+    def compiling(self) -> bool:
+        return len(self.usable) < len(self.row_buckets)
+
     def padded_rows(self, rows: int) -> int:
-        """The UNet batch a call of `rows` rows runs at: the next bucket, or itself past the largest."""
-        fitting = [bucket for bucket in self.row_buckets if bucket >= rows]
-        if self.row_buckets and not fitting and rows not in self._warned_rows:
+        """The UNet batch a call of `rows` rows runs at: the next usable bucket; while buckets compile,
+        the largest usable one (in several calls); else itself, past the largest bucket."""
+        fitting = [bucket for bucket in self.usable if bucket >= rows]
+        if fitting or self.compiling:
+            return fitting[0] if fitting else self.usable[-1]
+        if self.row_buckets and rows not in self._warned_rows:
             self._warned_rows.add(rows)
             logger.warning("a UNet batch of %d rows is past the largest bucket; it runs unpadded", rows)
-        return fitting[0] if fitting else rows
+        return rows
+
+    def compile_bucket(self, rows: int) -> None:
+        """Compiles the UNet at `rows` rows for each input shape the usable buckets have run, then
+        makes the bucket usable. Called off the serving path, under the grad mode calls run in."""
+        for inputs in list(self.shapes_seen.values()):
+            self.forward_padded([_pad_rows(tensor, rows) for tensor in inputs])
+        self.usable = sorted({*self.usable, rows})
+        if not self.compiling:
+            self.shapes_seen.clear()
 
     def __call__(
         self,
@@ -89,17 +156,22 @@ class UNetRunner:
         time_ids: torch.Tensor,
     ) -> torch.Tensor:
         """The noise prediction of each of the `sample.shape[0]` rows (one timestep per row)."""
-        rows = sample.shape[0]
+        inputs, rows = [sample, timesteps, text, pooled, time_ids], sample.shape[0]
         target = self.padded_rows(rows)
-        sample, timesteps, text, pooled, time_ids = (
-            _pad_rows(tensor, target) for tensor in (sample, timesteps, text, pooled, time_ids)
-        )
-        noise = self.forward(
+        if rows > target:  # a bucket that would fit is still compiling
+            parts = [[tensor[i : i + target] for tensor in inputs] for i in range(0, rows, target)]
+            return torch.cat([self(*part) for part in parts])
+        if self.compiling:
+            self.shapes_seen[tuple(tensor.shape[1:] for tensor in inputs)] = [tensor[:1] for tensor in inputs]
+        # A copy: with compile's CUDA graphs (mode reduce-overhead) the next call reuses the output.
+        return self.forward_padded([_pad_rows(tensor, target) for tensor in inputs])[:rows].clone()
+
+    def forward_padded(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        sample, timesteps, text, pooled, time_ids = inputs
+        return self.forward(
             sample,
             timesteps,
             encoder_hidden_states=text,
             added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
             return_dict=False,
         )[0]
-        # A copy: with compile's CUDA graphs (mode reduce-overhead) the next call reuses the output.
-        return noise[:rows].clone()

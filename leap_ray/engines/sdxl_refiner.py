@@ -12,10 +12,12 @@ import threading
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
+import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline
 from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import retrieve_timesteps
 
 from leap_ray.api.handoff import RefineRequest, RefinerSpec
+from leap_ray.api.sdxl import SDXLRequest
 from leap_ray.engines.contract import ProgressHook, StopCheck
 from leap_ray.engines.device import placement
 from leap_ray.engines.sdxl_decode import LatentDecoder
@@ -25,6 +27,7 @@ from leap_ray.engines.sdxl_pipelines import WorkflowPipelines, own_scheduler
 from leap_ray.engines.sdxl_prompts import PromptEncoder
 from leap_ray.engines.sdxl_runs import Admitted, Run, image_time_ids, start_run
 from leap_ray.engines.sdxl_steps import OWN_LANE_ABOVE, StepBatch
+from leap_ray.engines.sdxl_warm_up import warm_up
 
 
 class SDXLRefinerEngine:
@@ -39,8 +42,9 @@ class SDXLRefinerEngine:
         dtype: str | None = None,
         threads: int | None = None,
         own_lane_above: int | None = OWN_LANE_ABOVE,
+        **speed: Any,
     ) -> None:
-        """`own_lane_above`: as the base engine's (`SDXLEngine`)."""
+        """`own_lane_above` and `speed` (the fast-path options): as the base engine's (`SDXLEngine`)."""
         self.device, self.dtype = placement(device, dtype, threads)
         self.model = model
         self.own_lane_above = own_lane_above
@@ -49,10 +53,22 @@ class SDXLRefinerEngine:
         pipeline = StableDiffusionXLImg2ImgPipeline.from_pretrained(model, dtype=self.dtype).to(self.device)
         pipeline.set_progress_bar_config(disable=True)
         self.pipeline = pipeline
+        self.speed = SDXLSpeed(**speed)
+        self.speed.apply(pipeline)
         self.pipelines = WorkflowPipelines(pipeline)
-        self.unet = UNetRunner(pipeline.unet, SDXLSpeed())
-        self.decoder = LatentDecoder(pipeline, SDXLSpeed())
+        self.unet = UNetRunner(pipeline.unet, self.speed)
+        self.decoder = LatentDecoder(pipeline, self.speed)
         self.prompts = PromptEncoder(pipeline, self.device, self.dtype)
+        # As the base's: the smallest bucket compiles here, the others on `compiling`.
+        self.compiling = warm_up(self, "refiner", self.warm_up_requests)
+
+    def warm_up_requests(self, height: int, width: int, images: int) -> list[RefineRequest]:
+        """Hand-offs of one refiner step each, `images` in all, at one size: they compile its shapes."""
+        scale = self.pipeline.vae_scale_factor
+        shape = (1, self.spec().latent_channels, height // scale, width // scale)
+        request = SDXLRequest(prompt="warm-up", height=height, width=width, num_inference_steps=2, refiner={})
+        state = [torch.Generator().manual_seed(seed).get_state() for seed in range(images)]
+        return [RefineRequest(request, torch.zeros(shape), state[i : i + 1], [i], {}) for i in range(images)]
 
     def spec(self) -> RefinerSpec:
         return RefinerSpec(latent_channels=self.pipeline.unet.config.in_channels)

@@ -2,6 +2,8 @@
 padding a step's batch up to a bucket cannot change anyone's image, batches of any size within the
 buckets never recompile a warmed-up UNet, and a compiled engine gives the eager images."""
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -57,16 +59,19 @@ def test_step_batches_padded_to_buckets_equal_solo_diffusers(tiny_models, refere
         assert np.abs(np.stack(outcomes[request.seed].images) - expected).max() < TOLERANCE
 
 
-@pytest.mark.slow  # dynamo traces the UNet at three buckets
-def test_batches_of_any_size_within_the_buckets_never_recompile_after_warm_up(tiny_models):
+@pytest.mark.slow  # dynamo traces the UNet's blocks at three buckets
+@pytest.mark.parametrize("regional", [True, False], ids=["regional", "whole-unet"])
+def test_batches_of_any_size_within_the_buckets_never_recompile_after_warm_up(tiny_models, regional):
     counter = CompileCounter()  # counts the graphs dynamo compiles (and runs them eagerly)
     engine = SDXLEngine(
         str(tiny_models["sdxl"]),
         compile={"backend": counter},
+        regional_compile=regional,
         batch_buckets=[1, 2, 4],
         warm_up_sizes=[[64, 64]],
     )
-    batch = engine.running_batch()  # the compiled engine warmed up every bucket as it loaded
+    engine.compiling.join(timeout=120)  # the buckets past the first compile after the engine is ready
+    assert engine.unet.usable == [2, 4, 8] and engine.unet.shapes_seen == {}
     warmed = counter.frame_count
     assert warmed >= 4  # the UNet at three buckets, the VAE decoder at one image
     arrivals = {
@@ -76,9 +81,56 @@ def test_batches_of_any_size_within_the_buckets_never_recompile_after_warm_up(ti
             for i, s in enumerate(["ddim", "euler", None])
         ],
     }
-    outcomes = run_steps(batch, arrivals)
+    outcomes = run_steps(engine.running_batch(), arrivals)
     assert len(outcomes) == 4 and {o.batch_size for o in outcomes.values()} == {1, 3}
     assert counter.frame_count == warmed
+
+
+class GatedBackend(CompileCounter):
+    """Counts graphs; one compiled on the buckets' background thread waits until `open` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open, self.waiting = threading.Event(), threading.Event()
+
+    def __call__(self, graph: torch.fx.GraphModule, example_inputs: list) -> object:
+        if threading.current_thread().name == "compile-buckets":
+            self.waiting.set()
+            assert self.open.wait(timeout=120)
+        return super().__call__(graph, example_inputs)
+
+
+@pytest.mark.slow  # dynamo traces the UNet's blocks at two buckets
+def test_a_replica_serves_while_its_bigger_buckets_compile(tiny_models, reference):
+    gate = GatedBackend()
+    engine = SDXLEngine(
+        str(tiny_models["sdxl"]), compile={"backend": gate}, batch_buckets=[1, 4], warm_up_sizes=[[64, 64]]
+    )
+    assert gate.waiting.wait(timeout=60)  # the background compile of bucket 4 is held
+    assert engine.unet.usable == [2] and engine.compiling.is_alive()
+    requests = [SDXLRequest(prompt=f"fox {i}", seed=20 + i, num_inference_steps=2, **SMALL) for i in range(3)]
+    outcomes = run_steps(engine.running_batch(), {0: requests})  # 6 rows: three calls of the 2-row bucket
+    gate.open.set()
+    engine.compiling.join(timeout=120)
+    assert engine.unet.usable == [2, 8]
+    for request in requests:
+        assert outcomes[request.seed].batch_size == 3
+        expected = solo(reference, request, seeds_of(request))
+        assert np.abs(np.stack(outcomes[request.seed].images) - expected).max() < TOLERANCE
+
+
+def test_rows_past_the_compiled_buckets_run_as_several_calls_with_the_same_rows(tiny_models):
+    engine = SDXLEngine(str(tiny_models["sdxl"]), batch_buckets=[1, 4])
+    inputs = unet_inputs(engine, 6, seed=3)
+    whole = engine.unet(*inputs)  # one call padded to the 8-row bucket
+    engine.unet.usable = [2]  # as while bucket 4 compiles
+    calls = []
+    forward = engine.unet.forward_padded
+    engine.unet.forward_padded = lambda padded: calls.append(padded[0].shape[0]) or forward(padded)
+    parts = engine.unet(*inputs)
+    assert calls == [2, 2, 2] and engine.unet.padded_rows(6) == 2
+    assert torch.allclose(parts, whole, atol=1e-5)
+    assert set(engine.unet.shapes_seen) == {tuple(tensor.shape[1:] for tensor in inputs)}
 
 
 @pytest.mark.integration  # inductor compiles the tiny UNet and VAE on the CPU: about a minute

@@ -7,12 +7,10 @@ fetch with plain httpx; outputs kept as files before still serve."""
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
 
 import httpx
 import obstore
 import pytest
-from moto.server import ThreadedMotoServer
 from obstore.store import S3Store
 from pydantic import ValidationError
 
@@ -22,6 +20,8 @@ from leap_ray.serve.jobs.runner import JobRunner
 from leap_ray.serve.jobs.sqlite_store import SQLiteJobStore
 from tests.helpers import (
     APP_URL,
+    BUCKET,
+    CREDENTIALS,
     SMALL,
     InProcessApp,
     Receiver,
@@ -30,21 +30,7 @@ from tests.helpers import (
     stub_image,
 )
 
-BUCKET = "leap-outputs"
 IMAGE = {"prompt": "a lighthouse", "seed": 3, **SMALL}
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "moto", "AWS_SECRET_ACCESS_KEY": "moto", "AWS_REGION": "us-east-1"}
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """moto's S3 server on a free loopback port, with one bucket; its URL."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    assert httpx.put(f"{endpoint}/{BUCKET}").status_code == 200  # CreateBucket
-    yield endpoint
-    server.stop()
 
 
 @pytest.fixture

@@ -1,0 +1,177 @@
+"""A compile cache that travels: what torch.compile made for a replica, saved after its warm-up to a
+folder or an object store every node reads, and loaded by a replica on a node whose own inductor cache
+is empty, so that it loads compiled code instead of compiling it.
+
+An archive (a zip) holds:
+- PyTorch's Mega-Cache (`torch.compiler.save_cache_artifacts`): inductor's FX graphs, AOTAutograd's
+  graphs, and on a GPU the Triton kernels and autotuning results, portable across machines with the
+  same torch, Triton and GPU. Chosen over AOTInductor (`torch.export` to a .pt2 package) because it
+  keeps the replica on the one torch.compile path it would take anyway: a cache that does not match
+  is a cache miss and a compile, never a failed replica, and nothing about the UNet must be exportable.
+- On the CPU, the C++ kernels inductor built (the `.so` files): Mega-Cache leaves them out, and
+  rebuilding them was 52 of the 60 s a replica took with the Mega-Cache alone. Their file names are
+  hashes of their source and compiler command, so a machine with another compiler or CPU finds no
+  match and builds its own.
+
+An archive's name is a hash of everything the compiled code depends on (`key_parts`); its manifest
+repeats them, and a replica loads only an archive whose manifest equals its own. A missing, foreign or
+corrupt archive is ignored with a log line. Loading runs pickled code: the location must be as
+trusted as the inductor cache folder itself."""
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch._inductor.runtime.cache_dir_utils import cache_dir as inductor_cache_dir
+
+from leap_ray.config import is_object_store_url
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LOCATION = str(Path.home() / ".cache" / "leap_ray" / "compile")
+FORMAT = 1  # of the archive; part of every key
+MEGA_CACHE = "mega-cache.bin"
+MANIFEST = "manifest.json"
+KERNEL = re.compile(r"[0-9a-z]{2}/[0-9A-Za-z_.]+\.so")  # inductor's C++ kernels: <2 chars>/<hash>.so
+RETRY = {"max_retries": 3, "retry_timeout": timedelta(seconds=20)}  # a store that is down: seconds
+
+
+def kernel_files() -> set[str]:
+    """The C++ kernels in this process's inductor cache folder, relative to it."""
+    root = Path(inductor_cache_dir())
+    if not root.is_dir():
+        return set()
+    return {str(path.relative_to(root)) for path in root.glob("*/*.so")}
+
+
+class CompileCache:
+    """One archive at `location` (a folder or an object-store URL), named by its key parts."""
+
+    def __init__(self, location: str, name: str, key_parts: Mapping[str, Any]) -> None:
+        self.location = location
+        self.key_parts = json.loads(json.dumps({"format": FORMAT, **key_parts}, default=str))
+        digest = hashlib.sha256(json.dumps(self.key_parts, sort_keys=True).encode()).hexdigest()
+        self.file_name = f"{name}-{digest[:24]}.zip"
+        self.kernels_before = kernel_files()  # those not made by this replica's compiles
+        self.kernels_loaded: set[str] = set()
+        self.loaded = False
+
+    def __str__(self) -> str:
+        return f"{self.location.rstrip('/')}/{self.file_name}"
+
+    def load(self) -> bool:
+        """Fills this process's compile caches from the archive; False (logged) when there is none
+        or it cannot be used."""
+        try:
+            data = read(self.location, self.file_name)
+        except FileNotFoundError:
+            logger.info("no compile cache at %s: compiling from scratch", self)
+            return False
+        except Exception as error:
+            logger.warning("could not read the compile cache %s (%s): compiling from scratch", self, error)
+            return False
+        try:
+            kernels = self.unpack(data)
+        except Exception as error:
+            logger.warning("ignoring the compile cache %s (%s): compiling from scratch", self, error)
+            return False
+        self.loaded = True
+        logger.info("loaded the compile cache %s (%d kernels)", self, kernels)
+        return True
+
+    def unpack(self, data: bytes) -> int:
+        """Checks the archive against this replica's key, then loads it; the count of kernels."""
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            manifest = json.loads(archive.read(MANIFEST))
+            if manifest != self.key_parts:
+                keys = {*manifest, *self.key_parts}
+                changed = sorted(key for key in keys if manifest.get(key) != self.key_parts.get(key))
+                raise ValueError(f"made for another setup (differs in {', '.join(changed)})")
+            kernels = [name for name in archive.namelist() if KERNEL.fullmatch(name)]
+            if torch.compiler.load_cache_artifacts(archive.read(MEGA_CACHE)) is None:
+                raise ValueError("its Mega-Cache could not be read")
+            root = Path(inductor_cache_dir())
+            for name in kernels:
+                write_file(root / name, archive.read(name), replace=False)
+        self.kernels_loaded = set(kernels)
+        return len(kernels)
+
+    def save(self) -> None:
+        """Saves what this process compiled, unless it loaded the archive (nothing new to add) or
+        compiled nothing. Never raises: a replica serves without saving."""
+        if self.loaded:
+            return
+        try:
+            artifacts = torch.compiler.save_cache_artifacts()
+            if artifacts is None:
+                return
+            kernels = sorted(self.built_kernels())
+            write(self.location, self.file_name, self.pack(artifacts[0], kernels))
+            logger.info("saved the compile cache %s (%d kernels)", self, len(kernels))
+        except Exception as error:
+            logger.warning("could not save the compile cache %s: %s", self, error)
+
+    def built_kernels(self) -> set[str]:
+        """The C++ kernels this process built: in the inductor cache, neither there before nor loaded."""
+        return kernel_files() - self.kernels_before - self.kernels_loaded
+
+    def pack(self, mega_cache: bytes, kernels: list[str]) -> bytes:
+        buffer, root = io.BytesIO(), Path(inductor_cache_dir())
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(MANIFEST, json.dumps(self.key_parts, sort_keys=True))
+            archive.writestr(MEGA_CACHE, mega_cache)
+            for name in kernels:
+                archive.write(root / name, name)
+        return buffer.getvalue()
+
+
+def write_file(path: Path, data: bytes, replace: bool = True) -> None:
+    """Writes by an atomic rename: a reader (another replica) never sees half a file."""
+    if path.exists() and not replace:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    with os.fdopen(handle, "wb") as file:
+        file.write(data)
+    os.replace(staging, path)
+
+
+def read(location: str, name: str) -> bytes:
+    """An archive's bytes; FileNotFoundError when there is none."""
+    if not is_object_store_url(location):
+        return (Path(location).expanduser() / name).read_bytes()
+    import obstore
+    from obstore.exceptions import NotFoundError
+
+    try:
+        return bytes(obstore.get(object_store(location), name).bytes())
+    except NotFoundError:
+        raise FileNotFoundError(name) from None
+
+
+def write(location: str, name: str, data: bytes) -> None:
+    if not is_object_store_url(location):
+        write_file(Path(location).expanduser() / name, data)
+        return
+    import obstore
+
+    obstore.put(object_store(location), name, data)  # a put is atomic: readers see all or nothing
+
+
+def object_store(location: str) -> Any:
+    """The store at an object-store URL, credentials and endpoint from the environment (as obstore
+    reads them: AWS_*, GOOGLE_*, AZURE_*)."""
+    from obstore.store import from_url
+
+    # No client_options: given at all, they replace the environment's (AWS_ALLOW_HTTP).
+    return from_url(location, retry_config=RETRY)
