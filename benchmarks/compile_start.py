@@ -45,7 +45,7 @@ def replica(args: argparse.Namespace) -> dict[str, Any]:
 
     imported = time.perf_counter()
     options = MODES[args.mode]
-    speed = {} if options is None else {"compile": True, **options}
+    speed = {} if options is None else {"compile": True, **options, **json.loads(args.options)}
     engine = SDXLEngine(
         args.model,
         batch_buckets=args.buckets,
@@ -78,12 +78,15 @@ def replica(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def start(mode: str, model: str, args: argparse.Namespace, cache: Path, image: Path) -> dict[str, Any]:
-    """One replica start in a fresh process, with an empty inductor cache folder of its own."""
+def start(
+    mode: str, model: str, args: argparse.Namespace, cache: Path, image: Path, options: str = "{}"
+) -> dict[str, Any]:
+    """One replica start in a fresh process, with an empty inductor cache folder of its own;
+    `options`: more of the engine's fast-path options (JSON)."""
     inductor = tempfile.mkdtemp(prefix="inductor-")
     command = [sys.executable, "-m", "benchmarks.compile_start", "replica", "--mode", mode, "--model", model]
-    command += ["--size", str(args.size), "--compile-cache", str(cache), "--image", str(image), "--buckets"]
-    command += [str(bucket) for bucket in args.buckets]
+    command += ["--size", str(args.size), "--compile-cache", str(cache), "--image", str(image)]
+    command += ["--options", options, "--buckets", *(str(bucket) for bucket in args.buckets)]
     environment = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": inductor}
     done = subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -122,6 +125,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="replica: the model folder")
     parser.add_argument("--image", default=None, help="replica: where its image is saved (.npy)")
     parser.add_argument("--compile-cache", default=None, help="replica: the compile cache location")
+    parser.add_argument("--options", default="{}", help="replica: more fast-path options (JSON)")
     parser.add_argument("--buckets", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--full-size", action="store_true", help="architecture-true random-weight SDXL")

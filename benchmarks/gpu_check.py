@@ -15,6 +15,7 @@ import gc
 import json
 import os
 import shutil
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -26,6 +27,7 @@ import torch
 from transformers import AutoConfig
 
 from benchmarks.common import RESULTS, machine, print_table
+from benchmarks.compile_start import start
 from benchmarks.musicgen_steps import prefill_rows, step_row
 from leap_ray.api.musicgen import MusicGenRequest
 from leap_ray.api.progress import AudioDelta
@@ -44,7 +46,7 @@ from leap_ray.engines.sdxl import SDXLEngine
 FULL = {
     "size": 1024,
     "steps": [20, 50],
-    "batches": [1, 8],
+    "batches": [1, 4, 8],
     "durations": [10.0, 60.0],
     "short_durations": [10.0],
     "tracks": [1, 16, 64],
@@ -53,7 +55,7 @@ FULL = {
 TINY = {
     "size": 64,
     "steps": [4, 8],
-    "batches": [1, 4],
+    "batches": [1, 2, 4],
     "durations": [1.0, 3.0],
     "short_durations": [1.0],
     "tracks": [1, 4, 8],
@@ -67,6 +69,7 @@ class Check:
     def __init__(self, args: argparse.Namespace, plan: dict[str, Any]) -> None:
         self.plan, self.deadline = plan, time.monotonic() + args.budget_s
         self.results: dict[str, Any] = {"machine": machine(), "plan": plan, "sdxl": [], "musicgen": []}
+        self.results["starts"] = []
 
     def left_s(self) -> float:
         return self.deadline - time.monotonic()
@@ -131,6 +134,8 @@ def check_sdxl(check: Check, model: str, variant: str, options: dict[str, Any]) 
     the fewest steps) for comparing variants."""
     plan = check.plan
     engine, load_s = timed(lambda: SDXLEngine(model, **options))  # a compiled one warms up as it loads
+    if engine.compiling is not None:  # timings only once no bucket compiles beside them
+        engine.compiling.join()
     print(f"sdxl {variant}: loaded (and warmed up) in {load_s:.1f} s", flush=True)
     reference = None
     for images in plan["batches"]:
@@ -157,6 +162,24 @@ def check_sdxl(check: Check, model: str, variant: str, options: dict[str, Any]) 
             )
     free(engine)
     return reference
+
+
+def check_starts(check: Check, model: str, options: dict[str, Any], cache: Path) -> None:
+    """SDXL replica starts, each a fresh process with an empty inductor cache (a new node): regional
+    compilation cold (it saves the compile cache to `cache`) and with the cache carried, then whole-UNet
+    compilation cold at the first bucket only (what a bucket costs without regional compilation)."""
+    plan, work = check.plan, Path(tempfile.mkdtemp(prefix="starts-"))
+    fast = json.dumps({name: options[name] for name in ("channels_last", "fuse_qkv")})
+    runs = [("regional", "cold", plan["batches"]), ("regional", "new node", plan["batches"])]
+    runs.append(("whole", "cold", plan["batches"][:1]))
+    for mode, node, buckets in runs:
+        row = {"mode": mode, "node": node, "buckets": buckets}
+        if check.left_s() < 0:
+            check.add("starts", {**row, "skipped": "budget"})
+            continue
+        replica = argparse.Namespace(size=plan["size"], buckets=buckets)
+        figures = start(mode, model, replica, cache if mode == "regional" else work, work / "image.npy", fast)
+        check.add("starts", {**row, **figures})
 
 
 def check_musicgen(
@@ -328,16 +351,20 @@ def main() -> None:
         models = {name: str(folder) for name, folder in folders.items()}
         print(f"full-size models ready in {build_s:.1f} s", flush=True)
     buckets = {"batch_buckets": plan["batches"]}
-    fast = {**buckets, "compile": True, "channels_last": True, "fuse_qkv": True}
+    # The compiled engine loads the compile cache the starts saved: it is ready in seconds.
+    cache = Path(tempfile.mkdtemp(prefix="compile-cache-"))
+    fast = {**buckets, "compile": True, "channels_last": True, "fuse_qkv": True, "compile_cache": str(cache)}
     fast["warm_up_sizes"] = [[plan["size"], plan["size"]]]
-    # Compiling is the least predictable cost, so the compiled SDXL runs last: if it overruns the
-    # budget, only it is cut short. A section that fails is recorded and the next one runs.
+    # Replica starts first (issue 27's figures), then the compiled SDXL with their cache, then the
+    # rest; each section past the budget is skipped. A section that fails is recorded and the next runs.
     only = [name for name in args.only.split(",") if name]
     melody = models["musicgen-melody"]
     fit = musicgen_fit(melody, max(plan["tracks"]))
     eager = {"batch_buckets": [min(tracks, fit) for tracks in plan["tracks"]]}  # eager: the most at once
     graphs = {"cuda_graphs": True, **eager}
     sections = [
+        ("sdxl", "starts", lambda: check_starts(check, models["sdxl"], fast, cache)),
+        ("sdxl", "compiled", lambda: check_sdxl(check, models["sdxl"], "compiled", fast)),
         ("sdxl", "eager", lambda: check_sdxl(check, models["sdxl"], "eager", {})),
         ("musicgen", "eager", lambda: check_musicgen(check, melody, "eager", eager, "short_durations")),
         (
@@ -345,7 +372,6 @@ def main() -> None:
             "cuda_graphs",
             lambda: check_musicgen(check, melody, "cuda_graphs", graphs, "durations"),
         ),
-        ("sdxl", "compiled", lambda: check_sdxl(check, models["sdxl"], "compiled", fast)),
     ]
     outputs = {}
     for model, variant, run in sections:
@@ -362,6 +388,13 @@ def main() -> None:
 
 
 def report(results: dict[str, Any]) -> None:
+    starts = [row for row in results.get("starts", []) if "ready_s" in row]
+    if starts:
+        columns = ("mode", "node", "buckets", "ready_s", "all_buckets_s", "cache_loaded")
+        rows = [{name: row[name] for name in columns} for row in starts]
+        for row, start_row in zip(rows, starts, strict=True):
+            row["graphs compiled"] = start_row["inductor"].get("fxgraph_cache_miss", 0)
+        print_table("SDXL replica starts (fresh process, empty inductor cache)", rows)
     done = [row for row in results["sdxl"] if "seconds" in row]
     if done:
         device = results["machine"]["gpu"] or "CPU"

@@ -12,12 +12,15 @@ LIBRARY_PRIVATES = {
     "_get_add_time_ids": "engines/sdxl_pipelines.py",
     "_encode_vae_image": "engines/sdxl_pipelines.py",
     "_get_global_client": "testing/cluster.py",
+    "_dynamo": "engines/sdxl_fast.py",  # torch._dynamo.config.recompile_limit, named in torch.compile's docs
 }
 LIBRARY_PRIVATE_MODULES = {  # Ray's own startup steps, which `serve run` and `ray start` take
     "ray.serve._private": "serve/launch.py",
     "ray._private": "serve/launch.py",  # ray_constants: the single-machine switch ray.init lacks
     "ray._private.authentication.authentication_token_setup": "testing/cluster.py",
     "ray._raylet": "testing/cluster.py",
+    # the folder inductor keeps its C++ kernels in (TORCHINDUCTOR_CACHE_DIR or its default)
+    "torch._inductor.runtime.cache_dir_utils": "engines/compile_cache.py",
 }
 MAX_CLASS_LINES = 210
 

@@ -11,6 +11,7 @@ from torch._dynamo.testing import CompileCounter
 
 from leap_ray.api.sdxl import SDXLRequest
 from leap_ray.engines.sdxl import SDXLEngine
+from leap_ray.engines.sdxl_refiner import SDXLRefinerEngine
 from tests.helpers import run_steps, seeds_of, solo
 
 TOLERANCE = 1e-3  # on 0-1 pixel values, CPU float32
@@ -133,10 +134,30 @@ def test_rows_past_the_compiled_buckets_run_as_several_calls_with_the_same_rows(
     assert set(engine.unet.shapes_seen) == {tuple(tensor.shape[1:] for tensor in inputs)}
 
 
-@pytest.mark.integration  # inductor compiles the tiny UNet and VAE on the CPU: about a minute
-def test_a_compiled_engine_gives_the_eager_images_within_2_of_255(tiny_models, engine):
+@pytest.mark.slow  # dynamo traces the refiner's blocks at two buckets
+def test_the_refiner_takes_the_fast_path_and_refines_as_eager(tiny_models):
+    counter = CompileCounter()
+    options = {"batch_buckets": [1, 2], "warm_up_sizes": [[64, 64]], "channels_last": True}
+    compiled = SDXLRefinerEngine(str(tiny_models["sdxl-refiner"]), compile={"backend": counter}, **options)
+    compiled.compiling.join(timeout=120)
+    assert counter.frame_count >= 3 and compiled.unet.usable == [2, 4]  # its UNet at two buckets, its VAE
+    eager = SDXLRefinerEngine(str(tiny_models["sdxl-refiner"]))
+    (job,) = eager.warm_up_requests(64, 64, images=1)
+    job.latents = torch.randn(job.latents.shape, generator=torch.Generator().manual_seed(5))
+    outcomes = [run_steps(engine.running_batch(), {0: [job]}) for engine in (compiled, eager)]
+    refined = [outcome[None].images[0] for outcome in outcomes]  # keyed by seed: the warm-up has none
+    assert np.abs(refined[0] - refined[1]).max() < TOLERANCE
+
+
+@pytest.mark.integration  # inductor compiles the tiny UNet's and VAE's blocks on the CPU: about a minute
+def test_a_compiled_engine_gives_the_eager_images_within_2_of_255(tiny_models, engine, tmp_path):
     compiled = SDXLEngine(
-        str(tiny_models["sdxl"]), compile=True, batch_buckets=[1], warm_up_sizes=[[64, 64]], fuse_qkv=True
+        str(tiny_models["sdxl"]),
+        compile=True,
+        batch_buckets=[1],
+        warm_up_sizes=[[64, 64]],
+        fuse_qkv=True,
+        compile_cache=str(tmp_path),
     )
     batch = compiled.running_batch()
     request = SDXLRequest(prompt="a lighthouse", seed=7, num_inference_steps=3, **SMALL)
