@@ -13,6 +13,8 @@ inductor cache (a new node), as a replica's constructor builds its engine. Side 
 the last bucket finished compiling in the background. Each compiled start's image is compared with
 eager's (the same request and seed). Writes benchmarks/results/compile_start.json.
 
+`python -m benchmarks.compile_start served` starts the local graph (Ray Serve) instead: eager, regional
+cold, regional on a new node, each until the application is RUNNING, then one request over HTTP.
 `python -m benchmarks.compile_start replica ...` is one start, printing its figures as JSON (the
 tests use it)."""
 
@@ -116,11 +118,58 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     return {"eager": eager, "starts": rows}
 
 
+def served(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The local graph (Ray Serve, HTTP) started with SDXL eager, compiled cold, then compiled on a new
+    node (a fresh inductor cache folder for the SDXL replica, the compile cache the cold start saved):
+    seconds until the application is RUNNING (Ray's start included, the same in each), and the image
+    of one request over HTTP."""
+    import base64
+    import io
+
+    import httpx
+    import numpy as np
+    from PIL import Image
+
+    from benchmarks.common import application, graph, models
+
+    folders, cache = models(args), tempfile.mkdtemp(prefix="compile-cache-")
+    compiled = {"compile": True, "batch_buckets": args.buckets, "compile_cache": cache}
+    compiled["warm_up_sizes"] = [[args.size, args.size]]
+    body = {
+        "prompt": "a lighthouse",
+        "seed": 7,
+        "num_inference_steps": 3,
+        "height": args.size,
+        "width": args.size,
+    }
+    rows: list[dict[str, Any]] = []
+    images: list[Any] = []
+    for label, speed in (("eager", {}), ("regional, cold", compiled), ("regional, new node", compiled)):
+        app = application("starts", folders, max_batch_size=2 * max(args.buckets), batching="step")
+        app["args"]["sdxl"]["engine_kwargs"] = speed
+        sdxl = next(deployment for deployment in app["deployments"] if deployment["name"] == "SDXL")
+        inductor = tempfile.mkdtemp(prefix="inductor-")
+        sdxl["ray_actor_options"]["runtime_env"] = {"env_vars": {"TORCHINDUCTOR_CACHE_DIR": inductor}}
+        began = time.perf_counter()
+        with graph(app) as url:
+            ready = time.perf_counter() - began
+            answer = httpx.post(f"{url}/starts/v1/sdxl", json=body, timeout=600).json()
+        png = base64.b64decode(answer["images"][0]["data"])
+        images.append(np.asarray(Image.open(io.BytesIO(png)), dtype=float))
+        rows.append({"start": label, "ready_s": round(ready, 1)})
+    for row, image in zip(rows, images, strict=True):
+        row["compile_cost_s"] = round(row["ready_s"] - rows[0]["ready_s"], 1)
+        row["vs eager /255"] = float(np.abs(image - images[0]).max())
+    for row in rows:
+        row["cost ÷ cold"] = round(row["compile_cost_s"] / rows[1]["compile_cost_s"], 3)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", nargs="?", choices=["compare", "replica"], default="compare")
+    parser.add_argument("command", nargs="?", choices=["compare", "replica", "served"], default="compare")
     parser.add_argument("--mode", choices=sorted(MODES), default="regional", help="replica: its compile")
     parser.add_argument("--model", default=None, help="replica: the model folder")
     parser.add_argument("--image", default=None, help="replica: where its image is saved (.npy)")
@@ -133,6 +182,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "replica":
         print(json.dumps(replica(args)))
+        return
+    if args.command == "served":
+        rows = served(args)
+        print_table(f"The local graph, SDXL replica start, {args.size}², buckets {args.buckets}", rows)
+        print(f"results: {write_results('compile_start_served', {'machine': machine(), 'starts': rows})}")
         return
     result = {"machine": machine(), "buckets": args.buckets, "size": args.size, **compare(args)}
     columns = (
