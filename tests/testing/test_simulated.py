@@ -8,6 +8,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from leap_ray.api.audio import pcm16
 from leap_ray.api.musicgen import MusicGenRequest
@@ -24,6 +25,25 @@ FAST_MUSICGEN = {"token_s": 0.0005, "track_token_s": 0.0, "overhead_s": 0.0}
 
 def test_both_keep_the_engine_contract():
     assert isinstance(SimulatedSDXLEngine(), Engine) and isinstance(SimulatedMusicGenEngine(), Engine)
+
+
+@pytest.mark.parametrize(
+    "engine_class", [SimulatedSDXLEngine, SimulatedMusicGenEngine], ids=["sdxl", "musicgen"]
+)
+def test_the_constructor_takes_startup_s_as_a_compile_and_warm_up_would_and_none_by_default(engine_class):
+    started = time.perf_counter()
+    engine_class(startup_s=0.2)
+    assert time.perf_counter() - started >= 0.2
+    started = time.perf_counter()
+    engine_class()
+    assert time.perf_counter() - started < 0.1
+
+
+def test_timings_say_how_long_the_engine_has_been_up():
+    engine = SimulatedSDXLEngine(**FAST_SDXL)
+    time.sleep(0.05)
+    (result,) = generate(engine, [SDXLRequest(prompt="a", height=64, width=64, num_inference_steps=2)])
+    assert result.timings["engine_up_s"] >= 0.05 + result.timings["generate_s"]
 
 
 def test_sdxl_images_are_seeded_shaped_and_take_the_latency_models_time():
