@@ -111,10 +111,12 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             figures = start(mode, model, args, cache, work / f"{mode}.npy")
             pixels = np.abs(np.load(work / f"{mode}.npy") - np.load(work / "eager.npy")).max() * 255
             rows.append({"start": f"{mode}, {node}", **figures, "vs eager /255": round(float(pixels), 3)})
-    for row in rows:
+    for row in rows:  # what compiling adds to a start: until ready, and until every bucket compiled
         row["compile_cost_s"] = round(row["ready_s"] - eager["ready_s"], 2)
+        row["all_buckets_cost_s"] = round(row["all_buckets_s"] - eager["ready_s"], 2)
         cold = next(r for r in rows if r["mode"] == row["mode"])
         row["cost ÷ cold"] = round(row["compile_cost_s"] / cold["compile_cost_s"], 3)
+        row["all ÷ cold"] = round(row["all_buckets_cost_s"] / cold["all_buckets_cost_s"], 3)
     return {"eager": eager, "starts": rows}
 
 
@@ -193,8 +195,8 @@ def main() -> None:
         "start",
         "ready_s",
         "all_buckets_s",
-        "compile_cost_s",
         "cost ÷ cold",
+        "all ÷ cold",
         "kernels_built",
         "vs eager /255",
     )

@@ -11,6 +11,7 @@ import pytest
 import redis
 from moto.server import ThreadedMotoServer
 
+from leap_ray.engines.compile_cache import LOCATION_ENV
 from leap_ray.tiny import write_tiny_models
 from tests.helpers import BUCKET
 
@@ -24,6 +25,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if "local_ray" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.integration)
     items.sort(key=lambda item: item.get_closest_marker("cluster") is None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Compiled engines' default compile cache, in a folder of the session's (never the user's home)."""
+    folder = tmp_path_factory.mktemp("compile-cache")
+    before = os.environ.get(LOCATION_ENV)
+    os.environ[LOCATION_ENV] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop(LOCATION_ENV)
+    else:
+        os.environ[LOCATION_ENV] = before
 
 
 @pytest.fixture(scope="session")

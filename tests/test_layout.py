@@ -21,6 +21,8 @@ LIBRARY_PRIVATE_MODULES = {  # Ray's own startup steps, which `serve run` and `r
     "ray._raylet": "testing/cluster.py",
     # the folder inductor keeps its C++ kernels in (TORCHINDUCTOR_CACHE_DIR or its default)
     "torch._inductor.runtime.cache_dir_utils": "engines/compile_cache.py",
+    "torch._inductor.codecache": "engines/compile_cache.py",  # which C++ kernels compiled code loaded
+    "torch._dynamo.utils": "engines/compile_cache.py",  # counters: torch's only count of cache misses
 }
 MAX_CLASS_LINES = 210
 

@@ -8,15 +8,17 @@ An archive (a zip) holds:
   same torch, Triton and GPU. Chosen over AOTInductor (`torch.export` to a .pt2 package) because it
   keeps the replica on the one torch.compile path it would take anyway: a cache that does not match
   is a cache miss and a compile, never a failed replica, and nothing about the UNet must be exportable.
-- On the CPU, the C++ kernels inductor built (the `.so` files): Mega-Cache leaves them out, and
-  rebuilding them was 52 of the 60 s a replica took with the Mega-Cache alone. Their file names are
-  hashes of their source and compiler command, so a machine with another compiler or CPU finds no
-  match and builds its own.
+- On the CPU, the C++ kernels the process's compiled code loaded (the `.so` files): Mega-Cache leaves
+  them out, and rebuilding them was 52 of the 60 s a replica took with the Mega-Cache alone. Their
+  file names hash their source and compiler command; the key names the CPU's vector ISA, but two CPUs
+  of one ISA level with different extensions (`-march=native`) would share them: keep one CPU model
+  per compile cache.
 
 An archive's name is a hash of everything the compiled code depends on (`key_parts`); its manifest
 repeats them, and a replica loads only an archive whose manifest equals its own. A missing, foreign or
-corrupt archive is ignored with a log line. Loading runs pickled code: the location must be as
-trusted as the inductor cache folder itself."""
+corrupt archive is ignored with a log line. A replica that compiled anything that the archive did not
+hold (a cache miss in inductor or AOTAutograd, a kernel built) saves a fresh one, so a stale archive
+mends itself. Loading runs pickled code: the location must be as trusted as the inductor cache."""
 
 import hashlib
 import io
@@ -32,18 +34,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch._dynamo.utils import counters
+from torch._inductor.codecache import CppCodeCache, CppPythonBindingsCodeCache
 from torch._inductor.runtime.cache_dir_utils import cache_dir as inductor_cache_dir
 
 from leap_ray.config import is_object_store_url
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LOCATION = str(Path.home() / ".cache" / "leap_ray" / "compile")
+LOCATION_ENV = "LEAP_RAY_COMPILE_CACHE"  # the default location, when set
 FORMAT = 1  # of the archive; part of every key
 MEGA_CACHE = "mega-cache.bin"
 MANIFEST = "manifest.json"
 KERNEL = re.compile(r"[0-9a-z]{2}/[0-9A-Za-z_.]+\.so")  # inductor's C++ kernels: <2 chars>/<hash>.so
 RETRY = {"max_retries": 3, "retry_timeout": timedelta(seconds=20)}  # a store that is down: seconds
+
+
+def default_location() -> str:
+    return os.environ.get(LOCATION_ENV) or str(Path.home() / ".cache" / "leap_ray" / "compile")
 
 
 def kernel_files() -> set[str]:
@@ -54,17 +62,33 @@ def kernel_files() -> set[str]:
     return {str(path.relative_to(root)) for path in root.glob("*/*.so")}
 
 
+def kernels_in_use() -> set[str]:
+    """The C++ kernels this process's compiled code loaded, wherever they were built: inductor's code
+    caches hold them by the hash that names their file (<hash[1:3]>/<hash>*.so)."""
+    root = Path(inductor_cache_dir())
+    hashes = [*CppPythonBindingsCodeCache.cache, *CppCodeCache.cache]
+    return {str(path.relative_to(root)) for key in hashes for path in root.glob(f"{key[1:3]}/{key}*.so")}
+
+
+def cache_misses() -> int:
+    """Graphs this process compiled that no cache held (inductor's and AOTAutograd's counters)."""
+    return counters["inductor"]["fxgraph_cache_miss"] + counters["aot_autograd"]["autograd_cache_miss"]
+
+
 class CompileCache:
     """One archive at `location` (a folder or an object-store URL), named by its key parts."""
 
     def __init__(self, location: str, name: str, key_parts: Mapping[str, Any]) -> None:
+        """Raises TypeError for key parts that JSON cannot hold (a compile backend given as an
+        object): the key would name an object's address, not a setup."""
         self.location = location
-        self.key_parts = json.loads(json.dumps({"format": FORMAT, **key_parts}, default=str))
+        self.key_parts = json.loads(json.dumps({"format": FORMAT, **key_parts}))
         digest = hashlib.sha256(json.dumps(self.key_parts, sort_keys=True).encode()).hexdigest()
         self.file_name = f"{name}-{digest[:24]}.zip"
         self.kernels_before = kernel_files()  # those not made by this replica's compiles
         self.kernels_loaded: set[str] = set()
         self.loaded = False
+        self.misses_before = cache_misses()
 
     def __str__(self) -> str:
         return f"{self.location.rstrip('/')}/{self.file_name}"
@@ -107,15 +131,16 @@ class CompileCache:
         return len(kernels)
 
     def save(self) -> None:
-        """Saves what this process compiled, unless it loaded the archive (nothing new to add) or
-        compiled nothing. Never raises: a replica serves without saving."""
-        if self.loaded:
+        """Saves what this process compiled, unless it loaded the archive and compiled nothing more.
+        Never raises: a replica serves without saving."""
+        if self.loaded and cache_misses() == self.misses_before and not self.built_kernels():
             return
         try:
             artifacts = torch.compiler.save_cache_artifacts()
             if artifacts is None:
                 return
-            kernels = sorted(self.built_kernels())
+            # Those built here, and those loaded from this node's own cache (a warm node's).
+            kernels = sorted(self.built_kernels() | kernels_in_use())
             write(self.location, self.file_name, self.pack(artifacts[0], kernels))
             logger.info("saved the compile cache %s (%d kernels)", self, len(kernels))
         except Exception as error:
@@ -141,9 +166,14 @@ def write_file(path: Path, data: bytes, replace: bool = True) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(handle, "wb") as file:
-        file.write(data)
-    os.replace(staging, path)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.chmod(staging, 0o644)  # mkstemp's 0600 would hide it from the other users of a shared folder
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
 
 
 def read(location: str, name: str) -> bytes:

@@ -9,7 +9,8 @@ tests) and on in serve_config.yaml. They act where a replica spends its time und
   each block's code once per shape instead of the whole model per bucket: cold compiles 2.6-2.9x
   shorter on the tiny model (benchmarks/compile_start.py), images within 2/255 (tests).
 - `compile_cache`: where compiled code is saved and loaded (leap_ray.engines.compile_cache): a
-  folder or an object-store URL; None turns it off.
+  folder or an object-store URL; true (the default) is $LEAP_RAY_COMPILE_CACHE, else
+  ~/.cache/leap_ray/compile; false or null turns it off.
 - `batch_buckets`: a step's UNet batch is padded up to the next bucket (in images; an image under
   guidance is two UNet rows), so shapes repeat and a compiled UNet never recompiles. Padded rows are
   copies of a real row whose outputs are dropped: each row of a UNet call is computed on its own, so
@@ -33,7 +34,7 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 from diffusers.models.resnet import ResnetBlock2D
 
-from leap_ray.engines.compile_cache import DEFAULT_LOCATION
+from leap_ray.engines.compile_cache import default_location
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,25 @@ class SDXLSpeed:
     fuse_qkv: bool = False
     warm_up_sizes: Sequence[Sequence[int]] = field(default_factory=lambda: [(1024, 1024)])
     regional_compile: bool = True
-    compile_cache: str | None = DEFAULT_LOCATION
+    compile_cache: str | bool | None = True
+
+    def __post_init__(self) -> None:
+        if any(not isinstance(images, int) or images < 1 for images in self.batch_buckets):
+            raise ValueError(f"batch_buckets are image counts of at least 1, not {list(self.batch_buckets)}")
+
+    @property
+    def cache_location(self) -> str | None:
+        """Where the compile cache is (None: no compile cache)."""
+        if self.compile_kwargs is None or not self.compile_cache:
+            return None
+        return default_location() if self.compile_cache is True else str(self.compile_cache)
+
+    @property
+    def recompile_limit(self) -> int:
+        """Compiled entries per code object the warm-up needs: the UNet's blocks take two shapes per
+        bucket and size in SDXL (its two attention levels), with room for requests' other sizes.
+        Dynamo's default (8) is past at 4 buckets, and past it the rest silently runs eager."""
+        return 4 * max(1, len(self.batch_buckets)) * max(1, len(self.warm_up_sizes)) + 8
 
     @property
     def compile_kwargs(self) -> dict[str, Any] | None:
@@ -68,11 +87,8 @@ class SDXLSpeed:
 
 
 def compile_blocks(blocks: list[torch.nn.Module], kwargs: dict[str, Any]) -> None:
-    """Compiles each block in place (`nn.Module.compile`). Every block shares one code object (the
-    module call), so each (block, shape) counts toward dynamo's one recompile limit: raised here, or
-    past 8 the rest would silently run eager."""
-    dynamo = torch._dynamo.config
-    dynamo.recompile_limit = max(dynamo.recompile_limit, dynamo.accumulated_recompile_limit)
+    """Compiles each block in place (`nn.Module.compile`): the blocks of one class share their compiled
+    code, one entry per input shape."""
     for block in blocks:
         block.compile(**kwargs)
 
@@ -82,6 +98,8 @@ def compiled_unet(unet: torch.nn.Module, speed: SDXLSpeed) -> Callable[..., Any]
     kwargs = speed.compile_kwargs
     if kwargs is None:
         return unet
+    dynamo = torch._dynamo.config  # process-wide, but only raised, and this process is the replica's
+    dynamo.recompile_limit = max(dynamo.recompile_limit, speed.recompile_limit)
     if not speed.regional_compile:
         return torch.compile(unet, **kwargs)
     names = set(getattr(unet, "_repeated_blocks", ()))  # diffusers' list (its compile_repeated_blocks)
@@ -113,14 +131,16 @@ class UNetRunner:
 
     While a replica compiles its buckets (`compile_bucket`), calls use those compiled so far (`usable`):
     a call past the largest runs as several calls of it, which gives each row what one call would
-    (each row of a UNet call is computed on its own)."""
+    (each row of a UNet call is computed on its own). While `shapes_seen` is a dict (the warm-up's
+    first bucket), each call keeps one row of its inputs there, by shape: the other buckets compile
+    from those rows."""
 
     def __init__(self, unet: torch.nn.Module, speed: SDXLSpeed) -> None:
         self.unet = unet
         self.forward = compiled_unet(unet, speed)
-        self.row_buckets = sorted(2 * images for images in speed.batch_buckets)
+        self.row_buckets = sorted({2 * images for images in speed.batch_buckets})
         self.usable = list(self.row_buckets)
-        self.shapes_seen: dict[tuple, list[torch.Tensor]] = {}  # a row of each input shape, while compiling
+        self.shapes_seen: dict[tuple, list[torch.Tensor]] | None = None
         self._warned_rows: set[int] = set()
 
     @property
@@ -130,22 +150,21 @@ class UNetRunner:
     def padded_rows(self, rows: int) -> int:
         """The UNet batch a call of `rows` rows runs at: the next usable bucket; while buckets compile,
         the largest usable one (in several calls); else itself, past the largest bucket."""
-        fitting = [bucket for bucket in self.usable if bucket >= rows]
-        if fitting or self.compiling:
-            return fitting[0] if fitting else self.usable[-1]
+        usable = self.usable  # one read: the compiling thread replaces the list
+        fitting = [bucket for bucket in usable if bucket >= rows]
+        if fitting or len(usable) < len(self.row_buckets):
+            return fitting[0] if fitting else usable[-1]
         if self.row_buckets and rows not in self._warned_rows:
             self._warned_rows.add(rows)
             logger.warning("a UNet batch of %d rows is past the largest bucket; it runs unpadded", rows)
         return rows
 
-    def compile_bucket(self, rows: int) -> None:
-        """Compiles the UNet at `rows` rows for each input shape the usable buckets have run, then
-        makes the bucket usable. Called off the serving path, under the grad mode calls run in."""
-        for inputs in list(self.shapes_seen.values()):
+    def compile_bucket(self, rows: int, shapes: list[list[torch.Tensor]]) -> None:
+        """Compiles the UNet at `rows` rows for each of the input `shapes` (rows `shapes_seen` kept),
+        then makes the bucket usable. Called off the serving path, under the grad mode calls run in."""
+        for inputs in shapes:
             self.forward_padded([_pad_rows(tensor, rows) for tensor in inputs])
         self.usable = sorted({*self.usable, rows})
-        if not self.compiling:
-            self.shapes_seen.clear()
 
     def __call__(
         self,
@@ -161,7 +180,7 @@ class UNetRunner:
         if rows > target:  # a bucket that would fit is still compiling
             parts = [[tensor[i : i + target] for tensor in inputs] for i in range(0, rows, target)]
             return torch.cat([self(*part) for part in parts])
-        if self.compiling:
+        if self.shapes_seen is not None:
             self.shapes_seen[tuple(tensor.shape[1:] for tensor in inputs)] = [tensor[:1] for tensor in inputs]
         # A copy: with compile's CUDA graphs (mode reduce-overhead) the next call reuses the output.
         return self.forward_padded([_pad_rows(tensor, target) for tensor in inputs])[:rows].clone()

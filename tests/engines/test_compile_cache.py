@@ -4,12 +4,13 @@ foreign archive is ignored with a log line, never a failed replica. The end-to-e
 replica with an empty inductor cache compiles nothing) is in test_compile_start.py."""
 
 import logging
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from leap_ray.engines.compile_cache import KERNEL, CompileCache, kernel_files
+from leap_ray.engines.compile_cache import KERNEL, CompileCache, kernel_files, kernels_in_use
 from tests.helpers import BUCKET, CREDENTIALS
 
 KEY = {"torch": "2.13.0", "device": "cpu AVX2", "options": {"batch_buckets": [1, 2]}}
@@ -91,7 +92,38 @@ def test_what_a_replica_compiled_is_loaded_by_a_replica_on_a_new_node(
     assert kernel_files() == built  # the kernels are in the new node's inductor cache
     for name in built:
         assert (tmp_path / "new-node" / name).read_bytes() == (inductor_cache / name).read_bytes()
-    second.save()  # loaded: nothing new to save, and the archive is left as it was
+    if where == "folder":
+        archive = Path(location) / second.file_name
+        saved = archive.read_bytes()
+        second.save()  # loaded, and nothing compiled since: the archive is left as it was
+        assert archive.read_bytes() == saved
+
+
+@pytest.mark.slow  # inductor builds C++ kernels
+def test_a_replica_that_compiled_more_than_the_archive_held_saves_a_fresh_one(tmp_path, inductor_cache):
+    location = str(tmp_path / "shared")
+    first = CompileCache(location, "sdxl", KEY)
+    compile_something(rows=11)
+    first.save()
+    archive = Path(location) / first.file_name
+    stale = set(zipfile.ZipFile(archive).namelist())
+
+    second = CompileCache(location, "sdxl", KEY)
+    assert second.load()
+    compile_something(rows=12)  # a graph the archive lacks (code or a library changed since)
+    second.save()
+    assert set(zipfile.ZipFile(archive).namelist()) > stale
+
+
+@pytest.mark.slow  # inductor builds a C++ kernel
+def test_a_node_with_a_warm_inductor_cache_saves_the_kernels_it_loaded(tmp_path, inductor_cache):
+    compile_something(rows=13)  # an earlier replica on this node compiled (its archive since lost)
+    on_disk = kernel_files()
+    cache = CompileCache(str(tmp_path / "shared"), "sdxl", KEY)
+    assert cache.kernels_before == on_disk and cache.built_kernels() == set()
+    cache.save()
+    packed = set(zipfile.ZipFile(tmp_path / "shared" / cache.file_name).namelist())
+    assert kernels_in_use() & on_disk <= packed and any(name.endswith(".main.so") for name in packed)
 
 
 @pytest.mark.slow  # inductor builds a C++ kernel

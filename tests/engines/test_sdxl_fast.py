@@ -3,6 +3,8 @@ padding a step's batch up to a bucket cannot change anyone's image, batches of a
 buckets never recompile a warmed-up UNet, a replica serves while its bigger buckets compile, and the
 compiled refiner refines as eager (a compiled engine's images against eager: test_compile_start.py)."""
 
+import json
+import shutil
 import threading
 
 import numpy as np
@@ -13,6 +15,7 @@ from torch._dynamo.testing import CompileCounter
 from leap_ray.api.sdxl import SDXLRequest
 from leap_ray.engines.sdxl import SDXLEngine
 from leap_ray.engines.sdxl_refiner import SDXLRefinerEngine
+from leap_ray.engines.sdxl_warm_up import cache_key, compile_rest
 from tests.helpers import run_steps, seeds_of, solo
 
 TOLERANCE = 1e-3  # on 0-1 pixel values, CPU float32
@@ -72,8 +75,8 @@ def test_batches_of_any_size_within_the_buckets_never_recompile_after_warm_up(ti
         batch_buckets=[1, 2, 4],
         warm_up_sizes=[[64, 64]],
     )
-    engine.compiling.join(timeout=120)  # the buckets past the first compile after the engine is ready
-    assert engine.unet.usable == [2, 4, 8] and engine.unet.shapes_seen == {}
+    engine.compiling.join(timeout=600)  # the buckets past the first compile after the engine is ready
+    assert engine.unet.usable == [2, 4, 8] and engine.unet.shapes_seen is None  # kept in warm-up only
     warmed = counter.frame_count
     assert warmed >= 4  # the UNet at three buckets, the VAE decoder at one image
     arrivals = {
@@ -113,12 +116,58 @@ def test_a_replica_serves_while_its_bigger_buckets_compile(tiny_models, referenc
     requests = [SDXLRequest(prompt=f"fox {i}", seed=20 + i, num_inference_steps=2, **SMALL) for i in range(3)]
     outcomes = run_steps(engine.running_batch(), {0: requests})  # 6 rows: three calls of the 2-row bucket
     gate.open.set()
-    engine.compiling.join(timeout=120)
+    engine.compiling.join(timeout=600)
     assert engine.unet.usable == [2, 8]
     for request in requests:
         assert outcomes[request.seed].batch_size == 3
         expected = solo(reference, request, seeds_of(request))
         assert np.abs(np.stack(outcomes[request.seed].images) - expected).max() < TOLERANCE
+
+
+class FlakyUNet:
+    """A UNet runner whose 4-row bucket fails to compile."""
+
+    def __init__(self) -> None:
+        self.usable, self.compiled = [2], []
+
+    def compile_bucket(self, rows: int, shapes: list) -> None:
+        if rows == 4:
+            raise RuntimeError("inductor failed")
+        self.compiled.append((rows, len(shapes)))
+        self.usable = sorted({*self.usable, rows})
+
+
+class CountedCache:
+    saves = 0
+
+    def save(self) -> None:
+        self.saves += 1
+
+
+def test_a_bucket_that_fails_to_compile_stays_unused_and_the_others_still_compile(caplog):
+    unet, cache = FlakyUNet(), CountedCache()
+    compile_rest(unet, [4, 8], [["a row"]], cache)
+    assert unet.usable == [2, 8] and unet.compiled == [(8, 1)] and cache.saves == 1
+    assert "compiling the UNet at 4 rows failed" in caplog.text
+
+
+@pytest.mark.parametrize("buckets", [[0, 1], [1, -2], [1.5]], ids=["zero", "negative", "fraction"])
+def test_batch_buckets_must_be_image_counts(tiny_models, buckets):
+    with pytest.raises(ValueError, match="batch_buckets are image counts of at least 1"):
+        SDXLEngine(str(tiny_models["sdxl"]), batch_buckets=buckets)
+
+
+def test_repeated_buckets_count_once(tiny_models):
+    assert SDXLEngine(str(tiny_models["sdxl"]), batch_buckets=[2, 1, 2]).unet.row_buckets == [2, 4]
+
+
+def test_the_compile_cache_key_is_the_architecture_not_the_folder(tiny_models, tmp_path):
+    copy = shutil.copytree(tiny_models["sdxl"], tmp_path / "elsewhere")
+    keys = [
+        cache_key(SDXLEngine(str(folder), batch_buckets=[2, 1])) for folder in (tiny_models["sdxl"], copy)
+    ]
+    assert keys[0] == keys[1] and json.loads(json.dumps(keys[0])) == keys[0]
+    assert keys[0]["options"]["batch_buckets"] == [1, 2]
 
 
 def test_rows_past_the_compiled_buckets_run_as_several_calls_with_the_same_rows(tiny_models):
@@ -132,7 +181,6 @@ def test_rows_past_the_compiled_buckets_run_as_several_calls_with_the_same_rows(
     parts = engine.unet(*inputs)
     assert calls == [2, 2, 2] and engine.unet.padded_rows(6) == 2
     assert torch.allclose(parts, whole, atol=1e-5)
-    assert set(engine.unet.shapes_seen) == {tuple(tensor.shape[1:] for tensor in inputs)}
 
 
 @pytest.mark.slow  # dynamo traces the refiner's blocks at two buckets
@@ -140,7 +188,7 @@ def test_the_refiner_takes_the_fast_path_and_refines_as_eager(tiny_models):
     counter = CompileCounter()
     options = {"batch_buckets": [1, 2], "warm_up_sizes": [[64, 64]], "channels_last": True}
     compiled = SDXLRefinerEngine(str(tiny_models["sdxl-refiner"]), compile={"backend": counter}, **options)
-    compiled.compiling.join(timeout=120)
+    compiled.compiling.join(timeout=600)
     assert counter.frame_count >= 3 and compiled.unet.usable == [2, 4]  # its UNet at two buckets, its VAE
     eager = SDXLRefinerEngine(str(tiny_models["sdxl-refiner"]))
     (job,) = eager.warm_up_requests(64, 64, images=1)
@@ -148,3 +196,21 @@ def test_the_refiner_takes_the_fast_path_and_refines_as_eager(tiny_models):
     outcomes = [run_steps(engine.running_batch(), {0: [job]}) for engine in (compiled, eager)]
     refined = [outcome[None].images[0] for outcome in outcomes]  # keyed by seed: the warm-up has none
     assert np.abs(refined[0] - refined[1]).max() < TOLERANCE
+
+
+@pytest.mark.integration  # inductor compiles the tiny refiner's blocks on the CPU: about 40 s
+def test_a_compiled_refiner_refines_within_2_of_255_of_eager(tiny_models, tmp_path):
+    options = {
+        "batch_buckets": [1],
+        "warm_up_sizes": [[64, 64]],
+        "fuse_qkv": True,
+        "compile_cache": str(tmp_path),
+    }
+    compiled = SDXLRefinerEngine(str(tiny_models["sdxl-refiner"]), compile=True, **options)
+    assert len(list(tmp_path.glob("refiner-*.zip"))) == 1  # its compile cache, saved once all compiled
+    eager = SDXLRefinerEngine(str(tiny_models["sdxl-refiner"]))
+    (job,) = eager.warm_up_requests(64, 64, images=1)
+    job.latents = torch.randn(job.latents.shape, generator=torch.Generator().manual_seed(6))
+    outcomes = [run_steps(engine.running_batch(), {0: [job]}) for engine in (compiled, eager)]
+    refined = [outcome[None].images[0] for outcome in outcomes]
+    assert np.abs(refined[0] - refined[1]).max() <= 2 / 255
