@@ -3,12 +3,15 @@ and a replica reports healthy as soon as it can serve:
 
 1. The compile cache (leap_ray.engines.compile_cache) is loaded, when there is one for this setup.
 2. The smallest bucket is compiled at every warm-up size, with real requests in a step batch (which
-   also compiles the VAE decoder at each size). The engine's constructor returns: the replica is ready.
+   also compiles the VAE decoder at each size), and saved to the compile cache: a replica scaled
+   down before its other buckets compile still leaves what a new node needs to be ready. The
+   engine's constructor returns: the replica is ready.
 3. The other buckets compile on a thread of their own, from one row of each input shape the warm-up
    ran (`UNetRunner.compile_bucket`; requests' shapes are not added: a hostile size would be compiled,
    and run, at every bucket); each becomes usable as it is done. One that fails is logged and stays
    unused, and the others still compile.
-4. Then what was compiled is saved to the compile cache, for the replicas of other nodes.
+4. Then everything compiled is saved to the compile cache again, for the replicas of other nodes (one
+   that loaded only the first bucket compiles the rest, and so saves a whole archive).
 
 Why this is safe: the UNet and VAE are only read by forward passes (as in sdxl_own_lane, two threads
 may run them), a bucket is used only once compiled, and a step batch bigger than the compiled
@@ -135,10 +138,10 @@ def warm_up(engine: Compiled, name: str, requests: WarmUpRequests) -> Compiling 
         for rows in first or [2]:
             run_all(engine.running_batch(), requests(height, width, rows // 2))
     shapes, unet.shapes_seen = list(unet.shapes_seen.values()), None
+    if cache is not None:
+        cache.save()
     rest = [rows for rows in unet.row_buckets if rows not in first]
     if not rest:
-        if cache is not None:
-            cache.save()
         return Compiling(None, cache)
     thread = threading.Thread(target=compile_rest, args=(unet, rest, shapes, cache), name="compile-buckets")
     thread.daemon = True  # a replica that stops does not wait for its compiles

@@ -13,6 +13,7 @@ import torch
 from torch._dynamo.testing import CompileCounter
 
 from leap_ray.api.sdxl import SDXLRequest
+from leap_ray.engines import sdxl_warm_up
 from leap_ray.engines.sdxl import SDXLEngine
 from leap_ray.engines.sdxl_refiner import SDXLRefinerEngine
 from leap_ray.engines.sdxl_warm_up import cache_key, compile_rest
@@ -91,6 +92,13 @@ def test_batches_of_any_size_within_the_buckets_never_recompile_after_warm_up(ti
     assert counter.frame_count == warmed
 
 
+class CountedCache:
+    saves = 0
+
+    def save(self) -> None:
+        self.saves += 1
+
+
 class GatedBackend(CompileCounter):
     """Counts graphs; one compiled on the buckets' background thread waits until `open` is set."""
 
@@ -106,18 +114,20 @@ class GatedBackend(CompileCounter):
 
 
 @pytest.mark.slow  # dynamo traces the UNet's blocks at two buckets
-def test_a_replica_serves_while_its_bigger_buckets_compile(tiny_models, reference):
-    gate = GatedBackend()
+def test_a_replica_serves_while_its_bigger_buckets_compile(tiny_models, reference, monkeypatch):
+    gate, cache = GatedBackend(), CountedCache()
+    monkeypatch.setattr(sdxl_warm_up, "open_cache", lambda engine, name: cache)
     engine = SDXLEngine(
         str(tiny_models["sdxl"]), compile={"backend": gate}, batch_buckets=[1, 4], warm_up_sizes=[[64, 64]]
     )
     assert gate.waiting.wait(timeout=60)  # the background compile of bucket 4 is held
     assert engine.unet.usable == [2] and engine.compiling.is_alive()
+    assert cache.saves == 1  # the first bucket is saved: a replica stopped now leaves it to new nodes
     requests = [SDXLRequest(prompt=f"fox {i}", seed=20 + i, num_inference_steps=2, **SMALL) for i in range(3)]
     outcomes = run_steps(engine.running_batch(), {0: requests})  # 6 rows: three calls of the 2-row bucket
     gate.open.set()
     engine.compiling.join(timeout=600)
-    assert engine.unet.usable == [2, 8]
+    assert engine.unet.usable == [2, 8] and cache.saves == 2
     for request in requests:
         assert outcomes[request.seed].batch_size == 3
         expected = solo(reference, request, seeds_of(request))
@@ -135,13 +145,6 @@ class FlakyUNet:
             raise RuntimeError("inductor failed")
         self.compiled.append((rows, len(shapes)))
         self.usable = sorted({*self.usable, rows})
-
-
-class CountedCache:
-    saves = 0
-
-    def save(self) -> None:
-        self.saves += 1
 
 
 def test_a_bucket_that_fails_to_compile_stays_unused_and_the_others_still_compile(caplog):
