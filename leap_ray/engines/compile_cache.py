@@ -43,8 +43,8 @@ from leap_ray.config import is_object_store_url
 logger = logging.getLogger(__name__)
 
 LOCATION_ENV = "LEAP_RAY_COMPILE_CACHE"  # the default location, when set
-FORMAT = 1  # of the archive; part of every key
-MEGA_CACHE = "mega-cache.bin"
+FORMAT = 2  # of the archive; part of every key
+MEGA_CACHE = re.compile(r"mega-cache-([0-9]+)\.bin")  # one per save of the process that wrote it
 MANIFEST = "manifest.json"
 KERNEL = re.compile(r"[0-9a-z]{2}/[0-9A-Za-z_.]+\.so")  # inductor's C++ kernels: <2 chars>/<hash>.so
 RETRY = {"max_retries": 3, "retry_timeout": timedelta(seconds=20)}  # a store that is down: seconds
@@ -89,6 +89,10 @@ class CompileCache:
         self.kernels_loaded: set[str] = set()
         self.loaded = False
         self.misses_before = cache_misses()
+        # Every Mega-Cache this process saved, each kept: a second save_cache_artifacts() returns the
+        # first's artifacts and its own, but loading it keeps only its own (torch 2.13 collects the
+        # artifacts by type into a dict, the later list of a type replacing the earlier).
+        self.saves: list[bytes] = []
 
     def __str__(self) -> str:
         return f"{self.location.rstrip('/')}/{self.file_name}"
@@ -122,8 +126,14 @@ class CompileCache:
                 changed = sorted(key for key in keys if manifest.get(key) != self.key_parts.get(key))
                 raise ValueError(f"made for another setup (differs in {', '.join(changed)})")
             kernels = [name for name in archive.namelist() if KERNEL.fullmatch(name)]
-            if torch.compiler.load_cache_artifacts(archive.read(MEGA_CACHE)) is None:
-                raise ValueError("its Mega-Cache could not be read")
+            saves = sorted(
+                (match for match in map(MEGA_CACHE.fullmatch, archive.namelist()) if match), key=save_number
+            )
+            if not saves:
+                raise ValueError("it holds no Mega-Cache")
+            for match in saves:
+                if torch.compiler.load_cache_artifacts(archive.read(match.string)) is None:
+                    raise ValueError("its Mega-Cache could not be read")
             root = Path(inductor_cache_dir())
             for name in kernels:
                 write_file(root / name, archive.read(name), replace=False)
@@ -137,11 +147,13 @@ class CompileCache:
             return
         try:
             artifacts = torch.compiler.save_cache_artifacts()
-            if artifacts is None:
+            if artifacts is not None:
+                self.saves.append(artifacts[0])
+            if not self.saves:
                 return
             # Those built here, and those loaded from this node's own cache (a warm node's).
             kernels = sorted(self.built_kernels() | kernels_in_use())
-            write(self.location, self.file_name, self.pack(artifacts[0], kernels))
+            write(self.location, self.file_name, self.pack(self.saves, kernels))
             logger.info("saved the compile cache %s (%d kernels)", self, len(kernels))
         except Exception as error:
             logger.warning("could not save the compile cache %s: %s", self, error)
@@ -150,14 +162,19 @@ class CompileCache:
         """The C++ kernels this process built: in the inductor cache, neither there before nor loaded."""
         return kernel_files() - self.kernels_before - self.kernels_loaded
 
-    def pack(self, mega_cache: bytes, kernels: list[str]) -> bytes:
+    def pack(self, saves: list[bytes], kernels: list[str]) -> bytes:
         buffer, root = io.BytesIO(), Path(inductor_cache_dir())
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             archive.writestr(MANIFEST, json.dumps(self.key_parts, sort_keys=True))
-            archive.writestr(MEGA_CACHE, mega_cache)
+            for number, mega_cache in enumerate(saves):
+                archive.writestr(f"mega-cache-{number}.bin", mega_cache)
             for name in kernels:
                 archive.write(root / name, name)
         return buffer.getvalue()
+
+
+def save_number(match: re.Match) -> int:
+    return int(match.group(1))
 
 
 def write_file(path: Path, data: bytes, replace: bool = True) -> None:

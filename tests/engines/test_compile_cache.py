@@ -55,7 +55,7 @@ def test_an_unreadable_mega_cache_is_ignored_and_no_kernel_is_written(tmp_path, 
     kernel = inductor_cache / "ab" / "cabc.so"
     kernel.parent.mkdir(parents=True)
     kernel.write_bytes(b"\x7fELF")
-    (tmp_path / cache.file_name).write_bytes(cache.pack(b"\x00garbage", ["ab/cabc.so"]))
+    (tmp_path / cache.file_name).write_bytes(cache.pack([b"\x00garbage"], ["ab/cabc.so"]))
     kernel.unlink()
     assert not cache.load()
     assert "its Mega-Cache could not be read" in caplog.text and kernel_files() == set()
@@ -65,7 +65,7 @@ def test_an_archive_made_for_another_setup_is_ignored(tmp_path, caplog):
     other = CompileCache(str(tmp_path), "sdxl", {**KEY, "torch": "2.12.0"})
     cache = CompileCache(str(tmp_path), "sdxl", KEY)
     assert other.file_name != cache.file_name  # the key names the archive
-    (tmp_path / cache.file_name).write_bytes(other.pack(b"", []))  # as if renamed, or a hash collision
+    (tmp_path / cache.file_name).write_bytes(other.pack([b""], []))  # as if renamed, or a hash collision
     assert not cache.load()
     assert "made for another setup (differs in torch)" in caplog.text
 
