@@ -30,9 +30,12 @@ system-packages:
 		[ "$$(id -u)" != 0 ] || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq redis-server chromium chromium-driver >/dev/null)
 
+# The in-process tier on both cores (one torch thread per worker), then the integration tier alone:
+# its tests share one local Ray, which wants both cores.
 test: $(STAMP) system-packages
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not integration" -n 2 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
 
 # The in-process tier without its few slow tests, on both cores (one torch thread per worker: two
 # workers' thread pools on two cores would fight).
