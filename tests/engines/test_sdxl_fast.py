@@ -15,6 +15,7 @@ from torch._dynamo.testing import CompileCounter
 from leap_ray.api.sdxl import SDXLRequest
 from leap_ray.engines import sdxl_warm_up
 from leap_ray.engines.sdxl import SDXLEngine
+from leap_ray.engines.sdxl_fast import SDXLSpeed
 from leap_ray.engines.sdxl_refiner import SDXLRefinerEngine
 from leap_ray.engines.sdxl_warm_up import cache_key, compile_rest
 from tests.helpers import run_steps, seeds_of, solo
@@ -217,3 +218,32 @@ def test_a_compiled_refiner_refines_within_2_of_255_of_eager(tiny_models, tmp_pa
     outcomes = [run_steps(engine.running_batch(), {0: [job]}) for engine in (compiled, eager)]
     refined = [outcome[None].images[0] for outcome in outcomes]
     assert np.abs(refined[0] - refined[1]).max() <= 2 / 255
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "graphs"),
+    [
+        ({}, False),
+        ({"mode": "max-autotune-no-cudagraphs"}, False),
+        ({"mode": "reduce-overhead"}, True),
+        ({"mode": "max-autotune"}, True),
+        ({"options": {"triton.cudagraphs": True}}, True),
+    ],
+    ids=["default", "no-cudagraphs", "reduce-overhead", "max-autotune", "triton-option"],
+)
+def test_cuda_graph_modes_compile_every_bucket_before_ready(kwargs, graphs):
+    assert sdxl_warm_up.uses_cuda_graphs(kwargs) is graphs
+
+
+def test_the_compile_cache_location(monkeypatch, tmp_path):
+    monkeypatch.setenv("LEAP_RAY_COMPILE_CACHE", str(tmp_path))
+    assert SDXLSpeed(compile=True).cache_location == str(tmp_path)  # the default: the environment's
+    assert SDXLSpeed(compile=True, compile_cache="s3://b/p").cache_location == "s3://b/p"
+    assert SDXLSpeed(compile=True, compile_cache=False).cache_location is None
+    assert SDXLSpeed(compile_cache="s3://b/p").cache_location is None  # nothing compiled: nothing cached
+
+
+def test_compile_options_that_are_not_plain_data_get_no_compile_cache(tiny_models, caplog):
+    engine = SDXLEngine(str(tiny_models["sdxl"]), compile={"backend": CompileCounter()}, warm_up_sizes=[])
+    assert sdxl_warm_up.open_cache(engine, "sdxl") is None
+    assert "no compile cache: the compile options are not plain data" in caplog.text
