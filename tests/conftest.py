@@ -13,7 +13,7 @@ from moto.server import ThreadedMotoServer
 
 from leap_ray.engines.compile_cache import LOCATION_ENV
 from leap_ray.tiny import write_tiny_models
-from tests.helpers import BUCKET
+from tests.helpers import BUCKET, TlsCerts, write_tls_certs
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -44,6 +44,13 @@ def compile_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny random-weight models, built once per test session."""
     return write_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def tls_certs(tmp_path_factory: pytest.TempPathFactory) -> TlsCerts:
+    """A test CA and a server certificate for 127.0.0.1 and localhost (PEM files: `.cert`, `.key`,
+    `.ca`), made once per session; `served(app, tls=tls_certs)` serves HTTPS with them."""
+    return write_tls_certs(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """Test helpers shared by several test modules: decoded pixels, hostile audio files built by hand,
 the diffusers references of SDXL workflows (img2img, inpainting, LoRA, the refiner ensemble), the
-ingress's HTTP app in-process with a stub model side (`StubGateway`, `make_app`, `in_process_app`), and
-a webhook receiver (`Receiver`)."""
+ingress's HTTP app in-process with a stub model side (`StubGateway`, `make_app`, `in_process_app`),
+served over HTTP or HTTPS (`served`, `TlsCerts`), and a webhook receiver (`Receiver`)."""
 
 import asyncio
 import base64
@@ -23,6 +23,7 @@ import psutil
 import pytest
 import soundfile
 import torch
+import trustme
 import uvicorn
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 from fastapi import FastAPI
@@ -423,11 +424,37 @@ class Receiver:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
 
 
+@dataclass(frozen=True)
+class TlsCerts:
+    """A test certificate authority and a server certificate it issued for 127.0.0.1 and localhost, as
+    PEM files: `cert` (the server's chain) and `key` are what a server is given (uvicorn's and Serve's
+    ssl_certfile / ssl_keyfile, `leap-ray serve --tls-cert --tls-key`); `ca` is what a client trusts
+    (httpx's `verify=ssl.create_default_context(cafile=ca)`, SSL_CERT_FILE)."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
+def write_tls_certs(folder: Path) -> TlsCerts:
+    """A new test CA (trustme) and a server certificate for 127.0.0.1 and localhost, written to `folder`."""
+    authority = trustme.CA()
+    server = authority.issue_cert("127.0.0.1", "localhost")
+    files = TlsCerts(cert=folder / "server.pem", key=folder / "server.key", ca=folder / "ca.pem")
+    server.private_key_pem.write_to_path(str(files.key))
+    files.cert.write_bytes(b"".join(blob.bytes() for blob in server.cert_chain_pems))
+    authority.cert_pem.write_to_path(str(files.ca))
+    return files
+
+
 @contextmanager
-def served(app: FastAPI) -> Iterator[str]:
+def served(app: FastAPI, tls: TlsCerts | None = None) -> Iterator[str]:
     """The app served over HTTP by uvicorn on a free loopback port, on a thread of its own, for what
-    needs a real URL and answers as they stream (the CLI in a subprocess, a browser); its URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    needs a real URL and answers as they stream (the CLI in a subprocess, a browser); its URL. With
+    `tls`, over HTTPS with its server certificate (the URL is then https://127.0.0.1:PORT)."""
+    certificate = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)} if tls else {}
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", **certificate)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -436,7 +463,7 @@ def served(app: FastAPI) -> Iterator[str]:
         time.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=30)
