@@ -12,12 +12,16 @@ import sys
 import threading
 from importlib.metadata import version
 from pathlib import Path
-from typing import BinaryIO, NoReturn
+from typing import TYPE_CHECKING, BinaryIO, NoReturn
 
 import httpx
 
+from leap_ray.api.common import SCHEDULERS
 from leap_ray.api.progress import AudioDelta
-from leap_ray.client import LeapRayClient, ServiceError
+from leap_ray.client import LeapRayClient, NotTheServiceError, ServiceError
+
+if TYPE_CHECKING:
+    from ray.serve.schema import ServeDeploySchema
 
 EXAMPLE_BODY = (
     '{"prompt": "a lighthouse at dawn", "height": 256, "width": 256, "num_inference_steps": 20, "seed": 1}'
@@ -38,9 +42,20 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
 def _serve(args: argparse.Namespace) -> None:
     """Runs the graph in the foreground until Ctrl-C or SIGTERM, then stops Serve and Ray."""
-    from leap_ray.serve.launch import deploy, load_config, start_ray, stop_local_ray, wait_until_running
+    from leap_ray.serve.launch import (
+        TlsConfigError,
+        deploy,
+        load_config,
+        start_ray,
+        stop_local_ray,
+        wait_until_running,
+    )
 
-    config = load_config(args.config, host=args.host, port=args.port)
+    tls = {"ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key}
+    try:
+        config = load_config(args.config, host=args.host, port=args.port, **tls)
+    except TlsConfigError as error:
+        raise UsageError(str(error)) from None
     stop = threading.Event()
     _stop_on_signals(stop)
     start_ray(address=args.address, expose_metrics=args.expose_metrics)
@@ -52,18 +67,31 @@ def _serve(args: argparse.Namespace) -> None:
         print("Starting the models (the tiny ones are built on first use)...", flush=True)
         if not wait_until_running(config, stop=stop):
             return
-        address = f"http://{config.http_options.host}:{config.http_options.port}"
-        print(
-            f"\nleap_ray is serving at {address} (API docs: {address}/docs). Try:\n\n"
-            f"  curl -s {address}/v1/sdxl -H 'Content-Type: application/json' -H 'Accept: image/png' \\\n"
-            f"    -d '{EXAMPLE_BODY}' -o image.png\n\n"
-            "Ray's own tools see it too: RAY_AUTH_MODE=token serve status\n"
-            "Ctrl-C stops it.",
-            flush=True,
-        )
+        print(serving_message(config), flush=True)
         stop.wait()
     finally:
         stop_local_ray()
+
+
+def serving_message(config: "ServeDeploySchema") -> str:
+    """What `leap-ray serve` prints once the service runs: its address and a request to try."""
+    from leap_ray.serve.launch import http_address
+
+    address = http_address(config)
+    own_ca = (
+        "A certificate of a CA of your own: curl --cacert CA.pem, or SSL_CERT_FILE=CA.pem for leap-ray "
+        "generate and Python clients.\n"
+        if config.http_options.ssl_certfile
+        else ""
+    )
+    return (
+        f"\nleap_ray is serving at {address} (API docs: {address}/docs). Try:\n\n"
+        f"  curl -s {address}/v1/sdxl -H 'Content-Type: application/json' -H 'Accept: image/png' \\\n"
+        f"    -d '{EXAMPLE_BODY}' -o image.png\n\n"
+        f"{own_ca}"
+        "Ray's own tools see it too: RAY_AUTH_MODE=token serve status\n"
+        "Ctrl-C stops it."
+    )
 
 
 class Progress:
@@ -231,6 +259,8 @@ def _generate(args: argparse.Namespace) -> None:
         raise UsageError("-o - takes one output; write several images to files (-o name.png)")
     _check_play(args)
     request = _request(args)
+    if args.output is not None:
+        _check_writable(_paths(args.output, args.images or 1))
     with LeapRayClient(args.url, api_key=args.api_key, retries=CLI_RETRIES) as client:
         outputs = _outputs(client, args, request)
     if args.output is None:  # --play alone: the audio went to stdout as it came
@@ -250,6 +280,22 @@ def _generate(args: argparse.Namespace) -> None:
         for item in written:
             seed = f" (seed {item['seed']})" if item["seed"] is not None else ""
             print(f"wrote {item['path']}{seed}", file=sys.stderr)
+
+
+def _check_writable(paths: list[str]) -> None:
+    """Each output file can be written, checked before anything is generated: its folder exists, it is
+    not a folder, it opens for writing. A file that was not there is not left behind."""
+    for path in paths:
+        if path == "-":
+            continue
+        existed = os.path.lexists(path)
+        try:
+            with open(path, "ab"):  # appending: an existing file is not emptied yet
+                pass
+        except OSError as error:
+            raise UsageError(f"cannot write -o {path}: {error.strerror or error}") from None
+        if not existed:
+            os.unlink(path)
 
 
 def _check_play(args: argparse.Namespace) -> None:
@@ -336,6 +382,15 @@ def build_parser() -> argparse.ArgumentParser:
         "Prometheus on another host; Ray's other ports then listen on every interface too (token auth "
         "on). Default: all of them on 127.0.0.1. With --address, the cluster's own setup decides",
     )
+    serve.add_argument(
+        "--tls-cert",
+        metavar="PATH",
+        help="serve HTTPS with this certificate (PEM, the chain after it), with --tls-key; Serve's "
+        "http_options.ssl_certfile",
+    )
+    serve.add_argument(
+        "--tls-key", metavar="PATH", help="the certificate's private key (PEM); http_options.ssl_keyfile"
+    )
     serve.set_defaults(run=_serve)
     generate = commands.add_parser("generate", help="generate with a running service")
     generate.add_argument("kind", choices=["image", "music"])
@@ -350,7 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--width", type=int, help="pixels (images; the service's default: 1024)")
     generate.add_argument("--height", type=int, help="pixels (images; the service's default: 1024)")
     generate.add_argument("--steps", type=int, help="denoising steps (images)")
-    generate.add_argument("--scheduler", help="the sampler, e.g. euler, ddim, dpm++ (images)")
+    generate.add_argument(
+        "--scheduler", choices=SCHEDULERS, help="the sampler (images; the service's default: the model's own)"
+    )
     generate.add_argument("--images", type=int, help="images for the prompt; files name-0.png, name-1.png...")
     generate.add_argument("--image", help="img2img: the image to start from (inpainting with --mask)")
     generate.add_argument("--mask", help="inpainting: a mask the image's size, white where to repaint")
@@ -407,17 +464,26 @@ def main(argv: list[str] | None = None) -> None:
         args.run(args)
     except UsageError as error:
         _fail(str(error), 2)
+    except NotTheServiceError as error:
+        _fail(error.message, 1)
     except ServiceError as error:
         named = f" ({error.param})" if error.param else ""
         _fail(f"the service answered {error.status_code}: {error.message}{named}", 1)
     except httpx.HTTPError as error:
-        _fail(f"cannot reach the service at {args.url}: {error}", 1)
+        _fail(f"cannot reach the service at {args.url}: {error}{_certificate_hint(error)}", 1)
     except OSError as error:
         _fail(f"{error.strerror or error}: {error.filename}" if error.filename else str(error), 2)
     except ModuleNotFoundError as error:
         _fail(f"{error}; `leap-ray {args.command}` needs the service: pip install 'leap-ray[serve]'", 2)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
+
+
+def _certificate_hint(error: httpx.HTTPError) -> str:
+    """For a certificate this machine does not trust: how to trust the one CA it was issued by."""
+    if "CERTIFICATE_VERIFY_FAILED" not in str(error):
+        return ""
+    return " (a certificate of a CA of your own: SSL_CERT_FILE=ca.pem names the CA's certificate to trust)"
 
 
 def _fail(message: str, status: int) -> NoReturn:

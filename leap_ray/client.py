@@ -12,6 +12,7 @@ times; a request with a seed gives the same result whichever attempt answers it.
 """
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
@@ -43,13 +44,28 @@ class ServiceError(LeapRayError):
         self.error_type = error.get("type", "error")
 
 
+class NotTheServiceError(ServiceError):
+    """An error answer that is not the service's: not JSON (a proxy's or load balancer's HTML page, say).
+    Its message is one line naming the status and the URL; the page itself is not kept."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        said = f"HTTP {response.status_code} {response.reason_phrase}".rstrip() + f" from {response.url}"
+        kind = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+        text = " ".join(response.text.split())
+        if kind in ("text/html", "application/xhtml+xml") or text.startswith("<"):
+            said += " (an HTML page, not the service's error)"
+        elif text:
+            said += f": {text[:200]}"
+        super().__init__(response.status_code, {"error": {"message": said}})
+
+
 def _checked(response: httpx.Response) -> httpx.Response:
     if response.is_success:
         return response
     try:
         body = response.json()
     except ValueError:
-        body = {"error": {"message": response.text}}
+        raise NotTheServiceError(response) from None
     raise ServiceError(response.status_code, body)
 
 
@@ -77,7 +93,13 @@ def _body(request: Any) -> dict[str, Any]:
     return request if isinstance(request, dict) else request.model_dump(mode="json", exclude_none=True)
 
 
-def _options(base_url: str, api_key: str | None, timeout: float, retries: int) -> dict[str, Any]:
+def _options(
+    base_url: str,
+    api_key: str | None,
+    timeout: float,
+    retries: int,
+    transport: httpx.BaseTransport | httpx.AsyncBaseTransport,
+) -> dict[str, Any]:
     # A 503 and a refused connection mean the request was not taken: safe to send again. A timeout
     # or a dropped connection may mean it was (a job made twice), so those are not retried.
     retry = Retry(
@@ -93,7 +115,7 @@ def _options(base_url: str, api_key: str | None, timeout: float, retries: int) -
         "base_url": base_url,
         "headers": headers,
         "timeout": timeout,
-        "transport": RetryTransport(retry=retry),
+        "transport": RetryTransport(transport=transport, retry=retry),
     }
 
 
@@ -112,9 +134,13 @@ def _result_of(
 
 class _Client:
     """What both clients are made of: an httpx client (sync or async) for the service at `base_url`,
-    with its key, its timeout and retries of what the service did not take (`_options`)."""
+    with its key, its timeout and retries of what the service did not take (`_options`). Over HTTPS,
+    `verify` is what checks the service's certificate: True (the default) trusts certifi's CAs, or the
+    file SSL_CERT_FILE names; an `ssl.SSLContext` trusts what it was given
+    (`ssl.create_default_context(cafile="ca.pem")`)."""
 
     http_class: type[httpx.Client] | type[httpx.AsyncClient]
+    transport_class: type[httpx.HTTPTransport] | type[httpx.AsyncHTTPTransport]
 
     def __init__(
         self,
@@ -122,8 +148,10 @@ class _Client:
         api_key: str | None = None,
         timeout: float = 900,
         retries: int = 5,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
-        self.http = self.http_class(**_options(base_url, api_key, timeout, retries))
+        transport = self.transport_class(verify=verify)
+        self.http = self.http_class(**_options(base_url, api_key, timeout, retries, transport))
 
     def output_request(self, url: str) -> httpx.Request:
         """A GET of an output's link (signed, so it needs no key). The key goes to the service only: a
@@ -138,6 +166,7 @@ class _Client:
 
 class LeapRayClient(_Client):
     http_class = httpx.Client
+    transport_class = httpx.HTTPTransport
     http: httpx.Client
 
     def __enter__(self) -> Self:
@@ -200,6 +229,7 @@ class AsyncLeapRayClient(_Client):
     """LeapRayClient's methods, awaited."""
 
     http_class = httpx.AsyncClient
+    transport_class = httpx.AsyncHTTPTransport
     http: httpx.AsyncClient
 
     async def __aenter__(self) -> Self:

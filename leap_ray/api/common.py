@@ -6,6 +6,8 @@ from typing import Annotated, TypeVar
 from pydantic import BaseModel, Field
 
 MAX_SEED = 2**53 - 1  # the largest integer every JSON client keeps exactly
+# SDXL's samplers by name (the request's `scheduler`); here, without torch, for the CLI's --scheduler.
+SCHEDULERS = ("ddim", "euler", "euler_ancestral", "dpmpp_2m")
 
 
 def draw_seed() -> int:
@@ -53,3 +55,8 @@ class ErrorResponse(BaseModel):
     """The one shape of every error response."""
 
     error: ErrorDetail = Field(description="What went wrong: message, type, param (the field), code.")
+    title: str = Field(
+        description="Problem details (RFC 9457), as Replicate's clients read them: the HTTP status's phrase."
+    )
+    detail: str = Field(description="Problem details: the error's message.")
+    status: int = Field(description="Problem details: the HTTP status.")

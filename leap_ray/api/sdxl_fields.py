@@ -11,7 +11,7 @@ import torch
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator
 from pydantic.json_schema import SkipJsonSchema
 
-from leap_ray.api.common import MAX_SEED, FiniteFloat, capped, prompt_text
+from leap_ray.api.common import MAX_SEED, SCHEDULERS, FiniteFloat, capped, prompt_text
 from leap_ray.api.sdxl_workflows import ImageInput, LoraChoice, RefinerOptions
 from leap_ray.api.tensors import TensorInput
 from leap_ray.config import LIMITS
@@ -21,7 +21,6 @@ MAX_CONDITIONING_SIZE = 8192
 
 # The tensors diffusers' SDXL pipeline can hand to `callback_on_step_end` (`_callback_tensor_inputs`).
 CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "add_text_embeds", "add_time_ids")
-SCHEDULERS = ("ddim", "euler", "euler_ancestral", "dpmpp_2m")
 
 
 # diffusers' StableDiffusionXLInpaintPipeline's default guidance (its text2img and img2img take 5.0).
@@ -225,8 +224,8 @@ class SDXLFields(BaseModel):
     )
     scheduler: Literal[SCHEDULERS] | None = Field(  # type: ignore[valid-type]
         None,
-        description="Sampler: the model's own (Euler for SDXL base) when absent, or ddim, euler, "
-        "euler_ancestral, dpmpp_2m. eta acts only under ddim.",
+        description="Sampler: the model's own (Euler for SDXL base) when absent, or "
+        f"{', '.join(SCHEDULERS)}. eta acts only under ddim.",
     )
     image: ImageInput | None = Field(
         None,

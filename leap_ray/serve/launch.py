@@ -3,6 +3,7 @@ validates the file and Serve's controller deploys it (so user_config, autoscalin
 all come from the file). Used by `leap-ray serve` and by the integration tests."""
 
 import os
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -32,11 +33,55 @@ def local_config_path() -> Path:
     return Path(str(resources.files("leap_ray") / "configs" / LOCAL_CONFIG))
 
 
+class TlsConfigError(ValueError):
+    """HTTPS asked for but not possible as configured: one of certificate and key, a file that cannot
+    be read, or a pair that is not one."""
+
+
 def load_config(path: str | Path | None = None, **http_options: Any) -> ServeDeploySchema:
-    """Reads and validates a Serve config; `http_options` (host, port) override the file's."""
+    """Reads and validates a Serve config; `http_options` (host, port, ssl_certfile, ssl_keyfile)
+    override the file's. HTTPS settings are checked here, before any Ray starts (`check_tls`)."""
     raw = yaml.safe_load(Path(path or local_config_path()).read_text())
     raw.setdefault("http_options", {}).update({k: v for k, v in http_options.items() if v is not None})
+    check_tls(raw["http_options"])
     return ServeDeploySchema.model_validate(raw)
+
+
+def check_tls(http_options: dict[str, Any]) -> None:
+    """Both of ssl_certfile and ssl_keyfile or neither, readable here and a certificate with its key;
+    raises TlsConfigError otherwise. Serve's own schema lets a key without a certificate pass (plain
+    HTTP, silently), and a bad file would only fail in the proxy, after Ray has started. (On a
+    cluster, every node's proxy reads the same paths: they must exist on each node.)"""
+    cert, key = http_options.get("ssl_certfile"), http_options.get("ssl_keyfile")
+    if not cert and not key:
+        return
+    if not (cert and key):
+        given = "certificate" if cert else "key"
+        raise TlsConfigError(
+            f"HTTPS needs a certificate and its key (--tls-cert and --tls-key, or http_options' "
+            f"ssl_certfile and ssl_keyfile); only the {given} was given"
+        )
+    for what, file in (("certificate", cert), ("key", key)):
+        try:
+            Path(file).read_bytes()
+        except OSError as error:
+            raise TlsConfigError(f"cannot read the TLS {what} {file}: {error.strerror or error}") from None
+    try:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        # A callable, never None: with None, OpenSSL would ask for an encrypted key's passphrase on
+        # the terminal.
+        password = http_options.get("ssl_keyfile_password") or ""
+        context.load_cert_chain(cert, key, password=lambda: password)
+    except ssl.SSLError as error:
+        raise TlsConfigError(
+            f"the TLS certificate {cert} and key {key} are not a PEM certificate and its key: {error}"
+        ) from None
+
+
+def http_address(config: ServeDeploySchema) -> str:
+    """The service's address as the config has it: https:// when it has a certificate."""
+    options = config.http_options
+    return f"{'https' if options.ssl_certfile else 'http'}://{options.host}:{options.port}"
 
 
 # Ray's single-machine mode (its default on macOS and Windows): the node's address is 127.0.0.1, so
