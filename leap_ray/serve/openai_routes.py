@@ -1,26 +1,28 @@
-"""OpenAI's Images API over the SDXL path (`POST /v1/images/generations`, and `/v1/images/edits` for
-img2img and inpainting): the official `openai`
-clients, and the workflow-engine nodes built on them, call it unchanged. A thin adapter: the request
-becomes an SDXL request (the gateway validates it as /v1/sdxl's), `url` answers are job outputs, and
-streams map our latent previews to OpenAI's `image_generation.partial_image` events."""
+"""OpenAI's APIs as the official `openai` clients call them. Models (`GET /v1/models`,
+`/v1/models/{model}`): the services' names. Images, over the SDXL path (`POST /v1/images/generations`,
+and `/v1/images/edits` for img2img and inpainting): the clients, and the workflow-engine nodes built on
+them, call it unchanged. A thin adapter: the request becomes an SDXL request (the gateway validates it
+as /v1/sdxl's), `url` answers are job outputs, and streams map our latent previews to OpenAI's
+`image_generation.partial_image` events."""
 
 import base64
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterable
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from leap_ray.api.common import EVENT_STREAM
+from leap_ray.api.common import EVENT_STREAM, ErrorResponse
 from leap_ray.api.jobs import JobSubmission
 from leap_ray.api.openai_images import NO_TOKENS, OpenAIImageEditRequest, OpenAIImageRequest, image_event
+from leap_ray.api.openai_models import OpenAIModel, OpenAIModelList
 from leap_ray.api.progress import Progress
-from leap_ray.errors import LeapRayError, ModelError
+from leap_ray.errors import LeapRayError, ModelError, NotFound
 from leap_ray.serve.bodies import read_body, read_form
 from leap_ray.serve.errors import as_leap_error
-from leap_ray.serve.gateway import ModelGateway
+from leap_ray.serve.gateway import SERVICES, ModelGateway
 from leap_ray.serve.jobs.service import Jobs
 from leap_ray.serve.middleware import client_of
 from leap_ray.serve.routes import ERROR_RESPONSES, form_body, json_body, sse
@@ -86,7 +88,47 @@ async def _stream(gateway: ModelGateway, body: OpenAIImageRequest, prepared: Any
         yield sse("error", _as_openai(error).body())
 
 
+def openai_model_routes(models: Iterable[str]) -> APIRouter:
+    """OpenAI's Models API over the services' names: `client.models.list()` and `.retrieve(name)`.
+    A model's id is one path segment, so `/v1/models/{id}` never takes Replicate's
+    `/v1/models/{owner}/{name}...` paths."""
+    router = APIRouter(tags=["OpenAI Models API"], responses=ERROR_RESPONSES)
+    started = int(time.time())
+    served = {name: OpenAIModel(id=name, created=started) for name in models}
+
+    @router.get(
+        "/v1/models", summary="The models served, OpenAI Models API style", operation_id="openai_list_models"
+    )
+    async def list_models() -> OpenAIModelList:
+        """OpenAI's `models.list`: every model this service serves, by the name its requests take."""
+        return OpenAIModelList(data=list(served.values()))
+
+    @router.get(
+        "/v1/models/{model}",
+        summary="A model, OpenAI Models API style",
+        operation_id="openai_retrieve_model",
+        responses={404: {"model": ErrorResponse, "description": "No model of that name is served"}},
+    )
+    async def retrieve_model(
+        model: Annotated[str, Path(description="The model's name, as `GET /v1/models` lists it.")],
+    ) -> OpenAIModel:
+        """OpenAI's `models.retrieve`; 404 (param `model`) for a name this service does not serve."""
+        if model not in served:
+            raise NotFound(f"no model {model!r}; this service serves {', '.join(served)}", param="model")
+        return served[model]
+
+    return router
+
+
 def openai_routes(gateway: ModelGateway, jobs: Jobs) -> APIRouter:
+    """OpenAI's Models API over the services, and its Images API over SDXL."""
+    router = APIRouter()
+    router.include_router(openai_model_routes(SERVICES))
+    router.include_router(openai_image_routes(gateway, jobs))
+    return router
+
+
+def openai_image_routes(gateway: ModelGateway, jobs: Jobs) -> APIRouter:
     router = APIRouter(tags=["OpenAI Images API"], responses=ERROR_RESPONSES)
 
     @router.post(
