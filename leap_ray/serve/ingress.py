@@ -14,6 +14,7 @@ from pydantic.json_schema import models_json_schema
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from leap_ray.api.a1111 import A1111Img2ImgRequest, A1111Txt2ImgRequest
 from leap_ray.api.jobs import JobSubmission
 from leap_ray.api.musicgen import MusicGenOutput, MusicGenRequest
 from leap_ray.api.openai_images import OpenAIImageEditRequest, OpenAIImageRequest
@@ -21,6 +22,7 @@ from leap_ray.api.predictions import PredictionRequest
 from leap_ray.api.progress import AudioDelta, AudioProgress
 from leap_ray.api.sdxl import SDXLOutput, SDXLRequest
 from leap_ray.config import LIMITS, IngressSettings, UploadLimits
+from leap_ray.serve.a1111_routes import a1111_routes
 from leap_ray.serve.autoscaling import QUEUED_JOBS
 from leap_ray.serve.docs import docs_routes
 from leap_ray.serve.errors import install_error_handlers
@@ -43,6 +45,8 @@ BODY_MODELS = (
     OpenAIImageRequest,
     OpenAIImageEditRequest,
     PredictionRequest,
+    A1111Txt2ImgRequest,
+    A1111Img2ImgRequest,
 )
 BEARER = {"bearer": {"type": "http", "scheme": "bearer", "description": "An API key of the service."}}
 
@@ -85,6 +89,7 @@ def build_http_app(
     app.include_router(generation_routes(gateway))
     app.include_router(job_routes(jobs))
     app.include_router(openai_routes(gateway, jobs))
+    app.include_router(a1111_routes(gateway))
     app.include_router(prediction_routes(jobs))
     app.include_router(health_routes(gateway))
     app.include_router(docs_routes(app.title))

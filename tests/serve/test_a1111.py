@@ -1,0 +1,373 @@
+"""The AUTOMATIC1111 client `webuiapi`, unchanged but for its base URL, generates through
+/sdapi/v1/txt2img and /sdapi/v1/img2img and reads the endpoints it probes. In-process (the ingress's
+app served by uvicorn, a stub model side): each A1111 call reaches the model as the same request as
+its /v1/sdxl body, answers in A1111's shape (images, parameters, info with every seed), and what
+cannot be honoured is a 422 naming A1111's field. On the real graph: A1111's txt2img and img2img
+images equal /v1/sdxl's for the same seed and parameters."""
+
+import base64
+import io
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+import webuiapi
+from PIL import Image, ImageFilter, ImageOps
+
+from tests.helpers import StubGateway, make_app, pixels, png, served, stub_image
+
+RANDOM = np.random.default_rng(3)
+PHOTO = png(RANDOM.integers(0, 256, (64, 96, 3), dtype=np.uint8))
+MASK = png(np.where(np.arange(96)[None, :].repeat(64, axis=0) < 48, 255, 0).astype(np.uint8))
+SMALL = {"seed": 5, "steps": 4, "width": 96, "height": 64, "cfg_scale": 6.5}
+# The same request in /v1/sdxl's fields (webuiapi's default sampler is "Euler a").
+OURS = {"seed": 5, "num_inference_steps": 4, "width": 96, "height": 64, "guidance_scale": 6.5}
+
+
+def image_of(data: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(data)))
+
+
+class A1111:
+    """webuiapi against the in-process app, and a plain HTTP client to the same URL."""
+
+    def __init__(self, url: str, gateway: StubGateway) -> None:
+        self.api = webuiapi.WebUIApi(baseurl=f"{url}/sdapi/v1")
+        self.http = httpx.Client(base_url=url, timeout=60)
+        self.gateway = gateway
+
+    def sdxl(self, body: dict) -> object:
+        """What the model side gets of a /v1/sdxl body: what the A1111 request must equal."""
+        response = self.http.post("/v1/sdxl", json=body)
+        assert response.status_code == 200, response.text
+        return self.gateway.generated.pop()
+
+    def refused(self, call: object, **arguments: object) -> dict:
+        """The error of a webuiapi call that must fail with a 422 (webuiapi raises its status and body)."""
+        with pytest.raises(RuntimeError) as caught:
+            call(**arguments)
+        status, text = caught.value.args
+        assert status == 422, text
+        assert self.gateway.generated == []
+        return json.loads(text)["error"]
+
+
+@pytest.fixture
+def a1111(tmp_path) -> Iterator[A1111]:
+    app, gateway = make_app(tmp_path)
+    with served(app) as url:
+        client = A1111(url, gateway)
+        yield client
+        client.http.close()
+
+
+def test_txt2img_is_the_sdxl_request_of_its_fields(a1111):
+    result = a1111.api.txt2img(prompt="a red fox", negative_prompt="blurry", **SMALL)
+    (request,) = a1111.gateway.generated
+    expected = {"prompt": "a red fox", "negative_prompt": "blurry", "scheduler": "euler_ancestral", **OURS}
+    assert request == a1111.sdxl(expected)
+    assert [base64.b64decode(image) for image in result.json["images"]] == [stub_image(5)]
+    assert result.info["seed"] == 5 and result.info["all_seeds"] == [5]
+    assert result.info["sampler_name"] == "Euler a" and result.info["width"] == 96
+    assert result.info["infotexts"] == [
+        "a red fox\nNegative prompt: blurry\nSteps: 4, Sampler: Euler a, Schedule type: Automatic, "
+        "CFG scale: 6.5, Seed: 5, Size: 96x64, Model: sdxl, Version: leap_ray"
+    ]
+    assert result.parameters["prompt"] == "a red fox" and result.parameters["enable_hr"] is False
+
+
+def test_batch_size_times_n_iter_images_take_consecutive_seeds(a1111):
+    result = a1111.api.txt2img(prompt="a red fox", batch_size=2, n_iter=3, **{**SMALL, "seed": 10})
+    (request,) = a1111.gateway.generated
+    assert request.num_images_per_prompt == 6 and request.seed == 10
+    assert result.info["all_seeds"] == list(range(10, 16)) and len(result.info["infotexts"]) == 6
+    assert [base64.b64decode(image) for image in result.json["images"]] == [
+        stub_image(s) for s in range(10, 16)
+    ]
+
+
+def test_seed_minus_one_is_drawn_and_reported(a1111):
+    result = a1111.api.txt2img(prompt="a red fox", batch_size=2, **{**SMALL, "seed": -1})
+    (request,) = a1111.gateway.generated
+    assert (
+        result.info["all_seeds"] == [request.seed, request.seed + 1] and result.info["seed"] == request.seed
+    )
+
+
+def test_an_empty_negative_prompt_is_none_as_a1111_zeroes_it_for_sdxl(a1111):
+    a1111.api.txt2img(prompt="a red fox", **SMALL)
+    (request,) = a1111.gateway.generated
+    assert request.negative_prompt is None
+
+
+@pytest.mark.parametrize(
+    ("sampler", "ours"),
+    [
+        ("Euler a", "euler_ancestral"),
+        ("Euler", "euler"),
+        ("k_euler", "euler"),
+        ("DPM++ 2M", "dpmpp_2m"),
+        ("DDIM", "ddim"),
+    ],
+)
+def test_samplers_map_onto_our_schedulers(a1111, sampler, ours):
+    result = a1111.api.txt2img(prompt="x", sampler_name=sampler, **SMALL)
+    assert a1111.gateway.generated[0].scheduler == ours
+    assert result.info["sampler_name"] in (sampler, "Euler")
+
+
+def test_without_sampler_name_sampler_index_is_read_then_a1111s_default_euler(a1111):
+    body = {"prompt": "x", "steps": 4, "width": 64, "height": 64}
+    assert a1111.http.post("/sdapi/v1/txt2img", json={**body, "sampler_index": "DDIM"}).status_code == 200
+    assert a1111.http.post("/sdapi/v1/txt2img", json=body).status_code == 200
+    assert [request.scheduler for request in a1111.gateway.generated] == ["ddim", "euler"]
+
+
+def test_ddim_takes_eta_and_euler_a_only_its_own(a1111):
+    a1111.api.txt2img(prompt="x", sampler_name="DDIM", eta=0.3, **SMALL)
+    assert a1111.gateway.generated.pop().eta == 0.3
+    error = a1111.refused(a1111.api.txt2img, prompt="x", sampler_name="Euler a", eta=0.5, **SMALL)
+    assert error["param"] == "eta"
+
+
+@pytest.mark.parametrize("sampler", ["DPM++ 2M Karras", "UniPC", "Heun", "LMS", "DPM2", "DPM++ SDE"])
+def test_a_sampler_we_do_not_run_is_a_422_naming_sampler_name(a1111, sampler):
+    error = a1111.refused(a1111.api.txt2img, prompt="x", sampler_name=sampler, **SMALL)
+    assert error["param"] == "sampler_name" and "Euler a" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "param"),
+    [
+        ({"enable_hr": True}, "enable_hr"),
+        ({"restore_faces": True}, "restore_faces"),
+        ({"tiling": True}, "tiling"),
+        ({"subseed_strength": 0.5}, "subseed_strength"),
+        ({"seed_resize_from_h": 512}, "seed_resize_from_h"),
+        ({"styles": ["cinematic"]}, "styles"),
+        ({"script_name": "x/y/z plot"}, "script_name"),
+        ({"alwayson_scripts": {"ControlNet": {"args": [{"enabled": True}]}}}, "alwayson_scripts"),
+        ({"scheduler": "karras"}, "scheduler"),
+        ({"s_churn": 1.0}, "s_churn"),
+        ({"s_noise": 0.9}, "s_noise"),
+        ({"override_settings": {"sd_vae": "other.safetensors"}}, "override_settings"),
+        ({"firstphase_width": 256}, "firstphase_width"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else None,
+)
+def test_what_cannot_be_honoured_is_a_422_naming_the_field(a1111, arguments, param):
+    error = a1111.refused(a1111.api.txt2img, prompt="x", **{**SMALL, **arguments})
+    assert error["param"] == param and error["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "param"),
+    [
+        ({"steps": 0}, "steps"),
+        ({"batch_size": 3, "n_iter": 3}, "batch_size"),
+        ({"cfg_scale": 1e9}, "cfg_scale"),
+        ({"width": 100}, "width"),
+        ({"seed": -7}, "seed"),
+        ({"prompt": "x <lora:no-such:0.5>"}, "prompt"),
+    ],
+    ids=["steps", "too-many-images", "cfg_scale", "width-not-multiple-of-8", "seed", "unknown-lora"],
+)
+def test_a_bad_value_is_a_422_naming_the_a1111_field(a1111, arguments, param):
+    error = a1111.refused(a1111.api.txt2img, **{"prompt": "x", **SMALL, **arguments})
+    assert error["param"] == param
+
+
+def test_a_field_a1111_does_not_have_is_a_422_naming_it(a1111):
+    response = a1111.http.post("/sdapi/v1/txt2img", json={"prompt": "x", "num_inference_steps": 4})
+    assert response.status_code == 422 and response.json()["error"]["param"] == "num_inference_steps"
+
+
+def test_lora_tags_in_the_prompt_apply_our_adapters(a1111):
+    a1111.api.txt2img(prompt="a red fox <lora:ink:0.5><lora:paper>", **SMALL)
+    body = {"prompt": "a red fox <lora:ink:0.5>", "disable_extra_networks": True, **SMALL}
+    assert a1111.http.post("/sdapi/v1/txt2img", json=body).status_code == 200  # not a webuiapi argument
+    tagged, disabled = a1111.gateway.generated
+    assert tagged.prompt == "a red fox " and tagged.lora_scales() == (("ink", 0.5), ("paper", 1.0))
+    assert disabled.prompt == "a red fox " and disabled.loras == []
+
+
+def test_send_images_false_answers_without_images(a1111):
+    result = a1111.api.txt2img(prompt="x", send_images=False, **SMALL)
+    assert result.json["images"] == [] and result.info["all_seeds"] == [5]
+
+
+def test_img2img_is_the_sdxl_request_of_its_fields(a1111):
+    result = a1111.api.img2img(images=[image_of(PHOTO)], prompt="a castle", denoising_strength=0.6, **SMALL)
+    (request,) = a1111.gateway.generated
+    expected = {"prompt": "a castle", "image": PHOTO, "strength": 0.6, "scheduler": "euler_ancestral", **OURS}
+    assert request == a1111.sdxl(expected) and request.workflow == "img2img"
+    assert (
+        result.info["denoising_strength"] == 0.6 and "Denoising strength: 0.6" in result.info["infotexts"][0]
+    )
+    assert result.parameters["init_images"] is None  # echoed only with include_init_images
+
+
+@pytest.mark.parametrize(
+    ("resize_mode", "resized"),
+    [
+        (0, lambda image: image.resize((96, 64), Image.Resampling.LANCZOS)),
+        (1, lambda image: ImageOps.fit(image, (96, 64), Image.Resampling.LANCZOS)),
+    ],
+    ids=["just-resize", "crop-and-resize"],
+)
+def test_img2img_resizes_the_image_to_width_by_height_as_a1111(a1111, resize_mode, resized):
+    small = image_of(png(RANDOM.integers(0, 256, (40, 40, 3), dtype=np.uint8))).convert("RGB")
+    a1111.api.img2img(images=[small], prompt="a castle", resize_mode=resize_mode, **SMALL)
+    (request,) = a1111.gateway.generated
+    assert request.image.size == (96, 64) and request.image == resized(small)
+
+
+def test_an_image_with_transparency_is_flattened_onto_white(a1111):
+    rgba = np.zeros((64, 96, 4), dtype=np.uint8)  # transparent black everywhere
+    a1111.api.img2img(images=[image_of(png(rgba))], prompt="a castle", **SMALL)
+    assert np.all(np.asarray(a1111.gateway.generated[0].image) == 255)
+
+
+def test_a_mask_inpaints_the_whole_picture_as_the_sdxl_endpoint_does(a1111):
+    inpaint = {"inpaint_full_res": False, "inpainting_fill": 1, "mask_blur": 0}
+    a1111.api.img2img(
+        images=[image_of(PHOTO)],
+        mask_image=image_of(MASK),
+        prompt="a castle",
+        denoising_strength=0.8,
+        **inpaint,
+        **SMALL,
+    )
+    (request,) = a1111.gateway.generated
+    body = {
+        "prompt": "a castle",
+        "image": PHOTO,
+        "mask_image": MASK,
+        "strength": 0.8,
+        "scheduler": "euler_ancestral",
+    }
+    assert request == a1111.sdxl({**body, **OURS}) and request.workflow == "inpaint"
+
+
+def test_the_mask_is_inverted_and_blurred_as_asked(a1111):
+    inpaint = {"inpaint_full_res": False, "inpainting_fill": 1, "mask_blur": 3, "inpainting_mask_invert": 1}
+    a1111.api.img2img(images=[image_of(PHOTO)], mask_image=image_of(MASK), prompt="x", **inpaint, **SMALL)
+    expected = ImageOps.invert(image_of(MASK).convert("L")).filter(ImageFilter.GaussianBlur((3, 3)))
+    assert a1111.gateway.generated[0].mask_image == expected
+
+
+def test_a_transparent_masks_opaque_pixels_are_repainted(a1111):
+    rgba = np.zeros((64, 96, 4), dtype=np.uint8)
+    rgba[:, :48, 3] = 255  # opaque left half
+    inpaint = {"inpaint_full_res": False, "inpainting_fill": 1, "mask_blur": 0}
+    a1111.api.img2img(
+        images=[image_of(PHOTO)], mask_image=image_of(png(rgba)), prompt="x", **inpaint, **SMALL
+    )
+    assert a1111.gateway.generated[0].mask_image == image_of(MASK).convert("L")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "param"),
+    [
+        ({}, "inpaint_full_res"),  # webuiapi's defaults: only-masked inpainting
+        ({"inpaint_full_res": False}, "inpainting_fill"),  # A1111's default fill
+        ({"inpaint_full_res": False, "inpainting_fill": 2}, "inpainting_fill"),
+    ],
+    ids=["only-masked", "fill", "latent-noise"],
+)
+def test_inpainting_options_we_cannot_honour_are_refused(a1111, arguments, param):
+    error = a1111.refused(
+        a1111.api.img2img,
+        images=[image_of(PHOTO)],
+        mask_image=image_of(MASK),
+        prompt="x",
+        **arguments,
+        **SMALL,
+    )
+    assert error["param"] == param
+
+
+@pytest.mark.parametrize(
+    ("arguments", "param"),
+    [
+        ({"images": []}, "init_images"),
+        ({"resize_mode": 2, "width": 128}, "resize_mode"),
+        ({"denoising_strength": 0}, "denoising_strength"),
+        ({"initial_noise_multiplier": 0.5}, "initial_noise_multiplier"),
+    ],
+    ids=["no-image", "resize-and-fill", "zero-strength", "noise-multiplier"],
+)
+def test_a_bad_img2img_is_a_422_naming_the_a1111_field(a1111, arguments, param):
+    error = a1111.refused(
+        a1111.api.img2img, **{"images": [image_of(PHOTO)], "prompt": "x", **SMALL, **arguments}
+    )
+    assert error["param"] == param
+
+
+def test_an_init_image_that_is_not_an_image_is_a_422_naming_init_images(a1111):
+    body = {"prompt": "x", "init_images": ["bm90IGFuIGltYWdl"], "steps": 4, "width": 96, "height": 64}
+    response = a1111.http.post("/sdapi/v1/img2img", json=body)
+    assert response.status_code == 422 and response.json()["error"]["param"] == "init_images"
+
+
+def test_the_probes_a_tool_makes_answer_as_a1111s(a1111):
+    api = a1111.api
+    assert api.util_get_model_names() == ["sdxl"] and api.util_get_current_model() == "sdxl"
+    assert api.util_get_sampler_names() == sorted(["Euler a", "Euler", "DPM++ 2M", "DDIM"])
+    assert api.util_get_scheduler_names() == ["automatic"]
+    assert [lora["name"] for lora in api.get_loras()] == ["ink", "paper"]
+    assert [upscaler["name"] for upscaler in api.get_upscalers()] == ["None"]
+    assert api.get_scripts() == {"txt2img": [], "img2img": []}
+    api.util_set_model("sdxl")  # sets the one checkpoint: accepted
+    assert api.get_options()["sd_model_checkpoint"] == "sdxl"
+
+
+def test_options_other_than_ours_are_a_422_naming_the_option(a1111):
+    assert a1111.api.set_options({"sd_model_checkpoint": "sdxl"}) is None
+    response = a1111.http.post("/sdapi/v1/options", json={"sd_model_checkpoint": "v1-5-pruned.ckpt"})
+    assert response.status_code == 422 and response.json()["error"]["param"] == "sd_model_checkpoint"
+    response = a1111.http.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2})
+    assert response.status_code == 422 and response.json()["error"]["param"] == "CLIP_stop_at_last_layers"
+
+
+def test_progress_is_idle_or_counts_the_generations_running(a1111):
+    idle = a1111.http.get("/sdapi/v1/progress", params={"skip_current_image": True}).json()
+    assert idle["progress"] == 0.0 and idle["state"]["job_count"] == 0
+    a1111.api.util_wait_for_ready(check_interval=0.01)  # returns at once when idle
+    a1111.gateway.hold_s = 1.0
+    worker = threading.Thread(target=lambda: a1111.api.txt2img(prompt="x", **SMALL))
+    worker.start()
+    deadline = time.monotonic() + 10
+    while (state := a1111.api.get_progress()["state"])["job_count"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert state["job_count"] == 1 and state["job"] == "txt2img"
+    worker.join()
+    assert a1111.api.get_progress()["state"]["job_count"] == 0
+
+
+# On the real graph: A1111's images are /v1/sdxl's, pixel for pixel.
+
+
+def ours(graph, body: dict) -> np.ndarray:
+    response = httpx.post(f"{graph.url}/v1/sdxl", json=body, headers={"Accept": "image/png"}, timeout=120)
+    assert response.status_code == 200, response.text
+    return pixels(response.content)
+
+
+def test_a1111_txt2img_and_img2img_equal_the_sdxl_endpoints_images(graph):
+    api = webuiapi.WebUIApi(baseurl=f"{graph.url}/sdapi/v1")
+    result = api.txt2img(prompt="a red fox", sampler_name="Euler", **SMALL)
+    expected = ours(graph, {"prompt": "a red fox", "scheduler": "euler", **OURS})
+    assert np.array_equal(pixels(base64.b64decode(result.json["images"][0])), expected)
+    result = api.img2img(
+        images=[image_of(PHOTO)], prompt="a castle", denoising_strength=0.6, sampler_name="Euler", **SMALL
+    )
+    expected = ours(
+        graph, {"prompt": "a castle", "image": PHOTO, "strength": 0.6, "scheduler": "euler", **OURS}
+    )
+    assert np.array_equal(pixels(base64.b64decode(result.json["images"][0])), expected)
+    assert result.info["all_seeds"] == [5]
