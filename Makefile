@@ -7,11 +7,15 @@ STAMP := $(VENV)/.installed
 .PHONY: install serve test test-fast lint system-packages gpu-wheels
 
 # torch first, pinned: an unpinned torch (or one pulled in by another package) is a multi-GB CUDA build.
+# invisible-watermark (SDXL's watermark) last, without its declared dependencies: opencv-python is the
+# GUI build (libGL, absent on headless machines) and torch is pinned here; it imports what the serve
+# extra installs instead (opencv-python-headless, PyWavelets).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[serve,test,bench]"
+	$(BIN)/pip install --quiet --no-deps invisible-watermark==0.2.0
 	touch $(STAMP)
 
 install: $(STAMP)

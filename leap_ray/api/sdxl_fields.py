@@ -214,6 +214,12 @@ class SDXLFields(BaseModel):
         description="Seed of image 0; image j uses seed + j (wrapping to 0 past 2^53-1). Random when absent.",
     )
     output_format: Literal["png", "jpeg", "webp"] = Field("png", description="Encoding of the images.")
+    apply_watermark: bool = Field(
+        True,
+        description="Mark the images with SDXL's invisible watermark, as diffusers does "
+        "(StableDiffusionXLWatermarker: 48 bits, dwtDct); images under 256 pixels wide (or 256² in all) "
+        "are never marked. Acts only where the operator left the service's watermark on.",
+    )
     stream: bool = Field(False, description="Answer with progress events, as with Accept: text/event-stream.")
     preview_every: int | None = Field(
         None,

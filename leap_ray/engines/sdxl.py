@@ -60,12 +60,15 @@ class SDXLEngine:
         max_loaded_loras: int = 4,
         per_row_adapters: bool = True,
         own_lane_above: int | None = OWN_LANE_ABOVE,
+        watermark: bool = True,
         **speed: Any,
     ) -> None:
         """`loras`: adapter name -> source (hub id, folder, tiny:<name>), loaded on first use, at most
         `max_loaded_loras` at once; with `per_row_adapters`, requests with different adapters share the
         step batch's UNet calls (else a call per adapter set). `own_lane_above`: images of more pixels
         step in a lane of their own (leap_ray.engines.sdxl_own_lane; None: every image in one lane).
+        `watermark`: SDXL's invisible watermark on the images of requests that keep `apply_watermark`
+        (on by default, as diffusers' pipelines are where invisible-watermark is installed).
         `speed`: the fast-path options (`SDXLSpeed`: compile, regional_compile, compile_cache,
         batch_buckets, channels_last, fuse_qkv, warm_up_sizes)."""
         self.device, self.dtype = placement(device, dtype, threads)
@@ -75,12 +78,15 @@ class SDXLEngine:
             raise ValueError("LoRA adapters need the separate q, k, v projections: set fuse_qkv false")
         if loras and self.speed.compile_kwargs is not None:  # every adapter set and scale recompiles
             raise ValueError("LoRA adapters change the compiled UNet at every request: set compile false")
-        self.pipeline = StableDiffusionXLPipeline.from_pretrained(model, dtype=self.dtype).to(self.device)
+        # The decoder owns the watermark (per request); the pipeline's own would mark every image.
+        self.pipeline = StableDiffusionXLPipeline.from_pretrained(
+            model, dtype=self.dtype, add_watermarker=False
+        ).to(self.device)
         self.pipeline.set_progress_bar_config(disable=True)
         self.speed.apply(self.pipeline)
         self.pipelines = WorkflowPipelines(self.pipeline)
         self.unet = UNetRunner(self.pipeline.unet, self.speed)
-        self.decoder = LatentDecoder(self.pipeline, self.speed)
+        self.decoder = LatentDecoder(self.pipeline, self.speed, watermark)
         self.adapters = LoraAdapters(self.pipeline, loras or {}, max_loaded_loras)
         self.per_row_adapters = per_row_adapters
         # Adapters switched per request set change the UNet for every call: one lane only.

@@ -3,28 +3,64 @@ VAE call for the images of one shape that finished at a step, and cheap latent p
 
 The VAE keeps diffusers' rule for float16: a VAE that asks for it (`force_upcast`, as SDXL's does:
 it overflows in float16) decodes in float32. Diffusers casts the whole VAE up and back on every call;
-here a float32 copy of it is kept, which gives the same image without the casts."""
+here a float32 copy of it is kept, which gives the same image without the casts.
+
+SDXL's invisible watermark is applied as diffusers' pipelines apply it (its
+`StableDiffusionXLWatermarker`, on the VAE's output before the image processor), but per image: only
+the rows whose request wants it (`apply_watermark`), so a batch's rows never change one another's.
+It runs on the CPU, as diffusers' does: 0.03 s for a 256² image and 0.29 s at 1024² on one core of
+this project's 2-core machine."""
 
 import base64
 import copy
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from diffusers import StableDiffusionXLPipeline
+from diffusers.utils import is_invisible_watermark_available
 
 from leap_ray.api.images import encode_image
 from leap_ray.engines.failures import request_error
 from leap_ray.engines.sdxl_fast import SDXLSpeed, compiled_decode
 from leap_ray.errors import LeapRayError
 
+# diffusers marks images at least this wide; imwatermark refuses images of fewer pixels (diffusers'
+# call would fail on them: 512×64, say), which are left unmarked here.
+WATERMARK_MIN_WIDTH = 256
+WATERMARK_MIN_PIXELS = 256 * 256
+
+
+def sdxl_watermarker(watermark: bool) -> Any:
+    """diffusers' StableDiffusionXLWatermarker when `watermark`, else None. Raises ValueError when the
+    invisible-watermark package is missing: a replica that should mark images never starts without."""
+    if not watermark:
+        return None
+    if not is_invisible_watermark_available():
+        raise ValueError(
+            "the SDXL watermark needs the invisible-watermark package (module imwatermark; `make install` "
+            "installs it): install it, or set the engine's watermark: false"
+        )
+    from diffusers.pipelines.stable_diffusion_xl.watermark import StableDiffusionXLWatermarker
+
+    return StableDiffusionXLWatermarker()
+
+
+def watermarkable(height: int, width: int) -> bool:
+    """Whether an image of this size gets SDXL's watermark: diffusers' rule and imwatermark's."""
+    return width >= WATERMARK_MIN_WIDTH and height * width >= WATERMARK_MIN_PIXELS
+
 
 class LatentDecoder:
     """Latents to images as the pipeline's decode does (latent scaling, the VAE, the watermark, the
     image processor), with diffusers' float32 rule kept on a float32 copy of the VAE. Compiled, it
-    decodes one image per call, so that the compiled VAE sees one shape per size."""
+    decodes one image per call, so that the compiled VAE sees one shape per size. With `watermark`,
+    the rows asked for are marked (`sdxl_watermarker`)."""
 
-    def __init__(self, pipeline: StableDiffusionXLPipeline, speed: SDXLSpeed) -> None:
+    def __init__(
+        self, pipeline: StableDiffusionXLPipeline, speed: SDXLSpeed, watermark: bool = False
+    ) -> None:
         self.pipeline = pipeline
         vae = pipeline.vae
         if vae.dtype == torch.float16 and vae.config.force_upcast:
@@ -32,6 +68,7 @@ class LatentDecoder:
         self.vae = vae
         self.per_image = speed.compile_kwargs is not None
         self.decode_fn = compiled_decode(vae, speed)
+        self.watermarker = sdxl_watermarker(watermark)
 
     def unscale(self, latents: torch.Tensor) -> torch.Tensor:
         config = self.vae.config
@@ -44,33 +81,42 @@ class LatentDecoder:
         std = torch.tensor(std).view(view).to(latents.device, latents.dtype)
         return latents * std / config.scaling_factor + mean
 
-    def __call__(self, latents: torch.Tensor) -> np.ndarray:
-        """(images, height, width, 3) floats in [0, 1] for (images, channels, h, w) latents."""
+    def __call__(self, latents: torch.Tensor, marked: Sequence[bool] = ()) -> np.ndarray:
+        """(images, height, width, 3) floats in [0, 1] for (images, channels, h, w) latents; image i
+        watermarked when `marked[i]` (and the decoder marks images at all)."""
         latents = self.unscale(latents)
         parts = latents.split(1) if self.per_image else [latents]
         # Copies, as the UNet's: a graph replay would overwrite the previous part's output.
         image = torch.cat([self.decode_fn(part, return_dict=False)[0].clone() for part in parts])
-        if self.pipeline.watermark is not None:
-            image = self.pipeline.watermark.apply_watermark(image)
-        return self.pipeline.image_processor.postprocess(image, output_type="np")
+        pixels = self.pipeline.image_processor.postprocess(image, output_type="np")
+        rows = [index for index, mark in enumerate(marked) if mark]
+        if rows and self.watermarker is not None and watermarkable(*image.shape[-2:]):
+            # Each row as diffusers' call makes it: marked on the VAE's output, then post-processed
+            # (the unmarked rows keep the post-processing of the VAE's own dtype and device).
+            watermarked = self.watermarker.apply_watermark(image[rows])
+            pixels[rows] = self.pipeline.image_processor.postprocess(watermarked, output_type="np")
+        return pixels
 
 
 def decode_together(
-    decode: Callable[[torch.Tensor], np.ndarray], latents: Sequence[torch.Tensor]
+    decode: Callable[..., np.ndarray], latents: Sequence[torch.Tensor], marked: Sequence[bool] | None = None
 ) -> list[np.ndarray | LeapRayError]:
-    """Each entry's images (or its own error), with one `decode` call per latent shape. If a shared
-    call fails, each entry is decoded alone, and only one that fails alone gets its error."""
+    """Each entry's images (or its own error), with one `decode` call per latent shape; entry i's
+    images watermarked when `marked[i]` (`LatentDecoder`). If a shared call fails, each entry is
+    decoded alone, and only one that fails alone gets its error."""
+    marked = marked if marked is not None else [False] * len(latents)
     decoded: list[np.ndarray | LeapRayError | None] = [None] * len(latents)
     for shape in dict.fromkeys(tensor.shape[1:] for tensor in latents):
         group = [index for index, tensor in enumerate(latents) if tensor.shape[1:] == shape]
+        rows = [marked[index] for index in group for _ in range(latents[index].shape[0])]
         try:
-            images = decode(torch.cat([latents[index] for index in group]))
+            images = decode(torch.cat([latents[index] for index in group]), rows)
         except Exception as error:
             if len(group) == 1:
                 decoded[group[0]] = request_error(error)
                 continue
             for index in group:
-                decoded[index] = decode_together(decode, [latents[index]])[0]
+                decoded[index] = decode_together(decode, [latents[index]], [marked[index]])[0]
             continue
         start = 0
         for index in group:

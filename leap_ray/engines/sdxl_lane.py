@@ -38,7 +38,7 @@ class Denoiser(Protocol):
     model_lock: AbstractContextManager  # held while the modules change (an adapter loads); see OwnLane
     prompts: PromptEncoder
     unet: Callable[..., torch.Tensor]  # sdxl_fast.UNetRunner
-    decoder: Callable[[torch.Tensor], np.ndarray]  # sdxl_decode.LatentDecoder
+    decoder: Callable[..., np.ndarray]  # sdxl_decode.LatentDecoder: (latents, rows to watermark)
 
     def admit(
         self, request: Any, should_stop: StopCheck | None, progress: ProgressHook | None, in_use: set[str]
@@ -150,7 +150,8 @@ class Lane:
     def outcomes(self, done: list[Run]) -> list[Outcome]:
         """The finished runs' outcomes: the images of those to decode, decoded together by shape."""
         to_decode = [run for run in done if run.error is None and not run.request.wants_refiner]
-        images = decode_together(self.engine.decoder, [run.latents for run in to_decode])
+        marked = [run.request.apply_watermark for run in to_decode]
+        images = decode_together(self.engine.decoder, [run.latents for run in to_decode], marked)
         decoded = {id(run): rows for run, rows in zip(to_decode, images, strict=True)}
         return [(run.admitted.submitted, self.outcome(run, decoded.get(id(run), []))) for run in done]
 

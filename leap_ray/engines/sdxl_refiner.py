@@ -42,22 +42,27 @@ class SDXLRefinerEngine:
         dtype: str | None = None,
         threads: int | None = None,
         own_lane_above: int | None = OWN_LANE_ABOVE,
+        watermark: bool = True,
         **speed: Any,
     ) -> None:
-        """`own_lane_above` and `speed` (the fast-path options): as the base engine's (`SDXLEngine`)."""
+        """`own_lane_above`, `watermark` and `speed` (the fast-path options): as the base engine's
+        (`SDXLEngine`). The refiner decodes the images, so it is the one that marks them (diffusers'
+        base pipeline marks nothing it hands on as latents)."""
         self.device, self.dtype = placement(device, dtype, threads)
         self.model = model
         self.own_lane_above = own_lane_above
         self.model_lock = threading.RLock()  # nothing changes the refiner's modules: never contended
         self.encoding = threading.Lock()
-        pipeline = StableDiffusionXLImg2ImgPipeline.from_pretrained(model, dtype=self.dtype).to(self.device)
+        pipeline = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+            model, dtype=self.dtype, add_watermarker=False
+        ).to(self.device)
         pipeline.set_progress_bar_config(disable=True)
         self.pipeline = pipeline
         self.speed = SDXLSpeed(**speed)
         self.speed.apply(pipeline)
         self.pipelines = WorkflowPipelines(pipeline)
         self.unet = UNetRunner(pipeline.unet, self.speed)
-        self.decoder = LatentDecoder(pipeline, self.speed)
+        self.decoder = LatentDecoder(pipeline, self.speed, watermark)
         self.prompts = PromptEncoder(pipeline, self.device, self.dtype)
         # As the base's: the smallest bucket compiles here, the others on `compiling`.
         self.compiling = warm_up(self, "refiner", self.warm_up_requests)

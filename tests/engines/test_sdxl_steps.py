@@ -120,11 +120,11 @@ def test_requests_finishing_together_are_decoded_together_and_a_failing_decode_i
     batch = StepBatch(engine)
     real_decode, decoded_rows = engine.decoder, []
 
-    def decode(latents):
+    def decode(latents, marked):
         decoded_rows.append(latents.shape[0])
         if latents.shape[0] > 1 and len(decoded_rows) == 1:
             raise RuntimeError("CUDA out of memory")  # the shared decode fails once
-        return real_decode(latents)
+        return real_decode(latents, marked)
 
     monkeypatch.setattr(engine, "decoder", decode)
     outcomes = run_steps(batch, {0: requests})

@@ -1,0 +1,58 @@
+"""SDXL's invisible watermark, as diffusers applies it, per image: on by default (diffusers' pipelines
+mark their images where invisible-watermark is installed), off per request (`apply_watermark`) or for
+the whole engine (`watermark=False`); a marked image carries diffusers' 48 bits."""
+
+import numpy as np
+import pytest
+from diffusers.pipelines.stable_diffusion_xl.watermark import WATERMARK_BITS
+from imwatermark import WatermarkDecoder
+
+from leap_ray.api.sdxl import SDXLRequest
+from leap_ray.engines.contract import generate
+from leap_ray.engines.sdxl import SDXLEngine
+from leap_ray.engines.sdxl_decode import watermarkable
+from tests.helpers import solo
+
+TOLERANCE = 1e-3  # on 0-1 pixel values, CPU float32, as the engine's other oracle tests
+SIZE = {"height": 256, "width": 256, "num_inference_steps": 2, "prompt": "a lighthouse"}
+
+
+def watermark_bits(pixels: np.ndarray) -> list[int]:
+    """The 48 bits imwatermark reads from an image as a client gets it (8 bits a channel, BGR)."""
+    image = (np.clip(pixels, 0.0, 1.0) * 255).round().astype(np.uint8)[:, :, ::-1]
+    return list(WatermarkDecoder("bits", 48).decode(image, "dwtDct"))
+
+
+def unmarked(reference):
+    """The reference pipeline with diffusers' watermarker off (add_watermarker=False)."""
+    return type(reference).from_pipe(reference, add_watermarker=False)
+
+
+def test_a_batch_marks_the_rows_of_requests_that_keep_the_watermark_and_no_other(engine, reference):
+    marked = SDXLRequest(seed=3, **SIZE)
+    plain = SDXLRequest(seed=3, apply_watermark=False, **SIZE)
+    first, second = generate(engine, [marked, plain])
+    assert first.batch_size == second.batch_size == 2  # they shared each step
+    assert watermark_bits(first.images[0]) == WATERMARK_BITS
+    assert watermark_bits(second.images[0]) != WATERMARK_BITS
+    # Each equals diffusers' own call: with its watermarker (its default here), and without it.
+    assert np.abs(first.images[0] - solo(reference, marked, [3])[0]).max() < TOLERANCE
+    assert np.abs(second.images[0] - solo(unmarked(reference), plain, [3])[0]).max() < TOLERANCE
+    assert np.abs(first.images[0] - second.images[0]).max() > 0
+
+
+def test_an_engine_with_the_watermark_off_marks_no_image(tiny_models, reference):
+    engine = SDXLEngine(str(tiny_models["sdxl"]), watermark=False)
+    (result,) = generate(engine, [SDXLRequest(seed=4, **SIZE)])
+    assert watermark_bits(result.images[0]) != WATERMARK_BITS
+    expected = solo(unmarked(reference), SDXLRequest(seed=4, **SIZE), [4])[0]
+    assert np.abs(result.images[0] - expected).max() < TOLERANCE
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "marked"),
+    [(256, 256, True), (1024, 64, False), (64, 512, False), (255, 512, True), (128, 512, True)],
+    ids=["256-square", "narrow-under-256-wide", "wide-but-under-256-squared", "wide-enough", "128x512"],
+)
+def test_only_images_at_least_256_wide_and_of_256_squared_pixels_are_marked(height, width, marked):
+    assert watermarkable(height, width) is marked
