@@ -14,6 +14,7 @@ import numpy as np
 import soundfile
 import torch
 
+from leap_ray.api.marks import SOFTWARE, OutputMarks
 from leap_ray.api.progress import AudioDelta
 from leap_ray.api.uploads import upload_bytes
 
@@ -151,10 +152,20 @@ def _read_mono(file: soundfile.SoundFile, max_seconds: float) -> np.ndarray:
         _check_length(frames, file.samplerate, max_seconds, at_least=True)
 
 
-def encode_audio(waveform: np.ndarray, sample_rate: int, audio_format: str) -> bytes:
+def encode_audio(
+    waveform: np.ndarray, sample_rate: int, audio_format: str, marks: OutputMarks | None = None
+) -> bytes:
+    """Mono samples in [-1, 1] -> encoded bytes, tagged with the track's `marks` when given: title (the
+    prompt), comment (its request as JSON) and software, libsndfile's tags (a WAV's LIST INFO chunk,
+    FLAC's and OGG's Vorbis comments, an MP3's ID3 tags). They are set before the first sample, as
+    FLAC and OGG need. libsndfile writes ID3 text as Latin-1: an MP3's JSON escapes the rest."""
     container, subtype, _ = AUDIO_FORMATS[audio_format]
     buffer = io.BytesIO()
-    soundfile.write(buffer, np.clip(waveform, -1.0, 1.0), sample_rate, format=container, subtype=subtype)
+    with soundfile.SoundFile(buffer, "w", sample_rate, 1, subtype=subtype, format=container) as file:
+        if marks is not None:
+            file.title, file.software = marks.title, SOFTWARE
+            file.comment = marks.record_json(ascii_only=audio_format == "mp3")
+        file.write(np.clip(waveform, -1.0, 1.0))
     return buffer.getvalue()
 
 

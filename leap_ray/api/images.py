@@ -10,17 +10,22 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from leap_ray.api.image_limits import check_exif, check_structure
+from leap_ray.api.marks import OutputMarks, exif_bytes, png_info
 from leap_ray.api.uploads import upload_bytes
 
 ImageFormat = Literal["png", "jpeg", "webp"]
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
-def encode_image(pixels: np.ndarray, image_format: str) -> bytes:
-    """(height, width, 3) floats in [0, 1] -> encoded bytes (rounded as diffusers' numpy_to_pil)."""
+def encode_image(pixels: np.ndarray, image_format: str, marks: OutputMarks | None = None) -> bytes:
+    """(height, width, 3) floats in [0, 1] -> encoded bytes (rounded as diffusers' numpy_to_pil), with
+    the image's `marks` (its parameters: `leap_ray.api.marks`) when given."""
     image = Image.fromarray((np.clip(pixels, 0.0, 1.0) * 255).round().astype(np.uint8))
+    options: dict[str, object] = {"quality": 95} if image_format != "png" else {}
+    if marks is not None:
+        options |= {"pnginfo": png_info(marks)} if image_format == "png" else {"exif": exif_bytes(marks)}
     buffer = io.BytesIO()
-    image.save(buffer, format=image_format.upper(), **({"quality": 95} if image_format != "png" else {}))
+    image.save(buffer, format=image_format.upper(), **options)
     return buffer.getvalue()
 
 

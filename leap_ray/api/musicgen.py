@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchem
 
 from leap_ray.api.audio import AudioLimits, DecodedAudio, decode_audio
 from leap_ray.api.common import MAX_SEED, FiniteFloat, capped, prompt_text
+from leap_ray.api.marks import OutputMarks, request_record
 from leap_ray.api.responses import AudioFormat, MusicGenResponse
 from leap_ray.config import LIMITS
 from leap_ray.errors import InvalidRequest
@@ -113,6 +114,12 @@ class MusicGenRequest(BaseModel):
 
     def frames(self, frame_rate: int) -> int:
         return max(1, round(self.duration * frame_rate))
+
+    def output_marks(self, seed: int, model: str) -> OutputMarks:
+        """What its track says about itself (`leap_ray.api.marks`): the prompt as its title, and this
+        request as JSON (with the seed it ran with; a melody summarised) as its comment."""
+        record = {"model": model, "request": request_record(self, seed=seed)}
+        return OutputMarks(title=self.prompt, parameters="", record=record)
 
     def check_against(self, spec: MusicGenModelSpec) -> None:
         """Raises InvalidRequest for what the loaded model cannot do."""

@@ -9,6 +9,8 @@ from typing import Any
 from pydantic import PrivateAttr, model_validator
 
 from leap_ray.api.common import draw_seed, offset_seed
+from leap_ray.api.infotext import SAMPLER_NAMES, infotext
+from leap_ray.api.marks import OutputMarks, request_record
 from leap_ray.api.responses import SDXLImage, SDXLResponse
 from leap_ray.api.sdxl_checks import SDXLModelSpec, check_against, check_combinations
 from leap_ray.api.sdxl_fields import (
@@ -124,6 +126,43 @@ class SDXLRequest(SDXLFields):
             self.negative_target_size,
         )
         return positive, negative
+
+    def output_marks(self, seeds: list[int], model: str, refiner: str | None = None) -> list[OutputMarks]:
+        """What each of its images says about itself (`leap_ray.api.marks`): its own prompt, seed and
+        parameters as AUTOMATIC1111 writes them, and this request as JSON (with its seed, image 0's).
+        `model` made the images; `refiner`, when named, finished them."""
+        record = {"model": model, "refiner": refiner, "request": request_record(self, seed=seeds[0])}
+        return [
+            OutputMarks(
+                title=self._text("prompt", index // self.num_images_per_prompt),
+                parameters=self._infotext(index, seed, model, refiner),
+                record=record | {"image": index, "seed": seed},
+            )
+            for index, seed in enumerate(seeds)
+        ]
+
+    def _infotext(self, index: int, seed: int, model: str, refiner: str | None) -> str:
+        prompt_index = index // self.num_images_per_prompt
+        adapters = "".join(f" <lora:{name}:{scale:g}>" for name, scale in self.lora_scales())
+        pairs = {
+            "Steps": self.num_inference_steps,
+            "Sampler": SAMPLER_NAMES.get(self.scheduler or ""),  # the model's own: not named
+            "CFG scale": self.guidance_scale,
+            "Seed": seed,
+            "Size": f"{self.width}x{self.height}",
+            "Model": model,
+            "Denoising strength": self.effective_strength() if self.image is not None else None,
+            "Eta DDIM": self.eta if self.scheduler == "ddim" and self.eta else None,
+            "Refiner": refiner,
+            "Refiner switch at": self.refiner_kwargs()["denoising_start"] if refiner else None,
+        }
+        prompt = self._text("prompt", prompt_index) + adapters
+        return infotext(prompt, self._text("negative_prompt", prompt_index), pairs)
+
+    def _text(self, name: str, prompt_index: int) -> str:
+        """A text field's value for one prompt ("" when absent: embeddings stood in for it)."""
+        value = getattr(self, name)
+        return (value[prompt_index] if isinstance(value, list) else value) or ""
 
     def split(self, max_images: int) -> list["SDXLRequest"]:
         """This request as requests of at most `max_images` images each, in image order, that make

@@ -1,0 +1,142 @@
+"""Outputs carry what they are: an image's parameters as AUTOMATIC1111 writes them (PNG text chunks;
+EXIF UserComment in JPEG and WebP) with the request as JSON, a track's tags (title, comment,
+software), each output its own request's, big values summarised, and the pixels and samples
+untouched."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from PIL import ExifTags, Image
+
+from leap_ray.api.audio import DecodedAudio, encode_audio
+from leap_ray.api.images import encode_image
+from leap_ray.api.infotext import quote
+from leap_ray.api.marks import UNICODE_PREFIX, exif_bytes, read_marks, request_record
+from leap_ray.api.musicgen import MusicGenRequest
+from leap_ray.api.sdxl import SDXLRequest
+
+PIXELS = np.random.default_rng(0).random((64, 64, 3))
+SMALL = {"height": 64, "width": 64, "num_inference_steps": 30}
+
+
+def test_a_png_carries_a1111_parameters_and_the_request_as_json():
+    request = SDXLRequest(
+        prompt="a lighthouse", negative_prompt="blurry", guidance_scale=7.0, scheduler="euler", seed=1, **SMALL
+    )
+    (marks,) = request.output_marks([1], "stabilityai/stable-diffusion-xl-base-1.0")
+    png = Image.open(io.BytesIO(encode_image(PIXELS, "png", marks)))
+    assert png.text["parameters"] == (
+        "a lighthouse\nNegative prompt: blurry\n"
+        "Steps: 30, Sampler: Euler, CFG scale: 7.0, Seed: 1, Size: 64x64, "
+        "Model: stabilityai/stable-diffusion-xl-base-1.0"
+    )
+    record = json.loads(png.text["leap_ray"])
+    assert record["request"]["prompt"] == "a lighthouse" and record["request"]["seed"] == 1
+    assert record["model"] == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert (record["image"], record["seed"]) == (0, 1)
+    assert png.text["Software"] == "leap_ray"
+
+
+@pytest.mark.parametrize("image_format", ["jpeg", "webp"])
+def test_jpeg_and_webp_carry_the_parameters_in_exif_user_comment_as_a1111_writes_it(image_format):
+    request = SDXLRequest(prompt="ü café, 日本", seed=9, **SMALL)
+    (marks,) = request.output_marks([9], "tiny:sdxl")
+    data = encode_image(PIXELS, image_format, marks)
+    image = Image.open(io.BytesIO(data))
+    raw = image.getexif().get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.UserComment]
+    # piexif's UserComment.dump(text, encoding="unicode"), which A1111 writes and reads back
+    assert raw == UNICODE_PREFIX + marks.parameters.encode("utf-16-be")
+    assert exif_bytes(marks)[6:8] == b"MM"  # big-endian EXIF, as the text's byte order
+    assert read_marks(data) == {"parameters": marks.parameters}
+    assert marks.parameters.startswith("ü café, 日本\nSteps: 30, CFG scale: 5.0, Seed: 9, Size: 64x64")
+    assert image.getexif()[ExifTags.Base.Software] == "leap_ray"
+
+
+@pytest.mark.parametrize("image_format", ["png", "jpeg", "webp"])
+def test_marks_leave_the_pixels_as_they_were(image_format):
+    (marks,) = SDXLRequest(prompt="a", seed=1, **SMALL).output_marks([1], "m")
+    plain = Image.open(io.BytesIO(encode_image(PIXELS, image_format)))
+    marked = Image.open(io.BytesIO(encode_image(PIXELS, image_format, marks)))
+    assert np.array_equal(np.asarray(plain), np.asarray(marked))
+    assert read_marks(encode_image(PIXELS, image_format)) == {}
+
+
+def test_each_image_of_a_request_names_its_own_prompt_and_seed():
+    request = SDXLRequest(
+        prompt=["a fox", "the moon"], negative_prompt=["grey", "red"], num_images_per_prompt=2, seed=5, **SMALL
+    )
+    marks = request.output_marks([5, 6, 7, 8], "tiny:sdxl")
+    firsts = [(mark.title, mark.parameters.splitlines()[1], mark.record["seed"]) for mark in marks]
+    assert firsts == [
+        ("a fox", "Negative prompt: grey", 5),
+        ("a fox", "Negative prompt: grey", 6),
+        ("the moon", "Negative prompt: red", 7),
+        ("the moon", "Negative prompt: red", 8),
+    ]
+    assert [mark.parameters.split("Seed: ")[1].split(",")[0] for mark in marks] == ["5", "6", "7", "8"]
+    assert {mark.record["request"]["seed"] for mark in marks} == {5}  # the request: image 0's seed
+
+
+def test_a_value_with_a_comma_colon_or_line_break_is_quoted_as_a1111_quotes_it():
+    assert quote("tiny:sdxl") == '"tiny:sdxl"'
+    assert quote("a, b") == '"a, b"'
+    assert quote("plain") == "plain" and quote(7.5) == "7.5"
+    (marks,) = SDXLRequest(prompt="a", seed=1, **SMALL).output_marks([1], "tiny:sdxl")
+    assert marks.parameters.endswith('Model: "tiny:sdxl"')
+
+
+def test_workflows_adapters_and_the_refiner_are_named_as_a1111_names_them():
+    image = "data:image/png;base64," + __import__("base64").b64encode(encode_image(PIXELS, "png")).decode()
+    request = SDXLRequest(
+        prompt="ink",
+        image=image,
+        strength=0.5,
+        loras=[{"name": "ink", "scale": 0.8}],
+        refiner={"denoising_start": 0.7},
+        scheduler="ddim",
+        eta=0.3,
+        seed=2,
+        num_inference_steps=10,
+    )
+    (marks,) = request.output_marks([2], "base", refiner="refiner")
+    assert marks.parameters.startswith("ink <lora:ink:0.8>\nSteps: 10, Sampler: DDIM")
+    for pair in ("Denoising strength: 0.5", "Eta DDIM: 0.3", "Refiner: refiner", "Refiner switch at: 0.7"):
+        assert pair in marks.parameters
+    assert marks.record["request"]["image"] == "<image 64x64>"
+    assert (marks.record["model"], marks.record["refiner"]) == ("base", "refiner")
+
+
+def test_tensors_uploads_audio_and_callbacks_are_summarised_never_embedded():
+    latents = torch.zeros(1, 4, 8, 8)
+    request = SDXLRequest(prompt="a", latents=latents, callback_on_step_end=lambda *a: {}, seed=1, **SMALL)
+    record = request_record(request)
+    assert record["latents"] == "<tensor float32 [1, 4, 8, 8]>"
+    assert record["callback_on_step_end"] == "<callable>"
+    json.dumps(record)  # plain JSON all through
+    melody = DecodedAudio(np.zeros(16000, dtype=np.float32), 16000)
+    track = MusicGenRequest(prompt="a", melody=melody, duration=1)
+    assert track.output_marks(3, "m").record["request"]["melody"] == "<audio 1.00 s at 16000 Hz>"
+
+
+@pytest.mark.parametrize("audio_format", ["wav", "flac", "ogg", "mp3"])
+def test_a_track_is_tagged_with_its_prompt_its_request_and_the_software(audio_format):
+    request = MusicGenRequest(prompt="lo-fi beat, warm piano", duration=1, format=audio_format)
+    marks = request.output_marks(seed=42, model="facebook/musicgen-melody")
+    waveform = np.random.default_rng(1).uniform(-0.5, 0.5, 32000).astype(np.float32)
+    data = encode_audio(waveform, 32000, audio_format, marks)
+    with soundfile.SoundFile(io.BytesIO(data)) as file:
+        tags = file.copy_metadata()
+    assert tags["title"] == "lo-fi beat, warm piano"
+    record = json.loads(tags["comment"])
+    assert record["request"]["seed"] == 42 and record["model"] == "facebook/musicgen-melody"
+    assert record["request"]["prompt"] == "lo-fi beat, warm piano"
+    if audio_format != "mp3":  # LAME writes its own name as an MP3's software
+        assert tags["software"].startswith("leap_ray")
+    if audio_format in ("wav", "flac"):  # lossless: the same samples as a file without tags
+        plain, _ = soundfile.read(io.BytesIO(encode_audio(waveform, 32000, audio_format)))
+        tagged, _ = soundfile.read(io.BytesIO(data))
+        assert np.array_equal(plain, tagged)
