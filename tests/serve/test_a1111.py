@@ -349,6 +349,18 @@ def test_progress_is_idle_or_counts_the_generations_running(a1111):
     assert a1111.api.get_progress()["state"]["job_count"] == 0
 
 
+def test_with_api_keys_on_webuiapi_sends_the_key_on_its_session(tmp_path):
+    (tmp_path / "keys.txt").write_text("k-1\n")
+    app, _ = make_app(tmp_path, api_keys_file=str(tmp_path / "keys.txt"))
+    with served(app) as url:
+        api = webuiapi.WebUIApi(baseurl=f"{url}/sdapi/v1")
+        with pytest.raises(RuntimeError) as caught:
+            api.txt2img(prompt="x", **SMALL)
+        assert caught.value.args[0] == 401
+        api.session.headers["Authorization"] = "Bearer k-1"
+        assert api.txt2img(prompt="x", **SMALL).info["all_seeds"] == [5]
+
+
 # On the real graph: A1111's images are /v1/sdxl's, pixel for pixel.
 
 
