@@ -1,11 +1,12 @@
-"""`leap-ray serve` in the foreground: it serves, Ray's own `serve status` and `serve config` work
-against it, Ray listens on loopback with its token auth on, and SIGTERM stops it leaving no process
-behind (integration: a real Ray). In-process: the Ray it starts is its own, on loopback unless told
-to expose its metrics."""
+"""`leap-ray serve` in the foreground: it serves (over HTTPS, with --tls-cert and --tls-key), Ray's
+own `serve status` and `serve config` work against it, Ray listens on loopback with its token auth on,
+and SIGTERM stops it leaving no process behind (integration: a real Ray). In-process: the Ray it
+starts is its own, on loopback unless told to expose its metrics."""
 
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -60,7 +61,9 @@ def check_ray_tools_and_exposure(ray_processes: list[psutil.Process]) -> None:
 
 
 @pytest.mark.integration
-def test_sigterm_stops_the_service_and_every_ray_process_it_started(tiny_models, tmp_path):
+def test_sigterm_stops_the_service_and_every_ray_process_it_started(tiny_models, tls_certs, tmp_path):
+    # Over HTTPS (--tls-cert, --tls-key): Serve's proxy serves the certificate; plain HTTP is the
+    # session graph's (tests/serve/conftest.py).
     config = yaml.safe_load(local_config_path().read_text())
     port = free_port()
     config["http_options"]["port"] = port
@@ -73,20 +76,30 @@ def test_sigterm_stops_the_service_and_every_ray_process_it_started(tiny_models,
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     environment = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "leap_ray.cli", "serve", str(tmp_path / "config.yaml")],
-        env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    tls = ["--tls-cert", str(tls_certs.cert), "--tls-key", str(tls_certs.key)]
+    printed = tmp_path / "stdout.txt"
+    with printed.open("wb") as stdout:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "leap_ray.cli", "serve", str(tmp_path / "config.yaml"), *tls],
+            env=environment,
+            stdout=stdout,
+            stderr=subprocess.DEVNULL,
+        )
+    url, trusted = f"https://127.0.0.1:{port}", ssl.create_default_context(cafile=str(tls_certs.ca))
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
-            if is_ready(f"http://127.0.0.1:{port}"):
+            if is_ready(url, verify=trusted):
                 break
             time.sleep(1)
         else:
             pytest.fail("leap-ray serve did not become ready")
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            httpx.get(f"{url}/healthz", timeout=10)  # not without the test CA
+        deadline = time.monotonic() + 30
+        while f"serving at {url} " not in printed.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert f"serving at {url} " in printed.read_text()
         descendants = psutil.Process(server.pid).children(recursive=True)
         check_ray_tools_and_exposure(descendants)
         names = {process.name() for process in descendants}

@@ -163,10 +163,11 @@ def stop_local_ray(grace_s: float = 5.0) -> None:
             pass
 
 
-def is_ready(url: str) -> bool:
-    """Whether the service at `url` answers /readyz with 200 (both models have a running replica)."""
+def is_ready(url: str, verify: ssl.SSLContext | bool = True) -> bool:
+    """Whether the service at `url` answers /readyz with 200 (both models have a running replica);
+    over HTTPS, `verify` checks its certificate (httpx's)."""
     try:
-        return httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+        return httpx.get(f"{url}/readyz", timeout=5, verify=verify).status_code == 200
     except httpx.HTTPError:
         return False
 
