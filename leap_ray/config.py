@@ -405,6 +405,50 @@ def _keys_in(paths: list[str | None]) -> list[str]:
     ]
 
 
+class ContentCredentialsSettings(BaseModel):
+    """A C2PA signer for the outputs' content credentials (leap_ray.serve.credentials). The files are
+    read, and a test manifest signed and verified, when each model replica starts: a path, key or chain
+    that does not work stops the replica with an error naming the setting, never a request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    certificate_chain_file: str = Field(
+        description="PEM file of the signing certificate first, then its intermediates (the root is left "
+        "out). C2PA wants an end-entity certificate (not a CA) with the digitalSignature key usage and "
+        "an extended key usage such as emailProtection or documentSigning."
+    )
+    private_key_file: str = Field(description="PEM file of the certificate's private key (PKCS#8).")
+    algorithm: Literal["es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519"] = Field(
+        "es256", description="The signature algorithm, matching the key (es256: an ECDSA P-256 key)."
+    )
+    timestamp_url: str | None = Field(
+        None,
+        description="An RFC 3161 time-stamp authority's URL: each signature is time-stamped there (a "
+        "network call per output), so it stays valid after the certificate expires.",
+    )
+
+
+class OutputSettings(BaseModel):
+    """What the model deployments write into the files they make (leap_ray.serve.outputs). SDXL's
+    invisible watermark is the engines' (engine_kwargs `watermark`), since diffusers applies it to the
+    decoded pixels."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    parameters: bool = Field(
+        True,
+        description="Each output's generation parameters in its file: AUTOMATIC1111's `parameters` and "
+        "the request as JSON in PNG text chunks, A1111's in JPEG and WebP EXIF, audio tags (title, "
+        "comment, software). false: files carry none (prompts stay out of shared files).",
+    )
+    content_credentials: ContentCredentialsSettings | None = Field(
+        None,
+        description="Sign every image (PNG, JPEG, WebP) and track (WAV, FLAC, MP3; OGG cannot carry one) "
+        "with C2PA content credentials: created by a trained algorithm (IPTC's trainedAlgorithmicMedia), "
+        "naming the model. None: no credentials.",
+    )
+
+
 class AppConfig(BaseModel):
     """The `args` of the leap_ray application (`leap_ray.serve.app:build_app`)."""
 
@@ -418,3 +462,4 @@ class AppConfig(BaseModel):
     )
     musicgen: ModelSettings = ModelSettings(model="tiny:musicgen-melody")
     ingress: IngressSettings = IngressSettings()
+    outputs: OutputSettings = OutputSettings()

@@ -25,6 +25,7 @@ class RefineRequest:
     generator_states: list[torch.Tensor]
     seeds: list[int]
     timings: dict[str, float]  # the base stage's
+    model: str = ""  # the base's model, which the refined images name beside the refiner's
 
     @property
     def image_count(self) -> int:
@@ -36,6 +37,7 @@ class RefineRequest:
         for part in self.request.split(max_images):
             rows = slice(start, start + part.image_count)
             states = self.generator_states[rows]
-            parts.append(RefineRequest(part, self.latents[rows], states, self.seeds[rows], self.timings))
+            job = RefineRequest(part, self.latents[rows], states, self.seeds[rows], self.timings, self.model)
+            parts.append(job)
             start += part.image_count
         return parts

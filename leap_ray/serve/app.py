@@ -12,9 +12,10 @@ from leap_ray.serve.ingress import Ingress
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
     config = AppConfig.model_validate(args or {})
-    refiner = RefinerDeployment.bind(config.refiner) if config.refiner else None
+    outputs = config.outputs  # how every model deployment marks what it makes
+    refiner = RefinerDeployment.bind(config.refiner, outputs) if config.refiner else None
     return Ingress.bind(
-        SDXLDeployment.bind(config.sdxl, refiner),
-        MusicGenDeployment.bind(config.musicgen),
+        SDXLDeployment.bind(config.sdxl, refiner, outputs),
+        MusicGenDeployment.bind(config.musicgen, outputs),
         config.ingress,
     )

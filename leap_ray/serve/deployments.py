@@ -20,11 +20,11 @@ from leap_ray.api.handoff import RefineRequest, RefinerSpec
 from leap_ray.api.musicgen import MusicGenModelSpec
 from leap_ray.api.progress import StepProgress
 from leap_ray.api.sdxl import SDXLModelSpec, SDXLOutput, SDXLRequest
-from leap_ray.config import BatchingConfig, ModelSettings, SDXLSettings
+from leap_ray.config import BatchingConfig, ModelSettings, OutputSettings, SDXLSettings
 from leap_ray.engines.contract import ProgressHook
 from leap_ray.errors import InvalidRequest, ModelError
 from leap_ray.serve.model_shim import ModelShim
-from leap_ray.serve.outputs import encode_images, encode_track
+from leap_ray.serve.outputs import OutputMarker, encode_images, encode_track
 from leap_ray.serve.parts import run_in_parts
 from leap_ray.serve.streams import events_then_output
 
@@ -34,7 +34,9 @@ class ModelDeployment:
 
     default_engine: str
 
-    def __init__(self, settings: ModelSettings) -> None:
+    def __init__(self, settings: ModelSettings, outputs: OutputSettings | None = None) -> None:
+        # Before the engine loads: a content-credentials signer that does not work fails the start.
+        self.marker = OutputMarker(settings.model, outputs)
         self.shim = ModelShim(settings, self.default_engine, self.encode)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -107,8 +109,13 @@ class SDXLDeployment(ModelDeployment):
 
     default_engine = "leap_ray.engines.sdxl:SDXLEngine"
 
-    def __init__(self, settings: SDXLSettings, refiner: DeploymentHandle | None = None) -> None:
-        super().__init__(settings)
+    def __init__(
+        self,
+        settings: SDXLSettings,
+        refiner: DeploymentHandle | None = None,
+        outputs: OutputSettings | None = None,
+    ) -> None:
+        super().__init__(settings, outputs)
         self.refiner = refiner
         self.shim.spec = replace(self.shim.spec, refiner=refiner is not None)  # what the graph offers
         # Wired here, not by decorator, since the bound comes from the config; Serve keeps its state on
@@ -159,9 +166,14 @@ class SDXLDeployment(ModelDeployment):
     def encode(self, request: SDXLRequest, result: Any) -> SDXLOutput | RefineRequest:
         if result.latents is not None:  # for the refiner: it decodes and encodes the images
             return RefineRequest(
-                request, result.latents, result.generator_states, result.seeds, result.timings
+                request,
+                result.latents,
+                result.generator_states,
+                result.seeds,
+                result.timings,
+                self.marker.model,
             )
-        return encode_images(request, result)
+        return encode_images(request, result, self.marker)
 
 
 @serve.deployment(name="Refiner")
@@ -175,7 +187,7 @@ class RefinerDeployment(ModelDeployment):
         return job.split(self.shim.batching.max_batch_size)  # its batches may be smaller than the base's
 
     def encode(self, job: RefineRequest, result: Any) -> SDXLOutput:
-        return encode_images(job.request, result)
+        return encode_images(job.request, result, self.marker, base_model=job.model)
 
 
 @serve.deployment(name="MusicGen")
@@ -183,4 +195,4 @@ class MusicGenDeployment(ModelDeployment):
     default_engine = "leap_ray.engines.musicgen:MusicGenEngine"
 
     def encode(self, request: Any, result: Any) -> Any:
-        return encode_track(request, result)
+        return encode_track(request, result, self.marker)

@@ -25,7 +25,12 @@ SMALL = {"height": 64, "width": 64, "num_inference_steps": 30}
 
 def test_a_png_carries_a1111_parameters_and_the_request_as_json():
     request = SDXLRequest(
-        prompt="a lighthouse", negative_prompt="blurry", guidance_scale=7.0, scheduler="euler", seed=1, **SMALL
+        prompt="a lighthouse",
+        negative_prompt="blurry",
+        guidance_scale=7.0,
+        scheduler="euler",
+        seed=1,
+        **SMALL,
     )
     (marks,) = request.output_marks([1], "stabilityai/stable-diffusion-xl-base-1.0")
     png = Image.open(io.BytesIO(encode_image(PIXELS, "png", marks)))
@@ -67,7 +72,11 @@ def test_marks_leave_the_pixels_as_they_were(image_format):
 
 def test_each_image_of_a_request_names_its_own_prompt_and_seed():
     request = SDXLRequest(
-        prompt=["a fox", "the moon"], negative_prompt=["grey", "red"], num_images_per_prompt=2, seed=5, **SMALL
+        prompt=["a fox", "the moon"],
+        negative_prompt=["grey", "red"],
+        num_images_per_prompt=2,
+        seed=5,
+        **SMALL,
     )
     marks = request.output_marks([5, 6, 7, 8], "tiny:sdxl")
     firsts = [(mark.title, mark.parameters.splitlines()[1], mark.record["seed"]) for mark in marks]
