@@ -1,5 +1,6 @@
 """The light client: importable without torch, Ray or diffusers; its sync and async halves have the
-same methods; a 503 is retried after its Retry-After."""
+same methods; a 503 is retried after its Retry-After; an error answer that is not JSON (a proxy's
+page) is one line naming its status and URL."""
 
 import asyncio
 import json
@@ -9,7 +10,10 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from leap_ray.client import AsyncLeapRayClient, LeapRayClient
+import httpx
+import pytest
+
+from leap_ray.client import AsyncLeapRayClient, LeapRayClient, NotTheServiceError
 
 JOB = {
     "id": "j1",
@@ -85,3 +89,31 @@ def test_a_503_is_retried_after_its_retry_after_by_both_clients():
     assert asyncio.run(fetch()) == "succeeded"
     assert busy.times[1] - busy.times[0] >= 0.9
     busy.server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type", "text", "message"),
+    [
+        (
+            502,
+            "text/html; charset=utf-8",
+            "<html>\n<head><title>502 Bad Gateway</title></head>\n<body>nginx</body>\n</html>",
+            "HTTP 502 Bad Gateway from http://host/v1/sdxl (an HTML page, not the service's error)",
+        ),
+        (
+            400,
+            "text/plain",
+            "Invalid HTTP request\nreceived.",
+            "HTTP 400 Bad Request from http://host/v1/sdxl: Invalid HTTP request received.",
+        ),
+        (504, "", "", "HTTP 504 Gateway Timeout from http://host/v1/sdxl"),
+    ],
+    ids=["html-page", "plain-text", "empty"],
+)
+def test_an_error_answer_that_is_not_json_is_one_line_naming_status_and_url(
+    status, content_type, text, message
+):
+    request = httpx.Request("POST", "http://host/v1/sdxl")
+    response = httpx.Response(status, headers={"content-type": content_type}, text=text, request=request)
+    error = NotTheServiceError(response)
+    assert (error.message, error.status_code, error.param) == (message, status, None)
