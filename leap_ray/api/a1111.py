@@ -17,6 +17,7 @@ from PIL import Image, ImageFilter, ImageOps
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from leap_ray.api.images import PendingImage, UploadedImage, open_image
+from leap_ray.api.infotext import infotext
 from leap_ray.api.sdxl import SDXLRequest
 from leap_ray.config import LIMITS
 from leap_ray.errors import InvalidRequest
@@ -386,14 +387,9 @@ class InpaintMask(PendingImage):
         return _resized(mask, self.target, self.resize_mode).convert(mode)
 
 
-def _quoted(value: object) -> str:
-    text = str(value)
-    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ',:\n"') else text
-
-
-def infotext(body: A1111Fields, prompt: str, seed: int, strength: float | None) -> str:
+def a1111_infotext(body: A1111Fields, seed: int, strength: float | None) -> str:
     """An image's generation parameters as A1111 writes them (its infotext)."""
-    fields = {
+    pairs = {
         "Steps": body.steps if body.steps is not None else 50,
         "Sampler": body.sampler().name,
         "Schedule type": "Automatic",
@@ -404,9 +400,7 @@ def infotext(body: A1111Fields, prompt: str, seed: int, strength: float | None) 
         "Denoising strength": strength,
         "Version": "leap_ray",
     }
-    text = ", ".join(f"{key}: {_quoted(value)}" for key, value in fields.items() if value is not None)
-    negative = f"\nNegative prompt: {body.negative_prompt}" if body.negative_prompt else ""
-    return f"{prompt}{negative}\n{text}"
+    return infotext(body.prompt or "", body.negative_prompt or "", pairs)
 
 
 def a1111_info(body: A1111Fields, request: SDXLRequest, seeds: list[int]) -> str:
@@ -434,7 +428,7 @@ def a1111_info(body: A1111Fields, request: SDXLRequest, seeds: list[int]) -> str
         "denoising_strength": strength,
         "extra_generation_params": {},
         "index_of_first_image": 0,
-        "infotexts": [infotext(body, body.prompt or "", seed, strength) for seed in seeds],
+        "infotexts": [a1111_infotext(body, seed, strength) for seed in seeds],
         "styles": [],
         "clip_skip": 1,
         "is_using_inpainting_conditioning": request.workflow == "inpaint",
