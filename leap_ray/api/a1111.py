@@ -17,7 +17,7 @@ from PIL import Image, ImageFilter, ImageOps
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from leap_ray.api.images import PendingImage, UploadedImage, open_image
-from leap_ray.api.infotext import infotext
+from leap_ray.api.infotext import SAMPLER_NAMES, infotext
 from leap_ray.api.sdxl import SDXLRequest
 from leap_ray.config import LIMITS
 from leap_ray.errors import InvalidRequest
@@ -33,12 +33,14 @@ class Sampler(NamedTuple):
     scheduler: str
 
 
-SAMPLERS = (
-    Sampler("Euler a", ("k_euler_a", "k_euler_ancestral"), "euler_ancestral"),
-    Sampler("Euler", ("k_euler",), "euler"),
-    Sampler("DPM++ 2M", ("k_dpmpp_2m",), "dpmpp_2m"),
-    Sampler("DDIM", ("ddim",), "ddim"),
-)
+# Our schedulers, by their A1111 names (`SAMPLER_NAMES`, as infotexts write them) and its aliases.
+_ALIASES = {
+    "euler_ancestral": ("k_euler_a", "k_euler_ancestral"),
+    "euler": ("k_euler",),
+    "dpmpp_2m": ("k_dpmpp_2m",),
+    "ddim": ("ddim",),
+}
+SAMPLERS = tuple(Sampler(SAMPLER_NAMES[ours], aliases, ours) for ours, aliases in _ALIASES.items())
 SAMPLERS_BY_NAME = {name.lower(): s for s in SAMPLERS for name in (s.name, *s.aliases)}
 # A1111's schedule types ("scheduler"): only its "Automatic", the sampler's own, which is ours too.
 SCHEDULE_TYPES = ("automatic", "Automatic")
