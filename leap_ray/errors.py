@@ -1,6 +1,9 @@
 """Typed errors. Each carries the HTTP status and error type it maps to; the mapping to a response
 body happens in one place (`leap_ray.serve.errors`)."""
 
+from http import HTTPStatus
+from typing import Any
+
 
 def _utf8_safe(text: str | None) -> str | None:
     return None if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
@@ -17,11 +20,19 @@ class LeapRayError(Exception):
         self.param = param
         self.code = code or self.default_code
 
-    def body(self) -> dict[str, dict[str, str | None]]:
+    def body(self) -> dict[str, Any]:
         """The one error shape every failure leaves the service in. A client's text quoted in it (an
-        unknown key with a lone surrogate, say) is escaped, so that the body is always valid UTF-8."""
+        unknown key with a lone surrogate, say) is escaped, so that the body is always valid UTF-8.
+        Beside `error`, the same failure as RFC 9457 problem details (`title`, `detail`, `status`):
+        what Replicate's clients read (and FastAPI-style clients read `detail`)."""
         fields = {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}
-        return {"error": {name: _utf8_safe(value) for name, value in fields.items()}}
+        error = {name: _utf8_safe(value) for name, value in fields.items()}
+        return {
+            "error": error,
+            "title": HTTPStatus(self.status_code).phrase,
+            "detail": error["message"],
+            "status": self.status_code,
+        }
 
 
 class InvalidRequest(LeapRayError, ValueError):
