@@ -3,16 +3,19 @@
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from leap_ray.api.jobs import SERVICE_INPUT, JobEventKind
+from leap_ray.api.progress import StepProgress
+from leap_ray.api.replicate_models import REPLICATE_MODELS
 from leap_ray.api.responses import JobStatus
 from leap_ray.api.sdxl import SDXL_EXAMPLE
+from leap_ray.errors import InvalidRequest
 
 # A client's prediction id names its outputs' folder: no leading dot, so never "." or "..".
 PREDICTION_ID = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
-MODELS = {"leap-ray/sdxl": "sdxl", "leap-ray/musicgen": "musicgen"}
-SERVICE_MODELS = {service: model for model, service in MODELS.items()}
+# The model a prediction names: ours, whichever model's inputs it came with.
+SERVICE_MODELS = {"sdxl": "leap-ray/sdxl", "musicgen": "leap-ray/musicgen"}
 STATUSES: dict[JobStatus, str] = {
     "queued": "starting",
     "running": "processing",
@@ -30,8 +33,9 @@ WEBHOOK_EVENTS: dict[str, JobEventKind] = {
 
 
 class PredictionRequest(BaseModel):
-    """A prediction: Replicate's body (`POST /v1/models/{owner}/{name}/predictions`) or cog's
-    (`POST /predictions`, where `model` picks the model, SDXL when absent)."""
+    """A prediction: Replicate's body (`POST /v1/models/{owner}/{name}/predictions`, or
+    `POST /v1/predictions` with `version`) or cog's (`POST /predictions`, where `model` picks the
+    model, SDXL when absent)."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -51,6 +55,13 @@ class PredictionRequest(BaseModel):
     model: Literal["leap-ray/sdxl", "leap-ray/musicgen"] = Field(
         "leap-ray/sdxl", description="cog's route only: which model runs it."
     )
+    version: str | None = Field(
+        None,
+        max_length=200,
+        description="POST /v1/predictions only: the model, as `owner/name`, `owner/name:version`, "
+        "a version id GET /v1/models/{owner}/{name} gives, or a public model's version id.",
+    )
+    stream: bool = Field(False, description="Replicate's streaming output: not supported (false).")
     data_uris: bool = Field(
         False,
         description="Outputs as data: URIs (base64) in the answer to this call, when it answers a "
@@ -64,12 +75,44 @@ class PredictionRequest(BaseModel):
         description="Which events are sent; output and logs both mean progress here.",
     )
 
+    @field_validator("stream")
+    @classmethod
+    def _no_stream(cls, stream: bool) -> bool:
+        if stream:
+            raise InvalidRequest(
+                "stream: not supported; POST /v1/sdxl or /v1/musicgen with Accept: text/event-stream "
+                "streams progress and audio",
+                param="stream",
+            )
+        return stream
+
     def job_events(self) -> list[JobEventKind]:
         return sorted({WEBHOOK_EVENTS[event] for event in self.webhook_events_filter})
 
 
 def _iso(timestamp: float | None) -> str | None:
     return None if timestamp is None else datetime.fromtimestamp(timestamp, tz=UTC).isoformat()
+
+
+def _progress_line(progress: Any) -> str:
+    if isinstance(progress, StepProgress):
+        stage = f"{progress.stage} " if progress.stage else ""
+        return f"{stage}step {progress.step}/{progress.total}"
+    return f"{progress.seconds:g}/{progress.total:g} s of audio"
+
+
+def prediction_logs(job: Any) -> str:
+    """The prediction's `logs`: what the job's record tells of its run (its seed, when it started, its
+    last progress, how it ended), one line each."""
+    lines = [] if job.seed is None else [f"Using seed: {job.seed}"]
+    if job.started_at is not None:
+        lines.append(f"Started at {_iso(job.started_at)}")
+    if job.progress is not None:
+        lines.append(_progress_line(job.progress))
+    if job.finished_at is not None:
+        error = (job.error or {}).get("message")
+        lines.append(f"{STATUSES[job.status].capitalize()}" + (f": {error}" if error else ""))
+    return "".join(f"{line}\n" for line in lines)
 
 
 def prediction_view(job: Any, base: str, outputs: list[str]) -> dict[str, Any]:
@@ -85,15 +128,16 @@ def prediction_view(job: Any, base: str, outputs: list[str]) -> dict[str, Any]:
         if job.finished_at is not None and job.started_at is not None
         else None
     )
+    model = SERVICE_MODELS[job.service]
     return {
         "id": job.public_id,
-        "model": SERVICE_MODELS[job.service],
-        "version": "latest",
+        "model": model,
+        "version": REPLICATE_MODELS[model].version,
         "status": STATUSES[job.status],
         "input": job.input_summary or {},
         "output": output,
         "error": (job.error or {}).get("message"),
-        "logs": "",
+        "logs": prediction_logs(job),
         "metrics": {} if predict_time is None else {"predict_time": predict_time},
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),

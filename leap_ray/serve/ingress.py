@@ -35,6 +35,7 @@ from leap_ray.serve.middleware import OPEN_PATHS, ApiKeyAuth, RequestGuard
 from leap_ray.serve.openai_routes import openai_routes
 from leap_ray.serve.playground import playground_routes
 from leap_ray.serve.predictions_routes import prediction_routes
+from leap_ray.serve.replicate_model_routes import replicate_model_routes
 from leap_ray.serve.routes import generation_routes, health_routes
 
 # Request models of the routes that parse their own bodies (off the event loop), for /openapi.json.
@@ -91,6 +92,7 @@ def build_http_app(
     app.include_router(openai_routes(gateway, jobs))
     app.include_router(a1111_routes(gateway))
     app.include_router(prediction_routes(jobs))
+    app.include_router(replicate_model_routes())
     app.include_router(health_routes(gateway))
     app.include_router(docs_routes(app.title))
     app.include_router(playground_routes())

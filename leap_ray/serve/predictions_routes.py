@@ -12,9 +12,10 @@ from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import JSONResponse
 
 from leap_ray.api.jobs import JobSubmission
-from leap_ray.api.predictions import MODELS, PREDICTION_ID, PredictionRequest
-from leap_ray.errors import InvalidRequest, NotFound
-from leap_ray.serve.bodies import read_body
+from leap_ray.api.predictions import PREDICTION_ID, PredictionRequest
+from leap_ray.api.replicate_models import REPLICATE_MODELS, ReplicateModel, model_of_version
+from leap_ray.errors import InvalidRequest, LeapRayError, NotFound
+from leap_ray.serve.bodies import read_body, validate_off_loop
 from leap_ray.serve.jobs.outputs import StoredOutput
 from leap_ray.serve.jobs.service import Jobs
 from leap_ray.serve.jobs.store import Job
@@ -22,6 +23,7 @@ from leap_ray.serve.middleware import client_of
 from leap_ray.serve.routes import ERROR_RESPONSES, json_body
 
 MAX_WAIT_S = 60.0  # Replicate's longest `Prefer: wait`
+PAGE_SIZE = 100  # predictions a list answers: Replicate's page
 PREFER = Header(
     None,
     description="wait or wait=N (1-60): answer once the prediction is done or N seconds passed; "
@@ -51,23 +53,32 @@ class Predictions:
         return await self.jobs.prediction(job, self.jobs.base_url(request))
 
     async def create(
-        self, service: str, body: PredictionRequest, request: Request, wait_s: float | None
+        self, model: ReplicateModel, body: PredictionRequest, request: Request, wait_s: float | None
     ) -> tuple[dict[str, Any], bool]:
-        """The prediction once created and waited for; and whether it is finished."""
-        submission = JobSubmission(
-            service=service,
-            input=body.input,
-            webhook_url=body.webhook,
-            webhook_events_filter=body.job_events(),
-        )
-        base = self.jobs.base_url(request)
-        created = await self.jobs.submit(
-            submission,
-            base,
-            webhook_format="prediction",
-            job_id=body.id,
-            client=client_of(request.scope) or "",
-        )
+        """The prediction once created and waited for; and whether it is finished. Errors name the
+        fields as `model`'s clients do."""
+        try:
+            job_input = body.input
+            if model.public_input is not None:
+                public = await validate_off_loop(model.public_input, body.input, "input")
+                job_input = public.service_input()
+            submission = JobSubmission(
+                service=model.service,
+                input=job_input,
+                webhook_url=body.webhook,
+                webhook_events_filter=body.job_events(),
+            )
+            base = self.jobs.base_url(request)
+            created = await self.jobs.submit(
+                submission,
+                base,
+                webhook_format="prediction",
+                job_id=body.id,
+                client=client_of(request.scope) or "",
+            )
+        except LeapRayError as error:
+            model.name_public_fields(error)
+            raise
         job = await self.jobs.wait(created.id, wait_s)  # wait_s 0: as it is now
         view = await self.jobs.prediction(job, base)
         if body.data_uris and view["status"] == "succeeded":
@@ -102,14 +113,47 @@ def prediction_routes(jobs: Jobs) -> APIRouter:
         name: str = Path(description="The model: sdxl or musicgen."),
         prefer: str | None = PREFER,
     ) -> JSONResponse:
-        """Models `leap-ray/sdxl` and `leap-ray/musicgen`. With `Prefer: wait[=N]` the answer waits
-        for the prediction (at most N, or 60, seconds); 201 with the prediction as it then is."""
-        service = MODELS.get(f"{owner}/{name}")
-        if service is None:
-            raise NotFound(f"no model {owner}/{name}; models: {', '.join(MODELS)}", param="model")
+        """Models `leap-ray/sdxl` and `leap-ray/musicgen` (our requests as input), and
+        `stability-ai/sdxl` and `meta/musicgen` (their inputs on Replicate). With `Prefer: wait[=N]`
+        the answer waits for the prediction (at most N, or 60, seconds); 201 with the prediction as it
+        then is."""
+        model = REPLICATE_MODELS.get(f"{owner}/{name}")
+        if model is None:
+            raise NotFound(f"no model {owner}/{name}; models: {', '.join(REPLICATE_MODELS)}", param="model")
         body = await read_body(request, PredictionRequest)
-        view, _ = await predictions.create(service, body, request, _wait_s(prefer, 0.0))
+        view, _ = await predictions.create(model, body, request, _wait_s(prefer, 0.0))
         return JSONResponse(view, status_code=201)
+
+    @router.post(
+        "/v1/predictions",
+        status_code=201,
+        openapi_extra=json_body(PredictionRequest),
+        summary="Create a prediction of a model version, Replicate style",
+        operation_id="replicate_create_version_prediction",
+    )
+    async def create_version_prediction(request: Request, prefer: str | None = PREFER) -> JSONResponse:
+        """As POST /v1/models/{owner}/{name}/predictions, with the model named by `version`: as
+        `replicate.run("stability-ai/sdxl:<version id>", ...)` sends it."""
+        body = await read_body(request, PredictionRequest)
+        if body.version is None:
+            raise InvalidRequest("version: required here (owner/name or a version id)", param="version")
+        model = model_of_version(body.version)
+        if model is None:
+            raise NotFound(
+                f"no model version {body.version}; GET /v1/models/{{owner}}/{{name}} names each model's",
+                param="version",
+            )
+        view, _ = await predictions.create(model, body, request, _wait_s(prefer, 0.0))
+        return JSONResponse(view, status_code=201)
+
+    @router.get("/v1/predictions", summary="Recent predictions, Replicate style")
+    async def list_predictions(request: Request) -> JSONResponse:
+        """This API key's (every key's, for an admin key) most recent predictions, newest first, on one
+        page (no `next`)."""
+        jobs_listed = await jobs.recent(None, PAGE_SIZE, client_of(request.scope))
+        base = jobs.base_url(request)
+        results = [await jobs.prediction(job, base) for job in jobs_listed]
+        return JSONResponse({"previous": None, "next": None, "results": results})
 
     @router.post(
         "/predictions",
@@ -120,7 +164,8 @@ def prediction_routes(jobs: Jobs) -> APIRouter:
     async def create_cog_prediction(request: Request, prefer: str | None = PREFER) -> JSONResponse:
         """Answers when the prediction is done, or at once (202) with `Prefer: respond-async`."""
         body = await read_body(request, PredictionRequest)
-        view, done = await predictions.create(MODELS[body.model], body, request, _wait_s(prefer, None))
+        model = REPLICATE_MODELS[body.model]
+        view, done = await predictions.create(model, body, request, _wait_s(prefer, None))
         return JSONResponse(view, status_code=200 if done else 202)
 
     @router.put(
@@ -143,7 +188,8 @@ def prediction_routes(jobs: Jobs) -> APIRouter:
         if body.id not in (None, prediction_id):
             raise InvalidRequest("the body's id differs from the path's", param="id")
         body = body.model_copy(update={"id": prediction_id})
-        view, done = await predictions.create(MODELS[body.model], body, request, _wait_s(prefer, None))
+        model = REPLICATE_MODELS[body.model]
+        view, done = await predictions.create(model, body, request, _wait_s(prefer, None))
         return JSONResponse(view, status_code=200 if done else 202)
 
     for prefix in ("/v1", ""):

@@ -1,0 +1,228 @@
+"""Code written for Replicate's public models runs here unchanged, with the official `replicate` client
+over HTTPS (a test CA's certificate): `stability-ai/sdxl` and `meta/musicgen` inputs become our
+requests (each mapped field checked against the request our own endpoint builds), pinned version ids
+work, `FileOutput.read()` gives the outputs, errors carry Replicate's `title`/`detail`/`status` and name
+the public field, and `models.get`, `predictions.list` and a prediction's `logs` answer."""
+
+import base64
+import io
+import ssl
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+import replicate
+import soundfile
+from PIL import Image
+from replicate.exceptions import ReplicateError
+
+from leap_ray.api.replicate_models import REPLICATE_MODELS
+from tests.helpers import InProcessApp, served, stub_image, stub_output
+
+PUBLIC_SDXL = {"prompt": "a red fox", "width": 64, "height": 64, "num_inference_steps": 3, "seed": 11}
+SDXL_VERSION = "39ed52f2a78e934b3ba6e2a89f5b1c712de7dfea535525255b1aa35c5565e08b"  # pinned by many
+MUSICGEN_VERSION = "671ac645ce5e552cc63a54a2bbff63fcf798043055d2dac5fc9e36a837eedcfb"
+
+
+@pytest.fixture
+def https_client(in_process: InProcessApp, tls_certs) -> Iterator[replicate.Client]:
+    """The official client, over HTTPS to the in-process app, trusting only the test CA."""
+    with served(in_process.app, tls=tls_certs) as url:
+        # The client wraps its own transport (retries): the CA goes to that transport.
+        transport = httpx.HTTPTransport(verify=ssl.create_default_context(cafile=str(tls_certs.ca)))
+        client = replicate.Client(api_token="not-checked-without-keys", base_url=url, transport=transport)
+        client.poll_interval = 0.1
+        yield client
+        transport.close()  # its kept-alive connections would hold the server's shutdown
+
+
+def test_stability_ai_sdxl_inputs_run_as_our_sdxl_request_and_outputs_read_over_https(
+    https_client, in_process
+):
+    output = https_client.run(
+        "stability-ai/sdxl",
+        input={**PUBLIC_SDXL, "num_outputs": 2, "scheduler": "K_EULER_ANCESTRAL", "guidance_scale": 6},
+    )
+    assert [file.read() for file in output] == [stub_image(11), stub_image(12)]
+    assert all(str(file).startswith("https://") for file in output)
+    (request,) = in_process.gateway.generated
+    ours = {"prompt": "a red fox", "width": 64, "height": 64, "num_inference_steps": 3, "seed": 11}
+    ours |= {"num_images_per_prompt": 2, "scheduler": "euler_ancestral", "guidance_scale": 6.0}
+    assert request == in_process.model_request("/v1/sdxl", {**ours, "apply_watermark": True})
+
+
+def test_replicates_defaults_are_the_public_models_not_ours(https_client, in_process):
+    https_client.run("stability-ai/sdxl", input={"prompt": "a gate", "width": 64, "height": 64, "seed": 1})
+    (request,) = in_process.gateway.generated
+    # stability-ai/sdxl: K_EULER, guidance 7.5, 50 steps (ours: the model's scheduler, 5.0).
+    assert (request.scheduler, request.guidance_scale, request.num_inference_steps) == ("euler", 7.5, 50)
+
+
+def test_img2img_inpainting_and_the_expert_refiner_map_onto_ours(https_client, in_process, tmp_path):
+    rng = np.random.default_rng(3)
+    photo, mask = tmp_path / "photo.png", tmp_path / "mask.png"
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(photo)
+    Image.fromarray(np.where(np.arange(64) < 32, 255, 0).astype(np.uint8)[None].repeat(64, 0)).save(mask)
+    extras = {"prompt_strength": 0.7, "refine": "expert_ensemble_refiner", "high_noise_frac": 0.75}
+    with photo.open("rb") as image, mask.open("rb") as mask_file:
+        https_client.run(
+            "stability-ai/sdxl",
+            input={**PUBLIC_SDXL, "image": image, "mask": mask_file, **extras},
+            file_encoding_strategy="base64",
+        )
+    (request,) = in_process.gateway.generated
+    files = {
+        name: base64.b64encode(path.read_bytes()).decode()
+        for name, path in (("image", photo), ("mask_image", mask))
+    }
+    ours = {**PUBLIC_SDXL, **files, "strength": 0.7, "scheduler": "euler", "guidance_scale": 7.5}
+    ours |= {"denoising_end": 0.75, "refiner": {"denoising_start": 0.75}, "apply_watermark": True}
+    assert request == in_process.model_request("/v1/sdxl", ours)
+    assert request.workflow == "inpaint" and request.wants_refiner
+
+
+def test_a_pinned_public_version_runs_the_same_model(https_client, in_process):
+    output = https_client.run(f"stability-ai/sdxl:{SDXL_VERSION}", input=PUBLIC_SDXL)
+    assert [file.read() for file in output] == [stub_image(11)]
+
+
+def test_meta_musicgen_inputs_run_as_our_musicgen_request(https_client, in_process):
+    melody = io.BytesIO()
+    soundfile.write(melody, np.sin(np.arange(16_000) / 20).astype(np.float32), 16_000, format="WAV")
+    melody.seek(0)
+    public = {"prompt": "a drum loop", "duration": 1, "seed": 2, "output_format": "mp3"}
+    public |= {
+        "classifier_free_guidance": 4,
+        "top_k": 50,
+        "temperature": 0.9,
+        "model_version": "melody-large",
+    }
+    melody.name = "melody.wav"
+    output = https_client.run(
+        f"meta/musicgen:{MUSICGEN_VERSION}",
+        input={**public, "input_audio": melody, "normalization_strategy": "clip"},
+        file_encoding_strategy="base64",
+    )
+    (request,) = in_process.gateway.generated
+    ours = {"prompt": "a drum loop", "duration": 1, "seed": 2, "format": "mp3", "guidance_scale": 4.0}
+    ours |= {"top_k": 50, "temperature": 0.9, "top_p": 0.0}
+    melody_uri = f"data:audio/wav;base64,{base64.b64encode(melody.getvalue()).decode()}"
+    expected = in_process.model_request("/v1/musicgen", {**ours, "melody": melody_uri})
+    assert request.model_dump(exclude={"melody"}) == expected.model_dump(exclude={"melody"})
+    assert np.array_equal(request.melody.waveform, expected.melody.waveform)
+    assert output.read() == stub_output(request).audio
+
+
+@pytest.mark.parametrize(
+    ("model", "public", "param"),
+    [
+        ("stability-ai/sdxl", {"scheduler": "KarrasDPM"}, "input.scheduler"),
+        ("stability-ai/sdxl", {"refine": "base_image_refiner"}, "input.refine"),
+        (
+            "stability-ai/sdxl",
+            {"replicate_weights": "https://example.com/lora.tar"},
+            "input.replicate_weights",
+        ),
+        ("stability-ai/sdxl", {"num_outputs": 5}, "input.num_outputs"),
+        ("stability-ai/sdxl", {"width": 1001}, "input.width"),
+        (
+            "stability-ai/sdxl",
+            {"high_noise_frac": 1.5, "refine": "expert_ensemble_refiner"},
+            "input.high_noise_frac",
+        ),
+        ("stability-ai/sdxl", {"mask": "data:image/png;base64,AAAA"}, "input.mask"),
+        ("stability-ai/sdxl", {"negative_prompt_2": "x"}, "input.negative_prompt_2"),
+        ("meta/musicgen", {"continuation": True}, "input.continuation"),
+        ("meta/musicgen", {"multi_band_diffusion": True}, "input.multi_band_diffusion"),
+        ("meta/musicgen", {"normalization_strategy": "loudness"}, "input.normalization_strategy"),
+        ("meta/musicgen", {"duration": 0}, "input.duration"),
+        ("meta/musicgen", {"classifier_free_guidance": 99}, "input.classifier_free_guidance"),
+        ("meta/musicgen", {"output_format": "flac"}, "input.output_format"),
+    ],
+    ids=[
+        "a scheduler we lack",
+        "refining the finished image",
+        "replicate-trained weights",
+        "more than 4 outputs",
+        "a width not a multiple of 8",
+        "a hand-off past the end",
+        "a mask without an image",
+        "one of our fields under the public model",
+        "continuation",
+        "multi-band diffusion",
+        "loudness normalization",
+        "no duration",
+        "guidance past our bound",
+        "a format the public model lacks",
+    ],
+)
+def test_what_cannot_be_honoured_is_a_422_naming_the_public_field(https_client, model, public, param):
+    base = {"prompt": "a fox"} | ({"width": 64, "height": 64} if model == "stability-ai/sdxl" else {})
+    with pytest.raises(ReplicateError) as raised:
+        https_client.models.predictions.create(model=model, input={**base, **public})
+    error = raised.value
+    assert error.status == 422 and error.title == "Unprocessable Entity" and error.detail
+    assert param.removeprefix("input.") in error.detail or "not supported" in error.detail
+
+
+def test_the_error_body_names_the_public_field_beside_replicates_problem_details(in_process):
+    answer = in_process.http.post(
+        "/v1/models/stability-ai/sdxl/predictions", json={"input": {"prompt": "a", "num_outputs": 9}}
+    )
+    body = answer.json()
+    assert answer.status_code == 422 and body["status"] == 422 and body["title"] == "Unprocessable Entity"
+    assert body["error"]["param"] == "input.num_outputs" and body["detail"] == body["error"]["message"]
+    answer = in_process.http.post(
+        "/v1/models/stability-ai/sdxl/predictions", json={"input": {"prompt": "a", "width": 1001}}
+    )
+    assert answer.json()["error"]["param"] == "input.width"
+
+
+def test_harmless_public_fields_are_accepted(https_client, in_process):
+    harmless = {"disable_safety_checker": True, "lora_scale": 0.9, "refine_steps": 10, "seed": -1}
+    https_client.run("stability-ai/sdxl", input={**PUBLIC_SDXL, **harmless})
+    (request,) = in_process.gateway.generated
+    assert request.seed is not None  # -1: a random seed, fixed at submission
+
+
+def test_models_get_and_versions_describe_the_public_inputs(https_client):
+    model = https_client.models.get("stability-ai/sdxl")
+    schema = model.latest_version.openapi_schema["components"]["schemas"]
+    assert {"num_outputs", "refine", "high_noise_frac", "apply_watermark"} <= set(
+        schema["Input"]["properties"]
+    )
+    assert schema["Output"]["type"] == "array"
+    assert model.latest_version.id == REPLICATE_MODELS["stability-ai/sdxl"].version
+    pinned = https_client.models.get("meta/musicgen").versions.get(MUSICGEN_VERSION)
+    assert "classifier_free_guidance" in pinned.openapi_schema["components"]["schemas"]["Input"]["properties"]
+    ours = https_client.models.get("leap-ray/sdxl").latest_version.openapi_schema
+    assert "num_images_per_prompt" in ours["components"]["schemas"]["Input"]["properties"]
+    with pytest.raises(ReplicateError) as raised:
+        https_client.models.get("black-forest-labs/flux-schnell")
+    assert raised.value.status == 404 and "no model" in raised.value.detail
+
+
+def test_predictions_list_and_logs(https_client):
+    first = https_client.predictions.create(model="stability-ai/sdxl", input=PUBLIC_SDXL)
+    first.wait()
+    second = https_client.predictions.create(
+        model="leap-ray/musicgen", input={"prompt": "a", "duration": 1, "seed": 3}
+    )
+    second.wait()
+    listed = https_client.predictions.list()
+    assert [p.id for p in listed.results] == [second.id, first.id]
+    assert listed.results[1].version == REPLICATE_MODELS["leap-ray/sdxl"].version
+    assert first.logs.splitlines()[0] == "Using seed: 11" and first.logs.splitlines()[-1] == "Succeeded"
+    assert "step 3/3" in first.logs and "1/1 s of audio" in second.logs
+
+
+def test_a_version_that_names_nothing_is_a_404_naming_version(in_process):
+    answer = in_process.http.post("/v1/predictions", json={"version": "0" * 64, "input": {"prompt": "a"}})
+    assert answer.status_code == 404 and answer.json()["error"]["param"] == "version"
+    answer = in_process.http.post("/v1/predictions", json={"input": {"prompt": "a"}})
+    assert answer.status_code == 422 and answer.json()["error"]["param"] == "version"
+    answer = in_process.http.post(
+        "/v1/predictions", json={"version": "meta/musicgen", "input": {"prompt": "a"}, "stream": True}
+    )
+    assert answer.status_code == 422 and answer.json()["error"]["param"] == "stream"
