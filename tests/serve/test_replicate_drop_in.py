@@ -6,8 +6,13 @@ the public field, and `models.get`, `predictions.list` and a prediction's `logs`
 
 import base64
 import io
+import os
 import ssl
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -226,3 +231,26 @@ def test_a_version_that_names_nothing_is_a_404_naming_version(in_process):
         "/v1/predictions", json={"version": "meta/musicgen", "input": {"prompt": "a"}, "stream": True}
     )
     assert answer.status_code == 422 and answer.json()["error"]["param"] == "stream"
+
+
+def readme_replicate_snippet() -> str:
+    """The README's Replicate example: the python block of the Replicate bullet, unindented."""
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    bullet = text[text.index("- **Replicate**, with the official `replicate` package") :]
+    block = bullet[bullet.index("```python\n") + len("```python\n") : bullet.index("  ```\n")]
+    return textwrap.dedent(block)
+
+
+def test_the_readmes_replicate_example_runs_as_written(in_process, tls_certs, tmp_path):
+    with served(in_process.app, tls=tls_certs) as url:
+        code = readme_replicate_snippet().replace("https://HOST:8000", url)
+        env = {**os.environ, "SSL_CERT_FILE": str(tls_certs.ca)}
+        run = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        )
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "lighthouse.png").read_bytes() == stub_image(1)
+    sdxl, musicgen = in_process.gateway.generated
+    assert (sdxl.num_images_per_prompt, sdxl.scheduler, musicgen.format) == (2, "dpmpp_2m", "mp3")
+    assert (tmp_path / "beat.mp3").read_bytes() == stub_output(musicgen).audio
+    assert run.stdout.strip() == "['DDIM', 'K_EULER', 'K_EULER_ANCESTRAL', 'DPMSolverMultistep']"
