@@ -40,6 +40,8 @@ class PublicInput(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     # Our request's fields, by the public field each comes from, for errors our model raises.
     PUBLIC_NAMES: ClassVar[dict[str, str]] = {}
+    # The fields that take a file: a data: URI, or the URL of a file uploaded with POST /v1/files.
+    FILE_FIELDS: ClassVar[tuple[str, ...]] = ()
 
     def service_input(self) -> dict[str, Any]:
         """The same request as our service's body (validated there again)."""
@@ -56,10 +58,13 @@ class SDXLInput(PublicInput):
         "denoising_end": "high_noise_frac",
         "refiner": "refine",
     }
+    FILE_FIELDS: ClassVar[tuple[str, ...]] = ("image", "mask")
 
     prompt: str = Field("An astronaut riding a rainbow unicorn", description="Input prompt.")
     negative_prompt: str = Field("", description="Input negative prompt.")
-    image: str | None = Field(None, description="img2img or inpainting: the input image, as a data: URI.")
+    image: str | None = Field(
+        None, description="img2img or inpainting: the input image, as a data: URI or an uploaded file's URL."
+    )
     mask: str | None = Field(
         None, description="Inpainting: with `image`, black areas are kept and white ones repainted."
     )
@@ -135,6 +140,7 @@ class MusicGenInput(PublicInput):
         "format": "output_format",
         "guidance_scale": "classifier_free_guidance",
     }
+    FILE_FIELDS: ClassVar[tuple[str, ...]] = ("input_audio",)
 
     model_version: Literal["stereo-melody-large", "stereo-large", "melody-large", "large"] = Field(
         "stereo-melody-large",
@@ -142,7 +148,9 @@ class MusicGenInput(PublicInput):
     )
     prompt: str = Field(description="A description of the music you want to generate.")
     input_audio: str | None = Field(
-        None, description="A melody (data: URI) the track follows; continuation is not supported."
+        None,
+        description="A melody the track follows (a data: URI or an uploaded file's URL); continuation is "
+        "not supported.",
     )
     duration: int = Field(8, description="Duration of the generated audio in seconds.")
     continuation: bool = Field(False, description="Continue input_audio: not supported here (false).")
@@ -198,6 +206,13 @@ class ReplicateModel:
     @property
     def request_type(self) -> type[BaseModel]:
         return SDXLRequest if self.service == "sdxl" else MusicGenRequest
+
+    @property
+    def file_fields(self) -> tuple[str, ...]:
+        """The input's fields that take a file, which may name one uploaded with POST /v1/files."""
+        if self.public_input is not None:
+            return self.public_input.FILE_FIELDS
+        return ("image", "mask_image") if self.service == "sdxl" else ("melody",)
 
     @cached_property
     def openapi_schema(self) -> dict[str, Any]:
