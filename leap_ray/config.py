@@ -256,6 +256,12 @@ class JobsSettings(BaseModel):
     retention_s: float = Field(
         7 * 24 * 3600.0, gt=0, description="Finished jobs and their outputs are deleted after this long."
     )
+    file_ttl_s: float = Field(
+        24 * 3600.0,
+        gt=0,
+        description="Files uploaded with POST /v1/files (Replicate's client uploads every file it is given) "
+        "are kept beside the outputs this long (their expires_at), then deleted.",
+    )
     webhook_secret_file: str | None = Field(
         None,
         description="A file holding the webhook signing secret (kept out of the config, which Serve logs).",

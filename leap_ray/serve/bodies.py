@@ -104,10 +104,13 @@ def _put(container: dict[str, Any], name: str, path: list[str], value: Any) -> N
         _put(item, rest[0], rest[1:], value)
 
 
-def parse_form_body(raw: bytes, content_type: str, model: type[Model]) -> Model:
+def parse_form_body(
+    raw: bytes, content_type: str, model: type[Model], file_names: dict[str, str] | None = None
+) -> Model:
     """A multipart/form-data body (the guard lets no other type through) as a `model`: its fields as
     strings, nested ones by their bracketed names (`_put`), its files as bytes (a file's `name[]`
-    read as `name`: the models take one image, one mask). Files stay in memory (the body is bounded)."""
+    read as `name`: the models take one image, one mask), and the names the client gave its files
+    into `file_names`, by field. Files stay in memory (the body is bounded)."""
     data: dict[str, Any] = {}
     parts = 0
 
@@ -132,6 +135,9 @@ def parse_form_body(raw: bytes, content_type: str, model: type[Model]) -> Model:
     def on_file(file: File) -> None:
         file.file_object.seek(0)
         keep(file.field_name, file.file_object.read(), is_file=True)
+        if file_names is not None:
+            field = (file.field_name or b"").decode("utf-8", "replace").removesuffix("[]")
+            file_names[field] = (file.file_name or b"").decode("utf-8", "replace")
         file.close()
 
     media_type, options = parse_options_header(content_type)
@@ -148,7 +154,8 @@ def parse_form_body(raw: bytes, content_type: str, model: type[Model]) -> Model:
     return validated(model, data)
 
 
-async def read_form(request: Request, model: type[Model]) -> Model:
-    """The request's multipart/form-data body as a `model`, parsed and validated on a worker thread."""
+async def read_form(request: Request, model: type[Model], file_names: dict[str, str] | None = None) -> Model:
+    """The request's multipart/form-data body as a `model`, parsed and validated on a worker thread
+    (`parse_form_body`)."""
     content_type = request.headers.get("content-type", "")
-    return await run_in_threadpool(parse_form_body, await request.body(), content_type, model)
+    return await run_in_threadpool(parse_form_body, await request.body(), content_type, model, file_names)

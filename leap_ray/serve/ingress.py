@@ -15,6 +15,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from leap_ray.api.a1111 import A1111Img2ImgRequest, A1111Txt2ImgRequest
+from leap_ray.api.files import FileUpload
 from leap_ray.api.jobs import JobSubmission
 from leap_ray.api.musicgen import MusicGenOutput, MusicGenRequest
 from leap_ray.api.openai_images import OpenAIImageEditRequest, OpenAIImageRequest
@@ -26,6 +27,7 @@ from leap_ray.serve.a1111_routes import a1111_routes
 from leap_ray.serve.autoscaling import QUEUED_JOBS
 from leap_ray.serve.docs import docs_routes
 from leap_ray.serve.errors import install_error_handlers
+from leap_ray.serve.file_routes import file_routes
 from leap_ray.serve.gateway import ModelGateway
 from leap_ray.serve.jobs.capacity import ModelCapacity
 from leap_ray.serve.jobs.routes import job_routes
@@ -46,6 +48,7 @@ BODY_MODELS = (
     OpenAIImageRequest,
     OpenAIImageEditRequest,
     PredictionRequest,
+    FileUpload,
     A1111Txt2ImgRequest,
     A1111Img2ImgRequest,
 )
@@ -92,6 +95,7 @@ def build_http_app(
     app.include_router(openai_routes(gateway, jobs))
     app.include_router(a1111_routes(gateway))
     app.include_router(prediction_routes(jobs))
+    app.include_router(file_routes(jobs))
     app.include_router(replicate_model_routes())
     app.include_router(health_routes(gateway))
     app.include_router(docs_routes(app.title))

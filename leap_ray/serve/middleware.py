@@ -30,7 +30,8 @@ OPEN_PATHS = frozenset(
 )
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # guarded: size, rate, content type
 OPEN_PREFIXES = ("/docs/assets/",)  # the docs pages' JavaScript and CSS
-FORM_PATHS = frozenset({"/v1/images/edits"})  # take multipart/form-data (OpenAI's clients send files so)
+# Take multipart/form-data: OpenAI's clients send files so, and Replicate's upload them so.
+FORM_PATHS = frozenset({"/v1/images/edits", "/v1/files"})
 
 
 def _is_open(path: str) -> bool:

@@ -16,6 +16,7 @@ from leap_ray.api.predictions import PREDICTION_ID, PredictionRequest
 from leap_ray.api.replicate_models import REPLICATE_MODELS, ReplicateModel, model_of_version
 from leap_ray.errors import InvalidRequest, LeapRayError, NotFound
 from leap_ray.serve.bodies import read_body, validate_off_loop
+from leap_ray.serve.jobs.files import is_url
 from leap_ray.serve.jobs.outputs import StoredOutput
 from leap_ray.serve.jobs.service import Jobs
 from leap_ray.serve.jobs.store import Job
@@ -58,10 +59,10 @@ class Predictions:
         """The prediction once created and waited for; and whether it is finished. Errors name the
         fields as `model`'s clients do."""
         try:
-            job_input = body.input
+            job_input = await self.with_files(model, body.input, request)
             if model.public_input is not None:
-                public = await validate_off_loop(model.public_input, body.input, "input")
-                job_input = public.service_input()
+                public = await validate_off_loop(model.public_input, job_input, "input")
+                job_input = await asyncio.to_thread(public.service_input)  # opens uploads
             submission = JobSubmission(
                 service=model.service,
                 input=job_input,
@@ -84,6 +85,17 @@ class Predictions:
         if body.data_uris and view["status"] == "succeeded":
             view["output"] = await self.data_uris(job, view["output"])
         return view, view["status"] in ("succeeded", "failed", "canceled")
+
+    async def with_files(
+        self, model: ReplicateModel, job_input: dict[str, Any], request: Request
+    ) -> dict[str, Any]:
+        """The input with its file fields' URLs of this key's uploads as the files' data: URIs (read
+        off the event loop); another URL there is a 422: none is fetched."""
+        if not any(is_url(job_input.get(field)) for field in model.file_fields):
+            return job_input
+        client = client_of(request.scope)
+        files = self.jobs.files
+        return await asyncio.to_thread(files.with_files, job_input, model.file_fields, client, "input")
 
     async def data_uris(self, job: Job, output: list[str] | str) -> list[str] | str:
         """The job's outputs as data: URIs, in the shape of `output` (a list, or one)."""

@@ -2,9 +2,12 @@
 over HTTPS (a test CA's certificate): `stability-ai/sdxl` and `meta/musicgen` inputs become our
 requests (each mapped field checked against the request our own endpoint builds), pinned version ids
 work, `FileOutput.read()` gives the outputs, errors carry Replicate's `title`/`detail`/`status` and name
-the public field, and `models.get`, `predictions.list` and a prediction's `logs` answer."""
+the public field, and `models.get`, `predictions.list` and a prediction's `logs` answer. Files given to
+`run()` are uploaded to /v1/files (the client's default) and read back as the same request's bytes; they
+are the uploading key's, and no other URL is fetched."""
 
 import base64
+import hashlib
 import io
 import os
 import ssl
@@ -12,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -23,7 +27,8 @@ from PIL import Image
 from replicate.exceptions import ReplicateError
 
 from leap_ray.api.replicate_models import REPLICATE_MODELS
-from tests.helpers import InProcessApp, served, stub_image, stub_output
+from leap_ray.config import LIMITS
+from tests.helpers import InProcessApp, in_process_app, served, stub_image, stub_output
 
 PUBLIC_SDXL = {"prompt": "a red fox", "width": 64, "height": 64, "num_inference_steps": 3, "seed": 11}
 SDXL_VERSION = "39ed52f2a78e934b3ba6e2a89f5b1c712de7dfea535525255b1aa35c5565e08b"  # pinned by many
@@ -254,3 +259,134 @@ def test_the_readmes_replicate_example_runs_as_written(in_process, tls_certs, tm
     assert (sdxl.num_images_per_prompt, sdxl.scheduler, musicgen.format) == (2, "dpmpp_2m", "mp3")
     assert (tmp_path / "beat.mp3").read_bytes() == stub_output(musicgen).audio
     assert run.stdout.strip() == "['DDIM', 'K_EULER', 'K_EULER_ANCESTRAL', 'DPMSolverMultistep']"
+
+
+def noise_png(path: Path, seed: int) -> Path:
+    """A 64x64 PNG of noise at `path`."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_open_files_are_uploaded_by_default_and_run_as_our_sdxl_request(https_client, in_process, tmp_path):
+    photo, mask = noise_png(tmp_path / "photo.png", 5), tmp_path / "mask.png"
+    Image.fromarray(np.where(np.arange(64) < 32, 255, 0).astype(np.uint8)[None].repeat(64, 0)).save(mask)
+    with photo.open("rb") as image, mask.open("rb") as mask_file:  # no file_encoding_strategy
+        https_client.run(
+            "stability-ai/sdxl",
+            input={**PUBLIC_SDXL, "image": image, "mask": mask_file, "prompt_strength": 0.6},
+        )
+    (request,) = in_process.gateway.generated
+    files = {
+        name: base64.b64encode(path.read_bytes()).decode()
+        for name, path in (("image", photo), ("mask_image", mask))
+    }
+    ours = {**PUBLIC_SDXL, **files, "strength": 0.6, "scheduler": "euler", "guidance_scale": 7.5}
+    assert request == in_process.model_request("/v1/sdxl", {**ours, "apply_watermark": True})
+    assert request.workflow == "inpaint"
+
+
+def test_a_melody_uploaded_by_default_runs_as_our_musicgen_request(https_client, in_process, tmp_path):
+    melody = tmp_path / "melody.wav"
+    soundfile.write(melody, np.sin(np.arange(16_000) / 20).astype(np.float32), 16_000)
+    with melody.open("rb") as audio:
+        output = https_client.run(
+            "meta/musicgen", input={"prompt": "a drum loop", "duration": 1, "seed": 4, "input_audio": audio}
+        )
+    (request,) = in_process.gateway.generated
+    melody_uri = f"data:audio/wav;base64,{base64.b64encode(melody.read_bytes()).decode()}"
+    ours = {"prompt": "a drum loop", "duration": 1, "seed": 4, "guidance_scale": 3.0, "top_k": 250}
+    expected = in_process.model_request("/v1/musicgen", {**ours, "top_p": 0.0, "melody": melody_uri})
+    assert request.model_dump(exclude={"melody"}) == expected.model_dump(exclude={"melody"})
+    assert np.array_equal(request.melody.waveform, expected.melody.waveform)
+    assert output.read() == stub_output(request).audio
+
+
+def test_files_create_get_and_delete_through_the_client(https_client, tmp_path):
+    photo = noise_png(tmp_path / "photo.png", 6)
+    # The type is read from the bytes, never the client's word.
+    created = https_client.files.create(photo, content_type="text/plain", metadata={"shot": 3})
+    data = photo.read_bytes()
+    assert (created.name, created.content_type, created.size) == ("photo.png", "image/png", len(data))
+    assert created.checksums["sha256"] == hashlib.sha256(data).hexdigest() and created.metadata == {"shot": 3}
+    assert created.urls["get"].endswith(f"/v1/files/{created.id}") and created.urls["get"].startswith(
+        "https://"
+    )
+    kept_s = datetime.fromisoformat(created.expires_at) - datetime.fromisoformat(created.created_at)
+    assert kept_s.total_seconds() == pytest.approx(24 * 3600)
+    assert https_client.files.get(created.id) == created
+    assert https_client.files.delete(created.id)
+    with pytest.raises(ReplicateError) as raised:
+        https_client.files.get(created.id)
+    assert raised.value.status == 404
+
+
+@pytest.mark.parametrize(
+    ("content", "status"),
+    [
+        (b"\x89PNG\r\n\x1a\n" + bytes(LIMITS.sdxl.max_image_bytes), 413),
+        (b"#!/bin/sh\nrm -rf /\n", 422),
+    ],
+    ids=["an image past the upload limit", "neither an image nor audio"],
+)
+def test_an_upload_no_request_could_take_is_refused(https_client, content, status):
+    with pytest.raises(ReplicateError) as raised:
+        https_client.files.create(io.BytesIO(content), filename="x.png")
+    assert raised.value.status == status and "content" in raised.value.detail
+
+
+@pytest.mark.parametrize(
+    ("model", "field", "url"),
+    [
+        ("stability-ai/sdxl", "image", "https://example.com/photo.png"),
+        ("stability-ai/sdxl", "mask", "http://169.254.169.254/latest/meta-data/"),
+        ("meta/musicgen", "input_audio", "https://api.replicate.com/v1/files/MTQzODk4NzQ"),
+        ("leap-ray/sdxl", "image", "HTTP://localhost:6379/"),
+    ],
+    ids=["a site's image", "a cloud's metadata service as a mask", "Replicate's own upload", "our own image"],
+)
+def test_a_url_not_of_our_uploads_is_a_422_naming_the_field_and_is_never_fetched(
+    https_client, model, field, url, tmp_path
+):
+    base = {"prompt": "a fox"}
+    if "sdxl" in model:
+        base |= {"width": 64, "height": 64, "image": f"data:image/png;base64,{b64_png(tmp_path)}"}
+    with pytest.raises(ReplicateError) as raised:
+        https_client.models.predictions.create(model=model, input={**base, field: url})
+    assert raised.value.status == 422 and raised.value.detail.startswith(f"{field}: URLs are not fetched")
+
+
+def b64_png(tmp_path: Path) -> str:
+    return base64.b64encode(noise_png(tmp_path / "any.png", 1).read_bytes()).decode()
+
+
+@pytest.fixture
+def two_keys(tmp_path, tls_certs) -> Iterator[tuple[replicate.Client, replicate.Client]]:
+    """The app with API keys on, over HTTPS, and the official client of each of two keys."""
+    (tmp_path / "keys.txt").write_text("key-a-0123456789\nkey-b-0123456789")
+    transport = httpx.HTTPTransport(verify=ssl.create_default_context(cafile=str(tls_certs.ca)))
+    with (
+        in_process_app(tmp_path, api_keys_file=str(tmp_path / "keys.txt")) as app,
+        served(app.app, tls=tls_certs) as url,
+    ):
+        clients = tuple(
+            replicate.Client(api_token=key, base_url=url, transport=transport)
+            for key in ("key-a-0123456789", "key-b-0123456789")
+        )
+        yield clients
+        transport.close()
+
+
+def test_another_keys_file_reads_as_missing_and_no_prediction_of_theirs_takes_it(two_keys, tmp_path):
+    mine, theirs = two_keys
+    created = mine.files.create(noise_png(tmp_path / "photo.png", 7))
+    for attempt in (theirs.files.get, theirs.files.delete):
+        with pytest.raises(ReplicateError) as raised:
+            attempt(created.id)
+        assert raised.value.status == 404
+    public = {"prompt": "a fox", "width": 64, "height": 64, "image": created.urls["get"]}
+    with pytest.raises(ReplicateError) as raised:
+        theirs.models.predictions.create(model="stability-ai/sdxl", input=public)
+    assert raised.value.status == 422 and raised.value.detail.startswith(f"image: no file {created.id}")
+    prediction = mine.models.predictions.create(model="stability-ai/sdxl", input=public)
+    assert prediction.status != "failed" and mine.files.get(created.id).id == created.id

@@ -43,6 +43,11 @@ class OutputStore(Protocol):
         """An output's bytes; NotFound when it is gone, StoreUnavailable when the store fails."""
         ...
 
+    def locate(self, job_id: str, index: int, extension: str, content_type: str) -> StoredOutput:
+        """Where `write` keeps (or would keep) output `index` of `job_id`: how something kept under a
+        known name (an uploaded file) is found again without a record."""
+        ...
+
     def delete(self, job_id: str) -> None:
         """Deletes a job's outputs, whatever was written of them."""
         ...
@@ -81,14 +86,15 @@ class FolderOutputs:
         self.folder = folder
 
     def write(self, job_id: str, outputs: Encoded) -> list[StoredOutput]:
-        folder = self.folder / job_id
-        folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / job_id).mkdir(parents=True, exist_ok=True)
         stored = []
         for index, (data, extension, content_type) in enumerate(outputs):
-            path = folder / f"{index}.{extension}"
-            path.write_bytes(data)
-            stored.append({"path": str(path), "content_type": content_type})
+            stored.append(self.locate(job_id, index, extension, content_type))
+            Path(stored[-1]["path"]).write_bytes(data)
         return stored
+
+    def locate(self, job_id: str, index: int, extension: str, content_type: str) -> StoredOutput:
+        return {"path": str(self.folder / job_id / f"{index}.{extension}"), "content_type": content_type}
 
     def read(self, stored: StoredOutput) -> bytes:
         return read_file(stored)
@@ -128,8 +134,11 @@ class ObjectOutputs:
             key = f"{job_id}/{index}.{extension}"
             with unavailable_on_failure("write"):
                 obstore.put(self.store, key, data, attributes={"Content-Type": content_type})
-            stored.append({"path": f"{self.url}/{key}", "content_type": content_type})
+            stored.append(self.locate(job_id, index, extension, content_type))
         return stored
+
+    def locate(self, job_id: str, index: int, extension: str, content_type: str) -> StoredOutput:
+        return {"path": f"{self.url}/{job_id}/{index}.{extension}", "content_type": content_type}
 
     def read(self, stored: StoredOutput) -> bytes:
         key = self.key(stored)

@@ -24,6 +24,7 @@ from leap_ray.errors import NotFound, Overloaded, TooManyRequests
 from leap_ray.serve import metrics
 from leap_ray.serve.gateway import ModelGateway
 from leap_ray.serve.jobs import open_store, webhooks
+from leap_ray.serve.jobs.files import UploadedFiles
 from leap_ray.serve.jobs.links import LinkSigner, OutputLinks
 from leap_ray.serve.jobs.outputs import StoredOutput, open_output_store
 from leap_ray.serve.jobs.runner import JobEvent, JobRunner, Limits
@@ -96,6 +97,7 @@ class Jobs:
         self.public_url = public_url  # IngressSettings.public_url: where links start
         self.store = StoreClient(open_store(settings), settings.store_timeout_s)
         self.outputs = open_output_store(settings)
+        self.files = UploadedFiles(self.outputs, settings.file_ttl_s)  # POST /v1/files, beside the outputs
         secret = settings.output_url_secret(()) if url_secret is None else url_secret
         self.links = OutputLinks(LinkSigner(secret), self.outputs, settings)
         self._webhook_secret = settings.webhook_secret()
