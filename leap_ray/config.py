@@ -447,6 +447,13 @@ class OutputSettings(BaseModel):
         "the request as JSON in PNG text chunks, A1111's in JPEG and WebP EXIF, audio tags (title, "
         "comment, software). false: files carry none (prompts stay out of shared files).",
     )
+    model_names: dict[str, str] = Field(
+        {},
+        description="The name outputs give each model (model source -> name), in their parameters, "
+        "their JSON record and their content credentials. A model not named here is named by a safe "
+        "default: a hub id or tiny: name as given, a local folder by its last part only (its path "
+        "never leaves the machine).",
+    )
     content_credentials: ContentCredentialsSettings | None = Field(
         None,
         description="Sign every image (PNG, JPEG, WebP) and track (WAV, FLAC, MP3; OGG cannot carry one) "

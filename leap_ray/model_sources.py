@@ -5,6 +5,7 @@ on a laptop and for tests)."""
 import fcntl
 import importlib
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -55,3 +56,16 @@ def resolve_model(source: str) -> str:
     if source.startswith(TINY_PREFIX):
         return str(tiny_model(source.removeprefix(TINY_PREFIX)))
     return source
+
+
+def display_name(source: str) -> str:
+    """What outputs say made them, for a model source: a `tiny:` name or a hub id as given, a local
+    folder's last part only (its path, which may say where the operator keeps private models, stays
+    on the machine)."""
+    if not source or source.startswith(TINY_PREFIX):
+        return source
+    path = Path(source).expanduser()
+    looks_like_hub_id = re.fullmatch(r"[\w.-]+(/[\w.-]+)?", source) is not None
+    if looks_like_hub_id and not path.exists():
+        return source
+    return path.resolve().name or "model"

@@ -12,19 +12,21 @@ from leap_ray.api.musicgen import MusicGenOutput, MusicGenRequest
 from leap_ray.api.sdxl import SDXLOutput, SDXLRequest
 from leap_ray.config import OutputSettings
 from leap_ray.engines.results import MusicGenResult, SDXLResult
+from leap_ray.model_sources import display_name
 from leap_ray.serve.credentials import ContentCredentials
 
 UNMARKED = OutputSettings(parameters=False)
 
 
 class OutputMarker:
-    """How one model deployment marks what it encodes: `model` names what made the outputs; the
+    """How one model deployment marks what it encodes: `model` (its source) names what made the
+    outputs, as `outputs.model_names` says or by its safe `display_name`; the
     operator's `OutputSettings` say whether parameters go into files and who signs them (the signer
     is loaded, and proved, here: at the replica's start)."""
 
     def __init__(self, model: str, settings: OutputSettings | None = None) -> None:
         settings = settings or OutputSettings()
-        self.model = model
+        self.model = settings.model_names.get(model) or display_name(model)  # never a folder's path
         self.parameters = settings.parameters
         credentials = settings.content_credentials
         self.credentials = ContentCredentials(credentials) if credentials is not None else None

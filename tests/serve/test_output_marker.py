@@ -272,3 +272,54 @@ def test_an_http_png_answer_carries_the_parameters_chunk(tmp_path, monkeypatch):
         "a lighthouse at dawn\nSteps: 4, CFG scale: 5.0, Seed: 11, Size: 64x64"
     )
     assert json.loads(marks["leap_ray"])["request"]["prompt"] == "a lighthouse at dawn"
+
+
+def _all_encodings(text: str) -> list[bytes]:
+    return [text.encode(codec) for codec in ("utf-8", "utf-16-be", "utf-16-le")]
+
+
+@pytest.mark.parametrize("source", ["/srv/models/private-finetune", "tmp-folder"], ids=["absent", "present"])
+def test_a_local_model_folder_never_appears_in_an_output(signer_files, tmp_path, source):
+    if source == "tmp-folder":
+        source = str(tmp_path / "srv" / "models" / "private-finetune")
+        Path(source).mkdir(parents=True)
+    marker = OutputMarker(source, OutputSettings(content_credentials=signer(signer_files)))
+    outputs = [
+        *(
+            encode_images(
+                SDXLRequest(prompt="a", seed=1, output_format=f, **SMALL), sdxl_result([1]), marker
+            ).images[0]
+            for f in ("png", "jpeg", "webp")
+        ),
+        *(
+            encode_track(MusicGenRequest(prompt="a", duration=0.5, format=f), track_result(), marker).audio
+            for f in ("wav", "flac", "ogg", "mp3")
+        ),
+    ]
+    folder = str(Path(source).parent)
+    for data in outputs:
+        assert not any(leaked in data for leaked in _all_encodings(folder))
+    assert "Model: private-finetune" in read_marks(outputs[0])["parameters"]
+    assert created_action(credentials_of(outputs[0], "image/png", signer_files)[1])["parameters"] == {
+        "model": "private-finetune"
+    }
+
+
+@pytest.mark.parametrize(
+    ("source", "shown"),
+    [
+        ("stabilityai/stable-diffusion-xl-base-1.0", "stabilityai/stable-diffusion-xl-base-1.0"),
+        ("tiny:sdxl", "tiny:sdxl"),
+        ("/srv/models/private-finetune/", "private-finetune"),
+        ("~/models/sdxl", "sdxl"),
+    ],
+    ids=["hub-id", "tiny", "absolute-folder", "home-folder"],
+)
+def test_outputs_name_a_model_by_a_safe_display_name(source, shown):
+    assert OutputMarker(source).model == shown
+
+
+def test_the_operator_names_a_model_in_outputs():
+    settings = OutputSettings(model_names={"/srv/models/private-finetune": "acme-sdxl-v2"})
+    assert OutputMarker("/srv/models/private-finetune", settings).model == "acme-sdxl-v2"
+    assert AppConfig.model_validate({"outputs": {"model_names": {"acme/secret": "ours"}}}).outputs.model_names
