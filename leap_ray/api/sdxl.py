@@ -42,6 +42,9 @@ class SDXLRequest(SDXLFields):
     reproduces it."""
 
     _image_encoding_seed: int | None = PrivateAttr(None)
+    # A part of a split request (`split`): the record of the client's request (with the seed it ran
+    # with) and the part's first image in it, which its outputs' records name.
+    _whole: tuple[dict[str, Any], int] | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "SDXLRequest":
@@ -130,13 +133,15 @@ class SDXLRequest(SDXLFields):
     def output_marks(self, seeds: list[int], model: str, refiner: str | None = None) -> list[OutputMarks]:
         """What each of its images says about itself (`leap_ray.api.marks`): its own prompt, seed and
         parameters as AUTOMATIC1111 writes them, and this request as JSON (with its seed, image 0's).
-        `model` made the images; `refiner`, when named, finished them."""
-        record = {"model": model, "refiner": refiner, "request": request_record(self, seed=seeds[0])}
+        `model` made the images; `refiner`, when named, finished them. A part of a split request
+        records the client's request and each image's index in it."""
+        whole, first = self._whole or (request_record(self, seed=seeds[0]), 0)
+        record = {"model": model, "refiner": refiner, "request": whole}
         return [
             OutputMarks(
                 title=self._text("prompt", index // self.num_images_per_prompt),
                 parameters=self._infotext(index, seed, model, refiner),
-                record=record | {"image": index, "seed": seed},
+                record=record | {"image": first + index, "seed": seed},
             )
             for index, seed in enumerate(seeds)
         ]
@@ -172,11 +177,15 @@ class SDXLRequest(SDXLFields):
             return [self]
         per_prompt = self.num_images_per_prompt
         seed = self.seed if self.seed is not None else draw_seed()
-        return [
-            self._part(prompt, first, min(max_images, per_prompt - first), seed)
-            for prompt in range(self.prompt_count)
-            for first in range(0, per_prompt, max_images)
-        ]
+        # The client's request, as a part of a part records it too.
+        whole, offset = self._whole or (request_record(self, seed=seed), 0)
+        parts = []
+        for prompt in range(self.prompt_count):
+            for first in range(0, per_prompt, max_images):
+                part = self._part(prompt, first, min(max_images, per_prompt - first), seed)
+                part._whole = (whole, offset + prompt * per_prompt + first)
+                parts.append(part)
+        return parts
 
     def _part(self, prompt: int, first: int, images: int, seed: int) -> "SDXLRequest":
         image = prompt * self.num_images_per_prompt + first

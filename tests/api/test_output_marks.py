@@ -13,11 +13,12 @@ import torch
 from PIL import ExifTags, Image
 
 from leap_ray.api.audio import DecodedAudio, encode_audio
+from leap_ray.api.common import offset_seed
 from leap_ray.api.images import encode_image
 from leap_ray.api.infotext import quote
 from leap_ray.api.marks import UNICODE_PREFIX, exif_bytes, read_marks, request_record
 from leap_ray.api.musicgen import MusicGenRequest
-from leap_ray.api.sdxl import SDXLRequest
+from leap_ray.api.sdxl import SDXLRequest, seeds_for
 
 PIXELS = np.random.default_rng(0).random((64, 64, 3))
 SMALL = {"height": 64, "width": 64, "num_inference_steps": 30}
@@ -88,6 +89,22 @@ def test_each_image_of_a_request_names_its_own_prompt_and_seed():
     ]
     assert [mark.parameters.split("Seed: ")[1].split(",")[0] for mark in marks] == ["5", "6", "7", "8"]
     assert {mark.record["request"]["seed"] for mark in marks} == {5}  # the request: image 0's seed
+
+
+@pytest.mark.parametrize("seed", [5, None], ids=["seeded", "seed-drawn"])
+def test_the_parts_of_a_split_request_record_the_clients_request_and_each_images_index(seed):
+    request = SDXLRequest(prompt=["a fox", "the moon"], num_images_per_prompt=3, seed=seed, **SMALL)
+    parts = request.split(2)
+    refined = [piece for part in parts for piece in part.split(1)]  # a refiner's smaller batches
+    for pieces in (parts, refined):
+        marks = [mark for part in pieces for mark in part.output_marks(seeds_for(part, part.seed), "m")]
+        assert [mark.record["image"] for mark in marks] == list(range(6))
+        whole = marks[0].record["request"]
+        assert whole["num_images_per_prompt"] == 3 and whole["prompt"] == ["a fox", "the moon"]
+        assert all(mark.record["request"] == whole for mark in marks)
+        seeds = [mark.record["seed"] for mark in marks]
+        assert seeds == [offset_seed(whole["seed"], index) for index in range(6)]
+        assert [mark.title for mark in marks] == ["a fox"] * 3 + ["the moon"] * 3
 
 
 def test_a_value_with_a_comma_colon_or_line_break_is_quoted_as_a1111_quotes_it():
