@@ -84,6 +84,22 @@ class UploadedImage(PendingImage):
         return image
 
 
+class ResizedImage(PendingImage):
+    """An uploaded image stretched to `size` (width, height) as it is decoded, as diffusers' image
+    processors resize an image to a pipeline's height and width (Lanczos)."""
+
+    def __init__(self, upload: UploadedImage, size: tuple[int, int]) -> None:
+        self.upload, self.target = upload, size
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.target
+
+    def decode(self, mode: str) -> Image.Image:
+        image = self.upload.decode(mode)
+        return image if image.size == self.target else image.resize(self.target, Image.Resampling.LANCZOS)
+
+
 def open_image(value: object, max_bytes: int, max_side: int) -> UploadedImage:
     """An uploaded image (base64 or a data: URI of PNG, JPEG or WebP; a PIL image through a handle)
     opened within bounds: its size in bytes, the structure of its file (`check_structure`), then its

@@ -2,7 +2,7 @@
 serves, by the names its routes take (`/v1/sdxl` and OpenAI's images' `model: "sdxl"`; `/v1/musicgen`;
 a job's `service`)."""
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -19,7 +19,14 @@ class OpenAIModel(BaseModel):
 
 
 class OpenAIModelList(BaseModel):
-    """The models served, as OpenAI's `client.models.list` reads them."""
+    """The models served, as OpenAI's `client.models.list` reads them (`object`, `data`) and as
+    Replicate's `client.models.list` reads them (`results`, `next`, `previous`): one path, two APIs."""
 
     object: Literal["list"] = Field("list", description="Always `list`.")
     data: list[OpenAIModel] = Field(description="Every model this service serves.")
+    results: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Replicate's models: leap-ray/sdxl, leap-ray/musicgen and the public models' drop-ins.",
+    )
+    next: None = Field(None, description="Replicate's pagination: one page.")
+    previous: None = Field(None, description="Replicate's pagination: one page.")

@@ -12,11 +12,14 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from leap_ray.api.images import ResizedImage, UploadedImage, open_image
 from leap_ray.api.musicgen import MusicGenRequest
 from leap_ray.api.sdxl import SDXLRequest
+from leap_ray.config import LIMITS
 from leap_ray.errors import InvalidRequest, LeapRayError
 
 # Replicate's scheduler names, as ours; Replicate's others (KarrasDPM, HeunDiscrete, PNDM) we lack.
+_SDXL = LIMITS.sdxl
 SDXL_SCHEDULERS = {
     "DDIM": "ddim",
     "K_EULER": "euler",
@@ -56,6 +59,7 @@ class SDXLInput(PublicInput):
         "strength": "prompt_strength",
         "mask_image": "mask",
         "denoising_end": "high_noise_frac",
+        "refiner.denoising_start": "high_noise_frac",
         "refiner": "refine",
     }
     FILE_FIELDS: ClassVar[tuple[str, ...]] = ("image", "mask")
@@ -74,10 +78,10 @@ class SDXLInput(PublicInput):
     scheduler: Literal[tuple(SDXL_SCHEDULERS)] = Field(  # type: ignore[valid-type]
         "K_EULER", description="Scheduler: DDIM, K_EULER, K_EULER_ANCESTRAL or DPMSolverMultistep."
     )
-    num_inference_steps: int = Field(50, description="Number of denoising steps.")
-    guidance_scale: float = Field(7.5, description="Scale for classifier-free guidance.")
+    num_inference_steps: int = Field(50, ge=1, le=500, description="Number of denoising steps.")
+    guidance_scale: float = Field(7.5, ge=1, le=50, description="Scale for classifier-free guidance.")
     prompt_strength: float = Field(
-        0.8, description="With `image`: how much of it is repainted; 1.0 is full destruction of it."
+        0.8, ge=0, le=1, description="With `image`: how much of it is repainted; 1.0 repaints it all."
     )
     seed: int | None = Field(None, description="Random seed; blank or -1 for a random one.")
     refine: Literal["no_refiner", "expert_ensemble_refiner", "base_image_refiner"] = Field(
@@ -86,14 +90,14 @@ class SDXLInput(PublicInput):
         "high_noise_frac. base_image_refiner (refining the finished image) is not supported here.",
     )
     high_noise_frac: float = Field(
-        0.8, description="With expert_ensemble_refiner: the fraction of noise the base model handles."
+        0.8, ge=0, le=1, description="With expert_ensemble_refiner: the fraction of noise the base handles."
     )
     refine_steps: int | None = Field(
         None, description="Steps of base_image_refiner; has no effect with the other choices."
     )
     apply_watermark: bool = Field(True, description="Mark the images with SDXL's invisible watermark.")
     lora_scale: float = Field(
-        0.6, description="Scale of replicate_weights' LoRA; no effect without them (as on Replicate)."
+        0.6, ge=0, le=1, description="Scale of replicate_weights' LoRA; no effect without them."
     )
     replicate_weights: str | None = Field(
         None, description="A Replicate-trained LoRA's weights: not supported here (our adapters: loras)."
@@ -116,8 +120,6 @@ class SDXLInput(PublicInput):
         body: dict[str, Any] = {
             "prompt": self.prompt,
             "negative_prompt": self.negative_prompt or None,
-            "width": self.width,
-            "height": self.height,
             "num_images_per_prompt": self.num_outputs,
             "scheduler": SDXL_SCHEDULERS[self.scheduler],
             "num_inference_steps": self.num_inference_steps,
@@ -125,11 +127,34 @@ class SDXLInput(PublicInput):
             "seed": _random_when_negative(self.seed),
             "apply_watermark": self.apply_watermark,
         }
-        if self.image is not None:
-            body.update(image=self.image, mask_image=self.mask, strength=self.prompt_strength)
+        body.update(self._images())
         if self.refine == "expert_ensemble_refiner":
             body.update(denoising_end=self.high_noise_frac, refiner={"denoising_start": self.high_noise_frac})
         return body
+
+    def _images(self) -> dict[str, Any]:
+        """As cog-sdxl runs them: text-to-image at width × height; img2img at the image's own size
+        (width and height are not used); inpainting at width × height, the image and mask resized
+        to it. Opens (no decode) the uploads: for a worker thread."""
+        size = {"width": self.width, "height": self.height}
+        if self.image is None:
+            return size
+        if self.mask is None:
+            return {"image": self.image, "strength": self.prompt_strength}
+        target = (self.width, self.height)
+        return {
+            "image": ResizedImage(_opened(self.image, "image"), target),
+            "mask_image": ResizedImage(_opened(self.mask, "mask"), target),
+            "strength": self.prompt_strength,
+            **size,
+        }
+
+
+def _opened(value: str | None, field: str) -> UploadedImage:
+    try:
+        return open_image(value, _SDXL.max_image_bytes, _SDXL.max_size)
+    except ValueError as error:
+        raise InvalidRequest(f"{field}: {error}", param=f"input.{field}") from None
 
 
 class MusicGenInput(PublicInput):
@@ -239,13 +264,16 @@ class ReplicateModel:
         if param is None or self.public_input is None:
             return
         prefix = "input." if param.startswith("input.") else ""
-        ours = param.removeprefix(prefix).partition(".")[0]
-        public = self.public_input.PUBLIC_NAMES.get(ours)
+        path = param.removeprefix(prefix)
+        head, colon, why = error.message.partition(": ")
+        said = bool(colon) and head.partition(".")[0] == path.partition(".")[0]
+        path = head if said else path  # pydantic's "field.part: why" says more than `param`
+        names = self.public_input.PUBLIC_NAMES
+        public = names.get(path) or names.get(path.partition(".")[0])
         if public is not None:  # a public field has no parts: the whole of ours is it
             error.param = f"{prefix}{public}"
-            head, colon, rest = error.message.partition(": ")
-            if colon and head.partition(".")[0] == ours:  # pydantic's "field: why"
-                error.message = f"{public}: {rest}"
+            if said:
+                error.message = f"{public}: {why}"
 
 
 _MODELS = (
@@ -281,11 +309,10 @@ REPLICATE_MODELS = {model.name: model for model in _MODELS}
 def model_of_version(version: str) -> ReplicateModel | None:
     """The model a prediction's `version` names: `owner/name`, `owner/name:id`, our version id, or a
     public version id its clients pin."""
-    name, _, version_id = version.partition(":")
-    if name in REPLICATE_MODELS:
-        return REPLICATE_MODELS[name]
-    version_id = version_id or name
-    return next(
-        (m for m in _MODELS if version_id == m.version or version_id in m.known_versions),
-        None,
-    )
+    name, colon, version_id = version.partition(":")
+    if not colon:  # one part: a model's name or a version id
+        version_id = name
+        if name in REPLICATE_MODELS:
+            return REPLICATE_MODELS[name]
+    named = [REPLICATE_MODELS[name]] if name in REPLICATE_MODELS else [] if colon else list(_MODELS)
+    return next((m for m in named if version_id in (m.version, *m.known_versions)), None)

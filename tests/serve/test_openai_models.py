@@ -28,7 +28,7 @@ def test_models_list_names_every_service_as_requests_name_it(in_process):
         assert (model.object, model.owned_by) == ("model", "leap_ray")
         assert before - 3600 < model.created <= int(time.time())
     raw = in_process.http.get("/v1/models").json()
-    assert set(raw) == {"object", "data"} and raw["object"] == "list"
+    assert set(raw) == {"object", "data", "results", "next", "previous"} and raw["object"] == "list"
     assert all(set(entry) == {"id", "object", "created", "owned_by"} for entry in raw["data"])
 
 

@@ -390,3 +390,70 @@ def test_another_keys_file_reads_as_missing_and_no_prediction_of_theirs_takes_it
     assert raised.value.status == 422 and raised.value.detail.startswith(f"image: no file {created.id}")
     prediction = mine.models.predictions.create(model="stability-ai/sdxl", input=public)
     assert prediction.status != "failed" and mine.files.get(created.id).id == created.id
+
+
+def data_uri(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return f"data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}"
+
+
+def test_img2img_keeps_the_images_size_and_inpainting_resizes_to_width_and_height(in_process):
+    """As cog-sdxl: img2img passes no width or height (the default 1024 would refuse a 96² image);
+    inpainting resizes the image and the mask to width × height (Lanczos, as diffusers does)."""
+    rng = np.random.default_rng(5)
+    photo = Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8))
+    mask = Image.fromarray(np.where(np.arange(96) < 48, 255, 0).astype(np.uint8)[None].repeat(96, 0))
+    route = "/v1/models/stability-ai/sdxl/predictions"
+    wait = {"Prefer": "wait"}
+    body = {"input": {"prompt": "a", "image": data_uri(photo), "seed": 1}}
+    answer = in_process.http.post(route, json=body, headers=wait)
+    assert answer.json()["status"] == "succeeded", answer.text
+    inpaint = {"prompt": "a", "image": data_uri(photo), "mask": data_uri(mask), "width": 64, "height": 64}
+    answer = in_process.http.post(route, json={"input": {**inpaint, "seed": 1}}, headers=wait)
+    assert answer.json()["status"] == "succeeded", answer.text
+    img2img, inpainting = in_process.gateway.generated
+    assert (img2img.width, img2img.height, img2img.image.size) == (96, 96, (96, 96))
+    assert (inpainting.width, inpainting.height) == (64, 64)
+    resized = photo.resize((64, 64), Image.Resampling.LANCZOS)
+    assert np.array_equal(np.asarray(inpainting.image), np.asarray(resized))
+    resized_mask = mask.resize((64, 64), Image.Resampling.LANCZOS)
+    assert np.array_equal(np.asarray(inpainting.mask_image), np.asarray(resized_mask))
+
+
+@pytest.mark.parametrize(
+    ("public", "param"),
+    [
+        ({"refine": "expert_ensemble_refiner", "high_noise_frac": 1.0}, "input.high_noise_frac"),
+        ({"prompt_strength": 5}, "input.prompt_strength"),
+        ({"guidance_scale": 0}, "input.guidance_scale"),
+        ({"lora_scale": 2}, "input.lora_scale"),
+    ],
+    ids=[
+        "the refiner's hand-off at the end",
+        "prompt strength past 1",
+        "guidance below 1",
+        "lora scale past 1",
+    ],
+)
+def test_public_bounds_and_the_refiners_hand_off_name_the_public_field(in_process, public, param):
+    body = {"input": {"prompt": "a", "width": 64, "height": 64, **public}}
+    answer = in_process.http.post("/v1/models/stability-ai/sdxl/predictions", json=body)
+    error = answer.json()["error"]
+    assert answer.status_code == 422 and error["param"] == param
+    assert error["message"].startswith(param.removeprefix("input."))
+
+
+@pytest.mark.parametrize(
+    "version",
+    ["stability-ai/sdxl:garbage", f"meta/musicgen:{SDXL_VERSION}", "someone/else:latest"],
+    ids=["an id no version has", "another model's pinned id", "a model we lack"],
+)
+def test_a_version_must_be_one_of_the_models(in_process, version):
+    answer = in_process.http.post("/v1/predictions", json={"version": version, "input": {"prompt": "a"}})
+    assert answer.status_code == 404 and answer.json()["error"]["param"] == "version"
+
+
+def test_replicates_models_list_and_openais_share_get_v1_models(https_client):
+    names = [f"{model.owner}/{model.name}" for model in https_client.models.list().results]
+    assert names == list(REPLICATE_MODELS)
