@@ -14,7 +14,8 @@ import numpy as np
 import soundfile
 import torch
 
-from leap_ray.api.marks import SOFTWARE, OutputMarks
+from leap_ray.api.audio_tags import libsndfile_tags, with_id3_tags
+from leap_ray.api.marks import OutputMarks
 from leap_ray.api.progress import AudioDelta
 from leap_ray.api.uploads import upload_bytes
 
@@ -156,16 +157,18 @@ def encode_audio(
     waveform: np.ndarray, sample_rate: int, audio_format: str, marks: OutputMarks | None = None
 ) -> bytes:
     """Mono samples in [-1, 1] -> encoded bytes, tagged with the track's `marks` when given: title (the
-    prompt), comment (its request as JSON) and software, libsndfile's tags (a WAV's LIST INFO chunk,
-    FLAC's and OGG's Vorbis comments, an MP3's ID3 tags). They are set before the first sample, as
-    FLAC and OGG need. libsndfile writes ID3 text as Latin-1: an MP3's JSON escapes the rest."""
+    prompt), comment (its request as JSON) and software (`leap_ray.api.audio_tags`: libsndfile's tags
+    for a WAV's LIST INFO chunk and FLAC's and OGG's Vorbis comments, set before the first sample as
+    FLAC and OGG need, each within what the container keeps; an MP3's ID3 tag written by mutagen)."""
     container, subtype, _ = AUDIO_FORMATS[audio_format]
     buffer = io.BytesIO()
     with soundfile.SoundFile(buffer, "w", sample_rate, 1, subtype=subtype, format=container) as file:
-        if marks is not None:
-            file.title, file.software = marks.title, SOFTWARE
-            file.comment = marks.record_json(ascii_only=audio_format == "mp3")
+        if marks is not None and audio_format != "mp3":
+            for name, text in libsndfile_tags(marks, audio_format).items():
+                setattr(file, name, text)
         file.write(np.clip(waveform, -1.0, 1.0))
+    if marks is not None and audio_format == "mp3":
+        return with_id3_tags(buffer.getvalue(), marks)
     return buffer.getvalue()
 
 

@@ -10,15 +10,18 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from mutagen.id3 import ID3
 from PIL import ExifTags, Image
 
 from leap_ray.api.audio import DecodedAudio, encode_audio
+from leap_ray.api.audio_tags import WAV_TAG_BYTES
 from leap_ray.api.common import offset_seed
 from leap_ray.api.images import encode_image
 from leap_ray.api.infotext import quote
 from leap_ray.api.marks import UNICODE_PREFIX, exif_bytes, read_marks, request_record
 from leap_ray.api.musicgen import MusicGenRequest
 from leap_ray.api.sdxl import SDXLRequest, seeds_for
+from leap_ray.config import MusicGenLimits
 
 PIXELS = np.random.default_rng(0).random((64, 64, 3))
 SMALL = {"height": 64, "width": 64, "num_inference_steps": 30}
@@ -160,9 +163,53 @@ def test_a_track_is_tagged_with_its_prompt_its_request_and_the_software(audio_fo
     record = json.loads(tags["comment"])
     assert record["request"]["seed"] == 42 and record["model"] == "facebook/musicgen-melody"
     assert record["request"]["prompt"] == "lo-fi beat, warm piano"
-    if audio_format != "mp3":  # LAME writes its own name as an MP3's software
+    if audio_format != "mp3":  # an MP3's software: read_tags below (libsndfile reads LAME's)
         assert tags["software"].startswith("leap_ray")
     if audio_format in ("wav", "flac"):  # lossless: the same samples as a file without tags
         plain, _ = soundfile.read(io.BytesIO(encode_audio(waveform, 32000, audio_format)))
         tagged, _ = soundfile.read(io.BytesIO(data))
         assert np.array_equal(plain, tagged)
+
+
+def read_tags(data: bytes, audio_format: str) -> dict[str, str]:
+    """A track's title, comment and software as other tools read them: ID3 through mutagen for an
+    MP3 (its text decoded as its frames say), libsndfile's reading otherwise."""
+    if audio_format == "mp3":
+        tags = ID3(io.BytesIO(data))
+        return {
+            "title": str(tags["TIT2"]),
+            "comment": tags.getall("COMM")[0].text[0],
+            "software": str(tags["TSSE"]),
+        }
+    with soundfile.SoundFile(io.BytesIO(data)) as file:
+        return file.copy_metadata()
+
+
+LONGEST = MusicGenLimits().max_prompt_chars
+
+
+@pytest.mark.parametrize("audio_format", ["wav", "flac", "ogg", "mp3"])
+@pytest.mark.parametrize(
+    "prompt",
+    ["café au lait, ünïcödé 🎹", ("lo-fi " * LONGEST)[: LONGEST - 1] + "!", "é" * LONGEST, "🎹" * LONGEST],
+    ids=["non-ascii", "longest-ascii", "longest-two-byte", "longest-four-byte"],
+)
+def test_every_tag_survives_any_prompt_in_every_format(audio_format, prompt):
+    request = MusicGenRequest(prompt=prompt, duration=0.1, format=audio_format)
+    marks = request.output_marks(seed=42, model="facebook/musicgen-melody")
+    data = encode_audio(np.zeros(3200, dtype=np.float32), 32000, audio_format, marks)
+    tags = read_tags(data, audio_format)
+    assert tags["software"].startswith("leap_ray")
+    record = json.loads(tags["comment"])  # whole, or shortened and still JSON
+    assert record["model"] == "facebook/musicgen-melody" and record["request"]["seed"] == 42
+    cut = audio_format == "wav" and len(prompt) == LONGEST  # cut to what a WAV keeps
+    if cut:
+        assert len(tags["title"].encode()) <= WAV_TAG_BYTES and len(tags["comment"].encode()) <= WAV_TAG_BYTES
+        assert record["truncated"] is True and prompt.startswith(record["request"]["prompt"][:-1])
+        assert record["request"]["prompt"].endswith("…")
+    else:
+        assert "truncated" not in record and record["request"]["prompt"] == prompt
+    if cut and len(prompt.encode()) > WAV_TAG_BYTES:
+        assert tags["title"].endswith("…") and prompt.startswith(tags["title"][:-1])
+    else:
+        assert tags["title"] == prompt
