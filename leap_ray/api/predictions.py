@@ -118,7 +118,8 @@ def prediction_logs(job: Any) -> str:
 def prediction_view(job: Any, base: str, outputs: list[str]) -> dict[str, Any]:
     """The prediction of a job, with absolute URLs under `base` (the service's URL, with the
     application's route prefix when it has one), its outputs' links as given (signed or presigned),
-    and its input as the job's record keeps it."""
+    and its model and input as the job's record keeps them (a public model's prediction: that model,
+    and its input in that model's names)."""
     url = f"{base}/v1/predictions/{job.public_id}"
     output: Any = None
     if job.status == "succeeded":
@@ -128,7 +129,7 @@ def prediction_view(job: Any, base: str, outputs: list[str]) -> dict[str, Any]:
         if job.finished_at is not None and job.started_at is not None
         else None
     )
-    model = SERVICE_MODELS[job.service]
+    model = job.model or SERVICE_MODELS[job.service]
     return {
         "id": job.public_id,
         "model": model,

@@ -76,6 +76,8 @@ class Predictions:
                 webhook_format="prediction",
                 job_id=body.id,
                 client=client_of(request.scope) or "",
+                # A public model's prediction shows that model and the input as its client wrote it.
+                **({"model": model.name, "shown_input": body.input} if model.public_input else {}),
             )
         except LeapRayError as error:
             model.name_public_fields(error)

@@ -222,7 +222,14 @@ def test_predictions_list_and_logs(https_client):
     second.wait()
     listed = https_client.predictions.list()
     assert [p.id for p in listed.results] == [second.id, first.id]
-    assert listed.results[1].version == REPLICATE_MODELS["leap-ray/sdxl"].version
+    # A public model's prediction shows that model, its version and the input as the client wrote it.
+    shown = listed.results[1]
+    assert (shown.model, shown.version) == (
+        "stability-ai/sdxl",
+        REPLICATE_MODELS["stability-ai/sdxl"].version,
+    )
+    assert shown.input == PUBLIC_SDXL
+    assert listed.results[0].model == "leap-ray/musicgen"
     assert first.logs.splitlines()[0] == "Using seed: 11" and first.logs.splitlines()[-1] == "Succeeded"
     assert "step 3/3" in first.logs and "1/1 s of audio" in second.logs
 

@@ -73,12 +73,14 @@ class RedisJobStore:
         job_id: str | None = None,
         client: str = "",
         max_queued_per_client: int | None = None,
+        model: str = "",
+        shown_input: dict[str, Any] | None = None,
     ) -> Job:
         """A new queued job; raises QueueFull when `max_queued` wait already, ClientQueueFull when
         `max_queued_per_client` of this client's do (both checked atomically).
         With a `job_id` the client chose that this client's job has already, that job, unchanged
         (idempotent); another client's job with the same id is another job (`scoped_id`)."""
-        job = Job.new(service, job_input, webhook, job_id, client)
+        job = Job.new(service, job_input, webhook, job_id, client, model, shown_input)
         fields = {
             "id": job.id,
             "service": service,
@@ -96,6 +98,7 @@ class RedisJobStore:
             "client": client,
             "seed": "" if job.seed is None else job.seed,
             "input_summary": json.dumps(job.input_summary),
+            "model": model,
         }
         keys = [self._key(job.id), self._input_key(job.id)]
         pairs = [item for name, value in fields.items() for item in (name, value)]
@@ -130,6 +133,7 @@ class RedisJobStore:
             client=row.get("client", ""),
             seed=int(row["seed"]) if row.get("seed") else None,
             input_summary=_optional_json(row.get("input_summary", "")),
+            model=row.get("model", ""),
         )
 
     def input(self, job_id: str) -> dict[str, Any] | None:

@@ -209,9 +209,13 @@ class Jobs:
         webhook_format: WebhookFormat = "job",
         job_id: str | None = None,
         client: str = "",
+        model: str = "",
+        shown_input: dict[str, Any] | None = None,
     ) -> Job:
         """Validates the input as the synchronous endpoint would (422 at once when invalid), fixes a
-        seed so that a job taken over after a restart gives the same outputs, and queues it. Its
+        seed so that a job taken over after a restart gives the same outputs, and queues it. A
+        prediction of a public model keeps that `model` and the input as its client wrote it
+        (`shown_input`) to show. Its
         webhooks carry the job (`webhook_format: job`) or, for predictions, the prediction; URLs
         start with `base`. A `job_id` this client chose before gives that job (ids are per client)."""
         self.runner.ensure_started()
@@ -230,7 +234,16 @@ class Jobs:
         create = self.store.store.create
         try:
             job = await self.store.call(
-                create, body.service, job_input, webhook, max_queued, job_id, client, per_key
+                create,
+                body.service,
+                job_input,
+                webhook,
+                max_queued,
+                job_id,
+                client,
+                per_key,
+                model,
+                shown_input,
             )
             if job.created_at >= submitted_at:  # not a job this id already named (an idempotent PUT)
                 metrics.jobs().inc(tags={"status": "queued"})

@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS job_records (
     id TEXT PRIMARY KEY, service TEXT NOT NULL, status TEXT NOT NULL,
     created_at REAL NOT NULL, started_at REAL, finished_at REAL, error TEXT, outputs TEXT NOT NULL,
     cancel_requested INTEGER NOT NULL DEFAULT 0, owner TEXT, heartbeat_at REAL, webhook TEXT,
-    progress TEXT, client TEXT NOT NULL DEFAULT '', seed INTEGER, input_summary TEXT
+    progress TEXT, client TEXT NOT NULL DEFAULT '', seed INTEGER, input_summary TEXT,
+    model TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS job_records_by_status ON job_records (status, created_at);
 CREATE INDEX IF NOT EXISTS job_records_by_creation ON job_records (created_at);
@@ -39,7 +40,12 @@ CREATE INDEX IF NOT EXISTS job_records_by_client ON job_records (client, created
 CREATE INDEX IF NOT EXISTS job_records_by_client_status ON job_records (client, status, service, created_at);
 """
 # Columns added since the first release: older files get them, their old jobs with no owner or seed.
-_ADDED_COLUMNS = {"client": "TEXT NOT NULL DEFAULT ''", "seed": "INTEGER", "input_summary": "TEXT"}
+_ADDED_COLUMNS = {
+    "client": "TEXT NOT NULL DEFAULT ''",
+    "seed": "INTEGER",
+    "input_summary": "TEXT",
+    "model": "TEXT NOT NULL DEFAULT ''",
+}
 _FINISHED_SQL = ", ".join(f"'{status}'" for status in FINISHED)
 
 
@@ -128,6 +134,7 @@ def _job(row: sqlite3.Row) -> Job:
         client=row["client"],
         seed=row["seed"],
         input_summary=json.loads(row["input_summary"]) if row["input_summary"] else None,
+        model=row["model"],
     )
 
 
@@ -168,12 +175,14 @@ class SQLiteJobStore:
         job_id: str | None = None,
         client: str = "",
         max_queued_per_client: int | None = None,
+        model: str = "",
+        shown_input: dict[str, Any] | None = None,
     ) -> Job:
         """A new queued job; raises QueueFull when `max_queued` wait already, ClientQueueFull when
         `max_queued_per_client` of this client's do (both checked atomically).
         With a `job_id` the client chose that this client's job has already, that job, unchanged
         (idempotent); another client's job with the same id is another job (`scoped_id`)."""
-        job = Job.new(service, job_input, webhook, job_id, client)
+        job = Job.new(service, job_input, webhook, job_id, client, model, shown_input)
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             existing = db.execute("SELECT * FROM job_records WHERE id = ?", (job.id,)).fetchone()
@@ -186,8 +195,8 @@ class SQLiteJobStore:
                 raise full
             db.execute(
                 "INSERT INTO job_records "
-                "(id, service, status, created_at, outputs, webhook, client, seed, input_summary) "
-                "VALUES (?, ?, ?, ?, '[]', ?, ?, ?, ?)",
+                "(id, service, status, created_at, outputs, webhook, client, seed, input_summary, model) "
+                "VALUES (?, ?, ?, ?, '[]', ?, ?, ?, ?, ?)",
                 (
                     job.id,
                     service,
@@ -197,6 +206,7 @@ class SQLiteJobStore:
                     client,
                     job.seed,
                     json.dumps(job.input_summary),
+                    model,
                 ),
             )
             db.execute("INSERT INTO job_inputs (id, input) VALUES (?, ?)", (job.id, json.dumps(job_input)))

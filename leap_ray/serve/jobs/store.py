@@ -79,6 +79,7 @@ class Job:
     client: str = ""  # who created it: an API key's id ("" without keys); only they see it
     seed: int | None = None  # the seed fixed at submission (the input itself is dropped when done)
     input_summary: dict[str, Any] | None = None  # the input `summarised`, kept with the record
+    model: str = ""  # the Replicate model a prediction named (e.g. stability-ai/sdxl); "": the service's
 
     @property
     def public_id(self) -> str:
@@ -93,10 +94,15 @@ class Job:
         webhook: WebhookSpec | None,
         job_id: str | None,
         client: str,
+        model: str = "",
+        shown_input: dict[str, Any] | None = None,
     ) -> "Job":
-        """A job just submitted: queued, its id the client's (kept per client) or a fresh one."""
+        """A job just submitted: queued, its id the client's (kept per client) or a fresh one. Its
+        record shows `shown_input` (the input as a public model's client wrote it, with the seed fixed)
+        or else the input itself, summarised."""
         job_id = scoped_id(job_id, client) if job_id else uuid.uuid4().hex
-        seed, summary = job_input.get("seed"), summarised(job_input)
+        seed = job_input.get("seed")
+        summary = summarised(job_input if shown_input is None else {**shown_input, "seed": seed})
         return cls(
             job_id,
             service,
@@ -106,6 +112,7 @@ class Job:
             client=client,
             seed=seed,
             input_summary=summary,
+            model=model,
         )
 
 
@@ -161,6 +168,8 @@ class JobStore(Protocol):
         job_id: str | None = None,
         client: str = "",
         max_queued_per_client: int | None = None,
+        model: str = "",
+        shown_input: dict[str, Any] | None = None,
     ) -> Job: ...
     def get(self, job_id: str) -> Job | None: ...
     def input(self, job_id: str) -> dict[str, Any] | None: ...

@@ -417,3 +417,13 @@ def test_a_job_queued_without_a_turn_is_claimed_after_a_repair_on_sqlite(tmp_pat
     assert store.claim("r", 30) is None
     store.repair()
     assert store.claim("r", 30).id == job.id
+
+
+def test_a_job_keeps_the_model_and_input_its_client_named_beside_the_input_it_runs(reopen):
+    shown = {"prompt": "a", "num_outputs": 2, "image": "x" * 1000}
+    job = reopen().create("sdxl", {"prompt": "a", "seed": 4}, model="stability-ai/sdxl", shown_input=shown)
+    again = reopen().get(job.id)
+    assert again.model == "stability-ai/sdxl" and reopen().input(job.id) == {"prompt": "a", "seed": 4}
+    assert again.input_summary["num_outputs"] == 2 and again.input_summary["seed"] == 4
+    assert len(again.input_summary["image"]) < 1000  # summarised as any input is
+    assert reopen().get(reopen().create("sdxl", {}).id).model == ""
