@@ -30,6 +30,10 @@ from leap_ray.errors import LeapRayError
 # call would fail on them: 512×64, say), which are left unmarked here.
 WATERMARK_MIN_WIDTH = 256
 WATERMARK_MIN_PIXELS = 256 * 256
+# invisible-watermark declares opencv-python (the GUI build, needing libGL) and torch: it is installed
+# without them (the serve extra has opencv-python-headless and PyWavelets, what it imports). The
+# Makefile, the README's install commands and the GPU check's wheels install this version.
+INSTALL_WATERMARK = "pip install --no-deps invisible-watermark==0.2.0"
 
 
 def sdxl_watermarker(watermark: bool) -> Any:
@@ -39,8 +43,10 @@ def sdxl_watermarker(watermark: bool) -> Any:
         return None
     if not is_invisible_watermark_available():
         raise ValueError(
-            "the SDXL watermark needs the invisible-watermark package (module imwatermark; `make install` "
-            "installs it): install it, or set the engine's watermark: false"
+            "SDXL's invisible watermark is on (the default) but the invisible-watermark package (module "
+            f"imwatermark) is not installed: run `{INSTALL_WATERMARK}` where the replicas run (after "
+            "`pip install '.[serve]'`; `make install` does both), or turn the watermark off with "
+            "`engine_kwargs: {watermark: false}` on `sdxl` and `refiner` in the config"
         )
     from diffusers.pipelines.stable_diffusion_xl.watermark import StableDiffusionXLWatermarker
 

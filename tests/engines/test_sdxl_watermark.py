@@ -2,12 +2,15 @@
 mark their images where invisible-watermark is installed), off per request (`apply_watermark`) or for
 the whole engine (`watermark=False`); a marked image carries diffusers' 48 bits."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from diffusers.pipelines.stable_diffusion_xl.watermark import WATERMARK_BITS
 from imwatermark import WatermarkDecoder
 
 from leap_ray.api.sdxl import SDXLRequest
+from leap_ray.engines import sdxl_decode
 from leap_ray.engines.contract import generate
 from leap_ray.engines.sdxl import SDXLEngine
 from leap_ray.engines.sdxl_decode import watermarkable
@@ -56,3 +59,24 @@ def test_an_engine_with_the_watermark_off_marks_no_image(tiny_models, reference)
 )
 def test_only_images_at_least_256_wide_and_of_256_squared_pixels_are_marked(height, width, marked):
     assert watermarkable(height, width) is marked
+
+
+def test_a_replica_without_invisible_watermark_fails_its_start_with_the_install_command(monkeypatch):
+    monkeypatch.setattr(sdxl_decode, "is_invisible_watermark_available", lambda: False)
+    with pytest.raises(ValueError) as error:
+        sdxl_decode.sdxl_watermarker(True)
+    assert "pip install --no-deps invisible-watermark==0.2.0" in str(error.value)
+    assert "engine_kwargs: {watermark: false}" in str(error.value)
+    assert sdxl_decode.sdxl_watermarker(False) is None  # the watermark off needs no package
+
+
+def test_every_documented_install_installs_the_watermark_package():
+    """Wherever the README installs the service (`pip install '.[serve]'` or `make install`), the
+    watermark package comes too: the Makefile and the GPU check's wheels pin the same version."""
+    root = Path(__file__).parents[2]
+    readme = (root / "README.md").read_text()
+    serve_installs = [line for line in readme.splitlines() if "pip install '.[serve]'" in line]
+    assert serve_installs and all(sdxl_decode.INSTALL_WATERMARK in line for line in serve_installs)
+    pin = sdxl_decode.INSTALL_WATERMARK.split()[-1]
+    assert f"--no-deps {pin}" in (root / "Makefile").read_text()
+    assert pin in (root / "requirements" / "gpu-check-wheels.txt").read_text().splitlines()
