@@ -5,20 +5,33 @@ output signed with a manifest that says leap_ray made it (claim generator), by a
 The operator's signer (`leap_ray.config.ContentCredentialsSettings`) is loaded when a model replica
 starts, and proved there: a test image is signed and its manifest read back and validated, so a
 missing file, a key that is not the certificate's or a chain c2pa refuses stops the replica with an
-error naming the setting, rather than failing requests. Signing blocks (hashing the file, a
-time-stamp authority's round trip): it runs where encoding runs, off the event loop (ModelShim)."""
+error naming the setting, rather than failing requests. A self-signed signing certificate is refused
+there too: validators show its signatures as untrusted, whatever the file says.
+
+Signing blocks (hashing the file, a time-stamp authority's round trip): it runs where encoding runs,
+off the event loop (ModelShim). When the time-stamp authority fails (down, unreachable, refusing), the
+output is signed without a time stamp rather than lost after its GPU work: a warning is logged and
+`leap_ray_c2pa_unstamped_total` counted. Messages never carry a URL (the authority's may hold a
+credential): c2pa's are cleaned (`sanitised`)."""
 
 import io
+import logging
+import re
 import threading
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import c2pa
+from cryptography import x509  # c2pa-python's own dependency
+from cryptography.exceptions import InvalidSignature
 from PIL import Image
 
 from leap_ray.api.marks import SOFTWARE
 from leap_ray.config import ContentCredentialsSettings
+from leap_ray.serve import metrics
+
+logger = logging.getLogger(__name__)
 
 # IPTC's digital source type for media a trained model generated (C2PA's term for generative AI).
 TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
@@ -38,23 +51,46 @@ class ContentCredentials:
         setting at fault."""
         chain = _read(settings.certificate_chain_file, "certificate_chain_file")
         key = _read(settings.private_key_file, "private_key_file")
+        _refuse_self_signed(chain)
         try:
             info = c2pa.C2paSignerInfo(settings.algorithm, chain, key, settings.timestamp_url)
             self._signer = c2pa.Signer.from_info(info)
+            # The same signer without the time stamp: what signs while the authority fails.
+            unstamped = c2pa.C2paSignerInfo(settings.algorithm, chain, key, None)
+            self._unstamped = c2pa.Signer.from_info(unstamped) if settings.timestamp_url else None
             self._context = c2pa.Context(c2pa.Settings.from_dict(_BUILDER_SETTINGS))
         except c2pa.C2paError as error:
-            raise ValueError(f"{SETTING}: c2pa refuses the signer: {error}") from None
+            raise ValueError(f"{SETTING}: c2pa refuses the signer: {sanitised(error)}") from None
         self._lock = threading.Lock()  # one signature at a time on the native signer
         self._prove()
 
     def sign(self, data: bytes, content_type: str, model: str, refiner: str | None = None) -> bytes:
         """The output with a manifest naming `model` (and the `refiner` that finished it) embedded;
-        as it was for a format that cannot carry one (OGG)."""
+        as it was for a format that cannot carry one (OGG). Without a time stamp when the time-stamp
+        authority fails (logged and counted); raises ValueError (its message without URLs) when even
+        that signature fails."""
         if content_type not in SIGNABLE:
             return data
+        try:
+            return self._signed(self._signer, data, content_type, model, refiner)
+        except c2pa.C2paError as error:
+            if self._unstamped is None:
+                raise ValueError(f"C2PA signing failed: {sanitised(error)}") from None
+            stamp_error = sanitised(error)
+        try:
+            signed = self._signed(self._unstamped, data, content_type, model, refiner)
+        except c2pa.C2paError as error:
+            raise ValueError(f"C2PA signing failed: {sanitised(error)}") from None
+        logger.warning(
+            "signed an output without a time stamp: the time-stamp authority failed (%s)", stamp_error
+        )
+        metrics.unstamped_signatures().inc()
+        return signed
+
+    def _signed(self, signer: Any, data: bytes, content_type: str, model: str, refiner: str | None) -> bytes:
         signed = io.BytesIO()
         with self._lock, c2pa.Builder(manifest(model, refiner), context=self._context) as builder:
-            builder.sign(self._signer, content_type, io.BytesIO(data), signed)
+            builder.sign(signer, content_type, io.BytesIO(data), signed)
         return signed.getvalue()
 
     def _prove(self) -> None:
@@ -66,8 +102,8 @@ class ContentCredentials:
             with c2pa.Reader("image/png", io.BytesIO(signed)) as reader:
                 state = reader.get_validation_state()
                 failures = (reader.get_validation_results() or {}).get("activeManifest", {}).get("failure")
-        except c2pa.C2paError as error:
-            raise ValueError(f"{SETTING}: a test signature failed: {error}") from None
+        except (c2pa.C2paError, ValueError) as error:
+            raise ValueError(f"{SETTING}: a test signature failed: {sanitised(error)}") from None
         if state not in ("Valid", "Trusted"):
             codes = ", ".join(failure.get("code", "?") for failure in failures or [])
             raise ValueError(f"{SETTING}: a test signature does not validate ({state}: {codes})")
@@ -93,3 +129,29 @@ def _read(path: str, field: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as error:
         raise ValueError(f"{SETTING}.{field}: cannot read {path!r}: {error}") from None
+
+
+def sanitised(error: Exception) -> str:
+    """An error's text without URLs (a time-stamp authority's may carry a credential or an internal
+    host): each becomes `<url>`."""
+    return re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s)\]'\"]*", "<url>", str(error))
+
+
+def _refuse_self_signed(chain: bytes) -> None:
+    """Raises ValueError naming the chain setting when its first certificate signed itself: c2pa
+    signs with it, but validators show every such signature as untrusted (no CA of theirs issued it)."""
+    try:
+        certificate = x509.load_pem_x509_certificates(chain)[0]
+    except ValueError:
+        return  # not PEM certificates: c2pa's own check names what is wrong
+    if certificate.issuer != certificate.subject:
+        return
+    try:
+        certificate.verify_directly_issued_by(certificate)
+    except (ValueError, TypeError, InvalidSignature):
+        return
+    raise ValueError(
+        f"{SETTING}.certificate_chain_file: the signing certificate is self-signed; C2PA validators show "
+        "its signatures as untrusted. Use an end-entity certificate issued by a CA (a CA of your own "
+        "works where readers trust it)"
+    )

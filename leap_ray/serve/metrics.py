@@ -97,3 +97,12 @@ def webhook_deliveries() -> Counter:
         description="Webhook deliveries by outcome: delivered, or failed after every attempt.",
         tag_keys=("outcome",),
     )
+
+
+@cache
+def unstamped_signatures() -> Counter:
+    return Counter(
+        "leap_ray_c2pa_unstamped_total",
+        description="Outputs signed with C2PA content credentials but no time stamp: the time-stamp "
+        "authority failed.",
+    )

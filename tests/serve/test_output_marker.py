@@ -25,6 +25,7 @@ from leap_ray.api.musicgen import MusicGenRequest
 from leap_ray.api.sdxl import SDXLRequest
 from leap_ray.config import AppConfig, ContentCredentialsSettings, ModelSettings, OutputSettings
 from leap_ray.engines.results import MusicGenResult, SDXLResult
+from leap_ray.serve import credentials
 from leap_ray.serve.credentials import TRAINED_ALGORITHMIC_MEDIA, ContentCredentials
 from leap_ray.serve.model_shim import ModelShim
 from leap_ray.serve.outputs import OutputMarker, encode_images, encode_track
@@ -323,3 +324,66 @@ def test_the_operator_names_a_model_in_outputs():
     settings = OutputSettings(model_names={"/srv/models/private-finetune": "acme-sdxl-v2"})
     assert OutputMarker("/srv/models/private-finetune", settings).model == "acme-sdxl-v2"
     assert AppConfig.model_validate({"outputs": {"model_names": {"acme/secret": "ours"}}}).outputs.model_names
+
+
+@pytest.fixture(scope="module")
+def self_signed_files(tmp_path_factory) -> dict[str, Path]:
+    """An end-entity certificate (digitalSignature, emailProtection) that signed itself, and its key."""
+    folder = tmp_path_factory.mktemp("self-signed")
+    key = ec.generate_private_key(ec.SECP256R1())
+    usage = [ExtendedKeyUsageOID.EMAIL_PROTECTION]
+    leaf = _certificate(
+        "leap_ray self-signed", key, _name("leap_ray self-signed"), key, ca=False, usage=usage
+    )
+    (folder / "chain.pem").write_bytes(_pem(leaf))
+    (folder / "key.pem").write_bytes(_key_pem(key))
+    return {"chain": folder / "chain.pem", "key": folder / "key.pem"}
+
+
+def test_a_self_signed_certificate_stops_the_start_naming_the_chain(self_signed_files):
+    with pytest.raises(
+        ValueError, match=r"outputs.content_credentials.certificate_chain_file: .*self-signed"
+    ):
+        OutputMarker("tiny:sdxl", OutputSettings(content_credentials=signer(self_signed_files)))
+
+
+DOWN_TSA = "http://user:secret@127.0.0.1:9/stamp"  # the discard port: nothing answers
+
+
+class Count:
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, value: float = 1.0, tags: dict | None = None) -> None:
+        self.value += value
+
+
+def test_a_time_stamp_authority_down_signs_without_a_time_stamp_logged_and_counted(
+    signer_files, monkeypatch, caplog
+):
+    count = Count()
+    monkeypatch.setattr(credentials.metrics, "unstamped_signatures", lambda: count)
+    settings = OutputSettings(content_credentials=signer(signer_files, timestamp_url=DOWN_TSA))
+    marker = OutputMarker("tiny:sdxl", settings)  # the start too: a TSA outage stops no replica
+    request = SDXLRequest(prompt="a", seed=1, **SMALL)
+    (image,) = encode_images(request, sdxl_result([1]), marker).images
+    state, manifest = credentials_of(image, "image/png", signer_files)
+    assert state == "Trusted" and created_action(manifest)["parameters"] == {"model": "tiny:sdxl"}
+    assert count.value == 2  # the start-up check's signature and the output's
+    warnings = [record.getMessage() for record in caplog.records if "time stamp" in record.getMessage()]
+    assert warnings and not any("127.0.0.1" in text or "secret" in text for text in warnings)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "error sending request for url (http://127.0.0.1:9/)",
+        "tsa https://user:secret@tsa.example.com/path?key=abc failed",
+        "'http://h/x' refused",
+    ],
+)
+def test_errors_are_told_without_urls(text):
+    cleaned = credentials.sanitised(RuntimeError(text))
+    assert (
+        "<url>" in cleaned and "://" not in cleaned and "secret" not in cleaned and "127.0.0.1" not in cleaned
+    )
