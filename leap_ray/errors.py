@@ -1,6 +1,7 @@
 """Typed errors. Each carries the HTTP status and error type it maps to; the mapping to a response
 body happens in one place (`leap_ray.serve.errors`)."""
 
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -134,6 +135,23 @@ class ModelError(LeapRayError):
     status_code = 503
     error_type = "model_error"
     default_code = "model_error"
+
+
+def name_field(error: LeapRayError, names: Mapping[str, str], prefix: str = "") -> None:
+    """An error about one of our fields renamed to the field another API's clients gave (`names`:
+    ours to theirs), in its `param` (keeping a leading `prefix` such as a job's "input.") and at the
+    head of its message (pydantic's "field: why" or "field.0.part: why": their field has no parts, so
+    the whole head becomes it). Other errors are left as they are."""
+    if error.param is None:
+        return
+    kept = prefix if prefix and error.param.startswith(prefix) else ""
+    ours = error.param.removeprefix(kept).partition(".")[0]
+    if (theirs := names.get(ours)) is None:
+        return
+    error.param = f"{kept}{theirs}"
+    head, colon, rest = error.message.partition(": ")
+    if colon and head.removeprefix(kept).partition(".")[0] == ours:
+        error.message = f"{theirs}: {rest}"
 
 
 def _most_relevant(errors: list[dict]) -> dict:

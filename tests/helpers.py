@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -36,11 +37,13 @@ from leap_ray.api.progress import AudioProgress, Progress, StepProgress
 from leap_ray.api.sdxl import SDXLModelSpec, SDXLOutput, SDXLRequest
 from leap_ray.config import LIMITS, IngressSettings, JobsSettings, UploadLimits
 from leap_ray.engines.contract import RunningBatch
+from leap_ray.engines.results import SDXLResult
 from leap_ray.engines.sdxl_pipelines import SCHEDULER_CLASSES, WORKFLOW_PIPELINES
 from leap_ray.errors import InvalidRequest, invalid_request_from
 from leap_ray.serve.gateway import ModelGateway
 from leap_ray.serve.ingress import build_http_app
 from leap_ray.serve.jobs.service import Jobs
+from leap_ray.serve.outputs import OutputMarker
 from leap_ray.testing.simulated import simulated_track
 
 BUCKET = "leap-outputs"  # the bucket the tests' moto server (conftest's s3_endpoint) starts with
@@ -251,13 +254,15 @@ class StubGateway(ModelGateway):
     """The real gateway's validation, model checks and seed rule (`prepare` is the real one), with the
     tiny models' facts (`SPECS`) and `stub_output`s. `generated` records every request that reached the
     model side, as the route made it; each model call takes `hold_s` (a job to cancel must run);
-    `audio_always` streams a track's audio even without `stream` (a model that ignores it)."""
+    `audio_always` streams a track's audio even without `stream` (a model that ignores it); with a
+    `marker`, images are encoded as a model deployment's are, carrying their marks."""
 
     def __init__(self, settings: IngressSettings) -> None:
         super().__init__({}, settings)
         self.generated: list[SDXLRequest | MusicGenRequest] = []
         self.hold_s = 0.0
         self.audio_always = False
+        self.marker: OutputMarker | None = None
 
     async def _spec(self, service: str) -> object:
         return SPECS[service]
@@ -265,7 +270,12 @@ class StubGateway(ModelGateway):
     async def generate(self, service: str, request: Any) -> SDXLOutput | MusicGenOutput:
         self.generated.append(request)
         await asyncio.sleep(self.hold_s)
-        return stub_output(request)
+        output = stub_output(request)
+        if self.marker is not None and isinstance(output, SDXLOutput):
+            grey = [np.asarray(Image.open(io.BytesIO(image)).convert("RGB")) / 255 for image in output.images]
+            result = SDXLResult(images=grey, seeds=output.seeds, timings={}, batch_size=output.batch_size)
+            output.images = self.marker.images(request, result)
+        return output
 
     async def events(
         self, service: str, request: Any
@@ -486,3 +496,20 @@ def pcm_samples(pcm: bytes) -> np.ndarray:
 def wav_samples(data: bytes) -> np.ndarray:
     """An encoded track's samples as int16 (a WAV holds them as they are)."""
     return soundfile.read(io.BytesIO(data), dtype="int16")[0]
+
+
+def base64_on_loop(monkeypatch: pytest.MonkeyPatch, module: Any) -> list[bool]:
+    """Spies on a module's base64 encoding: for each call, whether it ran on an event loop's thread
+    (a route that renders images as base64 there blocks every other client)."""
+    on_loop: list[bool] = []
+
+    def b64encode(data: bytes) -> bytes:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return base64.b64encode(data)
+
+    monkeypatch.setattr(module, "base64", SimpleNamespace(b64encode=b64encode))
+    return on_loop

@@ -8,8 +8,11 @@ onto ours (prompt, seed, steps, cfg_scale, sizes, sampler, batch, init image and
 send_images), or inert: accepted at the values that change nothing (A1111's and webuiapi's defaults
 and their "off"), refused with a 422 naming it otherwise (`INERT`)."""
 
+import io
 import json
+import math
 import re
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -17,10 +20,11 @@ from PIL import Image, ImageFilter, ImageOps
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from leap_ray.api.images import PendingImage, UploadedImage, open_image
-from leap_ray.api.infotext import SAMPLER_NAMES, infotext
+from leap_ray.api.infotext import SAMPLER_NAMES
+from leap_ray.api.marks import PARAMETERS_KEY, read_marks
 from leap_ray.api.sdxl import SDXLRequest
 from leap_ray.config import LIMITS
-from leap_ray.errors import InvalidRequest
+from leap_ray.errors import InvalidRequest, LeapRayError, name_field
 
 MODEL_TITLE = "sdxl"  # the one checkpoint /sdapi/v1/sd-models lists
 
@@ -213,10 +217,13 @@ def lora_tags(prompt: str) -> tuple[str, list[dict[str, Any]]]:
     loras = []
     for name, scale in _LORA_TAG.findall(prompt):
         try:
-            loras.append({"name": name, "scale": float(scale) if scale else 1.0})
+            value = float(scale) if scale else 1.0
         except ValueError:
-            message = f"prompt: <lora:{name}:{scale}> has no number for a scale"
-            raise InvalidRequest(message, param="prompt") from None
+            value = math.nan
+        if not math.isfinite(value):
+            message = f"prompt: <lora:{name}:{scale}> has no finite number for a scale"
+            raise InvalidRequest(message, param="prompt")
+        loras.append({"name": name, "scale": value})
     return _LORA_TAG.sub("", prompt), loras
 
 
@@ -389,24 +396,12 @@ class InpaintMask(PendingImage):
         return _resized(mask, self.target, self.resize_mode).convert(mode)
 
 
-def a1111_infotext(body: A1111Fields, seed: int, strength: float | None) -> str:
-    """An image's generation parameters as A1111 writes them (its infotext)."""
-    pairs = {
-        "Steps": body.steps if body.steps is not None else 50,
-        "Sampler": body.sampler().name,
-        "Schedule type": "Automatic",
-        "CFG scale": body.cfg_scale if body.cfg_scale is not None else 7.0,
-        "Seed": seed,
-        "Size": f"{body.width or 512}x{body.height or 512}",
-        "Model": MODEL_TITLE,
-        "Denoising strength": strength,
-        "Version": "leap_ray",
-    }
-    return infotext(body.prompt or "", body.negative_prompt or "", pairs)
-
-
-def a1111_info(body: A1111Fields, request: SDXLRequest, seeds: list[int]) -> str:
-    """The answer's `info`: a JSON string, as A1111's `Processed.js()`, of what was run."""
+def a1111_info(
+    body: A1111Fields, request: SDXLRequest, seeds: list[int], infotexts: list[str], started: float
+) -> str:
+    """The answer's `info`: a JSON string, as A1111's `Processed.js()`, of what was run: the SDXL
+    request (`SDXLRequest.as_written`), its images' seeds and infotexts (`infotexts_of`), and when it
+    started (`time.time()`). What we have no value for is null (a hash, a VAE's name) or -1."""
     strength = request.effective_strength() if request.image is not None else None
     prompts, negatives = [body.prompt or ""] * len(seeds), [body.negative_prompt or ""] * len(seeds)
     info = {
@@ -426,17 +421,49 @@ def a1111_info(body: A1111Fields, request: SDXLRequest, seeds: list[int]) -> str
         "steps": request.num_inference_steps,
         "batch_size": body.batch_size or 1,
         "restore_faces": False,
+        "face_restoration_model": None,
         "sd_model_name": MODEL_TITLE,
+        "sd_model_hash": None,
+        "sd_vae_name": None,
+        "sd_vae_hash": None,
+        "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1,
         "denoising_strength": strength,
         "extra_generation_params": {},
         "index_of_first_image": 0,
-        "infotexts": [a1111_infotext(body, seed, strength) for seed in seeds],
+        "infotexts": infotexts,
         "styles": [],
+        "job_timestamp": job_timestamp(started),
         "clip_skip": 1,
         "is_using_inpainting_conditioning": request.workflow == "inpaint",
         "version": "leap_ray",
     }
     return json.dumps(info)
+
+
+def job_timestamp(started: float) -> str:
+    """A time as A1111 writes a job's start (`state.job_timestamp`): local time, YYYYmmddHHMMSS."""
+    return time.strftime("%Y%m%d%H%M%S", time.localtime(started))
+
+
+def infotexts_of(request: SDXLRequest, images: list[bytes], seeds: list[int]) -> list[str]:
+    """Each image's infotext as its file carries it (`SDXLRequest.output_marks`, the one writer),
+    read back from its `parameters` chunk; where the operator keeps parameters out of files, what
+    the same writer gives, naming the model by its title here."""
+    if not images:
+        return []
+    written = [_parameters_of(image) for image in images]
+    if all(text is not None for text in written):
+        return written  # type: ignore[return-value]
+    return [marks.parameters for marks in request.output_marks(seeds, MODEL_TITLE)]
+
+
+def _parameters_of(image: bytes) -> str | None:
+    """An image's `parameters` text: from the chunks before a PNG's pixels, where ours are (no decode:
+    ~0.1 ms, not ~30 ms for 1024 × 1024), else wherever `read_marks` finds it."""
+    with Image.open(io.BytesIO(image)) as opened:
+        text = opened.info.get(PARAMETERS_KEY) if opened.format == "PNG" else None
+    return text if isinstance(text, str) else read_marks(image).get(PARAMETERS_KEY)
 
 
 # SDXL's fields as A1111 names them, for the `param` of an error.
@@ -450,3 +477,30 @@ A1111_PARAMS = {
     "scheduler": "sampler_name",
     "loras": "prompt",
 }
+
+
+def a1111_error(error: LeapRayError, body: A1111Fields) -> LeapRayError:
+    """An error of the SDXL request told in A1111's fields: named in `param` and at the head of its
+    message (`A1111_PARAMS`); an adapter's value quotes its tag in the prompt, and too many images
+    says what batch_size × n_iter came to."""
+    ours, head = error.param, error.message.partition(": ")[0]
+    name_field(error, A1111_PARAMS)
+    if ours in A1111_PARAMS and not error.message.startswith(f"{error.param}: "):
+        error.message = f"{error.param}: {error.message}"  # a model check's message names no field
+    if ours == "loras" and (tag := _tag_of(head, body.prompt or "")) is not None:
+        part = head.split(".")[2]
+        error.message = error.message.replace("prompt: ", f"prompt: {tag} {part}: ", 1)
+    if ours == "num_images_per_prompt" and (body.n_iter or 1) > 1:
+        batch_size, n_iter = body.batch_size or 1, body.n_iter or 1
+        images = f"{batch_size} × {n_iter} = {batch_size * n_iter}"
+        error.message += f" (the images in all: batch_size × n_iter = {images})"
+    return error
+
+
+def _tag_of(head: str, prompt: str) -> str | None:
+    """The prompt's `<lora:...>` tag that an error's "loras.N.part" is about."""
+    parts = head.split(".")
+    if len(parts) != 3 or parts[0] != "loras" or not parts[1].isdigit():
+        return None
+    tags = [match.group(0) for match in _LORA_TAG.finditer(prompt)]
+    return tags[int(parts[1])] if int(parts[1]) < len(tags) else None

@@ -45,6 +45,7 @@ class SDXLRequest(SDXLFields):
     # A part of a split request (`split`): the record of the client's request (with the seed it ran
     # with) and the part's first image in it, which its outputs' records name.
     _whole: tuple[dict[str, Any], int] | None = PrivateAttr(None)
+    _prompt_as_written: str | None = PrivateAttr(None)  # see `as_written`
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "SDXLRequest":
@@ -146,9 +147,22 @@ class SDXLRequest(SDXLFields):
             for index, seed in enumerate(seeds)
         ]
 
+    def as_written(self, prompt: str) -> "SDXLRequest":
+        """This request, its images' parameters naming `prompt` as a client wrote it (an A1111 prompt,
+        its `<lora:NAME:SCALE>` tags where they were) instead of our prompt with its adapters' tags
+        after it; the same request when the two agree."""
+        written = self.model_copy()
+        written._prompt_as_written = None if prompt == self._infotext_prompt(0) else prompt
+        return written
+
+    def _infotext_prompt(self, prompt_index: int) -> str:
+        if self._prompt_as_written is not None:
+            return self._prompt_as_written
+        adapters = "".join(f" <lora:{name}:{scale:g}>" for name, scale in self.lora_scales())
+        return self._text("prompt", prompt_index) + adapters
+
     def _infotext(self, index: int, seed: int, model: str, refiner: str | None) -> str:
         prompt_index = index // self.num_images_per_prompt
-        adapters = "".join(f" <lora:{name}:{scale:g}>" for name, scale in self.lora_scales())
         pairs = {
             "Steps": self.num_inference_steps,
             "Sampler": SAMPLER_NAMES.get(self.scheduler or ""),  # the model's own: not named
@@ -161,7 +175,7 @@ class SDXLRequest(SDXLFields):
             "Refiner": refiner,
             "Refiner switch at": self.refiner_kwargs()["denoising_start"] if refiner else None,
         }
-        prompt = self._text("prompt", prompt_index) + adapters
+        prompt = self._infotext_prompt(prompt_index)
         return infotext(prompt, self._text("negative_prompt", prompt_index), pairs)
 
     def _text(self, name: str, prompt_index: int) -> str:
@@ -204,7 +218,10 @@ class SDXLRequest(SDXLFields):
         # model_construct: the fields are this request's, validated, and the part is built with its
         # private state rather than having it written in afterwards.
         return type(self).model_construct(
-            self.model_fields_set | update.keys(), **(dict(self) | update), _image_encoding_seed=encoding_seed
+            self.model_fields_set | update.keys(),
+            **(dict(self) | update),
+            _image_encoding_seed=encoding_seed,
+            _prompt_as_written=self._prompt_as_written,
         )
 
     @property

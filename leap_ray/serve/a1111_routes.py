@@ -3,18 +3,18 @@ the read-only endpoints its clients probe (options, models, samplers, schedulers
 that `webuiapi` and the tools built on it work unchanged. A thin adapter: the request becomes an SDXL
 request, which the gateway validates and runs as /v1/sdxl's."""
 
+import asyncio
 import base64
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Annotated, Any
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from leap_ray.api.a1111 import (
-    A1111_PARAMS,
     MODEL_TITLE,
     OPTIONS,
     SAMPLERS,
@@ -22,14 +22,19 @@ from leap_ray.api.a1111 import (
     A1111Fields,
     A1111Img2ImgRequest,
     A1111Txt2ImgRequest,
+    a1111_error,
     a1111_info,
+    infotexts_of,
+    job_timestamp,
     options_error,
 )
+from leap_ray.api.sdxl import SDXLOutput, SDXLRequest, seeds_for
 from leap_ray.config import LIMITS
 from leap_ray.errors import InvalidRequest, LeapRayError
 from leap_ray.serve.bodies import load_json, read_body
 from leap_ray.serve.errors import as_leap_error
 from leap_ray.serve.gateway import ModelGateway
+from leap_ray.serve.middleware import client_of
 from leap_ray.serve.routes import ERROR_RESPONSES, json_body
 
 OBJECT_BODY = {
@@ -38,43 +43,72 @@ OBJECT_BODY = {
         "content": {"application/json": {"schema": {"type": "object", "description": "Options to set."}}},
     }
 }
+T = TypeVar("T")
 
 
-def _as_a1111(error: Exception) -> LeapRayError:
-    """An error of the SDXL request, its field put back into A1111's name."""
-    error = as_leap_error(error)
-    if error.param is not None:
-        error.param = A1111_PARAMS.get(error.param, error.param)
-    return error
+def _as_a1111(error: Exception, body: A1111Fields) -> LeapRayError:
+    """An error of the SDXL request, told in A1111's fields (`a1111_error`)."""
+    return a1111_error(as_leap_error(error), body)
+
+
+@dataclass
+class ClientRuns:
+    """One client's A1111 generations running here: their tasks, and the latest one's job and start."""
+
+    tasks: set[asyncio.Future] = field(default_factory=set)
+    job: str = ""
+    since: float = 0.0
 
 
 class Running:
-    """The A1111 generations this ingress replica is running, for /sdapi/v1/progress."""
+    """The A1111 generations this ingress replica is running, by client (`client_of`: an API key's
+    id; None, an admin key, sees and stops everyone's), for /sdapi/v1/progress and /interrupt."""
 
     def __init__(self) -> None:
-        self.count = 0
-        self.job = ""
-        self.since = 0.0
+        self.clients: dict[str | None, ClientRuns] = {}
 
-    @contextmanager
-    def one(self, job: str) -> Iterator[None]:
-        self.count += 1
-        self.job, self.since = job, time.time()
+    async def run(self, client: str | None, job: str, call: Awaitable[T]) -> T | None:
+        """The call's result, or None when its client interrupted it (`interrupt`)."""
+        runs = self.clients.setdefault(client, ClientRuns())
+        task = asyncio.ensure_future(call)
+        runs.tasks.add(task)
+        runs.job, runs.since = job, time.time()
         try:
-            yield
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and current is not None and not current.cancelling():
+                return None  # interrupted; not this request's own cancellation (its client gone)
+            raise
         finally:
-            self.count -= 1
+            runs.tasks.discard(task)
+            if not runs.tasks and self.clients.get(client) is runs:
+                del self.clients[client]
 
-    def progress(self) -> dict[str, Any]:
-        """A1111's progress answer: idle, or how many generations run here (steps are not tracked)."""
-        busy = self.count > 0
+    def _of(self, client: str | None) -> list[ClientRuns]:
+        return [runs for owner, runs in self.clients.items() if client is None or owner == client]
+
+    def interrupt(self, client: str | None) -> int:
+        """Cancels the client's generations (the gateway tells the model, which stops at its next
+        step); how many."""
+        tasks = [task for runs in self._of(client) for task in runs.tasks]
+        for task in tasks:
+            task.cancel()
+        return len(tasks)
+
+    def progress(self, client: str | None) -> dict[str, Any]:
+        """A1111's progress answer for a client: idle, or how many of its generations run here (steps
+        are not tracked)."""
+        runs = self._of(client)
+        count = sum(len(each.tasks) for each in runs)
+        latest = max(runs, key=lambda each: each.since, default=None)
         state = {
             "skipped": False,
             "interrupted": False,
             "stopping_generation": False,
-            "job": self.job if busy else "",
-            "job_count": self.count,
-            "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(self.since)) if busy else "0",
+            "job": latest.job if latest else "",
+            "job_count": count,
+            "job_timestamp": job_timestamp(latest.since) if latest else "0",
             "job_no": 0,
             "sampling_step": 0,
             "sampling_steps": 0,
@@ -82,20 +116,31 @@ class Running:
         return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}
 
 
-async def _generate(gateway: ModelGateway, running: Running, body: A1111Fields, job: str) -> JSONResponse:
-    """An A1111 generation: its SDXL request run, answered in A1111's shape."""
+async def _generate(
+    gateway: ModelGateway, running: Running, body: A1111Fields, job: str, request: Request
+) -> JSONResponse:
+    """An A1111 generation: its SDXL request run, answered in A1111's shape. Interrupted, it answers
+    as A1111 does with the images made so far: none here (a request's images come at its end)."""
     sdxl_input = await run_in_threadpool(body.sdxl_input)  # opens the uploads (A1111's own names)
+    started = time.time()
     try:
-        prepared = await gateway.prepare("sdxl", sdxl_input)
-        with running.one(job):
-            output = await gateway.generate("sdxl", prepared)
+        prepared = (await gateway.prepare("sdxl", sdxl_input)).as_written(body.prompt or "")
+        output = await running.run(client_of(request.scope), job, gateway.generate("sdxl", prepared))
     except Exception as error:
-        raise _as_a1111(error) from None
-    images = (
-        [base64.b64encode(image).decode() for image in output.images] if body.send_images is not False else []
-    )
-    info = a1111_info(body, prepared, output.seeds)
-    return JSONResponse({"images": images, "parameters": body.parameters(), "info": info})
+        raise _as_a1111(error, body) from None
+    return await run_in_threadpool(_answer, body, prepared, output, started)
+
+
+def _answer(
+    body: A1111Fields, request: SDXLRequest, output: SDXLOutput | None, started: float
+) -> JSONResponse:
+    """The answer, rendered (base64 of up to LIMITS' images, a JSON of megabytes): in a thread."""
+    images = output.images if output is not None else []
+    seeds = output.seeds if output is not None else seeds_for(request, request.seed)
+    infotexts = infotexts_of(request, images, seeds[: len(images)])
+    info = a1111_info(body, request, seeds, infotexts, started)
+    sent = [base64.b64encode(image).decode() for image in images] if body.send_images is not False else []
+    return JSONResponse({"images": sent, "parameters": body.parameters(), "info": info})
 
 
 def a1111_routes(gateway: ModelGateway) -> APIRouter:
@@ -109,7 +154,7 @@ def a1111_routes(gateway: ModelGateway) -> APIRouter:
         """A1111's txt2img: `{images: [base64 PNG], parameters, info}` where `info` is a JSON string
         with `seed`, `all_seeds` (image j: seed + j) and `infotexts`."""
         body = await read_body(request, A1111Txt2ImgRequest)
-        return await _generate(gateway, running, body, "txt2img")
+        return await _generate(gateway, running, body, "txt2img", request)
 
     @router.post(
         "/img2img",
@@ -119,7 +164,7 @@ def a1111_routes(gateway: ModelGateway) -> APIRouter:
     async def a1111_img2img(request: Request) -> JSONResponse:
         """A1111's img2img, and inpainting with `mask`; answers as txt2img does."""
         body = await read_body(request, A1111Img2ImgRequest)
-        return await _generate(gateway, running, body, "img2img")
+        return await _generate(gateway, running, body, "img2img", request)
 
     @router.get("/options", summary="The settings generations run with, AUTOMATIC1111 style")
     async def a1111_get_options() -> dict[str, Any]:
@@ -178,12 +223,30 @@ def a1111_routes(gateway: ModelGateway) -> APIRouter:
 
     @router.get("/progress", summary="Progress of generations, AUTOMATIC1111 style")
     async def a1111_progress(
+        request: Request,
         skip_current_image: Annotated[
             bool, Query(description="A1111's; no current image is ever sent here.")
         ] = False,
     ) -> dict[str, Any]:
-        """Idle (progress 0, job_count 0), or the number of A1111 generations running on the ingress
-        replica that answers in `state.job_count` (their steps are not tracked)."""
-        return running.progress()
+        """Idle (progress 0, job_count 0), or in `state.job_count` the number of the caller's A1111
+        generations (its API key's; an admin key: everyone's) running on the ingress replica that
+        answers (their steps are not tracked)."""
+        return running.progress(client_of(request.scope))
+
+    @router.post("/interrupt", summary="Stop generations, AUTOMATIC1111 style")
+    async def a1111_interrupt(request: Request) -> dict[str, Any]:
+        """Stops the caller's A1111 generations (its API key's; an admin key: everyone's) on the
+        ingress replica that answers: the model drops them at its next step, and each answers 200 as
+        A1111 does, with the images made so far: none (`images: []`, `info` with every seed, no
+        infotexts). Answers `{}`, as A1111 does, whether or not anything was running."""
+        running.interrupt(client_of(request.scope))
+        return {}
+
+    @router.post("/skip", summary="Skip the current batch, AUTOMATIC1111 style")
+    async def a1111_skip(request: Request) -> dict[str, Any]:
+        """As /interrupt: A1111 skips the batch in progress and goes on to the next of n_iter, but
+        here a request's batch_size × n_iter images are made together, so nothing is left to go on to."""
+        running.interrupt(client_of(request.scope))
+        return {}
 
     return router

@@ -292,3 +292,15 @@ def test_shapes_the_model_rejects_are_refused_before_any_work(body, param):
     with pytest.raises(InvalidRequest) as caught:
         request.check_against(SPEC)
     assert caught.value.param == param
+
+
+def test_a_prompt_as_written_heads_every_images_parameters_in_every_part():
+    request = SDXLRequest(
+        prompt="a fox,  at dusk", loras=[{"name": "ink", "scale": 0.5}], num_images_per_prompt=3, seed=4
+    )
+    assert request.as_written("a fox,  at dusk <lora:ink:0.5>") == request  # what it writes anyway
+    written = request.as_written("a fox, <lora:ink:0.5> at dusk")
+    parts = written.split(2)
+    marks = [mark for part in parts for mark in part.output_marks([part.seed], "m")]
+    assert [mark.parameters.splitlines()[0] for mark in marks] == ["a fox, <lora:ink:0.5> at dusk"] * 2
+    assert request.output_marks([4], "m")[0].parameters.startswith("a fox,  at dusk <lora:ink:0.5>\n")

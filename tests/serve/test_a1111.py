@@ -18,7 +18,10 @@ import pytest
 import webuiapi
 from PIL import Image, ImageFilter, ImageOps
 
-from tests.helpers import StubGateway, make_app, pixels, png, served, stub_image
+from leap_ray.api.marks import read_marks
+from leap_ray.serve import a1111_routes
+from leap_ray.serve.outputs import OutputMarker
+from tests.helpers import StubGateway, base64_on_loop, make_app, pixels, png, served, stub_image
 
 RANDOM = np.random.default_rng(3)
 PHOTO = png(RANDOM.integers(0, 256, (64, 96, 3), dtype=np.uint8))
@@ -74,9 +77,9 @@ def test_txt2img_is_the_sdxl_request_of_its_fields(a1111):
     assert result.info["seed"] == 5 and result.info["all_seeds"] == [5]
     assert result.info["sampler_name"] == "Euler a" and result.info["width"] == 96
     assert result.info["infotexts"] == [
-        "a red fox\nNegative prompt: blurry\nSteps: 4, Sampler: Euler a, Schedule type: Automatic, "
-        "CFG scale: 6.5, Seed: 5, Size: 96x64, Model: sdxl, Version: leap_ray"
-    ]
+        "a red fox\nNegative prompt: blurry\nSteps: 4, Sampler: Euler a, CFG scale: 6.5, Seed: 5, "
+        "Size: 96x64, Model: sdxl"
+    ]  # unmarked images (the stub's): what the images' marks would say, the model by its title
     assert result.parameters["prompt"] == "a red fox" and result.parameters["enable_hr"] is False
 
 
@@ -88,6 +91,34 @@ def test_batch_size_times_n_iter_images_take_consecutive_seeds(a1111):
     assert [base64.b64decode(image) for image in result.json["images"]] == [
         stub_image(s) for s in range(10, 16)
     ]
+
+
+def test_each_images_parameters_chunk_is_its_infotext_with_the_prompt_as_written(a1111):
+    a1111.gateway.marker = OutputMarker("stabilityai/stable-diffusion-xl-base-1.0")
+    prompt = "a fox, <lora:ink:0.5> at dusk"
+    result = a1111.api.txt2img(prompt=prompt, sampler_name="DPM++ 2M", batch_size=2, **{**SMALL, "seed": 8})
+    chunks = [read_marks(base64.b64decode(image))["parameters"] for image in result.json["images"]]
+    assert chunks == result.info["infotexts"] and len(chunks) == 2
+    assert chunks[1] == (
+        "a fox, <lora:ink:0.5> at dusk\nSteps: 4, Sampler: DPM++ 2M, CFG scale: 6.5, Seed: 9, "
+        "Size: 96x64, Model: stabilityai/stable-diffusion-xl-base-1.0"
+    )
+    assert a1111.gateway.generated[0].lora_scales() == (("ink", 0.5),)
+
+
+def test_info_has_every_key_a1111_1_10_sends(a1111):
+    info = a1111.api.txt2img(prompt="a red fox", **SMALL).info
+    unknown = {"sd_model_hash", "sd_vae_name", "sd_vae_hash", "face_restoration_model"}
+    assert {key: info[key] for key in unknown} == dict.fromkeys(unknown)
+    assert info["seed_resize_from_w"] == info["seed_resize_from_h"] == -1
+    assert len(info["job_timestamp"]) == 14 and info["job_timestamp"].isdigit()
+    assert info["job_timestamp"][:8] == time.strftime("%Y%m%d")
+
+
+def test_the_answer_is_encoded_off_the_event_loop(a1111, monkeypatch):
+    on_loop = base64_on_loop(monkeypatch, a1111_routes)
+    a1111.api.txt2img(prompt="a red fox", batch_size=2, **SMALL)
+    assert on_loop == [False, False]
 
 
 def test_seed_minus_one_is_drawn_and_reported(a1111):
@@ -178,7 +209,31 @@ def test_what_cannot_be_honoured_is_a_422_naming_the_field(a1111, arguments, par
 )
 def test_a_bad_value_is_a_422_naming_the_a1111_field(a1111, arguments, param):
     error = a1111.refused(a1111.api.txt2img, **{"prompt": "x", **SMALL, **arguments})
-    assert error["param"] == param
+    assert error["param"] == param and error["message"].startswith(f"{param}: ")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            {"batch_size": 100, "n_iter": 100},
+            "batch_size: Input should be less than or equal to 8 "
+            "(the images in all: batch_size × n_iter = 100 × 100 = 10000)",
+        ),
+        ({"batch_size": 9}, "batch_size: Input should be less than or equal to 8"),
+        ({"steps": 0}, "steps: Input should be greater than or equal to 1"),
+        ({"prompt": "a fox <lora:ink:nan>"}, "prompt: <lora:ink:nan> has no finite number for a scale"),
+        ({"prompt": "a fox <lora:ink:inf>"}, "prompt: <lora:ink:inf> has no finite number for a scale"),
+        (
+            {"prompt": "a <lora:paper> fox <lora:ink:99>"},
+            "prompt: <lora:ink:99> scale: Input should be less than or equal to 4",
+        ),
+    ],
+    ids=["batch-times-n-iter", "batch-size", "steps", "lora-nan", "lora-inf", "lora-scale"],
+)
+def test_an_errors_message_names_the_a1111_field_as_its_param_does(a1111, arguments, message):
+    error = a1111.refused(a1111.api.txt2img, **{"prompt": "x", **SMALL, **arguments})
+    assert error["message"] == message and error["param"] == message.partition(":")[0]
 
 
 def test_a_field_a1111_does_not_have_is_a_422_naming_it(a1111):
@@ -305,7 +360,7 @@ def test_a_bad_img2img_is_a_422_naming_the_a1111_field(a1111, arguments, param):
     error = a1111.refused(
         a1111.api.img2img, **{"images": [image_of(PHOTO)], "prompt": "x", **SMALL, **arguments}
     )
-    assert error["param"] == param
+    assert error["param"] == param and error["message"].startswith(f"{param}: ")
 
 
 def test_an_init_image_that_is_not_an_image_is_a_422_naming_init_images(a1111):
@@ -349,6 +404,57 @@ def test_progress_is_idle_or_counts_the_generations_running(a1111):
     assert a1111.api.get_progress()["state"]["job_count"] == 0
 
 
+@pytest.fixture
+def alice_and_bob(tmp_path) -> Iterator[tuple[webuiapi.WebUIApi, webuiapi.WebUIApi, StubGateway]]:
+    """Two clients of one service, each with its own API key."""
+    (tmp_path / "keys.txt").write_text("alice-key\nbob-key\n")
+    app, gateway = make_app(tmp_path, api_keys_file=str(tmp_path / "keys.txt"))
+    with served(app) as url:
+        clients = [webuiapi.WebUIApi(baseurl=f"{url}/sdapi/v1") for _ in range(2)]
+        for client, key in zip(clients, ("alice-key", "bob-key"), strict=True):
+            client.session.headers["Authorization"] = f"Bearer {key}"
+        yield clients[0], clients[1], gateway
+
+
+def generating(api: webuiapi.WebUIApi) -> tuple[threading.Thread, list]:
+    """A txt2img running in a thread, once `api`'s progress shows it; its result lands in the list."""
+    results: list = []
+    worker = threading.Thread(target=lambda: results.append(api.txt2img(prompt="x", **SMALL)))
+    worker.start()
+    deadline = time.monotonic() + 10
+    while api.get_progress()["state"]["job_count"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert api.get_progress()["state"]["job_count"] == 1
+    return worker, results
+
+
+def test_progress_shows_only_the_callers_own_generations(alice_and_bob):
+    alice, bob, gateway = alice_and_bob
+    gateway.hold_s = 1.0
+    worker, _ = generating(alice)
+    state = bob.get_progress()["state"]
+    assert state["job_count"] == 0 and state["job"] == ""
+    worker.join()
+
+
+@pytest.mark.parametrize("stop", ["interrupt", "skip"])
+def test_interrupt_and_skip_stop_the_callers_generations_which_answer_without_images(alice_and_bob, stop):
+    alice, bob, gateway = alice_and_bob
+    gateway.hold_s = 60.0
+    worker, results = generating(alice)
+    assert getattr(bob, stop)() == {}  # bob's stops nothing of alice's
+    time.sleep(0.2)
+    assert worker.is_alive() and alice.get_progress()["state"]["job_count"] == 1
+    started = time.monotonic()
+    assert getattr(alice, stop)() == {}
+    worker.join(timeout=10)
+    assert not worker.is_alive() and time.monotonic() - started < 10
+    (result,) = results
+    assert result.images == [] and result.info["all_seeds"] == [5] and result.info["infotexts"] == []
+    assert alice.get_progress()["state"]["job_count"] == 0
+    assert alice.interrupt() == {}  # nothing running: still A1111's answer
+
+
 def test_with_api_keys_on_webuiapi_sends_the_key_on_its_session(tmp_path):
     (tmp_path / "keys.txt").write_text("k-1\n")
     app, _ = make_app(tmp_path, api_keys_file=str(tmp_path / "keys.txt"))
@@ -383,3 +489,4 @@ def test_a1111_txt2img_and_img2img_equal_the_sdxl_endpoints_images(graph):
     )
     assert np.array_equal(pixels(base64.b64decode(result.json["images"][0])), expected)
     assert result.info["all_seeds"] == [5]
+    assert read_marks(base64.b64decode(result.json["images"][0]))["parameters"] == result.info["infotexts"][0]
