@@ -19,6 +19,7 @@ from leap_ray.api.jobs import JobSubmission
 from leap_ray.api.openai_images import NO_TOKENS, OpenAIImageEditRequest, OpenAIImageRequest, image_event
 from leap_ray.api.openai_models import OpenAIModel, OpenAIModelList
 from leap_ray.api.progress import Progress
+from leap_ray.api.sdxl import SDXLOutput
 from leap_ray.errors import LeapRayError, ModelError, NotFound
 from leap_ray.serve.bodies import read_body, read_form
 from leap_ray.serve.errors import as_leap_error
@@ -175,6 +176,11 @@ async def _answer(gateway: ModelGateway, jobs: Jobs, body: OpenAIImageRequest, r
         output = await gateway.generate("sdxl", prepared)
     except Exception as error:
         raise _as_openai(error) from None
+    return await run_in_threadpool(_b64_json_answer, body, output)
+
+
+def _b64_json_answer(body: OpenAIImageRequest, output: SDXLOutput) -> JSONResponse:
+    """The images as base64 in a rendered JSON answer (megabytes): in a thread, off the event loop."""
     data = [
         {"b64_json": base64.b64encode(image).decode(), "revised_prompt": None, "seed": seed}
         for image, seed in zip(output.images, output.seeds, strict=True)

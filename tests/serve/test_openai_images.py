@@ -12,7 +12,8 @@ import numpy as np
 import openai
 import pytest
 
-from tests.helpers import APP_URL, assert_error, pixels, png, stub_image
+from leap_ray.serve import openai_routes
+from tests.helpers import APP_URL, assert_error, base64_on_loop, pixels, png, stub_image
 
 OURS = {"seed": 5, "num_inference_steps": 4}
 RANDOM = np.random.default_rng(2)
@@ -58,6 +59,12 @@ def test_generate_is_the_sdxl_request_of_its_fields(stub_client, in_process):
     assert [base64.b64decode(image.b64_json) for image in result.data] == [stub_image(5), stub_image(6)]
     assert [image.model_extra["seed"] for image in result.data] == [5, 6]
     assert result.size == "96x64" and result.output_format == "png"
+
+
+def test_b64_json_images_are_encoded_off_the_event_loop(stub_client, monkeypatch):
+    on_loop = base64_on_loop(monkeypatch, openai_routes)
+    stub_client.images.generate(model="sdxl", prompt="a red fox", size="96x64", n=2, extra_body=OURS)
+    assert on_loop == [False, False]
 
 
 def test_url_images_are_job_outputs_of_the_sdxl_request(stub_client, in_process):
