@@ -139,18 +139,21 @@ class ModelError(LeapRayError):
 
 def name_field(error: LeapRayError, names: Mapping[str, str], prefix: str = "") -> None:
     """An error about one of our fields renamed to the field another API's clients gave (`names`:
-    ours to theirs), in its `param` (keeping a leading `prefix` such as a job's "input.") and at the
-    head of its message (pydantic's "field: why" or "field.0.part: why": their field has no parts, so
-    the whole head becomes it). Other errors are left as they are."""
+    ours to theirs, by a field's name or its dotted path, e.g. "refiner.denoising_start"), in its
+    `param` (keeping a leading `prefix` such as a job's "input.") and at the head of its message
+    (pydantic's "field: why" or "field.0.part: why": their field has no parts, so the whole head
+    becomes it). Other errors are left as they are."""
     if error.param is None:
         return
     kept = prefix if prefix and error.param.startswith(prefix) else ""
     ours = error.param.removeprefix(kept).partition(".")[0]
-    if (theirs := names.get(ours)) is None:
+    head, colon, rest = error.message.partition(": ")
+    path = head.removeprefix(kept)
+    said = bool(colon) and path.partition(".")[0] == ours  # the message starts with our field
+    if (theirs := names.get(path if said else ours) or names.get(ours)) is None:
         return
     error.param = f"{kept}{theirs}"
-    head, colon, rest = error.message.partition(": ")
-    if colon and head.removeprefix(kept).partition(".")[0] == ours:
+    if said:
         error.message = f"{theirs}: {rest}"
 
 

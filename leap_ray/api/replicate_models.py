@@ -16,7 +16,7 @@ from leap_ray.api.images import ResizedImage, UploadedImage, open_image
 from leap_ray.api.musicgen import MusicGenRequest
 from leap_ray.api.sdxl import SDXLRequest
 from leap_ray.config import LIMITS
-from leap_ray.errors import InvalidRequest, LeapRayError
+from leap_ray.errors import InvalidRequest, LeapRayError, name_field
 
 # Replicate's scheduler names, as ours; Replicate's others (KarrasDPM, HeunDiscrete, PNDM) we lack.
 _SDXL = LIMITS.sdxl
@@ -260,20 +260,8 @@ class ReplicateModel:
     def name_public_fields(self, error: LeapRayError) -> None:
         """An error about one of our fields (`input.<ours>`) names the field this model's clients
         gave instead, in its `param` and at the head of its message."""
-        param = error.param
-        if param is None or self.public_input is None:
-            return
-        prefix = "input." if param.startswith("input.") else ""
-        path = param.removeprefix(prefix)
-        head, colon, why = error.message.partition(": ")
-        said = bool(colon) and head.partition(".")[0] == path.partition(".")[0]
-        path = head if said else path  # pydantic's "field.part: why" says more than `param`
-        names = self.public_input.PUBLIC_NAMES
-        public = names.get(path) or names.get(path.partition(".")[0])
-        if public is not None:  # a public field has no parts: the whole of ours is it
-            error.param = f"{prefix}{public}"
-            if said:
-                error.message = f"{public}: {why}"
+        if self.public_input is not None:
+            name_field(error, self.public_input.PUBLIC_NAMES, prefix="input.")
 
 
 _MODELS = (

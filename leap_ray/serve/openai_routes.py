@@ -19,13 +19,15 @@ from leap_ray.api.jobs import JobSubmission
 from leap_ray.api.openai_images import NO_TOKENS, OpenAIImageEditRequest, OpenAIImageRequest, image_event
 from leap_ray.api.openai_models import OpenAIModel, OpenAIModelList
 from leap_ray.api.progress import Progress
+from leap_ray.api.replicate_models import REPLICATE_MODELS
 from leap_ray.api.sdxl import SDXLOutput
-from leap_ray.errors import LeapRayError, ModelError, NotFound
+from leap_ray.errors import LeapRayError, ModelError, NotFound, name_field
 from leap_ray.serve.bodies import read_body, read_form
 from leap_ray.serve.errors import as_leap_error
 from leap_ray.serve.gateway import SERVICES, ModelGateway
 from leap_ray.serve.jobs.service import Jobs
 from leap_ray.serve.middleware import client_of
+from leap_ray.serve.replicate_model_routes import model_view
 from leap_ray.serve.routes import ERROR_RESPONSES, form_body, json_body, sse
 
 # SDXL's fields as OpenAI's clients name them, for the `param` of an error.
@@ -33,11 +35,12 @@ OPENAI_PARAMS = {"width": "size", "height": "size", "num_images_per_prompt": "n"
 
 
 def _as_openai(error: Exception) -> LeapRayError:
-    """The error with SDXL's field names (and a job's `input.` prefix) put back into OpenAI's."""
+    """The error with SDXL's field names (and a job's `input.` prefix) put back into OpenAI's, in its
+    `param` and its message."""
     error = as_leap_error(error)
     if error.param is not None:
-        field = error.param.removeprefix("input.")
-        error.param = OPENAI_PARAMS.get(field, field)
+        error.param = error.param.removeprefix("input.")
+        name_field(error, OPENAI_PARAMS)
     return error
 
 
@@ -101,8 +104,10 @@ def openai_model_routes(models: Iterable[str]) -> APIRouter:
         "/v1/models", summary="The models served, OpenAI Models API style", operation_id="openai_list_models"
     )
     async def list_models() -> OpenAIModelList:
-        """OpenAI's `models.list`: every model this service serves, by the name its requests take."""
-        return OpenAIModelList(data=list(served.values()))
+        """OpenAI's `models.list`: every model this service serves, by the name its requests take; and
+        Replicate's (`results`)."""
+        replicate_models = [model_view(model) for model in REPLICATE_MODELS.values()]
+        return OpenAIModelList(data=list(served.values()), results=replicate_models)
 
     @router.get(
         "/v1/models/{model}",
