@@ -8,9 +8,12 @@ images equal /v1/sdxl's for the same seed and parameters."""
 import base64
 import io
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -490,3 +493,28 @@ def test_a1111_txt2img_and_img2img_equal_the_sdxl_endpoints_images(graph):
     assert np.array_equal(pixels(base64.b64decode(result.json["images"][0])), expected)
     assert result.info["all_seeds"] == [5]
     assert read_marks(base64.b64decode(result.json["images"][0]))["parameters"] == result.info["infotexts"][0]
+
+
+def readme_a1111_snippet() -> str:
+    """The README's webuiapi example, as written."""
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    start = text.index("```python\nimport webuiapi\n") + len("```python\n")
+    return text[start : text.index("```\n", start)]
+
+
+def test_the_readmes_webuiapi_example_runs_as_written(tmp_path):
+    app, gateway = make_app(tmp_path)
+    with served(app) as url:
+        code = readme_a1111_snippet().replace("http://HOST:8000", url)
+        run = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[1, 2]"
+    txt2img, img2img = gateway.generated
+    assert (txt2img.num_images_per_prompt, txt2img.scheduler, txt2img.seed) == (2, "dpmpp_2m", 1)
+    assert img2img.workflow == "inpaint" and img2img.prompt == "a castle"
+    assert np.array_equal(
+        np.asarray(Image.open(tmp_path / "lighthouse.png").convert("RGB")), pixels(stub_image(1))
+    )
+    assert (tmp_path / "castle.png").is_file()
