@@ -9,11 +9,15 @@ SDXL's invisible watermark is applied as diffusers' pipelines apply it (its
 `StableDiffusionXLWatermarker`, on the VAE's output before the image processor), but per image: only
 the rows whose request wants it (`apply_watermark`), so a batch's rows never change one another's.
 It runs on the CPU, as diffusers' does: 0.03 s for a 256² image and 0.29 s at 1024² on one core of
-this project's 2-core machine."""
+this project's 2-core machine. So it is not done where the decode runs (the step thread, where it
+would hold every batch neighbour's next step): a decode hands back `Decoded` images, the marked
+rows' VAE output copied to the CPU, and `Decoded.images` marks them wherever it is called (the step
+batch's marking workers, `sdxl_marking`), with diffusers' own watermarker and image processor."""
 
 import base64
 import copy
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -58,6 +62,40 @@ def watermarkable(height: int, width: int) -> bool:
     return width >= WATERMARK_MIN_WIDTH and height * width >= WATERMARK_MIN_PIXELS
 
 
+@dataclass
+class Decoded:
+    """Decoded images, (images, height, width, 3) floats in [0, 1], final but for `marked` rows: those
+    get SDXL's watermark in `images()`, from `vae_output` (their VAE output, in [-1, 1], on the CPU)."""
+
+    pixels: np.ndarray
+    marked: list[int] = field(default_factory=list)
+    vae_output: torch.Tensor | None = None
+    mark: Callable[[torch.Tensor], np.ndarray] | None = None  # VAE output -> marked pixels
+
+    @property
+    def pending(self) -> bool:
+        """Whether `images()` has a watermark to apply (CPU work, kept off the step thread)."""
+        return bool(self.marked)
+
+    def rows(self, start: int, stop: int) -> "Decoded":
+        """Images start..stop, with their own rows to mark."""
+        inside = [at for at, row in enumerate(self.marked) if start <= row < stop]
+        return Decoded(
+            self.pixels[start:stop],
+            [self.marked[at] - start for at in inside],
+            self.vae_output[inside] if inside and self.vae_output is not None else None,
+            self.mark,
+        )
+
+    def images(self) -> np.ndarray:
+        """The final images: the marked rows watermarked as diffusers' call marks them."""
+        if not self.marked or self.mark is None or self.vae_output is None:
+            return self.pixels
+        pixels = self.pixels.copy()
+        pixels[self.marked] = self.mark(self.vae_output)
+        return pixels
+
+
 class LatentDecoder:
     """Latents to images as the pipeline's decode does (latent scaling, the VAE, the watermark, the
     image processor), with diffusers' float32 rule kept on a float32 copy of the VAE. Compiled, it
@@ -87,31 +125,36 @@ class LatentDecoder:
         std = torch.tensor(std).view(view).to(latents.device, latents.dtype)
         return latents * std / config.scaling_factor + mean
 
-    def __call__(self, latents: torch.Tensor, marked: Sequence[bool] = ()) -> np.ndarray:
-        """(images, height, width, 3) floats in [0, 1] for (images, channels, h, w) latents; image i
-        watermarked when `marked[i]` (and the decoder marks images at all)."""
+    def __call__(self, latents: torch.Tensor, marked: Sequence[bool] = ()) -> Decoded:
+        """The images of (images, channels, h, w) latents; image i to be watermarked when `marked[i]`
+        (and the decoder marks images at all): its VAE output is kept, on the CPU, for `images()`."""
         latents = self.unscale(latents)
         parts = latents.split(1) if self.per_image else [latents]
         # Copies, as the UNet's: a graph replay would overwrite the previous part's output.
         image = torch.cat([self.decode_fn(part, return_dict=False)[0].clone() for part in parts])
         pixels = self.pipeline.image_processor.postprocess(image, output_type="np")
         rows = [index for index, mark in enumerate(marked) if mark]
-        if rows and self.watermarker is not None and watermarkable(*image.shape[-2:]):
-            # Each row as diffusers' call makes it: marked on the VAE's output, then post-processed
-            # (the unmarked rows keep the post-processing of the VAE's own dtype and device).
-            watermarked = self.watermarker.apply_watermark(image[rows])
-            pixels[rows] = self.pipeline.image_processor.postprocess(watermarked, output_type="np")
-        return pixels
+        if not rows or self.watermarker is None or not watermarkable(*image.shape[-2:]):
+            return Decoded(pixels)
+        # On the CPU now (the copy the post-processing just waited for anyway): the marking thread
+        # then touches no GPU memory and no CUDA stream of this thread's.
+        return Decoded(pixels, rows, image[rows].cpu(), self.mark_rows)
+
+    def mark_rows(self, vae_output: torch.Tensor) -> np.ndarray:
+        """Rows as diffusers' call makes them: marked on the VAE's output, then post-processed (the
+        unmarked rows keep the post-processing of the VAE's own dtype and device)."""
+        watermarked = self.watermarker.apply_watermark(vae_output)
+        return self.pipeline.image_processor.postprocess(watermarked, output_type="np")
 
 
 def decode_together(
-    decode: Callable[..., np.ndarray], latents: Sequence[torch.Tensor], marked: Sequence[bool] | None = None
-) -> list[np.ndarray | LeapRayError]:
+    decode: Callable[..., Decoded], latents: Sequence[torch.Tensor], marked: Sequence[bool] | None = None
+) -> list[Decoded | LeapRayError]:
     """Each entry's images (or its own error), with one `decode` call per latent shape; entry i's
-    images watermarked when `marked[i]` (`LatentDecoder`). If a shared call fails, each entry is
-    decoded alone, and only one that fails alone gets its error."""
+    images to be watermarked when `marked[i]` (`LatentDecoder`). If a shared call fails, each entry
+    is decoded alone, and only one that fails alone gets its error."""
     marked = marked if marked is not None else [False] * len(latents)
-    decoded: list[np.ndarray | LeapRayError | None] = [None] * len(latents)
+    decoded: list[Decoded | LeapRayError | None] = [None] * len(latents)
     for shape in dict.fromkeys(tensor.shape[1:] for tensor in latents):
         group = [index for index, tensor in enumerate(latents) if tensor.shape[1:] == shape]
         rows = [marked[index] for index in group for _ in range(latents[index].shape[0])]
@@ -127,7 +170,7 @@ def decode_together(
         start = 0
         for index in group:
             count = latents[index].shape[0]
-            decoded[index], start = images[start : start + count], start + count
+            decoded[index], start = images.rows(start, start + count), start + count
     return decoded
 
 

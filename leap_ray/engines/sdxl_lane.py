@@ -6,8 +6,10 @@ latents, its text and micro-conditioning rows, its guidance. A step runs ONE UNe
 running image of the same latent shape and text length, each row at its own timestep (the UNet takes
 a per-sample timestep), then applies each request's guidance, rescale and scheduler step to its own
 rows, and its step end (`sdxl_step_end`). A request whose timesteps are done is decoded and handed
-back at once (a request for the refiner: as latents, undecoded). Runs with different LoRA adapters
-share UNet calls: each row gets its own adapters and scales (leap_ray.engines.sdxl_lora_rows).
+back at once (a request for the refiner: as latents, undecoded), or, when its images are to be
+watermarked, handed to the step batch's marking workers (`sdxl_marking`), off this thread. Runs
+with different LoRA adapters share UNet calls: each row gets its own adapters and scales
+(leap_ray.engines.sdxl_lora_rows).
 Images equal a solo diffusers call with the same seeds (tests check)."""
 
 from collections import defaultdict
@@ -15,14 +17,14 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import rescale_noise_cfg
 
 from leap_ray.engines.contract import Outcome, ProgressHook, StopCheck
 from leap_ray.engines.failures import model_error, request_error
 from leap_ray.engines.results import SDXLResult
-from leap_ray.engines.sdxl_decode import decode_together
+from leap_ray.engines.sdxl_decode import Decoded, decode_together
+from leap_ray.engines.sdxl_marking import Marking
 from leap_ray.engines.sdxl_prompts import PromptEncoder
 from leap_ray.engines.sdxl_runs import Admitted, Run
 from leap_ray.engines.sdxl_step_end import end_step
@@ -38,7 +40,7 @@ class Denoiser(Protocol):
     model_lock: AbstractContextManager  # held while the modules change (an adapter loads); see OwnLane
     prompts: PromptEncoder
     unet: Callable[..., torch.Tensor]  # sdxl_fast.UNetRunner
-    decoder: Callable[..., np.ndarray]  # sdxl_decode.LatentDecoder: (latents, rows to watermark)
+    decoder: Callable[..., Decoded]  # sdxl_decode.LatentDecoder: (latents, rows to watermark)
 
     def admit(
         self, request: Any, should_stop: StopCheck | None, progress: ProgressHook | None, in_use: set[str]
@@ -66,10 +68,17 @@ class Lane:
     """Runs that step together, on one thread: at each step a UNet call per sharing key (latent shape,
     text length), then each run's own step; finished runs are decoded together by shape."""
 
-    def __init__(self, engine: Denoiser, unet_lock: AbstractContextManager | None = None) -> None:
+    def __init__(
+        self,
+        engine: Denoiser,
+        unet_lock: AbstractContextManager | None = None,
+        marking: Marking | None = None,
+    ) -> None:
         """`unet_lock`: held for each UNet call (a lane beside the main one holds the engine's
-        `model_lock`, so that no adapter changes the modules under its call)."""
+        `model_lock`, so that no adapter changes the modules under its call). `marking`: where images
+        to watermark are finished (None: here, on this thread)."""
         self.engine = engine
+        self.marking = marking
         self.unet_lock = unet_lock if unet_lock is not None else nullcontext()
         self.runs: list[Run] = []
         self.unet_calls = 0
@@ -148,16 +157,26 @@ class Lane:
         run.step += 1
 
     def outcomes(self, done: list[Run]) -> list[Outcome]:
-        """The finished runs' outcomes: the images of those to decode, decoded together by shape."""
+        """The finished runs' outcomes: the images of those to decode, decoded together by shape.
+        A run whose images are to be watermarked goes to `marking`: its outcome comes from there."""
         to_decode = [run for run in done if run.error is None and not run.request.wants_refiner]
         marked = [run.request.apply_watermark for run in to_decode]
         images = decode_together(self.engine.decoder, [run.latents for run in to_decode], marked)
         decoded = {id(run): rows for run, rows in zip(to_decode, images, strict=True)}
-        return [(run.admitted.submitted, self.outcome(run, decoded.get(id(run), []))) for run in done]
+        outcomes = []
+        for run in done:
+            images = decoded.get(id(run))
+            if self.marking is not None and isinstance(images, Decoded) and images.pending:
+                finish = lambda run=run, images=images: self.outcome(run, images)  # noqa: E731
+                self.marking.submit(run.admitted.submitted, run.admitted.count, finish)
+            else:
+                outcomes.append((run.admitted.submitted, self.outcome(run, images)))
+        return outcomes
 
-    def outcome(self, run: Run, images: Any) -> SDXLResult | LeapRayError:
+    def outcome(self, run: Run, images: Decoded | LeapRayError | None) -> SDXLResult | LeapRayError:
         if run.error is not None:
             return run.error
         if isinstance(images, LeapRayError):
             return images
-        return run.result(images, self.engine.timings(run))
+        pixels = images.images() if images is not None else []  # the refiner's: latents, no images
+        return run.result(pixels, self.engine.timings(run))

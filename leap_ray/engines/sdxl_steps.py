@@ -15,6 +15,7 @@ import torch
 from leap_ray.engines.contract import Outcome, ProgressHook, StopCheck
 from leap_ray.engines.failures import request_error
 from leap_ray.engines.sdxl_lane import Denoiser, Lane
+from leap_ray.engines.sdxl_marking import Marking
 from leap_ray.engines.sdxl_own_lane import OwnLane
 from leap_ray.engines.sdxl_runs import Admitted
 from leap_ray.errors import LeapRayError
@@ -33,16 +34,17 @@ class StepBatch:
         self.engine = engine
         self.max_load = max_load
         self.joining: list[Admitted] = []
-        self.lane = Lane(engine)
-        self.own_lane = (
-            OwnLane(Lane(engine, unet_lock=engine.model_lock)) if engine.own_lane_above is not None else None
-        )
+        self.marking = Marking()  # SDXL's watermark, off the lanes' threads
+        self.lane = Lane(engine, marking=self.marking)
+        own_lane = Lane(engine, unet_lock=engine.model_lock, marking=self.marking)
+        self.own_lane = OwnLane(own_lane) if engine.own_lane_above is not None else None
 
     @property
     def load(self) -> int:
         """What the batch holds against max_batch_size: its images, joining or running."""
         own = self.own_lane.load if self.own_lane is not None else 0
-        return sum(admitted.count for admitted in self.joining) + self.lane.load + own
+        joining = sum(admitted.count for admitted in self.joining)
+        return joining + self.lane.load + own + self.marking.load
 
     @property
     def unet_calls(self) -> int:
@@ -51,6 +53,7 @@ class StepBatch:
     def clear(self) -> None:
         self.joining.clear()
         self.lane.runs.clear()
+        self.marking.clear()
         if self.own_lane is not None:
             self.own_lane.clear()
 
@@ -85,13 +88,16 @@ class StepBatch:
     def step(self) -> list[Outcome]:
         """One denoising step of every request in the main lane (a UNet call per shared shape), then
         the outcome of each request that finished, in either lane: its images (or latents for the
-        refiner), or its own error. With nothing in the main lane, it waits a moment for the own lane."""
+        refiner), or its own error, and those whose images were watermarked meanwhile. With nothing
+        in the main lane, it waits a moment for the own lane or the watermark."""
         finished = self.join()
         if self.lane.runs:
             finished += self.lane.step()
+        idle = not self.lane.runs and not finished
         if self.own_lane is not None:
-            finished += self.own_lane.take(wait=not self.lane.runs and not finished)
-        return finished
+            finished += self.own_lane.take(wait=idle)
+            idle = idle and not finished and not self.own_lane.load
+        return finished + self.marking.take(wait=idle)
 
     def join(self) -> list[Outcome]:
         """The joining requests start running, big images in the own lane: their prompts encoded

@@ -2,6 +2,7 @@
 mark their images where invisible-watermark is installed), off per request (`apply_watermark`) or for
 the whole engine (`watermark=False`); a marked image carries diffusers' 48 bits."""
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from leap_ray.engines import sdxl_decode
 from leap_ray.engines.contract import generate
 from leap_ray.engines.sdxl import SDXLEngine
 from leap_ray.engines.sdxl_decode import watermarkable
+from leap_ray.engines.sdxl_steps import StepBatch
 from tests.helpers import solo
 
 TOLERANCE = 1e-3  # on 0-1 pixel values, CPU float32, as the engine's other oracle tests
@@ -80,3 +82,31 @@ def test_every_documented_install_installs_the_watermark_package():
     pin = sdxl_decode.INSTALL_WATERMARK.split()[-1]
     assert f"--no-deps {pin}" in (root / "Makefile").read_text()
     assert pin in (root / "requirements" / "gpu-check-wheels.txt").read_text().splitlines()
+
+
+def test_the_watermark_runs_off_the_step_thread_and_holds_no_neighbours_step(engine, monkeypatch):
+    """While a finished request's images are being marked (held here until released), its batch
+    neighbour keeps stepping to its end; the marked request then comes back with its marks."""
+    watermarker, release, threads = engine.decoder.watermarker, threading.Event(), []
+    real_apply = watermarker.apply_watermark
+
+    def held_apply(images):
+        threads.append(threading.current_thread().name)
+        assert release.wait(30)
+        return real_apply(images)
+
+    monkeypatch.setattr(watermarker, "apply_watermark", held_apply)
+    marked = SDXLRequest(seed=3, **SIZE)
+    neighbour = SDXLRequest(seed=6, apply_watermark=False, **SIZE | {"num_inference_steps": 4})
+    batch = StepBatch(engine)
+    assert batch.admit(marked) is None and batch.admit(neighbour) is None
+    finished = {}
+    while neighbour.seed not in finished:  # the marked one's watermark is held all this while
+        finished |= {request.seed: outcome for request, outcome in batch.step()}
+    assert marked.seed not in finished and batch.load == marked.image_count
+    release.set()
+    while batch.load:
+        finished |= {request.seed: outcome for request, outcome in batch.step()}
+    assert threads and all(name.startswith("sdxl-watermark") for name in threads)
+    assert watermark_bits(finished[marked.seed].images[0]) == WATERMARK_BITS
+    assert watermark_bits(finished[neighbour.seed].images[0]) != WATERMARK_BITS
