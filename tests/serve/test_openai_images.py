@@ -155,7 +155,6 @@ def test_a_bad_edit_is_a_422_naming_the_openai_field(stub_client, in_process, ar
         stub_client.images.edit(image=photo(), prompt="x", **arguments)
     assert caught.value.status_code == 422 and caught.value.body["param"] == param
     assert caught.value.body["type"] == "invalid_request_error" and in_process.gateway.generated == []
-    assert caught.value.body["message"].startswith(f"{param}")  # "n: ...", never our num_images_per_prompt
 
 
 def test_an_edit_that_is_not_a_form_is_a_415(in_process):
