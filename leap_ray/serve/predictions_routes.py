@@ -5,6 +5,7 @@ once the prediction is done (or the wait is over); cog's `Prefer: respond-async`
 
 import asyncio
 import base64
+import contextlib
 import re
 from typing import Any
 
@@ -57,7 +58,12 @@ class Predictions:
         self, model: ReplicateModel, body: PredictionRequest, request: Request, wait_s: float | None
     ) -> tuple[dict[str, Any], bool]:
         """The prediction once created and waited for; and whether it is finished. Errors name the
-        fields as `model`'s clients do."""
+        fields as `model`'s clients do. A chosen id already used (a retried PUT) answers that
+        prediction before anything else is read (its uploaded files may have expired since)."""
+        if body.id is not None:
+            with contextlib.suppress(NotFound):
+                job = await self.jobs.get(body.id, client_of(request.scope))
+                return await self.answer(job, body, request, wait_s)
         try:
             job_input = await self.with_files(model, body.input, request)
             if model.public_input is not None:
@@ -82,8 +88,14 @@ class Predictions:
         except LeapRayError as error:
             model.name_public_fields(error)
             raise
-        job = await self.jobs.wait(created.id, wait_s)  # wait_s 0: as it is now
-        view = await self.jobs.prediction(job, base)
+        return await self.answer(created, body, request, wait_s)
+
+    async def answer(
+        self, job: Job, body: PredictionRequest, request: Request, wait_s: float | None
+    ) -> tuple[dict[str, Any], bool]:
+        """The prediction of `job` once waited for (wait_s 0: as it is now); and whether it is done."""
+        job = await self.jobs.wait(job.id, wait_s)
+        view = await self.jobs.prediction(job, self.jobs.base_url(request))
         if body.data_uris and view["status"] == "succeeded":
             view["output"] = await self.data_uris(job, view["output"])
         return view, view["status"] in ("succeeded", "failed", "canceled")

@@ -464,3 +464,24 @@ def test_a_version_must_be_one_of_the_models(in_process, version):
 def test_replicates_models_list_and_openais_share_get_v1_models(https_client):
     names = [f"{model.owner}/{model.name}" for model in https_client.models.list().results]
     assert names == list(REPLICATE_MODELS)
+
+
+def test_a_retried_put_answers_its_prediction_though_its_uploaded_file_is_gone(
+    https_client, in_process, tmp_path
+):
+    uploaded = https_client.files.create(noise_png(tmp_path / "photo.png", 8))
+    body = {
+        "input": {
+            "prompt": "a gate",
+            "image": uploaded.urls["get"],
+            "seed": 2,
+            "num_inference_steps": 4,
+            "strength": 0.5,
+        }
+    }
+    first = in_process.http.put("/predictions/retry-1", json=body, headers={"Prefer": "wait"})
+    assert first.status_code == 200 and first.json()["status"] == "succeeded", first.text
+    https_client.files.delete(uploaded.id)
+    again = in_process.http.put("/predictions/retry-1", json=body, headers={"Prefer": "wait"})
+    assert again.status_code == 200 and again.json()["id"] == "retry-1"
+    assert again.json()["created_at"] == first.json()["created_at"] and len(in_process.gateway.generated) == 1
