@@ -73,6 +73,10 @@ class RunningBatch(Protocol[Request, Result]):
     def clear(self) -> None:
         """Forgets every request (after a fault of the batch itself)."""
 
+    def close(self) -> None:
+        """Lets go of what the batch holds besides its requests (worker threads), once it will not be
+        stepped again: by whoever made it and is done with it."""
+
 
 @runtime_checkable
 class Engine(Protocol[Request, Spec, Result]):
@@ -132,4 +136,7 @@ def generate(
     for all of them at once."""
     batch = engine.running_batch(1)
     batch.max_load = max(1, sum(batch.cost(request) for request in requests))
-    return run_to_end(batch, requests, should_stop, progress)
+    try:
+        return run_to_end(batch, requests, should_stop, progress)
+    finally:
+        batch.close()

@@ -116,6 +116,9 @@ class DecodeBatch:
     def clear(self) -> None:
         self.running.clear()
 
+    def close(self) -> None:
+        """Nothing to let go of: the batch has no threads of its own."""
+
     def can_join(self, request: MusicGenRequest) -> bool:
         """Whether the decoder's cache has rows for the request beside the running tracks (a bigger
         cache is made only while the batch is empty)."""

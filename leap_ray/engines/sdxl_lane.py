@@ -24,7 +24,7 @@ from leap_ray.engines.contract import Outcome, ProgressHook, StopCheck
 from leap_ray.engines.failures import model_error, request_error
 from leap_ray.engines.results import SDXLResult
 from leap_ray.engines.sdxl_decode import Decoded, decode_together
-from leap_ray.engines.sdxl_marking import Marking
+from leap_ray.engines.sdxl_marking import Marker
 from leap_ray.engines.sdxl_prompts import PromptEncoder
 from leap_ray.engines.sdxl_runs import Admitted, Run
 from leap_ray.engines.sdxl_step_end import end_step
@@ -72,7 +72,7 @@ class Lane:
         self,
         engine: Denoiser,
         unet_lock: AbstractContextManager | None = None,
-        marking: Marking | None = None,
+        marking: Marker | None = None,
     ) -> None:
         """`unet_lock`: held for each UNet call (a lane beside the main one holds the engine's
         `model_lock`, so that no adapter changes the modules under its call). `marking`: where images

@@ -3,22 +3,40 @@
 that drives the step batch at a later step, so that no batch neighbour's step waits for the
 watermark's CPU work (0.29 s per 1024² image on one core here: 2.3 s for 8 images, which held every
 neighbour's next step, before). Until its outcome is taken, the request still counts in the batch's
-load (its images are held), as it did while it was marked on the step thread."""
+load (its images are held), as it did while it was marked on the step thread.
 
+A run of the own lane (`sdxl_own_lane`) goes to the same workers: its images leave the own lane's
+count as they enter the marking's, so the batch counts each image exactly once until its outcome is
+taken. `close` stops the workers (the batch's owner tears it down); a request submitted after that,
+or while the interpreter exits, gets an error outcome rather than being lost."""
+
+import logging
 import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from leap_ray.engines.contract import Outcome
 from leap_ray.engines.failures import request_error
+from leap_ray.errors import ModelUnavailable
+
+logger = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.02  # how long the driving thread, with nothing else to do, waits for a marked outcome
 # Threads that mark (cv2's and numpy's work releases the GIL): a core spared for the step thread.
 WORKERS = max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+class Marker(Protocol):
+    """Where a lane sends a finished request whose images are to be marked (`Marking`, or the own lane,
+    which hands them on to it)."""
+
+    def submit(self, submitted: Any, images: int, finish: Callable[[], Any]) -> None:
+        """Finishes the request (`finish` makes its result) off the lane's thread; its `images` are
+        held until its outcome is taken."""
 
 
 class Marking:
@@ -31,6 +49,7 @@ class Marking:
         self._finished: list[tuple[Outcome, int]] = []  # each outcome with the images it held
         self._held = 0
         self._generation = 0  # `clear` starts a new one: outcomes of the old are dropped
+        self._closed = False
 
     @property
     def load(self) -> int:
@@ -43,9 +62,19 @@ class Marking:
         with self._changed:
             self._held += images
             generation = self._generation
-            if self._executor is None:
+            if self._executor is None and not self._closed:
                 self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="sdxl-watermark")
-        self._executor.submit(self._run, submitted, images, finish, generation)
+            executor = self._executor
+        try:
+            if executor is None:
+                raise RuntimeError("the marking workers were closed")
+            executor.submit(self._run, submitted, images, finish, generation)
+        except RuntimeError as error:  # closed, or the interpreter is exiting: no worker will run it
+            logger.warning("a request could not be watermarked: %s", error)
+            failure = ModelUnavailable(
+                "the replica is shutting down; a retry may succeed", code="shutting_down"
+            )
+            self._settle(submitted, failure, images, generation)
 
     def take(self, wait: bool) -> list[Outcome]:
         """The outcomes finished since the last call; with `wait`, waits up to IDLE_WAIT_S for one."""
@@ -63,12 +92,25 @@ class Marking:
             self._finished.clear()
             self._held = 0
 
+    def close(self) -> None:
+        """Stops the workers once the markings in flight are done (their outcomes can still be
+        taken); a request submitted later gets an error outcome."""
+        with self._changed:
+            self._closed = True
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False)
+
     def _run(self, submitted: Any, images: int, finish: Callable[[], Any], generation: int) -> None:
         try:
             with torch.inference_mode():
                 outcome = finish()
         except Exception as error:
             outcome = request_error(error)
+        self._settle(submitted, outcome, images, generation)
+
+    def _settle(self, submitted: Any, outcome: Any, images: int, generation: int) -> None:
+        """The request's outcome, to be taken: its images stay held until then."""
         with self._changed:
             if generation == self._generation:
                 self._finished.append(((submitted, outcome), images))

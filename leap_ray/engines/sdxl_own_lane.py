@@ -13,17 +13,25 @@ adapters) takes the engine's `model_lock`, which this lane holds for each of its
 starts, callbacks or decodes): a change waits for the big UNet call in flight, and the main lane's
 plain steps never wait on it. Image starts take the engine's `encoding` lock (diffusers casts the
 shared VAE as it encodes). An engine whose adapters act per request set rather than per row has no
-own lane (`own_lane_above` None)."""
+own lane (`own_lane_above` None).
+
+A run of this lane whose images are to be watermarked goes on to the batch's marking workers
+(`sdxl_marking.Marking`), its outcome taken from there: its images leave this lane's count as they
+enter the marking's, under both locks, so that the batch counts each image once until its outcome is
+taken."""
 
 import logging
 import threading
+from collections.abc import Callable
 from contextlib import nullcontext
+from typing import Any
 
 import torch
 
 from leap_ray.engines.contract import Outcome
 from leap_ray.engines.failures import request_error
-from leap_ray.engines.sdxl_lane import Lane
+from leap_ray.engines.sdxl_lane import Denoiser, Lane
+from leap_ray.engines.sdxl_marking import Marking
 from leap_ray.engines.sdxl_runs import Admitted
 from leap_ray.errors import LeapRayError
 
@@ -36,9 +44,11 @@ class OwnLane:
     """Runs handed over (`hand`) start and step here, on the lane's thread; their outcomes are taken
     (`take`) by the thread that drives the step batch, which settles them as its own."""
 
-    def __init__(self, lane: Lane) -> None:
-        self.lane = lane
-        engine = lane.engine
+    def __init__(self, engine: Denoiser, marking: Marking) -> None:
+        """`marking`: the batch's marking workers, where this lane's runs to watermark go on."""
+        self.marking = marking
+        # Its UNet calls hold the engine's model lock (see above); its marked runs go through `submit`.
+        self.lane = Lane(engine, unet_lock=engine.model_lock, marking=self)
         self.stream = torch.cuda.Stream(engine.device) if engine.device.type == "cuda" else None
         self._changed = threading.Condition()
         self._arrived: list[Admitted] = []
@@ -46,11 +56,30 @@ class OwnLane:
         self._finished: list[tuple[Outcome, int]] = []  # each outcome with the images it held
         self._held = 0  # images handed over whose outcomes were not taken yet
         self._generation = 0  # `clear` starts a new one: outcomes of the old are dropped
+        self._stepping = 0  # the generation of the step in flight
+        self._marked: set[int] = set()  # ids of the requests that this step sent to the marking
         self._thread: threading.Thread | None = None
 
     @property
     def load(self) -> int:
+        """Images handed over whose outcomes were not taken yet and that are not being marked."""
         return self._held
+
+    def load_with_marking(self) -> int:
+        """This lane's load and the marking's together, read at one moment: an image on its way from
+        one to the other is counted once."""
+        with self._changed:
+            return self._held + self.marking.load
+
+    def submit(self, submitted: Any, images: int, finish: Callable[[], Any]) -> None:
+        """A run of this lane to watermark (its lane's `Marker`): on to the marking workers, its
+        images moving from this lane's count to theirs at once."""
+        with self._changed:
+            if self._stepping != self._generation:
+                return  # cleared meanwhile: the driver failed the request already
+            self.marking.submit(submitted, images, finish)
+            self._held -= images
+            self._marked.add(id(submitted))
 
     def admitted(self) -> list[Admitted]:
         """The requests in the lane, arrived or running (a snapshot)."""
@@ -99,7 +128,8 @@ class OwnLane:
                     while not self._arrived and not self.lane.runs:
                         self._changed.wait()
                     arrived, self._arrived, generation = self._arrived, [], self._generation
-                    self._starting = arrived
+                    self._starting, self._stepping = arrived, generation
+                    self._marked = set()
                 self._finish(self._step(arrived), generation)
 
     def _step(self, arrived: list[Admitted]) -> list[tuple[Outcome, int]]:
@@ -112,6 +142,8 @@ class OwnLane:
             logger.error("the own lane's step failed; its requests fail with it", exc_info=error)
             self.lane.runs = []
             failure = LeapRayError("internal error", code="internal_error")
+            with self._changed:  # those already sent to the marking get their outcome from there
+                held = [each for each in held if id(each.submitted) not in self._marked]
             return [((each.submitted, failure), each.count) for each in held]
         counts = {id(each.submitted): each.count for each in held}
         return [(outcome, counts[id(outcome[0])]) for outcome in finished]

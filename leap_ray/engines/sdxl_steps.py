@@ -36,15 +36,16 @@ class StepBatch:
         self.joining: list[Admitted] = []
         self.marking = Marking()  # SDXL's watermark, off the lanes' threads
         self.lane = Lane(engine, marking=self.marking)
-        own_lane = Lane(engine, unet_lock=engine.model_lock, marking=self.marking)
-        self.own_lane = OwnLane(own_lane) if engine.own_lane_above is not None else None
+        self.own_lane = OwnLane(engine, self.marking) if engine.own_lane_above is not None else None
 
     @property
     def load(self) -> int:
-        """What the batch holds against max_batch_size: its images, joining or running."""
-        own = self.own_lane.load if self.own_lane is not None else 0
+        """What the batch holds against max_batch_size: its images, joining, running or being marked
+        (until their outcomes are taken)."""
+        # The own lane hands images to the marking on its thread: both counts are read at one moment.
+        elsewhere = self.own_lane.load_with_marking() if self.own_lane is not None else self.marking.load
         joining = sum(admitted.count for admitted in self.joining)
-        return joining + self.lane.load + own + self.marking.load
+        return joining + self.lane.load + elsewhere
 
     @property
     def unet_calls(self) -> int:
@@ -53,9 +54,13 @@ class StepBatch:
     def clear(self) -> None:
         self.joining.clear()
         self.lane.runs.clear()
-        self.marking.clear()
-        if self.own_lane is not None:
+        if self.own_lane is not None:  # first: no run of its old steps reaches the marking after this
             self.own_lane.clear()
+        self.marking.clear()
+
+    def close(self) -> None:
+        """Stops the watermark's workers (the replica is going away); markings in flight still end."""
+        self.marking.close()
 
     @staticmethod
     def cost(request: Any) -> int:

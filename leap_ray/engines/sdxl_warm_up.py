@@ -104,7 +104,12 @@ def uses_cuda_graphs(kwargs: dict[str, Any]) -> bool:
 
 
 def run_all(batch: RunningBatch, requests: list[Any]) -> None:
-    for outcome in run_to_end(batch, requests):
+    """Runs the requests to their end in the batch, then closes it; raises the first one's error."""
+    try:
+        outcomes = run_to_end(batch, requests)
+    finally:
+        batch.close()
+    for outcome in outcomes:
         if isinstance(outcome, Exception):
             raise outcome
 

@@ -141,6 +141,9 @@ class SimulatedBatch:
     def clear(self) -> None:
         self.running.clear()
 
+    def close(self) -> None:
+        """Nothing to let go of."""
+
     def admit(
         self,
         request: Any,

@@ -3,6 +3,7 @@ mark their images where invisible-watermark is installed), off per request (`app
 the whole engine (`watermark=False`); a marked image carries diffusers' 48 bits."""
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,16 +11,21 @@ import pytest
 from diffusers.pipelines.stable_diffusion_xl.watermark import WATERMARK_BITS
 from imwatermark import WatermarkDecoder
 
+from leap_ray.api.handoff import RefineRequest
 from leap_ray.api.sdxl import SDXLRequest
 from leap_ray.engines import sdxl_decode
-from leap_ray.engines.contract import generate
+from leap_ray.engines.contract import fits, generate
+from leap_ray.engines.results import SDXLResult
 from leap_ray.engines.sdxl import SDXLEngine
 from leap_ray.engines.sdxl_decode import watermarkable
+from leap_ray.engines.sdxl_refiner import SDXLRefinerEngine
 from leap_ray.engines.sdxl_steps import StepBatch
+from leap_ray.errors import ModelError
 from tests.helpers import solo
 
 TOLERANCE = 1e-3  # on 0-1 pixel values, CPU float32, as the engine's other oracle tests
 SIZE = {"height": 256, "width": 256, "num_inference_steps": 2, "prompt": "a lighthouse"}
+PATIENCE_S = 60
 
 
 def watermark_bits(pixels: np.ndarray) -> list[int]:
@@ -110,3 +116,123 @@ def test_the_watermark_runs_off_the_step_thread_and_holds_no_neighbours_step(eng
     assert threads and all(name.startswith("sdxl-watermark") for name in threads)
     assert watermark_bits(finished[marked.seed].images[0]) == WATERMARK_BITS
     assert watermark_bits(finished[neighbour.seed].images[0]) != WATERMARK_BITS
+
+
+@pytest.fixture(scope="module")
+def lanes_engine(tiny_models) -> SDXLEngine:
+    """Images above 64² (so every watermarkable one) step in the own lane."""
+    return SDXLEngine(str(tiny_models["sdxl"]), own_lane_above=64 * 64)
+
+
+@pytest.fixture(scope="module")
+def lanes_refiner(tiny_models) -> SDXLRefinerEngine:
+    return SDXLRefinerEngine(str(tiny_models["sdxl-refiner"]), own_lane_above=64 * 64)
+
+
+def held_watermark(decoder, monkeypatch, fails: bool = False, calls: list | None = None) -> threading.Event:
+    """Holds the decoder's watermark until the returned event is set; then marks (or raises). Each
+    call's image count goes to `calls`."""
+    watermarker, release = decoder.watermarker, threading.Event()
+    real_apply = watermarker.apply_watermark
+
+    def held_apply(images):
+        if calls is not None:
+            calls.append(len(images))
+        assert release.wait(PATIENCE_S)
+        if fails:
+            raise RuntimeError("the watermark failed")
+        return real_apply(images)
+
+    monkeypatch.setattr(watermarker, "apply_watermark", held_apply)
+    return release
+
+
+def outcome_while_marked(batch: StepBatch, request, release: threading.Event, during=lambda: None):
+    """Steps the batch until the request's images are held by the marking, then (after `during`)
+    releases the watermark and steps until the request's outcome: the batch's load is the request's
+    images at every step until then."""
+    deadline = time.monotonic() + PATIENCE_S
+    while not batch.marking.load:
+        assert time.monotonic() < deadline, "never reached the marking"
+        assert batch.step() == [] and batch.load == request.image_count
+    during()
+    release.set()
+    while True:
+        assert time.monotonic() < deadline, "no outcome"
+        assert batch.load == request.image_count
+        finished = batch.step()
+        if finished:
+            [(_, outcome)] = finished
+            return outcome
+
+
+def test_an_own_lane_request_counts_in_the_load_while_marked_and_leaves_it_after(lanes_engine, monkeypatch):
+    release = held_watermark(lanes_engine.decoder, monkeypatch)
+    request = SDXLRequest(seed=3, **SIZE)  # 256²: the own lane's
+    batch = StepBatch(lanes_engine, max_load=4)
+    assert batch.admit(request) is None
+    outcome = outcome_while_marked(batch, request, release)
+    assert isinstance(outcome, SDXLResult) and watermark_bits(outcome.images[0]) == WATERMARK_BITS
+    assert batch.load == 0 and batch.own_lane.load == 0 and batch.marking.load == 0
+    assert fits(batch, SDXLRequest(prompt="next", height=64, width=64, num_images_per_prompt=4))
+
+
+def test_a_refinement_in_the_own_lane_counts_in_the_load_while_marked_and_leaves_it_after(
+    engine, lanes_refiner, monkeypatch
+):
+    request = SDXLRequest(seed=3, refiner={}, **SIZE | {"num_inference_steps": 4})
+    (handed,) = generate(engine, [request])
+    assert isinstance(handed, SDXLResult) and handed.latents is not None, handed
+    job = RefineRequest(request, handed.latents, handed.generator_states, handed.seeds, handed.timings)
+    calls: list[int] = []
+    release = held_watermark(lanes_refiner.decoder, monkeypatch, calls=calls)
+    batch = lanes_refiner.running_batch(max_load=4)
+    assert batch.admit(job) is None
+    outcome = outcome_while_marked(batch, request, release)
+    assert isinstance(outcome, SDXLResult) and len(outcome.images) == 1 and calls == [1]
+    assert batch.load == 0 and batch.own_lane.load == 0 and batch.marking.load == 0
+
+
+@pytest.mark.parametrize("fails", [True, False], ids=["its-watermark-fails", "it-is-cancelled-meanwhile"])
+def test_an_own_lane_request_whose_marking_ends_badly_settles_and_leaves_the_load(
+    lanes_engine, monkeypatch, fails
+):
+    release = held_watermark(lanes_engine.decoder, monkeypatch, fails=fails)
+    request, cancelled = SDXLRequest(seed=13, **SIZE), threading.Event()
+    batch = StepBatch(lanes_engine, max_load=4)
+    assert batch.admit(request, should_stop=cancelled.is_set) is None
+    outcome = outcome_while_marked(batch, request, release, during=cancelled.set)
+    assert isinstance(outcome, ModelError if fails else SDXLResult), outcome
+    assert batch.load == 0
+
+
+def test_a_cleared_batch_drops_a_pending_marking_and_its_load(lanes_engine, monkeypatch):
+    """After a fault of the batch, the driver failed every request: the marked one's later outcome is
+    not handed back a second time, and nothing of it stays in the load."""
+    release = held_watermark(lanes_engine.decoder, monkeypatch)
+    request = SDXLRequest(seed=14, **SIZE)
+    batch = StepBatch(lanes_engine, max_load=4)
+    assert batch.admit(request) is None
+    deadline = time.monotonic() + PATIENCE_S
+    while not batch.marking.load:
+        assert time.monotonic() < deadline
+        batch.step()
+    batch.clear()
+    assert batch.load == 0
+    release.set()
+    settled = time.monotonic() + 1.0  # the marking finishes meanwhile (a 256² image: milliseconds)
+    while time.monotonic() < settled:
+        assert batch.step() == [] and batch.load == 0
+
+
+def test_generate_closes_its_batch_and_its_marking_workers_end(engine):
+    before = set(threading.enumerate())
+    (result,) = generate(engine, [SDXLRequest(seed=3, **SIZE)])
+    assert isinstance(result, SDXLResult)
+    workers = [
+        thread for thread in set(threading.enumerate()) - before if thread.name.startswith("sdxl-watermark")
+    ]
+    assert workers  # it was marked on them
+    for worker in workers:
+        worker.join(PATIENCE_S)
+        assert not worker.is_alive()
