@@ -432,6 +432,19 @@ class ContentCredentialsSettings(BaseModel):
         description="An RFC 3161 time-stamp authority's URL: each signature is time-stamped there (a "
         "network call per output), so it stays valid after the certificate expires.",
     )
+    timestamp_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=30,
+        description="How long a signature waits for the time-stamp authority before the output is signed "
+        "without a time stamp (c2pa's own wait, 30 s, cannot be set).",
+    )
+    timestamp_retry_after_s: float = Field(
+        60.0,
+        ge=0,
+        description="After the time-stamp authority fails, outputs are signed without a time stamp for this "
+        "long; then one output tries the authority again (the others still unstamped until it answers).",
+    )
 
 
 class OutputSettings(BaseModel):

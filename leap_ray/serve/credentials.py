@@ -9,15 +9,21 @@ error naming the setting, rather than failing requests. A self-signed signing ce
 there too: validators show its signatures as untrusted, whatever the file says.
 
 Signing blocks (hashing the file, a time-stamp authority's round trip): it runs where encoding runs,
-off the event loop (ModelShim). When the time-stamp authority fails (down, unreachable, refusing), the
-output is signed without a time stamp rather than lost after its GPU work: a warning is logged and
-`leap_ray_c2pa_unstamped_total` counted. Messages never carry a URL (the authority's may hold a
-credential): c2pa's are cleaned (`sanitised`)."""
+off the event loop (ModelShim), several at once (c2pa-python lets calls share a signer; each has its
+own builder), so that no output waits for another's round trip. When the time-stamp authority fails
+(down, unreachable, refusing, or silent past `timestamp_timeout_s`), the output is signed without a
+time stamp rather than lost after its GPU work, and so are the outputs of the next
+`timestamp_retry_after_s` (a circuit breaker: a silent authority would cost each output the whole
+wait); then one output tries the authority again. A warning is logged at each failure and every
+unstamped signature counted (`leap_ray_c2pa_unstamped_total`). Messages never carry a URL (the
+authority's may hold a credential): c2pa's are cleaned (`sanitised`)."""
 
 import io
 import logging
 import re
 import threading
+import time
+from concurrent.futures import Future
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -61,35 +67,84 @@ class ContentCredentials:
             self._context = c2pa.Context(c2pa.Settings.from_dict(_BUILDER_SETTINGS))
         except c2pa.C2paError as error:
             raise ValueError(f"{SETTING}: c2pa refuses the signer: {sanitised(error)}") from None
-        self._lock = threading.Lock()  # one signature at a time on the native signer
+        self._timeout_s = settings.timestamp_timeout_s
+        self._retry_after_s = settings.timestamp_retry_after_s
+        self._breaker = threading.Lock()  # guards _stamp_again_at (no signature waits on it)
+        self._stamp_again_at = 0.0  # time.monotonic() before which outputs are signed without a stamp
         self._prove()
 
     def sign(self, data: bytes, content_type: str, model: str, refiner: str | None = None) -> bytes:
         """The output with a manifest naming `model` (and the `refiner` that finished it) embedded;
         as it was for a format that cannot carry one (OGG). Without a time stamp when the time-stamp
-        authority fails (logged and counted); raises ValueError (its message without URLs) when even
-        that signature fails."""
+        authority fails, and for `timestamp_retry_after_s` after (logged and counted); raises
+        ValueError (its message without URLs) when even that signature fails."""
         if content_type not in SIGNABLE:
             return data
-        try:
-            return self._signed(self._signer, data, content_type, model, refiner)
-        except c2pa.C2paError as error:
-            if self._unstamped is None:
-                raise ValueError(f"C2PA signing failed: {sanitised(error)}") from None
-            stamp_error = sanitised(error)
-        try:
-            signed = self._signed(self._unstamped, data, content_type, model, refiner)
-        except c2pa.C2paError as error:
-            raise ValueError(f"C2PA signing failed: {sanitised(error)}") from None
-        logger.warning(
-            "signed an output without a time stamp: the time-stamp authority failed (%s)", stamp_error
-        )
+        if self._unstamped is None:  # no time-stamp authority
+            return self._signed_or_refused(self._signer, data, content_type, model, refiner)
+        if self._may_stamp():
+            try:
+                signed = self._stamped(data, content_type, model, refiner)
+            except (c2pa.C2paError, TimeoutError) as error:
+                self._trip(sanitised(error))
+            else:
+                with self._breaker:
+                    self._stamp_again_at = 0.0
+                return signed
+        signed = self._signed_or_refused(self._unstamped, data, content_type, model, refiner)
         metrics.unstamped_signatures().inc()
         return signed
 
+    def _may_stamp(self) -> bool:
+        """Whether this signature asks the authority: not while the breaker is open; once it may close,
+        this call alone tries (the breaker stays open for the others until it answers)."""
+        with self._breaker:
+            now = time.monotonic()
+            if now < self._stamp_again_at:
+                return False
+            if self._stamp_again_at:
+                self._stamp_again_at = now + self._retry_after_s
+            return True
+
+    def _trip(self, reason: str) -> None:
+        with self._breaker:
+            self._stamp_again_at = time.monotonic() + self._retry_after_s
+        logger.warning(
+            "signed an output without a time stamp: the time-stamp authority failed (%s); outputs are "
+            "signed without one for the next %g s",
+            reason,
+            self._retry_after_s,
+        )
+
+    def _stamped(self, data: bytes, content_type: str, model: str, refiner: str | None) -> bytes:
+        """Signed with a time stamp, waiting for the authority `timestamp_timeout_s` at most: c2pa's own
+        wait (30 s) cannot be set, so the signature runs on a thread of its own, left to end there
+        when the wait is over (the breaker then keeps the next outputs from the authority)."""
+        result: Future = Future()
+
+        def run() -> None:
+            try:
+                result.set_result(self._signed(self._signer, data, content_type, model, refiner))
+            except Exception as error:  # the waiting thread's to handle
+                result.set_exception(error)
+
+        threading.Thread(target=run, name="c2pa-timestamp", daemon=True).start()
+        try:
+            return result.result(timeout=self._timeout_s)
+        except TimeoutError:
+            raise TimeoutError(f"no answer within {self._timeout_s:g} s") from None
+
+    def _signed_or_refused(
+        self, signer: Any, data: bytes, content_type: str, model: str, refiner: str | None
+    ) -> bytes:
+        try:
+            return self._signed(signer, data, content_type, model, refiner)
+        except c2pa.C2paError as error:
+            raise ValueError(f"C2PA signing failed: {sanitised(error)}") from None
+
     def _signed(self, signer: Any, data: bytes, content_type: str, model: str, refiner: str | None) -> bytes:
         signed = io.BytesIO()
-        with self._lock, c2pa.Builder(manifest(model, refiner), context=self._context) as builder:
+        with c2pa.Builder(manifest(model, refiner), context=self._context) as builder:
             builder.sign(signer, content_type, io.BytesIO(data), signed)
         return signed.getvalue()
 

@@ -7,7 +7,9 @@ import asyncio
 import datetime
 import io
 import json
+import socket
 import threading
+import time
 from pathlib import Path
 
 import c2pa
@@ -18,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from PIL import Image
 
 import tests.helpers
 from leap_ray.api.marks import read_marks
@@ -372,6 +375,89 @@ def test_a_time_stamp_authority_down_signs_without_a_time_stamp_logged_and_count
     assert count.value == 2  # the start-up check's signature and the output's
     warnings = [record.getMessage() for record in caplog.records if "time stamp" in record.getMessage()]
     assert warnings and not any("127.0.0.1" in text or "secret" in text for text in warnings)
+
+
+@pytest.fixture
+def silent_tsa():
+    """A time-stamp authority that accepts connections and never answers; yields its URL and the
+    connections it took."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)
+    connections: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                connections.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/stamp", connections
+    stop.set()
+    acceptor.join()
+    for connection in [*connections, listener]:
+        connection.close()
+
+
+TSA_WAIT_S = 1.0  # the tests' timestamp_timeout_s (the default is 5 s; c2pa's own, 30 s)
+
+
+def png_bytes() -> bytes:
+    image = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(image, format="PNG")
+    return image.getvalue()
+
+
+def timed_sign(signer_: ContentCredentials, data: bytes) -> tuple[bytes, float]:
+    started = time.monotonic()
+    signed = signer_.sign(data, "image/png", "tiny:sdxl")
+    return signed, time.monotonic() - started
+
+
+def test_a_silent_time_stamp_authority_costs_one_wait_then_outputs_sign_at_once_until_the_retry(
+    signer_files, silent_tsa, monkeypatch
+):
+    url, connections = silent_tsa
+    count = Count()
+    monkeypatch.setattr(credentials.metrics, "unstamped_signatures", lambda: count)
+    settings = signer(
+        signer_files, timestamp_url=url, timestamp_timeout_s=TSA_WAIT_S, timestamp_retry_after_s=2
+    )
+    started = time.monotonic()
+    signer_ = ContentCredentials(settings)  # its start-up check meets the silence: one wait
+    assert TSA_WAIT_S <= time.monotonic() - started < 3 * TSA_WAIT_S
+    asked = len(connections)
+    for _ in range(3):  # within the retry's wait: no round trip, no wait
+        signed, took = timed_sign(signer_, png_bytes())
+        assert took < TSA_WAIT_S / 4 and credentials_of(signed, "image/png", signer_files)[0] == "Trusted"
+    assert len(connections) == asked and count.value == 4
+    time.sleep(2)
+    _, took = timed_sign(signer_, png_bytes())  # the retry asks the authority again, and waits again
+    assert took >= TSA_WAIT_S and len(connections) > asked and count.value == 5
+
+
+def test_two_outputs_wait_for_the_time_stamp_authority_side_by_side(signer_files, silent_tsa):
+    url, _ = silent_tsa
+    # No retry wait: every signature asks the (silent) authority.
+    settings = signer(
+        signer_files, timestamp_url=url, timestamp_timeout_s=TSA_WAIT_S, timestamp_retry_after_s=0
+    )
+    signer_ = ContentCredentials(settings)
+    signed: list[bytes] = []
+    threads = [
+        threading.Thread(target=lambda: signed.append(timed_sign(signer_, png_bytes())[0])) for _ in range(2)
+    ]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert time.monotonic() - started < 1.7 * TSA_WAIT_S  # one after the other: 2 waits
+    assert len(signed) == 2
+    assert all(credentials_of(data, "image/png", signer_files)[0] == "Trusted" for data in signed)
 
 
 @pytest.mark.parametrize(
