@@ -39,29 +39,52 @@ class Marker(Protocol):
         held until its outcome is taken."""
 
 
-class Marking:
+class HeldOutcomes:
+    """Outcomes finished off the thread that drives the step batch, each with the images it held
+    until that thread takes it: what the marking workers and the own lane share."""
+
+    def __init__(self) -> None:
+        self.changed = threading.Condition()
+        self.outcomes: list[tuple[Outcome, int]] = []  # each outcome with the images it held
+        self.held = 0  # images whose outcomes were not taken yet
+        self.generation = 0  # `clear` starts a new one: outcomes of the old are dropped
+
+    def take(self, wait: bool) -> list[Outcome]:
+        """The outcomes finished since the last call; with `wait`, waits up to IDLE_WAIT_S for one."""
+        with self.changed:
+            if wait and not self.outcomes and self.held:
+                self.changed.wait(IDLE_WAIT_S)
+            finished, self.outcomes = self.outcomes, []
+            self.held -= sum(images for _, images in finished)
+            return [outcome for outcome, _ in finished]
+
+    def forget(self) -> None:
+        """Drops every outcome and count (the driver failed them all); holds `_changed`."""
+        self.generation += 1
+        self.outcomes.clear()
+        self.held = 0
+
+
+class Marking(HeldOutcomes):
     """Finishes outcomes on worker threads (`submit`); the driving thread takes them (`take`)."""
 
     def __init__(self, workers: int = WORKERS) -> None:
+        super().__init__()
         self.workers = workers
         self._executor: ThreadPoolExecutor | None = None  # started on first use
-        self._changed = threading.Condition()
-        self._finished: list[tuple[Outcome, int]] = []  # each outcome with the images it held
-        self._held = 0
-        self._generation = 0  # `clear` starts a new one: outcomes of the old are dropped
         self._closed = False
 
     @property
     def load(self) -> int:
         """Images being marked, or marked and not yet taken."""
-        return self._held
+        return self.held
 
     def submit(self, submitted: Any, images: int, finish: Callable[[], Any]) -> None:
         """Runs `finish` (the request's result, its images marked) on a worker; its outcome (or the
         error it raised, the request's own) is then the request's."""
-        with self._changed:
-            self._held += images
-            generation = self._generation
+        with self.changed:
+            self.held += images
+            generation = self.generation
             if self._executor is None and not self._closed:
                 self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="sdxl-watermark")
             executor = self._executor
@@ -76,26 +99,15 @@ class Marking:
             )
             self._settle(submitted, failure, images, generation)
 
-    def take(self, wait: bool) -> list[Outcome]:
-        """The outcomes finished since the last call; with `wait`, waits up to IDLE_WAIT_S for one."""
-        with self._changed:
-            if wait and not self._finished and self._held:
-                self._changed.wait(IDLE_WAIT_S)
-            finished, self._finished = self._finished, []
-            self._held -= sum(images for _, images in finished)
-            return [outcome for outcome, _ in finished]
-
     def clear(self) -> None:
         """Forgets every request (the driver failed them all); a marking in flight is dropped when done."""
-        with self._changed:
-            self._generation += 1
-            self._finished.clear()
-            self._held = 0
+        with self.changed:
+            self.forget()
 
     def close(self) -> None:
         """Stops the workers once the markings in flight are done (their outcomes can still be
         taken); a request submitted later gets an error outcome."""
-        with self._changed:
+        with self.changed:
             self._closed = True
             executor, self._executor = self._executor, None
         if executor is not None:
@@ -111,7 +123,7 @@ class Marking:
 
     def _settle(self, submitted: Any, outcome: Any, images: int, generation: int) -> None:
         """The request's outcome, to be taken: its images stay held until then."""
-        with self._changed:
-            if generation == self._generation:
-                self._finished.append(((submitted, outcome), images))
-                self._changed.notify_all()
+        with self.changed:
+            if generation == self.generation:
+                self.outcomes.append(((submitted, outcome), images))
+                self.changed.notify_all()

@@ -31,16 +31,14 @@ import torch
 from leap_ray.engines.contract import Outcome
 from leap_ray.engines.failures import request_error
 from leap_ray.engines.sdxl_lane import Denoiser, Lane
-from leap_ray.engines.sdxl_marking import Marking
+from leap_ray.engines.sdxl_marking import HeldOutcomes, Marking
 from leap_ray.engines.sdxl_runs import Admitted
 from leap_ray.errors import LeapRayError
 
 logger = logging.getLogger(__name__)
 
-IDLE_WAIT_S = 0.02  # how long the main lane, with nothing of its own to step, waits for this one
 
-
-class OwnLane:
+class OwnLane(HeldOutcomes):
     """Runs handed over (`hand`) start and step here, on the lane's thread; their outcomes are taken
     (`take`) by the thread that drives the step batch, which settles them as its own."""
 
@@ -50,12 +48,9 @@ class OwnLane:
         # Its UNet calls hold the engine's model lock (see above); its marked runs go through `submit`.
         self.lane = Lane(engine, unet_lock=engine.model_lock, marking=self)
         self.stream = torch.cuda.Stream(engine.device) if engine.device.type == "cuda" else None
-        self._changed = threading.Condition()
+        super().__init__()  # its held images: handed over, not being marked, outcomes not taken
         self._arrived: list[Admitted] = []
         self._starting: list[Admitted] = []  # taken from _arrived, not yet in lane.runs
-        self._finished: list[tuple[Outcome, int]] = []  # each outcome with the images it held
-        self._held = 0  # images handed over whose outcomes were not taken yet
-        self._generation = 0  # `clear` starts a new one: outcomes of the old are dropped
         self._stepping = 0  # the generation of the step in flight
         self._marked: set[int] = set()  # ids of the requests that this step sent to the marking
         self._thread: threading.Thread | None = None
@@ -63,27 +58,27 @@ class OwnLane:
     @property
     def load(self) -> int:
         """Images handed over whose outcomes were not taken yet and that are not being marked."""
-        return self._held
+        return self.held
 
     def load_with_marking(self) -> int:
         """This lane's load and the marking's together, read at one moment: an image on its way from
         one to the other is counted once."""
-        with self._changed:
-            return self._held + self.marking.load
+        with self.changed:
+            return self.held + self.marking.load
 
     def submit(self, submitted: Any, images: int, finish: Callable[[], Any]) -> None:
         """A run of this lane to watermark (its lane's `Marker`): on to the marking workers, its
         images moving from this lane's count to theirs at once."""
-        with self._changed:
-            if self._stepping != self._generation:
+        with self.changed:
+            if self._stepping != self.generation:
                 return  # cleared meanwhile: the driver failed the request already
             self.marking.submit(submitted, images, finish)
-            self._held -= images
+            self.held -= images
             self._marked.add(id(submitted))
 
     def admitted(self) -> list[Admitted]:
         """The requests in the lane, arrived or running (a snapshot)."""
-        with self._changed:
+        with self.changed:
             # Those starting too: their adapters must not be evicted while they wait for the lock.
             return [*self._arrived, *self._starting, *(run.admitted for run in list(self.lane.runs))]
 
@@ -94,40 +89,29 @@ class OwnLane:
             for tensor in admitted.embeds:
                 if tensor is not None:
                     tensor.record_stream(self.stream)
-        with self._changed:
+        with self.changed:
             self._arrived.append(admitted)
-            self._held += admitted.count
-            self._changed.notify_all()
+            self.held += admitted.count
+            self.changed.notify_all()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="own-lane-steps", daemon=True)
                 self._thread.start()
 
-    def take(self, wait: bool) -> list[Outcome]:
-        """The outcomes finished since the last call; with `wait`, waits up to IDLE_WAIT_S for one."""
-        with self._changed:
-            if wait and not self._finished and self._held:
-                self._changed.wait(IDLE_WAIT_S)
-            finished, self._finished = self._finished, []
-            self._held -= sum(images for _, images in finished)
-            return [outcome for outcome, _ in finished]
-
     def clear(self) -> None:
         """Forgets every request (the driver failed them all); a step in flight is dropped when done."""
-        with self._changed:
-            self._generation += 1
+        with self.changed:
+            self.forget()
             self._arrived.clear()
             self.lane.runs = []
-            self._finished.clear()
-            self._held = 0
 
     def _loop(self) -> None:
         stream = torch.cuda.stream(self.stream) if self.stream is not None else nullcontext()
         with torch.inference_mode(), stream:  # both are per thread
             while True:
-                with self._changed:
+                with self.changed:
                     while not self._arrived and not self.lane.runs:
-                        self._changed.wait()
-                    arrived, self._arrived, generation = self._arrived, [], self._generation
+                        self.changed.wait()
+                    arrived, self._arrived, generation = self._arrived, [], self.generation
                     self._starting, self._stepping = arrived, generation
                     self._marked = set()
                 self._finish(self._step(arrived), generation)
@@ -142,7 +126,7 @@ class OwnLane:
             logger.error("the own lane's step failed; its requests fail with it", exc_info=error)
             self.lane.runs = []
             failure = LeapRayError("internal error", code="internal_error")
-            with self._changed:  # those already sent to the marking get their outcome from there
+            with self.changed:  # those already sent to the marking get their outcome from there
                 held = [each for each in held if id(each.submitted) not in self._marked]
             return [((each.submitted, failure), each.count) for each in held]
         counts = {id(each.submitted): each.count for each in held}
@@ -159,11 +143,11 @@ class OwnLane:
         return None
 
     def _finish(self, finished: list[tuple[Outcome, int]], generation: int) -> None:
-        with self._changed:
+        with self.changed:
             self._starting = []
-            if generation == self._generation:
-                self._finished += finished
+            if generation == self.generation:
+                self.outcomes += finished
             else:  # cleared meanwhile: what it stepped was failed already
                 self.lane.runs = []
             if finished:
-                self._changed.notify_all()
+                self.changed.notify_all()

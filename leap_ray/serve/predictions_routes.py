@@ -22,6 +22,7 @@ from leap_ray.serve.jobs.outputs import StoredOutput
 from leap_ray.serve.jobs.service import Jobs
 from leap_ray.serve.jobs.store import Job
 from leap_ray.serve.middleware import client_of
+from leap_ray.serve.replicate_model_routes import NAME, OWNER, replicate_model
 from leap_ray.serve.routes import ERROR_RESPONSES, json_body
 
 MAX_WAIT_S = 60.0  # Replicate's longest `Prefer: wait`
@@ -135,17 +136,15 @@ def prediction_routes(jobs: Jobs) -> APIRouter:
     )
     async def create_model_prediction(
         request: Request,
-        owner: str = Path(description="The model's owner: leap-ray."),
-        name: str = Path(description="The model: sdxl or musicgen."),
+        owner: str = OWNER,
+        name: str = NAME,
         prefer: str | None = PREFER,
     ) -> JSONResponse:
         """Models `leap-ray/sdxl` and `leap-ray/musicgen` (our requests as input), and
         `stability-ai/sdxl` and `meta/musicgen` (their inputs on Replicate). With `Prefer: wait[=N]`
         the answer waits for the prediction (at most N, or 60, seconds); 201 with the prediction as it
         then is."""
-        model = REPLICATE_MODELS.get(f"{owner}/{name}")
-        if model is None:
-            raise NotFound(f"no model {owner}/{name}; models: {', '.join(REPLICATE_MODELS)}", param="model")
+        model = replicate_model(owner, name)
         body = await read_body(request, PredictionRequest)
         view, _ = await predictions.create(model, body, request, _wait_s(prefer, 0.0))
         return JSONResponse(view, status_code=201)

@@ -14,7 +14,8 @@ NAME = Path(description="The model: sdxl or musicgen.")
 CREATED_AT = "2026-12-06T00:00:00+00:00"  # Replicate's clients parse the field; no version ever changes
 
 
-def _model(owner: str, name: str) -> ReplicateModel:
+def replicate_model(owner: str, name: str) -> ReplicateModel:
+    """The model `owner/name` names, or a 404 naming `model`."""
     model = REPLICATE_MODELS.get(f"{owner}/{name}")
     if model is None:
         raise NotFound(f"no model {owner}/{name}; models: {', '.join(REPLICATE_MODELS)}", param="model")
@@ -57,12 +58,12 @@ def replicate_model_routes() -> APIRouter:
     async def get_model(owner: str = OWNER, name: str = NAME) -> dict[str, Any]:
         """`leap-ray/sdxl` and `leap-ray/musicgen` take our requests; `stability-ai/sdxl` and
         `meta/musicgen` their inputs on Replicate. `latest_version.openapi_schema` has each input."""
-        return model_view(_model(owner, name))
+        return model_view(replicate_model(owner, name))
 
     @router.get("/versions", summary="A model's versions", operation_id="replicate_list_versions")
     async def list_versions(owner: str = OWNER, name: str = NAME) -> dict[str, Any]:
         """One version: this service's."""
-        return {"previous": None, "next": None, "results": [version_view(_model(owner, name))]}
+        return {"previous": None, "next": None, "results": [version_view(replicate_model(owner, name))]}
 
     @router.get("/versions/{version_id}", summary="A model version", operation_id="replicate_get_version")
     async def get_version(
@@ -71,7 +72,7 @@ def replicate_model_routes() -> APIRouter:
         version_id: str = Path(description="Our version id, or a public version id clients pin."),
     ) -> dict[str, Any]:
         """This service's version of the model, also under the public version ids its clients pin."""
-        model = _model(owner, name)
+        model = replicate_model(owner, name)
         if version_id != model.version and version_id not in model.known_versions:
             raise NotFound(
                 f"no version {version_id} of {model.name}; its version: {model.version}", param="version"
