@@ -40,7 +40,8 @@ class PredictionRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         protected_namespaces=(),
-        json_schema_extra={"examples": [{"input": SDXL_EXAMPLE}]},
+        # `version` is read by POST /v1/predictions only; the other routes name the model themselves.
+        json_schema_extra={"examples": [{"version": "leap-ray/sdxl", "input": SDXL_EXAMPLE}]},
     )
 
     input: dict[str, Any] = Field(

@@ -70,4 +70,4 @@ def test_every_example_in_the_spec_is_a_request_the_service_accepts(graph):
                 response = httpx.request(method, url, json=example, timeout=300)
                 assert response.status_code in (200, 201, 202), (path, response.text[:300])
                 posted.append(path)
-    assert len(posted) >= 7  # both models, jobs, OpenAI, and the three prediction routes
+    assert len(posted) >= 8  # both models, jobs, OpenAI, and the four prediction routes
