@@ -43,10 +43,17 @@ class OutputMarks:
         return json.dumps(self.record, ensure_ascii=ascii_only, separators=(",", ":"))
 
 
+# How an answer travels, not what it holds: left out of the record, so that one image is one file
+# however it was asked for (streamed, with previews, or not).
+DELIVERY_FIELDS = frozenset({"stream", "preview_every"})
+
+
 def request_record(request: BaseModel, **updates: Any) -> dict[str, Any]:
-    """A request's fields (defaults included) as JSON-ready values, with `updates` (e.g. the seed the
-    engine drew) written over them; tensors, images, audio and callables summarised."""
-    fields = {name: getattr(request, name) for name in type(request).model_fields}
+    """A request's fields (defaults included, delivery options left out) as JSON-ready values, with
+    `updates` (e.g. the seed the engine drew) written over them; tensors, images, audio and callables
+    summarised."""
+    names = [name for name in type(request).model_fields if name not in DELIVERY_FIELDS]
+    fields = {name: getattr(request, name) for name in names}
     return {name: summarised(value) for name, value in (fields | updates).items()}
 
 

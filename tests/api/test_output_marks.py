@@ -151,6 +151,14 @@ def test_tensors_uploads_audio_and_callbacks_are_summarised_never_embedded():
     assert track.output_marks(3, "m").record["request"]["melody"] == "<audio 1.00 s at 16000 Hz>"
 
 
+def test_how_an_answer_travels_is_not_recorded_so_one_image_is_one_file():
+    plain = SDXLRequest(prompt="a", seed=1, **SMALL)
+    streamed = SDXLRequest(prompt="a", seed=1, stream=True, preview_every=2, **SMALL)
+    assert request_record(streamed) == request_record(plain) and "stream" not in request_record(plain)
+    track, streamed_track = (MusicGenRequest(prompt="a", duration=1, stream=flag) for flag in (False, True))
+    assert track.output_marks(3, "m").record == streamed_track.output_marks(3, "m").record
+
+
 @pytest.mark.parametrize("audio_format", ["wav", "flac", "ogg", "mp3"])
 def test_a_track_is_tagged_with_its_prompt_its_request_and_the_software(audio_format):
     request = MusicGenRequest(prompt="lo-fi beat, warm piano", duration=1, format=audio_format)
