@@ -68,11 +68,12 @@ def libsndfile_tags(marks: OutputMarks, audio_format: str) -> dict[str, str]:
     """The tags libsndfile writes for a WAV, FLAC or OGG track, each within the container's limit,
     in the order they are set (a WAV drops the tags after one too long)."""
     limit = WAV_TAG_BYTES if audio_format == "wav" else None
-    return {
+    tags = {
         "title": fitted_text(marks.title, limit),
         "software": SOFTWARE,
         "comment": fitted_record(marks.record, limit),
     }
+    return {name: text for name, text in tags.items() if text}  # libsndfile refuses an empty string
 
 
 def with_id3_tags(mp3: bytes, marks: OutputMarks) -> bytes:
@@ -86,7 +87,8 @@ def with_id3_tags(mp3: bytes, marks: OutputMarks) -> bytes:
     tags.delall("TSSE")
     tags.delall("TIT2")
     tags.delall("COMM")
-    tags.add(TIT2(encoding=1, text=marks.title))
+    if marks.title:
+        tags.add(TIT2(encoding=1, text=marks.title))
     tags.add(COMM(encoding=1, lang="eng", desc="", text=_json(marks.record)))
     tags.add(TSSE(encoding=1, text=SOFTWARE))
     buffer.seek(0)

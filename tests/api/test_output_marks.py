@@ -6,6 +6,7 @@ untouched."""
 import io
 import json
 
+import mutagen.id3
 import numpy as np
 import pytest
 import soundfile
@@ -149,6 +150,19 @@ def test_tensors_uploads_audio_and_callbacks_are_summarised_never_embedded():
     melody = DecodedAudio(np.zeros(16000, dtype=np.float32), 16000)
     track = MusicGenRequest(prompt="a", melody=melody, duration=1)
     assert track.output_marks(3, "m").record["request"]["melody"] == "<audio 1.00 s at 16000 Hz>"
+
+
+@pytest.mark.parametrize("audio_format", ["wav", "flac", "ogg", "mp3"])
+def test_a_track_with_an_empty_prompt_is_tagged_without_a_title(audio_format):
+    """libsndfile refuses an empty string ("bad string"): found by fuzzing, as a 503 after the model ran."""
+    marks = MusicGenRequest(prompt="", duration=1, format=audio_format).output_marks(seed=1, model="m")
+    data = encode_audio(np.zeros(32000, dtype=np.float32), 32000, audio_format, marks)
+    if audio_format == "mp3":
+        tags = mutagen.id3.ID3(io.BytesIO(data))
+        assert "TIT2" not in tags and json.loads(str(tags.getall("COMM")[0]))["request"]["prompt"] == ""
+    else:
+        with soundfile.SoundFile(io.BytesIO(data)) as file:
+            assert file.title == "" and json.loads(file.comment)["request"]["prompt"] == ""
 
 
 def test_how_an_answer_travels_is_not_recorded_so_one_image_is_one_file():

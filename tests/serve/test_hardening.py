@@ -1,6 +1,7 @@
 """Round 2 of hardening, on a real graph: slow clients, a stalled job store, a job flood and a dying
 ingress get their typed answers (408, 503 with Retry-After) while the service keeps answering."""
 
+import re
 import socket
 import threading
 import time
@@ -38,9 +39,16 @@ def slow_client(port: int, path: str, answers: list[bytes]) -> None:
         head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
         sock.sendall(head.encode() + b"{")
         answer = b""
-        while b"}}" not in answer and (chunk := sock.recv(4096)):  # the whole error body
+        while not whole(answer) and (chunk := sock.recv(4096)):  # the whole error body
             answer += chunk
         answers.append(answer)
+
+
+def whole(answer: bytes) -> bool:
+    """Whether an HTTP answer's head and its Content-Length of body have arrived."""
+    head, found, body = answer.partition(b"\r\n\r\n")
+    length = re.search(rb"(?i)content-length: *([0-9]+)", head)
+    return bool(found) and length is not None and len(body) >= int(length.group(1))
 
 
 def test_slow_bodies_get_408_and_cannot_hold_the_ingress(hardened, variants):

@@ -22,8 +22,9 @@ import soundfile
 from PIL import Image
 from replicate.exceptions import ReplicateError
 
+from leap_ray.api.marks import read_marks
 from leap_ray.serve.predictions_routes import _wait_s
-from tests.helpers import APP_URL, assert_error, in_process_app, stub_image, stub_output
+from tests.helpers import APP_URL, assert_error, in_process_app, pixels, stub_image, stub_output
 
 IMAGE = {"prompt": "a red fox", "height": 64, "width": 64, "num_inference_steps": 3, "seed": 11}
 FINISHED = ("succeeded", "failed", "canceled")
@@ -239,7 +240,10 @@ def reference(graph) -> bytes:
 def test_replicate_runs_sdxl_and_its_output_urls_give_the_seeds_image(client, reference):
     output = client.run("leap-ray/sdxl", input={**IMAGE, "num_images_per_prompt": 2})
     assert len(output) == 2
-    assert httpx.get(str(output[0]), timeout=30).content == reference
+    first = httpx.get(str(output[0]), timeout=30).content
+    # The seed's image, with the seed's parameters (its record tells the request of two images).
+    assert np.array_equal(pixels(first), pixels(reference))
+    assert read_marks(first)["parameters"] == read_marks(reference)["parameters"]
 
 
 def test_replicate_runs_musicgen(client):
