@@ -2,28 +2,35 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+SERVE_STAMP := $(VENV)/.installed-serve
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: install serve test test-fast lint system-packages gpu-wheels
 
-# torch first, pinned: an unpinned torch (or one pulled in by another package) is a multi-GB CUDA build.
-# invisible-watermark (SDXL's watermark) last, without its declared dependencies: opencv-python is the
-# GUI build (libGL, absent on headless machines) and torch is pinned here; it imports what the serve
-# extra installs instead (opencv-python-headless, PyWavelets).
-$(STAMP): pyproject.toml
+# What serving needs, and only that (`make serve`). torch first, pinned (requirements/torch.txt): an
+# unpinned torch (or one pulled in by another package) is a multi-GB CUDA build. invisible-watermark
+# (SDXL's watermark) last, without its declared dependencies: opencv-python is the GUI build (libGL,
+# absent on headless machines) and torch is pinned here; it imports what the serve extra installs
+# instead (opencv-python-headless, PyWavelets).
+$(SERVE_STAMP): pyproject.toml requirements/torch.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[serve,test,bench]"
+	$(BIN)/pip install --quiet -r requirements/torch.txt
+	$(BIN)/pip install --quiet -e ".[serve]"
 	$(BIN)/pip install --quiet --no-deps invisible-watermark==0.2.0
-	touch $(STAMP)
+	touch $@
 
-install: $(STAMP)
+# The tests' and benchmarks' tools on top (`make test`).
+$(TEST_STAMP): $(SERVE_STAMP)
+	$(BIN)/pip install --quiet -e ".[serve,test,bench]"
+	touch $@
 
-serve: $(STAMP)
+install: $(TEST_STAMP)
+
+serve: $(SERVE_STAMP)
 	$(BIN)/leap-ray serve $(CONFIG)
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
@@ -36,18 +43,18 @@ system-packages:
 
 # The in-process tier on both cores (one torch thread per worker), then the integration tier alone:
 # its tests share one local Ray, which wants both cores.
-test: $(STAMP) system-packages
+test: $(TEST_STAMP) system-packages
 	$(BIN)/ruff check .
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not integration" -n 2 $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
 
 # The in-process tier without its few slow tests, on both cores (one torch thread per worker: two
 # workers' thread pools on two cores would fight).
-test-fast: $(STAMP)
+test-fast: $(TEST_STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not integration and not slow" -n 2 $(PYTEST_ARGS)
 
 # The wheels benchmarks/gpu_check needs on a bare offline GPU machine (Python 3.12, x86-64), into .whl/.
-gpu-wheels: $(STAMP)
+gpu-wheels: $(TEST_STAMP)
 	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 		-d .whl -r requirements/gpu-check-wheels.txt
