@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from leap_ray.model_sources import TINY_PREFIX
+
 
 class SDXLLimits(BaseModel):
     min_size: int = Field(64, description="Smallest height/width in pixels.")
@@ -115,6 +117,7 @@ OBJECT_STORE_SCHEMES = ("s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "adl"
 # Option names that hold credentials: those come from the environment, never the config Serve logs.
 SECRET_OPTION_WORDS = ("secret", "token", "password", "access_key", "account_key", "service_account", "sas")
 OUTPUT_LINK_CONTEXT = b"leap_ray output links"  # what the derived signing key is for (`output_url_secret`)
+TINY_SUGGESTED_STEPS = 8  # a tiny model's 256 px image in a few seconds on a CPU, previews and all
 SHORTEST_LINK_KEY = 32  # bytes of an output_url_secret_file's key: an HMAC-SHA256 key as long as its hash
 
 
@@ -167,6 +170,19 @@ class SDXLSettings(ModelSettings):
         description="Most adapters one replica holds at once; the least recently used is unloaded. "
         "Serve routes a request to a replica that holds its adapters when one can take it.",
     )
+    suggested_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Denoising steps clients are offered by default (GET /v1/sdxl/defaults, the "
+        "playground); requests without num_inference_steps still run the request's default. Absent: "
+        f"{TINY_SUGGESTED_STEPS} for a tiny: model (noise at any count), else the request's default.",
+    )
+
+    def suggested(self) -> int | None:
+        """The steps clients are offered by default; None: the request's own default."""
+        if self.suggested_steps is None and self.model.startswith(TINY_PREFIX):
+            return TINY_SUGGESTED_STEPS
+        return self.suggested_steps
 
     def engine_arguments(self) -> dict[str, Any]:
         """The engine's keyword arguments: engine_kwargs, and the adapters when there are any (an

@@ -215,6 +215,8 @@ SPECS = {
         text_tokens=77,
         refiner=True,
         loras=("ink", "paper"),
+        native_size=256,
+        suggested_steps=8,
     ),
     "musicgen": MusicGenModelSpec(sample_rate=32000, frame_rate=50, supports_melody=True),
 }  # the tiny models' facts, with the main graph's refiner and adapters

@@ -15,8 +15,8 @@ _LIMITS = LIMITS.sdxl
 
 @dataclass(frozen=True)
 class SDXLModelSpec:
-    """What a loaded model accepts, for checks that depend on it (tensor shapes), and what the graph
-    around it offers (a refiner, LoRA adapters)."""
+    """What a loaded model accepts, for checks that depend on it (tensor shapes), what the graph
+    around it offers (a refiner, LoRA adapters), and the sizes and steps it suits."""
 
     latent_channels: int
     vae_scale_factor: int
@@ -25,6 +25,10 @@ class SDXLModelSpec:
     text_tokens: int
     refiner: bool | None = None  # None: not known here (an engine alone hands its latents back)
     loras: tuple[str, ...] = ()
+    # What a client may start from (the playground's defaults, GET /v1/sdxl/defaults); None: unknown,
+    # the request's own defaults then.
+    native_size: int | None = None  # the side it was trained at: UNet sample size × VAE scale factor
+    suggested_steps: int | None = None  # denoising steps worth waiting for (few for a tiny model)
 
 
 def check_combinations(request: SDXLFields) -> None:

@@ -110,6 +110,7 @@ class SDXLEngine:
             pooled_embed_width=pipeline.text_encoder_2.config.projection_dim,
             text_tokens=pipeline.tokenizer_2.model_max_length,
             loras=self.adapters.names(),
+            native_size=pipeline.default_sample_size * pipeline.vae_scale_factor,
         )
 
     def running_batch(self, max_load: int = 8) -> StepBatch:

@@ -117,7 +117,10 @@ class SDXLDeployment(ModelDeployment):
     ) -> None:
         super().__init__(settings, outputs)
         self.refiner = refiner
-        self.shim.spec = replace(self.shim.spec, refiner=refiner is not None)  # what the graph offers
+        # What the graph offers, and the steps the operator (or the tiny model) suggests.
+        self.shim.spec = replace(
+            self.shim.spec, refiner=refiner is not None, suggested_steps=settings.suggested()
+        )
         # Wired here, not by decorator, since the bound comes from the config; Serve keeps its state on
         # the function, so each replica gets its own.
         self._hold_adapters = serve.multiplexed(max_num_models_per_replica=settings.max_loaded_loras)(

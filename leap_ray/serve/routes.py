@@ -16,6 +16,7 @@ from leap_ray.api.musicgen import MusicGenRequest, musicgen_response
 from leap_ray.api.progress import AudioDelta, Progress, audio_delta_json, progress_json
 from leap_ray.api.responses import MusicGenResponse, SDXLResponse
 from leap_ray.api.sdxl import SDXLRequest, sdxl_response
+from leap_ray.api.sdxl_defaults import SDXLDefaults, sdxl_defaults
 from leap_ray.errors import NotAcceptable
 from leap_ray.serve.errors import as_leap_error
 from leap_ray.serve.gateway import SERVICES, ModelGateway
@@ -200,6 +201,18 @@ def generation_routes(gateway: ModelGateway) -> APIRouter:
         """The names `loras` may use; the operator lists them in the config (`sdxl.loras`)."""
         spec = await gateway.spec("sdxl")
         return {"loras": list(spec.loras)}
+
+    @router.get(
+        "/v1/sdxl/defaults",
+        response_model=SDXLDefaults,
+        responses={401: ERROR_RESPONSES[401], 503: ERROR_RESPONSES[503]},
+        summary="Sizes and steps that suit the SDXL model being served",
+    )
+    async def get_sdxl_defaults() -> SDXLDefaults:
+        """What a client may fill in before a request (the playground does): the model's native size
+        (its UNet's sample size × its VAE's scale factor: 1024 for SDXL, 256 for the tiny model) and
+        the steps suggested for it. The request's own defaults stay as documented."""
+        return sdxl_defaults(await gateway.spec("sdxl"))
 
     return router
 

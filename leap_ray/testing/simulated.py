@@ -211,6 +211,7 @@ class SimulatedSDXLEngine(_SimulatedEngine):
             text_embed_width=2048,
             pooled_embed_width=1280,
             text_tokens=77,
+            native_size=1024,  # it simulates the real model's timings
         )
 
     def steps(self, request: SDXLRequest) -> int:

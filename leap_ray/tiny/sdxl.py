@@ -26,6 +26,7 @@ class SDXLArchitecture:
     unet_layers_per_block: int
     unet_head_dims: tuple[int, ...]
     unet_transformer_layers: tuple[int, ...]
+    unet_sample_size: int  # latent side it was "trained" at: × 8 the native image size diffusers defaults to
     time_embed_width: int
     vae_channels: tuple[int, ...]
     vae_layers_per_block: int
@@ -40,6 +41,7 @@ TINY = SDXLArchitecture(
     unet_layers_per_block=1,
     unet_head_dims=(2, 4),
     unet_transformer_layers=(1, 2),
+    unet_sample_size=32,  # 256 px: what the playground offers by default, seconds per image on a CPU
     time_embed_width=8,
     vae_channels=(8, 16, 16, 16),  # four blocks: 8x downsampling, like SDXL's VAE
     vae_layers_per_block=1,
@@ -54,6 +56,7 @@ BASE_1_0 = SDXLArchitecture(
     unet_layers_per_block=2,
     unet_head_dims=(5, 10, 20),
     unet_transformer_layers=(1, 2, 10),
+    unet_sample_size=128,  # 1024 px, SDXL's native size
     time_embed_width=256,
     vae_channels=(128, 256, 512, 512),
     vae_layers_per_block=2,
@@ -131,7 +134,7 @@ def sdxl_unet(
         cross_attention_dim = sum(width for width, _, _ in architecture.text_encoders)
     added_embedding_width = time_ids * architecture.time_embed_width + architecture.pooled_width
     return UNet2DConditionModel(
-        sample_size=128,  # latents of a 1024 px image, SDXL's native size
+        sample_size=architecture.unet_sample_size,
         in_channels=4,
         out_channels=4,
         block_out_channels=architecture.unet_channels,

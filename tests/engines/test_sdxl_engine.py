@@ -455,3 +455,9 @@ def test_split_parts_of_a_request_make_its_images(engine):
     )
     for expected, got in zip(images.images, [image for part in joined for image in part.images], strict=True):
         assert np.abs(expected - got).max() < 1e-3
+
+
+def test_the_spec_gives_the_models_native_size(engine, reference):
+    """The UNet's sample size × the VAE's scale factor: the size diffusers itself defaults to."""
+    native = reference.default_sample_size * reference.vae_scale_factor
+    assert engine.spec().native_size == native == 256
