@@ -58,7 +58,7 @@ def _serve(args: argparse.Namespace) -> None:
         raise UsageError(str(error)) from None
     stop = threading.Event()
     _stop_on_signals(stop)
-    start_ray(address=args.address, expose_metrics=args.expose_metrics)
+    dashboard = start_ray(address=args.address, expose_metrics=args.expose_metrics)
     # Again after Ray's start: its core worker installs a crash handler for SIGTERM that ends in an
     # abort (exit 134); ours replaces it, so SIGTERM stops the service cleanly.
     _stop_on_signals(stop)
@@ -67,14 +67,15 @@ def _serve(args: argparse.Namespace) -> None:
         print("Starting the models (the tiny ones are built on first use)...", flush=True)
         if not wait_until_running(config, stop=stop):
             return
-        print(serving_message(config), flush=True)
+        print(serving_message(config, dashboard), flush=True)
         stop.wait()
     finally:
         stop_local_ray()
 
 
-def serving_message(config: "ServeDeploySchema") -> str:
-    """What `leap-ray serve` prints once the service runs: its address and a request to try."""
+def serving_message(config: "ServeDeploySchema", dashboard: str | None = None) -> str:
+    """What `leap-ray serve` prints once the service runs: its address, a request to try, and where
+    Ray's dashboard is (the port it got: 8265 may be another Ray's), with `serve status` pointed at it."""
     from leap_ray.serve.launch import http_address
 
     address = http_address(config)
@@ -89,8 +90,18 @@ def serving_message(config: "ServeDeploySchema") -> str:
         f"  curl -s {address}/v1/sdxl -H 'Content-Type: application/json' -H 'Accept: image/png' \\\n"
         f"    -d '{EXAMPLE_BODY}' -o image.png\n\n"
         f"{own_ca}"
-        "Ray's own tools see it too: RAY_AUTH_MODE=token serve status\n"
+        f"{_ray_tools(dashboard)}"
         "Ctrl-C stops it."
+    )
+
+
+def _ray_tools(dashboard: str | None) -> str:
+    """Ray's `serve` command pointed at this Ray's dashboard (without `-a` it asks 127.0.0.1:8265)."""
+    if dashboard is None:
+        return ""
+    return (
+        f"Ray's dashboard: {dashboard}. Ray's own tools see it too:\n"
+        f"  RAY_AUTH_MODE=token serve status -a {dashboard}\n"
     )
 
 

@@ -4,13 +4,16 @@ and SIGTERM stops it leaving no process behind (integration: a real Ray). In-pro
 starts is its own, on loopback unless told to expose its metrics."""
 
 import os
+import re
 import signal
 import socket
 import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import psutil
@@ -20,7 +23,7 @@ import yaml
 from leap_ray.serve import launch
 from leap_ray.serve.launch import is_ready, local_config_path
 
-DASHBOARD = "http://127.0.0.1:8265"
+RAYS_DEFAULT_DASHBOARD = ("127.0.0.1", 8265)
 LOOPBACK_ADDRESSES = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 
 
@@ -31,8 +34,8 @@ def free_port() -> int:
 
 
 def serve_cli(*args: str) -> str:
-    """Ray's `serve` command as the README tells operators to type it (it finds the dashboard on
-    127.0.0.1:8265, and the token in ~/.ray/auth_token when told that Ray's token auth is on)."""
+    """Ray's `serve` command as `leap-ray serve` tells operators to type it (the dashboard's address
+    with -a, and the token in ~/.ray/auth_token when told that Ray's token auth is on)."""
     serve = Path(sys.executable).with_name("serve")
     environment = {**os.environ, "RAY_AUTH_MODE": "token"}
     done = subprocess.run([str(serve), *args], capture_output=True, text=True, timeout=60, env=environment)
@@ -40,19 +43,20 @@ def serve_cli(*args: str) -> str:
     return done.stdout
 
 
-def check_ray_tools_and_exposure(ray_processes: list[psutil.Process]) -> None:
-    status = yaml.safe_load(serve_cli("status"))
+def check_ray_tools_and_exposure(ray_processes: list[psutil.Process], dashboard: str) -> None:
+    status = yaml.safe_load(serve_cli("status", "-a", dashboard))
     application = status["applications"]["leap_ray"]
     assert application["status"] == "RUNNING"
     assert set(application["deployments"]) == {"Ingress", "SDXL", "Refiner", "MusicGen"}
-    (config,) = yaml.safe_load_all(serve_cli("config"))
+    (config,) = yaml.safe_load_all(serve_cli("config", "-a", dashboard))
     assert config["import_path"] == "leap_ray.serve.app:build_app"
     # Ray's token auth is on: without the token (which the CLI read from ~/.ray/auth_token) it refuses.
-    refused = httpx.get(f"{DASHBOARD}/api/serve/applications/", timeout=10)
+    refused = httpx.get(f"{dashboard}/api/serve/applications/", timeout=10)
     assert refused.status_code in (401, 403), refused.status_code
     pids = {process.pid for process in ray_processes}
     listening = [c for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.pid in pids]
-    assert {c.laddr.ip for c in listening if c.laddr.port == 8265} == {"127.0.0.1"}
+    dashboard_port = int(dashboard.rsplit(":", 1)[1])
+    assert {c.laddr.ip for c in listening if c.laddr.port == dashboard_port} == {"127.0.0.1"}
     # Every port of the Ray it started is on loopback, its metrics endpoint among them, and so is
     # Serve's proxy (this config's host is 127.0.0.1); but not Serve's replicas' inter-deployment gRPC
     # server, which Serve 2.60 binds to [::] whatever the node's address (token auth guards it).
@@ -60,8 +64,23 @@ def check_ray_tools_and_exposure(ray_processes: list[psutil.Process]) -> None:
     assert {c.laddr.ip for c in ray_ports} <= LOOPBACK_ADDRESSES, sorted(c.laddr for c in ray_ports)
 
 
+@pytest.fixture
+def default_dashboard_port_taken() -> Iterator[None]:
+    """127.0.0.1:8265 held by something else, as by another Ray on the machine (already so when
+    binding fails)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(RAYS_DEFAULT_DASHBOARD)
+            sock.listen()
+        except OSError:
+            pass
+        yield
+
+
 @pytest.mark.integration
-def test_sigterm_stops_the_service_and_every_ray_process_it_started(tiny_models, tls_certs, tmp_path):
+def test_sigterm_stops_the_service_and_every_ray_process_it_started(
+    tiny_models, tls_certs, tmp_path, default_dashboard_port_taken
+):
     # Over HTTPS (--tls-cert, --tls-key): Serve's proxy serves the certificate; plain HTTP is the
     # session graph's (tests/serve/conftest.py).
     config = yaml.safe_load(local_config_path().read_text())
@@ -100,8 +119,11 @@ def test_sigterm_stops_the_service_and_every_ray_process_it_started(tiny_models,
         while f"serving at {url} " not in printed.read_text() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert f"serving at {url} " in printed.read_text()
+        # The dashboard it got, printed with the command that reaches it: not the port taken.
+        (dashboard,) = re.findall(r"serve status -a (http://127\.0\.0\.1:\d+)\n", printed.read_text())
+        assert not dashboard.endswith(":8265")
         descendants = psutil.Process(server.pid).children(recursive=True)
-        check_ray_tools_and_exposure(descendants)
+        check_ray_tools_and_exposure(descendants, dashboard)
         names = {process.name() for process in descendants}
         assert len(descendants) >= 3, names  # raylet, GCS, workers, agents...
         server.send_signal(signal.SIGTERM)
@@ -122,9 +144,10 @@ def ray_inits(monkeypatch) -> list[dict]:
 
     calls = []
 
-    def init(**options: object) -> None:
+    def init(**options: object) -> SimpleNamespace:
         seen = {"node_ip": ray.util.get_node_ip_address(), "env": os.environ.get(launch.SINGLE_MACHINE_ENV)}
         calls.append({**options, **seen})
+        return SimpleNamespace(dashboard_url="127.0.0.1:8266")  # as Ray's context has it: no scheme
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv(launch.proxy.CALLBACK_ENV, raising=False)  # start_ray sets it; undone after
@@ -163,6 +186,16 @@ def test_the_ray_it_starts_is_on_loopback_unless_told_to_expose_its_metrics(ray_
     # Nothing else in this process changes: the switch is undone once Ray has started.
     assert ray.util.get_node_ip_address() == machine_address
     assert launch.SINGLE_MACHINE_ENV not in os.environ
+
+
+def test_it_prints_the_dashboard_the_ray_it_started_got_and_points_serve_status_at_it(ray_inits):
+    from leap_ray.cli import serving_message
+
+    dashboard = launch.start_ray(num_cpus=1)
+    assert dashboard == "http://127.0.0.1:8266"
+    message = serving_message(launch.load_config(), dashboard)
+    assert "Ray's dashboard: http://127.0.0.1:8266." in message
+    assert "  RAY_AUTH_MODE=token serve status -a http://127.0.0.1:8266\n" in message
 
 
 def test_serve_takes_the_flag_that_exposes_rays_metrics():

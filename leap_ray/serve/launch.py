@@ -115,7 +115,7 @@ def start_ray(
     dashboard: bool = True,
     address: str | None = None,
     expose_metrics: bool = False,
-) -> None:
+) -> str | None:
     """Connects to the Ray cluster at `address` (or $RAY_ADDRESS) when given. Otherwise starts a Ray
     of its own on this machine for the service (no-op when already connected; never another
     cluster `ray start` left on the machine, which Ray's own discovery would join), reachable from this
@@ -123,24 +123,36 @@ def start_ray(
     endpoint among them. With `expose_metrics` the node takes the machine's address instead, as a
     `ray start` node does, so that a Prometheus elsewhere can scrape it: the metrics endpoint then
     listens on every interface, and so do Ray's other ports. Ray's token auth (its default; the token
-    is ~/.ray/auth_token) stays on either way. The dashboard (127.0.0.1:8265) is what `serve status`
-    and `serve config` talk to. On a cluster started with `ray start`, set
-    RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH on every node (see leap_ray.serve.proxy)."""
+    is ~/.ray/auth_token) stays on either way. On a cluster started with `ray start`, set
+    RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH on every node (see leap_ray.serve.proxy).
+
+    Returns the address of the Ray's dashboard, which `serve status` and `serve config` talk to
+    (None when this process was already connected, or without a dashboard). It is 127.0.0.1:8265
+    only when that port was free: Ray takes the next free one otherwise, where the `serve` command's
+    default would reach another Ray's."""
     if ray.is_initialized():
-        return
+        return None
     # Ray's processes, the HTTP proxies among them, inherit this: our error shape at the proxy.
     os.environ.setdefault(proxy.CALLBACK_ENV, proxy.CALLBACK)
     if address or "RAY_ADDRESS" in os.environ:
-        ray.init(address=address)
-        return
+        return _dashboard_address(ray.init(address=address))
     with nullcontext() if expose_metrics else _single_machine_mode():
-        ray.init(
+        context = ray.init(
             address="local",  # a new Ray, even where the machine has another (ray_current_cluster)
             num_cpus=num_cpus,
             include_dashboard=dashboard,
             dashboard_host=LOOPBACK,
             object_store_memory=256 * 1024 * 1024,
         )
+    return _dashboard_address(context)
+
+
+def _dashboard_address(context: Any) -> str | None:
+    """The dashboard's address as an http:// URL (Ray's context gives host:port, or nothing)."""
+    url = getattr(context, "dashboard_url", None)
+    if not url:
+        return None
+    return url if "://" in url else f"http://{url}"
 
 
 def stop_local_ray(grace_s: float = 5.0) -> None:
