@@ -34,12 +34,14 @@ lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Tests use Debian's redis-server (the Redis job store) and chromium (the docs pages in a real
-# browser), installed when root.
+# Tests use Debian's redis-server (the Redis job store), chromium (the pages in a real browser) and
+# prometheus (promtool checks deploy/prometheus/, and a real Prometheus scrapes the local graph),
+# installed when root. Prometheus without its recommends (node-exporter, smartmontools: not needed).
 system-packages:
-	@(command -v redis-server && command -v chromium && command -v chromedriver) >/dev/null || \
-		[ "$$(id -u)" != 0 ] || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-		apt-get install -y -qq redis-server chromium chromium-driver >/dev/null)
+	@(command -v redis-server && command -v chromium && command -v chromedriver && command -v promtool) \
+		>/dev/null || [ "$$(id -u)" != 0 ] || (apt-get update -qq && export DEBIAN_FRONTEND=noninteractive && \
+		apt-get install -y -qq redis-server chromium chromium-driver >/dev/null && \
+		apt-get install -y -qq --no-install-recommends prometheus >/dev/null)
 
 # The in-process tier on both cores (one torch thread per worker), then the integration tier alone:
 # its tests share one local Ray, which wants both cores.
