@@ -3,6 +3,8 @@ tiny random-weight models, built offline in seconds on first use and cached (for
 on a laptop and for tests)."""
 
 import fcntl
+import functools
+import hashlib
 import importlib
 import os
 import re
@@ -32,12 +34,25 @@ def write_tiny(name: str, folder: Path) -> Path:
     return getattr(importlib.import_module(module), function)(folder)
 
 
+@functools.cache
+def tiny_builders_digest() -> str:
+    """A digest of the tiny builders' source (leap_ray/tiny/): the cache keeps each build under it, so
+    a machine that built the tiny models before a builder changed builds them again instead of serving
+    the old ones (their native size, say, which the playground's defaults come from)."""
+    sources = sorted((Path(__file__).parent / "tiny").glob("*.py"))
+    digest = hashlib.sha256()
+    for source in sources:
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def tiny_model(name: str, cache: Path | None = None) -> Path:
-    """The folder of tiny model `name`, built once per machine on first use. Replicas starting
-    together may ask at once: the build runs under a file lock and appears by an atomic rename."""
+    """The folder of tiny model `name`, built once per machine (and per version of its builders) on
+    first use. Replicas starting together may ask at once: the build runs under a file lock and
+    appears by an atomic rename."""
     if name not in TINY_BUILDERS:
         raise ValueError(f"no tiny model {name!r}; there are {sorted(TINY_BUILDERS)}")
-    cache = Path(cache or tiny_models_cache())
+    cache = Path(cache or tiny_models_cache()) / tiny_builders_digest()
     folder = cache / name
     if folder.exists():
         return folder
