@@ -164,7 +164,7 @@ def graph(*applications: dict) -> Iterator[str]:
     start_ray(num_cpus=2 * MODEL_CPUS * len(applications) + 1)
     try:
         deploy(config)
-        wait_until_running(config)
+        wait_until_running(config, timeout_s=600)
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()

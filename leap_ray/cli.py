@@ -41,10 +41,13 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    """Runs the graph in the foreground until Ctrl-C or SIGTERM, then stops Serve and Ray."""
+    """Runs the graph in the foreground until Ctrl-C or SIGTERM, then stops Serve and the Ray it
+    started (or, on a cluster it joined, removes only its own applications)."""
     from leap_ray.serve.launch import (
         TlsConfigError,
         deploy,
+        joins_cluster,
+        leave_cluster,
         load_config,
         start_ray,
         stop_local_ray,
@@ -58,6 +61,7 @@ def _serve(args: argparse.Namespace) -> None:
         raise UsageError(str(error)) from None
     stop = threading.Event()
     _stop_on_signals(stop)
+    joined = joins_cluster(args.address)
     dashboard = start_ray(address=args.address, expose_metrics=args.expose_metrics)
     # Again after Ray's start: its core worker installs a crash handler for SIGTERM that ends in an
     # abort (exit 134); ours replaces it, so SIGTERM stops the service cleanly.
@@ -65,15 +69,22 @@ def _serve(args: argparse.Namespace) -> None:
     try:
         deploy(config)
         print("Starting the models (the tiny ones are built on first use)...", flush=True)
-        if not wait_until_running(config, stop=stop):
-            return
-        print(serving_message(config, dashboard), flush=True)
-        stop.wait()
+        running = wait_until_running(
+            config, args.ready_timeout, stop, report=lambda line: print(line, flush=True)
+        )
+        if running:
+            print(serving_message(config, dashboard, joined), flush=True)
+            stop.wait()
+    except (RuntimeError, TimeoutError) as error:  # a deployment failed, or --ready-timeout passed
+        raise StartFailed(str(error)) from None
     finally:
-        stop_local_ray()
+        if joined:
+            leave_cluster(config)
+        else:
+            stop_local_ray()
 
 
-def serving_message(config: "ServeDeploySchema", dashboard: str | None = None) -> str:
+def serving_message(config: "ServeDeploySchema", dashboard: str | None = None, joined: bool = False) -> str:
     """What `leap-ray serve` prints once the service runs: its address, a request to try, and where
     Ray's dashboard is (the port it got: 8265 may be another Ray's), with `serve status` pointed at it."""
     from leap_ray.serve.launch import http_address
@@ -90,15 +101,21 @@ def serving_message(config: "ServeDeploySchema", dashboard: str | None = None) -
         f"  curl -s {address}/v1/sdxl -H 'Content-Type: application/json' -H 'Accept: image/png' \\\n"
         f"    -d '{EXAMPLE_BODY}' -o image.png\n\n"
         f"{own_ca}"
-        f"{_ray_tools(dashboard)}"
+        f"{_ray_tools(dashboard, joined)}"
         "Ctrl-C stops it."
     )
 
 
-def _ray_tools(dashboard: str | None) -> str:
-    """Ray's `serve` command pointed at this Ray's dashboard (without `-a` it asks 127.0.0.1:8265)."""
+def _ray_tools(dashboard: str | None, joined: bool) -> str:
+    """Ray's `serve` command pointed at this Ray's dashboard (without `-a` it asks 127.0.0.1:8265).
+    A cluster's dashboard address is the head's own view of it (often 127.0.0.1): said as such."""
     if dashboard is None:
         return ""
+    if joined:
+        return (
+            f"The cluster's dashboard, as its head sees it: {dashboard}. On the head:\n"
+            f"  RAY_AUTH_MODE=token serve status -a {dashboard}\n"
+        )
     return (
         f"Ray's dashboard: {dashboard}. Ray's own tools see it too:\n"
         f"  RAY_AUTH_MODE=token serve status -a {dashboard}\n"
@@ -370,6 +387,11 @@ class UsageError(Exception):
     """A mistake of the user's: said on one line, exit status 2."""
 
 
+class StartFailed(Exception):
+    """`leap-ray serve` could not bring the service up (a deployment failed, or --ready-timeout
+    passed): said on one line, exit status 1."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leap-ray", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {version('leap-ray')}")
@@ -392,6 +414,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the Ray it starts serves its metrics (Prometheus, no auth) on every interface, for a "
         "Prometheus on another host; Ray's other ports then listen on every interface too (token auth "
         "on). Default: all of them on 127.0.0.1. With --address, the cluster's own setup decides",
+    )
+    serve.add_argument(
+        "--ready-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="give up (exit 1) if the service is not running after this long; default: wait (real "
+        "models download and compile for many minutes), saying every 30 s what is still starting",
     )
     serve.add_argument(
         "--tls-cert",
@@ -475,6 +504,8 @@ def main(argv: list[str] | None = None) -> None:
         args.run(args)
     except UsageError as error:
         _fail(str(error), 2)
+    except StartFailed as error:
+        _fail(str(error), 1)
     except NotTheServiceError as error:
         _fail(error.message, 1)
     except ServiceError as error:

@@ -10,6 +10,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ import psutil
 import pytest
 import yaml
 
+from leap_ray.cli import main, serving_message
 from leap_ray.serve import launch
 from leap_ray.serve.launch import is_ready, local_config_path
 
@@ -189,8 +191,6 @@ def test_the_ray_it_starts_is_on_loopback_unless_told_to_expose_its_metrics(ray_
 
 
 def test_it_prints_the_dashboard_the_ray_it_started_got_and_points_serve_status_at_it(ray_inits):
-    from leap_ray.cli import serving_message
-
     dashboard = launch.start_ray(num_cpus=1)
     assert dashboard == "http://127.0.0.1:8266"
     message = serving_message(launch.load_config(), dashboard)
@@ -203,3 +203,89 @@ def test_serve_takes_the_flag_that_exposes_rays_metrics():
 
     assert build_parser().parse_args(["serve"]).expose_metrics is False
     assert build_parser().parse_args(["serve", "--expose-metrics"]).expose_metrics is True
+
+
+def deployment(status: str, message: str = "") -> SimpleNamespace:
+    return SimpleNamespace(status=status, message=message)
+
+
+def applications(status: str, **deployments: SimpleNamespace) -> dict:
+    return {"leap_ray": SimpleNamespace(status=status, message="", deployments=deployments)}
+
+
+WAITING_FOR_A_GPU = "1 replica has taken more than 30s to be scheduled. Resources required: {'GPU': 1}"
+
+
+def test_while_the_models_start_it_says_which_are_still_starting_in_serves_words(monkeypatch):
+    states = applications(
+        "DEPLOYING", Ingress=deployment("HEALTHY"), SDXL=deployment("UPDATING", WAITING_FOR_A_GPU)
+    )
+    monkeypatch.setattr(launch.serve, "status", lambda: SimpleNamespace(applications=states))
+    reports, stop = [], threading.Event()
+
+    def report(line: str) -> None:
+        reports.append(line)
+        stop.set()  # as Ctrl-C would: not running, no error
+
+    assert (
+        launch.wait_until_running(launch.load_config(), stop=stop, report=report, report_every_s=0) is False
+    )
+    (line,) = reports
+    assert line.startswith("still starting after ") and f"SDXL: UPDATING ({WAITING_FOR_A_GPU})" in line
+    assert "Ingress" not in line
+    with pytest.raises(TimeoutError, match=r"not running after 0 s: SDXL: UPDATING \(1 replica"):
+        launch.wait_until_running(launch.load_config(), timeout_s=0)
+
+
+def test_on_a_cluster_it_joined_it_removes_only_its_own_applications(monkeypatch):
+    deleted, disconnected = [], []
+    monkeypatch.setattr(launch.serve, "delete", deleted.append)
+    monkeypatch.setattr(launch.serve, "shutdown", lambda: pytest.fail("serve.shutdown removes every app"))
+    monkeypatch.setattr(launch.ray, "shutdown", lambda: disconnected.append(True))
+    launch.leave_cluster(launch.load_config())
+    assert deleted == ["leap_ray"] and disconnected == [True]
+
+
+@pytest.fixture
+def fake_launch(monkeypatch) -> dict[str, list]:
+    """leap-ray serve's steps, recorded instead of run (no Ray starts)."""
+    calls: dict[str, list] = {"stopped": [], "left": []}
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(launch, "start_ray", lambda **options: "http://127.0.0.1:8265")
+    monkeypatch.setattr(launch, "deploy", lambda config: None)
+    monkeypatch.setattr(launch, "stop_local_ray", lambda: calls["stopped"].append(True))
+    monkeypatch.setattr(
+        launch, "leave_cluster", lambda config: calls["left"].append(config.applications[0].name)
+    )
+    return calls
+
+
+def test_a_failed_deployment_is_one_line_and_exit_1_and_only_its_apps_leave_the_cluster(
+    fake_launch, monkeypatch, capsys
+):
+    def failed(*args: object, **options: object) -> bool:
+        raise RuntimeError("deployment failed: leap_ray: SDXL replica raised")
+
+    monkeypatch.setattr(launch, "wait_until_running", failed)
+    with pytest.raises(SystemExit) as exit_status:
+        main(["serve", "--address", "head:6379"])
+    assert exit_status.value.code == 1
+    assert capsys.readouterr().err.strip().endswith("deployment failed: leap_ray: SDXL replica raised")
+    assert fake_launch == {"stopped": [], "left": ["leap_ray"]}
+
+
+def test_the_ready_timeout_reaches_the_wait_and_its_own_ray_is_stopped(fake_launch, monkeypatch, capsys):
+    def timed_out(config: object, timeout_s: float | None, *args: object, **options: object) -> bool:
+        raise TimeoutError(f"not running after {timeout_s:.0f} s: SDXL: UPDATING")
+
+    monkeypatch.setattr(launch, "wait_until_running", timed_out)
+    with pytest.raises(SystemExit) as exit_status:
+        main(["serve", "--ready-timeout", "90"])
+    assert exit_status.value.code == 1
+    assert "not running after 90 s: SDXL: UPDATING" in capsys.readouterr().err
+    assert fake_launch == {"stopped": [True], "left": []}
+
+
+def test_a_joined_clusters_dashboard_is_said_to_be_the_heads_view():
+    message = serving_message(launch.load_config(), "http://127.0.0.1:8265", joined=True)
+    assert "The cluster's dashboard, as its head sees it: http://127.0.0.1:8265. On the head:" in message

@@ -6,7 +6,7 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from importlib import resources
 from pathlib import Path
@@ -20,7 +20,7 @@ from ray import serve
 from ray._private import ray_constants
 from ray.serve._private import api as serve_api
 from ray.serve.config import gRPCOptions
-from ray.serve.schema import ServeDeploySchema
+from ray.serve.schema import ApplicationStatusOverview, ServeDeploySchema
 
 from leap_ray.serve import proxy
 
@@ -134,7 +134,7 @@ def start_ray(
         return None
     # Ray's processes, the HTTP proxies among them, inherit this: our error shape at the proxy.
     os.environ.setdefault(proxy.CALLBACK_ENV, proxy.CALLBACK)
-    if address or "RAY_ADDRESS" in os.environ:
+    if joins_cluster(address):
         return _dashboard_address(ray.init(address=address))
     with nullcontext() if expose_metrics else _single_machine_mode():
         context = ray.init(
@@ -194,14 +194,22 @@ def deploy(config: ServeDeploySchema) -> None:
 
 
 def wait_until_running(
-    config: ServeDeploySchema, timeout_s: float = 600.0, stop: threading.Event | None = None
+    config: ServeDeploySchema,
+    timeout_s: float | None = None,
+    stop: threading.Event | None = None,
+    report: Callable[[str], None] | None = None,
+    report_every_s: float = 30.0,
 ) -> bool:
     """Blocks until every application of the config is RUNNING (True) or `stop` is set (False);
-    raises if one fails to deploy or the time runs out."""
-    deadline = time.monotonic() + timeout_s
+    raises if one fails to deploy or `timeout_s` passes. None is no limit: a production replica may
+    download and compile its model for many minutes, or wait for the autoscaler's new node. Every
+    `report_every_s` it hands `report` what is still starting, in Serve's own words (a replica
+    waiting for resources says which it asks for and which the cluster has)."""
+    started = time.monotonic()
+    next_report = started + report_every_s
     names = [application.name for application in config.applications]
     stop = stop or threading.Event()
-    while time.monotonic() < deadline and not stop.is_set():
+    while not stop.is_set():
         applications = serve.status().applications
         states = {name: applications[name] for name in names if name in applications}
         failed = [f"{name}: {s.message}" for name, s in states.items() if s.status == "DEPLOY_FAILED"]
@@ -209,7 +217,36 @@ def wait_until_running(
             raise RuntimeError("deployment failed: " + "; ".join(failed))
         if len(states) == len(names) and all(s.status == "RUNNING" for s in states.values()):
             return True
+        now = time.monotonic()
+        if timeout_s is not None and now - started > timeout_s:
+            raise TimeoutError(f"not running after {timeout_s:.0f} s: {still_starting(states)}")
+        if report is not None and now >= next_report:
+            report(f"still starting after {now - started:.0f} s: {still_starting(states)}")
+            next_report = now + report_every_s
         stop.wait(0.5)
-    if stop.is_set():
-        return False
-    raise TimeoutError(f"applications {names} were not running after {timeout_s:.0f} s")
+    return False
+
+
+def still_starting(applications: dict[str, ApplicationStatusOverview]) -> str:
+    """The deployments not yet healthy, each with Serve's message about it."""
+    starting = [
+        f"{name}: {deployment.status}" + (f" ({deployment.message})" if deployment.message else "")
+        for application in applications.values()
+        for name, deployment in application.deployments.items()
+        if deployment.status != "HEALTHY"
+    ]
+    return "; ".join(starting) or "the applications are being created"
+
+
+def joins_cluster(address: str | None) -> bool:
+    """Whether start_ray connects to a running cluster (`address`, or $RAY_ADDRESS) rather than
+    starting a Ray of its own."""
+    return bool(address) or "RAY_ADDRESS" in os.environ
+
+
+def leave_cluster(config: ServeDeploySchema) -> None:
+    """Removes this config's applications from the cluster it joined and disconnects, leaving the
+    cluster's Serve and its other applications as they were (serve.shutdown would remove them all)."""
+    for application in config.applications:
+        serve.delete(application.name)
+    ray.shutdown()
