@@ -50,10 +50,26 @@ def named(command: str) -> list[str]:
     return [word.split("=", 1)[-1] for word in shlex.split(command, comments=True)]
 
 
+def volumes(words: list[str]) -> list[tuple[str, str]]:
+    """docker's `-v source:target[:options]`: (source, target); a source without "/" is a named volume."""
+    return [tuple(words[i + 1].split(":")[:2]) for i, word in enumerate(words[:-1]) if word == "-v"]  # type: ignore[misc]
+
+
+def checkout_paths(words: list[str]) -> list[str]:
+    """The paths a command names in the checkout: relative ones, and the sources of bind mounts (an
+    absolute, home or $VARIABLE path is the machine's, a named volume docker's)."""
+    mount_specs = {i + 1 for i, word in enumerate(words) if word == "-v"}
+    candidates = [word for i, word in enumerate(words) if i not in mount_specs]
+    candidates += [source for source, _ in volumes(words)]
+    return [
+        word.removeprefix("./") for word in candidates if "/" in word and not word.startswith(("/", "~", "$"))
+    ]
+
+
 @pytest.mark.parametrize("command", [c for c in deploying_commands() if starts_with(c, CHECKED)])
 def test_the_command_names_files_that_exist_and_the_manifests_image(command):
     words = named(command)
-    paths = [word for word in words if "/" in word and not word.startswith("/")]
+    paths = checkout_paths(words)
     assert [path for path in paths if not (ROOT / path).exists()] == []
     (image,) = {container["image"] for container in containers(rayservice())}
     images = [word for word in words if word.startswith("leap-ray:")]
@@ -63,6 +79,18 @@ def test_the_command_names_files_that_exist_and_the_manifests_image(command):
         # From the root, as the Dockerfile's COPY lines expect, tagged as the manifest runs it.
         assert words[words.index("-f") + 1] == str(DOCKERFILE.relative_to(ROOT)) and words[-1] == "."
         assert images == [image]
+    if command.startswith("docker run"):
+        # The cache where the image's user keeps it, /dev/shm over Ray's object store (256 MiB), and
+        # a mounted config is the one the command serves.
+        assert ("leap-ray-cache", "/home/ray/.cache") in volumes(words)
+        assert "--shm-size" in command and "-p" in words
+        served = words[words.index(image) + 1 :]
+        if served:
+            assert served[:2] == ["leap-ray", "serve"]
+            assert served[2] in {target for _, target in volumes(words)}
+    if command.startswith("prometheus"):
+        # Its data outside the checkout (by default ./data/, wherever it is started).
+        assert any(word.startswith("--storage.tsdb.path=") for word in shlex.split(command))
     if command.startswith("kubectl apply"):
         assert (ROOT / words[words.index("-k") + 1] / "kustomization.yaml").exists()
         assert words[words.index("-k") + 1] == str(RAYSERVICE.parent.relative_to(ROOT))
