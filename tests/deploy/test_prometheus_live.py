@@ -18,6 +18,7 @@ import ray
 import yaml
 from ray._private.metrics_agent import PrometheusServiceDiscoveryWriter
 
+from leap_ray.errors import LeapRayError
 from tests.conftest import free_port
 from tests.helpers import SMALL
 
@@ -126,3 +127,48 @@ def test_prometheus_scrapes_the_service_and_evaluates_every_alert(client, promet
     }
     for rule in rules:
         assert query(prometheus_api, rule["expr"])["status"] == "success", rule["alert"]
+        check_selectors(prometheus_api, rule)
+
+
+# A selector's matcher: label, operator, value (`status_code=~"5.."`).
+MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
+
+
+def outcomes() -> set[str]:
+    """The values of leap_ray_requests_total's outcome: ok, or an error's type."""
+    classes, found = [LeapRayError], {"ok"}
+    while classes:
+        error = classes.pop()
+        found.add(error.error_type)
+        classes.extend(error.__subclasses__())
+    return found
+
+
+# Matchers the traffic above cannot meet (no 5xx, no model at capacity): left out of the query, their
+# label must still be on the series, holding values of the kind the matcher names.
+RARE: dict[tuple[str, str, str], Callable[[str], bool]] = {
+    ("status_code", "=~", "5.."): lambda value: re.fullmatch(r"\d{3}", value) is not None,
+    ("outcome", "=", "overloaded_error"): lambda value: value in outcomes(),
+}
+
+
+def selectors(expression: str) -> list[tuple[str, list[tuple[str, str, str]]]]:
+    """Each series selector of a PromQL expression: its metric and its matchers."""
+    found = re.findall(r"\b(ray_[a-z_]+)(?:\{([^}]*)\})?", expression)
+    return [(metric, MATCHER.findall(matchers)) for metric, matchers in found]
+
+
+def check_selectors(api: httpx.Client, rule: dict[str, Any]) -> None:
+    """Each selector of the rule finds series, and they carry every label the rule groups by or matches
+    on: a label renamed (by Ray, or by us) leaves a rule that evaluates without error and never fires."""
+    grouped = {label.strip() for by in re.findall(r"by \(([^)]*)\)", rule["expr"]) for label in by.split(",")}
+    for metric, matchers in selectors(rule["expr"]):
+        asked = [matcher for matcher in matchers if matcher not in RARE]
+        selector = metric + "{" + ", ".join(f'{label}{op}"{value}"' for label, op, value in asked) + "}"
+        series = [result["metric"] for result in query(api, selector)["data"]["result"]]
+        assert series, f"{rule['alert']}: {selector} finds nothing"
+        for labels in series:
+            assert grouped | {label for label, _, _ in matchers} <= labels.keys(), (rule["alert"], labels)
+            for label, op, value in set(matchers) & RARE.keys():
+                assert RARE[label, op, value](labels[label]), (rule["alert"], label, labels[label])
+                assert op != "=" or RARE[label, op, value](value), (rule["alert"], label, value)
