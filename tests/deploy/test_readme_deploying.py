@@ -1,13 +1,15 @@
 """README's Deploying section, tested as written: each command that can run here runs verbatim from
 the repository root; for those that need a Docker daemon, a cluster or a long-running server, the
-paths they name exist and the image they name is the manifest's. A command the test knows neither
-way fails it, so a new one is not left unchecked."""
+paths they name exist and the image they name is the manifest's, and a `docker run` line serves on
+the container's interfaces (where `-p` reaches) and asks for GPUs only if its config does. A command
+the test knows neither way fails it, so a new one is not left unchecked."""
 
 import re
 import shlex
 import subprocess
 
 import pytest
+import yaml
 
 from .conftest import DOCKERFILE, RAYSERVICE, ROOT, containers, rayservice
 
@@ -94,3 +96,48 @@ def test_the_command_names_files_that_exist_and_the_manifests_image(command):
     if command.startswith("kubectl apply"):
         assert (ROOT / words[words.index("-k") + 1] / "kustomization.yaml").exists()
         assert words[words.index("-k") + 1] == str(RAYSERVICE.parent.relative_to(ROOT))
+
+
+# The image's own command serves this (tests/deploy/test_dockerfile.py checks its CMD and COPY).
+IMAGE_CONFIG = ROOT / "serve_config.yaml"
+GPU_FLAGS = ("--gpus", "--runtime=nvidia", "--device=nvidia.com/gpu")
+
+
+def option(words: list[str], flag: str) -> str | None:
+    """The value of `flag` among words (`--host 0.0.0.0` or `--host=0.0.0.0`), or None."""
+    for i, word in enumerate(words):
+        if word == flag and i + 1 < len(words):
+            return words[i + 1]
+        if word.startswith(flag + "="):
+            return word.split("=", 1)[1]
+    return None
+
+
+def served_config(words: list[str], image: str) -> tuple[dict, list[str]]:
+    """What a `docker run` line serves: the config file (the image's own, or the one it mounts, read
+    from the checkout) and the `leap-ray serve` words after the image."""
+    served = words[words.index(image) + 1 :]
+    if not served:
+        return yaml.safe_load(IMAGE_CONFIG.read_text()), []
+    (source,) = [source for source, target in volumes(words) if target == served[2]]
+    return yaml.safe_load((ROOT / source.removeprefix("./")).read_text()), served
+
+
+@pytest.mark.parametrize("command", [c for c in deploying_commands() if starts_with(c, ["docker run"])])
+def test_a_docker_run_listens_on_every_interface_and_asks_for_gpus_only_if_its_config_does(command):
+    # In a container, 127.0.0.1 is the container's own loopback: `-p` publishes a port nobody answers.
+    words = shlex.split(command, comments=True)
+    (image,) = {container["image"] for container in containers(rayservice())}
+    config, served = served_config(words, image)
+    options = words[: words.index(image)]
+    assert (option(served, "--host") or config["http_options"]["host"]) == "0.0.0.0"
+    port = option(served, "--port") or config["http_options"]["port"]
+    assert (option(options, "-p") or "").endswith(f":{port}")  # the port it serves is the one published
+    # A GPU flag fails on a machine without NVIDIA's runtime: only where a replica needs a GPU.
+    wants_gpus = any(
+        deployment.get("ray_actor_options", {}).get("num_gpus", 0) > 0
+        for application in config["applications"]
+        for deployment in application.get("deployments", [])
+    )
+    asks_for_gpus = any(word.startswith(GPU_FLAGS) for word in options)
+    assert asks_for_gpus == wants_gpus
