@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import base64
 import json
+import math
 import os
 import random
 import signal
@@ -35,53 +36,90 @@ def _tiny_models(args: argparse.Namespace) -> None:
         print(f"{name}: {folder}")
 
 
-def _stop_on_signals(stop: threading.Event) -> None:
+def stop_on_signals(stop: threading.Event) -> None:
+    """The first Ctrl-C or SIGTERM stops the service gracefully; a second one stops waiting for that."""
+
+    def handle(*_: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, handle)
 
 
 def _serve(args: argparse.Namespace) -> None:
     """Runs the graph in the foreground until Ctrl-C or SIGTERM, then stops Serve and the Ray it
     started (or, on a cluster it joined, removes only its own applications)."""
-    from leap_ray.serve.launch import (
-        TlsConfigError,
-        deploy,
-        joins_cluster,
-        leave_cluster,
-        load_config,
-        start_ray,
-        stop_local_ray,
-        wait_until_running,
-    )
+    from leap_ray.serve import launch
 
     tls = {"ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key}
     try:
-        config = load_config(args.config, host=args.host, port=args.port, **tls)
-    except TlsConfigError as error:
+        config = launch.load_config(args.config, host=args.host, port=args.port, **tls)
+    except launch.TlsConfigError as error:
         raise UsageError(str(error)) from None
     stop = threading.Event()
-    _stop_on_signals(stop)
-    joined = joins_cluster(args.address)
-    dashboard = start_ray(address=args.address, expose_metrics=args.expose_metrics)
+    stop_on_signals(stop)
+    joined = launch.joins_cluster(args.address)
+    dashboard = launch.start_ray(address=args.address, expose_metrics=args.expose_metrics)
     # Again after Ray's start: its core worker installs a crash handler for SIGTERM that ends in an
     # abort (exit 134); ours replaces it, so SIGTERM stops the service cleanly.
-    _stop_on_signals(stop)
+    stop_on_signals(stop)
+    if joined and not args.replace:
+        try:
+            launch.check_cluster_is_free()
+        except launch.ClusterInUse as error:
+            raise UsageError(
+                f"the cluster's Serve already runs {error}: deploying replaces Serve's config whole, "
+                "removing them. Add leap_ray to your Serve config and `serve deploy` it, or pass --replace"
+            ) from None
     try:
-        deploy(config)
-        print("Starting the models (the tiny ones are built on first use)...", flush=True)
-        running = wait_until_running(
+        _run_until_stopped(config, args, stop, dashboard, joined)
+    finally:
+        print("Stopping (Ctrl-C again to stop waiting)...", flush=True)
+        if joined:
+            launch.leave_cluster(config)
+        else:
+            launch.stop_local_ray()
+
+
+def _run_until_stopped(
+    config: "ServeDeploySchema",
+    args: argparse.Namespace,
+    stop: threading.Event,
+    dashboard: str | None,
+    joined: bool,
+) -> None:
+    from leap_ray.serve import launch
+
+    if stop.is_set():  # stopped while Ray was starting
+        return
+    launch.deploy(config)
+    tiny = " (the tiny ones are built on first use)" if uses_tiny_models(config) else ""
+    print(f"Starting the models{tiny}...", flush=True)
+    try:
+        running = launch.wait_until_running(
             config, args.ready_timeout, stop, report=lambda line: print(line, flush=True)
         )
-        if running:
-            print(serving_message(config, dashboard, joined), flush=True)
-            stop.wait()
     except (RuntimeError, TimeoutError) as error:  # a deployment failed, or --ready-timeout passed
         raise StartFailed(str(error)) from None
-    finally:
-        if joined:
-            leave_cluster(config)
-        else:
-            stop_local_ray()
+    if running:
+        print(serving_message(config, dashboard, joined), flush=True)
+        stop.wait()
+
+
+def uses_tiny_models(config: "ServeDeploySchema") -> bool:
+    """Whether a config names a `tiny:` model anywhere in its applications' arguments."""
+    from leap_ray.model_sources import TINY_PREFIX
+
+    return f'"{TINY_PREFIX}' in json.dumps([application.args for application in config.applications])
+
+
+def _positive_seconds(text: str) -> float:
+    seconds = float(text)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return seconds
 
 
 def serving_message(config: "ServeDeploySchema", dashboard: str | None = None, joined: bool = False) -> str:
@@ -416,8 +454,14 @@ def build_parser() -> argparse.ArgumentParser:
         "on). Default: all of them on 127.0.0.1. With --address, the cluster's own setup decides",
     )
     serve.add_argument(
+        "--replace",
+        action="store_true",
+        help="with --address: deploy even where the cluster's Serve already runs applications, "
+        "replacing them (Serve's config is one whole; default: refuse)",
+    )
+    serve.add_argument(
         "--ready-timeout",
-        type=float,
+        type=_positive_seconds,
         metavar="SECONDS",
         help="give up (exit 1) if the service is not running after this long; default: wait (real "
         "models download and compile for many minutes), saying every 30 s what is still starting",

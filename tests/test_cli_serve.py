@@ -21,10 +21,11 @@ import psutil
 import pytest
 import yaml
 
-from leap_ray.cli import main, serving_message
+from leap_ray.cli import build_parser, main, serving_message, uses_tiny_models
 from leap_ray.serve import launch
 from leap_ray.serve.launch import is_ready, local_config_path
 
+ROOT = Path(__file__).parents[1]
 RAYS_DEFAULT_DASHBOARD = ("127.0.0.1", 8265)
 LOOPBACK_ADDRESSES = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 
@@ -237,27 +238,114 @@ def test_while_the_models_start_it_says_which_are_still_starting_in_serves_words
         launch.wait_until_running(launch.load_config(), timeout_s=0)
 
 
-def test_on_a_cluster_it_joined_it_removes_only_its_own_applications(monkeypatch):
-    deleted, disconnected = [], []
-    monkeypatch.setattr(launch.serve, "delete", deleted.append)
-    monkeypatch.setattr(launch.serve, "shutdown", lambda: pytest.fail("serve.shutdown removes every app"))
-    monkeypatch.setattr(launch.ray, "shutdown", lambda: disconnected.append(True))
-    launch.leave_cluster(launch.load_config())
-    assert deleted == ["leap_ray"] and disconnected == [True]
+class FakeServe:
+    """Serve's controller as leave_cluster sees it: applications that go `polls_to_go` status calls
+    after their delete was asked for (never, with None)."""
+
+    def __init__(self, monkeypatch, polls_to_go: int | None = 2, refuse: Exception | None = None) -> None:
+        self.apps, self.deleted, self.disconnected = {"leap_ray": True, "theirs": True}, [], []
+        self.polls_to_go, self.refuse = polls_to_go, refuse
+        monkeypatch.setattr(launch.serve, "delete", self.delete)
+        monkeypatch.setattr(launch.serve, "status", self.status)
+        monkeypatch.setattr(launch.serve, "shutdown", lambda: pytest.fail("serve.shutdown removes every app"))
+        monkeypatch.setattr(launch.ray, "shutdown", lambda: self.disconnected.append(True))
+        monkeypatch.setattr(launch.time, "sleep", lambda seconds: None)
+
+    def delete(self, name: str, _blocking: bool = True) -> None:
+        assert _blocking is False  # the controller drains replicas on its own; we only watch
+        if self.refuse:
+            raise self.refuse
+        self.deleted.append(name)
+
+    def status(self) -> SimpleNamespace:
+        if self.deleted and self.polls_to_go is not None:
+            self.polls_to_go -= 1
+            if self.polls_to_go <= 0:
+                self.apps.pop("leap_ray", None)
+        return SimpleNamespace(applications=dict(self.apps))
+
+
+def test_on_a_cluster_it_joined_it_removes_only_its_own_applications_and_waits_for_them(monkeypatch):
+    cluster, reports = FakeServe(monkeypatch), []
+    launch.leave_cluster(launch.load_config(), report=reports.append)
+    assert cluster.deleted == ["leap_ray"] and cluster.apps == {"theirs": True}
+    assert cluster.disconnected == [True] and reports == []
+
+
+def test_a_removal_that_outlasts_the_wait_is_said_and_ray_is_disconnected(monkeypatch):
+    cluster, reports = FakeServe(monkeypatch, polls_to_go=None), []
+    launch.leave_cluster(launch.load_config(), timeout_s=0, report=reports.append)
+    assert reports == ["still removing leap_ray after 0 s; Serve goes on with it"]
+    assert cluster.disconnected == [True]
+
+
+def test_a_controller_that_refuses_is_one_line_and_ray_is_disconnected(monkeypatch):
+    cluster, reports = FakeServe(monkeypatch, refuse=RuntimeError("the controller died")), []
+    launch.leave_cluster(launch.load_config(), report=reports.append)
+    assert reports == ["could not remove leap_ray from the cluster: the controller died"]
+    assert cluster.disconnected == [True]
+
+
+def test_a_cluster_whose_serve_runs_applications_is_left_as_it_was(monkeypatch):
+    cluster = FakeServe(monkeypatch)
+    with pytest.raises(launch.ClusterInUse) as refused:
+        launch.check_cluster_is_free()
+    assert refused.value.applications == ["leap_ray", "theirs"] and cluster.disconnected == [True]
+    cluster.apps.clear()
+    launch.check_cluster_is_free()  # an empty Serve: nothing to replace
+
+
+def test_an_interrupted_stop_still_ends_every_ray_process_it_started(monkeypatch):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt  # a second Ctrl-C while Serve drains
+
+    monkeypatch.setattr(launch.serve, "shutdown", interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            launch.stop_local_ray(grace_s=5)
+        assert child.wait(timeout=10) is not None
+    finally:
+        child.kill()
+
+
+def test_a_second_signal_stops_the_waiting():
+    from leap_ray.cli import stop_on_signals
+
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    stop = threading.Event()
+    try:
+        stop_on_signals(stop)
+        handler = signal.getsignal(signal.SIGTERM)
+        handler(signal.SIGTERM, None)
+        assert stop.is_set()
+        with pytest.raises(KeyboardInterrupt):
+            handler(signal.SIGTERM, None)
+    finally:
+        for signum, previous in saved.items():
+            signal.signal(signum, previous)
 
 
 @pytest.fixture
-def fake_launch(monkeypatch) -> dict[str, list]:
-    """leap-ray serve's steps, recorded instead of run (no Ray starts)."""
-    calls: dict[str, list] = {"stopped": [], "left": []}
+def fake_launch(monkeypatch) -> Iterator[dict[str, list]]:
+    """leap-ray serve's steps, recorded instead of run (no Ray starts); the signal handlers it
+    installs are put back after."""
+    calls: dict[str, list] = {"stopped": [], "left": [], "deployed": []}
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(launch, "start_ray", lambda **options: "http://127.0.0.1:8265")
-    monkeypatch.setattr(launch, "deploy", lambda config: None)
+    monkeypatch.setattr(launch, "check_cluster_is_free", lambda: None)
+    monkeypatch.setattr(
+        launch, "deploy", lambda config: calls["deployed"].append(config.applications[0].name)
+    )
     monkeypatch.setattr(launch, "stop_local_ray", lambda: calls["stopped"].append(True))
     monkeypatch.setattr(
         launch, "leave_cluster", lambda config: calls["left"].append(config.applications[0].name)
     )
-    return calls
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    yield calls
+    for signum, previous in saved.items():
+        signal.signal(signum, previous)
 
 
 def test_a_failed_deployment_is_one_line_and_exit_1_and_only_its_apps_leave_the_cluster(
@@ -271,7 +359,23 @@ def test_a_failed_deployment_is_one_line_and_exit_1_and_only_its_apps_leave_the_
         main(["serve", "--address", "head:6379"])
     assert exit_status.value.code == 1
     assert capsys.readouterr().err.strip().endswith("deployment failed: leap_ray: SDXL replica raised")
-    assert fake_launch == {"stopped": [], "left": ["leap_ray"]}
+    assert fake_launch == {"stopped": [], "left": ["leap_ray"], "deployed": ["leap_ray"]}
+
+
+def test_a_cluster_already_serving_is_refused_unless_replace_is_given(fake_launch, monkeypatch, capsys):
+    def in_use() -> None:
+        raise launch.ClusterInUse(["leap_ray", "theirs"])
+
+    monkeypatch.setattr(launch, "check_cluster_is_free", in_use)
+    with pytest.raises(SystemExit) as exit_status:
+        main(["serve", "--address", "head:6379"])
+    assert exit_status.value.code == 2
+    error = capsys.readouterr().err
+    assert "the cluster's Serve already runs leap_ray, theirs" in error and "--replace" in error
+    assert fake_launch == {"stopped": [], "left": [], "deployed": []}  # not deployed, nothing removed
+    monkeypatch.setattr(launch, "wait_until_running", lambda *args, **options: False)  # then Ctrl-C
+    main(["serve", "--address", "head:6379", "--replace"])
+    assert fake_launch == {"stopped": [], "left": ["leap_ray"], "deployed": ["leap_ray"]}
 
 
 def test_the_ready_timeout_reaches_the_wait_and_its_own_ray_is_stopped(fake_launch, monkeypatch, capsys):
@@ -282,8 +386,22 @@ def test_the_ready_timeout_reaches_the_wait_and_its_own_ray_is_stopped(fake_laun
     with pytest.raises(SystemExit) as exit_status:
         main(["serve", "--ready-timeout", "90"])
     assert exit_status.value.code == 1
-    assert "not running after 90 s: SDXL: UPDATING" in capsys.readouterr().err
-    assert fake_launch == {"stopped": [True], "left": []}
+    captured = capsys.readouterr()
+    assert "not running after 90 s: SDXL: UPDATING" in captured.err
+    assert "Starting the models (the tiny ones are built on first use)..." in captured.out
+    assert fake_launch == {"stopped": [True], "left": [], "deployed": ["leap_ray"]}
+
+
+@pytest.mark.parametrize("seconds", ["0", "-5", "nan", "inf", "soon"])
+def test_a_ready_timeout_must_be_seconds_above_0(seconds, capsys):
+    with pytest.raises(SystemExit) as exit_status:
+        build_parser().parse_args(["serve", "--ready-timeout", seconds])
+    assert exit_status.value.code == 2 and "--ready-timeout" in capsys.readouterr().err
+
+
+def test_the_tiny_note_is_said_only_for_tiny_models():
+    assert uses_tiny_models(launch.load_config())
+    assert not uses_tiny_models(launch.load_config(ROOT / "serve_config.yaml"))
 
 
 def test_a_joined_clusters_dashboard_is_said_to_be_the_heads_view():

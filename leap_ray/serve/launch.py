@@ -160,14 +160,20 @@ def stop_local_ray(grace_s: float = 5.0) -> None:
     and runtime-env agents stay alive as orphans, and ignore SIGTERM (so they get SIGKILL after
     `grace_s`). Only this process's own descendants are touched."""
     descendants = psutil.Process().children(recursive=True)
-    serve.shutdown()
-    ray.shutdown()
-    for process in descendants:
+    try:
+        serve.shutdown()  # graceful: replicas finish what they hold (up to their shutdown timeouts)
+        ray.shutdown()
+    finally:  # also when interrupted (a second Ctrl-C): no Ray process of ours outlives us
+        _end(descendants, grace_s)
+
+
+def _end(processes: list[psutil.Process], grace_s: float) -> None:
+    for process in processes:
         try:
             process.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(descendants, timeout=grace_s)
+    _, alive = psutil.wait_procs(processes, timeout=grace_s)
     for process in alive:
         try:
             process.kill()
@@ -244,9 +250,44 @@ def joins_cluster(address: str | None) -> bool:
     return bool(address) or "RAY_ADDRESS" in os.environ
 
 
-def leave_cluster(config: ServeDeploySchema) -> None:
+class ClusterInUse(RuntimeError):
+    """The cluster joined already runs Serve applications, which deploying a config would replace."""
+
+    def __init__(self, applications: list[str]) -> None:
+        super().__init__(", ".join(applications))
+        self.applications = applications
+
+
+def check_cluster_is_free() -> None:
+    """Raises ClusterInUse, after disconnecting, when the joined cluster's Serve runs applications:
+    deploying a config replaces Serve's declarative config whole (Serve removes every application
+    deployed from a config that the new one lacks: `serve deploy`, a KubeRay RayService), and takes
+    over one of the same name, which leaving would then delete."""
+    present = sorted(serve.status().applications)
+    if present:
+        ray.shutdown()
+        raise ClusterInUse(present)
+
+
+def leave_cluster(
+    config: ServeDeploySchema, timeout_s: float = 300.0, report: Callable[[str], None] = print
+) -> None:
     """Removes this config's applications from the cluster it joined and disconnects, leaving the
-    cluster's Serve and its other applications as they were (serve.shutdown would remove them all)."""
-    for application in config.applications:
-        serve.delete(application.name)
-    ray.shutdown()
+    cluster's Serve running (serve.shutdown would remove every application). The controller removes
+    them on its own once asked, however long their replicas take to drain; this waits up to
+    `timeout_s` for them to go, and an interrupt (a second Ctrl-C) only stops the waiting. A
+    controller that is gone or refuses is reported in one line; Ray is disconnected either way."""
+    names = [application.name for application in config.applications]
+    try:
+        for name in names:
+            serve.delete(name, _blocking=False)
+        deadline = time.monotonic() + timeout_s
+        while set(names) & set(serve.status().applications):
+            if time.monotonic() > deadline:
+                report(f"still removing {', '.join(names)} after {timeout_s:.0f} s; Serve goes on with it")
+                break
+            time.sleep(1)
+    except Exception as error:  # whatever the cluster answers, this disconnects
+        report(f"could not remove {', '.join(names)} from the cluster: {error}")
+    finally:
+        ray.shutdown()
