@@ -20,6 +20,11 @@ RAYSERVICE = DEPLOY / "kuberay" / "rayservice.yaml"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 ALERTS_TEST = DEPLOY / "prometheus" / "alerts_test.yml"
+# The user Ray's images run as, and its group (ray-project/ray's docker/base-deps/Dockerfile: RAY_UID=1000,
+# RAY_GID=100, the group `users`): the owner of what the image writes, on its cache volume too.
+RAY_USER, RAY_UID, RAY_GID = "ray", 1000, 100
+# Where the image keeps the models' downloads and the compile cache (HF_HOME's and ~/.cache's default).
+IMAGE_CACHE = "/home/ray/.cache"
 
 
 def pyproject() -> dict[str, Any]:

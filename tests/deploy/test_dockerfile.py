@@ -8,7 +8,7 @@ from pathlib import Path
 
 from leap_ray.serve import proxy
 
-from .conftest import DOCKERFILE, ROOT, serve_pin
+from .conftest import DOCKERFILE, IMAGE_CACHE, RAY_UID, RAY_USER, ROOT, serve_pin
 
 # BuildKit reads <Dockerfile>.dockerignore beside the Dockerfile, before the context root's .dockerignore.
 IGNORE_FILE = DOCKERFILE.with_name(DOCKERFILE.name + ".dockerignore")
@@ -155,3 +155,18 @@ def test_the_default_command_serves_the_copied_production_config():
     (command,) = [value for keyword, value in dockerfile() if keyword == "CMD"]
     (config,) = [destination for sources, destination in copies() if sources == ["serve_config.yaml"]]
     assert shlex.split(command.strip("[]").replace(",", " ")) == ["leap-ray", "serve", config]
+
+
+def test_the_cache_folder_is_made_as_rays_user_before_the_command():
+    # An empty named volume mounted on it takes its owner; on a folder the image lacks, it is root's.
+    steps = dockerfile()
+    (made,) = [
+        i
+        for i, (keyword, value) in enumerate(steps)
+        if keyword == "RUN" and IMAGE_CACHE in shlex.split(value)
+    ]
+    assert shlex.split(steps[made][1])[:2] == ["mkdir", "-p"]
+    users = [value for keyword, value in steps[:made] if keyword == "USER"]
+    assert users and users[-1] in {RAY_USER, str(RAY_UID)}
+    assert [value for keyword, value in steps[made:] if keyword == "USER"] == []
+    assert made < [keyword for keyword, _ in steps].index("CMD")

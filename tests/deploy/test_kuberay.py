@@ -17,7 +17,7 @@ from ray.serve.schema import ServeDeploySchema
 from leap_ray.config import AppConfig, is_object_store_url
 from leap_ray.serve import proxy
 
-from .conftest import RAYSERVICE, ROOT, containers, pyproject, rayservice, serve_pin
+from .conftest import RAY_GID, RAYSERVICE, ROOT, containers, pyproject, rayservice, serve_pin
 
 GPU = "nvidia.com/gpu"
 KUSTOMIZATION = RAYSERVICE.parent / "kustomization.yaml"
@@ -148,6 +148,15 @@ def test_every_container_reads_the_outputs_secret_and_mounts_the_cache():
             assert "ephemeral-storage" in container["resources"]["requests"]
     (pvc,) = [doc for doc in kustomized() if doc["kind"] == "PersistentVolumeClaim"]
     assert pvc["metadata"]["name"] == claim and pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_every_pod_gives_the_cache_volume_to_rays_group():
+    # A new volume is root's: without fsGroup, Ray's user cannot write the models or the compile cache.
+    cluster_ = cluster()
+    for group in [cluster_["headGroupSpec"], *cluster_["workerGroupSpecs"]]:
+        security = group["template"]["spec"].get("securityContext", {})
+        assert security.get("fsGroup") == RAY_GID
+        assert security.get("fsGroupChangePolicy") == "OnRootMismatch"  # not a walk of ~30 GB each start
 
 
 def test_ray_runs_with_token_auth_and_its_ports_are_kept_to_its_pods():

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import yaml
 
-from .conftest import DOCKERFILE, RAYSERVICE, ROOT, containers, rayservice
+from .conftest import DOCKERFILE, IMAGE_CACHE, RAYSERVICE, ROOT, containers, rayservice
 
 # The first words of the commands that run here, and the fixture that provides the tool (or None).
 RUN_HERE = {"promtool": "promtool", "kubectl kustomize": "kubectl", ".venv/bin/python": None}
@@ -84,7 +84,7 @@ def test_the_command_names_files_that_exist_and_the_manifests_image(command):
     if command.startswith("docker run"):
         # The cache where the image's user keeps it, /dev/shm over Ray's object store (256 MiB), and
         # a mounted config is the one the command serves.
-        assert ("leap-ray-cache", "/home/ray/.cache") in volumes(words)
+        assert ("leap-ray-cache", IMAGE_CACHE) in volumes(words)
         assert "--shm-size" in command and "-p" in words
         served = words[words.index(image) + 1 :]
         if served:
