@@ -4,14 +4,16 @@ seed, which the page can reuse; an uploaded image is inpainted with an adapter a
 the API would. Against the in-process app with the stub model (served by uvicorn, no Ray): the form
 starts from the model's defaults within the schema's bounds, the browser refuses what the schema
 refuses before any request, the API key is kept for the tab and brings the adapters, each service
-keeps its own history, errors show at their field, music plays as it arrives. Screenshots go to
-test-artifacts/."""
+keeps its own history, errors show at their field, music plays as it arrives, the model's defaults are
+asked again only after a failure that may pass, and Stop and the progress stay in view on a laptop and
+a phone. Screenshots go to test-artifacts/."""
 
 import asyncio
 import base64
 import dataclasses
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -145,6 +147,30 @@ def keys_on(tmp_path: Path) -> dict[str, str]:
     keys = tmp_path / "keys.txt"
     keys.write_text(f"{KEY}\n")
     return {"api_keys_file": str(keys)}
+
+
+PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True}
+
+
+def make_history(browser: WebDriver, wait: WebDriverWait, count: int) -> None:
+    """`count` images in the SDXL history, generated one after the other."""
+    form = browser.find_element(By.ID, "form-sdxl")
+    for take in range(count):
+        fill(form, {"prompt": f"a red fox in snow, take {take}", "seed": str(10 * take + 5)})
+        browser.execute_script("document.getElementById('generate').click()")  # wherever it is scrolled to
+        wait_until_done(browser, wait, "sdxl")
+        browser.execute_script("document.getElementById('pane-sdxl').dataset.state = ''")
+
+
+def overlap(browser: WebDriver, one: WebElement, other: WebElement) -> bool:
+    """Whether the two are drawn over each other within the screen."""
+    return browser.execute_script(
+        "const [a, b] = [arguments[0], arguments[1]].map(e => e.getBoundingClientRect());"
+        "const top = Math.max(a.top, b.top, 0), bottom = Math.min(a.bottom, b.bottom, innerHeight);"
+        "return bottom > top && Math.max(a.left, b.left) < Math.min(a.right, b.right)",
+        one,
+        other,
+    )
 
 
 def test_the_playground_generates_an_image_and_shows_its_seed(graph, browser):
@@ -474,6 +500,25 @@ def test_the_models_defaults_are_asked_again_while_the_model_loads(browser, tmp_
         assert form.find_element(By.NAME, "lora:ink").is_displayed()
 
 
+def test_the_models_defaults_are_not_asked_again_after_a_failure_that_lasts(browser, tmp_path):
+    with stub_page(tmp_path) as (url, gateway):
+        asked = []
+
+        async def broken(service: str) -> object:
+            asked.append(service)
+            raise RuntimeError("a bug")  # answered 500 internal_error: asking again changes nothing
+
+        gateway._spec = broken
+        browser.get(f"{url}/")
+        body = browser.find_element(By.TAG_NAME, "body")
+        WebDriverWait(browser, 30).until(lambda driver: body.get_attribute("data-model-info") == "failed")
+        note = browser.find_element(By.ID, "model-note")
+        assert note.is_displayed() and note.text == "Couldn't load the model's defaults (HTTP 500)."
+        time.sleep(4)  # a retry would have come after 1 s, and again 2 s later
+        assert asked == ["sdxl", "sdxl"]  # once by each route: the defaults and the adapters
+        assert body.get_attribute("data-model-info") == "failed"
+
+
 def test_a_stream_that_ends_without_a_result_is_an_error(browser, tmp_path):
     with stub_page(tmp_path) as (url, gateway):
 
@@ -514,8 +559,10 @@ def test_the_progress_stays_in_view_on_a_laptop_screen(browser, tmp_path):
         {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False},
     )
     with stub_page(tmp_path) as (url, gateway):
-        gateway.hold_s = 2.0
         wait = open_page(browser, url)
+        make_history(browser, wait, 10)  # the results are taller than the screen
+        browser.execute_script("window.scrollTo(0, 0)")
+        gateway.hold_s = 3.0
         fill(browser.find_element(By.ID, "form-sdxl"), {"prompt": "a red fox", "seed": "9"})
         generate = browser.find_element(By.ID, "generate")
         assert in_view(browser, generate)  # pressed where it is, with no scrolling
@@ -523,8 +570,37 @@ def test_the_progress_stays_in_view_on_a_laptop_screen(browser, tmp_path):
         progress = browser.find_element(By.CSS_SELECTOR, "#pane-sdxl progress")
         wait.until(lambda driver: progress.get_attribute("value") == "8")
         assert in_view(browser, progress)
+        browser.execute_script("window.scrollTo(0, document.documentElement.scrollHeight)")  # to the oldest
+        assert browser.execute_script("return scrollY") > 800
+        assert in_view(browser, progress)
         screenshot(browser, "playground-generating-1280x800.png", from_top=False)
         wait_until_done(browser, wait, "sdxl")
+
+
+def test_on_a_phone_stop_stays_in_reach_and_the_progress_leaves_the_history_uncovered(browser, tmp_path):
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", PHONE)
+    with stub_page(tmp_path) as (url, gateway):
+        wait = open_page(browser, url)
+        make_history(browser, wait, 4)
+        gateway.hold_s = 10.0
+        browser.execute_script("document.getElementById('generate').click()")
+        progress = browser.find_element(By.CSS_SELECTOR, "#pane-sdxl progress")
+        wait.until(lambda driver: progress.get_attribute("value") == "8")
+        entries = browser.find_elements(By.CSS_SELECTOR, "#pane-sdxl .entry")
+        # Watching the results, scrolled down to them.
+        browser.execute_script("arguments[0].scrollIntoView({block: 'start'})", entries[1])
+        live = browser.find_element(By.CSS_SELECTOR, "#pane-sdxl .live")
+        assert not any(overlap(browser, live, entry) for entry in entries)
+        stop = browser.find_element(By.ID, "generate")
+        assert stop.text == "Stop" and in_view(browser, stop)
+        screenshot(browser, "playground-phone-generating.png", from_top=False)
+        stop.click()  # a real click: nothing lies over it
+        pane = browser.find_element(By.ID, "pane-sdxl")
+        wait.until(lambda driver: pane.get_attribute("data-state") == "stopped")
+        # At the page's end, the oldest entry clears the bar pinned over the screen's bottom.
+        browser.execute_script("window.scrollTo(0, document.documentElement.scrollHeight)")
+        actions = browser.find_element(By.CLASS_NAME, "actions")
+        assert not overlap(browser, actions, entries[-1])
 
 
 def test_tabs_progress_and_field_errors_are_wired_for_assistive_technology(browser, tmp_path):
@@ -564,7 +640,7 @@ def test_tabs_progress_and_field_errors_are_wired_for_assistive_technology(brows
         assert hint.value_of_css_property("color") == "rgba(93, 102, 121, 1)"  # 5:1 on white and greys
 
 
-def test_a_track_keeps_its_media_type_and_clear_frees_the_history(browser, tmp_path):
+def test_a_track_keeps_its_media_type_and_clear_frees_the_history_keeping_the_focus(browser, tmp_path):
     with stub_page(tmp_path) as (url, gateway):
         wait = open_page(browser, url)
         browser.find_element(By.CSS_SELECTOR, ".tab[data-service=musicgen]").click()
@@ -581,7 +657,9 @@ def test_a_track_keeps_its_media_type_and_clear_frees_the_history(browser, tmp_p
         src = audio.get_attribute("src")
         assert src.startswith("blob:")  # held once, as bytes
         assert browser.find_element(By.CSS_SELECTOR, "#pane-musicgen a.download").get_attribute("href") == src
-        browser.find_element(By.CSS_SELECTOR, "#pane-musicgen .clear").click()
+        browser.find_element(By.CSS_SELECTOR, "#pane-musicgen .clear").send_keys(Keys.ENTER)
         assert not browser.find_elements(By.CSS_SELECTOR, "audio.result")
+        # The button hides itself: the focus goes to its pane's heading, not back to the page's start.
+        assert browser.switch_to.active_element == browser.find_element(By.CSS_SELECTOR, "#pane-musicgen h2")
         freed = "const [src, done] = arguments; fetch(src).then(() => done(false), () => done(true))"
         assert browser.execute_async_script(freed, src)
