@@ -562,7 +562,7 @@ def test_the_progress_stays_in_view_on_a_laptop_screen(browser, tmp_path):
         wait = open_page(browser, url)
         make_history(browser, wait, 10)  # the results are taller than the screen
         browser.execute_script("window.scrollTo(0, 0)")
-        gateway.hold_s = 3.0
+        gateway.hold_s = 10.0
         fill(browser.find_element(By.ID, "form-sdxl"), {"prompt": "a red fox", "seed": "9"})
         generate = browser.find_element(By.ID, "generate")
         assert in_view(browser, generate)  # pressed where it is, with no scrolling
@@ -574,7 +574,13 @@ def test_the_progress_stays_in_view_on_a_laptop_screen(browser, tmp_path):
         assert browser.execute_script("return scrollY") > 800
         assert in_view(browser, progress)
         screenshot(browser, "playground-generating-1280x800.png", from_top=False)
-        wait_until_done(browser, wait, "sdxl")
+        # The form's Stop scrolled away with the form; the live card's own is beside the progress.
+        stop = browser.find_element(By.CSS_SELECTOR, "#pane-sdxl .live .stop-live")
+        assert in_view(browser, stop) and not in_view(browser, generate)
+        stop.click()  # a real click: nothing lies over it
+        pane = browser.find_element(By.ID, "pane-sdxl")
+        wait.until(lambda driver: pane.get_attribute("data-state") == "stopped")
+        assert generate.text == "Generate"
 
 
 def test_on_a_phone_stop_stays_in_reach_and_the_progress_leaves_the_history_uncovered(browser, tmp_path):
