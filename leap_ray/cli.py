@@ -37,12 +37,17 @@ def _tiny_models(args: argparse.Namespace) -> None:
 
 
 def stop_on_signals(stop: threading.Event) -> None:
-    """The first Ctrl-C or SIGTERM stops the service gracefully; a second one stops waiting for that."""
+    """The first Ctrl-C or SIGTERM stops the service gracefully; a second one stops waiting for that
+    (a KeyboardInterrupt); any after it are ignored, so the interrupted stop still ends what it
+    started (Ray's processes that ignore SIGTERM get their SIGKILL)."""
+    interrupted = threading.Event()
 
     def handle(*_: object) -> None:
-        if stop.is_set():
+        if not stop.is_set():
+            stop.set()
+        elif not interrupted.is_set():
+            interrupted.set()
             raise KeyboardInterrupt
-        stop.set()
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, handle)
@@ -58,32 +63,42 @@ def _serve(args: argparse.Namespace) -> None:
         config = launch.load_config(args.config, host=args.host, port=args.port, **tls)
     except launch.TlsConfigError as error:
         raise UsageError(str(error)) from None
-    stop = threading.Event()
-    stop_on_signals(stop)
     joined = launch.joins_cluster(args.address)
-    dashboard = launch.start_ray(address=args.address, expose_metrics=args.expose_metrics)
-    # Again after Ray's start: its core worker installs a crash handler for SIGTERM that ends in an
-    # abort (exit 134); ours replaces it, so SIGTERM stops the service cleanly.
+    if args.replace and not joined:
+        raise UsageError("--replace is for a cluster joined with --address (or RAY_ADDRESS)")
+    stop, deployed = threading.Event(), False
     stop_on_signals(stop)
-    if joined and not args.replace:
-        try:
-            launch.check_cluster_is_free()
-        except launch.ClusterInUse as error:
-            raise UsageError(
-                f"the cluster's Serve already runs {error}: deploying replaces Serve's config whole, "
-                "removing them. Add leap_ray to your Serve config and `serve deploy` it, or pass --replace"
-            ) from None
-    try:
-        _run_until_stopped(config, args, stop, dashboard, joined)
+    try:  # from Ray's start on: whatever happens, the finally ends what was started
+        dashboard = launch.start_ray(address=args.address, expose_metrics=args.expose_metrics)
+        # Again after Ray's start: its core worker installs a crash handler for SIGTERM that ends in
+        # an abort (exit 134); ours replaces it, so SIGTERM stops the service cleanly.
+        stop_on_signals(stop)
+        if joined and not args.replace:
+            _check_cluster_is_free()
+        if stop.is_set():  # stopped while Ray was starting
+            return
+        launch.deploy(config)
+        deployed = True
+        _serve_until_stopped(config, args, stop, dashboard, joined)
+    except (RuntimeError, TimeoutError) as error:  # a deployment failed, or --ready-timeout passed
+        raise StartFailed(str(error)) from None
     finally:
-        print("Stopping (Ctrl-C again to stop waiting)...", flush=True)
-        if joined:
-            launch.leave_cluster(config)
-        else:
-            launch.stop_local_ray()
+        _stop(config, stop, joined, deployed)
 
 
-def _run_until_stopped(
+def _check_cluster_is_free() -> None:
+    from leap_ray.serve import launch
+
+    try:
+        launch.check_cluster_is_free()
+    except launch.ClusterInUse as error:
+        raise UsageError(
+            f"the cluster's Serve already runs {error}: deploying replaces Serve's config whole, "
+            "removing them. Add leap_ray to your Serve config and `serve deploy` it, or pass --replace"
+        ) from None
+
+
+def _serve_until_stopped(
     config: "ServeDeploySchema",
     args: argparse.Namespace,
     stop: threading.Event,
@@ -92,20 +107,31 @@ def _run_until_stopped(
 ) -> None:
     from leap_ray.serve import launch
 
-    if stop.is_set():  # stopped while Ray was starting
-        return
-    launch.deploy(config)
     tiny = " (the tiny ones are built on first use)" if uses_tiny_models(config) else ""
     print(f"Starting the models{tiny}...", flush=True)
-    try:
-        running = launch.wait_until_running(
-            config, args.ready_timeout, stop, report=lambda line: print(line, flush=True)
-        )
-    except (RuntimeError, TimeoutError) as error:  # a deployment failed, or --ready-timeout passed
-        raise StartFailed(str(error)) from None
-    if running:
+    if launch.wait_until_running(config, args.ready_timeout, stop, report=_say):
         print(serving_message(config, dashboard, joined), flush=True)
         stop.wait()
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _stop(config: "ServeDeploySchema", stop: threading.Event, joined: bool, deployed: bool) -> None:
+    """Stops its own Ray, or takes its applications off the cluster it joined (nothing, when it
+    deployed none: a same-named application there is not its own)."""
+    from leap_ray.serve import launch
+
+    stop.set()  # from here on a signal means "stop waiting", whatever ended the service
+    if not joined:
+        print("Stopping (Ctrl-C again to stop waiting)...", flush=True)
+        launch.stop_local_ray()
+    elif deployed:
+        print("Removing its applications (Ctrl-C again to stop waiting)...", flush=True)
+        launch.leave_cluster(config)
+    else:
+        launch.disconnect()
 
 
 def uses_tiny_models(config: "ServeDeploySchema") -> bool:

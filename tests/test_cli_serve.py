@@ -290,9 +290,29 @@ def test_a_cluster_whose_serve_runs_applications_is_left_as_it_was(monkeypatch):
     cluster = FakeServe(monkeypatch)
     with pytest.raises(launch.ClusterInUse) as refused:
         launch.check_cluster_is_free()
-    assert refused.value.applications == ["leap_ray", "theirs"] and cluster.disconnected == [True]
+    assert refused.value.applications == ["leap_ray", "theirs"]
     cluster.apps.clear()
     launch.check_cluster_is_free()  # an empty Serve: nothing to replace
+
+
+def test_a_serve_status_that_fails_is_one_line(monkeypatch):
+    def dying() -> None:
+        raise RuntimeError("The actor died unexpectedly before finishing this task")
+
+    monkeypatch.setattr(launch.serve, "status", dying)
+    with pytest.raises(RuntimeError, match=r"^cannot read the cluster's Serve status: The actor died"):
+        launch.check_cluster_is_free()
+
+
+@pytest.mark.parametrize(
+    ("address", "variable", "joins"),
+    [(None, "", False), (None, "head:6379", True), ("head:6379", None, True), (None, None, False)],
+)
+def test_an_address_or_a_non_empty_ray_address_joins_a_cluster(monkeypatch, address, variable, joins):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if variable is not None:
+        monkeypatch.setenv("RAY_ADDRESS", variable)
+    assert launch.joins_cluster(address) is joins
 
 
 def test_an_interrupted_stop_still_ends_every_ray_process_it_started(monkeypatch):
@@ -301,6 +321,7 @@ def test_an_interrupted_stop_still_ends_every_ray_process_it_started(monkeypatch
     def interrupted() -> None:
         raise KeyboardInterrupt  # a second Ctrl-C while Serve drains
 
+    monkeypatch.setattr(launch.ray, "is_initialized", lambda: True)
     monkeypatch.setattr(launch.serve, "shutdown", interrupted)
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -310,7 +331,7 @@ def test_an_interrupted_stop_still_ends_every_ray_process_it_started(monkeypatch
         child.kill()
 
 
-def test_a_second_signal_stops_the_waiting():
+def test_a_second_signal_stops_the_waiting_and_a_third_is_ignored():
     from leap_ray.cli import stop_on_signals
 
     saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
@@ -322,6 +343,7 @@ def test_a_second_signal_stops_the_waiting():
         assert stop.is_set()
         with pytest.raises(KeyboardInterrupt):
             handler(signal.SIGTERM, None)
+        handler(signal.SIGINT, None)  # a third: ignored, so the interrupted stop ends what it started
     finally:
         for signum, previous in saved.items():
             signal.signal(signum, previous)
@@ -331,7 +353,7 @@ def test_a_second_signal_stops_the_waiting():
 def fake_launch(monkeypatch) -> Iterator[dict[str, list]]:
     """leap-ray serve's steps, recorded instead of run (no Ray starts); the signal handlers it
     installs are put back after."""
-    calls: dict[str, list] = {"stopped": [], "left": [], "deployed": []}
+    calls: dict[str, list] = {"stopped": [], "left": [], "deployed": [], "disconnected": []}
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(launch, "start_ray", lambda **options: "http://127.0.0.1:8265")
     monkeypatch.setattr(launch, "check_cluster_is_free", lambda: None)
@@ -339,6 +361,7 @@ def fake_launch(monkeypatch) -> Iterator[dict[str, list]]:
         launch, "deploy", lambda config: calls["deployed"].append(config.applications[0].name)
     )
     monkeypatch.setattr(launch, "stop_local_ray", lambda: calls["stopped"].append(True))
+    monkeypatch.setattr(launch, "disconnect", lambda: calls["disconnected"].append(True))
     monkeypatch.setattr(
         launch, "leave_cluster", lambda config: calls["left"].append(config.applications[0].name)
     )
@@ -359,7 +382,7 @@ def test_a_failed_deployment_is_one_line_and_exit_1_and_only_its_apps_leave_the_
         main(["serve", "--address", "head:6379"])
     assert exit_status.value.code == 1
     assert capsys.readouterr().err.strip().endswith("deployment failed: leap_ray: SDXL replica raised")
-    assert fake_launch == {"stopped": [], "left": ["leap_ray"], "deployed": ["leap_ray"]}
+    assert fake_launch == {"stopped": [], "left": ["leap_ray"], "deployed": ["leap_ray"], "disconnected": []}
 
 
 def test_a_cluster_already_serving_is_refused_unless_replace_is_given(fake_launch, monkeypatch, capsys):
@@ -372,10 +395,62 @@ def test_a_cluster_already_serving_is_refused_unless_replace_is_given(fake_launc
     assert exit_status.value.code == 2
     error = capsys.readouterr().err
     assert "the cluster's Serve already runs leap_ray, theirs" in error and "--replace" in error
-    assert fake_launch == {"stopped": [], "left": [], "deployed": []}  # not deployed, nothing removed
+    # Not deployed, nothing removed: only disconnected.
+    assert fake_launch == {"stopped": [], "left": [], "deployed": [], "disconnected": [True]}
     monkeypatch.setattr(launch, "wait_until_running", lambda *args, **options: False)  # then Ctrl-C
     main(["serve", "--address", "head:6379", "--replace"])
-    assert fake_launch == {"stopped": [], "left": ["leap_ray"], "deployed": ["leap_ray"]}
+    assert fake_launch["left"] == ["leap_ray"] and fake_launch["deployed"] == ["leap_ray"]
+
+
+def test_replace_without_a_cluster_is_refused_before_any_ray_starts(fake_launch, capsys):
+    with pytest.raises(SystemExit) as exit_status:
+        main(["serve", "--replace"])
+    assert (
+        exit_status.value.code == 2
+        and "--replace is for a cluster joined with --address" in capsys.readouterr().err
+    )
+    assert fake_launch == {"stopped": [], "left": [], "deployed": [], "disconnected": []}
+
+
+def test_stopped_while_ray_starts_it_deploys_nothing_and_ends_its_ray(fake_launch, monkeypatch):
+    def interrupted_start(**options: object) -> str:
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C while ray.init runs
+        return "http://127.0.0.1:8265"
+
+    monkeypatch.setattr(launch, "start_ray", interrupted_start)
+    main(["serve"])
+    assert fake_launch == {"stopped": [True], "left": [], "deployed": [], "disconnected": []}
+
+
+def test_a_second_ctrl_c_while_ray_starts_still_ends_its_ray(fake_launch, monkeypatch, capsys):
+    def twice_interrupted_start(**options: object) -> str:
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)  # raises KeyboardInterrupt here, inside the start
+        return "never"
+
+    monkeypatch.setattr(launch, "start_ray", twice_interrupted_start)
+    with pytest.raises(SystemExit) as exit_status:
+        main(["serve"])
+    assert exit_status.value.code == 130
+    assert fake_launch["stopped"] == [True] and fake_launch["deployed"] == []
+
+
+def test_a_cluster_whose_serve_status_fails_is_one_line_and_left_connected_no_more(
+    fake_launch, monkeypatch, capsys
+):
+    def unreadable() -> None:
+        raise RuntimeError("cannot read the cluster's Serve status: the controller died")
+
+    monkeypatch.setattr(launch, "check_cluster_is_free", unreadable)
+    with pytest.raises(SystemExit) as exit_status:
+        main(["serve", "--address", "head:6379"])
+    assert exit_status.value.code == 1
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("cannot read the cluster's Serve status: the controller died")
+    )
+    assert fake_launch == {"stopped": [], "left": [], "deployed": [], "disconnected": [True]}
 
 
 def test_the_ready_timeout_reaches_the_wait_and_its_own_ray_is_stopped(fake_launch, monkeypatch, capsys):
@@ -389,7 +464,7 @@ def test_the_ready_timeout_reaches_the_wait_and_its_own_ray_is_stopped(fake_laun
     captured = capsys.readouterr()
     assert "not running after 90 s: SDXL: UPDATING" in captured.err
     assert "Starting the models (the tiny ones are built on first use)..." in captured.out
-    assert fake_launch == {"stopped": [True], "left": [], "deployed": ["leap_ray"]}
+    assert fake_launch == {"stopped": [True], "left": [], "deployed": ["leap_ray"], "disconnected": []}
 
 
 @pytest.mark.parametrize("seconds", ["0", "-5", "nan", "inf", "soon"])

@@ -135,7 +135,7 @@ def start_ray(
     # Ray's processes, the HTTP proxies among them, inherit this: our error shape at the proxy.
     os.environ.setdefault(proxy.CALLBACK_ENV, proxy.CALLBACK)
     if joins_cluster(address):
-        return _dashboard_address(ray.init(address=address))
+        return _dashboard_address(ray.init(address=address or None))
     with nullcontext() if expose_metrics else _single_machine_mode():
         context = ray.init(
             address="local",  # a new Ray, even where the machine has another (ray_current_cluster)
@@ -161,7 +161,8 @@ def stop_local_ray(grace_s: float = 5.0) -> None:
     `grace_s`). Only this process's own descendants are touched."""
     descendants = psutil.Process().children(recursive=True)
     try:
-        serve.shutdown()  # graceful: replicas finish what they hold (up to their shutdown timeouts)
+        if ray.is_initialized():  # not when its start was interrupted: Serve would start another Ray
+            serve.shutdown()  # graceful: replicas finish what they hold (up to their shutdown timeouts)
         ray.shutdown()
     finally:  # also when interrupted (a second Ctrl-C): no Ray process of ours outlives us
         _end(descendants, grace_s)
@@ -247,7 +248,7 @@ def still_starting(applications: dict[str, ApplicationStatusOverview]) -> str:
 def joins_cluster(address: str | None) -> bool:
     """Whether start_ray connects to a running cluster (`address`, or $RAY_ADDRESS) rather than
     starting a Ray of its own."""
-    return bool(address) or "RAY_ADDRESS" in os.environ
+    return bool(address or os.environ.get("RAY_ADDRESS"))  # an empty variable is no address
 
 
 class ClusterInUse(RuntimeError):
@@ -259,13 +260,15 @@ class ClusterInUse(RuntimeError):
 
 
 def check_cluster_is_free() -> None:
-    """Raises ClusterInUse, after disconnecting, when the joined cluster's Serve runs applications:
+    """Raises ClusterInUse when the joined cluster's Serve runs applications:
     deploying a config replaces Serve's declarative config whole (Serve removes every application
     deployed from a config that the new one lacks: `serve deploy`, a KubeRay RayService), and takes
     over one of the same name, which leaving would then delete."""
-    present = sorted(serve.status().applications)
+    try:
+        present = sorted(serve.status().applications)
+    except Exception as error:  # a controller that is dying or does not answer: said in one line
+        raise RuntimeError(f"cannot read the cluster's Serve status: {error}") from None
     if present:
-        ray.shutdown()
         raise ClusterInUse(present)
 
 
@@ -291,3 +294,8 @@ def leave_cluster(
         report(f"could not remove {', '.join(names)} from the cluster: {error}")
     finally:
         ray.shutdown()
+
+
+def disconnect() -> None:
+    """Leaves a joined cluster as it was."""
+    ray.shutdown()
