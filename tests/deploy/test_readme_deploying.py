@@ -58,11 +58,13 @@ def volumes(words: list[str]) -> list[tuple[str, str]]:
 
 
 def checkout_paths(words: list[str]) -> list[str]:
-    """The paths a command names in the checkout: relative ones, and the sources of bind mounts (an
-    absolute, home or $VARIABLE path is the machine's, a named volume docker's)."""
+    """The paths a command names in the checkout: relative ones (or under "$PWD", where the command is
+    typed), and the sources of bind mounts (an absolute, home or other $VARIABLE path is the machine's,
+    a named volume docker's)."""
     mount_specs = {i + 1 for i, word in enumerate(words) if word == "-v"}
     candidates = [word for i, word in enumerate(words) if i not in mount_specs]
     candidates += [source for source, _ in volumes(words)]
+    candidates = [word.removeprefix("$PWD/") for word in candidates]  # the checkout, where it is typed
     return [
         word.removeprefix("./") for word in candidates if "/" in word and not word.startswith(("/", "~", "$"))
     ]
@@ -120,7 +122,7 @@ def served_config(words: list[str], image: str) -> tuple[dict, list[str]]:
     if not served:
         return yaml.safe_load(IMAGE_CONFIG.read_text()), []
     (source,) = [source for source, target in volumes(words) if target == served[2]]
-    return yaml.safe_load((ROOT / source.removeprefix("./")).read_text()), served
+    return yaml.safe_load((ROOT / source.removeprefix("$PWD/").removeprefix("./")).read_text()), served
 
 
 @pytest.mark.parametrize("command", [c for c in deploying_commands() if starts_with(c, ["docker run"])])

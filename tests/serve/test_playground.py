@@ -519,6 +519,25 @@ def test_the_models_defaults_are_not_asked_again_after_a_failure_that_lasts(brow
         assert body.get_attribute("data-model-info") == "failed"
 
 
+def test_a_proxys_502_is_asked_again_and_the_note_names_the_route(browser, tmp_path):
+    """A load balancer in front of the service answers 502 while its pods restart: it passes."""
+    gone_once = """
+        const realFetch = window.fetch;
+        let refused = 0;
+        window.fetch = (path, options) => String(path).endsWith("v1/sdxl/adapters") && refused++ < 1
+            ? Promise.resolve(new Response("bad gateway", {status: 502}))
+            : realFetch(path, options);
+    """
+    browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": gone_once})
+    with stub_page(tmp_path) as (url, _):
+        browser.get(f"{url}/")
+        body = browser.find_element(By.TAG_NAME, "body")
+        note = browser.find_element(By.ID, "model-note")
+        WebDriverWait(browser, 10).until(lambda driver: note.text.startswith("The service is restarting"))
+        WebDriverWait(browser, 10).until(lambda driver: body.get_attribute("data-model-info") == "loaded")
+        assert browser.find_element(By.NAME, "lora:ink").is_displayed()
+
+
 def test_a_stream_that_ends_without_a_result_is_an_error(browser, tmp_path):
     with stub_page(tmp_path) as (url, gateway):
 
