@@ -19,11 +19,11 @@ from typing import Any, NamedTuple
 from PIL import Image, ImageFilter, ImageOps
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from leap_ray.api.images import PendingImage, UploadedImage, open_image
+from leap_ray.api.images import PendingImage, UploadedImage
 from leap_ray.api.infotext import SAMPLER_NAMES
 from leap_ray.api.marks import PARAMETERS_KEY, read_marks
 from leap_ray.api.sdxl import SDXLRequest
-from leap_ray.config import LIMITS
+from leap_ray.api.sdxl_workflows import open_upload
 from leap_ray.errors import InvalidRequest, LeapRayError, name_field
 
 MODEL_TITLE = "sdxl"  # the one checkpoint /sdapi/v1/sd-models lists
@@ -60,7 +60,6 @@ OPTIONS: dict[str, Any] = {  # what GET /sdapi/v1/options reports; POST may only
     "s_min_uncond": 0.0,
 }
 _LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([^:>]*))?>")
-_SDXL = LIMITS.sdxl
 
 
 def options_error(options: dict[str, Any]) -> InvalidRequest | None:
@@ -281,13 +280,13 @@ class A1111Img2ImgRequest(A1111Fields):
             raise InvalidRequest("init_images: give exactly one image", param="init_images")
         data = super().sdxl_input()
         size = (data["width"], data["height"])
-        image = _opened(self.init_images[0], "init_images")
+        image = open_upload(self.init_images[0], "init_images")
         self._check_resize_mode(image, size)
         strength = 0.75 if self.denoising_strength is None else self.denoising_strength
         data.update(image=InitImage(image, size, self.resize_mode or 0), strength=strength)
         if self.mask:
             self._check_inpainting_options()
-            mask = _opened(self.mask, "mask")
+            mask = open_upload(self.mask, "mask")
             self._check_resize_mode(mask, size)
             data["mask_image"] = InpaintMask(mask, size, self.resize_mode or 0, self._blur(), self._invert())
         return data
@@ -328,13 +327,6 @@ class A1111Img2ImgRequest(A1111Fields):
         if not self.include_init_images:
             parameters.update(init_images=None, mask=None)
         return parameters
-
-
-def _opened(value: str, param: str) -> UploadedImage:
-    try:
-        return open_image(value, _SDXL.max_image_bytes, _SDXL.max_size)
-    except ValueError as error:
-        raise InvalidRequest(f"{param}: {error}", param=param) from None
 
 
 def _resized(image: Image.Image, size: tuple[int, int], resize_mode: int) -> Image.Image:

@@ -10,9 +10,9 @@ from typing import Any, ClassVar, Literal
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from leap_ray.api.images import PendingImage, UploadedImage, open_image
+from leap_ray.api.images import PendingImage, UploadedImage
+from leap_ray.api.sdxl_workflows import open_upload
 from leap_ray.config import LIMITS
-from leap_ray.errors import InvalidRequest
 
 MODEL_IDS = ("sdxl", "stabilityai/stable-diffusion-xl-base-1.0")
 _SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
@@ -116,23 +116,15 @@ class OpenAIImageEditRequest(OpenAIImageRequest):
         data = super().sdxl_input()
         if self.size == "auto":  # the image decides, as /v1/sdxl's img2img does
             del data["width"], data["height"]
-        image = data["image"] = _opened(self.image, "image")
+        image = data["image"] = open_upload(self.image, "image")
         if self.mask is not None:
-            data["mask_image"] = OpenAIMask(_opened(self.mask, "mask"))
+            data["mask_image"] = OpenAIMask(open_upload(self.mask, "mask"))
         elif image.may_be_transparent():  # else no pixel can be transparent: an img2img
             data["mask_image"] = TransparencyMask(image)
         return data
 
     def size_text(self) -> str:
         return "auto" if self.size == "auto" else super().size_text()
-
-
-def _opened(raw: bytes, param: str) -> UploadedImage:
-    limits = LIMITS.sdxl
-    try:
-        return open_image(raw, limits.max_image_bytes, limits.max_size)
-    except ValueError as error:
-        raise InvalidRequest(f"{param}: {error}", param=param) from None
 
 
 def _edited_where_transparent(alpha: Image.Image) -> Image.Image:

@@ -12,14 +12,13 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from leap_ray.api.images import ResizedImage, UploadedImage, open_image
+from leap_ray.api.images import ResizedImage
 from leap_ray.api.musicgen import MusicGenRequest
 from leap_ray.api.sdxl import SDXLRequest
-from leap_ray.config import LIMITS
+from leap_ray.api.sdxl_workflows import open_upload
 from leap_ray.errors import InvalidRequest, LeapRayError, name_field
 
 # Replicate's scheduler names, as ours; Replicate's others (KarrasDPM, HeunDiscrete, PNDM) we lack.
-_SDXL = LIMITS.sdxl
 SDXL_SCHEDULERS = {
     "DDIM": "ddim",
     "K_EULER": "euler",
@@ -143,18 +142,11 @@ class SDXLInput(PublicInput):
             return {"image": self.image, "strength": self.prompt_strength}
         target = (self.width, self.height)
         return {
-            "image": ResizedImage(_opened(self.image, "image"), target),
-            "mask_image": ResizedImage(_opened(self.mask, "mask"), target),
+            "image": ResizedImage(open_upload(self.image, "image", "input.image"), target),
+            "mask_image": ResizedImage(open_upload(self.mask, "mask", "input.mask"), target),
             "strength": self.prompt_strength,
             **size,
         }
-
-
-def _opened(value: str | None, field: str) -> UploadedImage:
-    try:
-        return open_image(value, _SDXL.max_image_bytes, _SDXL.max_size)
-    except ValueError as error:
-        raise InvalidRequest(f"{field}: {error}", param=f"input.{field}") from None
 
 
 class MusicGenInput(PublicInput):

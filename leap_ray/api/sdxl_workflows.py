@@ -9,8 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidat
 from pydantic.json_schema import WithJsonSchema
 
 from leap_ray.api.common import FiniteFloat
-from leap_ray.api.images import PendingImage, image_data_uri, open_image
+from leap_ray.api.images import PendingImage, UploadedImage, image_data_uri, open_image
 from leap_ray.config import LIMITS
+from leap_ray.errors import InvalidRequest
 
 _LIMITS = LIMITS.sdxl
 
@@ -21,6 +22,16 @@ def _opened(value: object) -> PendingImage:
     if isinstance(value, PendingImage):
         return value
     return open_image(value, _LIMITS.max_image_bytes, _LIMITS.max_size)
+
+
+def open_upload(value: object, field: str, param: str | None = None) -> UploadedImage:
+    """Another API's image field (OpenAI's, Replicate's, AUTOMATIC1111's) opened within SDXL's bounds,
+    as ours are; what is wrong is an InvalidRequest naming `field` (`param`: the error's parameter,
+    when that API's path to the field differs from its name)."""
+    try:
+        return open_image(value, _LIMITS.max_image_bytes, _LIMITS.max_size)
+    except ValueError as error:
+        raise InvalidRequest(f"{field}: {error}", param=param or field) from None
 
 
 # An uploaded image field: base64 or a data: URI in JSON (a PIL image through a handle), written back
